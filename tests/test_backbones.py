@@ -1,0 +1,140 @@
+"""The backbone contract, parametrised over the zoo's own registry: every family added later falls under it."""
+from functools import lru_cache
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import visionattn
+from visionattn.profile import measure
+
+pytestmark = pytest.mark.backbones
+
+BIG_PARAMS = 50e6  # variants above this run under the `slow` marker
+
+
+@lru_cache(maxsize=None)
+def _params(name):
+    return measure(name).params
+
+
+def _zoo(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if _params(n) > BIG_PARAMS else n for n in names]
+
+
+OWN_MODELS = _zoo(visionattn.list_models(adopted=False))
+
+
+def _input(model, batch=2, seed=0):
+    cfg = model.pretrained_cfg
+    if cfg.get('fixed_input_size'):
+        size = cfg['input_size']
+    else:
+        size = cfg.get('min_input_size') or (3, 64, 64)
+    return torch.randn((batch, *size), generator=torch.Generator().manual_seed(seed))
+
+
+def _create(name, **kwargs):
+    torch.manual_seed(0)
+    return timm.create_model(name, **kwargs)
+
+
+def test_zoo_has_models():
+    assert OWN_MODELS, 'visionattn registered no model'
+
+
+@pytest.mark.parametrize('name', OWN_MODELS)
+def test_forward(name):
+    model = _create(name).eval()
+    x = _input(model)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, model.num_classes)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('name', OWN_MODELS)
+def test_backward_reaches_every_parameter(name):
+    model = _create(name, num_classes=10).train()
+    out = model(_input(model))
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
+    assert not missing, f'no gradient reaches {missing}'
+
+
+@pytest.mark.parametrize('name', OWN_MODELS)
+def test_grad_checkpointing_keeps_output(name):
+    model = _create(name).eval()
+    x = _input(model)
+    with torch.no_grad():
+        expected = model(x)
+    model.set_grad_checkpointing(True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+
+
+@pytest.mark.parametrize('name', OWN_MODELS)
+def test_features_only(name):
+    model = _create(name, features_only=True).eval()
+    x = _input(model)
+    with torch.no_grad():
+        features = model(x)
+    info = model.feature_info
+    assert len(features) >= 3
+    assert [f.shape[1] for f in features] == info.channels()
+    assert [x.shape[-1] // f.shape[-1] for f in features] == info.reduction()
+
+
+@pytest.mark.parametrize('name', OWN_MODELS)
+def test_forward_intermediates(name):
+    model = _create(name).eval()
+    x = _input(model)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x))
+        only = model.forward_intermediates(x, intermediates_only=True)
+    assert len(intermediates) == len(only) >= 3
+    for a, b in zip(intermediates, only):
+        torch.testing.assert_close(a, b)
+    model.prune_intermediate_layers(indices=1, prune_head=True)
+    with torch.no_grad():
+        assert len(model.forward_intermediates(x, indices=1, intermediates_only=True)) == 1
+
+
+@pytest.mark.parametrize('name', OWN_MODELS)
+def test_default_cfg(name):
+    model = timm.create_model(name, device='meta')
+    cfg = model.pretrained_cfg
+    for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'first_conv', 'classifier', 'license',
+                'pool_size', 'num_classes', 'origin_url', 'paper_ids'):
+        assert cfg.get(key) is not None, f'{name} pretrained cfg has no {key}'
+    assert isinstance(model.get_submodule(cfg['first_conv']), nn.Conv2d)
+    assert model.get_submodule(cfg['classifier']).out_features == cfg['num_classes']
+    feats = model.forward_features(torch.empty((1, *cfg['input_size']), device='meta'))
+    assert tuple(feats.shape[-2:]) == tuple(cfg['pool_size'])
+
+
+@pytest.mark.parametrize('name', OWN_MODELS)
+def test_reset_classifier_and_headless(name):
+    model = _create(name).eval()
+    x = _input(model)
+    headless = _create(name, num_classes=0, global_pool='').eval()
+    classifier = model.pretrained_cfg['classifier'] + '.'
+    headless.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(classifier)})
+    with torch.no_grad():
+        features = model.forward_features(x)
+        model.reset_classifier(0)
+        assert model(x).shape == (2, model.num_features)
+        torch.testing.assert_close(headless(x), features)
+
+
+@pytest.mark.parametrize('name', OWN_MODELS)
+def test_torchscript_and_fx(name):
+    model = _create(name).eval()
+    x = _input(model)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), expected)
+        torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), expected)

@@ -1,0 +1,238 @@
+"""Pretrained weights end to end: official-layout checkpoints served from a loopback HTTP server.
+
+No test touches the internet. The official ECANet checkpoint is re-created from what its code saves: the
+torchvision ResNet names (the official model is torchvision's ResNet with an ``eca`` module per block), one
+``eca.conv.weight`` of shape [1, 1, k] per block, a DataParallel ``module.`` prefix, wrapped in main.py's
+``{'epoch', 'arch', 'state_dict', 'best_prec1', 'optimizer'}`` and written in the legacy (pre-1.6) format.
+"""
+import argparse
+import functools
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+import visionattn  # noqa: F401
+from visionattn.hub import CheckpointError, CheckpointMismatchError, load_checkpoint_file
+
+ECA_KERNELS = {'eca_resnet18': (3, 5, 7, 7), 'eca_resnet50': (3, 5, 5, 7)}
+TORCHVISION = {'eca_resnet18': torchvision.models.resnet18, 'eca_resnet50': torchvision.models.resnet50}
+
+
+def official_eca_model(name):
+    """The official architecture: torchvision's ResNet with ECA applied to the last BN's output of each block."""
+    torch.manual_seed(1)
+    model = TORCHVISION[name]()
+    for stage, k in zip((model.layer1, model.layer2, model.layer3, model.layer4), ECA_KERNELS[name]):
+        for block in stage:
+            block.eca = torch.nn.Module()  # ECANet's eca_layer holds its Conv1d as `conv`
+            block.eca.conv = torch.nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+            last_bn = block.bn3 if hasattr(block, 'bn3') else block.bn2
+
+            def eca(module, inputs, out, conv=block.eca.conv):  # ECANet eca_layer: GAP, Conv1d over channels, sigmoid
+                y = conv(out.mean((2, 3))[:, None, :])
+                return out * torch.sigmoid(y)[:, 0, :, None, None]
+            last_bn.register_forward_hook(eca)
+    with torch.no_grad():  # non-trivial BN statistics, so a mis-mapped buffer shows in the output
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def official_checkpoint(model, name):
+    return {
+        'epoch': 100,
+        'arch': name,
+        'state_dict': {f'module.{k}': v for k, v in model.state_dict().items()},
+        'best_prec1': torch.tensor(77.42),
+        'optimizer': {'state': {}, 'param_groups': [{'lr': 1e-4, 'momentum': 0.9, 'params': [0, 1]}]},
+    }
+
+
+class _Server:
+    def __init__(self, root: Path):
+        self.root, self.requests = root, []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests.append(self.path)
+                super().do_GET()
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Handler, directory=root))
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, file_name, sha256=None):
+        url = f'http://127.0.0.1:{self.httpd.server_address[1]}/{file_name}'
+        return url + (f'#sha256={sha256}' if sha256 else '')
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    served = tmp_path / 'served'
+    served.mkdir()
+    hub_dir = tmp_path / 'hub'
+    old_dir = torch.hub.get_dir()
+    torch.hub.set_dir(str(hub_dir))  # the download cache, fresh for each test
+    srv = _Server(served)
+    yield srv
+    srv.httpd.shutdown()
+    torch.hub.set_dir(old_dir)
+
+
+def _sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope='module')
+def official_r50():
+    model = official_eca_model('eca_resnet50')
+    return model, official_checkpoint(model, 'eca_resnet50')
+
+
+def _serve(server, checkpoint, file_name, legacy=True):
+    path = server.root / file_name
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def test_pretrained_downloads_converts_and_loads(server, official_r50):
+    official, checkpoint = official_r50
+    path = _serve(server, checkpoint, 'eca_resnet50_k3557.pth.tar')
+    overlay = dict(url=server.url(path.name, _sha256(path)))
+    model = timm.create_model('eca_resnet50', pretrained=True, pretrained_cfg_overlay=overlay).eval()
+    assert server.requests == ['/eca_resnet50_k3557.pth.tar']
+    assert 'state_dict' not in model.pretrained_cfg
+
+    # Same weights, loaded directly into the official architecture: same predictions.
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), official(x), rtol=1e-4, atol=1e-4)
+
+    # The cached file is reused; features_only and another head size convert the same checkpoint.
+    features = timm.create_model('eca_resnet50', pretrained=True, features_only=True, pretrained_cfg_overlay=overlay)
+    assert len(server.requests) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(features.eval()(x)[-1], model.forward_intermediates(x)[1][-1])
+    ten_way = timm.create_model('eca_resnet50', pretrained=True, num_classes=10, pretrained_cfg_overlay=overlay)
+    torch.testing.assert_close(ten_way.layer4[2].se.conv.weight, official.layer4[2].eca.conv.weight)
+    assert ten_way.fc.out_features == 10
+
+
+def test_basic_block_checkpoint_loads(server):
+    official = official_eca_model('eca_resnet18')
+    path = _serve(server, official_checkpoint(official, 'eca_resnet18'), 'eca_resnet18_k3577.pth.tar', legacy=False)
+    model = timm.create_model('eca_resnet18', pretrained=True, pretrained_cfg_overlay=dict(url=server.url(path.name)))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), official(x), rtol=1e-4, atol=1e-4)
+
+
+def test_local_file_and_safetensors(tmp_path, official_r50):
+    official, checkpoint = official_r50
+    path = tmp_path / 'converted.safetensors'
+    converted = {k[len('module.'):].replace('.eca.', '.se.'): v for k, v in checkpoint['state_dict'].items()}
+    save_file({k: v.contiguous() for k, v in converted.items()}, str(path))
+    model = timm.create_model('eca_resnet50', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    torch.testing.assert_close(model.state_dict()['layer1.0.se.conv.weight'], official.layer1[0].eca.conv.weight)
+
+
+def test_checksum_mismatch_is_refused_and_not_cached(server, official_r50):
+    path = _serve(server, official_r50[1], 'eca_resnet50_k3557.pth.tar')
+    bad = server.url(path.name, '0' * 64)
+    with pytest.raises(CheckpointError, match='checksum mismatch'):
+        timm.create_model('eca_resnet50', pretrained=True, pretrained_cfg_overlay=dict(url=bad))
+    assert not (Path(torch.hub.get_dir()) / 'checkpoints' / path.name).exists()
+
+
+def test_truncated_file_names_the_file(server, official_r50):
+    path = _serve(server, official_r50[1], 'eca_resnet50_k3557.pth.tar', legacy=False)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r'eca_resnet50_k3557\.pth\.tar is truncated or corrupted'):
+        timm.create_model('eca_resnet50', pretrained=True, pretrained_cfg_overlay=dict(url=server.url(path.name)))
+
+
+def test_html_instead_of_checkpoint(server):
+    (server.root / 'download').write_text('<!DOCTYPE html><html><body>Virus scan warning</body></html>')
+    url = server.url('download') + '#name=eca_resnet50_k3557.pth.tar'
+    with pytest.raises(CheckpointError, match='HTML page'):
+        timm.create_model('eca_resnet50', pretrained=True, pretrained_cfg_overlay=dict(url=url))
+
+
+def test_missing_server_file(server):
+    with pytest.raises(CheckpointError, match='could not download'):
+        timm.create_model('eca_resnet50', pretrained=True, pretrained_cfg_overlay=dict(url=server.url('nope.pth')))
+
+
+def test_mismatched_checkpoint_lists_keys_and_loads_nothing(server):
+    official = official_eca_model('eca_resnet18')
+    checkpoint = official_checkpoint(official, 'eca_resnet18')
+    path = _serve(server, checkpoint, 'eca_resnet18_k3577.pth.tar')
+    overlay = dict(url=server.url(path.name))
+    # ResNet-18 weights for ResNet-34: layer1.2, layer2.2, ... are missing and ECA kernels differ.
+    with pytest.raises(CheckpointMismatchError) as err:
+        timm.create_model('eca_resnet34', pretrained=True, pretrained_cfg_overlay=overlay)
+    message = str(err.value)
+    assert 'missing keys' in message and 'layer1.2.conv1.weight' in message
+    assert 'shape mismatches' in message and 'layer2.0.se.conv.weight' in message
+    assert 'eca_resnet18_k3577.pth.tar' in message
+
+    del checkpoint['state_dict']['module.layer4.1.eca.conv.weight']
+    checkpoint['state_dict']['module.layer4.1.extra.weight'] = torch.zeros(1)
+    path = _serve(server, checkpoint, 'broken.pth')
+    with pytest.raises(CheckpointMismatchError, match=r'(?s)missing keys \(1\): layer4\.1\.se\.conv\.weight.*'
+                                                      r'unexpected keys \(1\): layer4\.1\.extra\.weight'):
+        timm.create_model('eca_resnet18', pretrained=True, pretrained_cfg_overlay=dict(url=server.url(path.name)))
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f'open({str(self.marker)!r}, "w").write("ran")',)
+
+
+def test_pickled_code_is_never_run(tmp_path):
+    marker = tmp_path / 'marker'
+    path = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {'conv1.weight': torch.zeros(1)}, 'payload': _Exploit(marker)}, path)
+    with pytest.raises(CheckpointError, match='evil.pth holds objects that are not plain weights'):
+        load_checkpoint_file(path)
+    assert not marker.exists()
+
+
+def test_argparse_namespace_beside_weights_is_allowed(tmp_path):
+    path = tmp_path / 'with_args.pth'
+    torch.save({'model': {'w': torch.ones(2)}, 'args': argparse.Namespace(lr=0.1, arch='eca_resnet50')}, path)
+    loaded = load_checkpoint_file(path)
+    assert loaded['args'].arch == 'eca_resnet50'
+    assert torch.equal(loaded['model']['w'], torch.ones(2))
+
+
+def test_missing_file_and_no_weights():
+    with pytest.raises(CheckpointError, match='does not exist'):
+        load_checkpoint_file('/nonexistent/eca.pth')
+    with pytest.raises(RuntimeError, match='ela_resnet50 has no pretrained weights'):
+        timm.create_model('ela_resnet50', pretrained=True)
+
+
+def test_eca_checkpoint_layout_conversion_is_pure_renaming(official_r50):
+    from visionattn.backbones.resnet_attn import checkpoint_filter_fn
+    _, checkpoint = official_r50
+    model = timm.create_model('eca_resnet50', device='meta')
+    converted = checkpoint_filter_fn(checkpoint, model)
+    assert set(converted) == set(model.state_dict())
+    assert all(converted[k.replace('module.', '').replace('.eca.', '.se.')] is v
+               for k, v in checkpoint['state_dict'].items())

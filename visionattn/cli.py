@@ -1,0 +1,80 @@
+"""The ``visionattn`` command: ``visionattn models [PATTERN]`` and ``visionattn info MODEL``."""
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+import timm
+
+import visionattn
+from visionattn.profile import measure
+from visionattn.zoo import family, is_adopted, paper_facts, render_markdown, weight_source, zoo_rows
+
+
+def _models(args: argparse.Namespace) -> int:
+    names = visionattn.list_models(args.pattern, adopted=not args.own)
+    if not names:
+        print(f'no zoo model matches {args.pattern!r}', file=sys.stderr)
+        return 1
+    if args.names:
+        print('\n'.join(names))
+    else:
+        print(render_markdown(zoo_rows(names, progress=sys.stderr.isatty())), end='')
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    name = args.model
+    if not timm.is_model(name.split('.')[0]):
+        close = visionattn.list_models(f'*{name.split(".")[0]}*')
+        hint = f'; similar: {", ".join(close[:8])}' if close else ''
+        print(f'unknown model {name!r}{hint}', file=sys.stderr)
+        return 1
+    cfg = timm.models.get_pretrained_cfg(name)
+    measured = measure(name)
+    facts = paper_facts(name)
+    origin = 'adopted from timm' if is_adopted(name) else ('visionattn' if visionattn.list_models(
+        name.split('.')[0], adopted=False) else 'timm (not part of the zoo)')
+    print(f'model:        {name}')
+    print(f'family:       {family(name) or "—"} ({origin})')
+    print(f'params:       {measured.params:,} ({measured.params_m:.2f} M)')
+    print(f'GMACs:        {measured.gmacs:.3f} at {"x".join(map(str, measured.input_size))}')
+    if facts is not None:
+        paper = ', '.join(f'{label} {value}' for label, value in (
+            ('params (M)', facts.params_m), ('GFLOPs', facts.gflops), ('top-1', facts.top1)) if value is not None)
+        print(f'paper:        {paper or "—"}{f" (counted with {facts.counting})" if facts.counting else ""}')
+        if facts.reference_params is not None:
+            print(f'reference:    {facts.reference_params:,} params ({facts.reference_source})')
+    print(f'weights:      {weight_source(name)}')
+    if cfg is not None:
+        print(f'licence:      {cfg.license or "—"}')
+        source = cfg.hf_hub_id or cfg.url or cfg.file
+        if source:
+            print(f'source:       {source}')
+        print('pretrained cfg:')
+        for key, value in cfg.to_dict(remove_source=True).items():
+            print(f'  {key}: {json.dumps(value, default=str)}')
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='visionattn', description=visionattn.__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest='command', required=True)
+    models = sub.add_parser('models', help='the zoo table: measured params/GMACs beside the papers\' figures')
+    models.add_argument('pattern', nargs='?', default='*', help='wildcard on the model name (default: all)')
+    models.add_argument('--own', action='store_true', help='only visionattn\'s families, not the adopted timm ones')
+    models.add_argument('--names', action='store_true', help='print the names only (no measuring)')
+    models.set_defaults(func=_models)
+    info = sub.add_parser('info', help='config, params, GMACs, weights and their source of one model')
+    info.add_argument('model', help='model name, optionally with a pretrained tag (eca_resnet50.in1k)')
+    info.set_defaults(func=_info)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

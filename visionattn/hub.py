@@ -1,0 +1,245 @@
+"""Pretrained weights: download, cache, checksum, safe loading and strict conversion of official checkpoints.
+
+Every family's ``_create_*`` goes through :func:`build_model`. With ``pretrained=True`` it downloads the file
+named by the pretrained cfg (``url``) or takes a local ``file``, verifies its checksum where one is known,
+loads it without running pickled code, converts it with the family's ``checkpoint_filter_fn`` and checks the
+result against the model *before* a single tensor is copied, so a wrong checkpoint fails with the list of
+missing, unexpected and mis-shaped keys instead of half-loading.
+
+Checksums travel in the URL fragment, ``https://host/file.pth#sha256=<hex>``, which HTTP clients never send;
+``#name=<file name>`` gives the cache file a name when the URL path has none (e.g. Google Drive links).
+"""
+import argparse
+import hashlib
+import logging
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import torch
+from timm.models import build_model_with_cfg
+from torch import nn
+
+from ._timm_compat import resolve_pretrained_cfg
+
+__all__ = [
+    'CheckpointError', 'CheckpointMismatchError', 'build_model', 'download_weights', 'load_checkpoint_file',
+    'unwrap_state_dict', 'check_state_dict', 'SAFE_GLOBALS',
+]
+
+_logger = logging.getLogger(__name__)
+
+# Harmless objects that official checkpoints store beside the weights (the training script's argparse
+# arguments). Anything else that is not a tensor or a plain container is refused by torch's weights-only loader.
+SAFE_GLOBALS = [argparse.Namespace]
+
+_WRAPPER_KEYS = ('state_dict', 'model', 'module', 'state_dict_ema', 'model_ema')
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read: missing, truncated, corrupted, not a checkpoint, or unsafe."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint that reads fine but does not fit the model."""
+
+
+def _parse_weight_url(url: str):
+    """Split ``url#sha256=..&name=..`` into the URL to fetch, the expected sha256 and the cache file name."""
+    parts = urlsplit(url)
+    fragment = {k: v[-1] for k, v in parse_qs(parts.fragment).items()}
+    fetch_url = urlunsplit(parts._replace(fragment=''))
+    name = fragment.get('name') or os.path.basename(parts.path)
+    if not name or '.' not in name:
+        name = hashlib.sha256(fetch_url.encode()).hexdigest()[:16] + '.pth'
+    return fetch_url, fragment.get('sha256'), name
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_weights(url: str, cache_dir: Optional[Union[str, Path]] = None, progress: bool = True) -> Path:
+    """Download ``url`` into the cache (torch hub's ``checkpoints`` folder by default) and return the path.
+
+    A cached file is reused. A fresh download is written to a temporary file and moved into place only when
+    complete, shows a progress bar, and is checked against the ``#sha256=`` in the URL when one is given.
+    """
+    fetch_url, sha256, name = _parse_weight_url(url)
+    cache = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()) / 'checkpoints'
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / name
+    if path.is_file():
+        return path
+    _logger.info('Downloading %s to %s', fetch_url, path)
+    try:
+        torch.hub.download_url_to_file(fetch_url, str(path), progress=progress)
+    except OSError as e:  # URLError and HTTPError are OSErrors
+        raise CheckpointError(f'could not download {fetch_url}: {e}') from e
+    with open(path, 'rb') as f:
+        head = f.read(64).lstrip().lower()
+    if head.startswith((b'<!doctype html', b'<html')):
+        path.unlink()
+        raise CheckpointError(
+            f'{fetch_url} returned an HTML page, not a checkpoint (a login, quota or confirmation page of the '
+            f'file host); download it by hand and pass pretrained_cfg_overlay=dict(file=...)')
+    if sha256 is not None:
+        actual = _sha256(path)
+        if actual != sha256.lower():
+            path.unlink()
+            raise CheckpointError(f'checksum mismatch for {fetch_url}: expected sha256 {sha256}, got {actual}')
+    return path
+
+
+def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read a checkpoint without executing pickled code and return what it holds.
+
+    ``.safetensors`` files go through safetensors; everything else through ``torch.load(weights_only=True)``
+    with :data:`SAFE_GLOBALS` allowed. Errors name the file and say what is wrong with it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint file {path} does not exist')
+    if path.suffix == '.safetensors':
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path), device='cpu')
+        except SafetensorError as e:
+            raise CheckpointError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'weights only load failed' in str(e).lower() and 'unsupported global' in str(e).lower():
+            detail = next((line.strip() for line in str(e).splitlines() if 'Unsupported global' in line), str(e))
+            raise CheckpointError(
+                f'checkpoint file {path} holds objects that are not plain weights and was not loaded, because '
+                f'loading them would run code from the file ({detail})') from e
+        raise CheckpointError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
+
+
+def unwrap_state_dict(checkpoint: Dict[str, Any], prefixes: Iterable[str] = ('module.',)) -> Dict[str, torch.Tensor]:
+    """Take the weights out of a training checkpoint: unwrap ``state_dict``/``model`` and strip ``module.``."""
+    state_dict = checkpoint
+    # Training checkpoints keep scalars (epoch, best accuracy) beside the wrapped weights, so descend into a
+    # wrapper key whenever one holds a dict.
+    while isinstance(state_dict, dict):
+        key = next((k for k in _WRAPPER_KEYS if isinstance(state_dict.get(k), dict)), None)
+        if key is None:
+            break
+        state_dict = state_dict[key]
+    if not isinstance(state_dict, dict) or not any(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f'found no weights in the checkpoint (top-level entries: {found})')
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in prefixes:
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def _summarise(keys: List[str], limit: int = 12) -> str:
+    shown = ', '.join(keys[:limit])
+    return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def check_state_dict(
+        state_dict: Dict[str, torch.Tensor],
+        model: nn.Module,
+        allow_adapted: Iterable[str] = (),
+        source: str = 'checkpoint',
+) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``state_dict`` fits ``model`` key for key and shape for shape.
+
+    Args:
+        state_dict: Converted weights, in the model's layout.
+        model: The model they are meant for.
+        allow_adapted: Parameter-name prefixes timm adapts after conversion (a classifier for another number of
+            classes, a first conv for other input channels); their absence or shape is not an error.
+        source: Where the weights came from, for the message.
+    """
+    expected = model.state_dict()
+    adapted = tuple(allow_adapted)
+    missing = [k for k in expected if k not in state_dict and not k.startswith(adapted)]
+    unexpected = [k for k in state_dict if k not in expected and not k.startswith(adapted)]
+    mismatched = [
+        f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}'
+        for k, v in expected.items()
+        if k in state_dict and not k.startswith(adapted) and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or mismatched:
+        lines = [f'{source} does not fit {type(model).__name__}; nothing was loaded.']
+        if missing:
+            lines.append(f'  missing keys ({len(missing)}): {_summarise(missing)}')
+        if unexpected:
+            lines.append(f'  unexpected keys ({len(unexpected)}): {_summarise(unexpected)}')
+        if mismatched:
+            lines.append(f'  shape mismatches ({len(mismatched)}): {_summarise(mismatched)}')
+        raise CheckpointMismatchError('\n'.join(lines))
+
+
+def _adapted_prefixes(model: nn.Module, pretrained_cfg: Dict[str, Any]) -> List[str]:
+    """Prefixes of the tensors timm's ``load_pretrained`` will re-shape or drop after our conversion."""
+    prefixes = []
+    classifiers = pretrained_cfg.get('classifier') or ()
+    if getattr(model, 'num_classes', None) != pretrained_cfg.get('num_classes'):
+        prefixes += [classifiers] if isinstance(classifiers, str) else list(classifiers)
+    first_convs = pretrained_cfg.get('first_conv') or ()
+    in_chans = getattr(model, 'in_chans', None) or (pretrained_cfg.get('input_size') or (3,))[0]
+    if in_chans != (pretrained_cfg.get('input_size') or (3,))[0]:
+        prefixes += [first_convs] if isinstance(first_convs, str) else list(first_convs)
+    return [p + '.' for p in prefixes]
+
+
+def build_model(
+        model_cls: Callable[..., nn.Module],
+        variant: str,
+        pretrained: bool = False,
+        pretrained_filter_fn: Optional[Callable] = None,
+        **kwargs,
+) -> nn.Module:
+    """timm's ``build_model_with_cfg`` with visionattn's download, safe load and strict conversion check.
+
+    Weight sources in the pretrained cfg: ``file`` (a local path) or ``url`` go through :func:`download_weights`
+    and :func:`load_checkpoint_file`; an ``hf_hub_id`` stays with timm, which reads safetensors from the hub.
+    Either way ``pretrained_filter_fn`` converts the official layout and :func:`check_state_dict` vets the
+    result before timm adapts the classifier and first conv and copies the weights.
+    """
+    weights, source = None, f'the checkpoint of {variant}'
+    if pretrained:
+        cfg = resolve_pretrained_cfg(
+            variant,
+            pretrained_cfg=kwargs.get('pretrained_cfg'),
+            pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+        )
+        if not cfg.hf_hub_id and not cfg.state_dict:
+            if not (cfg.file or cfg.url):
+                raise RuntimeError(f'{variant} has no pretrained weights; use pretrained=False for a random init')
+            path = cfg.file or download_weights(cfg.url)
+            weights, source = load_checkpoint_file(path), f'checkpoint {path}'
+            # timm deep-copies its pretrained cfg, so it gets a token that selects its state-dict path and the
+            # filter below swaps the real weights in.
+            kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, state_dict={'': source})
+
+    def filter_and_check(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
+        model.pretrained_cfg.pop('state_dict', None)  # the cfg keeps where the weights came from, not the weights
+        state_dict = weights if weights is not None else state_dict
+        if pretrained_filter_fn is not None:
+            state_dict = pretrained_filter_fn(state_dict, model)
+        else:
+            state_dict = unwrap_state_dict(state_dict)
+        check_state_dict(state_dict, model, _adapted_prefixes(model, model.pretrained_cfg), source=source)
+        return state_dict
+
+    return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_and_check, **kwargs)

@@ -1,0 +1,158 @@
+"""The zoo: visionattn's own families, the timm families it adopts, and the published facts about each.
+
+visionattn registers its models with timm and never re-registers a name timm has; the adopted families
+(``ADOPTED``) are timm's own models, listed here so that the zoo table and the task heads see one list.
+"""
+import fnmatch
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional
+from urllib.parse import urlsplit
+
+import timm
+from timm.models import get_pretrained_cfg, is_model, model_entrypoint
+
+__all__ = [
+    'ADOPTED', 'PaperFacts', 'register_paper_facts', 'paper_facts', 'list_models', 'is_adopted', 'family',
+    'weight_source', 'zoo_rows', 'render_markdown',
+]
+
+# timm families the zoo adopts instead of re-implementing (DESIGN.md): pattern -> family name.
+ADOPTED = {
+    'efficientvit_m*': 'EfficientViT-M (timm)',
+    'mambaout_*': 'MambaOut (timm)',
+    'ecaresnet*': 'ECA-ResNet-D/T (timm)',
+    'fasternet_*': 'FasterNet (timm)',
+}
+
+
+@dataclass(frozen=True)
+class PaperFacts:
+    """What the paper and the official code say about one model.
+
+    Attributes:
+        family: Display name of the family.
+        params_m: Parameters in millions as the paper's table prints them.
+        gflops: FLOPs in G as the paper's table prints them (papers print multiply-adds as "FLOPs").
+        top1: ImageNet-1k top-1 (%) the paper or official README reports for the released weights.
+        reference_params: Exact parameter count of the official implementation (sum over ``parameters()``),
+            the figure the zoo's count must match; None where no official implementation exists.
+        reference_source: Where ``reference_params`` comes from.
+        counting: How the paper counted, where it differs from ``parameters()`` / multiply-adds.
+    """
+    family: str
+    params_m: Optional[float] = None
+    gflops: Optional[float] = None
+    top1: Optional[float] = None
+    reference_params: Optional[int] = None
+    reference_source: str = ''
+    counting: str = ''
+
+
+_PAPER_FACTS: Dict[str, PaperFacts] = {}
+
+
+def register_paper_facts(facts: Dict[str, PaperFacts]) -> None:
+    """Record the paper facts of models a family module registers (called at the module's import)."""
+    _PAPER_FACTS.update(facts)
+
+
+def paper_facts(model_name: str) -> Optional[PaperFacts]:
+    """The recorded facts for an architecture name (a pretrained tag after '.' is ignored)."""
+    return _PAPER_FACTS.get(model_name.split('.')[0])
+
+
+def _is_ours(model_name: str) -> bool:
+    return is_model(model_name) and model_entrypoint(model_name).__module__.startswith('visionattn.')
+
+
+def is_adopted(model_name: str) -> bool:
+    """True for a timm model that the zoo adopts (it is timm's, not re-registered by visionattn)."""
+    name = model_name.split('.')[0]
+    return not _is_ours(name) and is_model(name) and any(fnmatch.fnmatch(name, p) for p in ADOPTED)
+
+
+def family(model_name: str) -> str:
+    """The family's display name."""
+    facts = paper_facts(model_name)
+    if facts is not None:
+        return facts.family
+    name = model_name.split('.')[0]
+    return next((f for p, f in ADOPTED.items() if fnmatch.fnmatch(name, p)), '')
+
+
+def list_models(pattern: str = '*', adopted: bool = True, pretrained: bool = False) -> List[str]:
+    """Names in the zoo matching ``pattern``: visionattn's own, then (``adopted=True``) the adopted timm ones.
+
+    Args:
+        pattern: fnmatch wildcard on the architecture name.
+        adopted: Include the timm families the zoo adopts.
+        pretrained: Only names with weights, as ``arch.tag``.
+    """
+    names = timm.list_models(pattern, pretrained=pretrained)
+    ours = [n for n in names if _is_ours(n.split('.')[0])]
+    if not adopted:
+        return ours
+    return ours + [n for n in names if is_adopted(n)]
+
+
+def weight_source(model_name: str) -> str:
+    """Where ``pretrained=True`` takes the default weights from, in a few words."""
+    cfg = get_pretrained_cfg(model_name.split('.')[0], allow_unregistered=False)
+    if cfg is None or not cfg.has_weights:
+        return 'none'
+    if cfg.hf_hub_id:
+        return f'HF hub ({cfg.hf_hub_id})'
+    host = urlsplit(cfg.url if isinstance(cfg.url, str) else cfg.url[0]).hostname or ''
+    return 'official, Google Drive' if 'google' in host else f'official, {host}'
+
+
+def zoo_rows(names: Iterable[str], progress: bool = False) -> List[Dict[str, str]]:
+    """One row per model: measured params/GMACs beside the paper's figures, the weights and their licence."""
+    from tqdm import tqdm
+
+    from .profile import measure  # builds models; keep ``import visionattn`` light
+
+    rows = []
+    for name in tqdm(list(names), desc='measuring', unit='model', disable=not progress):
+        measured = measure(name)
+        facts = paper_facts(name) or PaperFacts(family(name))
+        cfg = get_pretrained_cfg(name)
+
+        def fmt(value, spec):
+            return '—' if value is None else format(value, spec)
+
+        def note(value):  # the paper counted with another tool (COUNTING_NOTE in the README)
+            return ' ¹' if facts.counting and value is not None else ''
+        rows.append({
+            'model': name,
+            'family': facts.family,
+            'params (M)': f'{measured.params_m:.2f}',
+            'paper params (M)': fmt(facts.params_m, '.2f') + note(facts.params_m),
+            'GMACs': f'{measured.gmacs:.2f}',
+            'paper GFLOPs': fmt(facts.gflops, '.2f') + note(facts.gflops),
+            'top-1': fmt(facts.top1, '.2f'),
+            'input': 'x'.join(str(s) for s in measured.input_size[1:]),
+            'weights': weight_source(name),
+            'licence': (cfg.license if cfg is not None and cfg.license else '—'),
+        })
+    return rows
+
+
+def render_markdown(rows: List[Dict[str, str]]) -> str:
+    """A GitHub markdown table of :func:`zoo_rows`."""
+    header = list(rows[0])
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
+    lines += ['| ' + ' | '.join(row[h] for h in header) + ' |' for row in rows]
+    return '\n'.join(lines) + '\n'
+
+
+# Adopted timm families: the figures their official READMEs print (reference/backbones.md).
+_FASTERNET = 'FasterNet (timm)'
+register_paper_facts({
+    'fasternet_t0': PaperFacts(_FASTERNET, 3.9, 0.34, 71.9),
+    'fasternet_t1': PaperFacts(_FASTERNET, 7.6, 0.85, 76.2),
+    'fasternet_t2': PaperFacts(_FASTERNET, 15.0, 1.90, 78.9),
+    'fasternet_s': PaperFacts(_FASTERNET, 31.1, 4.55, 81.3),
+    'fasternet_m': PaperFacts(_FASTERNET, 53.5, 8.72, 83.0),
+    'fasternet_l': PaperFacts(_FASTERNET, 93.4, 15.49, 83.5),
+})
