@@ -6,8 +6,10 @@ ELA: Xu & Wan, "ELA: Efficient Local Attention for Deep Convolutional Neural Net
 Official code: github.com/Xuwei86/ELA_Code (task code only; no ImageNet ResNet code and no weights).
 
 Both attention layers sit where the official ECA code puts its ``eca`` module: after the block's last
-BatchNorm, before the residual add; timm's ResNet places its ``attn_layer`` (``se``) exactly there. timm's
-``ecaresnet*`` models are other networks (deep/tiered stems, adaptive kernel rule); these are the papers' own.
+BatchNorm, before the residual add; timm's ResNet places its ``attn_layer`` (``se``) exactly there. ELA's
+authors published no ImageNet ResNet code (their DeepLab backbone adds ELA with an extra skip after the 3×3
+conv); ELA here takes the same standard attention slot. timm's ``ecaresnet*`` models are other networks
+(deep/tiered stems, adaptive kernel rule); these are the papers' own.
 """
 from functools import partial
 from typing import Any, Dict, Sequence

@@ -138,6 +138,12 @@ def test_basic_block_checkpoint_loads(server):
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), official(x), rtol=1e-4, atol=1e-4)
 
+    # One input channel and five classes: timm adapts the first conv and drops the classifier, nothing else.
+    gray = timm.create_model('eca_resnet18', pretrained=True, in_chans=1, num_classes=5,
+                             pretrained_cfg_overlay=dict(url=server.url(path.name)))
+    torch.testing.assert_close(gray.conv1.weight, official.conv1.weight.sum(1, keepdim=True))
+    torch.testing.assert_close(gray.layer4[1].se.conv.weight, official.layer4[1].eca.conv.weight)
+
 
 def test_local_file_and_safetensors(tmp_path, official_r50):
     official, checkpoint = official_r50

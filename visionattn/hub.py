@@ -191,14 +191,17 @@ def check_state_dict(
 
 def _adapted_prefixes(model: nn.Module, pretrained_cfg: Dict[str, Any]) -> List[str]:
     """Prefixes of the tensors timm's ``load_pretrained`` will re-shape or drop after our conversion."""
+    def names(key):
+        value = pretrained_cfg.get(key) or ()
+        return [value] if isinstance(value, str) else list(value)
+
     prefixes = []
-    classifiers = pretrained_cfg.get('classifier') or ()
     if getattr(model, 'num_classes', None) != pretrained_cfg.get('num_classes'):
-        prefixes += [classifiers] if isinstance(classifiers, str) else list(classifiers)
-    first_convs = pretrained_cfg.get('first_conv') or ()
-    in_chans = getattr(model, 'in_chans', None) or (pretrained_cfg.get('input_size') or (3,))[0]
-    if in_chans != (pretrained_cfg.get('input_size') or (3,))[0]:
-        prefixes += [first_convs] if isinstance(first_convs, str) else list(first_convs)
+        prefixes += names('classifier')
+    source_chans = (pretrained_cfg.get('input_size') or (3,))[0]
+    for name in names('first_conv'):
+        if getattr(model.get_submodule(name), 'in_channels', source_chans) != source_chans:
+            prefixes.append(name)
     return [p + '.' for p in prefixes]
 
 
