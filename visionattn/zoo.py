@@ -121,6 +121,9 @@ def zoo_rows(names: Iterable[str], progress: bool = False) -> List[Dict[str, str
         def fmt(value, spec):
             return '—' if value is None else format(value, spec)
 
+        def flops_spec(value):  # sub-GFLOP models (EfficientViT-M) need a third decimal
+            return '.3f' if value is not None and value < 1 else '.2f'
+
         def note(value):  # the paper counted with another tool (COUNTING_NOTE in the README)
             return ' ¹' if facts.counting and value is not None else ''
         rows.append({
@@ -128,8 +131,8 @@ def zoo_rows(names: Iterable[str], progress: bool = False) -> List[Dict[str, str
             'family': facts.family,
             'params (M)': f'{measured.params_m:.2f}',
             'paper params (M)': fmt(facts.params_m, '.2f') + note(facts.params_m),
-            'GMACs': f'{measured.gmacs:.2f}',
-            'paper GFLOPs': fmt(facts.gflops, '.2f') + note(facts.gflops),
+            'GMACs': fmt(measured.gmacs, flops_spec(measured.gmacs)),
+            'paper GFLOPs': fmt(facts.gflops, flops_spec(facts.gflops)) + note(facts.gflops),
             'top-1': fmt(facts.top1, '.2f'),
             'input': 'x'.join(str(s) for s in measured.input_size[1:]),
             'weights': weight_source(name),
@@ -146,9 +149,22 @@ def render_markdown(rows: List[Dict[str, str]]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-# Adopted timm families: the figures their official READMEs print (reference/backbones.md).
-_FASTERNET = 'FasterNet (timm)'
+# Adopted timm families: the figures their official READMEs print. FasterNet: JierunChen/FasterNet README;
+# EfficientViT-M: microsoft/Cream EfficientViT/classification/README.md @74fb8c5 (FLOPs printed in M);
+# MambaOut: yuweihao/MambaOut README @923b110 (MACs).
+_FASTERNET, _EFFICIENTVIT, _MAMBAOUT = 'FasterNet (timm)', 'EfficientViT-M (timm)', 'MambaOut (timm)'
 register_paper_facts({
+    'efficientvit_m0': PaperFacts(_EFFICIENTVIT, 2.3, 0.079, 63.2),
+    'efficientvit_m1': PaperFacts(_EFFICIENTVIT, 3.0, 0.167, 68.4),
+    'efficientvit_m2': PaperFacts(_EFFICIENTVIT, 4.2, 0.201, 70.8),
+    'efficientvit_m3': PaperFacts(_EFFICIENTVIT, 6.9, 0.263, 73.4),
+    'efficientvit_m4': PaperFacts(_EFFICIENTVIT, 8.8, 0.299, 74.3),
+    'efficientvit_m5': PaperFacts(_EFFICIENTVIT, 12.4, 0.522, 77.1),
+    'mambaout_femto': PaperFacts(_MAMBAOUT, 7.3, 1.2, 78.9),
+    'mambaout_kobe': PaperFacts(_MAMBAOUT, 9.1, 1.5, 80.0),
+    'mambaout_tiny': PaperFacts(_MAMBAOUT, 26.5, 4.5, 82.7),
+    'mambaout_small': PaperFacts(_MAMBAOUT, 48.5, 9.0, 84.1),
+    'mambaout_base': PaperFacts(_MAMBAOUT, 84.8, 15.8, 84.2),
     'fasternet_t0': PaperFacts(_FASTERNET, 3.9, 0.34, 71.9),
     'fasternet_t1': PaperFacts(_FASTERNET, 7.6, 0.85, 76.2),
     'fasternet_t2': PaperFacts(_FASTERNET, 15.0, 1.90, 78.9),
