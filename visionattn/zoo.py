@@ -106,6 +106,14 @@ def weight_source(model_name: str) -> str:
     return 'official, Google Drive' if 'google' in host else f'official, {host}'
 
 
+def _fmt(value: Optional[float], spec: str = '.2f', footnote: str = '') -> str:
+    if value is None:
+        return '—'
+    if spec == 'gflops':  # sub-GFLOP models (EfficientViT-M) need a third decimal
+        spec = '.3f' if value < 1 else '.2f'
+    return format(value, spec) + footnote
+
+
 def zoo_rows(names: Iterable[str], progress: bool = False) -> List[Dict[str, str]]:
     """One row per model: measured params/GMACs beside the paper's figures, the weights and their licence."""
     from tqdm import tqdm
@@ -117,26 +125,18 @@ def zoo_rows(names: Iterable[str], progress: bool = False) -> List[Dict[str, str
         measured = measure(name)
         facts = paper_facts(name) or PaperFacts(family(name))
         cfg = get_pretrained_cfg(name)
-
-        def fmt(value, spec):
-            return '—' if value is None else format(value, spec)
-
-        def flops_spec(value):  # sub-GFLOP models (EfficientViT-M) need a third decimal
-            return '.3f' if value is not None and value < 1 else '.2f'
-
-        def note(value):  # the paper counted with another tool (COUNTING_NOTE in the README)
-            return ' ¹' if facts.counting and value is not None else ''
+        footnote = ' ¹' if facts.counting else ''  # the paper counted another way: the README's footnote ¹
         rows.append({
             'model': name,
             'family': facts.family,
-            'params (M)': f'{measured.params_m:.2f}',
-            'paper params (M)': fmt(facts.params_m, '.2f') + note(facts.params_m),
-            'GMACs': fmt(measured.gmacs, flops_spec(measured.gmacs)),
-            'paper GFLOPs': fmt(facts.gflops, flops_spec(facts.gflops)) + note(facts.gflops),
-            'top-1': fmt(facts.top1, '.2f'),
+            'params (M)': _fmt(measured.params_m),
+            'paper params (M)': _fmt(facts.params_m, footnote=footnote),
+            'GMACs': _fmt(measured.gmacs, 'gflops'),
+            'paper GFLOPs': _fmt(facts.gflops, 'gflops', footnote),
+            'top-1': _fmt(facts.top1),
             'input': 'x'.join(str(s) for s in measured.input_size[1:]),
             'weights': weight_source(name),
-            'licence': (cfg.license if cfg is not None and cfg.license else '—'),
+            'licence': cfg.license if cfg is not None and cfg.license else '—',
         })
     return rows
 
