@@ -18,4 +18,5 @@ def test_ci_runs_the_readme_install_and_test_commands():
     lines = (ROOT / '.ci' / 'run').read_text().splitlines()
     ci = [line for line in lines if line and not line.startswith(('#', 'set ', 'cd '))]
     assert ci == [install, test]
-    assert main_job == 'visionattn models'
+    assert main_job == 'python tools/train.py configs/classification/resnet_attn_digits.py'
+    assert (ROOT / main_job.split()[-1]).is_file()

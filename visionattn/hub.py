@@ -16,7 +16,7 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import torch
@@ -98,11 +98,13 @@ def download_weights(url: str, cache_dir: Optional[Union[str, Path]] = None, pro
     return path
 
 
-def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, Any]:
+def load_checkpoint_file(path: Union[str, Path], extra_globals: Sequence[Any] = (),
+                         map_location: Any = 'cpu') -> Dict[str, Any]:
     """Read a checkpoint without executing pickled code and return what it holds.
 
     ``.safetensors`` files go through safetensors; everything else through ``torch.load(weights_only=True)``
-    with :data:`SAFE_GLOBALS` allowed. Errors name the file and say what is wrong with it.
+    with :data:`SAFE_GLOBALS` (and ``extra_globals``, plain data classes a caller trusts) allowed. Errors name
+    the file and say what is wrong with it.
     """
     path = Path(path)
     if not path.is_file():
@@ -115,8 +117,8 @@ def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, Any]:
         except SafetensorError as e:
             raise CheckpointError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location='cpu', weights_only=True)
+        with torch.serialization.safe_globals([*SAFE_GLOBALS, *extra_globals]):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if 'weights only load failed' in str(e).lower() and 'unsupported global' in str(e).lower():
             detail = next((line.strip() for line in str(e).splitlines() if 'Unsupported global' in line), str(e))

@@ -1,0 +1,91 @@
+"""The engine's pieces in isolation: checks of bad configs, checkpoint safety, resume discovery, metrics."""
+import pickle
+
+import pytest
+import torch
+
+pytest.importorskip('mmengine')
+from mmengine.config import Config  # noqa: E402
+
+from visionattn.engine import Accuracy, ImageClassifier, check_config, find_resume_checkpoint, load_training_checkpoint  # noqa: E402
+from visionattn.hub import CheckpointError  # noqa: E402
+
+pytestmark = pytest.mark.tools
+
+DIGITS = 'configs/classification/resnet_attn_digits.py'
+
+
+def test_unknown_model_name_is_named_with_suggestions():
+    with pytest.raises(ValueError, match=r"'eca_resnet81' is not a registered .* did you mean .*eca_resnet18"):
+        ImageClassifier(backbone='eca_resnet81', num_classes=10)
+
+
+def test_check_config_names_a_missing_dataset(tmp_path):
+    cfg = Config.fromfile('configs/_base_/datasets/imagenet.py')
+    cfg.train_dataloader.dataset.data_root = str(tmp_path / 'nowhere')
+    with pytest.raises(FileNotFoundError, match='train_dataloader.dataset.data_root=.*nowhere.* does not exist'):
+        check_config(cfg)
+
+
+def test_check_config_names_an_unknown_backbone():
+    cfg = Config.fromfile(DIGITS)
+    cfg.model.backbone = 'not_a_model'
+    with pytest.raises(ValueError, match="model.backbone='not_a_model'"):
+        check_config(cfg)
+
+
+def test_accuracy_topk():
+    metric = Accuracy(topk=(1, 2))
+    scores = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.3, 0.5], [0.1, 0.6, 0.3]])
+    labels = [0, 0, 2]
+    metric.process(None, [{'pred_score': s, 'gt_label': torch.tensor(y)} for s, y in zip(scores, labels)])
+    result = metric.compute_metrics(metric.results)
+    assert result['top1'] == pytest.approx(100 / 3)
+    assert result['top2'] == pytest.approx(200 / 3)
+
+
+class _NotData:
+    def __reduce__(self):
+        return (print, ('pickled code ran',))
+
+
+def test_training_checkpoint_loader_refuses_pickled_code(tmp_path):
+    path = tmp_path / 'evil.pth'
+    with open(path, 'wb') as f:
+        torch.save({'state_dict': {}, 'payload': _NotData()}, f)
+    with pytest.raises(CheckpointError, match='would run code'):
+        load_training_checkpoint(path)
+
+
+def test_training_checkpoint_loader_reads_engine_state(tmp_path):
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    from visionattn.engine.runner import _plain_message_hub
+    buffer = HistoryBuffer()
+    buffer.update(1.5)
+    path = tmp_path / 'ok.pth'
+    state = {'state_dict': {'w': torch.ones(2)}, 'message_hub': {'log_scalars': {'loss': buffer}},
+             'rng_states': [{'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}]}
+    _plain_message_hub(state)  # what VisionRunner does before writing
+    torch.save(state, path)
+    loaded = load_training_checkpoint(path)
+    assert loaded['message_hub']['log_scalars']['loss'].current() == 1.5
+    assert loaded['rng_states'][0]['numpy'][0] == 'MT19937'
+
+
+def test_truncated_checkpoint_is_reported(tmp_path):
+    path = tmp_path / 'cut.pth'
+    torch.save({'state_dict': {'w': torch.ones(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match='truncated or corrupted'):
+        load_training_checkpoint(path)
+
+
+def test_resume_discovery_skips_dangling_records_and_temporaries(tmp_path):
+    assert find_resume_checkpoint(tmp_path) is None
+    (tmp_path / 'epoch_2.pth.tmp').write_bytes(b'partial')
+    assert find_resume_checkpoint(tmp_path) is None
+    (tmp_path / 'epoch_1.pth').write_bytes(pickle.dumps(1))
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_2.pth'))  # named file never completed
+    assert find_resume_checkpoint(tmp_path) == str(tmp_path / 'epoch_1.pth')

@@ -1,0 +1,66 @@
+"""Evaluate a checkpoint on a config's test set (mmdetection's command line, on mmengine's Runner).
+
+    python tools/test.py configs/classification/resnet_attn_digits.py work_dirs/resnet_attn_digits/epoch_6.pth
+    python tools/test.py CONFIG CKPT --out results.pkl --show-dir shown/
+
+The work dir is --work-dir, else the config's work_dir, else ./work_dirs/<config name>.
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the evaluation logs')
+    parser.add_argument('--out', help='dump the predictions to this pickle file (mmengine DumpResults)')
+    parser.add_argument('--show-dir', help='save images annotated with predictions in this folder')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not osp.isfile(args.config):
+        raise SystemExit(f'config file {args.config} does not exist')
+    if not osp.isfile(args.checkpoint):
+        raise SystemExit(f'checkpoint file {args.checkpoint} does not exist')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+    if args.launcher != 'none':
+        import torch
+        if not torch.cuda.is_available():
+            cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    from visionattn.engine import PredictionImagesHook, VisionRunner, check_config
+    check_config(cfg)
+    runner = VisionRunner.from_cfg(cfg)
+    if args.show_dir:
+        runner.register_hook(PredictionImagesHook(out_dir=args.show_dir), priority='LOWEST')
+    if args.out:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise SystemExit('--out must be a .pkl file')
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+    metrics = runner.test()
+    runner.logger.info(f'test metrics: {metrics}')
+    return metrics
+
+
+if __name__ == '__main__':
+    main()

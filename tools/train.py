@@ -1,0 +1,76 @@
+"""Train a model from a config (mmdetection's command line, on mmengine's Runner).
+
+    python tools/train.py configs/classification/resnet_attn_digits.py
+    torchrun --nproc_per_node 8 tools/train.py CONFIG --launcher pytorch --amp
+    python tools/train.py CONFIG --resume            # continue the latest checkpoint in the work dir
+
+The work dir is --work-dir, else the config's work_dir, else ./work_dirs/<config name>.
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--amp', action='store_true', help='enable automatic mixed precision (bf16 on GPUs)')
+    parser.add_argument('--auto-scale-lr', action='store_true', help='scale the lr by the actual total batch size')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from this checkpoint, or without a path from the latest in the work dir')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. train_cfg.max_epochs=3 model.backbone=biformer_s')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher (pytorch: torchrun)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def build_config(args) -> Config:
+    if not osp.isfile(args.config):
+        raise SystemExit(f'config file {args.config} does not exist')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.amp:
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit('--amp needs a CUDA device (mmengine\'s AmpOptimWrapper); train in fp32 on the CPU')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('dtype', 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16')
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
+            raise SystemExit('--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=...) in the config')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    if args.launcher != 'none':
+        import torch
+        if not torch.cuda.is_available():
+            cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'  # NCCL needs GPUs
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = build_config(args)
+    from visionattn.engine import VisionRunner, check_config
+    check_config(cfg)
+    runner = VisionRunner.from_cfg(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,15 @@
+"""The glue between visionattn and mmengine: registries, task models, data preprocessing, metrics, hooks and the
+runner the tools use. The only library package that imports mmengine (the ``[train]`` extra)."""
+from . import datasets  # noqa: F401  (registers the data package's datasets)
+from .classification import ClsDataPreprocessor, ImageClassifier, check_model_name, cls_collate
+from .hooks import DatasetEpochHook, PredictionImagesHook, ProgressBarHook, RandomStateHook, TrainingCurveHook
+from .metrics import Accuracy
+from .registry import DATA_SAMPLERS, DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
+from .runner import VisionRunner, check_config, find_resume_checkpoint, load_training_checkpoint
+
+__all__ = [
+    'ClsDataPreprocessor', 'ImageClassifier', 'check_model_name', 'cls_collate', 'DatasetEpochHook',
+    'PredictionImagesHook', 'ProgressBarHook', 'RandomStateHook', 'TrainingCurveHook', 'Accuracy', 'DATA_SAMPLERS',
+    'DATASETS', 'FUNCTIONS', 'HOOKS', 'METRICS', 'MODELS', 'VisionRunner', 'check_config', 'find_resume_checkpoint',
+    'load_training_checkpoint',
+]

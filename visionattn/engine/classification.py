@@ -1,0 +1,134 @@
+"""Image classification as an mmengine model: any timm or zoo model by name, with timm's Mixup/CutMix and
+label smoothing, behind mmengine's ``forward(inputs, data_samples, mode)`` API."""
+import difflib
+from typing import Dict, List, Optional, Sequence
+
+import timm
+import torch
+import torch.nn.functional as F
+from mmengine.dist import all_reduce, get_world_size, is_distributed
+from mmengine.model import BaseDataPreprocessor, BaseModel
+from mmengine.structures import BaseDataElement
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+
+from .registry import FUNCTIONS, MODELS
+
+__all__ = ['ClsDataPreprocessor', 'ImageClassifier', 'cls_collate', 'check_model_name']
+
+
+@FUNCTIONS.register_module()
+def cls_collate(batch: Sequence[Dict]) -> Dict:
+    """Stack the dataset's uint8 images; one data sample per image holding its label and index."""
+    inputs = torch.stack([item['img'] for item in batch])
+    samples = [BaseDataElement(gt_label=torch.tensor(item['gt_label']), metainfo={'index': item['index']})
+               for item in batch]
+    return {'inputs': inputs, 'data_samples': samples}
+
+
+@MODELS.register_module()
+class ClsDataPreprocessor(BaseDataPreprocessor):
+    """Moves a batch to the device and normalises uint8 images with the model's mean/std (0..1 scale).
+
+    Args:
+        mean: Per-channel mean on the 0..1 scale (timm's ``pretrained_cfg['mean']``).
+        std: Per-channel std on the 0..1 scale.
+    """
+
+    def __init__(self, mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225)):
+        super().__init__()
+        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255, persistent=False)
+        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255, persistent=False)
+
+    def forward(self, data: Dict, training: bool = False) -> Dict:
+        data = self.cast_data(data)
+        inputs = (data['inputs'].float() - self.mean) / self.std
+        return {'inputs': inputs.contiguous(memory_format=torch.channels_last), 'data_samples': data['data_samples']}
+
+
+def check_model_name(name: str) -> None:
+    """Fail with the nearest names when ``name`` is not a registered timm or zoo model."""
+    if not timm.is_model(name.split('.')[0]):
+        import visionattn  # noqa: F401  (registers the zoo, in case the config was built before importing it)
+        if timm.is_model(name.split('.')[0]):
+            return
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f'; did you mean {", ".join(close)}?' if close else ''
+        raise ValueError(f'model.backbone={name!r} is not a registered timm or visionattn model{hint}')
+
+
+@MODELS.register_module()
+class ImageClassifier(BaseModel):
+    """A timm classifier (any zoo or timm model name) trained with cross-entropy.
+
+    Args:
+        backbone: timm model name, e.g. 'biformer_s' or 'eca_resnet50.in1k'.
+        num_classes: Classes of the classifier head.
+        pretrained: Load the model's pretrained weights (the head is re-initialised when num_classes differs).
+        backbone_kwargs: Extra keyword arguments of ``timm.create_model`` (drop_path_rate, img_size, ...).
+        label_smoothing: Label smoothing of the cross-entropy (also Mixup's, when Mixup is on).
+        mixup: timm ``Mixup`` arguments (mixup_alpha, cutmix_alpha, prob, switch_prob, ...), or None.
+        data_preprocessor: Config of the data preprocessor; by default a :class:`ClsDataPreprocessor` with the
+            model's own pretrained mean/std.
+        init_cfg: mmengine initialisation config (unused by default: timm models initialise themselves).
+    """
+
+    def __init__(self, backbone: str, num_classes: int = 1000, pretrained: bool = False,
+                 backbone_kwargs: Optional[Dict] = None, label_smoothing: float = 0.0, mixup: Optional[Dict] = None,
+                 data_preprocessor: Optional[Dict] = None, init_cfg: Optional[Dict] = None):
+        check_model_name(backbone)
+        if num_classes < 1:
+            raise ValueError(f'num_classes must be positive, got {num_classes}')
+        classifier = timm.create_model(backbone, pretrained=pretrained, num_classes=num_classes,
+                                       **(backbone_kwargs or {}))
+        if data_preprocessor is None:
+            cfg = classifier.pretrained_cfg
+            data_preprocessor = dict(type=ClsDataPreprocessor, mean=cfg.get('mean', (0.485, 0.456, 0.406)),
+                                     std=cfg.get('std', (0.229, 0.224, 0.225)))
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.classifier = classifier
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.mixup = Mixup(**mixup, label_smoothing=label_smoothing, num_classes=num_classes) if mixup else None
+
+    def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
+                mode: str = 'tensor'):
+        if mode == 'tensor':
+            return self.classifier(inputs)
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+    @staticmethod
+    def _labels(inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> torch.Tensor:
+        return torch.stack([s.gt_label for s in data_samples]).to(inputs.device).view(-1)
+
+    def loss(self, inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> Dict[str, torch.Tensor]:
+        labels = self._labels(inputs, data_samples)
+        if self.mixup is not None:
+            if len(labels) % 2:
+                raise ValueError(f'Mixup/CutMix needs an even batch, got {len(labels)}: set drop_last=True')
+            inputs, soft_targets = self.mixup(inputs, labels)
+            return {'loss': SoftTargetCrossEntropy()(self.classifier(inputs), soft_targets)}
+        return {'loss': F.cross_entropy(self.classifier(inputs), labels, label_smoothing=self.label_smoothing)}
+
+    def predict(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None):
+        scores = self.classifier(inputs).float().softmax(dim=-1)
+        if data_samples is None:
+            data_samples = [BaseDataElement() for _ in range(len(scores))]
+        for sample, score in zip(data_samples, scores):
+            sample.set_data({'pred_score': score, 'pred_label': score.argmax()})
+        return data_samples
+
+    def parse_losses(self, losses: Dict[str, torch.Tensor]):
+        """As mmengine's, but the logged values are averaged over processes, so a log line reports the loss of
+        the global batch (mmengine logs rank 0's share); the loss that is back-propagated is untouched."""
+        loss, log_vars = super().parse_losses(losses)
+        if is_distributed():
+            for key, value in log_vars.items():
+                value = value.detach().clone()
+                all_reduce(value)
+                log_vars[key] = value / get_world_size()
+        return loss, log_vars

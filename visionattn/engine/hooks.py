@@ -1,0 +1,245 @@
+"""Hooks for reproducible resumption, readable progress and the training-curve plot."""
+import json
+import random
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from mmengine.dist import all_gather_object, get_rank, get_world_size, is_main_process
+from mmengine.hooks import CheckpointHook, Hook
+
+from .registry import HOOKS
+
+__all__ = ['RandomStateHook', 'DatasetEpochHook', 'ProgressBarHook', 'TrainingCurveHook', 'PredictionImagesHook']
+
+
+def _rng_state() -> Dict:
+    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: Dict) -> None:
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])
+
+
+@HOOKS.register_module()
+class RandomStateHook(Hook):
+    """Makes a resumed run draw the same random numbers as an uninterrupted one.
+
+    mmengine's checkpoints hold the model, optimizer, schedulers and (with EMAHook) the EMA weights, not the
+    random generators. This hook gathers every process's generator states when a checkpoint is due and stores
+    them in it; resuming restores each process's own. Validation runs between a checkpoint and the next epoch,
+    so it runs on a forked state and leaves the training stream untouched.
+    """
+    priority = 'ABOVE_NORMAL'  # before CheckpointHook (VERY_LOW) in the same after_train_* call
+
+    def __init__(self):
+        self._states: Optional[List[Dict]] = None
+        self._saved_for_val: Optional[Dict] = None
+        self._checkpoint_hook: Optional[CheckpointHook] = None
+
+    def before_train(self, runner) -> None:
+        self._checkpoint_hook = next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
+
+    def _gather(self) -> None:
+        self._states = all_gather_object(_rng_state()) if get_world_size() > 1 else [_rng_state()]
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        hook = self._checkpoint_hook
+        if hook is not None and not hook.by_epoch and self.every_n_train_iters(runner, hook.interval):
+            self._gather()
+
+    def after_train_epoch(self, runner) -> None:
+        self._gather()
+
+    def before_save_checkpoint(self, runner, checkpoint: Dict) -> None:
+        checkpoint['rng_states'] = self._states if self._states is not None else [_rng_state()]
+
+    def after_load_checkpoint(self, runner, checkpoint: Dict) -> None:
+        states = checkpoint.get('rng_states')
+        if not runner._resume or not states:
+            return
+        if len(states) != get_world_size():
+            runner.logger.warning(f'the checkpoint holds random states of {len(states)} processes, this run has '
+                                  f'{get_world_size()}: every process starts from the first one')
+        _set_rng_state(states[get_rank()] if len(states) == get_world_size() else states[0])
+
+    def before_val(self, runner) -> None:
+        self._saved_for_val = _rng_state()
+
+    def after_val(self, runner) -> None:
+        if self._saved_for_val is not None:
+            _set_rng_state(self._saved_for_val)
+            self._saved_for_val = None
+
+
+@HOOKS.register_module()
+class DatasetEpochHook(Hook):
+    """Tells the training dataset the epoch, on which its per-sample augmentation seeds depend."""
+
+    def before_train_epoch(self, runner) -> None:
+        dataset = runner.train_dataloader.dataset
+        if hasattr(dataset, 'set_epoch'):
+            dataset.set_epoch(runner.epoch)
+
+
+@HOOKS.register_module()
+class ProgressBarHook(Hook):
+    """A tqdm bar over each training epoch and each evaluation, on the main process."""
+    priority = 'BELOW_NORMAL'
+
+    def __init__(self):
+        self._bar = None
+
+    def _open(self, total: int, desc: str) -> None:
+        if is_main_process():
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, desc=desc, unit='it', leave=False, dynamic_ncols=True)
+
+    def _step(self, outputs=None) -> None:
+        if self._bar is not None:
+            if isinstance(outputs, dict) and 'loss' in outputs:
+                self._bar.set_postfix(loss=f'{float(outputs["loss"]):.4f}', refresh=False)
+            self._bar.update()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def before_train_epoch(self, runner) -> None:
+        self._open(len(runner.train_dataloader), f'epoch {runner.epoch + 1}/{runner.max_epochs}')
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        self._step(outputs)
+
+    def after_train_epoch(self, runner) -> None:
+        self._close()
+
+    def before_val_epoch(self, runner) -> None:
+        self._open(len(runner.val_dataloader), 'val')
+
+    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        self._step()
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self._close()
+
+    def before_test_epoch(self, runner) -> None:
+        self._open(len(runner.test_dataloader), 'test')
+
+    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        self._step()
+
+    def after_test_epoch(self, runner, metrics=None) -> None:
+        self._close()
+
+
+@HOOKS.register_module()
+class TrainingCurveHook(Hook):
+    """Plots training loss, learning rate and validation metrics to ``<work_dir>/training_curves.png``.
+
+    The history travels in the checkpoints, so the plot of a resumed run covers the whole run. The same numbers
+    go to ``<work_dir>/training_curves.json``.
+
+    Args:
+        interval: Record the training loss and lr every this many iterations.
+        filename: Name of the PNG in the work dir.
+    """
+    priority = 'LOW'
+
+    def __init__(self, interval: int = 1, filename: str = 'training_curves.png'):
+        self.interval = interval
+        self.filename = filename
+        self.history: Dict[str, List] = {'train': [], 'val': []}
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if outputs and self.every_n_train_iters(runner, self.interval):
+            lr = runner.optim_wrapper.get_lr()
+            lr = next(iter(lr.values()))[0] if isinstance(lr, dict) else lr
+            self.history['train'].append({'iter': runner.iter + 1, 'epoch': runner.epoch + 1,
+                                          'loss': float(outputs['loss']), 'lr': float(lr)})
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        if metrics:
+            self.history['val'].append({'iter': runner.iter, 'epoch': runner.epoch,
+                                        **{k: float(v) for k, v in metrics.items()}})
+            self._plot(runner)
+
+    def after_train(self, runner) -> None:
+        self._plot(runner)
+
+    def before_save_checkpoint(self, runner, checkpoint: Dict) -> None:
+        checkpoint['training_curves'] = self.history
+
+    def after_load_checkpoint(self, runner, checkpoint: Dict) -> None:
+        if runner._resume and 'training_curves' in checkpoint:
+            self.history = checkpoint['training_curves']
+
+    def _plot(self, runner) -> None:
+        if not is_main_process() or not self.history['train']:
+            return
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        work_dir = Path(runner.work_dir)
+        (work_dir / Path(self.filename).with_suffix('.json').name).write_text(json.dumps(self.history))
+        train, val = self.history['train'], self.history['val']
+        metric_keys = sorted({k for row in val for k in row if k not in ('iter', 'epoch')})
+        fig, axes = plt.subplots(1, 2 + bool(metric_keys), figsize=(5 * (2 + bool(metric_keys)), 3.6))
+        iters = [row['iter'] for row in train]
+        axes[0].plot(iters, [row['loss'] for row in train], lw=0.8)
+        axes[0].set(title='training loss', xlabel='iteration')
+        axes[1].plot(iters, [row['lr'] for row in train])
+        axes[1].set(title='learning rate', xlabel='iteration')
+        for key in metric_keys:
+            axes[2].plot([row['iter'] for row in val if key in row], [row[key] for row in val if key in row],
+                         marker='o', label=key)
+        if metric_keys:
+            axes[2].set(title='validation', xlabel='iteration')
+            axes[2].legend()
+        fig.suptitle(Path(runner.cfg.filename or runner.experiment_name).stem)
+        fig.tight_layout()
+        fig.savefig(work_dir / self.filename, dpi=110)
+        plt.close(fig)
+
+
+@HOOKS.register_module()
+class PredictionImagesHook(Hook):
+    """Saves test images annotated with predicted and true labels to ``out_dir`` (tools/test.py --show-dir).
+
+    Args:
+        out_dir: Folder to write PNGs to.
+        max_images: Stop after this many images.
+    """
+
+    def __init__(self, out_dir: str, max_images: int = 64):
+        self.out_dir = Path(out_dir)
+        self.max_images = max_images
+        self._written = 0
+
+    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if not is_main_process() or self._written >= self.max_images or not outputs:
+            return
+        from PIL import Image, ImageDraw
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        classes = runner.test_dataloader.dataset.metainfo.get('classes', ())
+        name = (lambda i: classes[i] if i < len(classes) else str(i))  # noqa: E731
+        for img, sample in zip(data_batch['inputs'], outputs):
+            if self._written >= self.max_images:
+                break
+            pred, true = int(sample.pred_label), int(sample.gt_label)
+            canvas = Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).resize((160, 160), Image.NEAREST)
+            framed = Image.new('RGB', (160, 184), 'white')
+            framed.paste(canvas, (0, 24))
+            ImageDraw.Draw(framed).text((4, 4), f'pred {name(pred)} / true {name(true)}',
+                                        fill='green' if pred == true else 'red')
+            framed.save(self.out_dir / f'{self._written:05d}_pred-{pred}_true-{true}.png')
+            self._written += 1

@@ -1,0 +1,19 @@
+"""visionattn's registries: children of mmengine's, so configs may name classes by string in scope 'visionattn'
+as well as by the class itself (the pure-Python configs do the latter)."""
+from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
+from mmengine.registry import DATASETS as MMENGINE_DATASETS
+from mmengine.registry import FUNCTIONS as MMENGINE_FUNCTIONS
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import METRICS as MMENGINE_METRICS
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import Registry
+
+__all__ = ['MODELS', 'DATASETS', 'DATA_SAMPLERS', 'METRICS', 'HOOKS', 'FUNCTIONS']
+
+MODELS = Registry('model', parent=MMENGINE_MODELS, scope='visionattn', locations=['visionattn.engine.classification'])
+DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='visionattn', locations=['visionattn.engine.datasets'])
+DATA_SAMPLERS = Registry('data sampler', parent=MMENGINE_DATA_SAMPLERS, scope='visionattn')
+METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='visionattn', locations=['visionattn.engine.metrics'])
+HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='visionattn', locations=['visionattn.engine.hooks'])
+FUNCTIONS = Registry('function', parent=MMENGINE_FUNCTIONS, scope='visionattn',
+                     locations=['visionattn.engine.classification'])

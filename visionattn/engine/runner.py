@@ -1,0 +1,175 @@
+"""mmengine's Runner with what visionattn's tools need on top: atomic checkpoints, resume under torch's
+``weights_only`` loading, strict and explained checkpoint loading, CPU data-parallel runs, and config checks."""
+import os
+import os.path as osp
+import re
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+from mmengine.dist import is_main_process
+from mmengine.model import MMDistributedDataParallel, is_model_wrapper
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
+from visionattn.hub import CheckpointMismatchError, load_checkpoint_file
+
+__all__ = ['VisionRunner', 'load_training_checkpoint', 'find_resume_checkpoint', 'check_config']
+
+TMP_SUFFIX = '.tmp'
+
+
+def _training_checkpoint_globals():
+    """The classes an mmengine training checkpoint pickles besides tensors: numpy arrays and dtypes (history
+    buffers, random states). Only these are allowed."""
+    import numpy as np
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtypes = [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'uint32', 'bool')]
+    return [np.ndarray, np.dtype, _reconstruct, scalar, *dtypes]
+
+
+_BUFFER_TAG = '__mmengine_history_buffer__'
+
+
+def _plain_message_hub(checkpoint: Dict) -> None:
+    """Replace the message hub's HistoryBuffers by plain dicts: pickled, they reference functions by getattr,
+    which a weights_only load must refuse."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    scalars = checkpoint.get('message_hub', {}).get('log_scalars', {})
+    for key, buffer in scalars.items():
+        if isinstance(buffer, HistoryBuffer):
+            log, count = buffer.data
+            scalars[key] = {_BUFFER_TAG: True, 'log_history': log, 'count_history': count,
+                            'max_length': buffer.max_length}
+
+
+def _restore_message_hub(checkpoint: Dict) -> None:
+    from mmengine.logging.history_buffer import HistoryBuffer
+    scalars = checkpoint.get('message_hub', {}).get('log_scalars', {})
+    for key, value in scalars.items():
+        if isinstance(value, dict) and value.get(_BUFFER_TAG):
+            scalars[key] = HistoryBuffer(value['log_history'], value['count_history'], value['max_length'])
+
+
+def load_training_checkpoint(path: str, map_location='cpu') -> Dict:
+    """Load a checkpoint that this engine wrote (to resume, or to test).
+
+    torch's ``weights_only`` unpickler stays on; besides tensors only the few plain-data classes that an mmengine
+    training checkpoint holds are allowed (``_training_checkpoint_globals``), so a work dir never runs pickled code.
+    """
+    checkpoint = load_checkpoint_file(path, extra_globals=_training_checkpoint_globals(), map_location=map_location)
+    _restore_message_hub(checkpoint)
+    return checkpoint
+
+
+def find_resume_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint to resume in ``work_dir``: the one ``last_checkpoint`` names if it exists, else the newest
+    ``*.pth`` (a run killed while writing leaves only a ``.tmp`` file, which is never picked)."""
+    work_dir = Path(work_dir)
+    record = work_dir / 'last_checkpoint'
+    if record.is_file():
+        named = Path(record.read_text().strip())
+        if named.is_file():
+            return str(named)
+    candidates = sorted(work_dir.glob('*.pth'), key=lambda p: p.stat().st_mtime)
+    return str(candidates[-1]) if candidates else None
+
+
+def _check_shapes(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], path: str) -> None:
+    """Name the mismatched entries, with the num_classes hint for classifier heads."""
+    own = model.state_dict()
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
+                  if k in own and hasattr(v, 'shape') and tuple(v.shape) != tuple(own[k].shape)]
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if not (mismatched or missing or unexpected):
+        return
+    lines = [f'checkpoint {path} does not fit the model:']
+    lines += [f'  {k}: checkpoint {a}, model {b}' for k, a, b in mismatched]
+    heads = [(a, b) for k, a, b in mismatched if re.search(r'(head|fc|classifier)\.(\w+\.)*(weight|bias)$', k)]
+    if heads:
+        lines.append(f'  (the classifier has {heads[0][0][0]} classes in the checkpoint and {heads[0][1][0]} in the '
+                     'config: set model.num_classes to match)')
+    if missing:
+        lines.append(f'  missing keys: {missing[:10]}{" ..." if len(missing) > 10 else ""}')
+    if unexpected:
+        lines.append(f'  unexpected keys: {unexpected[:10]}{" ..." if len(unexpected) > 10 else ""}')
+    raise CheckpointMismatchError('\n'.join(lines))
+
+
+def check_config(cfg) -> None:
+    """Fail early, naming the problem, for what would otherwise fail late or silently."""
+    from .classification import check_model_name
+    model_cfg = cfg.get('model', {})
+    if isinstance(model_cfg, dict) and 'backbone' in model_cfg and isinstance(model_cfg['backbone'], str):
+        check_model_name(model_cfg['backbone'])
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        dataset = (cfg.get(loader) or {}).get('dataset', {})
+        root = dataset.get('data_root') if isinstance(dataset, dict) else None
+        if root is not None and not osp.isdir(osp.expanduser(root)):
+            raise FileNotFoundError(f'{loader}.dataset.data_root={root!r} does not exist')
+
+
+class VisionRunner(Runner):
+    """mmengine's Runner with atomic checkpoint writes, resume under ``weights_only`` loading, strict loading of
+    ``load_from`` checkpoints, and data-parallel runs on CPU processes (gloo)."""
+
+    def save_checkpoint(self, out_dir, filename, *args, **kwargs):
+        # Write to a temporary name, then rename: a run killed mid-write never leaves a truncated checkpoint.
+        super().save_checkpoint(out_dir, filename + TMP_SUFFIX, *args, **kwargs)
+        if is_main_process():
+            os.replace(osp.join(out_dir, filename + TMP_SUFFIX), osp.join(out_dir, filename))
+
+    def call_hook(self, fn_name: str, **kwargs) -> None:
+        super().call_hook(fn_name, **kwargs)
+        if fn_name == 'before_save_checkpoint':
+            _plain_message_hub(kwargs['checkpoint'])
+
+    def load_or_resume(self) -> None:
+        if self._resume and self._load_from is None and not self._has_loaded:
+            # mmengine trusts the last_checkpoint record even when the file it names is gone.
+            self._load_from = find_resume_checkpoint(self.work_dir)
+            if self._load_from is None:
+                self.logger.info(f'no checkpoint in {self.work_dir}: training from the start')
+                self._resume = False
+        return super().load_or_resume()
+
+    def load_checkpoint(self, filename, map_location='cpu', strict=True, revise_keys=((r'^module\.', ''),)):
+        # Resumed and tested checkpoints are usually this engine's own: weights_only loading with the few
+        # plain-data classes they hold allowed; anything else in a file is refused, and shapes are checked strictly.
+        checkpoint = load_training_checkpoint(filename, map_location)
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        state = checkpoint.get('state_dict', checkpoint)
+        for pattern, replacement in revise_keys:
+            state = {re.sub(pattern, replacement, k): v for k, v in state.items()}
+        _check_shapes(model, state, filename)
+        checkpoint = _load_checkpoint_to_model(model, {'state_dict': state, **{k: v for k, v in checkpoint.items()
+                                                                              if k != 'state_dict'}}, strict=True)
+        self._has_loaded = True
+        self.logger.info(f'loaded checkpoint {filename}')
+        return checkpoint
+
+    def setup_env(self, env_cfg: Dict) -> None:
+        if self.distributed and not torch.distributed.is_initialized() and not torch.cuda.is_available():
+            # mmengine's init_dist calls torch.cuda.set_device even for gloo; on CPU processes start gloo here
+            # from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
+            if self.launcher != 'pytorch':
+                raise RuntimeError(f'launcher {self.launcher!r} needs CUDA devices; on CPUs use torchrun '
+                                   '(--launcher pytorch), which runs gloo')
+            torch.distributed.init_process_group(backend='gloo')
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg, model):
+        if self.distributed and not torch.cuda.is_available() and not is_model_wrapper(model):
+            # mmengine passes device_ids=[LOCAL_RANK], which DDP rejects for CPU modules.
+            model = model.to('cpu')
+            cfg = dict(model_wrapper_cfg or {})
+            cfg.pop('type', None)
+            cfg.setdefault('broadcast_buffers', False)
+            cfg.setdefault('find_unused_parameters', self.cfg.get('find_unused_parameters', False))
+            return MMDistributedDataParallel(module=model, device_ids=None, **cfg)
+        return super().wrap_model(model_wrapper_cfg, model)
