@@ -9,7 +9,7 @@ import argparse
 import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 
 def parse_args(argv=None):
@@ -29,25 +29,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not osp.isfile(args.config):
-        raise SystemExit(f'config file {args.config} does not exist')
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint file {args.checkpoint} does not exist')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    from visionattn.engine import PredictionImagesHook, VisionRunner, check_config, load_tool_config
+    cfg = load_tool_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
     cfg.resume = False
-    if args.launcher != 'none':
-        import torch
-        if not torch.cuda.is_available():
-            cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
-    from visionattn.engine import PredictionImagesHook, VisionRunner, check_config
     check_config(cfg)
     runner = VisionRunner.from_cfg(cfg)
     if args.show_dir:

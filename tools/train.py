@@ -8,7 +8,6 @@ The work dir is --work-dir, else the config's work_dir, else ./work_dirs/<config
 """
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import Config, DictAction
 
@@ -32,16 +31,8 @@ def parse_args(argv=None):
 
 
 def build_config(args) -> Config:
-    if not osp.isfile(args.config):
-        raise SystemExit(f'config file {args.config} does not exist')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    from visionattn.engine import load_tool_config
+    cfg = load_tool_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     if args.amp:
         import torch
         if not torch.cuda.is_available():
@@ -56,10 +47,6 @@ def build_config(args) -> Config:
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
-    if args.launcher != 'none':
-        import torch
-        if not torch.cuda.is_available():
-            cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'  # NCCL needs GPUs
     return cfg
 
 

@@ -5,11 +5,11 @@ from .classification import ClsDataPreprocessor, ImageClassifier, check_model_na
 from .hooks import DatasetEpochHook, PredictionImagesHook, ProgressBarHook, RandomStateHook, TrainingCurveHook
 from .metrics import Accuracy
 from .registry import DATA_SAMPLERS, DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
-from .runner import VisionRunner, check_config, find_resume_checkpoint, load_training_checkpoint
+from .runner import VisionRunner, check_config, find_resume_checkpoint, load_tool_config, load_training_checkpoint
 
 __all__ = [
     'ClsDataPreprocessor', 'ImageClassifier', 'check_model_name', 'cls_collate', 'DatasetEpochHook',
     'PredictionImagesHook', 'ProgressBarHook', 'RandomStateHook', 'TrainingCurveHook', 'Accuracy', 'DATA_SAMPLERS',
     'DATASETS', 'FUNCTIONS', 'HOOKS', 'METRICS', 'MODELS', 'VisionRunner', 'check_config', 'find_resume_checkpoint',
-    'load_training_checkpoint',
+    'load_tool_config', 'load_training_checkpoint',
 ]

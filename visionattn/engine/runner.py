@@ -14,7 +14,7 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from visionattn.hub import CheckpointMismatchError, load_checkpoint_file
 
-__all__ = ['VisionRunner', 'load_training_checkpoint', 'find_resume_checkpoint', 'check_config']
+__all__ = ['VisionRunner', 'load_training_checkpoint', 'find_resume_checkpoint', 'check_config', 'load_tool_config']
 
 TMP_SUFFIX = '.tmp'
 
@@ -98,6 +98,27 @@ def _check_shapes(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], p
     if unexpected:
         lines.append(f'  unexpected keys: {unexpected[:10]}{" ..." if len(unexpected) > 10 else ""}')
     raise CheckpointMismatchError('\n'.join(lines))
+
+
+def load_tool_config(config: str, cfg_options: Optional[Dict] = None, work_dir: Optional[str] = None,
+                     launcher: str = 'none'):
+    """A config as tools/train.py and tools/test.py see it: ``--cfg-options`` merged, the work dir by
+    mmdetection's precedence (--work-dir, else the config's, else ./work_dirs/<config name>), the launcher set, and
+    gloo instead of NCCL where there is no GPU."""
+    from mmengine.config import Config
+    if not osp.isfile(config):
+        raise SystemExit(f'config file {config} does not exist')
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+    if launcher != 'none' and not torch.cuda.is_available():
+        cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'  # NCCL needs GPUs
+    return cfg
 
 
 def check_config(cfg) -> None:
