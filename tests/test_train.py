@@ -79,8 +79,8 @@ def test_train_learns_and_test_reproduces_validation(tmp_path):
 
 def test_test_tool_names_a_num_classes_mismatch(tmp_path):
     work = tmp_path / 'run'
-    _train(ECA_DIGITS, work, 'train_cfg.max_epochs=1', 'train_dataloader.dataset.max_samples=32')
-    proc = _run([sys.executable, 'tools/test.py', ECA_DIGITS, str(work / 'epoch_1.pth'), '--work-dir',
+    _train(MAMBAOUT_DIGITS, work, 'train_cfg.max_epochs=1', 'train_dataloader.dataset.max_samples=32')
+    proc = _run([sys.executable, 'tools/test.py', MAMBAOUT_DIGITS, str(work / 'epoch_1.pth'), '--work-dir',
                  str(tmp_path / 't'), '--cfg-options', 'model.num_classes=5'], expect_ok=False)
     assert proc.returncode != 0
     assert '10 classes in the checkpoint and 5 in the config' in proc.stderr
@@ -125,7 +125,6 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert _curves(killed)['train'] == _curves(tmp_path / 'whole')['train']
 
 
-@pytest.mark.slow
 def test_two_processes_match_one_and_resume(tmp_path):
     # MambaOut has no BatchNorm: two processes of 8 images compute the loss of one process of 16 exactly.
     single = tmp_path / 'single'

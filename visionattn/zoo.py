@@ -172,3 +172,11 @@ register_paper_facts({
     'fasternet_m': PaperFacts(_FASTERNET, 53.5, 8.72, 83.0),
     'fasternet_l': PaperFacts(_FASTERNET, 93.4, 15.49, 83.5),
 })
+# timm's own trainings and variants, with no paper table to quote: listed so the zoo table says so.
+register_paper_facts({name: PaperFacts('ECA-ResNet-D/T (timm)', counting='timm-trained; no paper figures') for name in (
+    'ecaresnet26t', 'ecaresnet50d', 'ecaresnet50d_pruned', 'ecaresnet50t', 'ecaresnet101d', 'ecaresnet101d_pruned',
+    'ecaresnet200d', 'ecaresnet269d', 'ecaresnetlight')})
+register_paper_facts({name: PaperFacts(_MAMBAOUT, counting="timm's variant; no paper figures") for name in (
+    'mambaout_small_rw', 'mambaout_base_short_rw', 'mambaout_base_tall_rw', 'mambaout_base_wide_rw',
+    'mambaout_base_plus_rw')})
+

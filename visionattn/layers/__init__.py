@@ -1,4 +1,18 @@
 """nn.Modules built on visionattn's ops, reusable by any backbone or head."""
+from .bra import BiLevelRoutingAttention
 from .ela import ELA_VERSIONS, EfficientLocalAttention, ElaVersion
+from .neighborhood_attention import NeighborhoodAttention2d
+from .partial import (
+    EuclideanRelPosSelfAttention2d,
+    GaussianChannelAttention,
+    PartialChannelAttention,
+    PartialConv,
+    PartialSelfAttention,
+    PartialSpatialAttention,
+)
 
-__all__ = ['EfficientLocalAttention', 'ElaVersion', 'ELA_VERSIONS']
+__all__ = [
+    'BiLevelRoutingAttention', 'EfficientLocalAttention', 'ElaVersion', 'ELA_VERSIONS', 'NeighborhoodAttention2d',
+    'PartialConv', 'GaussianChannelAttention', 'PartialChannelAttention', 'PartialSpatialAttention',
+    'EuclideanRelPosSelfAttention2d', 'PartialSelfAttention',
+]

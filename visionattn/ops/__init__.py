@@ -1,5 +1,10 @@
-"""visionattn's functional ops: each has a pure-PyTorch reference (``reference.py``, the oracle and the CPU path)
-and Triton kernels (``triton/<op>.py``), chosen by ``backend=`` (see ``checks.py``)."""
+"""visionattn's functional ops: each has a pure-PyTorch reference (``reference.py``, ``reference_block_sparse.py``:
+the oracle and the CPU path) and Triton kernels (``triton/<op>.py``), chosen by ``backend=`` (see ``checks.py``)."""
+from .block_sparse import bi_level_routing_attention, block_sparse_attention, bra_routing
 from .checks import BACKENDS, BackendUnavailableError, choose_backend, explain_backend
+from .neighborhood import neighborhood_attention
 
-__all__ = ['BACKENDS', 'BackendUnavailableError', 'choose_backend', 'explain_backend']
+__all__ = [
+    'BACKENDS', 'BackendUnavailableError', 'choose_backend', 'explain_backend', 'neighborhood_attention',
+    'block_sparse_attention', 'bi_level_routing_attention', 'bra_routing',
+]

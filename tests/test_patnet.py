@@ -1,0 +1,293 @@
+"""PATNet: the partial layers against their definitions, the checkpoint conversion, bad input, and a dense head."""
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from visionattn.backbones.patnet import checkpoint_filter_fn
+
+import visionattn
+from visionattn.hub import CheckpointMismatchError
+from visionattn.layers import (
+    EuclideanRelPosSelfAttention2d,
+    GaussianChannelAttention,
+    PartialChannelAttention,
+    PartialConv,
+    PartialSelfAttention,
+    PartialSpatialAttention,
+)
+from visionattn.layers.partial import euclidean_rpe_index
+
+pytestmark = pytest.mark.backbones
+
+PATNETS = ['patnet_t0', 'patnet_t1', 'patnet_t2', 'patnet_s', 'patnet_m', 'patnet_l']
+
+
+def _randomise_norms(module):
+    """Non-trivial BatchNorm/LayerNorm affine parameters and running statistics."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+
+
+def _bn_eval(x, bn):
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return ((x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
+            * bn.weight.view(shape) + bn.bias.view(shape))
+
+
+def _hardsigmoid(x):
+    return (x / 6 + 0.5).clamp(0, 1)
+
+
+def test_partial_conv_leaves_untouched_channels():
+    torch.manual_seed(0)
+    layer = PartialConv(12, n_div=4).double()
+    x = torch.randn(2, 12, 5, 7, dtype=torch.double)
+    out = layer(x)
+    assert layer.dim_conv == 3 and layer.dim_untouched == 9
+    torch.testing.assert_close(out[:, 3:], x[:, 3:], rtol=0, atol=0)
+    torch.testing.assert_close(out[:, :3], F.conv2d(x[:, :3], layer.conv.weight, padding=1))
+
+
+def test_gaussian_channel_attention_matches_definition():
+    torch.manual_seed(0)
+    layer = GaussianChannelAttention(6).double().eval()
+    _randomise_norms(layer)
+    x = torch.randn(3, 6, 4, 5, dtype=torch.double)
+    flat = x.reshape(3, 6, -1)
+    mean, std = flat.mean(-1), flat.std(-1, unbiased=True)  # the paper's mean and (unbiased) std pooling
+    weight = layer.fc.weight  # C, C, 1, 2: column 0 reads the mean, column 1 the std
+    z = mean @ weight[:, :, 0, 0].T + std @ weight[:, :, 0, 1].T
+    gate = _hardsigmoid(_bn_eval(z, layer.bn))
+    torch.testing.assert_close(layer(x), x * gate[:, :, None, None])
+
+
+def test_gaussian_channel_attention_batch_of_one_in_training_uses_running_stats():
+    torch.manual_seed(0)
+    layer = GaussianChannelAttention(6)
+    _randomise_norms(layer)
+    running = layer.bn.running_mean.clone()
+    x = torch.randn(1, 6, 4, 4)
+    out_train = layer.train()(x)
+    torch.testing.assert_close(layer.bn.running_mean, running)
+    torch.testing.assert_close(out_train, layer.eval()(x))
+    # two samples use batch statistics and update the running mean
+    layer.train()(torch.randn(2, 6, 4, 4))
+    assert not torch.equal(layer.bn.running_mean, running)
+
+
+def test_gaussian_channel_attention_refuses_single_position():
+    with pytest.raises(ValueError, match='at least 2'):
+        GaussianChannelAttention(4).eval()(torch.randn(2, 4, 1, 1))
+
+
+def test_partial_channel_attention_splits_channels():
+    torch.manual_seed(0)
+    layer = PartialChannelAttention(16, n_div=4).double().eval()
+    _randomise_norms(layer)
+    x = torch.randn(2, 16, 6, 6, dtype=torch.double)
+    out = layer(x)
+    torch.testing.assert_close(out[:, :4], F.conv2d(x[:, :4], layer.conv.weight, padding=1))
+    torch.testing.assert_close(out[:, 4:], _bn_eval(layer.attn(x[:, 4:]), layer.norm))
+
+
+def test_partial_spatial_attention_matches_definition():
+    torch.manual_seed(0)
+    layer = PartialSpatialAttention(10).double().eval()
+    _randomise_norms(layer)
+    x = torch.randn(2, 10, 3, 4, dtype=torch.double)
+    gated, mixed = x[:, :5], x[:, 5:]
+    gate = _hardsigmoid(torch.einsum('oc,bchw->bohw', layer.gate_conv.weight[:, :, 0, 0], gated))  # one map
+    expected_gated = _bn_eval(gated * gate, layer.gated_norm)
+    expected_mixed = torch.einsum('oc,bchw->bohw', layer.conv.weight[:, :, 0, 0], _bn_eval(mixed, layer.conv_norm))
+    torch.testing.assert_close(layer(x), torch.cat((expected_gated, expected_mixed), 1))
+
+
+def _bucket_by_hand(q, k, width, alpha, beta, gamma):
+    d = round(math.dist(divmod(q, width), divmod(k, width)))
+    if d > alpha:
+        d = min(round(alpha + math.log(d / alpha) / math.log(gamma / alpha) * (beta - alpha)), beta)
+    return int(d) + int(beta)
+
+
+@pytest.mark.parametrize('height, width, alpha, beta, gamma', [(3, 5, 20., 40., 160.), (9, 13, 2., 4., 16.)])
+def test_euclidean_rpe_index(height, width, alpha, beta, gamma):
+    index = euclidean_rpe_index(height, width, alpha, beta, gamma)
+    length = height * width
+    expected = torch.tensor([[_bucket_by_hand(q, k, width, alpha, beta, gamma) for k in range(length)]
+                             for q in range(length)])
+    torch.testing.assert_close(index, expected)
+    assert index.min() >= int(beta) and index.max() <= 2 * int(beta)
+
+
+def test_rel_pos_self_attention_matches_explicit_softmax():
+    torch.manual_seed(0)
+    layer = EuclideanRelPosSelfAttention2d(12, num_heads=3, rpe_ratio=1.).double().eval()
+    with torch.no_grad():
+        layer.rpe_table.normal_()
+    x = torch.randn(2, 12, 4, 5, dtype=torch.double)
+    tokens = x.flatten(2).transpose(1, 2)
+    q, k, v = layer.qkv(tokens).reshape(2, 20, 3, 3, 4).permute(2, 0, 3, 1, 4)
+    bias = torch.stack([layer.rpe_table[h][euclidean_rpe_index(4, 5, 1., 2., 8.)] for h in range(3)])
+    attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(4) + bias, dim=-1)
+    expected = layer.proj((attn @ v).transpose(1, 2).reshape(2, 20, 12)).transpose(1, 2).reshape(2, 12, 4, 5)
+    torch.testing.assert_close(layer(x), expected)
+    layer.fused_attn = not layer.fused_attn  # the other path (fused SDPA vs. manual) agrees too
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_rel_pos_bias_gets_gradient():
+    layer = EuclideanRelPosSelfAttention2d(8, num_heads=2)
+    layer(torch.randn(2, 8, 3, 3)).square().sum().backward()
+    assert layer.rpe_table.grad is not None and layer.rpe_table.grad.abs().sum() > 0
+
+
+def test_partial_self_attention_residual_parts():
+    torch.manual_seed(0)
+    layer = PartialSelfAttention(16, n_div=4, num_heads=4).eval()
+    x = torch.randn(2, 16, 3, 3)
+    out = layer(x)
+    torch.testing.assert_close(out[:, :4], F.conv2d(x[:, :4], layer.conv.weight, padding=1))
+    torch.testing.assert_close(out[:, 4:], layer.attn(layer.norm(x[:, 4:])))
+
+
+def test_layers_refuse_bad_arguments():
+    with pytest.raises(ValueError, match='do not divide'):
+        EuclideanRelPosSelfAttention2d(10, num_heads=3)
+    with pytest.raises(ValueError, match='expects an input of shape'):
+        EuclideanRelPosSelfAttention2d(8, num_heads=2)(torch.randn(2, 6, 3, 3))
+    with pytest.raises(ValueError, match='odd kernel_size'):
+        PartialConv(8, kernel_size=2)
+    with pytest.raises(ValueError, match='n_div'):
+        PartialConv(3, n_div=4)
+
+
+@pytest.mark.parametrize('name', PATNETS)
+def test_parameter_count_equals_official(name):
+    model = timm.create_model(name, device='meta')
+    assert sum(p.numel() for p in model.parameters()) == visionattn.paper_facts(name).reference_params
+
+
+def test_variant_blocks():
+    t1 = timm.create_model('patnet_t1', device='meta')
+    t2 = timm.create_model('patnet_t2', device='meta')
+    assert all(isinstance(b.mlp[-1], PartialSpatialAttention) for s in t1.stages for b in s.blocks)
+    assert not any(isinstance(m, PartialSpatialAttention) for m in t2.modules())
+    for model in (t1, t2):
+        assert [type(s.blocks[0].spatial_mixing) for s in model.stages] == [PartialChannelAttention] * 3 + [
+            PartialSelfAttention]
+    assert t2.stages[3].blocks[0].spatial_mixing.attn.num_heads == 4
+
+
+@pytest.mark.parametrize('shape, message', [
+    ((2, 1, 64, 64), r'shape \(B, 3, H, W\)'),
+    ((3, 64, 64), r'shape \(B, 3, H, W\)'),
+    ((2, 3, 31, 64), 'at least 32x32'),
+])
+def test_bad_input(shape, message):
+    model = timm.create_model('patnet_t0').eval()
+    with pytest.raises(ValueError, match=message):
+        model(torch.randn(shape))
+    with pytest.raises(ValueError, match=message):
+        model.forward_intermediates(torch.randn(shape))
+
+
+def test_no_pretrained_weights():
+    assert timm.get_pretrained_cfg('patnet_t2').url == ''
+    with pytest.raises(RuntimeError, match='no pretrained weights'):
+        timm.create_model('patnet_t2', pretrained=True)
+
+
+def _to_official_layout(state_dict):
+    """This layout -> PartialNet's (stages interleaved with merges, its module names), written independently."""
+    renames = [('.spatial_mixing.conv.', '.spatial_mixing.partial_conv3.'), ('.attn.fc.', '.attn.cfc1.'),
+               ('.attn.rpe_table', '.attn.rpe_k.lookup_table_bias'), ('.mlp.4.gate_conv.', '.mlp.4.conv_attn.'),
+               ('.mlp.4.gated_norm.', '.mlp.4.norm.'), ('.mlp.4.conv_norm.', '.mlp.4.norm2.')]
+    out = {}
+    for key, value in state_dict.items():
+        parts = key.split('.')
+        if parts[0] == 'stages':
+            stage = int(parts[1])
+            if parts[2] == 'downsample':
+                key = '.'.join(['stages', str(2 * stage - 1)] + parts[3:])
+            else:
+                key = '.'.join(['stages', str(2 * stage)] + parts[2:])
+            for new, old in renames:
+                key = key.replace(new, old)
+        key = key.replace('conv_head.', 'avgpool_pre_head.1.').replace('classifier.', 'head.')
+        out['model.' + key] = value
+    return {'state_dict': out, 'epoch': 299, 'global_step': 1}
+
+
+def test_official_checkpoint_loads(tmp_path):
+    torch.manual_seed(0)
+    source = timm.create_model('patnet_t1').eval()  # has PAT_ch, PAT_sp and PAT_sf
+    _randomise_norms(source)
+    with torch.no_grad():
+        for block in source.stages[3].blocks:
+            block.spatial_mixing.attn.rpe_table.normal_()
+    path = tmp_path / 'partialnet_t1.ckpt'
+    torch.save(_to_official_layout(source.state_dict()), path)
+    loaded = timm.create_model('patnet_t1', pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), source(x), rtol=0, atol=0)
+    # this layout passes through unchanged
+    assert checkpoint_filter_fn(source.state_dict(), source).keys() == source.state_dict().keys()
+
+
+def test_wrong_checkpoint_names_the_keys(tmp_path):
+    checkpoint = _to_official_layout(timm.create_model('patnet_t0').state_dict())
+    path = tmp_path / 'partialnet_t0.ckpt'
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointMismatchError, match='shape mismatches'):
+        timm.create_model('patnet_t1', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
+class _TinySegHead(nn.Module):
+    """1×1 conv per level to a common width, upsample to the finest level and sum, 1×1 conv to classes."""
+
+    def __init__(self, channels, num_classes, width=16):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.classify = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, features, size):
+        finest = features[0].shape[-2:]
+        fused = sum(F.interpolate(conv(f), size=finest, mode='bilinear', align_corners=False)
+                    for conv, f in zip(self.lateral, features))
+        return F.interpolate(self.classify(fused), size=size, mode='bilinear', align_corners=False)
+
+
+def test_features_only_feeds_a_segmentation_head():
+    torch.manual_seed(0)
+    backbone = timm.create_model('patnet_t2', features_only=True)
+    assert backbone.feature_info.reduction() == [4, 8, 16, 32]
+    assert backbone.feature_info.channels() == [64, 128, 256, 512]
+    head = _TinySegHead(backbone.feature_info.channels(), num_classes=5)
+    images, labels = torch.randn(2, 3, 64, 96), torch.randint(0, 5, (2, 64, 96))
+    logits = head(backbone(images), images.shape[-2:])
+    assert logits.shape == (2, 5, 64, 96)
+    F.cross_entropy(logits, labels).backward()
+    missing = [n for n, p in backbone.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing, f'no gradient reaches {missing}'
+
+
+def test_pooled_features_for_a_classification_head():
+    model = timm.create_model('patnet_t0', num_classes=0).eval()
+    with torch.no_grad():
+        pooled = model(torch.randn(2, 3, 64, 64))
+    assert pooled.shape == (2, model.num_features) and model.head_hidden_size == model.num_features
+    classifier = timm.create_model('patnet_t0').eval()
+    with torch.no_grad():
+        assert classifier.forward_head(classifier.forward_features(torch.randn(2, 3, 64, 64)),
+                                       pre_logits=True).shape == (2, 1280)
+    assert classifier.head_hidden_size == 1280

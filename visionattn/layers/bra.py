@@ -1,0 +1,180 @@
+"""Bi-level routing attention (BRA), the token mixer of BiFormer.
+
+Zhu et al., "BiFormer: Vision Transformer with Bi-Level Routing Attention", CVPR 2023, arXiv:2303.08810.
+Official code: github.com/rayleizhu/BiFormer (MIT), ``ops/bra_legacy.py``. This is a fresh implementation of the
+configuration every released BiFormer uses (``kv_downsample_mode='identity'``, ``param_attention='qkvo'``,
+non-parametric hard routing without routing weights), computing what the official module computes:
+
+1. the NHWC map is cut into ``n_win`` x ``n_win`` regions (zero-padded at the bottom/right first when its size is
+   not a multiple of ``n_win``, as the official ``auto_pad`` used for detection and segmentation does);
+2. one linear layer gives q, k (``qk_dim`` channels each) and v (``dim`` channels);
+3. :func:`visionattn.ops.bi_level_routing_attention` routes each region to its ``topk`` regions by region-mean
+   q·k and runs per-head attention over their tokens, with the logit scale ``qk_dim ** -0.5`` (the full qk
+   dim, not the head dim: the official quirk, kept because the released weights were trained with it);
+4. the local context enhancement (LCE, ``lepe``), a depthwise conv on v in its spatial layout, is added;
+5. the output projection ``wo``; padding, if any, is cropped away.
+
+Parameter names are the official ones (``qkv.qkv``, ``lepe``, ``wo``), so official checkpoints load unrenamed.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visionattn.ops import bi_level_routing_attention
+
+__all__ = ['BiLevelRoutingAttention']
+
+
+def _check_input(x: torch.Tensor, dim: int, n_win: int, auto_pad: bool) -> None:
+    if x.dim() != 4 or x.shape[-1] != dim:
+        raise ValueError(f'BiLevelRoutingAttention expects an NHWC map [B, H, W, {dim}], got {list(x.shape)}')
+    if x.shape[1] < 1 or x.shape[2] < 1:
+        raise ValueError(f'BiLevelRoutingAttention got an empty map {list(x.shape)}')
+    if not auto_pad and (x.shape[1] % n_win or x.shape[2] % n_win):
+        raise ValueError(f'the map is {x.shape[1]}x{x.shape[2]}, not divisible by n_win={n_win} regions per side; '
+                         f'use auto_pad=True to pad it')
+
+
+def _pad_to_regions(x: torch.Tensor, n_win: int) -> torch.Tensor:
+    """Zero-pad an NHWC map at the bottom and right to multiples of ``n_win`` (official ``auto_pad``)."""
+    pad_h, pad_w = -x.shape[1] % n_win, -x.shape[2] % n_win
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    return x
+
+
+def _to_regions(x: torch.Tensor, n_win: int) -> torch.Tensor:
+    """[B, H, W, C] -> region-major [B, n_win², (H/n_win)·(W/n_win), C]; regions in row-major order."""
+    batch, height, width, channels = x.shape
+    rh, rw = height // n_win, width // n_win
+    x = x.reshape(batch, n_win, rh, n_win, rw, channels).transpose(2, 3)
+    return x.reshape(batch, n_win * n_win, rh * rw, channels)
+
+
+def _from_regions(x: torch.Tensor, like: torch.Tensor, n_win: int) -> torch.Tensor:
+    """Inverse of :func:`_to_regions`: back to the NHWC layout of the (padded) map ``like``."""
+    batch, channels = x.shape[0], x.shape[-1]
+    height, width = like.shape[1], like.shape[2]
+    rh, rw = height // n_win, width // n_win
+    x = x.reshape(batch, n_win, n_win, rh, rw, channels).transpose(2, 3)
+    return x.reshape(batch, height, width, channels)
+
+
+def _crop(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Crop a padded NHWC map back to ``like``'s height and width."""
+    if x.shape[1] == like.shape[1] and x.shape[2] == like.shape[2]:
+        return x
+    return x[:, :like.shape[1], :like.shape[2]].contiguous()
+
+
+# The padding, the region layout and the op (its checks and backend choice) depend on the input at run time:
+# torch.fx keeps them as opaque calls, so a traced model still takes any input size.
+torch.fx.wrap('_check_input')
+torch.fx.wrap('_pad_to_regions')
+torch.fx.wrap('_to_regions')
+torch.fx.wrap('_from_regions')
+torch.fx.wrap('_crop')
+torch.fx.wrap('bi_level_routing_attention')
+
+
+class _QKVLinear(nn.Module):
+    """The joint q/k/v projection; nested so that its weight is ``qkv.qkv.weight``, the official name."""
+
+    def __init__(self, dim: int, qk_dim: int, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.qkv(x)
+
+
+class BiLevelRoutingAttention(nn.Module):
+    """BiFormer's bi-level routing attention on NHWC maps.
+
+    Args:
+        dim: Channels of the input, of v and of the output.
+        num_heads: Attention heads; must divide ``qk_dim`` and ``dim``.
+        n_win: Regions per side; the map is cut into ``n_win`` x ``n_win`` regions.
+        topk: Regions each region attends to, at most ``n_win ** 2``.
+        qk_dim: Channels of q and k (default ``dim``).
+        qk_scale: Logit scale (default ``qk_dim ** -0.5``, the official choice; see the module docstring).
+        side_dwconv: Kernel of the depthwise LCE conv on v; 0 disables it.
+        auto_pad: Zero-pad maps whose size is not a multiple of ``n_win`` (bottom/right), attend, then crop, as the
+            official dense-prediction backbones do; the padded tokens take part in routing and attention exactly
+            as there. False raises on such maps, as the official classification models do.
+        backend: Backend of the attention op: None (automatic), 'reference' or 'triton'.
+        device: Device for the parameters.
+        dtype: Data type for the parameters.
+
+    Attributes:
+        keep_routing: When True, every forward stores its routing in ``last_routing``: an int64
+            [B, n_win², topk] tensor of the regions each region attends to, regions numbered row by row over the
+            (padded) map, each ``ceil(H / n_win)`` x ``ceil(W / n_win)`` pixels. For attention-map plots; leave
+            it False for tracing (the stored tensor is not part of a traced graph).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            n_win: int = 7,
+            topk: int = 4,
+            qk_dim: Optional[int] = None,
+            qk_scale: Optional[float] = None,
+            side_dwconv: int = 5,
+            auto_pad: bool = True,
+            backend: Optional[str] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        qk_dim = qk_dim or dim
+        if num_heads < 1 or qk_dim % num_heads or dim % num_heads:
+            raise ValueError(f'num_heads={num_heads} must divide qk_dim={qk_dim} and dim={dim}')
+        if n_win < 1:
+            raise ValueError(f'n_win must be a positive number of regions per side, got {n_win}')
+        if not 1 <= topk <= n_win * n_win:
+            raise ValueError(f'topk={topk} must lie in [1, n_win**2 = {n_win * n_win}]')
+        self.dim, self.qk_dim, self.num_heads, self.n_win, self.topk = dim, qk_dim, num_heads, n_win, topk
+        self.scale = qk_scale or qk_dim ** -0.5
+        self.auto_pad = auto_pad
+        self.backend = backend
+        self.keep_routing = False
+        self.last_routing: Optional[torch.Tensor] = None
+
+        self.qkv = _QKVLinear(dim, qk_dim, **dd)
+        if side_dwconv > 0:
+            self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim, **dd)
+        else:
+            self.lepe = _Zeros()
+        self.wo = nn.Linear(dim, dim, **dd)
+
+    def extra_repr(self) -> str:
+        return (f'dim={self.dim}, qk_dim={self.qk_dim}, num_heads={self.num_heads}, n_win={self.n_win}, '
+                f'topk={self.topk}, auto_pad={self.auto_pad}')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, W, dim] -> [B, H, W, dim]."""
+        _check_input(x, self.dim, self.n_win, self.auto_pad)
+        padded = _pad_to_regions(x, self.n_win)
+        q, k, v = self.qkv(_to_regions(padded, self.n_win)).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
+        if self.keep_routing:
+            out, self.last_routing = bi_level_routing_attention(
+                q, k, v, self.num_heads, self.topk, scale=self.scale, backend=self.backend, return_routing=True)
+        else:
+            out = bi_level_routing_attention(q, k, v, self.num_heads, self.topk, scale=self.scale,
+                                             backend=self.backend)
+        # LCE: the depthwise conv sees v in its spatial layout (zero padding at the padded map's border)
+        lepe = self.lepe(_from_regions(v, padded, self.n_win).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        out = self.wo(_from_regions(out, padded, self.n_win) + lepe)
+        return _crop(out, x)
+
+
+class _Zeros(nn.Module):
+    """Stands for the LCE conv when it is disabled (``side_dwconv=0``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)

@@ -1,0 +1,200 @@
+"""Routed block-sparse attention and BiFormer's bi-level routing attention (BRA), with backend dispatch.
+
+``block_sparse_attention`` lets each block of queries attend over its own list of key/value blocks (the result of
+a routing step); ``bi_level_routing_attention`` is BiFormer's routing (region means, top-k) followed by that op with
+one block per region. On CUDA the Triton kernels (``triton/block_sparse.py``) read the routed blocks by index and
+never copy them; elsewhere the PyTorch reference (``reference_block_sparse.py``) gathers them, as the official code
+does. Paper: Zhu et al., "BiFormer: Vision Transformer with Bi-Level Routing Attention", CVPR 2023;
+code: github.com/rayleizhu/BiFormer (MIT).
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+
+from .checks import choose_backend
+from .reference_block_sparse import bi_level_routing_attention_ref, block_sparse_attention_ref, bra_routing
+
+__all__ = ['block_sparse_attention', 'bi_level_routing_attention', 'bra_routing', 'dedup_block_index']
+
+MAX_TRITON_HEAD_DIM = 128
+
+
+def _check_int_tensor(name: str, tensor: torch.Tensor, shape: Tuple[int, ...]) -> None:
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
+        raise TypeError(f'{name} must be an integer tensor, got {getattr(tensor, "dtype", type(tensor))}')
+    batch, heads = shape[:2]
+    if (tensor.dim() != len(shape) or tensor.shape[0] != batch or tensor.shape[1] not in (1, heads)
+            or tuple(tensor.shape[2:]) != tuple(shape[2:])):
+        expected = f'[{batch}, {heads} or 1, ' + ', '.join(str(s) for s in shape[2:]) + ']'
+        raise ValueError(f'{name} has shape {list(tensor.shape)}, expected {expected}')
+
+
+def dedup_block_index(kv_block_index: torch.Tensor, kv_block_count: Optional[torch.Tensor]
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sorted, duplicate-free routing lists with their counts, by tensor ops only (no host sync).
+
+    Entries at or past a row's count are ignored (they may hold anything); a block listed twice counts once.
+
+    Returns:
+        int32 index of the same shape (valid entries first, ascending; the rest 0) and int32 counts.
+    """
+    max_kv = kv_block_index.shape[-1]
+    sentinel = torch.iinfo(torch.int64).max
+    index = kv_block_index.long()
+    if kv_block_count is not None:
+        count = kv_block_count.long()
+        valid = torch.arange(max_kv, device=index.device) < count[..., None]
+        if count.shape[1] != index.shape[1]:
+            heads = max(count.shape[1], index.shape[1])
+            valid = valid.expand(-1, heads, -1, -1)
+            index = index.expand(-1, heads, -1, -1)
+        index = torch.where(valid, index, sentinel)
+    index = index.sort(-1).values
+    repeated = torch.zeros_like(index, dtype=torch.bool)
+    repeated[..., 1:] = index[..., 1:] == index[..., :-1]
+    index = torch.where(repeated, sentinel, index).sort(-1).values
+    valid = index != sentinel
+    return torch.where(valid, index, 0).to(torch.int32), valid.sum(-1, dtype=torch.int32)
+
+
+def _check_ranges(index: torch.Tensor, count: torch.Tensor, max_kv: int, n_kv_blocks: int) -> None:
+    """Host-side range check of the routing (one sync); skipped on meta tensors and while compiling."""
+    if index.device.type == 'meta' or torch.compiler.is_compiling():
+        return
+    if bool(((count < 0) | (count > max_kv)).any()):
+        raise ValueError(f'kv_block_count must lie in [0, {max_kv}] (max_kv_blocks)')
+    valid = torch.arange(max_kv, device=index.device) < count.long()[..., None]
+    if bool((valid & ((index < 0) | (index >= n_kv_blocks))).any()):
+        raise ValueError(f'kv_block_index has entries outside [0, {n_kv_blocks}) (the number of KV blocks) '
+                         'within the first kv_block_count entries of a row')
+
+
+def _triton_checks(q: torch.Tensor, v: torch.Tensor):
+    return [(q.shape[-1] <= MAX_TRITON_HEAD_DIM, f'qk head dim {q.shape[-1]} > {MAX_TRITON_HEAD_DIM}'),
+            (v.shape[-1] <= MAX_TRITON_HEAD_DIM, f'v head dim {v.shape[-1]} > {MAX_TRITON_HEAD_DIM}')]
+
+
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_block_index: torch.Tensor,
+                           kv_block_count: Optional[torch.Tensor] = None, q_block_size: int = 64,
+                           kv_block_size: int = 64, scale: Optional[float] = None,
+                           backend: Optional[str] = None) -> torch.Tensor:
+    """Attention of each query block over the union of its routed key/value blocks.
+
+    Query block i holds query rows ``i * q_block_size ... (i + 1) * q_block_size - 1``; KV block j holds key rows
+    ``j * kv_block_size ...``. Row ``kv_block_index[b, h, i]`` lists the KV blocks query block i attends to; the
+    softmax runs over all their tokens together. Only the first ``kv_block_count[b, h, i]`` entries of a row are
+    read; the rest may hold anything. A KV block listed twice in a row counts once (the lists are deduplicated
+    by sorting, on the device). A query block with no KV block gets zeros (and zero gradients).
+
+    Args:
+        q: [B, H, Nq, Dqk] queries (any strides).
+        k: [B, H, Nk, Dqk] keys.
+        v: [B, H, Nk, Dv] values.
+        kv_block_index: Integer [B, H or 1, Nq / q_block_size, max_kv_blocks]; a head dim of 1 is shared by all
+            heads.
+        kv_block_count: Integer [B, H or 1, Nq / q_block_size], valid entries per row in [0, max_kv_blocks];
+            None means all.
+        q_block_size: Query tokens per block (any positive int, e.g. 49 for 7x7 regions).
+        kv_block_size: Key/value tokens per block.
+        scale: Logit multiplier; default ``Dqk ** -0.5``.
+        backend: None (auto), 'reference' or 'triton'.
+
+    Returns:
+        [B, H, Nq, Dv] in q's dtype (from the Triton backend a transposed view of a [B, Nq, H, Dv] tensor).
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f'q, k, v must be 4-D [B, H, N, D], got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}')
+    batch, heads, n_q, d_qk = q.shape
+    if k.shape[:2] != (batch, heads) or v.shape[:3] != k.shape[:3] or k.shape[-1] != d_qk:
+        raise ValueError(f'shapes do not agree: q {list(q.shape)} [B, H, Nq, Dqk], k {list(k.shape)} '
+                         f'[B, H, Nk, Dqk], v {list(v.shape)} [B, H, Nk, Dv]')
+    if not (q.dtype == k.dtype == v.dtype) or not q.dtype.is_floating_point:
+        raise TypeError(f'q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}')
+    for name, size in (('q_block_size', q_block_size), ('kv_block_size', kv_block_size)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f'{name} must be a positive int, got {size!r}')
+    n_k = k.shape[2]
+    if n_q % q_block_size or n_q == 0:
+        raise ValueError(f'Nq={n_q} is not a positive multiple of q_block_size={q_block_size}')
+    if n_k % kv_block_size or n_k == 0:
+        raise ValueError(f'Nk={n_k} is not a positive multiple of kv_block_size={kv_block_size}')
+    n_q_blocks, n_kv_blocks = n_q // q_block_size, n_k // kv_block_size
+    if kv_block_index.dim() != 4 or kv_block_index.shape[-1] < 1:
+        raise ValueError(f'kv_block_index must be [B, H or 1, n_q_blocks, max_kv_blocks >= 1], '
+                         f'got {list(kv_block_index.shape)}')
+    max_kv = kv_block_index.shape[-1]
+    _check_int_tensor('kv_block_index', kv_block_index, (batch, heads, n_q_blocks, max_kv))
+    if kv_block_count is not None:
+        _check_int_tensor('kv_block_count', kv_block_count, (batch, heads, n_q_blocks))
+    for name, t in (('k', k), ('v', v), ('kv_block_index', kv_block_index), ('kv_block_count', kv_block_count)):
+        if t is not None and t.device != q.device:
+            raise ValueError(f'{name} is on {t.device}, q on {q.device}')
+    if kv_block_count is not None:
+        _check_ranges(kv_block_index, kv_block_count, max_kv, n_kv_blocks)
+    index, count = dedup_block_index(kv_block_index, kv_block_count)
+    if kv_block_count is None:
+        _check_ranges(index, count, max_kv, n_kv_blocks)
+    scale = d_qk ** -0.5 if scale is None else float(scale)
+    chosen = choose_backend('block_sparse_attention', backend, (q, k, v, index), _triton_checks(q, v))
+    if chosen == 'reference':
+        return block_sparse_attention_ref(q, k, v, index, count, q_block_size, kv_block_size, scale)
+    from .triton.block_sparse import block_sparse_attention_triton
+    return block_sparse_attention_triton(q, k, v, index, count, q_block_size, kv_block_size, scale).transpose(1, 2)
+
+
+def bi_level_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, topk: int,
+                               scale: Optional[float] = None, backend: Optional[str] = None,
+                               return_routing: bool = False
+                               ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """BiFormer's bi-level routing attention, between the qkv projection and the output projection.
+
+    Region-level queries/keys are the means of q and k over each region (all channels, detached); each query
+    region keeps the ``topk`` key regions of highest ``(q_region * scale) @ k_region^T`` (``torch.topk``, shared by
+    all heads; the routing weights are not applied, the official ``mul_weight='none'``). Each head then runs
+    token-to-token attention of a query region's T tokens over the ``topk * T`` tokens of its routed regions.
+    The local-context conv (lepe) and the projections belong to the module.
+
+    Args:
+        q: [B, R, T, Cqk] region-major queries (R regions of T tokens; Cqk = num_heads * head_dim).
+        k: [B, R, T, Cqk] keys.
+        v: [B, R, T, Cv] values.
+        num_heads: Heads; must divide Cqk and Cv.
+        topk: Routed key regions per query region, in [1, R]. (BiFormer's ``topk=-2`` stage runs plain global
+            attention instead and never reaches this op.)
+        scale: Logit multiplier for routing and attention; default ``Cqk ** -0.5``: the full qk dim, not the head
+            dim, which is the official quirk (BiLevelRoutingAttention's ``qk_dim ** -0.5``).
+        backend: None (auto), 'reference' or 'triton'.
+        return_routing: Also return the routing index (for attention-map visualisation).
+
+    Returns:
+        [B, R, T, Cv], and with ``return_routing`` the int64 [B, R, topk] key regions of each query region.
+    """
+    if q.dim() != 4 or q.shape != k.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f'expected q, k [B, R, T, Cqk] and v [B, R, T, Cv], got {list(q.shape)}, {list(k.shape)}, '
+                         f'{list(v.shape)}')
+    if not (q.dtype == k.dtype == v.dtype) or not q.dtype.is_floating_point:
+        raise TypeError(f'q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}')
+    batch, regions, tokens, c_qk = q.shape
+    c_v = v.shape[-1]
+    if num_heads < 1 or c_qk % num_heads or c_v % num_heads:
+        raise ValueError(f'num_heads={num_heads} must divide the qk channels {c_qk} and the v channels {c_v}')
+    if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= regions:
+        raise ValueError(f'topk={topk!r} must be an int in [1, {regions}] (the number of regions)')
+    scale = c_qk ** -0.5 if scale is None else float(scale)
+    routing = bra_routing(q, k, topk, scale)
+    head_q, head_v = c_qk // num_heads, c_v // num_heads
+    chosen = choose_backend('bi_level_routing_attention', backend, (q, k, v),
+                            [(head_q <= MAX_TRITON_HEAD_DIM, f'qk head dim {head_q} > {MAX_TRITON_HEAD_DIM}'),
+                             (head_v <= MAX_TRITON_HEAD_DIM, f'v head dim {head_v} > {MAX_TRITON_HEAD_DIM}')])
+    if chosen == 'reference':
+        out = bi_level_routing_attention_ref(q, k, v, num_heads, topk, scale, routing_index=routing)
+    else:
+        from .triton.block_sparse import block_sparse_attention_triton
+
+        def heads_first(x, head_dim):  # [B, R, T, C] -> [B, heads, R*T, head_dim], a view where the layout allows
+            return x.reshape(batch, regions * tokens, num_heads, head_dim).transpose(1, 2)
+        # topk returns distinct regions, so the lists need no dedup; one index row shared by all heads
+        out = block_sparse_attention_triton(heads_first(q, head_q), heads_first(k, head_q), heads_first(v, head_v),
+                                            routing[:, None], None, tokens, tokens, scale)
+        out = out.reshape(batch, regions, tokens, c_v)  # [B, R*T, heads, head_v] is already region-major
+    return (out, routing) if return_routing else out

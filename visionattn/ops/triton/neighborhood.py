@@ -1,0 +1,615 @@
+"""Fused neighborhood attention in Triton: forward, backward and the rpb gradient, for 1-D, 2-D and 3-D.
+
+Every problem is lifted to 3-D (missing leading axes get length 1 and kernel 1). A dilation group is a strided
+sub-grid, so each program works on one (batch, head, dilation group) in undilated group coordinates. Per-axis windows
+``[start, end)`` come from small host tables (``visionattn.ops.reference.axis_windows``), so the kernels know nothing
+of borders, stride leaders or causality beyond "key inside the query's window on every axis".
+
+- Forward: a spatial tile of queries (``T0 x T1 x T2``, flattened to BLOCK_M rows) loops over key tiles covering the
+  union of its windows (windows are monotone in the query coordinate, so the union is a box), masks pairs outside
+  each query's window, adds rpb by index and runs an online softmax; it saves the log-sum-exp (base 2).
+- Backward: a dQ pass like the forward, which also computes delta = rowsum(dO * O), then a dK/dV pass over key tiles
+  whose loop covers the box of queries that can see the tile (host table). With an rpb that needs a gradient the dQ
+  pass also stores dS for each query's k^d neighbours (fp32, B*heads*N*k^d floats); the rpb gradient is their sum
+  over batch and queries by offset, done with one scatter_add. Gradients are written in the inputs' layout.
+
+Registered as ``torch.ops.visionattn.na_fwd`` / ``na_bwd`` (torch.library custom ops with fake implementations), so
+FX and torch.compile treat the op as opaque.
+"""
+import functools
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ..reference import axis_windows, neighbor_table
+
+__all__ = ['neighborhood_attention_triton', 'na_configs']
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _window_rows(st_ptr, en_ptr, g, width, p, valid):
+    start = tl.load(st_ptr + g * width + p, mask=valid, other=0)
+    end = tl.load(en_ptr + g * width + p, mask=valid, other=0)
+    return start, end
+
+
+@triton.jit
+def _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, n_ok, N_DIM: tl.constexpr):
+    # [M, N] pairs whose key lies in the query's window on every real axis (lifted axes are skipped).
+    inside = (kc2[None, :] >= st2[:, None]) & (kc2[None, :] < en2[:, None]) & n_ok[None, :]
+    if N_DIM >= 2:
+        inside = inside & (kc1[None, :] >= st1[:, None]) & (kc1[None, :] < en1[:, None])
+    if N_DIM >= 3:
+        inside = inside & (kc0[None, :] >= st0[:, None]) & (kc0[None, :] < en0[:, None])
+    return inside
+
+
+@triton.jit
+def _rel_index(c0, c1, c2, KS1, KS2):
+    # Flat rpb index of (key - query + k - 1) per axis = rel(key) - rel(query) + centre (the centre is added once).
+    return (c0 * (2 * KS1 - 1) + c1) * (2 * KS2 - 1) + c2
+
+
+@triton.jit
+def _na_fwd_kernel(
+        Q, K, V, Out, LSE, RPB,
+        ST0, EN0, ST1, EN1, ST2, EN2,
+        sqb, sq0, sq1, sq2, sqh, skb, sk0, sk1, sk2, skh, svb, sv0, sv1, sv2, svh,
+        sob, so0, so1, so2, soh,
+        H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT1, NT2, KS0, KS1, KS2, qk_scale,
+        HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, U0: tl.constexpr, U1: tl.constexpr,
+        U2: tl.constexpr, HAS_RPB: tl.constexpr, N_DIM: tl.constexpr, PRECISION: tl.constexpr):
+    BLOCK_M: tl.constexpr = T0 * T1 * T2
+    BLOCK_N: tl.constexpr = U0 * U1 * U2
+    pid_t = tl.program_id(0)
+    pid_bhg = tl.program_id(1)
+    n_groups = D0 * D1 * D2
+    g = pid_bhg % n_groups
+    bh = pid_bhg // n_groups
+    h = bh % H
+    b = (bh // H).to(tl.int64)
+    g2 = g % D2
+    g1 = (g // D2) % D1
+    g0 = g // (D1 * D2)
+    lg0 = (L0 - g0 + D0 - 1) // D0
+    lg1 = (L1 - g1 + D1 - 1) // D1
+    lg2 = (L2 - g2 + D2 - 1) // D2
+    a2 = (pid_t % NT2) * T2
+    a1 = ((pid_t // NT2) % NT1) * T1
+    a0 = (pid_t // (NT1 * NT2)) * T0
+    if (a0 >= lg0) | (a1 >= lg1) | (a2 >= lg2):
+        return
+
+    offs_m = tl.arange(0, BLOCK_M)
+    p0 = a0 + offs_m // (T1 * T2)
+    p1 = a1 + (offs_m // T2) % T1
+    p2 = a2 + offs_m % T2
+    m_ok = (p0 < lg0) & (p1 < lg1) & (p2 < lg2)
+    st0, en0 = _window_rows(ST0, EN0, g0, W0, p0, m_ok)
+    st1, en1 = _window_rows(ST1, EN1, g1, W1, p1, m_ok)
+    st2, en2 = _window_rows(ST2, EN2, g2, W2, p2, m_ok)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_ok = offs_d < HEAD_DIM
+    dv_ok = offs_dv < HEAD_DIM_V
+    q_rows = b * sqb + (g0 + p0 * D0) * sq0 + (g1 + p1 * D1) * sq1 + (g2 + p2 * D2) * sq2 + h * sqh
+    q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+
+    # The box of keys that any query of the tile can see (windows are monotone in the query coordinate).
+    lo0 = tl.load(ST0 + g0 * W0 + a0)
+    lo1 = tl.load(ST1 + g1 * W1 + a1)
+    lo2 = tl.load(ST2 + g2 * W2 + a2)
+    hi0 = tl.load(EN0 + g0 * W0 + tl.minimum(a0 + T0, lg0) - 1)
+    hi1 = tl.load(EN1 + g1 * W1 + tl.minimum(a1 + T1, lg1) - 1)
+    hi2 = tl.load(EN2 + g2 * W2 + tl.minimum(a2 + T2, lg2) - 1)
+
+    offs_n = tl.arange(0, BLOCK_N)
+    n0 = offs_n // (U1 * U2)
+    n1 = (offs_n // U2) % U1
+    n2 = offs_n % U2
+    m_i = tl.full([BLOCK_M], float('-inf'), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    nb1 = (hi1 - lo1 + U1 - 1) // U1
+    nb2 = (hi2 - lo2 + U2 - 1) // U2
+    n_iter = ((hi0 - lo0 + U0 - 1) // U0) * nb1 * nb2
+    # One flat loop over the box's key tiles (pipelines better than three nested dynamic loops).
+    for it in range(0, n_iter):
+        k0 = lo0 + (it // (nb1 * nb2)) * U0
+        k1 = lo1 + ((it // nb2) % nb1) * U1
+        k2 = lo2 + (it % nb2) * U2
+        kc0 = k0 + n0
+        kc1 = k1 + n1
+        kc2 = k2 + n2
+        n_ok = (kc0 < hi0) & (kc1 < hi1) & (kc2 < hi2)
+        k_sp = (g0 + kc0 * D0) * sk0 + (g1 + kc1 * D1) * sk1 + (g2 + kc2 * D2) * sk2
+        kt = tl.load(K + (b * skb + h * skh + k_sp)[None, :] + offs_d[:, None],
+                     mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        v_sp = (g0 + kc0 * D0) * sv0 + (g1 + kc1 * D1) * sv1 + (g2 + kc2 * D2) * sv2
+        vv = tl.load(V + (b * svb + h * svh + v_sp)[:, None] + offs_dv[None, :],
+                     mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+        inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, n_ok, N_DIM)
+        if HAS_RPB:
+            r_idx = _rel_index(kc0, kc1, kc2, KS1, KS2)[None, :] - _rel_index(p0, p1, p2, KS1, KS2)[:, None]
+            n_rel = (2 * KS0 - 1) * (2 * KS1 - 1) * (2 * KS2 - 1)
+            bias = tl.load(RPB + h * n_rel + r_idx + (n_rel - 1) // 2, mask=inside, other=0.0).to(tl.float32)
+            s += bias * 1.4426950408889634
+        s = tl.where(inside, s, float('-inf'))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=PRECISION)
+        m_i = m_new
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    o_rows = b * sob + (g0 + p0 * D0) * so0 + (g1 + p1 * D1) * so1 + (g2 + p2 * D2) * so2 + h * soh
+    tl.store(Out + o_rows[:, None] + offs_dv[None, :], out.to(Out.dtype.element_ty),
+             mask=m_ok[:, None] & dv_ok[None, :])
+    tok = ((g0 + p0 * D0) * L1 + (g1 + p1 * D1)) * L2 + (g2 + p2 * D2)
+    tl.store(LSE + (b * H + h) * (L0 * L1 * L2) + tok, m_i + tl.math.log2(l_safe), mask=m_ok)
+
+
+@triton.jit
+def _na_bwd_dkdv_kernel(
+        Q, K, V, DO, LSE, DELTA, DK, DV, RPB,
+        ST0, EN0, ST1, EN1, ST2, EN2, QLO0, QHI0, QLO1, QHI1, QLO2, QHI2,
+        sqb, sq0, sq1, sq2, sqh, skb, sk0, sk1, sk2, skh, svb, sv0, sv1, sv2, svh,
+        sdob, sdo0, sdo1, sdo2, sdoh, sdkb, sdk0, sdk1, sdk2, sdkh, sdvb, sdv0, sdv1, sdv2, sdvh,
+        H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT0, NT1, NT2, KS0, KS1, KS2, qk_scale, scale,
+        HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, U0: tl.constexpr, U1: tl.constexpr,
+        U2: tl.constexpr, HAS_RPB: tl.constexpr, N_DIM: tl.constexpr, PRECISION: tl.constexpr):
+    # Programs own key tiles of shape U; the inner loop walks query tiles of shape T.
+    BLOCK_M: tl.constexpr = T0 * T1 * T2
+    BLOCK_N: tl.constexpr = U0 * U1 * U2
+    pid_t = tl.program_id(0)
+    pid_bhg = tl.program_id(1)
+    n_groups = D0 * D1 * D2
+    g = pid_bhg % n_groups
+    bh = pid_bhg // n_groups
+    h = bh % H
+    b = (bh // H).to(tl.int64)
+    g2 = g % D2
+    g1 = (g // D2) % D1
+    g0 = g // (D1 * D2)
+    lg0 = (L0 - g0 + D0 - 1) // D0
+    lg1 = (L1 - g1 + D1 - 1) // D1
+    lg2 = (L2 - g2 + D2 - 1) // D2
+    t2 = pid_t % NT2
+    t1 = (pid_t // NT2) % NT1
+    t0 = pid_t // (NT1 * NT2)
+    a0 = t0 * U0
+    a1 = t1 * U1
+    a2 = t2 * U2
+    if (a0 >= lg0) | (a1 >= lg1) | (a2 >= lg2):
+        return
+
+    offs_n = tl.arange(0, BLOCK_N)
+    kc0 = a0 + offs_n // (U1 * U2)
+    kc1 = a1 + (offs_n // U2) % U1
+    kc2 = a2 + offs_n % U2
+    n_ok = (kc0 < lg0) & (kc1 < lg1) & (kc2 < lg2)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_ok = offs_d < HEAD_DIM
+    dv_ok = offs_dv < HEAD_DIM_V
+    k_rows = b * skb + (g0 + kc0 * D0) * sk0 + (g1 + kc1 * D1) * sk1 + (g2 + kc2 * D2) * sk2 + h * skh
+    v_rows = b * svb + (g0 + kc0 * D0) * sv0 + (g1 + kc1 * D1) * sv1 + (g2 + kc2 * D2) * sv2 + h * svh
+    kk = tl.load(K + k_rows[:, None] + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    vv = tl.load(V + v_rows[:, None] + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+
+    lo0 = tl.load(QLO0 + g0 * NT0 + t0)
+    lo1 = tl.load(QLO1 + g1 * NT1 + t1)
+    lo2 = tl.load(QLO2 + g2 * NT2 + t2)
+    hi0 = tl.load(QHI0 + g0 * NT0 + t0)
+    hi1 = tl.load(QHI1 + g1 * NT1 + t1)
+    hi2 = tl.load(QHI2 + g2 * NT2 + t2)
+
+    offs_m = tl.arange(0, BLOCK_M)
+    m0 = offs_m // (T1 * T2)
+    m1 = (offs_m // T2) % T1
+    m2 = offs_m % T2
+    n_tok = L0 * L1 * L2
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    nb1 = (hi1 - lo1 + T1 - 1) // T1
+    nb2 = (hi2 - lo2 + T2 - 1) // T2
+    n_iter = ((hi0 - lo0 + T0 - 1) // T0) * nb1 * nb2
+    for it in range(0, n_iter):
+        q0 = lo0 + (it // (nb1 * nb2)) * T0
+        q1 = lo1 + ((it // nb2) % nb1) * T1
+        q2 = lo2 + (it % nb2) * T2
+        p0 = q0 + m0
+        p1 = q1 + m1
+        p2 = q2 + m2
+        m_ok = (p0 < hi0) & (p1 < hi1) & (p2 < hi2)
+        st0, en0 = _window_rows(ST0, EN0, g0, W0, p0, m_ok)
+        st1, en1 = _window_rows(ST1, EN1, g1, W1, p1, m_ok)
+        st2, en2 = _window_rows(ST2, EN2, g2, W2, p2, m_ok)
+        c0 = g0 + p0 * D0
+        c1 = g1 + p1 * D1
+        c2 = g2 + p2 * D2
+        q_rows = b * sqb + c0 * sq0 + c1 * sq1 + c2 * sq2 + h * sqh
+        q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        tok = (b * H + h) * n_tok + (c0 * L1 + c1) * L2 + c2
+        do_rows = b * sdob + c0 * sdo0 + c1 * sdo1 + c2 * sdo2 + h * sdoh
+        do = tl.load(DO + do_rows[:, None] + offs_dv[None, :], mask=m_ok[:, None] & dv_ok[None, :], other=0.0)
+        lse = tl.load(LSE + tok, mask=m_ok, other=0.0)
+        delta = tl.load(DELTA + tok, mask=m_ok, other=0.0)
+        s = tl.dot(q, tl.trans(kk), input_precision=PRECISION) * qk_scale
+        inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, n_ok, N_DIM)
+        if HAS_RPB:
+            r_idx = _rel_index(kc0, kc1, kc2, KS1, KS2)[None, :] - _rel_index(p0, p1, p2, KS1, KS2)[:, None]
+            n_rel = (2 * KS0 - 1) * (2 * KS1 - 1) * (2 * KS2 - 1)
+            bias = tl.load(RPB + h * n_rel + r_idx + (n_rel - 1) // 2, mask=inside, other=0.0).to(tl.float32)
+            s += bias * 1.4426950408889634
+        p = tl.where(inside, tl.math.exp2(s - lse[:, None]), 0.0)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        dp = tl.dot(do, tl.trans(vv), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+    dk = dk * scale
+    dk_rows = b * sdkb + (g0 + kc0 * D0) * sdk0 + (g1 + kc1 * D1) * sdk1 + (g2 + kc2 * D2) * sdk2 + h * sdkh
+    dv_rows = b * sdvb + (g0 + kc0 * D0) * sdv0 + (g1 + kc1 * D1) * sdv1 + (g2 + kc2 * D2) * sdv2 + h * sdvh
+    tl.store(DK + dk_rows[:, None] + offs_d[None, :], dk.to(DK.dtype.element_ty),
+             mask=n_ok[:, None] & d_ok[None, :])
+    tl.store(DV + dv_rows[:, None] + offs_dv[None, :], dv.to(DV.dtype.element_ty),
+             mask=n_ok[:, None] & dv_ok[None, :])
+
+
+@triton.jit
+def _na_bwd_dq_kernel(
+        Q, K, V, Out, DO, LSE, DELTA, DQ, RPB, DSN,
+        ST0, EN0, ST1, EN1, ST2, EN2,
+        sqb, sq0, sq1, sq2, sqh, skb, sk0, sk1, sk2, skh, svb, sv0, sv1, sv2, svh,
+        sob, so0, so1, so2, soh, sdob, sdo0, sdo1, sdo2, sdoh, sdqb, sdq0, sdq1, sdq2, sdqh,
+        H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT1, NT2, KS0, KS1, KS2, qk_scale, scale,
+        HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, U0: tl.constexpr, U1: tl.constexpr,
+        U2: tl.constexpr, HAS_RPB: tl.constexpr, STORE_DS: tl.constexpr, N_DIM: tl.constexpr,
+        PRECISION: tl.constexpr):
+    BLOCK_M: tl.constexpr = T0 * T1 * T2
+    BLOCK_N: tl.constexpr = U0 * U1 * U2
+    pid_t = tl.program_id(0)
+    pid_bhg = tl.program_id(1)
+    n_groups = D0 * D1 * D2
+    g = pid_bhg % n_groups
+    bh = pid_bhg // n_groups
+    h = bh % H
+    b = (bh // H).to(tl.int64)
+    g2 = g % D2
+    g1 = (g // D2) % D1
+    g0 = g // (D1 * D2)
+    lg0 = (L0 - g0 + D0 - 1) // D0
+    lg1 = (L1 - g1 + D1 - 1) // D1
+    lg2 = (L2 - g2 + D2 - 1) // D2
+    a2 = (pid_t % NT2) * T2
+    a1 = ((pid_t // NT2) % NT1) * T1
+    a0 = (pid_t // (NT1 * NT2)) * T0
+    if (a0 >= lg0) | (a1 >= lg1) | (a2 >= lg2):
+        return
+
+    offs_m = tl.arange(0, BLOCK_M)
+    p0 = a0 + offs_m // (T1 * T2)
+    p1 = a1 + (offs_m // T2) % T1
+    p2 = a2 + offs_m % T2
+    m_ok = (p0 < lg0) & (p1 < lg1) & (p2 < lg2)
+    st0, en0 = _window_rows(ST0, EN0, g0, W0, p0, m_ok)
+    st1, en1 = _window_rows(ST1, EN1, g1, W1, p1, m_ok)
+    st2, en2 = _window_rows(ST2, EN2, g2, W2, p2, m_ok)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_ok = offs_d < HEAD_DIM
+    dv_ok = offs_dv < HEAD_DIM_V
+    c0 = g0 + p0 * D0
+    c1 = g1 + p1 * D1
+    c2 = g2 + p2 * D2
+    q_rows = b * sqb + c0 * sq0 + c1 * sq1 + c2 * sq2 + h * sqh
+    q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    n_tok = L0 * L1 * L2
+    tok = (b * H + h) * n_tok + (c0 * L1 + c1) * L2 + c2
+    do_rows = b * sdob + c0 * sdo0 + c1 * sdo1 + c2 * sdo2 + h * sdoh
+    do = tl.load(DO + do_rows[:, None] + offs_dv[None, :], mask=m_ok[:, None] & dv_ok[None, :], other=0.0)
+    o_rows = b * sob + c0 * so0 + c1 * so1 + c2 * so2 + h * soh
+    o = tl.load(Out + o_rows[:, None] + offs_dv[None, :], mask=m_ok[:, None] & dv_ok[None, :], other=0.0)
+    lse = tl.load(LSE + tok, mask=m_ok, other=0.0)
+    # delta = rowsum(dO * O), here once per query; the dK/dV pass (launched after this one) reads it back.
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    tl.store(DELTA + tok, delta, mask=m_ok)
+
+    lo0 = tl.load(ST0 + g0 * W0 + a0)
+    lo1 = tl.load(ST1 + g1 * W1 + a1)
+    lo2 = tl.load(ST2 + g2 * W2 + a2)
+    hi0 = tl.load(EN0 + g0 * W0 + tl.minimum(a0 + T0, lg0) - 1)
+    hi1 = tl.load(EN1 + g1 * W1 + tl.minimum(a1 + T1, lg1) - 1)
+    hi2 = tl.load(EN2 + g2 * W2 + tl.minimum(a2 + T2, lg2) - 1)
+
+    offs_n = tl.arange(0, BLOCK_N)
+    n0 = offs_n // (U1 * U2)
+    n1 = (offs_n // U2) % U1
+    n2 = offs_n % U2
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    nb1 = (hi1 - lo1 + U1 - 1) // U1
+    nb2 = (hi2 - lo2 + U2 - 1) // U2
+    n_iter = ((hi0 - lo0 + U0 - 1) // U0) * nb1 * nb2
+    # One flat loop over the box's key tiles (pipelines better than three nested dynamic loops).
+    for it in range(0, n_iter):
+        k0 = lo0 + (it // (nb1 * nb2)) * U0
+        k1 = lo1 + ((it // nb2) % nb1) * U1
+        k2 = lo2 + (it % nb2) * U2
+        kc0 = k0 + n0
+        kc1 = k1 + n1
+        kc2 = k2 + n2
+        n_ok = (kc0 < hi0) & (kc1 < hi1) & (kc2 < hi2)
+        k_sp = (g0 + kc0 * D0) * sk0 + (g1 + kc1 * D1) * sk1 + (g2 + kc2 * D2) * sk2
+        kk = tl.load(K + (b * skb + h * skh + k_sp)[:, None] + offs_d[None, :],
+                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        v_sp = (g0 + kc0 * D0) * sv0 + (g1 + kc1 * D1) * sv1 + (g2 + kc2 * D2) * sv2
+        vt = tl.load(V + (b * svb + h * svh + v_sp)[None, :] + offs_dv[:, None],
+                     mask=n_ok[None, :] & dv_ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(kk), input_precision=PRECISION) * qk_scale
+        inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, n_ok, N_DIM)
+        if HAS_RPB:
+            r_idx = _rel_index(kc0, kc1, kc2, KS1, KS2)[None, :] - _rel_index(p0, p1, p2, KS1, KS2)[:, None]
+            n_rel = (2 * KS0 - 1) * (2 * KS1 - 1) * (2 * KS2 - 1)
+            bias = tl.load(RPB + h * n_rel + r_idx + (n_rel - 1) // 2, mask=inside, other=0.0).to(tl.float32)
+            s += bias * 1.4426950408889634
+        p = tl.where(inside, tl.math.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, vt, input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(kk.dtype), kk, input_precision=PRECISION)
+        if STORE_DS:
+            # dS of each query's own neighbours, slot = window offset, for the rpb gradient.
+            slot = ((kc0[None, :] - st0[:, None]) * KS1 + (kc1[None, :] - st1[:, None])) * KS2 \
+                + (kc2[None, :] - st2[:, None])
+            tl.store(DSN + tok[:, None] * (KS0 * KS1 * KS2) + slot, ds, mask=inside)
+    dq = dq * scale
+    dq_rows = b * sdqb + c0 * sdq0 + c1 * sdq1 + c2 * sdq2 + h * sdqh
+    tl.store(DQ + dq_rows[:, None] + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=m_ok[:, None] & d_ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Host side: tiling, window tables, launchers.
+
+# A kernel config: query tile, key tile (3-D shapes, flattened to BLOCK_M / BLOCK_N rows), num_warps, num_stages.
+Config = Tuple[Tuple[int, int, int], Tuple[int, int, int], int, int]
+
+# Tests and benchmarks may force configs: {n_dim: {'fwd': Config, 'dkdv': Config, 'dq': Config}}. For 'dkdv' the
+# first shape is the query tile of the inner loop and the second the key tile each program owns.
+TILE_OVERRIDE = {}
+
+
+def na_configs(n_dim: int, spatial: Sequence[int], kernel: Sequence[int], head_dim: int, has_rpb: bool) -> dict:
+    """Kernel configs for a problem with ``n_dim`` real axes.
+
+    2-D choices come from a sweep on an H200 (bf16; docs/benchmarks/na_h200.md): 4x16 tiles everywhere without rpb
+    (best at 14x14 and 128x128), 8x8 query tiles with 4x16 key tiles with rpb, and 8x8 tiles for maps of width <= 8.
+    """
+    if n_dim in TILE_OVERRIDE:
+        return TILE_OVERRIDE[n_dim]
+    if n_dim == 1:
+        tile = ((1, 1, 64), (1, 1, 64), 4, 2)
+        return {'fwd': tile, 'dkdv': tile, 'dq': tile}
+    if n_dim == 2:
+        if spatial[-1] <= 8:
+            return {'fwd': ((1, 8, 8), (1, 8, 8), 4, 3), 'dkdv': ((1, 8, 8), (1, 8, 16), 4, 3),
+                    'dq': ((1, 8, 8), (1, 8, 8), 4, 3)}
+        if has_rpb:
+            return {'fwd': ((1, 8, 8), (1, 4, 16), 4, 2), 'dkdv': ((1, 8, 8), (1, 8, 8), 4, 2),
+                    'dq': ((1, 8, 8), (1, 4, 16), 4, 2)}
+        tile = ((1, 4, 16), (1, 4, 16), 4, 2)
+        return {'fwd': tile, 'dkdv': tile, 'dq': tile}
+    tile = ((4, 4, 4), (4, 4, 4), 4, 2)
+    return {'fwd': tile, 'dkdv': tile, 'dq': tile}
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _block(dim: int) -> int:
+    return max(16, 1 << (dim - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_tables(length: int, kernel: int, dilation: int, stride: int, causal: bool, key_tile: int):
+    """Per-axis int32 tables on the CPU: window start/end [d, W] and the query box [d, tiles] of each key tile."""
+    start, end = axis_windows(length, kernel, dilation, stride, causal)
+    width = start.shape[1]
+    tiles = _cdiv(width, key_tile)
+    q_lo = torch.zeros(dilation, tiles, dtype=torch.long)
+    q_hi = torch.zeros(dilation, tiles, dtype=torch.long)
+    for g in range(dilation):
+        lg = (length - g + dilation - 1) // dilation
+        s, e = start[g, :lg].contiguous(), end[g, :lg].contiguous()
+        first = torch.arange(tiles) * key_tile
+        last = torch.clamp(first + key_tile, max=lg)
+        # Queries whose window [s, e) meets the key tile [first, last): e > first and s < last (both monotone).
+        q_lo[g] = torch.searchsorted(e, first, right=True)
+        q_hi[g] = torch.searchsorted(s, last, right=False)
+    return tuple(t.to(torch.int32).contiguous() for t in (start, end, q_lo, q_hi))
+
+
+class _Plan:
+    """Everything about a launch that depends only on the problem (shapes, flags, dtype, device): built once."""
+
+    def __init__(self, q_shape, dim_v, kernel, dilation, stride, causal, dtype, device, has_rpb):
+        n_dim = len(q_shape) - 3
+        pad = 3 - n_dim
+        self.n_dim = n_dim
+        self.batch, self.heads, self.dim, self.dim_v = q_shape[0], q_shape[-2], q_shape[-1], dim_v
+        self.spatial3 = (1,) * pad + tuple(q_shape[1:1 + n_dim])
+        self.kernel3 = (1,) * pad + tuple(kernel)
+        self.dil3 = (1,) * pad + tuple(dilation)
+        self.n_tok = math.prod(self.spatial3)
+        configs = na_configs(n_dim, q_shape[1:1 + n_dim], kernel, self.dim, has_rpb)
+        self.configs = configs
+        key_tiles = configs['dkdv'][1]
+        tables = [[t.to(device) for t in _axis_tables(*args)] for args in zip(
+            self.spatial3, self.kernel3, self.dil3, (1,) * pad + tuple(stride),
+            (False,) * pad + tuple(bool(c) for c in causal), key_tiles)]
+        self.windows = tuple(t for axis in tables for t in axis[:2])
+        self.query_boxes = tuple(t for axis in tables for t in axis[2:])
+        self.widths = tuple(axis[0].shape[1] for axis in tables)
+        groups = math.prod(self.dil3)
+        self.bhg = self.batch * self.heads * groups
+        self.tiles = {name: tuple(_cdiv(w, t) for w, t in zip(self.widths, cfg[1 if name == 'dkdv' else 0]))
+                      for name, cfg in configs.items()}
+        self.consts = dict(HEAD_DIM=self.dim, HEAD_DIM_V=dim_v, BLOCK_D=_block(self.dim), BLOCK_DV=_block(dim_v),
+                           HAS_RPB=has_rpb, N_DIM=n_dim, PRECISION='ieee' if dtype == torch.float32 else 'tf32')
+        self.problem = (*self.spatial3[:3], *self.dil3, *self.widths)
+
+    def launch_args(self, name):
+        query_tile, key_tile, warps, stages = self.configs[name]
+        return dict(T0=query_tile[0], T1=query_tile[1], T2=query_tile[2], U0=key_tile[0], U1=key_tile[1],
+                    U2=key_tile[2], num_warps=warps, num_stages=stages, **self.consts)
+
+    def grid(self, name):
+        tiles = self.tiles[name]
+        return (tiles[0] * tiles[1] * tiles[2], self.bhg)
+
+
+_PLANS = {}
+
+
+def _plan(q, v, kernel, dilation, stride, causal, has_rpb) -> _Plan:
+    key = (tuple(q.shape), v.shape[-1], tuple(kernel), tuple(dilation), tuple(stride), tuple(causal), q.dtype,
+           q.device, has_rpb, repr(TILE_OVERRIDE.get(q.dim() - 3)))
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) > 512:
+            _PLANS.clear()
+        plan = _PLANS[key] = _Plan(tuple(q.shape), v.shape[-1], kernel, dilation, stride, causal, q.dtype, q.device,
+                                   has_rpb)
+    return plan
+
+
+def _strides(t: torch.Tensor, n_dim: int) -> tuple:
+    """(batch, x0, x1, x2, heads) strides of a [B, *spatial, H, D] tensor, lifted to 3 spatial axes."""
+    st = t.stride()
+    return (st[0], *(0,) * (3 - n_dim), *st[1:1 + n_dim], st[-2])
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale):
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    plan = _plan(q, v, kernel, dilation, stride, causal, rpb is not None)
+    n_dim = plan.n_dim
+    out = torch.empty(*q.shape[:-1], plan.dim_v, device=q.device, dtype=q.dtype)
+    lse = torch.empty(plan.batch, plan.heads, plan.n_tok, device=q.device, dtype=torch.float32)
+    rpb_arg = rpb.float().contiguous() if rpb is not None else lse  # fp32: a half gather spills
+    _na_fwd_kernel[plan.grid('fwd')](
+        q, k, v, out, lse, rpb_arg, *plan.windows,
+        *_strides(q, n_dim), *_strides(k, n_dim), *_strides(v, n_dim), *_strides(out, n_dim),
+        plan.heads, *plan.problem, plan.tiles['fwd'][1], plan.tiles['fwd'][2], *plan.kernel3, scale * _LOG2E,
+        **plan.launch_args('fwd'))
+    return out, lse
+
+
+def _bwd(grad_out, q, k, v, out, lse, rpb, kernel, dilation, stride, causal, scale, rpb_grad):
+    q, k, v, grad_out = _unit_last(q), _unit_last(k), _unit_last(v), _unit_last(grad_out)
+    plan = _plan(q, v, kernel, dilation, stride, causal, rpb is not None)
+    n_dim, batch, heads, n_tok = plan.n_dim, plan.batch, plan.heads, plan.n_tok
+    # Gradients come out in the inputs' [B, *spatial, H, D] layout; delta = rowsum(dO * O) is [B, H, N] like lse.
+    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    dk = torch.empty(k.shape, device=q.device, dtype=q.dtype)
+    dv = torch.empty(v.shape, device=q.device, dtype=q.dtype)
+    delta = torch.empty_like(lse)
+    store_ds = rpb is not None and rpb_grad
+    n_keys = math.prod(plan.kernel3)
+    dsn = torch.zeros(batch, heads, n_tok, n_keys, device=q.device, dtype=torch.float32) if store_ds else lse
+    rpb_arg = rpb.float().contiguous() if rpb is not None else lse  # fp32: a half gather spills
+    strides = (*_strides(q, n_dim), *_strides(k, n_dim), *_strides(v, n_dim))
+    # The dQ pass first: it also writes delta, which the dK/dV pass reads.
+    _na_bwd_dq_kernel[plan.grid('dq')](
+        q, k, v, out, grad_out, lse, delta, dq, rpb_arg, dsn, *plan.windows, *strides,
+        *_strides(out, n_dim), *_strides(grad_out, n_dim), *_strides(dq, n_dim),
+        heads, *plan.problem, plan.tiles['dq'][1], plan.tiles['dq'][2], *plan.kernel3, scale * _LOG2E,
+        scale, STORE_DS=store_ds, **plan.launch_args('dq'))
+    _na_bwd_dkdv_kernel[plan.grid('dkdv')](
+        q, k, v, grad_out, lse, delta, dk, dv, rpb_arg, *plan.windows, *plan.query_boxes, *strides,
+        *_strides(grad_out, n_dim), *_strides(dk, n_dim), *_strides(dv, n_dim),
+        heads, *plan.problem, *plan.tiles['dkdv'], *plan.kernel3, scale * _LOG2E, scale,
+        **plan.launch_args('dkdv'))
+    spatial = q.shape[1:1 + n_dim]
+    if store_ds:
+        table = neighbor_table(tuple(spatial), tuple(kernel), tuple(dilation), tuple(stride),
+                               tuple(bool(c) for c in causal)).to(q.device)
+        per_offset = dsn.sum(0).reshape(heads, -1)
+        drpb = torch.zeros(heads, rpb[0].numel(), device=q.device, dtype=torch.float32)
+        drpb.scatter_add_(1, table.bias_index.reshape(1, -1).expand(heads, -1), per_offset)
+        drpb = drpb.reshape(rpb.shape).to(rpb.dtype)
+    else:
+        drpb = q.new_empty(0)
+    return dq, dk, dv, drpb
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torch.library registration: opaque to FX / torch.compile, with fake implementations for tracing.
+
+@torch.library.custom_op('visionattn::na_fwd', mutates_args=())
+def _na_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor], kernel: List[int],
+               dilation: List[int], stride: List[int], causal: List[bool], scale: float
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale)
+
+
+@_na_fwd_op.register_fake
+def _na_fwd_fake(q, k, v, rpb, kernel, dilation, stride, causal, scale):
+    n_tok = math.prod(q.shape[1:-2])
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])
+    return out, q.new_empty(q.shape[0], q.shape[-2], n_tok, dtype=torch.float32)
+
+
+@torch.library.custom_op('visionattn::na_bwd', mutates_args=())
+def _na_bwd_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+               lse: torch.Tensor, rpb: Optional[torch.Tensor], kernel: List[int], dilation: List[int],
+               stride: List[int], causal: List[bool], scale: float, rpb_grad: bool
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd(grad_out, q, k, v, out, lse, rpb, kernel, dilation, stride, causal, scale, rpb_grad)
+
+
+@_na_bwd_op.register_fake
+def _na_bwd_fake(grad_out, q, k, v, out, lse, rpb, kernel, dilation, stride, causal, scale, rpb_grad):
+    drpb = rpb.new_empty(rpb.shape) if (rpb is not None and rpb_grad) else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), drpb
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, rpb, kernel, dilation, stride, causal, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, rpb, out, lse)
+    ctx.args = (kernel, dilation, stride, causal, scale)
+    ctx.has_rpb = rpb is not None
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, rpb, out, lse = ctx.saved_tensors
+    rpb_grad = ctx.has_rpb and ctx.needs_input_grad[3]
+    dq, dk, dv, drpb = _na_bwd_op(grad_out.contiguous(), q, k, v, out, lse, rpb, *ctx.args, rpb_grad)
+    return dq, dk, dv, (drpb if rpb_grad else None), None, None, None, None, None
+
+
+_na_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def neighborhood_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: Sequence[int],
+                                  dilation: Sequence[int], stride: Sequence[int], causal: Sequence[bool],
+                                  rpb: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """The Triton path of :func:`visionattn.ops.neighborhood_attention` (arguments already validated)."""
+    out, _ = torch.ops.visionattn.na_fwd(q, k, v, rpb, list(kernel), list(dilation), list(stride),
+                                         [bool(c) for c in causal], float(scale))
+    return out
