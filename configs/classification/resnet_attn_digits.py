@@ -8,18 +8,12 @@ from visionattn.engine import ImageClassifier
 with read_base():
     from .._base_.datasets.digits import *
     from .._base_.default_runtime import *
-    from .._base_.schedules.adamw_cosine import *
+    from .._base_.schedules.adamw_cosine_digits import *
 
 model = dict(type=ImageClassifier, backbone='eca_resnet18', num_classes=num_classes, label_smoothing=0.1)
-max_epochs = 6
-warmup_epochs = 1
-train_cfg.update(max_epochs=max_epochs, val_interval=2)
 optim_wrapper.optimizer.update(lr=2e-3, weight_decay=0.05)
-param_scheduler[0].update(end=warmup_epochs)
-param_scheduler[1].update(begin=warmup_epochs, end=max_epochs)
 # EMA of the weights, evaluated in their place. A from-scratch run this short changes too fast for a long
 # average: a short horizon (about 14 steps), from the third epoch on.
 custom_hooks.append(dict(type=EMAHook, momentum=0.05, begin_epoch=2, priority='ABOVE_NORMAL'))
 default_hooks.checkpoint.update(interval=2)
 default_hooks.logger.update(interval=10)
-auto_scale_lr.update(base_batch_size=32)

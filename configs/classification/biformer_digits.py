@@ -1,0 +1,13 @@
+# Smoke run of the BiFormer family on the embedded digits: biformer_t from scratch at 32x32 on the CPU.
+from mmengine.config import read_base
+
+from visionattn.engine import ImageClassifier
+
+with read_base():
+    from .._base_.datasets.digits import *
+    from .._base_.default_runtime import *
+    from .._base_.schedules.adamw_cosine_digits import *
+
+model = dict(type=ImageClassifier, backbone='biformer_t', num_classes=num_classes, label_smoothing=0.1)
+default_hooks.checkpoint.update(interval=2)
+default_hooks.logger.update(interval=10)
