@@ -32,6 +32,7 @@ from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp, trunc_normal
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model, register_model_deprecations
 from torch import nn
 
+from visionattn._timm_compat import resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
 from visionattn.layers import BiLevelRoutingAttention
 from visionattn.zoo import PaperFacts, register_paper_facts
@@ -138,21 +139,6 @@ class BiFormerStage(nn.Module):
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
-
-
-def _take_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]]) -> Tuple[List[int], int]:
-    """timm's convention: None = every stage, an int n = the last n, a sequence = those (negative from the end)."""
-    if indices is None:
-        take = list(range(num_stages))
-    elif isinstance(indices, int):
-        if not 0 < indices <= num_stages:
-            raise ValueError(f'indices={indices} must lie in [1, {num_stages}] (the number of stages)')
-        take = list(range(num_stages - indices, num_stages))
-    else:
-        take = [i + num_stages if i < 0 else i for i in indices]
-        if not take or not all(0 <= i < num_stages for i in take):
-            raise ValueError(f'indices={list(indices)} must name stages in [-{num_stages}, {num_stages})')
-    return take, max(take)
 
 
 class BiFormer(nn.Module):
@@ -295,7 +281,7 @@ class BiFormer(nn.Module):
         """
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = _take_indices(len(self.stages), indices)
+        take_indices, max_index = resolve_take_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         stages = self.stages[:max_index + 1] if stop_early else self.stages
         intermediates = []
@@ -323,7 +309,7 @@ class BiFormer(nn.Module):
             prune_head: bool = True,
     ) -> List[int]:
         """Drop the stages after the last one ``indices`` needs, and the head norm/classifier as asked."""
-        take_indices, max_index = _take_indices(len(self.stages), indices)
+        take_indices, max_index = resolve_take_indices(len(self.stages), indices)
         prune_end = max_index < len(self.stages) - 1
         self.stages = self.stages[:max_index + 1]
         if self.extra_norms is not None:

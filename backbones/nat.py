@@ -26,6 +26,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
+from visionattn._timm_compat import resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
 from visionattn.layers import NeighborhoodAttention2d
 from visionattn.zoo import PaperFacts, register_paper_facts
@@ -155,21 +156,6 @@ class NATLevel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.downsample(self.forward_blocks(x))
-
-
-def _take_indices(num_levels: int, indices: Optional[Union[int, Sequence[int]]]) -> Tuple[List[int], int]:
-    """timm's rule: an int n takes the last n levels, a sequence names levels (negative from the end)."""
-    if indices is None:
-        indices = num_levels
-    if isinstance(indices, int):
-        if not 0 < indices <= num_levels:
-            raise ValueError(f'indices={indices}: expected 1..{num_levels} levels')
-        take = list(range(num_levels - indices, num_levels))
-    else:
-        take = [i + num_levels if i < 0 else i for i in indices]
-        if not take or any(not 0 <= i < num_levels for i in take):
-            raise ValueError(f'indices={list(indices)} out of range for {num_levels} levels')
-    return take, max(take)
 
 
 class NAT(nn.Module):
@@ -329,7 +315,7 @@ class NAT(nn.Module):
         """
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = _take_indices(len(self.levels), indices)
+        take_indices, max_index = resolve_take_indices(len(self.levels), indices)
         last = len(self.levels) - 1
         x = self.pos_drop(self.patch_embed(x))
         levels = self.levels[:max_index + 1] if stop_early else self.levels
@@ -357,7 +343,7 @@ class NAT(nn.Module):
             prune_head: bool = True,
     ) -> List[int]:
         """Drop the levels (and the downsampler) after the last intermediate asked for; optionally norm and head."""
-        take_indices, max_index = _take_indices(len(self.levels), indices)
+        take_indices, max_index = resolve_take_indices(len(self.levels), indices)
         self.levels = self.levels[:max_index + 1]
         self.levels[-1].downsample = nn.Identity()  # intermediates are taken before it
         if self.feature_norms is not None:

@@ -25,6 +25,7 @@ from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
+from visionattn._timm_compat import resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
 from visionattn.layers.partial import PartialChannelAttention, PartialSelfAttention, PartialSpatialAttention
 from visionattn.zoo import PaperFacts, register_paper_facts
@@ -154,20 +155,6 @@ class PatnetStage(nn.Module):
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
-
-
-def _take_indices(num_stages: int, indices: Optional[Union[int, List[int]]]) -> Tuple[List[int], int]:
-    """Stage indices to return: the last ``n`` for an int, all for None, the given ones (negatives allowed)."""
-    if indices is None or isinstance(indices, int):
-        count = num_stages if indices is None else indices
-        if not 0 < count <= num_stages:
-            raise ValueError(f'indices={indices} asks for the last {count} of {num_stages} stages')
-        take = list(range(num_stages - count, num_stages))
-    else:
-        take = [i + num_stages if i < 0 else i for i in indices]
-        if not take or any(not 0 <= i < num_stages for i in take):
-            raise ValueError(f'indices {list(indices)} out of range for {num_stages} stages')
-    return take, max(take)
 
 
 class PATNet(nn.Module):
@@ -310,7 +297,7 @@ class PATNet(nn.Module):
         """
         if output_fmt != 'NCHW':
             raise ValueError(f"PATNet returns NCHW features; output_fmt={output_fmt!r} is not supported")
-        take, last = _take_indices(len(self.stages), indices)
+        take, last = resolve_take_indices(len(self.stages), indices)
         x = self.patch_embed(_check_input(x, self.in_chans))
         stages = self.stages[:last + 1] if stop_early else self.stages
         intermediates = []
@@ -326,7 +313,7 @@ class PATNet(nn.Module):
             self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True,
     ) -> List[int]:
         """Drop the stages after the last one ``indices`` needs (and the head)."""
-        take, last = _take_indices(len(self.stages), indices)
+        take, last = resolve_take_indices(len(self.stages), indices)
         self.stages = self.stages[:last + 1]
         if last < self.num_stages - 1:
             self.num_features = self.feature_info[last]['num_chs']

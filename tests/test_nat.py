@@ -312,9 +312,9 @@ def test_features_only_are_normed_levels_before_downsampling():
 def test_intermediate_and_config_errors():
     model = timm.create_model('nat_mini')
     x = torch.randn(1, 3, 32, 32)
-    with pytest.raises(ValueError, match=r'indices=\[4\] out of range for 4 levels'):
+    with pytest.raises(ValueError, match=r'indices=\[4\]: feature index 4 is out of range'):
         model.forward_intermediates(x, indices=[4])
-    with pytest.raises(ValueError, match='indices=5: expected 1..4 levels'):
+    with pytest.raises(ValueError, match=r'indices=5: last-n \(5\) is out of range'):
         model.forward_intermediates(x, indices=5)
     with pytest.raises(ValueError, match="output_fmt must be 'NCHW' or 'NHWC'"):
         model.forward_intermediates(x, output_fmt='NLC')
