@@ -18,3 +18,41 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if 'cuda' in item.keywords:
             item.add_marker(skip_cuda)
+
+
+class LoopbackServer:
+    """Serves the files of ``root`` over HTTP on 127.0.0.1 and records the paths asked for."""
+
+    def __init__(self, root):
+        import functools
+        import http.server
+        import threading
+        self.root, self.requests = root, []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests.append(self.path)
+                super().do_GET()
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Handler, directory=root))
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, file_name, sha256=None):
+        url = f'http://127.0.0.1:{self.httpd.server_address[1]}/{file_name}'
+        return url + (f'#sha256={sha256}' if sha256 else '')
+
+
+@pytest.fixture
+def weight_server(tmp_path):
+    """A loopback server of ``tmp_path/served`` with a fresh torch hub cache: no test downloads anything."""
+    served = tmp_path / 'served'
+    served.mkdir()
+    old_dir = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / 'hub'))
+    server = LoopbackServer(served)
+    yield server
+    server.httpd.shutdown()
+    torch.hub.set_dir(old_dir)

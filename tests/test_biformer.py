@@ -8,8 +8,6 @@ No test touches the internet: checkpoints are served from a loopback HTTP server
 """
 import argparse
 import functools
-import http.server
-import threading
 import warnings
 
 import pytest
@@ -307,39 +305,14 @@ def test_params_equal_official_and_flops_match_paper(name):
     assert abs(measured.gmacs - facts.gflops) <= 0.05 * facts.gflops
 
 
-class _Server:
-    def __init__(self, root):
-        self.requests = []
-        server = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.requests.append(self.path)
-                super().do_GET()
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Handler, directory=root))
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def url(self, file_name):
-        return f'http://127.0.0.1:{self.httpd.server_address[1]}/{file_name}'
-
-
 @pytest.fixture
-def served_official_t(tmp_path):
+def served_official_t(weight_server):
     """The official biformer_t checkpoint layout ({'model': ..., 'epoch', 'args'}) served over loopback HTTP."""
-    served = tmp_path / 'served'
-    served.mkdir()
+    served = weight_server.root
     official = official_model('biformer_t')
     checkpoint = {'model': official.state_dict(), 'epoch': 299, 'args': argparse.Namespace(model='biformer_tiny')}
     torch.save(checkpoint, served / 'biformer_tiny_in1k.pth')
-    old_dir = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / 'hub'))
-    server = _Server(served)
-    yield official, server
-    server.httpd.shutdown()
-    torch.hub.set_dir(old_dir)
+    return official, weight_server
 
 
 def test_official_checkpoint_loads_strictly_and_predicts_the_same(served_official_t):

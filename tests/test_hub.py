@@ -6,10 +6,7 @@ torchvision ResNet names (the official model is torchvision's ResNet with an ``e
 ``{'epoch', 'arch', 'state_dict', 'best_prec1', 'optimizer'}`` and written in the legacy (pre-1.6) format.
 """
 import argparse
-import functools
 import hashlib
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
@@ -58,37 +55,9 @@ def official_checkpoint(model, name):
     }
 
 
-class _Server:
-    def __init__(self, root: Path):
-        self.root, self.requests = root, []
-        server = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.requests.append(self.path)
-                super().do_GET()
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Handler, directory=root))
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def url(self, file_name, sha256=None):
-        url = f'http://127.0.0.1:{self.httpd.server_address[1]}/{file_name}'
-        return url + (f'#sha256={sha256}' if sha256 else '')
-
-
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    served = tmp_path / 'served'
-    served.mkdir()
-    hub_dir = tmp_path / 'hub'
-    old_dir = torch.hub.get_dir()
-    torch.hub.set_dir(str(hub_dir))  # the download cache, fresh for each test
-    srv = _Server(served)
-    yield srv
-    srv.httpd.shutdown()
-    torch.hub.set_dir(old_dir)
+def server(weight_server):
+    return weight_server
 
 
 def _sha256(path):

@@ -6,10 +6,7 @@ The official model (SHI-Labs/Neighborhood-Attention-Transformer classification/n
 NeighborhoodAttention2D) is re-derived here from its definition, independently of visionattn's modules:
 ``official_forward`` runs it functionally from a state dict in the official key layout.
 """
-import functools
-import http.server
 import math
-import threading
 
 import pytest
 import timm
@@ -341,24 +338,11 @@ def test_tiny_and_odd_inputs_run():
 # ---------------------------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def served(tmp_path):
-    root = tmp_path / 'served'
-    root.mkdir()
-    old_dir = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / 'hub'))
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Quiet, directory=root))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-
+def served(weight_server):
     def serve(checkpoint, file_name):
-        torch.save(checkpoint, root / file_name)
-        return f'http://127.0.0.1:{httpd.server_address[1]}/{file_name}'
-    yield serve
-    httpd.shutdown()
-    torch.hub.set_dir(old_dir)
+        torch.save(checkpoint, weight_server.root / file_name)
+        return weight_server.url(file_name)
+    return serve
 
 
 def test_official_checkpoint_loads_strictly(served):
