@@ -136,6 +136,18 @@ def test_reference_on_meta_device():
     assert out.shape == q.shape and out.device.type == 'meta'
 
 
+def test_reference_trains_after_a_first_call_in_inference_mode():
+    # The neighbour tables are cached per problem: one first built under inference_mode (a benchmark, an
+    # evaluation before training) must still serve a later training step. Found by tools/benchmark.py on nat_tiny.
+    q, k, v = (torch.randn(1, 9, 11, 2, 4) for _ in range(3))
+    with torch.inference_mode():
+        neighborhood_attention(q, k, v, 3, dilation=(2, 3), backend='reference')
+    for t in (q, k, v):
+        t.requires_grad_()
+    neighborhood_attention(q, k, v, 3, dilation=(2, 3), backend='reference').sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
 def test_reference_accepts_views_of_fused_qkv():
     torch.manual_seed(0)
     qkv = torch.randn(2, 9, 10, 3, 2, 8)
@@ -270,6 +282,17 @@ def test_kernel_rpb_without_grad_and_no_grad_inputs(monkeypatch):
     (want,) = torch.autograd.grad(ref, [ref_q], torch.ones_like(ref))
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dq, want, rtol=1e-4, atol=1e-5)
+
+
+def test_kernel_grid_is_one_flat_axis_for_large_batches():
+    # CUDA caps grid axes 1 and 2 at 65535; DiNAT-B at batch 256 has 256 * 4 heads * 64 dilation groups = 65536
+    # (head, group) pairs in stage 1, so every program index lives on axis 0.
+    from visionattn.ops.triton.neighborhood import _plan
+    q = torch.empty(256, 56, 56, 4, 32)
+    plan = _plan(q, q, (7, 7), (8, 8), (1, 1), (False, False), False)
+    for name in ('fwd', 'dq', 'dkdv'):
+        grid = plan.grid(name)
+        assert len(grid) == 1 and grid[0] == math.prod(plan.tiles[name]) * 256 * 4 * 64
 
 
 def test_op_has_fake_implementation():

@@ -8,6 +8,7 @@ speed comparison is by time. FlexAttention gets the NA FLOPs (it skips masked bl
 v, o (+ dO, dq, dk, dv for fwd+bwd) at 4.3 TB/s, as a share of the measured time.
 """
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ def add_arguments(parser):
     parser.add_argument('--na-batch', type=int, default=64, help='NA suite: batch of the NAT stage shapes')
     parser.add_argument('--na-sweep', action='store_true',
                         help='NA suite: instead of the comparison, time kernel configs (CUDA graphs) and profile')
+    parser.add_argument('--na-deadline', type=float, default=0.0,
+                        help='NA suite: seconds after which no new case starts (0: none), so the report is written')
 
 
 def _import_op():
@@ -95,6 +98,12 @@ def _case_rows(case, batch, height, width, heads, dim, kernel, with_rpb, impls):
                 factor, nbytes = 3.5, 8 * elem
             try:
                 row = measure(SUITE, case, impl, mode, fn, f_flops * factor, min_bytes=nbytes)
+                if impl == 'visionattn-triton' and row.ms is not None:
+                    # Kernel time without the host: the same call replayed from a CUDA graph.
+                    from triton.testing import do_bench_cudagraph
+                    graph_ms = do_bench_cudagraph(fn, rep=30, return_mode='median')
+                    row.extra['graph_ms'] = graph_ms
+                    row.note = f'CUDA graph {graph_ms:.3f} ms'
             except Exception as err:  # a peer that fails to compile or run is a row, not a crash
                 row = Row(SUITE, case, impl, mode, note=f'{type(err).__name__}: {str(err)[:80]}')
             row.note = (row.note + ' ' + note).strip()
@@ -127,16 +136,28 @@ def run(args):
     if getattr(args, 'na_sweep', False):
         return _sweep(batch)
     rows = []
+    deadline = getattr(args, 'na_deadline', 0.0)
+    start = time.monotonic()
+
+    def out_of_time(case):
+        if deadline and time.monotonic() - start > deadline:
+            rows.append(Row(SUITE, case, '(all)', 'fwd', note=f'skipped: --na-deadline {deadline:g} s reached'))
+            return True
+        return False
     stages = NAT_STAGES[:1] + NAT_STAGES[2:3] if quick else NAT_STAGES
     for size, heads in stages:
         for with_rpb in (False, True):
             # SDPA has no bias here (dense over all tokens): timed once per stage; Flex gets the rpb as score_mod.
             impls = ('ours',) if with_rpb and quick else ('ours', 'flex') if with_rpb else ('ours', 'sdpa', 'flex')
             case = f'B{batch} {size}x{size} h{heads} d32 k7' + (' rpb' if with_rpb else '')
+            if out_of_time(case):
+                continue
             rows += _case_rows(case, batch, size, size, heads, 32, 7, with_rpb, impls)
     large = [(64, 2), (128, 2)] if not quick else [(64, 2)]
     for dim, batch_l in large:
         case = f'B{batch_l} 128x128 h8 d{dim} k13'
+        if out_of_time(case):
+            continue
         rows += _case_rows(case, batch_l, 128, 128, 8, dim, 13, False, ('ours', 'sdpa', 'flex'))
     return rows
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ['DigitsDataset', 'ImageFolderDataset', 'build_pipeline']
+__all__ = ['DigitsDataset', 'ImageFolderDataset', 'SharedEpoch', 'build_pipeline']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -26,11 +26,32 @@ def build_pipeline(pipeline: Union[None, Callable, Mapping]) -> Optional[Callabl
     raise TypeError(f'pipeline must be a callable or a dict with a callable "type", got {pipeline!r}')
 
 
+class SharedEpoch:
+    """The training epoch in shared memory, so DataLoader workers see ``set_epoch``.
+
+    Persistent workers keep the copy of the dataset they were started with; a plain attribute set in the main
+    process never reaches them, and they would repeat the first epoch's augmentations for the whole run.
+    """
+
+    def __init__(self, epoch: int = 0):
+        self._value = torch.full((), epoch, dtype=torch.int64).share_memory_()
+
+    def get(self) -> int:
+        return int(self._value)
+
+    def set(self, epoch: int) -> None:
+        self._value.fill_(int(epoch))
+
+
 class _ClassificationDataset(Dataset):
     def __init__(self, pipeline: Union[None, Callable, Mapping] = None, seed: int = 0):
         self.pipeline = build_pipeline(pipeline)
         self.seed = seed
-        self.epoch = 0
+        self._epoch = SharedEpoch()
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     classes: Sequence[str] = ()
 
@@ -40,7 +61,7 @@ class _ClassificationDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the engine before each training epoch: augmentation draws depend on it."""
-        self.epoch = epoch
+        self._epoch.set(epoch)
 
     def _load(self, index: int) -> Tuple[np.ndarray, int]:
         raise NotImplementedError

@@ -24,9 +24,10 @@ def _rng_state() -> Dict:
 def _set_rng_state(state: Dict) -> None:
     random.setstate(state['python'])
     np.random.set_state(state['numpy'])
-    torch.set_rng_state(state['torch'])
+    # A resumed checkpoint is mapped to the GPU, but the generators take their state as a CPU ByteTensor.
+    torch.set_rng_state(state['torch'].cpu())
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state['cuda'])
+        torch.cuda.set_rng_state(state['cuda'].cpu())
 
 
 @HOOKS.register_module()

@@ -94,19 +94,28 @@ class NeighborTable:
         if device == self.index.device:
             return self
         if device not in self._on:
-            moved = object.__new__(NeighborTable)
-            moved.index, moved.bias_index = self.index.to(device), self.bias_index.to(device)
-            moved.valid = None if self.valid is None else self.valid.to(device)
-            moved._on = {}
-            self._on[device] = moved
+            with torch.inference_mode(False):  # cached: a first call under inference_mode must not taint training
+                self._on[device] = self._moved(device)
         return self._on[device]
+
+    def _moved(self, device: torch.device) -> 'NeighborTable':
+        moved = object.__new__(NeighborTable)
+        moved.index, moved.bias_index = self.index.to(device), self.bias_index.to(device)
+        moved.valid = None if self.valid is None else self.valid.to(device)
+        moved._on = {}
+        return moved
 
 
 @functools.lru_cache(maxsize=64)
 def neighbor_table(shape: Tuple[int, ...], kernel: Tuple[int, ...], dilation: Tuple[int, ...],
                    stride: Tuple[int, ...], causal: Tuple[bool, ...]) -> NeighborTable:
-    """The cached :class:`NeighborTable` of a problem (on the CPU; ``.to(device)`` caches a copy per device)."""
-    return NeighborTable(shape, kernel, dilation, stride, causal)
+    """The cached :class:`NeighborTable` of a problem (on the CPU; ``.to(device)`` caches a copy per device).
+
+    Built outside inference mode: a table first made under ``torch.inference_mode`` would hold inference tensors,
+    which autograd refuses to save when the same problem later runs in training.
+    """
+    with torch.inference_mode(False):
+        return NeighborTable(shape, kernel, dilation, stride, causal)
 
 
 def _tuple(value, n: int) -> tuple:

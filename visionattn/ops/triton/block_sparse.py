@@ -432,6 +432,9 @@ def block_sparse_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     Returns:
         [B, Nq, H, Dv] (note the layout: heads after tokens).
     """
+    if q.shape[0] * q.shape[1] > 65535:  # batch * heads runs on the second grid axis, which CUDA caps at 65535
+        raise ValueError(f'block_sparse_attention (triton): batch * heads = {q.shape[0] * q.shape[1]} exceeds '
+                         "CUDA's grid limit of 65535; split the batch or use backend='reference'")
     if index.dtype not in (torch.int32, torch.int64):
         index = index.to(torch.int32)
     index = index.contiguous()

@@ -61,14 +61,15 @@ def _na_fwd_kernel(
         ST0, EN0, ST1, EN1, ST2, EN2,
         sqb, sq0, sq1, sq2, sqh, skb, sk0, sk1, sk2, skh, svb, sv0, sv1, sv2, svh,
         sob, so0, so1, so2, soh,
-        H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT1, NT2, KS0, KS1, KS2, qk_scale,
+        H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT, NT1, NT2, KS0, KS1, KS2, qk_scale,
         HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, U0: tl.constexpr, U1: tl.constexpr,
         U2: tl.constexpr, HAS_RPB: tl.constexpr, N_DIM: tl.constexpr, PRECISION: tl.constexpr):
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
-    pid_t = tl.program_id(0)
-    pid_bhg = tl.program_id(1)
+    # One flattened grid axis, tiles fastest (CUDA caps the second axis at 65535 < batch * heads * groups)
+    pid_t = tl.program_id(0) % NT
+    pid_bhg = tl.program_id(0) // NT
     n_groups = D0 * D1 * D2
     g = pid_bhg % n_groups
     bh = pid_bhg // n_groups
@@ -171,8 +172,9 @@ def _na_bwd_dkdv_kernel(
     # Programs own key tiles of shape U; the inner loop walks query tiles of shape T.
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
-    pid_t = tl.program_id(0)
-    pid_bhg = tl.program_id(1)
+    # One flattened grid axis, tiles fastest (CUDA caps the second axis at 65535 < batch * heads * groups)
+    pid_t = tl.program_id(0) % (NT0 * NT1 * NT2)
+    pid_bhg = tl.program_id(0) // (NT0 * NT1 * NT2)
     n_groups = D0 * D1 * D2
     g = pid_bhg % n_groups
     bh = pid_bhg // n_groups
@@ -272,15 +274,16 @@ def _na_bwd_dq_kernel(
         ST0, EN0, ST1, EN1, ST2, EN2,
         sqb, sq0, sq1, sq2, sqh, skb, sk0, sk1, sk2, skh, svb, sv0, sv1, sv2, svh,
         sob, so0, so1, so2, soh, sdob, sdo0, sdo1, sdo2, sdoh, sdqb, sdq0, sdq1, sdq2, sdqh,
-        H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT1, NT2, KS0, KS1, KS2, qk_scale, scale,
+        H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT, NT1, NT2, KS0, KS1, KS2, qk_scale, scale,
         HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, U0: tl.constexpr, U1: tl.constexpr,
         U2: tl.constexpr, HAS_RPB: tl.constexpr, STORE_DS: tl.constexpr, N_DIM: tl.constexpr,
         PRECISION: tl.constexpr):
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
-    pid_t = tl.program_id(0)
-    pid_bhg = tl.program_id(1)
+    # One flattened grid axis, tiles fastest (CUDA caps the second axis at 65535 < batch * heads * groups)
+    pid_t = tl.program_id(0) % NT
+    pid_bhg = tl.program_id(0) // NT
     n_groups = D0 * D1 * D2
     g = pid_bhg % n_groups
     bh = pid_bhg // n_groups
@@ -475,8 +478,11 @@ class _Plan:
                     U2=key_tile[2], num_warps=warps, num_stages=stages, **self.consts)
 
     def grid(self, name):
-        tiles = self.tiles[name]
-        return (tiles[0] * tiles[1] * tiles[2], self.bhg)
+        programs = math.prod(self.tiles[name]) * self.bhg
+        if programs >= 2 ** 31:
+            raise ValueError(f'neighborhood_attention: {programs} programs (tiles x batch x heads x dilation groups) '
+                             'exceed the CUDA grid; split the batch')
+        return (programs,)
 
 
 _PLANS = {}
@@ -489,8 +495,9 @@ def _plan(q, v, kernel, dilation, stride, causal, has_rpb) -> _Plan:
     if plan is None:
         if len(_PLANS) > 512:
             _PLANS.clear()
-        plan = _PLANS[key] = _Plan(tuple(q.shape), v.shape[-1], kernel, dilation, stride, causal, q.dtype, q.device,
-                                   has_rpb)
+        with torch.inference_mode(False):  # cached tables must not be inference tensors (see neighbor_table)
+            plan = _PLANS[key] = _Plan(tuple(q.shape), v.shape[-1], kernel, dilation, stride, causal, q.dtype,
+                                       q.device, has_rpb)
     return plan
 
 
@@ -514,7 +521,7 @@ def _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale):
     _na_fwd_kernel[plan.grid('fwd')](
         q, k, v, out, lse, rpb_arg, *plan.windows,
         *_strides(q, n_dim), *_strides(k, n_dim), *_strides(v, n_dim), *_strides(out, n_dim),
-        plan.heads, *plan.problem, plan.tiles['fwd'][1], plan.tiles['fwd'][2], *plan.kernel3, scale * _LOG2E,
+        plan.heads, *plan.problem, math.prod(plan.tiles['fwd']), *plan.tiles['fwd'][1:], *plan.kernel3, scale * _LOG2E,
         **plan.launch_args('fwd'))
     return out, lse
 
@@ -537,7 +544,7 @@ def _bwd(grad_out, q, k, v, out, lse, rpb, kernel, dilation, stride, causal, sca
     _na_bwd_dq_kernel[plan.grid('dq')](
         q, k, v, out, grad_out, lse, delta, dq, rpb_arg, dsn, *plan.windows, *strides,
         *_strides(out, n_dim), *_strides(grad_out, n_dim), *_strides(dq, n_dim),
-        heads, *plan.problem, plan.tiles['dq'][1], plan.tiles['dq'][2], *plan.kernel3, scale * _LOG2E,
+        heads, *plan.problem, math.prod(plan.tiles['dq']), *plan.tiles['dq'][1:], *plan.kernel3, scale * _LOG2E,
         scale, STORE_DS=store_ds, **plan.launch_args('dq'))
     _na_bwd_dkdv_kernel[plan.grid('dkdv')](
         q, k, v, grad_out, lse, delta, dk, dv, rpb_arg, *plan.windows, *plan.query_boxes, *strides,

@@ -1,0 +1,1 @@
+"""Semantic and medical segmentation heads: ParaTransCNN, UPerNet and Semantic FPN fed by any zoo backbone."""
