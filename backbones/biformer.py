@@ -204,7 +204,7 @@ class BiFormer(nn.Module):
             nn.Conv2d(embed_dims[0] // 2, embed_dims[0], 3, stride=2, padding=1, **dd),
             nn.BatchNorm2d(embed_dims[0], **dd),
         )
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # works under a meta device
         stages, self.feature_info, first = [], [], 0
         for i in range(num_stages):
             stages.append(BiFormerStage(

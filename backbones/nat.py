@@ -229,7 +229,7 @@ class NAT(nn.Module):
 
         self.patch_embed = ConvTokenizer(in_chans, embed_dim, **dd)
         self.pos_drop = nn.Dropout(proj_drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # works under a meta device
         self.levels = nn.ModuleList()
         self.feature_info = []
         for i in range(num_levels):

@@ -208,7 +208,7 @@ class PATNet(nn.Module):
         self.num_stages = len(depths)
         self.patch_embed = PatchEmbed(in_chans, embed_dim, **dd)
         # PartialNet: torch.linspace(0, rate, sum(depths)) over every block (timm's FasterNet steps per stage)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # works under a meta device
         stages, self.feature_info = [], []
         for i, depth in enumerate(depths):
             dim = embed_dim * 2 ** i

@@ -89,3 +89,14 @@ def test_resume_discovery_skips_dangling_records_and_temporaries(tmp_path):
     (tmp_path / 'epoch_1.pth').write_bytes(pickle.dumps(1))
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_2.pth'))  # named file never completed
     assert find_resume_checkpoint(tmp_path) == str(tmp_path / 'epoch_1.pth')
+
+
+def test_runner_init_weights_keeps_the_built_weights():
+    # mmengine's runner calls model.init_weights() before training; timm's ResNet.init_weights would re-draw every
+    # weight and wipe a pretrained backbone, so task models apply only an explicit init_cfg.
+    torch.manual_seed(0)
+    model = ImageClassifier('eca_resnet18', num_classes=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.init_weights()
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert not changed, changed

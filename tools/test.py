@@ -31,14 +31,24 @@ def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint file {args.checkpoint} does not exist')
-    from visionattn.engine import PredictionImagesHook, VisionRunner, check_config, load_tool_config
+    from visionattn.engine import (
+        PredictionImagesHook,
+        Segmentor,
+        SegPredictionImagesHook,
+        VisionRunner,
+        check_config,
+        load_tool_config,
+    )
     cfg = load_tool_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
     cfg.resume = False
     check_config(cfg)
     runner = VisionRunner.from_cfg(cfg)
     if args.show_dir:
-        runner.register_hook(PredictionImagesHook(out_dir=args.show_dir), priority='LOWEST')
+        from mmengine.model import is_model_wrapper
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        hook = SegPredictionImagesHook if isinstance(model, Segmentor) else PredictionImagesHook  # mask overlays
+        runner.register_hook(hook(out_dir=args.show_dir), priority='LOWEST')
     if args.out:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise SystemExit('--out must be a .pkl file')

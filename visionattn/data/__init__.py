@@ -1,5 +1,12 @@
 """Datasets and augmentation pipelines (albumentations) for the task tools; plain PyTorch datasets, no engine."""
+from .base import SeededDataset, SharedEpoch, build_pipeline
 from .classification import DigitsDataset, ImageFolderDataset
+from .medical import AVTDataset, SynapseDataset, SyntheticSlicesDataset, ct_window, medical_transforms
+from .seg_transforms import segmentation_transforms
+from .segmentation import ADE20KDataset, SegFolderDataset, SyntheticShapesDataset
 from .transforms import classification_transforms, trivial_augment_like
 
-__all__ = ['DigitsDataset', 'ImageFolderDataset', 'classification_transforms', 'trivial_augment_like']
+__all__ = ['SeededDataset', 'SharedEpoch', 'build_pipeline']
+__all__ += ['DigitsDataset', 'ImageFolderDataset', 'classification_transforms', 'trivial_augment_like']
+__all__ += ['ADE20KDataset', 'SegFolderDataset', 'SyntheticShapesDataset', 'segmentation_transforms']
+__all__ += ['AVTDataset', 'SynapseDataset', 'SyntheticSlicesDataset', 'ct_window', 'medical_transforms']

@@ -5,74 +5,26 @@ sample from (seed, epoch, index), so a run is reproducible whatever the number o
 resumed run draws the same augmentations as an uninterrupted one.
 """
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-__all__ = ['DigitsDataset', 'ImageFolderDataset', 'SharedEpoch', 'build_pipeline']
+from .base import SeededDataset
+
+__all__ = ['DigitsDataset', 'ImageFolderDataset']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
-def build_pipeline(pipeline: Union[None, Callable, Mapping]) -> Optional[Callable]:
-    """A pipeline given as a callable, or as a config dict ``{'type': factory, **kwargs}`` (as configs write it)."""
-    if pipeline is None or callable(pipeline):
-        return pipeline
-    if isinstance(pipeline, Mapping) and callable(pipeline.get('type')):
-        kwargs = {k: v for k, v in pipeline.items() if k != 'type'}
-        return pipeline['type'](**kwargs)
-    raise TypeError(f'pipeline must be a callable or a dict with a callable "type", got {pipeline!r}')
-
-
-class SharedEpoch:
-    """The training epoch in shared memory, so DataLoader workers see ``set_epoch``.
-
-    Persistent workers keep the copy of the dataset they were started with; a plain attribute set in the main
-    process never reaches them, and they would repeat the first epoch's augmentations for the whole run.
-    """
-
-    def __init__(self, epoch: int = 0):
-        self._value = torch.full((), epoch, dtype=torch.int64).share_memory_()
-
-    def get(self) -> int:
-        return int(self._value)
-
-    def set(self, epoch: int) -> None:
-        self._value.fill_(int(epoch))
-
-
-class _ClassificationDataset(Dataset):
-    def __init__(self, pipeline: Union[None, Callable, Mapping] = None, seed: int = 0):
-        self.pipeline = build_pipeline(pipeline)
-        self.seed = seed
-        self._epoch = SharedEpoch()
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch.get()
-
-    classes: Sequence[str] = ()
-
-    @property
-    def metainfo(self) -> Dict:
-        return {'classes': tuple(self.classes)}
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the engine before each training epoch: augmentation draws depend on it."""
-        self._epoch.set(epoch)
-
+class _ClassificationDataset(SeededDataset):
     def _load(self, index: int) -> Tuple[np.ndarray, int]:
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> Dict:
         image, label = self._load(index)
         if self.pipeline is not None:
-            if hasattr(self.pipeline, 'set_random_seed'):
-                # A pure function of (seed, epoch, index): numpy's SeedSequence mixes them into one 32-bit seed.
-                seq = np.random.SeedSequence([self.seed, self.epoch, index])
-                self.pipeline.set_random_seed(int(seq.generate_state(1)[0]))
+            self.seed_pipeline(index)
             image = self.pipeline(image=image)['image']
         img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         return {'img': img, 'gt_label': label, 'index': index}

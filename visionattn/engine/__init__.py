@@ -3,13 +3,24 @@ runner the tools use. The only library package that imports mmengine (the ``[tra
 from . import datasets  # noqa: F401  (registers the data package's datasets)
 from .classification import ClsDataPreprocessor, ImageClassifier, check_model_name, cls_collate
 from .hooks import DatasetEpochHook, PredictionImagesHook, ProgressBarHook, RandomStateHook, TrainingCurveHook
+from .medical import DiceHD95Metric, MedicalSegmentor
 from .metrics import Accuracy
 from .registry import DATA_SAMPLERS, DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
 from .runner import VisionRunner, check_config, find_resume_checkpoint, load_tool_config, load_training_checkpoint
+from .segmentation import (
+    IoUMetric,
+    SegCrossEntropyLoss,
+    SegDataPreprocessor,
+    Segmentor,
+    SegPredictionImagesHook,
+    seg_collate,
+)
 
 __all__ = [
     'ClsDataPreprocessor', 'ImageClassifier', 'check_model_name', 'cls_collate', 'DatasetEpochHook',
     'PredictionImagesHook', 'ProgressBarHook', 'RandomStateHook', 'TrainingCurveHook', 'Accuracy', 'DATA_SAMPLERS',
     'DATASETS', 'FUNCTIONS', 'HOOKS', 'METRICS', 'MODELS', 'VisionRunner', 'check_config', 'find_resume_checkpoint',
     'load_tool_config', 'load_training_checkpoint',
+    'DiceHD95Metric', 'MedicalSegmentor',
+    'IoUMetric', 'SegCrossEntropyLoss', 'SegDataPreprocessor', 'SegPredictionImagesHook', 'Segmentor', 'seg_collate',
 ]

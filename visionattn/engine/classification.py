@@ -7,11 +7,12 @@ import timm
 import torch
 import torch.nn.functional as F
 from mmengine.dist import all_reduce, get_world_size, is_distributed
-from mmengine.model import BaseDataPreprocessor, BaseModel
+from mmengine.model import BaseDataPreprocessor
 from mmengine.structures import BaseDataElement
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
+from .base import TaskModel
 from .registry import FUNCTIONS, MODELS
 
 __all__ = ['ClsDataPreprocessor', 'ImageClassifier', 'cls_collate', 'check_model_name']
@@ -58,7 +59,7 @@ def check_model_name(name: str) -> None:
 
 
 @MODELS.register_module()
-class ImageClassifier(BaseModel):
+class ImageClassifier(TaskModel):
     """A timm classifier (any zoo or timm model name) trained with cross-entropy.
 
     Args:

@@ -1,7 +1,10 @@
 """The data package's datasets, registered for configs that name them by string."""
-from visionattn.data import DigitsDataset, ImageFolderDataset
+from visionattn.data import ADE20KDataset, DigitsDataset, ImageFolderDataset, SegFolderDataset, SyntheticShapesDataset
 
 from .registry import DATASETS
 
 DATASETS.register_module(module=DigitsDataset)
 DATASETS.register_module(module=ImageFolderDataset)
+DATASETS.register_module(module=ADE20KDataset)
+DATASETS.register_module(module=SegFolderDataset)
+DATASETS.register_module(module=SyntheticShapesDataset)

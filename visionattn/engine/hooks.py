@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from mmengine.dist import all_gather_object, get_rank, get_world_size, is_main_process
 from mmengine.hooks import CheckpointHook, Hook
+from mmengine.runner import IterBasedTrainLoop
 
 from .registry import HOOKS
 
@@ -116,7 +117,10 @@ class ProgressBarHook(Hook):
             self._bar = None
 
     def before_train_epoch(self, runner) -> None:
-        self._open(len(runner.train_dataloader), f'epoch {runner.epoch + 1}/{runner.max_epochs}')
+        if isinstance(runner.train_loop, IterBasedTrainLoop):  # one "epoch" holds the whole run
+            self._open(runner.max_iters - runner.iter, f'iter {runner.iter + 1}-{runner.max_iters}')
+        else:
+            self._open(len(runner.train_dataloader), f'epoch {runner.epoch + 1}/{runner.max_epochs}')
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         self._step(outputs)

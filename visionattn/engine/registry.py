@@ -10,10 +10,15 @@ from mmengine.registry import Registry
 
 __all__ = ['MODELS', 'DATASETS', 'DATA_SAMPLERS', 'METRICS', 'HOOKS', 'FUNCTIONS']
 
-MODELS = Registry('model', parent=MMENGINE_MODELS, scope='visionattn', locations=['visionattn.engine.classification'])
-DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='visionattn', locations=['visionattn.engine.datasets'])
+MODELS = Registry('model', parent=MMENGINE_MODELS, scope='visionattn',
+                  locations=['visionattn.engine.classification', 'visionattn.engine.segmentation',
+                             'visionattn.engine.medical'])
+DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='visionattn',
+                    locations=['visionattn.engine.datasets', 'visionattn.engine.medical'])
 DATA_SAMPLERS = Registry('data sampler', parent=MMENGINE_DATA_SAMPLERS, scope='visionattn')
-METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='visionattn', locations=['visionattn.engine.metrics'])
+METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='visionattn',
+                   locations=['visionattn.engine.metrics', 'visionattn.engine.segmentation',
+                               'visionattn.engine.medical'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='visionattn', locations=['visionattn.engine.hooks'])
 FUNCTIONS = Registry('function', parent=MMENGINE_FUNCTIONS, scope='visionattn',
-                     locations=['visionattn.engine.classification'])
+                     locations=['visionattn.engine.classification', 'visionattn.engine.segmentation'])

@@ -12,31 +12,10 @@
 # use 8 GPUs x 512 (T0-S) or x 256 (M, L) at the same lr, without --auto-scale-lr.
 # Quirk kept: model_api.py hands timm's create_optimizer `self.parameters()`, not the module, so weight decay
 # applies to every parameter, norms, biases and iRPE tables included: no paramwise_cfg here.
-# Not available in this engine:
-# - the multi-scale schedule (cfg `multi_scale: 192_280`: 192x192 crops before epoch 280, 224 after): 224 throughout;
-# - RandAugment (rand-m3/m5/m7-mstd0.5-inc1 per variant): the TrivialAugment-like ops stand in, without magnitudes.
-# The variant configs set the per-variant values; these defaults are T0's.
-from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
-from torch.optim import AdamW
+# Everything else, including what this engine cannot reproduce, is FasterNet's: see fasternet_in1k.py.
+from mmengine.config import read_base
 
-warmup_epochs = 20
-max_epochs = 300
-optim_wrapper = dict(
-    type=OptimWrapper,
-    optimizer=dict(type=AdamW, lr=4e-3, weight_decay=0.005, betas=(0.9, 0.999), eps=1e-8),
-)
-# pl_bolts' warm-up reaches the lr at epoch 19, as mmengine's LinearLR does; its cosine then spans epochs 20-300.
-param_scheduler = [
-    dict(type=LinearLR, start_factor=2.5e-4, by_epoch=True, begin=0, end=warmup_epochs),
-    dict(type=CosineAnnealingLR, eta_min=1e-5, by_epoch=True, begin=warmup_epochs, end=max_epochs),
-]
-train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=1)
-val_cfg = dict()
-test_cfg = dict()
-auto_scale_lr = dict(base_batch_size=256, enable=False)
+with read_base():
+    from .fasternet_in1k import *
 
-# Recipe parts that the variant configs put into the model and the pipelines.
-label_smoothing = 0.1
-mixup = dict(mixup_alpha=0.05, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch')
-train_augment = dict(auto_augment=None, random_erasing=0.0, interpolation='bicubic')
-eval_crop_pct = 0.9
+auto_scale_lr = dict(base_batch_size=256, enable=False)  # the lrs below are for the released code's batch of 256

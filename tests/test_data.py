@@ -1,0 +1,43 @@
+"""Dataset behaviour the engine relies on, over the datasets that need no files."""
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from visionattn.data import (
+    DigitsDataset,
+    SyntheticShapesDataset,
+    SyntheticSlicesDataset,
+    classification_transforms,
+    medical_transforms,
+    segmentation_transforms,
+)
+
+DATASETS = {
+    'digits': lambda: DigitsDataset('train', classification_transforms(True, 32, scale=(0.3, 1.0), hflip=0.5),
+                                    max_samples=8),
+    'synthetic_slices': lambda: SyntheticSlicesDataset(num_volumes=2, slices=4, size=32,
+                                                       pipeline=medical_transforms(True, 32)),
+    'synthetic_shapes': lambda: SyntheticShapesDataset(num_samples=4, img_size=32,
+                                                       pipeline=segmentation_transforms(True, 32)),
+}
+
+
+def _images(loader):
+    return torch.cat([batch['img'].flatten(1).float() for batch in loader])
+
+
+@pytest.mark.parametrize('name', sorted(DATASETS))
+def test_persistent_workers_see_set_epoch(name):
+    # Augmentations are seeded per (seed, epoch, index); persistent workers keep the dataset copy they started
+    # with, so the epoch must reach them through shared memory, or every epoch repeats the first one's draws.
+    dataset = DATASETS[name]()
+    loader = DataLoader(dataset, batch_size=4, num_workers=1, persistent_workers=True,
+                        collate_fn=lambda items: {'img': torch.stack([item['img'] for item in items])})
+    first = _images(loader)
+    dataset.set_epoch(3)
+    third = _images(loader)
+    assert not torch.equal(first, third)
+    fresh = DATASETS[name]()
+    fresh.set_epoch(3)
+    want = torch.stack([fresh[i]['img'].flatten().float() for i in range(len(fresh))])
+    assert torch.equal(third, want)

@@ -1,0 +1,71 @@
+"""What every visionattn dataset shares: a pipeline seeded per (seed, epoch, index), and an epoch that reaches the
+DataLoader workers, so a run draws the same augmentations whatever its workers, processes or interruptions."""
+from typing import Callable, Dict, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ['SeededDataset', 'SharedEpoch', 'build_pipeline']
+
+
+def build_pipeline(pipeline: Union[None, Callable, Mapping]) -> Optional[Callable]:
+    """A pipeline given as a callable, or as a config dict ``{'type': factory, **kwargs}`` (as configs write it)."""
+    if pipeline is None or callable(pipeline):
+        return pipeline
+    if isinstance(pipeline, Mapping) and callable(pipeline.get('type')):
+        kwargs = {k: v for k, v in pipeline.items() if k != 'type'}
+        return pipeline['type'](**kwargs)
+    raise TypeError(f'pipeline must be a callable or a dict with a callable "type", got {pipeline!r}')
+
+
+class SharedEpoch:
+    """The training epoch in shared memory, so DataLoader workers see ``set_epoch``.
+
+    Persistent workers keep the copy of the dataset they were started with; a plain attribute set in the main
+    process never reaches them, and they would repeat the first epoch's augmentations for the whole run.
+    """
+
+    def __init__(self, epoch: int = 0):
+        self._value = torch.full((), epoch, dtype=torch.int64).share_memory_()
+
+    def get(self) -> int:
+        return int(self._value)
+
+    def set(self, epoch: int) -> None:
+        self._value.fill_(int(epoch))
+
+
+class SeededDataset(Dataset):
+    """Base of the datasets: holds the pipeline, the seed and the shared epoch; subclasses call
+    :meth:`seed_pipeline` before running the pipeline on an item.
+
+    Args:
+        pipeline: A callable (albumentations-style) or a config dict with a callable ``type``.
+        seed: Seed of the augmentation draws.
+    """
+    classes: Sequence[str] = ()
+
+    def __init__(self, pipeline: Union[None, Callable, Mapping] = None, seed: int = 0):
+        self.pipeline = build_pipeline(pipeline)
+        self.seed = seed
+        self._epoch = SharedEpoch()
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
+    @property
+    def metainfo(self) -> Dict:
+        return {'classes': tuple(self.classes)}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the engine before each training epoch: augmentation draws depend on it."""
+        self._epoch.set(epoch)
+
+    def seed_pipeline(self, index: int) -> None:
+        """Seed the pipeline's random draws for this item: a pure function of (seed, epoch, index), mixed into one
+        32-bit seed by numpy's SeedSequence."""
+        if self.pipeline is not None and hasattr(self.pipeline, 'set_random_seed'):
+            seq = np.random.SeedSequence([self.seed, self.epoch, index])
+            self.pipeline.set_random_seed(int(seq.generate_state(1)[0]))

@@ -1,0 +1,404 @@
+"""Semantic segmentation as an mmengine model: collate, data preprocessor, the Segmentor task model, the
+IoU metric and the ``--show-dir`` overlay hook. Networks are plain modules (heads/segmentation) mapping float
+images to class logits; the Segmentor adds the loss, resizing, padding and prediction API."""
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.dist import all_reduce, get_world_size, is_distributed, is_main_process
+from mmengine.evaluator import BaseMetric
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import BaseDataPreprocessor
+from mmengine.structures import BaseDataElement
+
+from .base import TaskModel
+from .registry import FUNCTIONS, HOOKS, METRICS, MODELS
+
+__all__ = ['seg_collate', 'SegDataPreprocessor', 'SegCrossEntropyLoss', 'Segmentor', 'IoUMetric',
+           'SegPredictionImagesHook', 'AUX_LOSS_WEIGHT']
+
+IGNORE_INDEX = 255
+AUX_LOSS_WEIGHT = 0.4  # mmseg's UPerNet configs weigh the FCN auxiliary head's cross-entropy by 0.4
+
+
+@FUNCTIONS.register_module()
+def seg_collate(batch: Sequence[Dict]) -> Dict:
+    """Stack a batch of segmentation items; one data sample per item with its mask and meta.
+
+    Items are ``{'img': uint8 [C, H, W], 'gt_seg': int64 [H, W] (255 = ignore), 'meta': dict}``. Images of
+    different sizes are padded at the bottom/right to the largest (0), as are masks of the image's size (255);
+    ``meta['img_shape']`` records each image's size before padding.
+    """
+    if not batch:
+        raise ValueError('seg_collate got an empty batch')
+    height = max(item['img'].shape[-2] for item in batch)
+    width = max(item['img'].shape[-1] for item in batch)
+    inputs, samples = [], []
+    for item in batch:
+        img, gt = item['img'], item['gt_seg']
+        if img.ndim != 3:
+            raise ValueError(f'segmentation items need img of shape [C, H, W], got {tuple(img.shape)}')
+        h, w = img.shape[-2:]
+        if (h, w) != (height, width):
+            img = F.pad(img, (0, width - w, 0, height - h), value=0)
+            if tuple(gt.shape[-2:]) == (h, w):  # a mask at the original resolution (for evaluation) stays as it is
+                gt = F.pad(gt, (0, width - w, 0, height - h), value=IGNORE_INDEX)
+        inputs.append(img)
+        meta = dict(item.get('meta', {}))
+        meta.setdefault('img_shape', (int(h), int(w)))
+        samples.append(BaseDataElement(gt_sem_seg=torch.as_tensor(gt, dtype=torch.long), metainfo=meta))
+    return {'inputs': torch.stack(inputs), 'data_samples': samples}
+
+
+@MODELS.register_module()
+class SegDataPreprocessor(BaseDataPreprocessor):
+    """Moves a batch to the device, repeats grey images to RGB, normalises, and pads to a size divisor.
+
+    Args:
+        mean: Per-channel mean on the 0..1 scale (timm's ``pretrained_cfg['mean']``).
+        std: Per-channel std on the 0..1 scale.
+        size_divisor: Pad H and W up to a multiple of this (bottom/right; 0 for the normalised image, 255 for the
+            masks), as mmseg's SegDataPreProcessor; None leaves the size alone.
+        repeat_gray: Repeat 1-channel inputs to 3 channels when ``mean`` has three entries.
+    """
+
+    def __init__(self, mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+                 size_divisor: Optional[int] = None, repeat_gray: bool = True):
+        super().__init__()
+        if len(mean) != len(std):
+            raise ValueError(f'mean and std need the same length, got {len(mean)} and {len(std)}')
+        if size_divisor is not None and size_divisor < 1:
+            raise ValueError(f'size_divisor must be positive or None, got {size_divisor}')
+        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255, persistent=False)
+        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255, persistent=False)
+        self.size_divisor = size_divisor
+        self.repeat_gray = repeat_gray
+
+    def forward(self, data: Dict, training: bool = False) -> Dict:
+        data = self.cast_data(data)
+        inputs = data['inputs']
+        if inputs.ndim != 4:
+            raise ValueError(f'SegDataPreprocessor expects inputs [B, C, H, W], got {tuple(inputs.shape)}')
+        if inputs.shape[1] == 1 and self.repeat_gray and self.mean.shape[0] == 3:
+            inputs = inputs.expand(-1, 3, -1, -1)
+        if inputs.shape[1] != self.mean.shape[0]:
+            raise ValueError(f'inputs have {inputs.shape[1]} channels, mean/std have {self.mean.shape[0]}')
+        inputs = (inputs.float() - self.mean) / self.std
+        samples = data.get('data_samples')
+        if self.size_divisor:
+            h, w = inputs.shape[-2:]
+            pad_h, pad_w = -h % self.size_divisor, -w % self.size_divisor
+            if pad_h or pad_w:
+                inputs = F.pad(inputs, (0, pad_w, 0, pad_h), value=0)
+                for sample in samples or ():
+                    gt = sample.get('gt_sem_seg')
+                    if gt is not None and tuple(gt.shape[-2:]) == (h, w):
+                        sample.gt_sem_seg = F.pad(gt, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
+        for sample in samples or ():
+            sample.set_metainfo({'pad_shape': tuple(inputs.shape[-2:])})
+        return {'inputs': inputs.contiguous(), 'data_samples': samples}
+
+
+@MODELS.register_module()
+class SegCrossEntropyLoss(nn.Module):
+    """Per-pixel cross-entropy that skips ``ignore_index``.
+
+    By default the sum is divided by all pixels, ignored ones included: mmsegmentation's CrossEntropyLoss with
+    ``avg_non_ignore=False`` (its default, which the BiFormer and NAT ADE20K runs used). A batch with every pixel
+    ignored then gives 0, not NaN.
+
+    Args:
+        ignore_index: Label to skip.
+        avg_non_ignore: Average over the non-ignored pixels only.
+        loss_weight: Factor on the loss.
+    """
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX, avg_non_ignore: bool = False, loss_weight: float = 1.0):
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.avg_non_ignore = avg_non_ignore
+        self.loss_weight = loss_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction='none')
+        count = (target != self.ignore_index).sum() if self.avg_non_ignore else target.numel()
+        return self.loss_weight * loss.sum() / max(int(count), 1)
+
+
+def _build(cfg: Union[Dict, nn.Module, Callable], what: str):
+    if isinstance(cfg, dict):
+        return MODELS.build(cfg)
+    if isinstance(cfg, nn.Module) or callable(cfg):
+        return cfg
+    raise TypeError(f'{what} must be a config dict, an nn.Module or a callable, got {type(cfg).__name__}')
+
+
+@MODELS.register_module()
+class Segmentor(TaskModel):
+    """A semantic segmentation network with its loss behind mmengine's ``forward(inputs, data_samples, mode)``.
+
+    Args:
+        network: Config dict (``type=`` a class, built with MODELS) or module mapping float images [B, 3, H, W]
+            to logits [B, num_classes, h, w]; it may return ``{'out': logits, 'aux': logits}`` while training, the
+            auxiliary logits then adding ``0.4 x`` their loss. Logits are resized (bilinear) to the input size.
+        num_classes: Classes; checked against the logits' channels.
+        loss: Config dict, module or callable ``loss(logits [B, K, H, W], target [B, H, W]) -> Tensor or dict of
+            Tensors`` (a dict is summed); None for :class:`SegCrossEntropyLoss`.
+        ignore_index: Label of ignored pixels (used by the default loss and for padding).
+        data_preprocessor: Config of the data preprocessor; by default :class:`SegDataPreprocessor` with the
+            network's pretrained mean/std where it has a ``pretrained_cfg``, else ImageNet's.
+        init_cfg: mmengine initialisation config. Without one the network keeps its own initialisation (and
+            pretrained weights): ``init_weights`` does nothing.
+    """
+
+    def __init__(self, network: Union[Dict, nn.Module], num_classes: int, loss: Union[None, Dict, nn.Module,
+                 Callable] = None, ignore_index: int = IGNORE_INDEX, data_preprocessor: Optional[Dict] = None,
+                 init_cfg: Optional[Dict] = None):
+        if num_classes < 1:
+            raise ValueError(f'num_classes must be positive, got {num_classes}')
+        network = _build(network, 'network')
+        if data_preprocessor is None:
+            cfg = getattr(network, 'pretrained_cfg', None) or {}
+            data_preprocessor = dict(type=SegDataPreprocessor, mean=cfg.get('mean', (0.485, 0.456, 0.406)),
+                                     std=cfg.get('std', (0.229, 0.224, 0.225)))
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.network = network
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.loss_fn = SegCrossEntropyLoss(ignore_index) if loss is None else _build(loss, 'loss')
+
+    def _logits(self, inputs: torch.Tensor) -> Dict[str, torch.Tensor]:
+        out = self.network(inputs)
+        outs = dict(out) if isinstance(out, dict) else {'out': out}
+        if 'out' not in outs:
+            raise KeyError(f"a network returning a dict must hold the main logits under 'out', got {sorted(outs)}")
+        for key, logits in outs.items():
+            if logits.ndim != 4 or logits.shape[1] != self.num_classes:
+                raise ValueError(f'the network\'s {key!r} logits have shape {tuple(logits.shape)}, expected '
+                                 f'[B, num_classes={self.num_classes}, h, w]: set num_classes of the network and '
+                                 'of the Segmentor alike')
+            if logits.shape[-2:] != inputs.shape[-2:]:
+                outs[key] = F.interpolate(logits, size=inputs.shape[-2:], mode='bilinear', align_corners=False)
+        return outs
+
+    def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
+                mode: str = 'tensor'):
+        if mode == 'tensor':
+            return self._logits(inputs)['out']
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+    def _targets(self, inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> torch.Tensor:
+        if not data_samples or any(s.get('gt_sem_seg') is None for s in data_samples):
+            raise ValueError("mode='loss' needs a gt_sem_seg in every data sample")
+        height, width = inputs.shape[-2:]
+        targets = []
+        for sample in data_samples:
+            gt = sample.gt_sem_seg.to(inputs.device).long().reshape(sample.gt_sem_seg.shape[-2:])
+            h, w = gt.shape
+            if h > height or w > width:
+                raise ValueError(f'gt_sem_seg of shape {(h, w)} is larger than the input {(height, width)}: '
+                                 'the training pipeline must transform image and mask together')
+            targets.append(F.pad(gt, (0, width - w, 0, height - h), value=self.ignore_index))
+        return torch.stack(targets)
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor):
+        """(total, parts to log) of one set of logits; a loss returning a dict is summed, unless the dict gives
+        its total under 'loss'."""
+        value = self.loss_fn(logits, target)
+        if not isinstance(value, dict):
+            return value, {'ce' if isinstance(self.loss_fn, SegCrossEntropyLoss) else 'main': value}
+        parts = {k: v for k, v in value.items() if k != 'loss'}
+        if not parts and 'loss' not in value:
+            raise ValueError('the loss returned an empty dict')
+        return (value['loss'] if 'loss' in value else sum(parts.values())), parts
+
+    def loss(self, inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> Dict[str, torch.Tensor]:
+        """Loss terms: 'loss' (the total that is back-propagated) and its parts for the log, the auxiliary head's
+        prefixed 'aux_' (weighted 0.4 like the total)."""
+        target = self._targets(inputs, data_samples)
+        outs = self._logits(inputs)
+        total, parts = self._loss(outs['out'], target)
+        if 'aux' in outs:
+            aux_total, aux_parts = self._loss(outs['aux'], target)
+            total = total + AUX_LOSS_WEIGHT * aux_total
+            parts.update({f'aux_{k}': AUX_LOSS_WEIGHT * v for k, v in aux_parts.items()})
+        return {'loss': total, **parts}
+
+    def predict(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None):
+        """Sets ``seg_logits`` [K, H, W] and ``pred_sem_seg`` [H, W] on each sample, at the size of its
+        gt_sem_seg when it has one (masks kept at the original resolution: the logits are resized to it), else at
+        its image's size before padding."""
+        logits = self._logits(inputs)['out'].float()
+        if data_samples is None:
+            data_samples = [BaseDataElement() for _ in range(len(logits))]
+        for sample, sample_logits in zip(data_samples, logits):
+            h, w = sample.metainfo.get('img_shape', sample_logits.shape[-2:])
+            sample_logits = sample_logits[:, :h, :w]
+            gt = sample.get('gt_sem_seg')
+            if gt is not None and tuple(gt.shape[-2:]) != (h, w):
+                if tuple(gt.shape[-2:]) == tuple(sample.metainfo.get('pad_shape', ())):
+                    sample.gt_sem_seg = gt = gt[..., :h, :w]  # padded along with the image: crop back
+                else:
+                    sample_logits = F.interpolate(sample_logits[None], size=gt.shape[-2:], mode='bilinear',
+                                                  align_corners=False)[0]
+            sample.set_data({'seg_logits': sample_logits, 'pred_sem_seg': sample_logits.argmax(dim=0)})
+        return data_samples
+
+    def parse_losses(self, losses: Dict[str, torch.Tensor]):
+        """Back-propagates ``losses['loss']`` only (its parts are logged, not added again, whatever their names),
+        and logs values averaged over processes, so a log line reports the loss of the global batch."""
+        if 'loss' not in losses:
+            raise KeyError(f"the loss dict needs a 'loss' entry, got {sorted(losses)}")
+        log_vars = {}
+        for key, value in losses.items():
+            value = value.detach().float().mean().clone()
+            if is_distributed():
+                all_reduce(value)
+                value = value / get_world_size()
+            log_vars[key] = value
+        return losses['loss'].mean(), log_vars
+
+
+def metric_num_classes(metric: BaseMetric, sample: Dict) -> int:
+    """A segmentation metric's class count: its ``num_classes``, else the dataset's classes, else the logits'."""
+    if metric.num_classes is not None:
+        return metric.num_classes
+    classes = (metric.dataset_meta or {}).get('classes')
+    if classes:
+        return len(classes)
+    if 'seg_logits' in sample:
+        return int(sample['seg_logits'].shape[0])
+    raise ValueError(f'{type(metric).__name__} needs num_classes, a dataset with classes, or seg_logits in the '
+                     'predictions')
+
+
+@METRICS.register_module()
+class IoUMetric(BaseMetric):
+    """mIoU, mAcc and aAcc (%), and per-class IoU, from a confusion matrix summed over the dataset (exact).
+
+    Each batch adds a ``num_classes x num_classes`` count matrix (``torch.bincount`` of true x predicted) over the
+    pixels whose label is not ``ignore_index``. IoU = TP / (TP + FP + FN) per class; mIoU and mAcc average over the
+    classes that occur in the ground truth or the predictions (mmseg's nanmean); aAcc = correct / labelled pixels.
+    Keys: 'mIoU', 'mAcc', 'aAcc', and with ``classwise`` 'IoU.<class name>' per class (names from the dataset's
+    ``classes``, else the index). A per-class table goes to the log either way.
+
+    Args:
+        num_classes: Classes; default the dataset's ``classes`` count, else the predictions' logit channels.
+        ignore_index: Label that is not evaluated.
+        classwise: Return the per-class IoU too.
+    """
+    default_prefix = ''
+
+    def __init__(self, num_classes: Optional[int] = None, ignore_index: int = IGNORE_INDEX, classwise: bool = True,
+                 collect_device: str = 'cpu', prefix: Optional[str] = None):
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.classwise = classwise
+
+    def _classes(self, sample: Dict) -> int:
+        return metric_num_classes(self, sample)
+
+    def process(self, data_batch, data_samples: Sequence[Dict]) -> None:
+        confusion = None
+        for sample in data_samples:
+            k = self._classes(sample)
+            pred = sample['pred_sem_seg']
+            pred = (pred['data'] if isinstance(pred, dict) else pred).reshape(-1).long().cpu()
+            gt = sample['gt_sem_seg']
+            gt = (gt['data'] if isinstance(gt, dict) else gt).reshape(-1).long().cpu()
+            if pred.numel() != gt.numel():
+                raise ValueError(f'pred_sem_seg has {pred.numel()} pixels, gt_sem_seg {gt.numel()}')
+            valid = gt != self.ignore_index
+            if bool(((gt[valid] < 0) | (gt[valid] >= k)).any()):
+                raise ValueError(f'gt_sem_seg holds labels outside 0..{k - 1} besides ignore_index '
+                                 f'{self.ignore_index}: {sorted(set(gt[valid].tolist()) - set(range(k)))[:10]}')
+            counts = torch.bincount(gt[valid] * k + pred[valid].clamp(0, k - 1), minlength=k * k).view(k, k)
+            confusion = counts if confusion is None else confusion + counts
+        if confusion is not None:
+            self.results.append(confusion)
+
+    def compute_metrics(self, results: List[torch.Tensor]) -> Dict[str, float]:
+        confusion = torch.stack(results).sum(0).double()
+        true_positive = confusion.diag()
+        labelled = confusion.sum(1)
+        union = labelled + confusion.sum(0) - true_positive
+        iou = true_positive / union  # NaN for classes absent from both ground truth and predictions
+        acc = true_positive / labelled
+        metrics = {'aAcc': 100.0 * (true_positive.sum() / labelled.sum().clamp(min=1)).item(),
+                   'mIoU': 100.0 * float(np.nanmean(iou.numpy())) if union.gt(0).any() else float('nan'),
+                   'mAcc': 100.0 * float(np.nanmean(acc.numpy())) if labelled.gt(0).any() else float('nan')}
+        names = list((self.dataset_meta or {}).get('classes') or [])
+        names = [str(names[i]) if i < len(names) else str(i) for i in range(len(iou))]
+        rows = '\n'.join(f'{n:>20} {100 * a:8.2f} {100 * b:8.2f}' for n, a, b in zip(names, iou.tolist(),
+                                                                                  acc.tolist()))
+        print_log(f'per-class results:\n{"class":>20} {"IoU":>8} {"Acc":>8}\n{rows}', logger='current')
+        if self.classwise:
+            metrics.update({f'IoU.{n}': 100.0 * v for n, v in zip(names, iou.tolist())})
+        return metrics
+
+
+def _palette(num_classes: int) -> np.ndarray:
+    """A fixed colour per class, none of them dark, so every class shows on the overlay."""
+    rng = np.random.default_rng(12345)
+    return rng.integers(40, 256, size=(max(num_classes, 1), 3), dtype=np.uint8)
+
+
+@HOOKS.register_module()
+class SegPredictionImagesHook(Hook):
+    """Saves, per test image, the image blended with the predicted mask beside the image blended with the
+    ground truth (ignored pixels left unblended) to ``out_dir`` (tools/test.py --show-dir).
+
+    Args:
+        out_dir: Folder to write PNGs to.
+        max_images: Stop after this many images.
+        alpha: Weight of the mask colour in the blend.
+    """
+
+    def __init__(self, out_dir: str, max_images: int = 64, alpha: float = 0.5):
+        self.out_dir = Path(out_dir)
+        self.max_images = max_images
+        self.alpha = alpha
+        self._written = 0
+
+    def _blend(self, image: np.ndarray, mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
+        valid = (mask >= 0) & (mask < len(palette))
+        colour = palette[np.clip(mask, 0, len(palette) - 1)]
+        out = image.astype(np.float32)
+        out[valid] = (1 - self.alpha) * out[valid] + self.alpha * colour[valid]
+        return out.round().astype(np.uint8)
+
+    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if not is_main_process() or self._written >= self.max_images or not outputs:
+            return
+        from PIL import Image
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for img, sample in zip(data_batch['inputs'], outputs):
+            if self._written >= self.max_images:
+                break
+            pred = sample.pred_sem_seg.cpu().numpy().astype(np.int64)
+            palette = _palette(int(sample.seg_logits.shape[0]) if 'seg_logits' in sample else int(pred.max()) + 1)
+            h, w = sample.metainfo.get('img_shape', img.shape[-2:])
+            image = img[:, :h, :w].cpu()
+            image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+            image = image.permute(1, 2, 0).numpy().astype(np.uint8)
+            if image.shape[:2] != pred.shape:  # predictions at the original resolution: show the image there
+                image = np.asarray(Image.fromarray(image).resize(pred.shape[::-1], Image.BILINEAR))
+            panels = [self._blend(image, pred, palette)]
+            gt = sample.get('gt_sem_seg')
+            if gt is not None and tuple(gt.shape[-2:]) == pred.shape:
+                gt = gt.cpu().numpy().reshape(pred.shape).astype(np.int64)
+                panels.append(self._blend(image, np.where(gt == IGNORE_INDEX, -1, gt), palette))
+            gap = np.full((pred.shape[0], 4, 3), 255, np.uint8)
+            canvas = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+            index = sample.metainfo.get('index', self._written)
+            Image.fromarray(canvas).save(self.out_dir / f'{self._written:05d}_index-{index}.png')
+            self._written += 1
