@@ -11,7 +11,7 @@ pytest.importorskip('mmengine')
 from mmengine.config import Config  # noqa: E402
 from mmengine.structures import BaseDataElement  # noqa: E402
 
-from visionattn.engine import MODELS, Segmentor  # noqa: E402
+from visionattn.engine import MODELS, CoreReIDTargetModel, ReIDSourceModel, Segmentor  # noqa: E402
 
 pytestmark = pytest.mark.tools
 
@@ -26,6 +26,8 @@ def _param(path):
     network = cfg.model.get('network')
     if isinstance(network, dict) and network.get('pretrained'):
         network.pretrained = False
+    if cfg.model.get('pretrained'):
+        cfg.model.pretrained = False
     with torch.device('meta'):  # parameters without memory or initialisation: ~0.1 s a config
         params = sum(p.numel() for p in MODELS.build(cfg.model).parameters())
     return pytest.param(path, id=name, marks=pytest.mark.slow if params > BIG_PARAMS else ())
@@ -60,14 +62,45 @@ def _check_segmentor(model: Segmentor) -> None:
         assert 0 <= int(p.pred_sem_seg.min()) and int(p.pred_sem_seg.max()) < num_classes
 
 
+def _check_reid(model) -> None:
+    """Person re-identification: two identities x two images at 64x32; the target model reads pseudo-labels."""
+    images = torch.randint(0, 256, (4, 3, 64, 32), dtype=torch.uint8)
+
+    def samples():
+        return [BaseDataElement(gt_label=torch.tensor(i // 2), metainfo={'index': i, 'camid': i % 2})
+                for i in range(4)]
+    if isinstance(model, CoreReIDTargetModel):
+        labels = torch.tensor([0, 0, 1, 1]).numpy()
+        model.set_pseudo_labels({'global': labels, 'upper': labels, 'lower': labels})
+    model.train()
+    batch = model.data_preprocessor({'inputs': images, 'data_samples': samples()}, training=True)
+    losses = model(**batch, mode='loss')
+    loss = sum(v for k, v in losses.items() if 'loss' in k)
+    assert torch.isfinite(loss)
+    loss.backward()
+    model.eval()
+    with torch.no_grad():
+        batch = model.data_preprocessor({'inputs': images, 'data_samples': samples()})
+        predictions = model(**batch, mode='predict')
+    assert len(predictions) == 4
+    for p in predictions:
+        assert p.pred_feature.dim() == 1
+        torch.testing.assert_close(p.pred_feature.norm(), torch.tensor(1.0))
+
+
 @pytest.mark.parametrize('path', [_param(p) for p in CONFIGS])
 def test_config_builds_and_steps(path):
     cfg = Config.fromfile(path)
     network = cfg.model.get('network')
     if isinstance(network, dict) and network.get('pretrained'):
         network.pretrained = False  # no downloads in tests
+    if cfg.model.get('pretrained'):
+        cfg.model.pretrained = False
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
+    model = MODELS.build(cfg.model)  # a ReID source_checkpoint is read only when training starts (init_weights)
+    if isinstance(model, (ReIDSourceModel, CoreReIDTargetModel)):
+        _check_reid(model)
+        return
     if isinstance(model, Segmentor):
         _check_segmentor(model)
         return

@@ -2,6 +2,16 @@
 from .base import SeededDataset, SharedEpoch, build_pipeline
 from .classification import DigitsDataset, ImageFolderDataset
 from .medical import AVTDataset, SynapseDataset, SyntheticSlicesDataset, ct_window, medical_transforms
+from .reid import (
+    CUHK03,
+    MSMT17,
+    DukeMTMC,
+    Market1501,
+    ReIDDataset,
+    ReIDTestDataset,
+    SyntheticPedestrians,
+    reid_transforms,
+)
 from .seg_transforms import segmentation_transforms
 from .segmentation import ADE20KDataset, SegFolderDataset, SyntheticShapesDataset
 from .transforms import classification_transforms, trivial_augment_like
@@ -10,3 +20,5 @@ __all__ = ['SeededDataset', 'SharedEpoch', 'build_pipeline']
 __all__ += ['DigitsDataset', 'ImageFolderDataset', 'classification_transforms', 'trivial_augment_like']
 __all__ += ['ADE20KDataset', 'SegFolderDataset', 'SyntheticShapesDataset', 'segmentation_transforms']
 __all__ += ['AVTDataset', 'SynapseDataset', 'SyntheticSlicesDataset', 'ct_window', 'medical_transforms']
+__all__ += ['ReIDDataset', 'Market1501', 'DukeMTMC', 'CUHK03', 'MSMT17', 'SyntheticPedestrians', 'ReIDTestDataset',
+            'reid_transforms']

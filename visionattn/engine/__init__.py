@@ -6,6 +6,8 @@ from .hooks import DatasetEpochHook, PredictionImagesHook, ProgressBarHook, Rand
 from .medical import DiceHD95Metric, MedicalSegmentor
 from .metrics import Accuracy
 from .registry import DATA_SAMPLERS, DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
+from .reid import ClusteringHook, CoreReIDTargetModel, ReIDDataPreprocessor, ReIDSourceModel
+from .reid_eval import PKSampler, ReIDMetric, evaluate_rank, k_reciprocal_rerank, reid_collate
 from .runner import VisionRunner, check_config, find_resume_checkpoint, load_tool_config, load_training_checkpoint
 from .segmentation import (
     IoUMetric,
@@ -22,5 +24,7 @@ __all__ = [
     'DATASETS', 'FUNCTIONS', 'HOOKS', 'METRICS', 'MODELS', 'VisionRunner', 'check_config', 'find_resume_checkpoint',
     'load_tool_config', 'load_training_checkpoint',
     'DiceHD95Metric', 'MedicalSegmentor',
+    'ClusteringHook', 'CoreReIDTargetModel', 'ReIDDataPreprocessor', 'ReIDSourceModel',
+    'PKSampler', 'ReIDMetric', 'evaluate_rank', 'k_reciprocal_rerank', 'reid_collate',
     'IoUMetric', 'SegCrossEntropyLoss', 'SegDataPreprocessor', 'SegPredictionImagesHook', 'Segmentor', 'seg_collate',
 ]
