@@ -24,6 +24,8 @@ def add_arguments(parser):
     parser.add_argument('--na-batch', type=int, default=64, help='NA suite: batch of the NAT stage shapes')
     parser.add_argument('--na-sweep', action='store_true',
                         help='NA suite: instead of the comparison, time kernel configs (CUDA graphs) and profile')
+    parser.add_argument('--na-profile', action='store_true',
+                        help='NA suite: also print a profile (device and host time per op) of one fwd+bwd step')
     parser.add_argument('--na-deadline', type=float, default=0.0,
                         help='NA suite: seconds after which no new case starts (0: none), so the report is written')
 
@@ -153,6 +155,12 @@ def run(args):
             if out_of_time(case):
                 continue
             rows += _case_rows(case, batch, size, size, heads, 32, 7, with_rpb, impls)
+    if getattr(args, 'na_profile', False):
+        na = _import_op()
+        for size, heads in (NAT_STAGES[0], NAT_STAGES[2]):
+            q, k, v = (torch.randn(batch, size, size, heads, 32, device='cuda', dtype=torch.bfloat16)
+                       .requires_grad_() for _ in range(3))
+            _profile(na, q, k, v, None, 7, [q, k, v], torch.randn_like(q), f'B{batch} {size}x{size} h{heads} d32 k7')
     large = [(64, 2), (128, 2)] if not quick else [(64, 2)]
     for dim, batch_l in large:
         case = f'B{batch_l} 128x128 h8 d{dim} k13'
@@ -240,5 +248,9 @@ def _profile(na, q, k, v, rpb, kernel, leaves, grad, case):
         for _ in range(10):
             step()
         torch.cuda.synchronize()
-    print(f'--- profile {case} (10 fwd+bwd steps)')
+    print(f'--- profile {case} (10 fwd+bwd steps), by device time')
     print(prof.key_averages().table(sort_by='cuda_time_total', row_limit=12, max_name_column_width=40), flush=True)
+    # The host side: where the ~1 ms of host time per backward goes (na_h200.md).
+    print(f'--- profile {case} (10 fwd+bwd steps), by host time')
+    print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=20, max_name_column_width=60),
+          flush=True)
