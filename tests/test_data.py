@@ -5,10 +5,12 @@ from torch.utils.data import DataLoader
 
 from visionattn.data import (
     DigitsDataset,
+    SyntheticPedestrians,
     SyntheticShapesDataset,
     SyntheticSlicesDataset,
     classification_transforms,
     medical_transforms,
+    reid_transforms,
     segmentation_transforms,
 )
 
@@ -19,6 +21,8 @@ DATASETS = {
                                                        pipeline=medical_transforms(True, 32)),
     'synthetic_shapes': lambda: SyntheticShapesDataset(num_samples=4, img_size=32,
                                                        pipeline=segmentation_transforms(True, 32)),
+    'synthetic_pedestrians': lambda: SyntheticPedestrians(num_ids=2, per_cam=2,
+                                                          pipeline=reid_transforms(True, (64, 32))),
 }
 
 

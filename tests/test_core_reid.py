@@ -1,0 +1,314 @@
+"""CORE-ReID: backbone sizing and last stride, the multi-view head and ECAB, the losses against brute force, the mean
+teacher's EMA rule, clustering on a tiny synthetic set, BMFN, the camera-style substitute, and the two training
+stages plus testing end to end through tools/train.py and tools/test.py."""
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from visionattn.heads.reid.core_reid import ECAB, CoreReIDHead, EnsembleFusion, ReIDBackbone, bmfn
+from visionattn.heads.reid.losses import CoreReIDLoss, CrossEntropyLabelSmooth, SoftTripletLoss
+
+import visionattn  # noqa: F401  (registers the zoo)
+
+pytestmark = pytest.mark.heads
+ROOT = Path(__file__).resolve().parents[1]
+
+# A small registry-driven selection: plain timm ResNet and the zoo's attention ResNets (the smallest of each family).
+BACKBONES = [name for name in ('resnet18', 'eca_resnet18', 'ela_resnet18') if timm.is_model(name)]
+
+
+@pytest.fixture(scope='module', params=BACKBONES)
+def backbone_pair(request):
+    torch.manual_seed(0)
+    return request.param, ReIDBackbone(request.param, last_stride=1), ReIDBackbone(request.param, last_stride=2)
+
+
+def test_backbone_size_comes_from_the_model_and_last_stride_halves_the_reduction(backbone_pair):
+    name, stride1, stride2 = backbone_pair
+    assert stride1.num_features == timm.create_model(name, num_classes=0).num_features
+    stride1.eval(), stride2.eval()
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        map1, map2 = stride1(x), stride2(x)
+    assert map1.shape == (2, stride1.num_features, 4, 2) and map2.shape == (2, stride1.num_features, 2, 1)
+    assert (stride1.reduction, stride2.reduction) == (16, 32)
+    # stride 1 without dilation: every conv keeps dilation 1, exactly two convs changed stride
+    convs1 = [m for m in stride1.modules() if isinstance(m, nn.Conv2d)]
+    convs2 = [m for m in stride2.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.dilation == (1, 1) for c in convs1)
+    assert sum(a.stride != b.stride for a, b in zip(convs1, convs2)) == 2
+    # same parameters: a stride-2 checkpoint loads into the stride-1 backbone
+    stride1.load_state_dict(stride2.state_dict())
+
+
+def test_last_stride_one_is_refused_for_non_resnet_backbones():
+    with pytest.raises(ValueError, match='ResNet-family'):
+        ReIDBackbone('mobilenetv3_small_050', last_stride=1)
+    assert ReIDBackbone('mobilenetv3_small_050', last_stride=2).num_features > 0
+    with pytest.raises(ValueError, match='last_stride must be 1 or 2'):
+        ReIDBackbone('resnet18', last_stride=4)
+    with pytest.raises(ValueError, match='not a registered'):
+        ReIDBackbone('resnet_nonexistent')
+
+
+@pytest.mark.parametrize('channels', [512, 2048])
+def test_ecab_is_sized_from_the_channels(channels):
+    ecab = ECAB(channels)
+    assert ecab.widths == [channels, channels // 4, channels // 16, channels // 64, channels // 16, channels // 4,
+                           channels]
+    expected = sum(a * b for a, b in zip(ecab.widths[:-1], ecab.widths[1:]))  # 1x1 convs without bias
+    assert sum(p.numel() for p in ecab.parameters()) == expected
+    if channels == 2048:  # the official 2048-512-128-32-128-512-2048
+        assert ecab.widths == [2048, 512, 128, 32, 128, 512, 2048]
+    x = torch.randn(2, channels, 3, 2)
+    weights = ecab(x)
+    assert weights.shape == (2, channels, 1, 1) and bool(((weights > 0) & (weights < 1)).all())
+    with pytest.raises(ValueError, match='divisible'):
+        ECAB(96)
+
+
+def test_head_views_follow_the_official_order():
+    torch.manual_seed(0)
+    channels, classes = 64, 5
+    head = CoreReIDHead(channels, classes).eval()
+    x = torch.randn(3, channels, 5, 2)  # odd height: the last row is dropped, as the official slicing
+    out = head(x)
+    for key in ('global', 'upper', 'lower', 'upper_descriptor', 'lower_descriptor'):
+        assert out[key].shape == (3, channels)
+    assert out['logits'].shape == (3, classes)
+    # global = BN(avg + max); in eval mode with fresh statistics BN is (x - 0) / sqrt(1 + eps)
+    scale = 1 / math.sqrt(1 + head.bn_global.eps)
+    torch.testing.assert_close(out['global'], (x.mean((2, 3)) + x.amax((2, 3))) * scale)
+    upper = x[:, :, :2]
+    expected_upper = head.fc_upper(torch.cat([upper.mean((2, 3)), upper.amax((2, 3))], 1)) * scale
+    torch.testing.assert_close(out['upper'], expected_upper)
+    lower = x[:, :, 2:4]
+    expected_desc = (lower.mean((2, 3)) + lower.amax((2, 3))) * head.ecab_lower(lower).flatten(1)
+    torch.testing.assert_close(out['lower_descriptor'], expected_desc)
+    torch.testing.assert_close(out['logits'], head.classifier(out['global']))
+    assert not head.bn_global.bias.requires_grad and head.classifier.bias is None
+    with pytest.raises(ValueError, match='at least 2'):
+        head(torch.randn(1, channels, 1, 2))
+    with pytest.raises(ValueError, match='feature map'):
+        head(torch.randn(1, channels + 1, 4, 2))
+
+
+def test_ensemble_fusion_weights_the_teacher_map_with_the_student_descriptors():
+    fusion = EnsembleFusion(8).eval()
+    teacher_map, up, low = torch.randn(2, 8, 4, 2), torch.rand(2, 8), torch.rand(2, 8)
+    glob, fused_up, fused_low = fusion(teacher_map, up, low)
+    scale = 1 / math.sqrt(1 + 1e-5)
+    pooled = (teacher_map * up[:, :, None, None]).amax((2, 3)) + (teacher_map * up[:, :, None, None]).mean((2, 3))
+    torch.testing.assert_close(fused_up, pooled * scale)
+    torch.testing.assert_close(glob, (teacher_map.amax((2, 3)) + teacher_map.mean((2, 3))) * scale)
+    assert fused_low.shape == (2, 8)
+
+
+def _brute_triplet(x, labels, margin):
+    losses = []
+    for i in range(len(x)):
+        d = [max(float((x[i] - x[j]).pow(2).sum()), 1e-12) ** 0.5 for j in range(len(x))]
+        d_ap = max(d[j] for j in range(len(x)) if labels[j] == labels[i])
+        d_an = min(d[j] for j in range(len(x)) if labels[j] != labels[i])
+        log_ap = d_ap - math.log(math.exp(d_ap) + math.exp(d_an))
+        log_an = d_an - math.log(math.exp(d_ap) + math.exp(d_an))
+        losses.append(-margin * log_ap - (1 - margin) * log_an)
+    return sum(losses) / len(losses)
+
+
+def test_losses_match_brute_force():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 4), torch.tensor([0, 3, 1, 1, 2, 0])
+    eps = 0.1
+    brute = 0.0
+    for row, y in zip(logits, labels):
+        log_p = row.log_softmax(0)
+        brute += -sum(((1 - eps) * (k == y) + eps / 4) * log_p[k] for k in range(4))
+    torch.testing.assert_close(CrossEntropyLabelSmooth(4, eps)(logits, labels), brute / 6)
+    with pytest.raises(ValueError, match='labels'):
+        CrossEntropyLabelSmooth(4)(logits, torch.tensor([0, 4, 1, 1, 2, 0]))
+
+    x, ids = torch.randn(8, 5, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    soft = SoftTripletLoss(margin=0.0)(x, ids)
+    assert soft.item() == pytest.approx(_brute_triplet(x, ids, 0.0), rel=1e-9)
+    # margin 0 is the soft-margin triplet loss: mean softplus(d_ap - d_an)
+    d = torch.cdist(x, x).clamp_min(1e-6)
+    same = ids[:, None] == ids[None]
+    d_ap, d_an = d.masked_fill(~same, -1).amax(1), d.masked_fill(same, 1e9).amin(1)
+    assert soft.item() == pytest.approx(F.softplus(d_ap - d_an).mean().item(), rel=1e-6)
+    assert SoftTripletLoss(margin=0.3)(x, ids).item() == pytest.approx(_brute_triplet(x, ids, 0.3), rel=1e-9)
+    # margin None: softmax targets from a reference embedding at the same hard pairs
+    ref = torch.randn(8, 5, dtype=torch.float64)
+    rd = torch.cdist(ref, ref).clamp_min(1e-6)
+    pos_idx, neg_idx = d.masked_fill(~same, -1).argmax(1), d.masked_fill(same, 1e9).argmin(1)
+    rows = torch.arange(8)
+    targets = torch.stack([rd[rows, pos_idx], rd[rows, neg_idx]], 1).softmax(1)
+    log_p = torch.stack([d_ap, d_an], 1).log_softmax(1)
+    expected = (-targets * log_p).mean(0).sum()
+    assert SoftTripletLoss(margin=None)(x, ids, reference=ref).item() == pytest.approx(expected.item(), rel=1e-6)
+
+    views = {'logits': torch.randn(8, 4), 'global': x.float(), 'upper': torch.randn(8, 5), 'lower': torch.randn(8, 5)}
+    part = torch.tensor([0, 1, 0, 1, 2, 2, 3, 3])
+    terms = CoreReIDLoss(4)(views, {'global': ids, 'upper': part, 'lower': ids})
+    tri = SoftTripletLoss(0.0)
+    torch.testing.assert_close(terms['loss_tri_upper'], 0.5 * tri(views['upper'], part))
+    torch.testing.assert_close(terms['loss_tri_lower'], 0.5 * tri(views['lower'], ids))
+    torch.testing.assert_close(terms['loss_ce'], CrossEntropyLabelSmooth(4)(views['logits'], ids))
+
+
+def test_bmfn_averages_the_flip_and_normalises():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
+    x = torch.randn(3, 3, 8, 6)
+    out = bmfn(net, x)
+    torch.testing.assert_close(out, F.normalize(net(x) + net(x.flip(-1)), dim=1))
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(bmfn(net, x.flip(-1)), out)  # symmetric in the flip
+    parts = bmfn(lambda t: [net(t), 2 * net(t)], x)
+    torch.testing.assert_close(parts[1], out)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# engine: mean teacher, clustering, camera style
+
+mmengine = pytest.importorskip('mmengine')
+
+
+@pytest.fixture(scope='module')
+def target_model():
+    from visionattn.engine import CoreReIDTargetModel
+    torch.manual_seed(0)
+    return CoreReIDTargetModel(backbone='resnet18', num_classes=4, last_stride=1)
+
+
+def test_teacher_is_an_ema_with_warm_up(target_model):
+    model = target_model
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    model.ema_step.zero_()
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(torch.randn_like(p))
+    student = [p.detach().clone() for p in model.student.parameters()]
+    teacher0 = [p.detach().clone() for p in model.teacher.parameters()]
+    assert model.update_teacher() == 0.0  # step 0: alpha = min(1 - 1/1, 0.999) = 0, the teacher copies the student
+    for t, s in zip(model.teacher.parameters(), student):
+        torch.testing.assert_close(t, s)
+    assert not torch.equal(teacher0[0], student[0])
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.mul_(-1.0)
+    assert model.update_teacher() == 0.5  # step 1: alpha = 1/2
+    for t, s in zip(model.teacher.parameters(), student):
+        torch.testing.assert_close(t, torch.zeros_like(s), atol=1e-6, rtol=0)  # 0.5 * s + 0.5 * (-s)
+    model.ema_step.fill_(10 ** 6)
+    before = [p.detach().clone() for p in model.teacher.parameters()]
+    assert model.update_teacher() == pytest.approx(0.999)
+    for t, b, s in zip(model.teacher.parameters(), before, model.student.parameters()):
+        torch.testing.assert_close(t, 0.999 * b + 0.001 * s)
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    model.load_state_dict(saved)  # the module-scoped model goes back to its initial weights
+
+
+def test_clustering_hook_sets_labels_and_classifier_from_centroids(target_model):
+    from torch.utils.data import DataLoader
+
+    from visionattn.data.reid import SyntheticPedestrians
+    from visionattn.engine import ClusteringHook, reid_collate
+    model = target_model
+    train = SyntheticPedestrians(num_ids=4, num_cams=2, per_cam=2, domain='target', split='train')
+    extraction = SyntheticPedestrians(num_ids=4, num_cams=2, per_cam=2, domain='target', split='train')
+    hook = ClusteringHook(dataloader={}, num_clusters=4, seed=3)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    optimizer.state[next(iter(model.student.parameters()))]['step'] = torch.tensor(1.0)
+    logs = []
+    runner = SimpleNamespace(
+        model=model, epoch=0, seed=0, train_dataloader=SimpleNamespace(dataset=train),
+        build_dataloader=lambda cfg, seed=None: DataLoader(extraction, batch_size=5, collate_fn=reid_collate),
+        optim_wrapper=SimpleNamespace(optimizer=optimizer), logger=SimpleNamespace(info=logs.append))
+    hook.before_train_epoch(runner)
+    labels = model.pseudo_labels
+    assert set(labels) == {'global', 'upper', 'lower'}
+    for view in labels.values():
+        assert len(view) == len(train) == 16 and len(torch.unique(view)) == 4
+    np.testing.assert_array_equal(train.pids, labels['global'].numpy())  # the PK sampler reads these
+    assert not optimizer.state and logs and '4 clusters' in logs[0]
+    # the classifiers are the L2-normalised global centroids (same seed: same k-means)
+    features = hook.extract(model, runner.build_dataloader(None))
+    again, centroids = hook.cluster(features, seed=3)
+    np.testing.assert_array_equal(again['upper'], labels['upper'].numpy())
+    expected = F.normalize(torch.as_tensor(centroids, dtype=torch.float32), dim=1)
+    torch.testing.assert_close(model.student.head.classifier.weight, expected)
+    torch.testing.assert_close(model.teacher.head.classifier.weight, expected)
+    # the fused features are BMFN outputs (unit norm) and the loss looks the labels up by index
+    assert np.allclose(np.linalg.norm(features[0], axis=1), 1.0, atol=1e-5)
+    from visionattn.engine.reid import BaseDataElement
+    samples = [BaseDataElement(metainfo={'index': i}) for i in (3, 7, 8)]
+    got = model._labels(samples, 'cpu')
+    torch.testing.assert_close(got['lower'], labels['lower'][[3, 7, 8]])
+    with pytest.raises(ValueError, match='cannot form'):
+        ClusteringHook(dataloader={}, num_clusters=17).cluster(features, seed=0)
+
+
+def test_camera_style_transfer_moves_colour_statistics():
+    from visionattn.data.reid import SyntheticPedestrians
+    from visionattn.engine.reid import CameraStyleTransfer, camera_style_transfer, estimate_camera_statistics
+    stats = estimate_camera_statistics(SyntheticPedestrians(num_ids=4, num_cams=2, per_cam=2, split='train'))
+    assert sorted(stats) == [0, 1] and stats[0].shape == (2, 3)
+    rng = np.random.default_rng(0)
+    image = rng.integers(60, 200, size=(16, 8, 3)).astype(np.uint8)
+    own = np.stack([image.reshape(-1, 3).mean(0), image.reshape(-1, 3).std(0)])
+    target = np.array([[100.0, 120.0, 90.0], [20.0, 25.0, 15.0]])
+    moved = camera_style_transfer(image, own, target).reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(moved.mean(0), target[0], atol=1.0)
+    np.testing.assert_allclose(moved.std(0), target[1], atol=1.0)
+    always = CameraStyleTransfer(stats, p=1.0, seed=0)
+    out = always(image=image, camid=0)
+    expected = camera_style_transfer(image, stats[0], stats[1])
+    np.testing.assert_array_equal(out['image'], expected)
+    assert CameraStyleTransfer(stats, p=0.0)(image=image, camid=1)['image'] is image
+    with pytest.raises(KeyError, match='camera 5'):
+        always(image=image, camid=5)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# end to end: source stage -> target stage from its checkpoint -> tools/test.py
+
+def _run(cmd):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', PYTHONPATH=str(ROOT))
+    env.pop('PYTEST_XDIST_WORKER', None)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f'{" ".join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.tools
+def test_source_then_target_then_test_tools(tmp_path):
+    source, target = tmp_path / 'source', tmp_path / 'target'
+    short = ['train_cfg.max_epochs=1', 'train_cfg.val_interval=10', 'default_hooks.checkpoint.interval=1',
+             'train_dataloader.sampler.num_batches=2']
+    _run([sys.executable, 'tools/train.py', 'configs/reid/source_r18_synthetic.py', '--work-dir', str(source),
+          '--cfg-options', *short])
+    checkpoint = source / 'epoch_1.pth'
+    assert checkpoint.is_file()
+    log = _run([sys.executable, 'tools/train.py', 'configs/reid/core_reid_r18_synthetic.py', '--work-dir',
+                str(target), '--cfg-options', *short, f'model.source_checkpoint={checkpoint}'])
+    assert 'clustered 128 target images into 16 clusters' in log
+    from visionattn.engine import load_training_checkpoint
+    state = load_training_checkpoint(str(target / 'epoch_1.pth'))['state_dict']
+    assert int(state['ema_step']) == 2  # one EMA update per optimizer step
+    log = _run([sys.executable, 'tools/test.py', 'configs/reid/core_reid_r18_synthetic.py',
+                str(target / 'epoch_1.pth'), '--work-dir', str(tmp_path / 'test')])
+    line = next(ln for ln in log.splitlines() if 'test metrics:' in ln)
+    mAP = float(re.search(r"'mAP': ([0-9.]+)", line).group(1))
+    rank1 = float(re.search(r"'rank-1': ([0-9.]+)", line).group(1))
+    assert 0 < mAP <= 100 and 0 <= rank1 <= 100
