@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
-from mmengine.structures import BaseDataElement
 from scipy import ndimage
 
 from visionattn.data.medical import AVTDataset, SynapseDataset, SyntheticSlicesDataset
@@ -112,23 +111,10 @@ class MedicalSegmentor(Segmentor):
     when that differs (slices resized for the network, scored at their own size). ``seg_logits`` stay at the input
     size in that case. Arguments as :class:`Segmentor`."""
 
-    def predict(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None):
-        logits = self._logits(inputs)['out'].float()
-        if data_samples is None:
-            data_samples = [BaseDataElement() for _ in range(len(logits))]
-        for sample, sample_logits in zip(data_samples, logits):
-            h, w = sample.metainfo.get('img_shape', sample_logits.shape[-2:])
-            sample_logits = sample_logits[:, :h, :w]
-            pred = sample_logits.argmax(dim=0)
-            gt = sample.get('gt_sem_seg')
-            if gt is not None and tuple(gt.shape[-2:]) != (h, w):
-                if tuple(gt.shape[-2:]) == tuple(sample.metainfo.get('pad_shape', ())):
-                    sample.gt_sem_seg = gt[..., :h, :w]  # padded along with the image: crop back
-                else:
-                    zoomed = _official_zoom_labels(pred.cpu().numpy().astype(np.uint8), tuple(gt.shape[-2:]))
-                    pred = torch.from_numpy(zoomed.astype(np.int64)).to(pred.device)
-            sample.set_data({'seg_logits': sample_logits, 'pred_sem_seg': pred})
-        return data_samples
+    def predict_at(self, logits: torch.Tensor, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        pred = logits.argmax(dim=0).cpu().numpy().astype(np.uint8)
+        zoomed = torch.from_numpy(_official_zoom_labels(pred, size).astype(np.int64)).to(logits.device)
+        return logits, zoomed
 
 
 def _as_array(value) -> np.ndarray:

@@ -2,7 +2,7 @@
 IoU metric and the ``--show-dir`` overlay hook. Networks are plain modules (heads/segmentation) mapping float
 images to class logits; the Segmentor adds the loss, resizing, padding and prediction API."""
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -247,10 +247,17 @@ class Segmentor(TaskModel):
                 if tuple(gt.shape[-2:]) == tuple(sample.metainfo.get('pad_shape', ())):
                     sample.gt_sem_seg = gt = gt[..., :h, :w]  # padded along with the image: crop back
                 else:
-                    sample_logits = F.interpolate(sample_logits[None], size=gt.shape[-2:], mode='bilinear',
-                                                  align_corners=False)[0]
+                    sample.set_data(dict(zip(('seg_logits', 'pred_sem_seg'),
+                                             self.predict_at(sample_logits, tuple(gt.shape[-2:])))))
+                    continue
             sample.set_data({'seg_logits': sample_logits, 'pred_sem_seg': sample_logits.argmax(dim=0)})
         return data_samples
+
+    def predict_at(self, logits: torch.Tensor, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(logits, label map) for a ground truth kept at another resolution than the input: here the logits are
+        resized bilinearly to it (mmseg's rule); subclasses may follow another protocol."""
+        logits = F.interpolate(logits[None], size=size, mode='bilinear', align_corners=False)[0]
+        return logits, logits.argmax(dim=0)
 
     def parse_losses(self, losses: Dict[str, torch.Tensor]):
         """Back-propagates ``losses['loss']`` only (its parts are logged, not added again, whatever their names),
