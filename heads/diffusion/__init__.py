@@ -1,0 +1,1 @@
+"""Diffusion: DiT/PixArt base, RelaCtrl control, VMoBA video sparse attention, LaMamba-Diff."""

@@ -1,0 +1,65 @@
+"""Selective scan: the Triton kernels against the step-by-step PyTorch reference, forward and forward+backward.
+
+Cases are the scans of real models: SS2D in VMamba-T / LaMamba stages (four directions as four B/C groups,
+d_state 1), LaMamba-Diff-XL's first stage at 256 px, and a Mamba language-model layer (d_state 16, gate z).
+FLOPs are counted as VMamba's ``flops_selective_scan_ref`` counts them (9 * B * L * D * N, plus B * D * L for the
+skip D and for the gate z). mamba-ssm's CUDA kernel is not compared: it has no wheel for the GPU machine's torch.
+"""
+from typing import List
+
+import torch
+
+from bench_suites.common import Row, measure
+
+SUITE = 'selective_scan'
+
+# name, batch, dim (= directions x d_inner), L, d_state, groups, with_z
+CASES = [
+    ('VMamba-T/LaMamba stage 1 (56x56, 4x192 ch, N=1)', 64, 4 * 192, 56 * 56, 1, 4, False),
+    ('VMamba-T/LaMamba stage 3 (14x14, 4x768 ch, N=1)', 64, 4 * 768, 14 * 14, 1, 4, False),
+    ('LaMamba-Diff-XL stage 1 (32x32, 4x640 ch, N=1)', 32, 4 * 640, 32 * 32, 1, 4, False),
+    ('Mamba LM layer (L=2048, 1536 ch, N=16, z)', 8, 1536, 2048, 16, 1, True),
+]
+
+
+def add_arguments(parser):
+    parser.add_argument('--ss-reference', action='store_true',
+                        help='also time the step-by-step reference (seconds per call at these lengths)')
+
+
+def _inputs(batch, dim, seq_len, n_state, groups, with_z, dtype=torch.bfloat16):
+    dev = 'cuda'
+    u = torch.randn(batch, dim, seq_len, device=dev, dtype=dtype, requires_grad=True)
+    delta = (torch.randn(batch, dim, seq_len, device=dev) * 0.5 - 1).to(dtype).requires_grad_()
+    A = (-torch.exp(torch.randn(dim, n_state, device=dev) * 0.5)).requires_grad_()
+    B = torch.randn(batch, groups, n_state, seq_len, device=dev, dtype=dtype, requires_grad=True)
+    C = torch.randn(batch, groups, n_state, seq_len, device=dev, dtype=dtype, requires_grad=True)
+    D = torch.randn(dim, device=dev, requires_grad=True)
+    z = torch.randn(batch, dim, seq_len, device=dev, dtype=dtype, requires_grad=True) if with_z else None
+    bias = torch.randn(dim, device=dev, requires_grad=True)
+    return u, delta, A, B, C, D, z, bias
+
+
+def run(args) -> List[Row]:
+    from visionattn.ops import selective_scan
+    rows = []
+    impls = ['triton'] + (['reference'] if args.ss_reference else [])
+    for name, batch, dim, seq_len, n_state, groups, with_z in CASES:
+        inputs = _inputs(batch, dim, seq_len, n_state, groups, with_z)
+        flops = 9 * batch * seq_len * dim * n_state + batch * dim * seq_len * (2 if with_z else 1)
+        elem = 2  # bf16 activations
+        act_bytes = batch * dim * seq_len * elem * (4 if with_z else 3)  # u, delta, (z), y
+        min_bytes = act_bytes + 2 * batch * groups * n_state * seq_len * elem
+        grad_out = torch.randn(batch, dim, seq_len, device='cuda', dtype=torch.bfloat16)
+        for impl in impls:
+            def forward(impl=impl):
+                return selective_scan(*inputs, delta_softplus=True, backend=impl)
+
+            def train_step(impl=impl):
+                y = forward(impl)
+                torch.autograd.grad(y, [t for t in inputs if t is not None], grad_out)
+            with torch.no_grad():
+                rows.append(measure(SUITE, name, impl, 'fwd', forward, flops, min_bytes))
+            # backward reads the forward's inputs again, dy, and writes every input's gradient
+            rows.append(measure(SUITE, name, impl, 'fwd+bwd', train_step, 3 * flops, 3 * min_bytes))
+    return rows
