@@ -12,6 +12,8 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.structures import BaseDataElement  # noqa: E402
 
 from visionattn.engine import MODELS, CoreReIDTargetModel, ReIDSourceModel, Segmentor  # noqa: E402
+from visionattn.engine.compression import ImageCompressor  # noqa: E402
+from visionattn.engine.diffusion import DiffusionModel  # noqa: E402
 
 pytestmark = pytest.mark.tools
 
@@ -62,6 +64,29 @@ def _check_segmentor(model: Segmentor) -> None:
         assert 0 <= int(p.pred_sem_seg.min()) and int(p.pred_sem_seg.max()) < num_classes
 
 
+def _check_compressor(model: ImageCompressor) -> None:
+    """Learned compression: the rate-distortion loss on two crops, then a real encode/decode of them (bpp from the
+    bitstream length). MS-SSIM models need sides of at least 161 pixels (five scales)."""
+    size = 192 if model.metric == 'ms-ssim' else 64
+    images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+
+    def samples():
+        return [BaseDataElement(metainfo={'index': i}) for i in range(2)]
+    model.train()
+    batch = model.data_preprocessor({'inputs': images, 'data_samples': samples()}, training=True)
+    losses = model(**batch, mode='loss')
+    assert torch.isfinite(losses['loss']) and losses['bpp'] > 0
+    losses['loss'].backward()
+    model.eval()
+    with torch.no_grad():
+        batch = model.data_preprocessor({'inputs': images, 'data_samples': samples()})
+        predictions = model(**batch, mode='predict')
+    assert len(predictions) == 2
+    for p in predictions:
+        assert p.pred_img.shape == (3, size, size) and p.pred_img.dtype == torch.uint8
+        assert p.num_bytes > 0 and p.bpp == 8 * p.num_bytes / size ** 2
+
+
 def _check_reid(model) -> None:
     """Person re-identification: two identities x two images at 64x32; the target model reads pseudo-labels."""
     images = torch.randint(0, 256, (4, 3, 64, 32), dtype=torch.uint8)
@@ -88,6 +113,37 @@ def _check_reid(model) -> None:
         torch.testing.assert_close(p.pred_feature.norm(), torch.tensor(1.0))
 
 
+def _check_diffusion(model: DiffusionModel) -> None:
+    """Diffusion: loss and a 2-step predict on two items. Latent models get 64-pixel images (8x8 latents: the
+    denoisers take sizes other than their training size), pixel models their input size, video models random
+    clips; controlled models read the synthetic pairs' Canny maps."""
+    from visionattn.data.diffusion import SyntheticDiffusionPairs
+    from visionattn.engine.diffusion import diffusion_collate
+    denoiser = model.denoiser
+    model.num_inference_steps = 2
+    if isinstance(denoiser.input_size, int):
+        size = 64 if model.vae is not None else denoiser.input_size
+        batch = diffusion_collate([SyntheticDiffusionPairs(2, size, seed=1)[i] for i in range(2)])
+        if model.vae is None and denoiser.in_channels != 3:
+            batch['inputs'] = batch['inputs'][:, :1].expand(-1, denoiser.in_channels, -1, -1)
+        for sample in batch['data_samples']:
+            sample.gt_label = sample.gt_label.clamp(max=max(denoiser.num_classes - 1, 0))
+    else:
+        clips = torch.randint(0, 256, (2, denoiser.in_channels, *denoiser.input_size), dtype=torch.uint8)
+        batch = {'inputs': clips, 'data_samples': [BaseDataElement(gt_label=torch.tensor(i), metainfo={'index': i})
+                                                   for i in range(2)]}
+    model.train()
+    losses = model(**model.data_preprocessor(batch, training=True), mode='loss')
+    assert torch.isfinite(losses['loss'])
+    losses['loss'].backward()
+    model.eval()
+    with torch.no_grad():
+        samples = model(**model.data_preprocessor(batch), mode='predict')
+    assert len(samples) == 2
+    for sample, image in zip(samples, batch['inputs']):
+        assert sample.pred_img.shape == image.shape and sample.pred_img.dtype == torch.uint8
+
+
 @pytest.mark.parametrize('path', [_param(p) for p in CONFIGS])
 def test_config_builds_and_steps(path):
     cfg = Config.fromfile(path)
@@ -103,6 +159,12 @@ def test_config_builds_and_steps(path):
         return
     if isinstance(model, Segmentor):
         _check_segmentor(model)
+        return
+    if isinstance(model, DiffusionModel):
+        _check_diffusion(model)
+        return
+    if isinstance(model, ImageCompressor):
+        _check_compressor(model)
         return
     size = 32
     cfg_input = model.classifier.pretrained_cfg

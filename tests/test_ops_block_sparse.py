@@ -266,6 +266,67 @@ def test_reference_upcast_keeps_dtype():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# causal (MoBA's self block): no key after the query, by token index
+
+def _causal_oracle(q, k, v, index, count, block, scale):
+    """The dense-mask oracle with the lower-triangular token mask on top; rows with no key are zero."""
+    batch, heads, n, _ = q.shape
+    mask = torch.zeros(batch, heads, n, n, dtype=torch.bool)
+    for b in range(batch):
+        for h in range(heads):
+            for i in range(n // block):
+                row = index[b, h % index.shape[1], i]
+                for j in range(row.numel() if count is None else int(count[b, h % count.shape[1], i])):
+                    mask[b, h, i * block:(i + 1) * block, int(row[j]) * block:(int(row[j]) + 1) * block] = True
+    mask &= torch.ones(n, n, dtype=torch.bool).tril()
+    logits = (q @ k.transpose(-2, -1) * scale).masked_fill(~mask, float('-inf'))
+    return torch.softmax(logits, -1).nan_to_num(0.0) @ v
+
+
+@pytest.mark.parametrize('block, n_blocks, max_kv, shared, with_count', [(4, 4, 3, False, True), (7, 3, 3, True, False),
+                                                                         (5, 5, 2, True, True)])
+def test_causal_reference_matches_dense_oracle(block, n_blocks, max_kv, shared, with_count):
+    (q, k, v), index, count = _problem(2, 3, n_blocks, n_blocks, block, block, max_kv, 8, 5, shared_heads=shared,
+                                       with_count=with_count)
+    out = block_sparse_attention(q, k, v, index, count, block, block, scale=0.3, backend='reference', causal=True)
+    torch.testing.assert_close(out, _causal_oracle(q, k, v, index, count, block, 0.3))
+
+
+def test_causal_needs_equal_block_sizes():
+    (q, k, v), index, count = _problem(1, 2, 2, 2, 4, 4, 2, 8, 8)
+    with pytest.raises(ValueError, match='causal=True needs q_block_size == kv_block_size'):
+        block_sparse_attention(q, k, v, index, count, 4, 2, causal=True)
+
+
+CAUSAL_CASES = [  # block, n_blocks, max_kv, d, shared heads, with count
+    (16, 3, 2, 16, False, True),
+    (9, 4, 3, 20, True, False),  # odd block: the diagonal crosses tile edges
+    (32, 2, 2, 32, True, True),
+]
+
+
+@pytest.mark.parametrize('case', CAUSAL_CASES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def test_causal_kernel_matches_reference(case, dtype):
+    block, n_blocks, max_kv, dim, shared, with_count = case
+    (q, k, v), index, count = _problem(1, 2, n_blocks, n_blocks, block, block, max_kv, dim, dim, shared_heads=shared,
+                                       with_count=with_count, dtype=torch.float32, seed=3)
+    results = {}
+    for name, dt, backend in (('kernel', dtype, 'triton'), ('torch', dtype, 'reference'),
+                              ('ref', torch.float64, 'reference')):
+        leaves = leaf_copies([q, k, v], dt)
+        for t in leaves:
+            t.requires_grad_(True)
+        out = block_sparse_attention(*leaves, index, count, block, block, scale=0.7, backend=backend, causal=True)
+        results[name] = (out, leaves)
+    grad_out = torch.randn_like(results['ref'][0])
+    g = {name: grads(out, leaves, grad_out.to(out.dtype)) for name, (out, leaves) in results.items()}
+    assert_kernel_close(results['kernel'][0], results['torch'][0], results['ref'][0], f'causal out {case} {dtype}')
+    for i, name in enumerate('qkv'):
+        assert_kernel_close(g['kernel'][i], g['torch'][i], g['ref'][i], f'causal d{name} {case} {dtype}')
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # GPU, real sizes
 
 @pytest.mark.cuda

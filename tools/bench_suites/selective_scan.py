@@ -5,11 +5,12 @@ d_state 1), LaMamba-Diff-XL's first stage at 256 px, and a Mamba language-model 
 FLOPs are counted as VMamba's ``flops_selective_scan_ref`` counts them (9 * B * L * D * N, plus B * D * L for the
 skip D and for the gate z). mamba-ssm's CUDA kernel is not compared: it has no wheel for the GPU machine's torch.
 """
+import time
 from typing import List
 
 import torch
 
-from bench_suites.common import Row, measure
+from bench_suites.common import Row, measure, peak_gib
 
 SUITE = 'selective_scan'
 
@@ -25,6 +26,8 @@ CASES = [
 def add_arguments(parser):
     parser.add_argument('--ss-reference', action='store_true',
                         help='also time the step-by-step reference (seconds per call at these lengths)')
+    parser.add_argument('--ss-sweep', action='store_true',
+                        help='time tile configurations of the kernels (first and last case) instead of the suite')
 
 
 def _inputs(batch, dim, seq_len, n_state, groups, with_z, dtype=torch.bfloat16):
@@ -40,8 +43,55 @@ def _inputs(batch, dim, seq_len, n_state, groups, with_z, dtype=torch.bfloat16):
     return u, delta, A, B, C, D, z, bias
 
 
+def _measure_slow(case: str, impl: str, mode: str, fn, flops: float) -> Row:
+    """One warm-up and the mean of two timed calls: the reference takes seconds per call at these lengths, which
+    do_bench's repetitions would multiply."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    ms = (time.perf_counter() - start) / 2 * 1e3
+    return Row(SUITE, case, impl, mode, ms=ms, tflops=flops / (ms * 1e-3) / 1e12, peak_gib=peak_gib(fn),
+               note='mean of 2 calls')
+
+
+def _sweep(selective_scan) -> List[Row]:
+    """Forward and forward+backward time of each tile configuration (TILE_OVERRIDES) at two cases."""
+    import itertools
+
+    from visionattn.ops.triton import selective_scan as kernels
+    rows = []
+    for name, batch, dim, seq_len, n_state, groups, with_z in (CASES[0], CASES[-1]):
+        inputs = _inputs(batch, dim, seq_len, n_state, groups, with_z)
+        grad_out = torch.randn(batch, dim, seq_len, device='cuda', dtype=torch.bfloat16)
+        flops = 9 * batch * seq_len * dim * n_state
+
+        def forward():
+            return selective_scan(*inputs, delta_softplus=True, backend='triton')
+
+        def train_step():
+            torch.autograd.grad(forward(), [t for t in inputs if t is not None], grad_out)
+        for tile, chunk, warps, min_n in itertools.product((1024, 2048, 4096), (32, 64, 128), (2, 4), (1, 2)):
+            if min_n == 1 and n_state > 1:
+                continue
+            kernels.TILE_OVERRIDES.clear()
+            kernels.TILE_OVERRIDES.update(tile_elements=tile, chunk=chunk, num_warps=warps, min_block_n=min_n)
+            note = f'tile={tile} chunk={chunk} warps={warps} min_block_n={min_n}'
+            with torch.no_grad():
+                rows.append(measure(SUITE, name, 'sweep', 'fwd', forward, flops))
+            rows.append(measure(SUITE, name, 'sweep', 'fwd+bwd', train_step, 3 * flops))
+            rows[-2].note = rows[-1].note = note
+            print(note, f'{rows[-2].ms:.3f} / {rows[-1].ms:.3f} ms', flush=True)
+    kernels.TILE_OVERRIDES.clear()
+    return rows
+
+
 def run(args) -> List[Row]:
     from visionattn.ops import selective_scan
+    if args.ss_sweep:
+        return _sweep(selective_scan)
     rows = []
     impls = ['triton'] + (['reference'] if args.ss_reference else [])
     for name, batch, dim, seq_len, n_state, groups, with_z in CASES:
@@ -59,7 +109,14 @@ def run(args) -> List[Row]:
                 y = forward(impl)
                 torch.autograd.grad(y, [t for t in inputs if t is not None], grad_out)
             with torch.no_grad():
-                rows.append(measure(SUITE, name, impl, 'fwd', forward, flops, min_bytes))
+                if impl == 'triton':
+                    rows.append(measure(SUITE, name, impl, 'fwd', forward, flops, min_bytes))
+                else:
+                    rows.append(_measure_slow(name, impl, 'fwd', forward, flops))
             # backward reads the forward's inputs again, dy, and writes every input's gradient
-            rows.append(measure(SUITE, name, impl, 'fwd+bwd', train_step, 3 * flops, 3 * min_bytes))
+            if impl == 'triton':
+                rows.append(measure(SUITE, name, impl, 'fwd+bwd', train_step, 3 * flops, 3 * min_bytes))
+            else:
+                rows.append(_measure_slow(name, impl, 'fwd+bwd', train_step, 3 * flops))
+            print(rows[-2], rows[-1], sep='\n', flush=True)
     return rows

@@ -12,17 +12,21 @@ __all__ = ['MODELS', 'DATASETS', 'DATA_SAMPLERS', 'METRICS', 'HOOKS', 'FUNCTIONS
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='visionattn',
                   locations=['visionattn.engine.classification', 'visionattn.engine.segmentation',
-                             'visionattn.engine.medical', 'visionattn.engine.reid'])
+                             'visionattn.engine.medical', 'visionattn.engine.reid', 'visionattn.engine.diffusion',
+                             'visionattn.engine.compression'])
 DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='visionattn',
                     locations=['visionattn.engine.datasets', 'visionattn.engine.medical',
-                               'visionattn.engine.reid_eval'])
+                               'visionattn.engine.reid_eval', 'visionattn.engine.diffusion',
+                               'visionattn.engine.compression'])
 DATA_SAMPLERS = Registry('data sampler', parent=MMENGINE_DATA_SAMPLERS, scope='visionattn',
                          locations=['visionattn.engine.reid_eval'])
 METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='visionattn',
                    locations=['visionattn.engine.metrics', 'visionattn.engine.segmentation',
-                               'visionattn.engine.medical', 'visionattn.engine.reid_eval'])
+                               'visionattn.engine.medical', 'visionattn.engine.reid_eval',
+                               'visionattn.engine.diffusion', 'visionattn.engine.compression'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='visionattn',
                  locations=['visionattn.engine.hooks', 'visionattn.engine.reid'])
 FUNCTIONS = Registry('function', parent=MMENGINE_FUNCTIONS, scope='visionattn',
                      locations=['visionattn.engine.classification', 'visionattn.engine.segmentation',
-                                'visionattn.engine.reid_eval'])
+                                'visionattn.engine.reid_eval', 'visionattn.engine.diffusion',
+                                'visionattn.engine.compression'])

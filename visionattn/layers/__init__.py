@@ -1,6 +1,7 @@
 """nn.Modules built on visionattn's ops, reusable by any backbone or head."""
 from .bra import BiLevelRoutingAttention
 from .ela import ELA_VERSIONS, EfficientLocalAttention, ElaVersion
+from .moba import MoBAAttention, VMoBAAttention
 from .neighborhood_attention import NeighborhoodAttention2d
 from .partial import (
     EuclideanRelPosSelfAttention2d,
@@ -10,9 +11,11 @@ from .partial import (
     PartialSelfAttention,
     PartialSpatialAttention,
 )
+from .ss2d import SS2D, ShiftedWindowAttention
 
 __all__ = [
     'BiLevelRoutingAttention', 'EfficientLocalAttention', 'ElaVersion', 'ELA_VERSIONS', 'NeighborhoodAttention2d',
     'PartialConv', 'GaussianChannelAttention', 'PartialChannelAttention', 'PartialSpatialAttention',
-    'EuclideanRelPosSelfAttention2d', 'PartialSelfAttention',
+    'EuclideanRelPosSelfAttention2d', 'PartialSelfAttention', 'MoBAAttention', 'VMoBAAttention',
+    'SS2D', 'ShiftedWindowAttention',
 ]

@@ -77,7 +77,7 @@ def _triton_checks(q: torch.Tensor, v: torch.Tensor):
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_block_index: torch.Tensor,
                            kv_block_count: Optional[torch.Tensor] = None, q_block_size: int = 64,
                            kv_block_size: int = 64, scale: Optional[float] = None,
-                           backend: Optional[str] = None) -> torch.Tensor:
+                           backend: Optional[str] = None, causal: bool = False) -> torch.Tensor:
     """Attention of each query block over the union of its routed key/value blocks.
 
     Query block i holds query rows ``i * q_block_size ... (i + 1) * q_block_size - 1``; KV block j holds key rows
@@ -98,6 +98,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv
         kv_block_size: Key/value tokens per block.
         scale: Logit multiplier; default ``Dqk ** -0.5``.
         backend: None (auto), 'reference' or 'triton'.
+        causal: Also mask every key whose token index exceeds the query's (MoBA's causal self block); needs
+            ``q_block_size == kv_block_size``. A query row left with no key gets zeros.
 
     Returns:
         [B, H, Nq, Dv] in q's dtype (from the Triton backend a transposed view of a [B, Nq, H, Dv] tensor).
@@ -113,6 +115,9 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv
     for name, size in (('q_block_size', q_block_size), ('kv_block_size', kv_block_size)):
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f'{name} must be a positive int, got {size!r}')
+    if causal and q_block_size != kv_block_size:
+        raise ValueError(f'causal=True needs q_block_size == kv_block_size (token indices aligned block by block), '
+                         f'got {q_block_size} and {kv_block_size}')
     n_k = k.shape[2]
     if n_q % q_block_size or n_q == 0:
         raise ValueError(f'Nq={n_q} is not a positive multiple of q_block_size={q_block_size}')
@@ -137,9 +142,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv
     scale = d_qk ** -0.5 if scale is None else float(scale)
     chosen = choose_backend('block_sparse_attention', backend, (q, k, v, index), _triton_checks(q, v))
     if chosen == 'reference':
-        return block_sparse_attention_ref(q, k, v, index, count, q_block_size, kv_block_size, scale)
+        return block_sparse_attention_ref(q, k, v, index, count, q_block_size, kv_block_size, scale, causal=causal)
     from .triton.block_sparse import block_sparse_attention_triton
-    return block_sparse_attention_triton(q, k, v, index, count, q_block_size, kv_block_size, scale).transpose(1, 2)
+    return block_sparse_attention_triton(q, k, v, index, count, q_block_size, kv_block_size, scale,
+                                         causal=causal).transpose(1, 2)
 
 
 def bi_level_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, topk: int,

@@ -16,7 +16,7 @@ __all__ = ['block_sparse_attention_ref', 'bra_routing', 'bi_level_routing_attent
 
 def block_sparse_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_block_index: torch.Tensor,
                                kv_block_count: Optional[torch.Tensor], q_block_size: int, kv_block_size: int,
-                               scale: float, upcast: bool = False) -> torch.Tensor:
+                               scale: float, upcast: bool = False, causal: bool = False) -> torch.Tensor:
     """Block-sparse attention by gathering the listed KV blocks (inputs already validated by the public op).
 
     Args:
@@ -30,9 +30,10 @@ def block_sparse_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         kv_block_size: Key/value tokens per block.
         scale: Multiplier of the logits.
         upcast: Compute in float32 and return in the input dtype.
+        causal: Mask keys whose token index exceeds the query's (equal block sizes).
 
     Returns:
-        [B, H, Nq, Dv]; rows of a query block with no listed KV block are zero.
+        [B, H, Nq, Dv]; rows of a query block with no listed KV block (or, causal, no earlier key) are zero.
     """
     dtype = q.dtype
     if upcast:
@@ -50,7 +51,17 @@ def block_sparse_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     v_sel = v_sel.reshape(batch, heads, n_q_blocks, max_kv * kv_block_size, v.shape[-1])
     q_blocks = q.reshape(batch, heads, n_q_blocks, q_block_size, d_qk)
     logits = (q_blocks * scale) @ k_sel.transpose(-2, -1)  # [B, H, nQ, q_block, max_kv * kv_block]
-    if kv_block_count is not None:
+    if causal:
+        key_token = (index[..., None] * kv_block_size + torch.arange(kv_block_size, device=q.device))
+        query_token = torch.arange(n_q, device=q.device).reshape(n_q_blocks, q_block_size, 1)
+        allowed = key_token.reshape(batch, heads, n_q_blocks, 1, -1) <= query_token  # [B, H, nQ, q_block, keys]
+        if kv_block_count is not None:
+            counted = torch.arange(max_kv, device=q.device) < kv_block_count.long()[..., None]
+            counted = counted.expand(batch, heads, n_q_blocks, max_kv).repeat_interleave(kv_block_size, dim=-1)
+            allowed = allowed & counted[..., None, :]
+        attn = torch.softmax(logits.masked_fill(~allowed, float('-inf')), dim=-1)
+        attn = attn.masked_fill(~allowed.any(-1, keepdim=True), 0.0)  # rows with no key: zeros, not NaN
+    elif kv_block_count is not None:
         valid = torch.arange(max_kv, device=q.device) < kv_block_count.long()[..., None]  # [B, H|1, nQ, max_kv]
         valid = valid.expand(batch, heads, n_q_blocks, max_kv).repeat_interleave(kv_block_size, dim=-1)
         logits = logits.masked_fill(~valid[..., None, :], float('-inf'))

@@ -34,9 +34,10 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     drive = (delta * u).unsqueeze(2) * B  # [batch, dim, N, L]
     state = u.new_zeros(u.shape[0], dim, A.shape[1])
     ys = []
-    for t in range(u.shape[2]):
-        state = decay[..., t] * state + drive[..., t]
-        ys.append((state * C[..., t]).sum(-1))
+    # unbind once: indexing [..., t] per step would make autograd build a full-size gradient for every step
+    for decay_t, drive_t, c_t in zip(decay.unbind(-1), drive.unbind(-1), C.unbind(-1)):
+        state = decay_t * state + drive_t
+        ys.append((state * c_t).sum(-1))
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + D.float()[:, None] * u

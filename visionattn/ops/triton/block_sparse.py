@@ -42,7 +42,7 @@ def _bsa_fwd_kernel(Q, K, V, OUT, LSE, IDX, CNT,
                     Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, Q_TILES: tl.constexpr,
                     D_QK: tl.constexpr, D_V: tl.constexpr, HAS_COUNT: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                    IEEE: tl.constexpr):
+                    IEEE: tl.constexpr, CAUSAL: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
@@ -78,7 +78,10 @@ def _bsa_fwd_kernel(Q, K, V, OUT, LSE, IDX, CNT,
         k = tl.load(k_base + k_tok[:, None] * stride_kn + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :],
                     other=0.0)
         s = _dot(q, tl.trans(k), IEEE) * qk_scale
-        s = tl.where(n_ok[None, :], s, float('-inf'))
+        keep = n_ok[None, :]
+        if CAUSAL:  # MoBA: no key after the query
+            keep = keep & (k_tok[None, :] <= q_tok[:, None])
+        s = tl.where(keep, s, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
@@ -107,7 +110,7 @@ def _bsa_bwd_dq_kernel(Q, K, V, OUT, DO, LSE, DELTA, DQ, IDX, CNT,
                        Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, Q_TILES: tl.constexpr,
                        D_QK: tl.constexpr, D_V: tl.constexpr, HAS_COUNT: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
-                       BLOCK_DV: tl.constexpr, IEEE: tl.constexpr):
+                       BLOCK_DV: tl.constexpr, IEEE: tl.constexpr, CAUSAL: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
@@ -150,7 +153,10 @@ def _bsa_bwd_dq_kernel(Q, K, V, OUT, DO, LSE, DELTA, DQ, IDX, CNT,
         v = tl.load(v_base + k_tok[:, None] * stride_vn + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :],
                     other=0.0)
         s = _dot(q, tl.trans(k), IEEE) * qk_scale
-        p = tl.where(n_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
+        keep = n_ok[None, :]
+        if CAUSAL:
+            keep = keep & (k_tok[None, :] <= q_tok[:, None])
+        p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
         dp = _dot(do, tl.trans(v), IEEE)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, IEEE)
@@ -168,7 +174,7 @@ def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, QLIST, OFFS,
                         Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, KV_TILES: tl.constexpr,
                         D_QK: tl.constexpr, D_V: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
-                        BLOCK_DV: tl.constexpr, IEEE: tl.constexpr):
+                        BLOCK_DV: tl.constexpr, IEEE: tl.constexpr, CAUSAL: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
@@ -207,7 +213,10 @@ def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, QLIST, OFFS,
         lse = tl.load(LSE + pid_bh * n_q_tokens + q_tok, mask=m_ok, other=float('inf'))
         delta = tl.load(DELTA + pid_bh * n_q_tokens + q_tok, mask=m_ok, other=0.0)
         s_t = _dot(k, tl.trans(q), IEEE) * qk_scale  # [BLOCK_N, BLOCK_M]
-        p_t = tl.where(m_ok[None, :], tl.exp2(s_t - lse[None, :]), 0.0)
+        keep = m_ok[None, :]
+        if CAUSAL:
+            keep = keep & (k_tok[:, None] <= q_tok[None, :])
+        p_t = tl.where(keep, tl.exp2(s_t - lse[None, :]), 0.0)
         dv += _dot(p_t.to(do.dtype), do, IEEE)
         dp_t = _dot(v, tl.trans(do), IEEE)
         ds_t = p_t * (dp_t - delta[None, :])
@@ -258,7 +267,7 @@ def _fwd_config(q_block: int, kv_block: int, max_kv: int, d_max: int, config: Op
 
 
 def _fwd(q, k, v, index, count, q_block: int, kv_block: int, scale: float,
-         config: Optional[KernelConfig] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+         config: Optional[KernelConfig] = None, causal: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     q, k, v = map(_last_dim_contiguous, (q, k, v))
     batch, heads, n_q, d_qk = q.shape
     d_v = v.shape[-1]
@@ -278,7 +287,7 @@ def _fwd(q, k, v, index, count, q_block: int, kv_block: int, scale: float,
         heads, n_q, max_kv, scale * LOG2E,
         Q_BLOCK=q_block, KV_BLOCK=kv_block, Q_TILES=q_tiles, D_QK=d_qk, D_V=d_v, HAS_COUNT=count is not None,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=_pow2_clamp(d_qk, 16, 256), BLOCK_DV=_pow2_clamp(d_v, 16, 256),
-        IEEE=_dot_mode(q.dtype), num_warps=num_warps, num_stages=num_stages)
+        IEEE=_dot_mode(q.dtype), CAUSAL=causal, num_warps=num_warps, num_stages=num_stages)
     return out, lse
 
 
@@ -318,7 +327,7 @@ def inverted_block_index(index: torch.Tensor, count: Optional[torch.Tensor], n_k
 
 
 def _bwd(dout, q, k, v, out, lse, index, count, q_block: int, kv_block: int, scale: float,
-         dq_config: Optional[KernelConfig] = None, dkv_config: Optional[KernelConfig] = None):
+         dq_config: Optional[KernelConfig] = None, dkv_config: Optional[KernelConfig] = None, causal: bool = False):
     q, k, v, out, dout = map(_last_dim_contiguous, (q, k, v, out, dout))
     batch, heads, n_q, d_qk = q.shape
     n_k, d_v = k.shape[2], v.shape[-1]
@@ -343,7 +352,7 @@ def _bwd(dout, q, k, v, out, lse, index, count, q_block: int, kv_block: int, sca
         count_arg.stride(0), _head_stride(count_arg) if count is not None else 0,
         heads, n_q, max_kv, scale * LOG2E, scale,
         Q_BLOCK=q_block, KV_BLOCK=kv_block, Q_TILES=q_tiles, D_QK=d_qk, D_V=d_v, HAS_COUNT=count is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv, IEEE=ieee,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv, IEEE=ieee, CAUSAL=causal,
         num_warps=num_warps, num_stages=num_stages)
 
     q_list, offsets, list_heads = inverted_block_index(index, count, n_kv_blocks)
@@ -360,7 +369,7 @@ def _bwd(dout, q, k, v, out, lse, index, count, q_block: int, kv_block: int, sca
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
         heads, list_heads, n_q, n_kv_blocks, max_kv, scale * LOG2E, scale,
         Q_BLOCK=q_block, KV_BLOCK=kv_block, KV_TILES=kv_tiles, D_QK=d_qk, D_V=d_v,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv, IEEE=ieee,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv, IEEE=ieee, CAUSAL=causal,
         num_warps=num_warps, num_stages=dkv_config.num_stages or 2)
     return dq, dk, dv
 
@@ -372,12 +381,12 @@ def _bwd(dout, q, k, v, out, lse, index, count, q_block: int, kv_block: int, sca
 @torch.library.custom_op('visionattn::block_sparse_attention_fwd', mutates_args=())
 def _bsa_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor,
                 count: Optional[torch.Tensor], q_block: int, kv_block: int,
-                scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _fwd(q, k, v, index, count, q_block, kv_block, scale)
+                scale: float, causal: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _fwd(q, k, v, index, count, q_block, kv_block, scale, causal=causal)
 
 
 @_bsa_fwd_op.register_fake
-def _(q, k, v, index, count, q_block, kv_block, scale):
+def _(q, k, v, index, count, q_block, kv_block, scale, causal=False):
     batch, heads, n_q, _ = q.shape
     return (q.new_empty((batch, n_q, heads, v.shape[-1])),
             q.new_empty((batch, heads, n_q), dtype=torch.float32))
@@ -386,29 +395,33 @@ def _(q, k, v, index, count, q_block, kv_block, scale):
 @torch.library.custom_op('visionattn::block_sparse_attention_bwd', mutates_args=())
 def _bsa_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                 lse: torch.Tensor, index: torch.Tensor, count: Optional[torch.Tensor], q_block: int, kv_block: int,
-                scale: float) -> List[torch.Tensor]:
-    return list(_bwd(dout, q, k, v, out, lse, index, count, q_block, kv_block, scale))
+                scale: float, causal: bool) -> List[torch.Tensor]:
+    return list(_bwd(dout, q, k, v, out, lse, index, count, q_block, kv_block, scale, causal=causal))
 
 
 @_bsa_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, index, count, q_block, kv_block, scale):
+def _(dout, q, k, v, out, lse, index, count, q_block, kv_block, scale, causal):
     return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)]
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, index, count, q_block, kv_block, scale = inputs
+    q, k, v, index, count, q_block, kv_block, scale, causal = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, index, count)
-    ctx.q_block, ctx.kv_block, ctx.scale, ctx.opaque = q_block, kv_block, scale, True
+    ctx.q_block, ctx.kv_block, ctx.scale, ctx.causal, ctx.opaque = q_block, kv_block, scale, causal, True
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, index, count = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
-    backward = _bsa_bwd_op if ctx.opaque else _bwd
-    dq, dk, dv = backward(dout, q, k, v, out, lse, index, count, ctx.q_block, ctx.kv_block, ctx.scale)
-    return dq, dk, dv, None, None, None, None, None
+    if ctx.opaque:
+        dq, dk, dv = _bsa_bwd_op(dout, q, k, v, out, lse, index, count, ctx.q_block, ctx.kv_block, ctx.scale,
+                                 ctx.causal)
+    else:
+        dq, dk, dv = _bwd(dout, q, k, v, out, lse, index, count, ctx.q_block, ctx.kv_block, ctx.scale,
+                          causal=ctx.causal)
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 _bsa_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -416,7 +429,7 @@ _bsa_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 def block_sparse_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor,
                                   count: Optional[torch.Tensor], q_block: int, kv_block: int,
-                                  scale: float) -> torch.Tensor:
+                                  scale: float, causal: bool = False) -> torch.Tensor:
     """Routed block-sparse attention on the Triton kernels (inputs validated and deduplicated by the caller).
 
     Args:
@@ -428,6 +441,7 @@ def block_sparse_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
         q_block: Query tokens per block.
         kv_block: Key/value tokens per block.
         scale: Logit multiplier.
+        causal: Mask keys whose token index exceeds the query's (q_block == kv_block, checked by the caller).
 
     Returns:
         [B, Nq, H, Dv] (note the layout: heads after tokens).
@@ -440,18 +454,18 @@ def block_sparse_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     index = index.contiguous()
     count = None if count is None else count.to(index.dtype).contiguous()
     if torch.compiler.is_compiling():  # opaque to the compiler through the custom op
-        return _bsa_fwd_op(q, k, v, index, count, q_block, kv_block, float(scale))[0]
+        return _bsa_fwd_op(q, k, v, index, count, q_block, kv_block, float(scale), bool(causal))[0]
     # eager: the same kernels through a plain autograd.Function, which costs less host time than the custom op
     # dispatch (BRA at 224 is a few tens of microseconds of GPU work per call)
-    return _BlockSparseFn.apply(q, k, v, index, count, q_block, kv_block, float(scale))
+    return _BlockSparseFn.apply(q, k, v, index, count, q_block, kv_block, float(scale), bool(causal))
 
 
 class _BlockSparseFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, index, count, q_block, kv_block, scale):
-        out, lse = _fwd(q, k, v, index, count, q_block, kv_block, scale)
+    def forward(ctx, q, k, v, index, count, q_block, kv_block, scale, causal):
+        out, lse = _fwd(q, k, v, index, count, q_block, kv_block, scale, causal=causal)
         ctx.save_for_backward(q, k, v, out, lse, index, count)
-        ctx.q_block, ctx.kv_block, ctx.scale, ctx.opaque = q_block, kv_block, scale, False
+        ctx.q_block, ctx.kv_block, ctx.scale, ctx.causal, ctx.opaque = q_block, kv_block, scale, causal, False
         return out
 
     @staticmethod

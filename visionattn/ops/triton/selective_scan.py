@@ -17,6 +17,10 @@ import triton.language as tl
 LOG2E = 1.4426950408889634
 # Elements of one [channels, states, time] register tile: large enough to keep the scan busy, small enough not to spill.
 TILE_ELEMENTS = 4096
+# d_state 1 (VMamba v2, LaMamba): no padding of the state axis, long chunks, small tiles. The H200 sweep
+# (docs/benchmarks/selective_scan_h200.md) gave 0.81 / 4.25 ms forward / forward+backward at VMamba-T's first stage
+# against 4.31 / 26.1 ms for the general tiles below (state axis padded to 2).
+SINGLE_STATE_TILES = dict(tile_elements=1024, chunk=128, num_warps=2, min_block_n=1)
 
 
 @triton.jit
@@ -188,11 +192,23 @@ def _ss_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, DOUT, HSTART,
 # launchers
 
 
+# Tile overrides for benchmark sweeps (tools/bench_suites/selective_scan.py --ss-sweep): keys tile_elements, chunk,
+# num_warps, min_block_n; empty means the defaults below.
+TILE_OVERRIDES: dict = {}
+
+
+def _setting(name: str, n_state: int, default):
+    if name in TILE_OVERRIDES:
+        return TILE_OVERRIDES[name]
+    return SINGLE_STATE_TILES[name] if n_state == 1 else default
+
+
 def _tiles(n_state: int, dim_per_group: int, seq_len: int) -> Tuple[int, int, int]:
     """BLOCK_D, BLOCK_N, CHUNK for a problem: the whole state, a time chunk, and as many channels as fit the tile."""
-    block_n = max(2, triton.next_power_of_2(n_state))
-    chunk = min(64, max(16, triton.next_power_of_2(seq_len)))
-    block_d = max(2, min(TILE_ELEMENTS // (block_n * chunk), triton.next_power_of_2(dim_per_group)))
+    block_n = max(_setting('min_block_n', n_state, 2), triton.next_power_of_2(n_state))
+    chunk = min(_setting('chunk', n_state, 64), max(16, triton.next_power_of_2(seq_len)))
+    elements = _setting('tile_elements', n_state, TILE_ELEMENTS)
+    block_d = max(2, min(elements // (block_n * chunk), triton.next_power_of_2(dim_per_group)))
     return block_d, block_n, chunk
 
 
@@ -204,8 +220,8 @@ def _grid_and_tiles(u: torch.Tensor, A: torch.Tensor, groups: int):
     return (batch * groups * n_dblocks,), n_dblocks, triton.cdiv(seq_len, chunk), (block_d, block_n, chunk)
 
 
-def _num_warps(block_d: int, block_n: int, chunk: int) -> int:
-    return 4 if block_d * block_n * chunk >= 2048 else 2
+def _num_warps(block_d: int, block_n: int, chunk: int, n_state: int) -> int:
+    return _setting('num_warps', n_state, 4 if block_d * block_n * chunk >= 2048 else 2)
 
 
 def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool):
@@ -221,7 +237,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool):
         out, hstart, last, *u.stride(), *delta.stride(), *z_arg.stride(), *out.stride(), *B.stride(), *C.stride(),
         seq_len, dim, A.shape[1], dim // groups, groups, n_dblocks, n_chunks,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=_num_warps(block_d, block_n, chunk))
+        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=_num_warps(block_d, block_n, chunk, A.shape[1]))
     return out, last, hstart
 
 
@@ -247,7 +263,7 @@ def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, hstart, softplus: bool):
         *u.stride(), *delta.stride(), *z_arg.stride(), *dout.stride(), *B.stride(), *C.stride(),
         seq_len, dim, n_state, dim // groups, groups, n_dblocks, n_chunks,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=_num_warps(block_d, block_n, chunk))
+        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=_num_warps(block_d, block_n, chunk, A.shape[1]))
     return (du, ddelta, da_part.sum(0), db_acc, dc_acc, None if dd_part is None else dd_part.sum(0), dz,
             None if dbias_part is None else dbias_part.sum(0))
 

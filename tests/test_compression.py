@@ -1,0 +1,291 @@
+"""S2LIC compression: real bitstream round trip, determinism, bpp accounting, codec file format, bad input."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from visionattn.heads.compression.s2lic import build_s2lic, checkerboard_mask
+
+pytestmark = pytest.mark.heads
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _codec_tool():
+    spec = importlib.util.spec_from_file_location('codec_tool', ROOT / 'tools' / 'codec.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def codec_model():
+    torch.manual_seed(0)
+    model = build_s2lic('tiny').eval()
+    model.update(force=True)
+    return model
+
+
+@pytest.fixture(scope='module')
+def image():
+    torch.manual_seed(1)
+    # Smooth image plus noise: compressible, but not trivially constant.
+    base = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8), size=(64, 64), mode='bilinear')
+    return (base + 0.05 * torch.randn(1, 3, 64, 64)).clamp(0, 1)
+
+
+def test_checkerboard_mask_alternates():
+    mask = checkerboard_mask(3, 4)
+    assert mask.sum() == 6 and mask[0, 0] and not mask[0, 1] and not mask[1, 0] and mask[1, 1]
+
+
+def test_round_trip_matches_forward_and_is_deterministic(codec_model, image):
+    with torch.no_grad():
+        reference = codec_model(image)['x_hat']
+    first = codec_model.compress(image)
+    second = codec_model.compress(image)
+    assert first['strings'] == second['strings'], 'compress is not deterministic'
+    decoded = codec_model.decompress(first['strings'], first['shape'])['x_hat']
+    assert decoded.shape == image.shape
+    torch.testing.assert_close(decoded, reference, rtol=0, atol=1e-5)
+
+
+def test_bitstream_length_matches_likelihood_bpp(codec_model, image):
+    with torch.no_grad():
+        likelihoods = codec_model(image)['likelihoods']
+    estimated_bits = {k: float(-torch.log2(v).sum()) for k, v in likelihoods.items()}
+    strings = codec_model.compress(image)['strings']
+    actual_bits = {'y': 8 * len(strings[0][0]), 'z': 8 * len(strings[1][0])}
+    for key in ('y', 'z'):
+        # rANS costs the entropy plus a constant; scales are snapped to the 64-level table, hence the 15% slack.
+        assert abs(actual_bits[key] - estimated_bits[key]) <= 0.15 * estimated_bits[key] + 128, (key, actual_bits,
+                                                                                              estimated_bits)
+
+
+def test_training_step_has_gradients():
+    from compressai.losses import RateDistortionLoss
+
+    torch.manual_seed(0)
+    model = build_s2lic('tiny').train()
+    x = torch.rand(2, 3, 64, 64)
+    out = model(x)
+    loss = RateDistortionLoss(lmbda=0.013)(out, x)
+    assert math.isfinite(loss["loss"].item())
+    loss['loss'].backward()
+    assert model.g_a_enh.fuse.weight.grad is not None and model.ep_nonanchor[3][0].weight.grad.abs().sum() > 0
+    assert model.acctx[2].qkv.weight.grad is not None and model.agctx[2].weights.weight.grad is not None
+
+
+@pytest.mark.parametrize('shape, message', [((1, 3, 48, 64), 'multiples of 64'), ((1, 1, 64, 64), '3, H, W')])
+def test_bad_input_is_rejected(codec_model, shape, message):
+    with pytest.raises(ValueError, match=message):
+        codec_model(torch.rand(shape))
+
+
+def test_codec_file_round_trip_and_rejects_bad_files(codec_model, image):
+    codec = _codec_tool()
+    decode_bytes, encode_image, unpack = codec.decode_bytes, codec.encode_image, codec.unpack
+    data = encode_image(codec_model, 's2lic-tiny', 3, image[..., :50, :60])
+    fields = unpack(data)
+    assert fields['model'] == 's2lic-tiny' and fields['quality'] == 3 and fields['image_size'] == (50, 60)
+    decoded = decode_bytes(codec_model, 's2lic-tiny', data)
+    assert decoded.shape == (1, 3, 50, 60)
+    with pytest.raises(ValueError, match='truncated'):
+        unpack(data[:-3])
+    with pytest.raises(ValueError, match='bad magic'):
+        unpack(b'\x89PNG' + data[4:])
+    with pytest.raises(ValueError, match='encoded with model'):
+        decode_bytes(codec_model, 's2lic-small', data)
+
+
+# -- engine and data integration (visionattn.engine.compression, visionattn.data.compression) --------------------
+def _compressor(**kwargs):
+    from visionattn.engine.compression import ImageCompressor
+
+    torch.manual_seed(0)
+    return ImageCompressor(codec=dict(type=build_s2lic, size='tiny'), **kwargs)
+
+
+def _batch(images, metas=None):
+    from mmengine.structures import BaseDataElement
+
+    metas = metas or [{} for _ in images]
+    return {'inputs': images, 'data_samples': [BaseDataElement(metainfo=m) for m in metas]}
+
+
+def test_task_model_loss_and_real_bitstream_predict(image):
+    model = _compressor(lmbda=0.013)
+    images = to_uint8_batch(torch.cat([image, image.flip(-1)]))
+    model.train()
+    batch = model.data_preprocessor(_batch(images), training=True)
+    assert batch['inputs'].dtype == torch.float32 and float(batch['inputs'].max()) <= 1.0
+    losses = model(**batch, mode='loss')
+    assert set(losses) == {'loss', 'bpp', 'mse'}
+    expected = 0.013 * 255 ** 2 * losses['mse'] + losses['bpp']
+    torch.testing.assert_close(losses['loss'].detach(), expected, rtol=1e-5, atol=1e-5)
+    losses['loss'].backward()
+    model.eval()
+    with torch.no_grad():
+        batch = model.data_preprocessor(_batch(images, [{'index': 0}, {'index': 1, 'ori_size': (50, 60)}]))
+        predictions = model(**batch, mode='predict')
+    first, padded = predictions
+    assert first.pred_img.shape == (3, 64, 64) and first.pred_img.dtype == torch.uint8
+    assert first.bpp == pytest.approx(8 * first.num_bytes / (64 * 64))
+    # The padded image: quality measured on its original 50x60 pixels, rate divided by them.
+    assert padded.pred_img.shape == padded.gt_img.shape == (3, 50, 60)
+    assert padded.bpp == pytest.approx(8 * padded.num_bytes / (50 * 60))
+    # predict decodes exactly what the eval forward pass reconstructs (rounded to uint8).
+    with torch.no_grad():
+        reference = model.codec(batch['inputs'][:1])['x_hat']
+    assert (first.pred_img.int() - (reference[0].clamp(0, 1) * 255).round().int()).abs().max() <= 1
+    assert first.encode_ms > 0 and first.decode_ms > 0 and first.bpp_estimated > 0
+
+
+def to_uint8_batch(images):
+    from visionattn.engine.compression import to_uint8
+
+    return to_uint8(images)
+
+
+def test_msssim_loss_variant_and_bad_arguments():
+    with pytest.raises(ValueError, match='metric'):
+        _compressor(metric='psnr')
+    with pytest.raises(ValueError, match='lmbda'):
+        _compressor(lmbda=0)
+    model = _compressor(metric='ms-ssim', lmbda=8.73)
+    with pytest.raises(ValueError, match='at least 161'):
+        model(torch.rand(1, 3, 64, 64), mode='loss')
+
+
+def test_two_optimizers_step_main_and_aux_separately():
+    from mmengine.optim import OptimWrapper
+
+    from visionattn.engine.compression import CompressionOptimWrapperConstructor
+
+    model = _compressor()
+    cfg = dict(main=dict(type=OptimWrapper, optimizer=dict(type=torch.optim.Adam, lr=1e-3)),
+               aux=dict(type=OptimWrapper, optimizer=dict(type=torch.optim.Adam, lr=1e-2)))
+    wrappers = CompressionOptimWrapperConstructor(cfg)(model)
+    aux_params = wrappers['aux'].optimizer.param_groups[0]['params']
+    assert aux_params == [model.codec.entropy_bottleneck.quantiles]
+    assert not any(p is aux_params[0] for p in wrappers['main'].optimizer.param_groups[0]['params'])
+    quantiles, weight = aux_params[0].detach().clone(), model.codec.g_a_enh.fuse.weight.detach().clone()
+    model.train()
+    log_vars = model.train_step(_batch(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)), wrappers)
+    assert {'loss', 'bpp', 'mse', 'aux_loss'} <= set(log_vars)
+    assert not torch.equal(quantiles, model.codec.entropy_bottleneck.quantiles)
+    assert not torch.equal(weight, model.codec.g_a_enh.fuse.weight)
+    with pytest.raises(ValueError, match='amp'):
+        CompressionOptimWrapperConstructor(dict(cfg, type='AmpOptimWrapper'))
+    with pytest.raises(ValueError, match='"main" and "aux"'):
+        CompressionOptimWrapperConstructor(dict(main=cfg['main']))
+
+
+def test_metric_on_a_known_pair():
+    from visionattn.engine.compression import RateDistortionMetric, psnr
+
+    torch.manual_seed(0)
+    reference = torch.randint(20, 236, (3, 192, 192), dtype=torch.uint8)
+    decoded = reference + 10  # MSE 100 exactly: PSNR = 10 log10(255^2 / 100)
+    assert psnr(reference, decoded) == pytest.approx(10 * math.log10(255 ** 2 / 100))
+    assert psnr(reference, reference) == math.inf
+    metric = RateDistortionMetric(baselines=('JPEG',), qualities=(10, 50, 90))
+    metric.process({}, [{'gt_img': reference, 'pred_img': decoded, 'bpp': 0.5, 'encode_ms': 2.0, 'decode_ms': 4.0},
+                        {'gt_img': reference, 'pred_img': reference.clone(), 'bpp': 1.5, 'encode_ms': 4.0,
+                         'decode_ms': 6.0}])
+    results = metric.compute_metrics(metric.results)
+    assert results['bpp'] == pytest.approx(1.0) and results['encode_ms'] == pytest.approx(3.0)
+    assert results['psnr'] == math.inf  # one lossless image: the mean PSNR is infinite, as it should be
+    assert results['ms_ssim'] < 1.0
+    jpeg = metric.baseline_points['jpeg']
+    assert [p['quality'] for p in jpeg] == [10, 50, 90] and jpeg[0]['bpp'] < jpeg[1]['bpp'] < jpeg[2]['bpp']
+    assert jpeg[0]['psnr'] < jpeg[2]['psnr']
+    with pytest.raises(KeyError, match='pred_img'):
+        metric.process({}, [{'bpp': 1.0}])
+
+
+def test_ms_ssim_rejects_small_images():
+    from visionattn.engine.compression import ms_ssim_value
+
+    image = torch.zeros(3, 128, 200, dtype=torch.uint8)
+    with pytest.raises(ValueError, match='161'):
+        ms_ssim_value(image, image)
+
+
+def test_bjontegaard_deltas_on_synthetic_curves():
+    from visionattn.engine.compression import bd_psnr, bd_rate
+
+    rates = [0.1, 0.2, 0.4, 0.8, 1.6]
+    psnrs = [28 + 4 * math.log(r) / math.log(2) + 0.1 * math.log(r) ** 2 for r in rates]
+    # The same curve needing 20% fewer bits at every PSNR: BD-rate exactly -20%.
+    assert bd_rate(rates, psnrs, [0.8 * r for r in rates], psnrs) == pytest.approx(-20.0, abs=1e-6)
+    assert bd_rate(rates, psnrs, rates, psnrs) == pytest.approx(0.0, abs=1e-9)
+    # A curve linear in ln(rate) with slope s, shifted to 80% of the rate: BD-PSNR = -s ln(0.8).
+    slope = 4 / math.log(2)
+    linear = [30 + slope * math.log(r) for r in rates]
+    shifted = [30 + slope * math.log(r / 0.8) for r in rates]
+    assert bd_psnr(rates, linear, rates, shifted) == pytest.approx(-slope * math.log(0.8), abs=1e-6)
+    with pytest.raises(ValueError, match='>= 4 points'):
+        bd_rate(rates[:3], psnrs[:3], rates, psnrs)
+    with pytest.raises(ValueError, match='do not overlap'):
+        bd_rate(rates, psnrs, rates, [p + 50 for p in psnrs])
+
+
+def test_dataset_split_and_determinism():
+    from visionattn.data.compression import (
+        HELD_OUT_PHOTOS,
+        TRAIN_PHOTOS,
+        CompressionCropDataset,
+        CompressionEvalDataset,
+    )
+
+    assert not set(TRAIN_PHOTOS) & set(HELD_OUT_PHOTOS)
+    crops = CompressionCropDataset(crop_size=64, length=8, seed=3)
+    assert {name for name, _ in crops.images} == set(TRAIN_PHOTOS)
+    first = crops[5]
+    assert first['img'].shape == (3, 64, 64) and first['img'].dtype == torch.uint8
+    assert first['meta']['name'] in TRAIN_PHOTOS
+    assert torch.equal(first['img'], CompressionCropDataset(crop_size=64, length=8, seed=3)[5]['img'])
+    crops.set_epoch(1)
+    assert not torch.equal(first['img'], crops[5]['img'])
+    with pytest.raises(IndexError):
+        crops[8]
+    with pytest.raises(ValueError, match='smaller than the 1024x1024 crop'):
+        CompressionCropDataset(crop_size=1024)
+    held_out = CompressionEvalDataset(mode='crop')
+    assert [held_out[i]['meta']['name'] for i in range(len(held_out))] == list(HELD_OUT_PHOTOS)
+    for item in (held_out[i] for i in range(len(held_out))):
+        assert item['img'].shape[1] % 64 == 0 and item['img'].shape[2] % 64 == 0
+    chelsea = CompressionEvalDataset(mode='pad', photos=('chelsea',))[0]  # 300 x 451
+    assert chelsea['img'].shape == (3, 320, 512) and chelsea['meta']['ori_size'] == (300, 451)
+    with pytest.raises(ValueError, match="'crop' or 'pad'"):
+        CompressionEvalDataset(mode='resize')
+
+
+def test_image_folder_dataset(tmp_path):
+    from PIL import Image
+
+    from visionattn.data.compression import CompressionCropDataset, CompressionEvalDataset
+
+    Image.fromarray((torch.rand(80, 100, 3) * 255).byte().numpy()).save(tmp_path / 'a.png')
+    assert CompressionCropDataset(data_root=str(tmp_path), crop_size=64, length=2)[0]['meta']['name'] == 'a.png'
+    assert CompressionEvalDataset(data_root=str(tmp_path))[0]['img'].shape == (3, 64, 64)
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        CompressionEvalDataset(data_root=str(tmp_path / 'missing'))
+
+
+def test_rd_compare_tool(tmp_path):
+    spec = importlib.util.spec_from_file_location('rd_compare', ROOT / 'tools' / 'rd_compare.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    jpeg = [{'bpp': r, 'psnr': 30 + 5 * math.log(r)} for r in (0.2, 0.4, 0.8, 1.6, 3.2)]
+    paths = []
+    for index, rate in enumerate((0.3, 0.6, 1.2, 2.4)):  # the JPEG curve at half the rate: BD-rate -50%
+        path = tmp_path / f'q{index}.json'
+        path.write_text(json.dumps({'model': {'bpp': rate / 2, 'psnr': 30 + 5 * math.log(rate)}, 'jpeg': jpeg}))
+        paths.append(str(path))
+    report = module.compare(paths, png=tmp_path / 'rd.png')
+    assert report['points'] == 4 and report['bd_rate_vs_jpeg'] == pytest.approx(-50.0, abs=1e-6)
+    assert report['bd_psnr_vs_jpeg'] == pytest.approx(5 * math.log(2), abs=1e-6)
+    assert (tmp_path / 'rd.png').stat().st_size > 0

@@ -1,0 +1,451 @@
+"""DiT / PixArt denoisers, RelaCtrl, the diffusion engine (loss, samplers, metrics), the paired data and the
+relevance-score tool, on tiny models on CPU."""
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+pytest.importorskip('diffusers')
+pytest.importorskip('mmengine')
+from mmengine.config import Config  # noqa: E402
+from mmengine.structures import BaseDataElement  # noqa: E402
+from visionattn.heads.diffusion import dit  # noqa: E402
+from visionattn.heads.diffusion.relactrl import (  # noqa: E402
+    RELACTRL_CONTROL_INDICES,
+    RELACTRL_GROUP_COUNTS,
+    RelaCtrlPixArt,
+    ShuffledTokenAttention,
+    distribute_group_widths,
+    load_denoiser_checkpoint,
+)
+
+from visionattn.data.diffusion import ImageFolderCannyDataset, SyntheticDiffusionPairs, canny_edges  # noqa: E402
+from visionattn.engine import MODELS  # noqa: E402
+from visionattn.engine.diffusion import (  # noqa: E402
+    ControlFidelityMetric,
+    ControlledDiffusionModel,
+    DiffusionModel,
+    SampleQualityMetric,
+    diffusion_collate,
+    edge_f1,
+)
+
+pytestmark = pytest.mark.heads
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _randomise(module: nn.Module, std: float = 0.05) -> nn.Module:
+    """Non-zero weights everywhere (the zero-initialised gates would hide bugs)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, std)
+    return module
+
+
+def _tiny_pixart(**kwargs):
+    return dit.pixart_tiny(**dict(dict(input_size=8, hidden_size=32, num_heads=2, depth=3), **kwargs))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official sizes
+# ----------------------------------------------------------------------------------------------------------------
+def test_official_parameter_counts():
+    with torch.device('meta'):
+        counts = {name: sum(p.numel() for p in fn().parameters())
+                  for name, fn in [('dit_xl_2', dit.dit_xl_2), ('pixart_xl_2', dit.pixart_xl_2)]}
+        relactrl = RelaCtrlPixArt(dit.pixart_ms_xl_2())
+    assert counts['dit_xl_2'] == 675_129_632  # facebookresearch/DiT, pos_embed included (a frozen Parameter)
+    assert counts['pixart_xl_2'] == 610_856_096  # PixArt-XL-2 at 256/512 (pos_embed is a buffer there)
+    assert sum(p.numel() for p in relactrl.controlnet.parameters()) == 45_715_968  # "45M" (HF qihoo360/RelaCtrl)
+    assert all(not p.requires_grad for p in relactrl.base_model.parameters())
+
+
+def test_tdsm_group_widths_follow_the_official_rule():
+    assert [distribute_group_widths(1152, g) for g in (6, 4, 2)] == [[192] * 6, [288] * 4, [576] * 2]
+    assert distribute_group_widths(192, 4) == [32, 32, 64, 64]
+    with pytest.raises(ValueError, match='cannot split'):
+        distribute_group_widths(128, 6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Blocks
+# ----------------------------------------------------------------------------------------------------------------
+def test_sincos_pos_embed_layout():
+    emb = dit.sincos_pos_embed(8, (2, 3))
+    assert emb.shape == (6, 8)
+    # first half: columns (sin of col, cos of col at frequency 1 and 1/100), second half: rows
+    col, row = 2.0, 1.0
+    expected = [math.sin(col), math.sin(col / 100), math.cos(col), math.cos(col / 100),
+                math.sin(row), math.sin(row / 100), math.cos(row), math.cos(row / 100)]
+    torch.testing.assert_close(emb[1 * 3 + 2], torch.tensor(expected))
+    video = dit.sincos_pos_embed(8, (2, 2, 3))  # frames add a 1-D temporal embedding to the spatial one
+    frame_step = torch.from_numpy(dit._sincos_1d(8, np.array([1.0])) - dit._sincos_1d(8, np.array([0.0]))).float()
+    torch.testing.assert_close(video[:6], emb + torch.from_numpy(dit._sincos_1d(8, np.array([0.0]))).float())
+    torch.testing.assert_close(video[6:] - video[:6], frame_step.expand(6, 8))
+
+
+def test_attention_core_is_pluggable_and_gets_the_grid():
+    seen = []
+
+    class ManualCore(nn.Module):
+        def forward(self, q, k, v, grid_size=None):
+            seen.append(grid_size)
+            return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v
+
+    plain = _randomise(dit.dit_video_tiny(depth=2, hidden_size=32, num_heads=2))
+    custom = dit.dit_video_tiny(depth=2, hidden_size=32, num_heads=2, attention_core=lambda i: ManualCore())
+    custom.load_state_dict(plain.state_dict())
+    x, t, y = torch.randn(2, 4, 4, 8, 8), torch.tensor([10, 900]), torch.tensor([0, 3])
+    torch.testing.assert_close(custom(x, t, y), plain(x, t, y), atol=1e-5, rtol=1e-5)
+    assert seen == [(4, 4, 4)] * 2
+
+
+def test_dit_block_adaln_zero_is_identity_and_final_layer_zero():
+    block = dit.DiTBlock(32, 2)
+    nn.init.zeros_(block.adaLN_modulation[-1].weight)
+    nn.init.zeros_(block.adaLN_modulation[-1].bias)
+    x, c = torch.randn(2, 5, 32), torch.randn(2, 32)
+    torch.testing.assert_close(block(x, c), x)
+    model = dit.dit_tiny()  # official init: zero output layer
+    assert model(torch.randn(1, 4, 16, 16), torch.tensor([3]), torch.tensor([1])).abs().max() == 0
+
+
+def test_cross_attention_ignores_masked_tokens():
+    attn = _randomise(dit.MultiHeadCrossAttention(32, 4))
+    x, cond = torch.randn(2, 6, 32), torch.randn(2, 5, 32)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    changed = cond.clone()
+    changed[0, 3:] = 100.0
+    torch.testing.assert_close(attn(x, cond, mask), attn(x, changed, mask))
+    torch.testing.assert_close(attn(x, cond, mask)[0], attn(x[:1], cond[:1, :3])[0])
+
+
+@pytest.mark.parametrize('video', [False, True])
+def test_unpatchify_inverts_patchify(video):
+    model = dit.dit_video_tiny(patch_size=(2, 2, 2)) if video else dit.dit_tiny()
+    x = torch.randn(2, 8, 4, 8, 8) if video else torch.randn(2, 8, 16, 16)  # out_channels = 8 (learn_sigma)
+    p = model.patch_size
+    if video:
+        grid = (2, 4, 4)
+        tokens = x.reshape(2, 8, 2, p[0], 4, p[1], 4, p[2]).permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(2, 32, -1)
+    else:
+        grid = (8, 8)
+        tokens = x.reshape(2, 8, 8, p[0], 8, p[1]).permute(0, 2, 4, 3, 5, 1).reshape(2, 64, -1)
+    torch.testing.assert_close(model.unpatchify(tokens, grid), x)
+
+
+def test_models_forward_shapes_and_conditions():
+    x, t, y = torch.randn(2, 4, 16, 16), torch.tensor([1, 999]), torch.tensor([0, 9])
+    assert dit.dit_tiny(learn_sigma=False)(x, t, y).shape == (2, 4, 16, 16)
+    assert dit.dit_tiny(num_classes=0)(x, t).shape == (2, 8, 16, 16)
+    assert _randomise(dit.dit_tiny())(torch.randn(1, 4, 8, 12), 5, y[:1]).shape == (1, 8, 8, 12)  # other sizes
+    video = torch.randn(2, 4, 4, 8, 8)
+    assert dit.dit_video_tiny()(video, t, y).shape == (2, 8, 4, 8, 8)
+    assert dit.pixart_video_tiny()(video, t, y).shape == (2, 8, 4, 8, 8)
+    text = _randomise(dit.pixart_tiny(caption_channels=24, num_classes=0, model_max_length=7, hidden_size=48,
+                                      num_heads=4, micro_conditions=True))
+    caption = torch.randn(2, 7, 24)
+    out = text(x, t, caption=caption, caption_mask=torch.ones(2, 7))
+    assert out.shape == (2, 8, 16, 16) and torch.isfinite(out).all()
+    assert not torch.allclose(out, text(x, t))  # no caption: the null caption
+    assert not torch.allclose(out, text(x, t, caption=caption, img_hw=torch.tensor([[64.0, 256.0]] * 2)))
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = dit.dit_tiny()
+    with pytest.raises(ValueError, match='divisible by the patch size'):
+        model(torch.randn(1, 4, 15, 16), torch.tensor([1]), torch.tensor([1]))
+    with pytest.raises(ValueError, match='input channels'):
+        model(torch.randn(1, 3, 16, 16), torch.tensor([1]), torch.tensor([1]))
+    with pytest.raises(ValueError, match='class labels'):
+        model(torch.randn(1, 4, 16, 16), torch.tensor([1]), torch.tensor([11]))
+    with pytest.raises(ValueError, match='pass labels y'):
+        model(torch.randn(1, 4, 16, 16), torch.tensor([1]))
+    with pytest.raises(ValueError, match='timesteps'):
+        model(torch.randn(2, 4, 16, 16), torch.tensor([1, 2, 3]), torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match='not divisible by num_heads'):
+        dit.DiT(hidden_size=36, num_heads=8, depth=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RelaCtrl
+# ----------------------------------------------------------------------------------------------------------------
+def _relactrl(depth=21, **kwargs):
+    base = _randomise(_tiny_pixart(depth=depth, hidden_size=64, num_heads=2))
+    return RelaCtrlPixArt(base, group_multiple=8, **kwargs).eval(), base
+
+
+def test_relactrl_zero_init_equals_base_and_trains_only_the_control():
+    model, base = _relactrl()
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([5, 600]), torch.tensor([1, 2])
+    control = torch.randn_like(x)
+    torch.testing.assert_close(model(x, t, y, control=control), base(x, t, y), rtol=0, atol=0)
+    assert len(model.controlnet) == 11 and model.control_indices == RELACTRL_CONTROL_INDICES
+    assert [len(b.process.group_widths) for b in model.controlnet] == list(RELACTRL_GROUP_COUNTS)
+    model.train()
+    loss = model(x, t, y, control=control).square().mean()
+    loss.backward()
+    assert all(p.grad is None for p in model.base_model.parameters())
+    assert model.controlnet[3].after_proj.weight.grad.abs().sum() > 0
+
+
+def test_relactrl_permutations_are_seeded_in_eval():
+    model, base = _relactrl(inference_seed=7)
+    _randomise(model.controlnet)
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([5, 600]), torch.tensor([1, 2])
+    control = torch.randn_like(x)
+    first, second = model(x, t, y, control=control), model(x, t, y, control=control)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert not torch.allclose(first, base(x, t, y))
+    model.inference_seed = 8
+    assert not torch.allclose(first, model(x, t, y, control=control))
+    model.train()
+    assert not torch.allclose(model(x, t, y, control=control), model(x, t, y, control=control))
+
+
+def test_shuffled_token_attention_unpermutes_exactly():
+    layer = ShuffledTokenAttention(16)
+    layer.attn = nn.Identity()
+    x = torch.randn(2, 12, 16)
+    torch.testing.assert_close(layer(x, torch.Generator().manual_seed(0)), x, rtol=0, atol=0)
+    with pytest.raises(ValueError, match='segments'):
+        ShuffledTokenAttention(16)(torch.randn(1, 6, 16))
+
+
+def test_relactrl_reuses_c_skip_at_positions_without_control():
+    model, base = _relactrl(depth=4, control_indices=(0,), group_counts=(2,))
+    _randomise(model.controlnet)
+    captured = {}
+    base.blocks[1].register_forward_hook(lambda m, i, o: captured.__setitem__('out1', o))
+    base.blocks[2].register_forward_pre_hook(lambda m, i: captured.__setitem__('in2', i[0]))
+    model.controlnet[0].register_forward_hook(lambda m, i, o: captured.__setitem__('c_skip', o[1]))
+    x = torch.randn(1, 4, 8, 8)
+    model(x, torch.tensor([5]), torch.tensor([1]), control=torch.randn_like(x))
+    torch.testing.assert_close(captured['in2'], captured['out1'] + captured['c_skip'])  # official quirk
+    model.skip_blocks = {0}
+    out_skipped = model(x, torch.tensor([5]), torch.tensor([1]), control=torch.randn_like(x))
+    torch.testing.assert_close(out_skipped, base(x, torch.tensor([5]), torch.tensor([1])))
+
+
+def test_relactrl_checks_and_base_loading(tmp_path):
+    with pytest.raises(ValueError, match='needs a base block after it'):
+        RelaCtrlPixArt(_tiny_pixart(depth=4))
+    with pytest.raises(ValueError, match='group counts'):
+        RelaCtrlPixArt(_tiny_pixart(depth=4), control_indices=(0, 1), group_counts=(2,))
+    model, base = _relactrl(depth=21, base_checkpoint=str(tmp_path / 'missing'))
+    with pytest.raises(FileNotFoundError, match='train the base'):
+        model.load_base()
+    trained = _randomise(_tiny_pixart(depth=21, hidden_size=64, num_heads=2), std=0.1)
+    path = tmp_path / 'iter_1.pth'
+    torch.save({'state_dict': {f'denoiser.{k}': v for k, v in trained.state_dict().items()}}, path)
+    (tmp_path / 'last_checkpoint').write_text(str(path))
+    model.base_checkpoint = str(tmp_path)
+    model.load_base()
+    x, t, y = torch.randn(1, 4, 8, 8), torch.tensor([3]), torch.tensor([0])
+    torch.testing.assert_close(model(x, t, y), trained.eval()(x, t, y))
+    torch.save({**trained.state_dict(), 'blocks.0.attn.qkv.weight': torch.zeros(1), 'extra': torch.zeros(1)}, path)
+    with pytest.raises(RuntimeError, match=r"unexpected keys \['extra'\].*blocks.0.attn.qkv.weight: \(1,\)"):
+        load_denoiser_checkpoint(base, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Engine
+# ----------------------------------------------------------------------------------------------------------------
+def _batch(count=2, size=16, seed=1):
+    dataset = SyntheticDiffusionPairs(count, size, seed=seed)
+    return diffusion_collate([dataset[i] for i in range(count)])
+
+
+def test_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = DiffusionModel(dict(type=dit.dit_tiny, in_channels=3, num_classes=3, hidden_size=32, num_heads=2,
+                                depth=2, learn_sigma=True))
+    data = model.data_preprocessor(_batch(4), training=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        torch.manual_seed(0)  # same t and noise every step: the loss must fall
+        loss = model(**data, mode='loss')['loss']
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+class _OracleDenoiser(nn.Module):
+    """The exact noise prediction when every image equals one fixed x0: eps = (x_t - sqrt(a) x0) / sqrt(1 - a)."""
+
+    def __init__(self, x0, alphas_cumprod):
+        super().__init__()
+        self.in_channels = self.out_channels = x0.shape[0]
+        self.input_size, self.num_classes = x0.shape[-1], 0
+        self.register_buffer('x0', x0)
+        self.register_buffer('alphas', alphas_cumprod)
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t, y=None, **cond):
+        a = self.alphas[t.long()].view(-1, 1, 1, 1)
+        return (x - a.sqrt() * self.x0) / (1 - a).sqrt()
+
+
+@pytest.mark.parametrize('sampler', ['dpm_solver', 'ddim', 'ddpm'])
+def test_samplers_recover_the_data_point_with_an_exact_denoiser(sampler):
+    x0 = torch.rand(3, 8, 8) * 1.6 - 0.8
+    with pytest.raises(AttributeError, match='lacks the attribute'):
+        DiffusionModel(nn.Identity())
+    from diffusers import DDPMScheduler
+    alphas = DDPMScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule='linear').alphas_cumprod
+    model = DiffusionModel(_OracleDenoiser(x0, alphas), sampler=sampler, num_inference_steps=10)
+    out = model.sample((2, 3, 8, 8))
+    torch.testing.assert_close(out, x0.expand(2, -1, -1, -1), atol=2e-3, rtol=0)
+    again = model.sample((2, 3, 8, 8))
+    torch.testing.assert_close(out, again, rtol=0, atol=0)
+
+
+def test_predict_with_guidance_and_seeded_noise():
+    torch.manual_seed(0)
+    model = DiffusionModel(_randomise(dit.dit_tiny(in_channels=3, num_classes=3, hidden_size=32, num_heads=2,
+                                                   depth=2)), num_inference_steps=3, guidance_scale=3.0).eval()
+    data = model.data_preprocessor(_batch(2))
+    with torch.no_grad():
+        first = model(**data, mode='predict')
+        again = model(**model.data_preprocessor(_batch(2)), mode='predict')
+        model.guidance_scale = 1.0
+        plain = model(**model.data_preprocessor(_batch(2)), mode='predict')
+    assert first[0].pred_img.shape == (3, 16, 16) and first[0].pred_img.dtype == torch.uint8
+    assert torch.equal(first[1].pred_img, again[1].pred_img)
+    assert not torch.equal(first[0].pred_img, plain[0].pred_img)
+    assert model(**data, mode='tensor').shape == (2, 6, 16, 16)
+    with pytest.raises(ValueError, match='sampler'):
+        DiffusionModel(dit.dit_tiny(), sampler='euler')
+
+
+def _controlled_model(**kwargs):
+    base = _randomise(_tiny_pixart(depth=21, hidden_size=64, num_heads=2, in_channels=3, num_classes=3))
+    denoiser = RelaCtrlPixArt(base, group_multiple=8)
+    _randomise(denoiser.controlnet)
+    return ControlledDiffusionModel(denoiser, num_inference_steps=2, **kwargs).eval()
+
+
+def test_controlled_model_and_metrics_report_base_and_control():
+    model = _controlled_model()
+    batch = _batch(2)
+    with torch.no_grad():
+        samples = model(**model.data_preprocessor(batch), mode='predict')
+        losses = model.train()(**model.data_preprocessor(batch, training=True), mode='loss')
+    assert torch.isfinite(losses['loss'])
+    assert samples[0].pred_img.shape == samples[0].base_img.shape == (3, 16, 16)
+    assert not torch.equal(samples[0].pred_img, samples[0].base_img)
+    fidelity, quality = ControlFidelityMetric(), SampleQualityMetric()
+    for metric in (fidelity, quality):
+        metric.process(None, [s.to_dict() for s in samples])
+    scores = fidelity.compute_metrics(fidelity.results)
+    assert set(scores) >= {'control_f1', 'base_control_f1'} and 0 <= scores['control_f1'] <= 1
+    assert set(quality.compute_metrics(quality.results)) == {'psnr', 'ssim', 'base_psnr', 'base_ssim'}
+    no_control = [BaseDataElement(gt_label=torch.tensor(0))] * 2
+    with pytest.raises(ValueError, match='control map'):
+        model(**model.data_preprocessor({'inputs': batch['inputs'], 'data_samples': no_control}), mode='loss')
+
+
+def test_edge_f1_on_known_maps():
+    edges = np.zeros((10, 10), bool)
+    edges[2:8, 4] = True
+    shifted = np.roll(edges, 1, axis=1)
+    assert edge_f1(edges, edges)['f1'] == 1.0
+    assert edge_f1(shifted, edges, tolerance=1)['f1'] == 1.0
+    assert edge_f1(shifted, edges, tolerance=0)['f1'] == 0.0
+    assert edge_f1(np.zeros_like(edges), edges)['f1'] == 0.0
+    half = edges.copy()
+    half[5:] = False
+    scores = edge_f1(half, edges, tolerance=0)
+    assert scores['precision'] == 1.0 and scores['recall'] == 0.5 and abs(scores['f1'] - 2 / 3) < 1e-9
+    with pytest.raises(ValueError, match='shape'):
+        edge_f1(edges, edges[:5])
+
+
+def test_control_fidelity_of_the_real_image_is_perfect():
+    dataset = SyntheticDiffusionPairs(4, 32, seed=3)
+    metric = ControlFidelityMetric(tolerance=0)
+    metric.process(None, [{'pred_img': item['img'].numpy(), 'control': item['control'].numpy()}
+                          for item in (dataset[i] for i in range(4))])
+    assert metric.compute_metrics(metric.results)['control_f1'] == 1.0
+    # tensors that NumPy cannot read directly (on a GPU, or needing grad) are detached and copied first
+    metric = ControlFidelityMetric(tolerance=0)
+    metric.process(None, [{'pred_img': item['img'], 'control': item['control'].float().requires_grad_()}
+                          for item in (dataset[i] for i in range(4))])
+    assert metric.compute_metrics(metric.results)['control_f1'] == 1.0
+
+
+def test_latent_diffusion_with_a_tiny_vae():
+    from diffusers import AutoencoderKL
+    vae = dict(type=AutoencoderKL, from_pretrained='not/downloaded', block_out_channels=(8, 8),
+               down_block_types=('DownEncoderBlock2D',) * 2, up_block_types=('UpDecoderBlock2D',) * 2,
+               layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=16)
+    torch.manual_seed(0)
+    model = DiffusionModel(dict(type=dit.dit_tiny, input_size=8, in_channels=4, num_classes=3, hidden_size=32,
+                                num_heads=2, depth=2), vae=vae, pretrained=False, num_inference_steps=2)
+    assert all(not p.requires_grad for p in model.vae.parameters())
+    batch = _batch(2)
+    losses = model.train()(**model.data_preprocessor(batch, training=True), mode='loss')
+    assert model.vae.training is False and torch.isfinite(losses['loss'])
+    with torch.no_grad():
+        samples = model.eval()(**model.data_preprocessor(batch), mode='predict')
+    assert samples[0].pred_img.shape == (3, 16, 16)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data, configs, tool
+# ----------------------------------------------------------------------------------------------------------------
+def test_synthetic_pairs_are_deterministic_and_paired():
+    dataset = SyntheticDiffusionPairs(16, 32, seed=0)
+    first, again = dataset[5], SyntheticDiffusionPairs(16, 32, seed=0)[5]
+    assert torch.equal(first['img'], again['img']) and first['gt_label'] == again['gt_label']
+    assert not torch.equal(first['img'], dataset[6]['img'])
+    assert first['img'].shape == (3, 32, 32) and first['control'].shape == (1, 32, 32)
+    assert set(first['control'].unique().tolist()) <= {0, 255} and first['control'].any()
+    edges = canny_edges(first['img'].permute(1, 2, 0).numpy())
+    assert np.array_equal(edges, first['control'][0].numpy() > 0)
+    assert {dataset[i]['gt_label'] for i in range(16)} <= {0, 1, 2}
+    with pytest.raises(ValueError, match='at least 16'):
+        SyntheticDiffusionPairs(4, 8)
+
+
+def test_image_folder_canny_dataset(tmp_path):
+    from PIL import Image
+    for label, name in enumerate(('cats', 'dogs')):
+        (tmp_path / name).mkdir()
+        image = np.zeros((40, 60, 3), np.uint8)
+        image[10:30, 20 + 10 * label:40 + 10 * label] = 255
+        Image.fromarray(image).save(tmp_path / name / 'a.png')
+    dataset = ImageFolderCannyDataset(tmp_path, img_size=32, canny_sigma=1.0)
+    assert dataset.classes == ('cats', 'dogs') and len(dataset) == 2
+    item = dataset[1]
+    assert item['img'].shape == (3, 32, 32) and item['gt_label'] == 1 and item['control'].any()
+    with pytest.raises(FileNotFoundError):
+        ImageFolderCannyDataset(tmp_path / 'nothing')
+
+
+def test_relactrl_config_refuses_a_missing_base_run():
+    """tests/test_configs.py runs loss and predict for every diffusion config; here the base checkpoint's error."""
+    cfg = Config.fromfile(ROOT / 'configs' / 'diffusion' / 'relactrl_pixart_tiny_synthetic_pairs.py')
+    model = MODELS.build(cfg.model)
+    assert isinstance(model, ControlledDiffusionModel)
+    with pytest.raises(FileNotFoundError, match='train the base'):
+        model.init_weights()  # the base run's work dir does not exist here
+
+
+def test_relevance_score_ranks_every_block():
+    spec = importlib.util.spec_from_file_location('relevance_score', ROOT / 'tools' / 'relevance_score.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    model = _controlled_model()
+    report = tool.relevance_scores(model, [_batch(2)], progress=False)
+    assert sorted(report['ranking']) == list(range(11))
+    assert {row['after_base_block'] for row in report['blocks']} == set(RELACTRL_CONTROL_INDICES)
+    assert model.denoiser.skip_blocks == set()

@@ -1,0 +1,415 @@
+"""Diffusion as an mmengine model: collate, data preprocessor, the DiffusionModel task model (epsilon-prediction
+training with diffusers' DDPMScheduler, sampling with DPM-Solver++ / DDIM / DDPM and classifier-free guidance), the
+ControlledDiffusionModel for control nets such as RelaCtrl, and offline metrics.
+
+The denoiser is any module of the interface in heads/diffusion/dit.py: attributes in_channels, out_channels,
+input_size, num_classes; ``forward(x, t, y=None, **cond)``. Diffusion runs in pixel space (images scaled to [-1, 1])
+unless a VAE is given (diffusers' AutoencoderKL: latents = scaling_factor x the posterior sample).
+
+Metrics (offline proxies; the RelaCtrl paper reports FID for quality and a Hausdorff-distance control score, and
+DiT FID-50K): :class:`ControlFidelityMetric` is the F1 between the control edges and the Canny edges of the
+generated image, matched within a pixel tolerance; :class:`SampleQualityMetric` is PSNR / SSIM of the generated
+image against the real image of the same (label, control) pair, which only makes sense where the condition pins
+the image down, as in the synthetic pairs.
+"""
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.evaluator import BaseMetric
+from mmengine.model import BaseDataPreprocessor
+from mmengine.structures import BaseDataElement
+
+from visionattn.data.diffusion import ImageFolderCannyDataset, SyntheticDiffusionPairs, canny_edges
+
+from .base import TaskModel
+from .registry import DATASETS, FUNCTIONS, METRICS, MODELS
+
+__all__ = ['diffusion_collate', 'DiffusionDataPreprocessor', 'DiffusionModel', 'ControlledDiffusionModel',
+           'ControlFidelityMetric', 'SampleQualityMetric', 'edge_f1']
+
+SAMPLERS = ('dpm_solver', 'ddim', 'ddpm')
+DATASETS.register_module(module=SyntheticDiffusionPairs)
+DATASETS.register_module(module=ImageFolderCannyDataset)
+
+
+@FUNCTIONS.register_module()
+def diffusion_collate(batch: Sequence[Dict]) -> Dict:
+    """Stack images (uint8 [C, H, W] or [C, T, H, W]); labels, controls and meta go to one data sample per item."""
+    if not batch:
+        raise ValueError('diffusion_collate got an empty batch')
+    shapes = {tuple(item['img'].shape) for item in batch}
+    if len(shapes) != 1:
+        raise ValueError(f'diffusion batches need images of one size, got {sorted(shapes)}')
+    samples = []
+    for item in batch:
+        fields = {}
+        if 'gt_label' in item:
+            fields['gt_label'] = torch.as_tensor(item['gt_label'], dtype=torch.long)
+        if 'control' in item:
+            fields['control'] = torch.as_tensor(item['control'])
+        samples.append(BaseDataElement(**fields, metainfo=dict(item.get('meta', {}))))
+    return {'inputs': torch.stack([torch.as_tensor(item['img']) for item in batch]), 'data_samples': samples}
+
+
+@MODELS.register_module()
+class DiffusionDataPreprocessor(BaseDataPreprocessor):
+    """Moves a batch to the device and scales uint8 images to [-1, 1] (float inputs pass unchanged)."""
+
+    def forward(self, data: Dict, training: bool = False) -> Dict:
+        data = self.cast_data(data)
+        inputs = data['inputs']
+        if inputs.dtype == torch.uint8:
+            inputs = inputs.float() / 127.5 - 1.0
+        return {'inputs': inputs, 'data_samples': data.get('data_samples')}
+
+
+def _build(cfg, what: str):
+    if cfg is None or isinstance(cfg, nn.Module):
+        return cfg
+    if isinstance(cfg, dict):
+        cfg = dict(cfg)
+        factory = cfg.pop('type')
+        if isinstance(factory, str):
+            return MODELS.build(dict(type=factory, **cfg))
+        return factory(**cfg)
+    raise TypeError(f'{what} must be a config dict or an nn.Module, got {type(cfg).__name__}')
+
+
+def _build_vae(cfg, pretrained: bool):
+    if isinstance(cfg, dict) and 'from_pretrained' in cfg:
+        cfg = dict(cfg)
+        source, factory = cfg.pop('from_pretrained'), cfg.pop('type')
+        if pretrained:
+            subfolder = cfg.pop('subfolder', None)
+            return factory.from_pretrained(source, **({'subfolder': subfolder} if subfolder else {}))
+        cfg.pop('subfolder', None)
+        return factory(**cfg)
+    return _build(cfg, 'vae')
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+@MODELS.register_module()
+class DiffusionModel(TaskModel):
+    """A denoiser trained to predict the noise, behind mmengine's ``forward(inputs, data_samples, mode)``.
+
+    Args:
+        denoiser: Config dict (``type=`` a factory or class) or module.
+        num_train_timesteps, beta_schedule, beta_start, beta_end: Training noise (diffusers DDPMScheduler; DiT's
+            linear 1e-4..0.02 over 1000 steps by default).
+        sampler: 'dpm_solver' (DPMSolverMultistepScheduler, DPM-Solver++ order 2), 'ddim' or 'ddpm'.
+        num_inference_steps: Sampling steps.
+        guidance_scale: Classifier-free guidance scale on the noise prediction (1 = none); needs a denoiser with
+            a null label (class dropout > 0).
+        vae: Optional frozen VAE (config or module, diffusers AutoencoderKL API) for latent diffusion. A config
+            may name ``from_pretrained`` (a hub id or folder, e.g. 'stabilityai/sd-vae-ft-ema') beside the
+            architecture arguments: the weights are read from it when ``pretrained`` is True, else the architecture
+            is built with random weights (tests, or before loading a checkpoint that holds the VAE).
+        pretrained: Read the VAE's ``from_pretrained`` weights.
+        sample_seed: Sampling noise of item i is drawn from a generator seeded (sample_seed, meta['index']) so a
+            sample does not depend on its batch.
+        data_preprocessor: Config; default :class:`DiffusionDataPreprocessor`.
+        init_cfg: mmengine initialisation config (none: the denoiser keeps its own initialisation).
+    """
+
+    def __init__(self, denoiser: Union[Dict, nn.Module], num_train_timesteps: int = 1000,
+                 beta_schedule: str = 'linear', beta_start: float = 1e-4, beta_end: float = 0.02,
+                 sampler: str = 'dpm_solver', num_inference_steps: int = 20, guidance_scale: float = 1.0,
+                 vae: Union[None, Dict, nn.Module] = None, pretrained: bool = True, sample_seed: int = 0,
+                 data_preprocessor: Optional[Dict] = None, init_cfg: Optional[Dict] = None):
+        if sampler not in SAMPLERS:
+            raise ValueError(f'sampler must be one of {SAMPLERS}, got {sampler!r}')
+        if num_inference_steps < 1:
+            raise ValueError(f'num_inference_steps must be positive, got {num_inference_steps}')
+        super().__init__(data_preprocessor=data_preprocessor or dict(type=DiffusionDataPreprocessor),
+                         init_cfg=init_cfg)
+        self.denoiser = _build(denoiser, 'denoiser')
+        for name in ('in_channels', 'out_channels', 'num_classes'):
+            if not hasattr(self.denoiser, name):
+                raise AttributeError(f'the denoiser {type(self.denoiser).__name__} lacks the attribute {name!r} of '
+                                     'the denoiser interface')
+        if self.denoiser.out_channels not in (self.denoiser.in_channels, 2 * self.denoiser.in_channels):
+            raise ValueError(f'denoiser out_channels must be in_channels or 2 x in_channels, got '
+                             f'{self.denoiser.out_channels} for {self.denoiser.in_channels}')
+        self.pretrained = pretrained
+        self.vae = _build_vae(vae, pretrained)
+        if self.vae is not None:
+            self.vae.requires_grad_(False).eval()
+        from diffusers import DDPMScheduler
+        self.noise_config = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                                 beta_start=beta_start, beta_end=beta_end)
+        self.train_scheduler = DDPMScheduler(**self.noise_config, clip_sample=False)
+        self.sampler, self.num_inference_steps = sampler, num_inference_steps
+        self.guidance_scale, self.sample_seed = guidance_scale, sample_seed
+
+    # -- latent space ------------------------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] to the diffusion space (identity in pixel space)."""
+        if self.vae is None:
+            return images
+        with torch.no_grad():
+            return self.vae.encode(images).latent_dist.sample() * self.vae.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return latents
+        with torch.no_grad():
+            return self.vae.decode(latents / self.vae.config.scaling_factor).sample
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.vae is not None:
+            self.vae.eval()
+        return self
+
+    # -- conditions --------------------------------------------------------------------------------------------
+    def _labels(self, data_samples, batch: int, device) -> Optional[torch.Tensor]:
+        if self.denoiser.num_classes <= 0:
+            return None
+        if not data_samples or any(s.get('gt_label') is None for s in data_samples):
+            raise ValueError(f'the denoiser is class-conditional ({self.denoiser.num_classes} classes): every data '
+                             'sample needs a gt_label')
+        labels = torch.stack([s.gt_label.reshape(()) for s in data_samples]).to(device)
+        if labels.shape != (batch,):
+            raise ValueError(f'{labels.shape[0]} labels for {batch} inputs')
+        return labels
+
+    def conditions(self, inputs: torch.Tensor, data_samples) -> Dict:
+        """Keyword conditions passed to the denoiser besides y (none here; the controlled model adds control)."""
+        return {}
+
+    # -- modes -------------------------------------------------------------------------------------------------
+    def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
+                mode: str = 'tensor'):
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        if mode == 'tensor':
+            x0 = self.encode(inputs)
+            t = torch.full((x0.shape[0],), self.noise_config['num_train_timesteps'] // 2, device=x0.device)
+            return self.denoiser(x0, t, self._labels(data_samples, x0.shape[0], x0.device),
+                                 **self.conditions(inputs, data_samples))
+        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+    def loss(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None) -> Dict:
+        """MSE between the noise and the first in_channels channels of the prediction at uniform random t.
+
+        With learn_sigma/pred_sigma the variance channels get no loss here (DiT and PixArt add the VLB term of
+        improved DDPM for them; not implemented: samplers here use only the noise prediction)."""
+        x0 = self.encode(inputs)
+        batch = x0.shape[0]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.noise_config['num_train_timesteps'], (batch,), device=x0.device)
+        x_t = self.train_scheduler.add_noise(x0, noise, t)
+        out = self.denoiser(x_t, t, self._labels(data_samples, batch, x0.device),
+                            **self.conditions(inputs, data_samples))
+        if out.shape[0] != batch or out.shape[1] != self.denoiser.out_channels or out.shape[2:] != x0.shape[2:]:
+            raise ValueError(f'the denoiser returned {tuple(out.shape)}, expected [B, {self.denoiser.out_channels}, '
+                             f'{", ".join(map(str, x0.shape[2:]))}]')
+        loss = F.mse_loss(out[:, :self.denoiser.in_channels].float(), noise.float())
+        return {'loss': loss}
+
+    def _make_scheduler(self):
+        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+        if self.sampler == 'dpm_solver':
+            return DPMSolverMultistepScheduler(**self.noise_config, algorithm_type='dpmsolver++', solver_order=2)
+        if self.sampler == 'ddim':
+            return DDIMScheduler(**self.noise_config, clip_sample=False, set_alpha_to_one=True)
+        return DDPMScheduler(**self.noise_config, clip_sample=False)
+
+    def _noise(self, shape, data_samples, device, dtype) -> torch.Tensor:
+        batch = shape[0]
+        draws = []
+        for i in range(batch):
+            index = i
+            if data_samples is not None and 'index' in data_samples[i].metainfo:
+                index = int(data_samples[i].metainfo['index'])
+            generator = torch.Generator().manual_seed(int(np.random.SeedSequence(
+                [self.sample_seed, index]).generate_state(1)[0]))
+            draws.append(torch.randn(shape[1:], generator=generator))
+        return torch.stack(draws).to(device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def sample(self, shape: Sequence[int], labels: Optional[torch.Tensor] = None, conditions: Optional[Dict] = None,
+               data_samples=None, guidance_scale: Optional[float] = None,
+               num_inference_steps: Optional[int] = None) -> torch.Tensor:
+        """Sample ``shape`` ([B, C, *spatial] in the diffusion space) with the configured sampler; returns x0."""
+        device = next(self.denoiser.parameters()).device
+        dtype = next(self.denoiser.parameters()).dtype
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        guided = scale != 1.0 and labels is not None
+        conditions = dict(conditions or {})
+        if guided:
+            labels = torch.cat([labels, torch.full_like(labels, self.denoiser.num_classes)])
+            conditions = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in conditions.items()}
+        scheduler = self._make_scheduler()
+        scheduler.set_timesteps(num_inference_steps or self.num_inference_steps, device=device)
+        x = self._noise(shape, data_samples, device, dtype) * scheduler.init_noise_sigma
+        generator = torch.Generator(device=device).manual_seed(self.sample_seed)  # DDPM's per-step noise
+        channels = self.denoiser.in_channels
+        for t in scheduler.timesteps:
+            model_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+            t_batch = t.reshape(1).expand(model_in.shape[0]).to(device)
+            eps = self.denoiser(model_in, t_batch, labels, **conditions)[:, :channels]
+            if guided:
+                cond_eps, uncond_eps = eps.chunk(2)
+                eps = uncond_eps + scale * (cond_eps - uncond_eps)
+            kwargs = {'generator': generator} if self.sampler == 'ddpm' else {}
+            x = scheduler.step(eps, t, x, **kwargs).prev_sample
+        return x
+
+    def predict(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None):
+        """Samples one image per input (its label and conditions); sets ``pred_img`` (uint8 [C, ...]) and, for
+        the metrics, ``gt_img`` (the real image, uint8) on each data sample."""
+        batch = inputs.shape[0]
+        if data_samples is None:
+            data_samples = [BaseDataElement(metainfo={'index': i}) for i in range(batch)]
+        latent_shape = self.encode(inputs[:1]).shape[1:]
+        labels = self._labels(data_samples, batch, inputs.device)
+        x0 = self.sample((batch, *latent_shape), labels, self.conditions(inputs, data_samples), data_samples)
+        images = _to_uint8(self.decode(x0))
+        for sample, image, real in zip(data_samples, images, _to_uint8(inputs)):
+            sample.set_data({'pred_img': image, 'gt_img': real})
+        return data_samples
+
+
+@MODELS.register_module()
+class ControlledDiffusionModel(DiffusionModel):
+    """DiffusionModel for a control net (RelaCtrl): the data samples' ``control`` edge maps (uint8 [1, H, W],
+    0/255) become a control image like the input ([-1, 1], repeated to the image's channels, through the VAE in
+    latent mode) passed to the denoiser as ``control=``.
+
+    Args:
+        compare_base: In predict mode also sample the base alone (no control, same noise) into ``base_img``, so
+            the metrics report controlled and uncontrolled fidelity side by side.
+        **kwargs: As :class:`DiffusionModel`.
+    """
+
+    def __init__(self, *args, compare_base: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.compare_base = compare_base
+
+    def init_weights(self) -> None:
+        """Loads the trained base into the control net (its ``load_base``) before training, then the init_cfg."""
+        if hasattr(self.denoiser, 'load_base'):
+            from .runner import load_training_checkpoint
+            self.denoiser.load_base(loader=load_training_checkpoint)
+        super().init_weights()
+
+    def conditions(self, inputs: torch.Tensor, data_samples) -> Dict:
+        if not data_samples or any(s.get('control') is None for s in data_samples):
+            raise ValueError('a controlled diffusion model needs a control map in every data sample')
+        control = torch.stack([s.control for s in data_samples]).to(inputs.device)
+        if control.shape[-2:] != inputs.shape[-2:]:
+            raise ValueError(f'control maps {tuple(control.shape)} and images {tuple(inputs.shape)} differ in size')
+        control = control.float() / 127.5 - 1.0 if control.dtype == torch.uint8 else control.float()
+        if control.shape[1] != inputs.shape[1]:
+            control = control[:, :1].expand(-1, inputs.shape[1], *(-1,) * (control.ndim - 2))
+        return {'control': self.encode(control.to(inputs.dtype))}
+
+    def predict(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None):
+        data_samples = super().predict(inputs, data_samples)
+        if self.compare_base:
+            latent_shape = self.encode(inputs[:1]).shape[1:]
+            labels = self._labels(data_samples, inputs.shape[0], inputs.device)
+            x0 = self.sample((inputs.shape[0], *latent_shape), labels, {}, data_samples)
+            for sample, image in zip(data_samples, _to_uint8(self.decode(x0))):
+                sample.set_data({'base_img': image})
+        return data_samples
+
+
+def edge_f1(pred_edges: np.ndarray, gt_edges: np.ndarray, tolerance: int = 1) -> Dict[str, float]:
+    """Precision / recall / F1 of binary edge maps, a pixel counting as matched within ``tolerance`` pixels
+    (chessboard distance) of an edge of the other map. Two empty maps score 1; one empty map scores 0."""
+    from scipy.ndimage import binary_dilation
+    pred_edges, gt_edges = np.asarray(pred_edges, bool), np.asarray(gt_edges, bool)
+    if pred_edges.shape != gt_edges.shape:
+        raise ValueError(f'edge maps differ in shape: {pred_edges.shape} vs {gt_edges.shape}')
+    if not pred_edges.any() and not gt_edges.any():
+        return {'precision': 1.0, 'recall': 1.0, 'f1': 1.0}
+    structure = np.ones((2 * tolerance + 1,) * 2, bool)
+    near_gt = binary_dilation(gt_edges, structure) if tolerance > 0 else gt_edges
+    near_pred = binary_dilation(pred_edges, structure) if tolerance > 0 else pred_edges
+    precision = float((pred_edges & near_gt).sum() / max(pred_edges.sum(), 1))
+    recall = float((gt_edges & near_pred).sum() / max(gt_edges.sum(), 1))
+    f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return {'precision': precision, 'recall': recall, 'f1': f1}
+
+
+def _as_numpy(x) -> np.ndarray:
+    """A data sample's field as a NumPy array: tensors from the GPU (or needing grad) are detached and copied first."""
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+@METRICS.register_module()
+class ControlFidelityMetric(BaseMetric):
+    """Edge-map F1 between each sample's control edges and the Canny edges of its generated image (``pred_img``),
+    and of the uncontrolled ``base_img`` where present (``base_*`` keys): the control fidelity proxy.
+
+    Args:
+        tolerance: Matching tolerance in pixels.
+        canny_sigma: Canny sigma for the generated images (that of the dataset's control maps).
+    """
+    default_prefix = 'diffusion'
+
+    def __init__(self, tolerance: int = 1, canny_sigma: float = 1.0, collect_device: str = 'cpu',
+                 prefix: Optional[str] = None):
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        self.tolerance, self.canny_sigma = tolerance, canny_sigma
+
+    def process(self, data_batch, data_samples: Sequence) -> None:
+        for sample in data_samples:
+            sample = sample.to_dict() if hasattr(sample, 'to_dict') else sample
+            if sample.get('control') is None:
+                raise KeyError('ControlFidelityMetric needs the control map in each data sample')
+            control = _as_numpy(sample['control'])
+            control = control.reshape(control.shape[-2:]) > 0
+            result = {}
+            for key, prefix in (('pred_img', ''), ('base_img', 'base_')):
+                if sample.get(key) is None:
+                    continue
+                image = _as_numpy(sample[key]).transpose(1, 2, 0)
+                scores = edge_f1(canny_edges(image, self.canny_sigma), control, self.tolerance)
+                result.update({prefix + k: v for k, v in scores.items()})
+            self.results.append(result)
+
+    def compute_metrics(self, results: List[Dict]) -> Dict[str, float]:
+        keys = sorted({k for r in results for k in r})
+        renamed = {'f1': 'control_f1', 'precision': 'control_precision', 'recall': 'control_recall',
+                   'base_f1': 'base_control_f1', 'base_precision': 'base_control_precision',
+                   'base_recall': 'base_control_recall'}
+        return {renamed[k]: float(np.mean([r[k] for r in results if k in r])) for k in keys}
+
+
+@METRICS.register_module()
+class SampleQualityMetric(BaseMetric):
+    """Reconstruction-style quality proxy: PSNR (dB) and SSIM of ``pred_img`` (and ``base_img``) against the real
+    image ``gt_img`` of the same condition."""
+    default_prefix = 'diffusion'
+
+    def process(self, data_batch, data_samples: Sequence) -> None:
+        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+        for sample in data_samples:
+            sample = sample.to_dict() if hasattr(sample, 'to_dict') else sample
+            real = _as_numpy(sample['gt_img'])
+            result = {}
+            for key, prefix in (('pred_img', ''), ('base_img', 'base_')):
+                if sample.get(key) is None:
+                    continue
+                fake = _as_numpy(sample[key])
+                result[prefix + 'psnr'] = float(peak_signal_noise_ratio(real, fake, data_range=255))
+                if real.ndim == 3 and min(real.shape[-2:]) >= 7:
+                    result[prefix + 'ssim'] = float(structural_similarity(real, fake, channel_axis=0,
+                                                                          data_range=255))
+            self.results.append(result)
+
+    def compute_metrics(self, results: List[Dict]) -> Dict[str, float]:
+        keys = sorted({k for r in results for k in r})
+        return {k: float(np.mean([r[k] for r in results if k in r])) for k in keys}
+

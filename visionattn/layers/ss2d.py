@@ -1,0 +1,301 @@
+"""VMamba's 2-D selective scan (SS2D) and Swin's shifted-window attention, as LaMamba / LaMamba-Diff use them.
+
+SS2D: Liu et al., "VMamba: Visual State Space Model", NeurIPS 2024, arXiv:2401.10166 (github.com/MzeroMiko/VMamba,
+MIT), in the ``forward_type='v2'`` form that LaMamba-Diff vendors (github.com/yunxiangfu2001/LaMamba-Diff,
+model/vmamba.py ``SS2D.__initv2__`` / ``forwardv2`` / ``forward_corev2``, MIT). Parameter names and initialisation
+follow that code (``in_proj``, ``conv2d``, ``x_proj_weight``, ``dt_projs_weight``, ``dt_projs_bias``, ``A_logs``,
+``Ds``, ``out_norm``, ``out_proj``), so its state dicts map one to one.
+
+LaMamba-Diff's "continuous scan" (model/continuous_scan.py) replaces VMamba's raster orders by four snake paths
+that never jump across the image: two row-wise (from the top-left and bottom-left corners) and two column-wise (from
+the bottom-left and bottom-right corners). The official code only handles square maps; here the same paths are
+defined for any H x W (identical for H == W).
+
+Shifted-window attention: Liu et al., "Swin Transformer", ICCV 2021, arXiv:2103.14030 (github.com/microsoft/
+Swin-Transformer, MIT), with LaMamba-Diff's parameter names (``qkv``, ``proj``, ``relative_position_bias_table``).
+"""
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from torch import nn
+
+from visionattn.ops import cross_merge, cross_scan, selective_scan
+
+__all__ = ['SS2D', 'ShiftedWindowAttention', 'continuous_scan_paths', 'selective_scan_flops']
+
+
+def selective_scan_flops(batch: int, seq_len: int, dim: int, d_state: int, with_d: bool = True,
+                         with_z: bool = False) -> int:
+    """Multiply-adds of one selective scan as VMamba counts them (``flops_selective_scan_fn``, which LaMamba-Diff's
+    ``flops()`` registers for its scan through ``selective_scan_flop_jit``): 9 B L D N, plus B D L for the D skip and
+    B D L for the z gate. ``dim`` is the scanned channel count (all K directions together)."""
+    flops = 9 * batch * seq_len * dim * d_state
+    if with_d:
+        flops += batch * dim * seq_len
+    if with_z:
+        flops += batch * dim * seq_len
+    return flops
+
+
+def continuous_scan_paths(height: int, width: int, device=None) -> torch.Tensor:
+    """LaMamba-Diff's four snake scan orders: [4, H*W] flat (row-major) indices, in scan order.
+
+    Paths 0-1 run along rows (starting at the top-left, then the bottom-left corner), turning at every row end;
+    paths 2-3 run along columns, starting at the bottom-left and the bottom-right corner, turning at every column end
+    (model/continuous_scan.py ``get_continuous_paths``; its N is generalised to H and W).
+    """
+    rows = torch.arange(height, device=device)[:, None]
+    cols = torch.arange(width, device=device)[None, :]
+    snake_cols = torch.where(rows % 2 == 0, cols, width - 1 - cols)  # [H, W]: column visited at step (row, j)
+    path_top = rows * width + snake_cols
+    path_bottom = (height - 1 - rows) * width + snake_cols
+    cols_t = torch.arange(width, device=device)[:, None]
+    rows_t = torch.arange(height, device=device)[None, :]
+    snake_rows = torch.where(cols_t % 2 == 0, rows_t, height - 1 - rows_t)  # [W, H]: row visited at step (col, i)
+    path_left = (height - 1 - snake_rows) * width + cols_t
+    path_right = (height - 1 - snake_rows) * width + (width - 1 - cols_t)
+    return torch.stack([path_top.flatten(), path_bottom.flatten(), path_left.flatten(), path_right.flatten()])
+
+
+def _ss2d_core(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
+               dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor, continuous: bool,
+               force_fp32: bool) -> torch.Tensor:
+    """Four-direction selective scan of x [B, D, H, W] -> merged [B, H, W, D] (fp32 when ``force_fp32``)."""
+    batch, dim, height, width = x.shape
+    seq_len = height * width
+    n_dirs, _, dt_rank = dt_projs_weight.shape
+    d_state = A_logs.shape[1]
+    if continuous:
+        paths = continuous_scan_paths(height, width, x.device)
+        xs = x.flatten(2)[:, None].expand(batch, n_dirs, dim, seq_len).gather(
+            3, paths[None, :, None, :].expand(batch, n_dirs, dim, seq_len))
+    else:
+        xs = cross_scan(x)  # [B, 4, D, L]
+    x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, x_proj_weight)
+    dts, Bs, Cs = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=2)
+    dts = torch.einsum('bkrl,kdr->bkdl', dts, dt_projs_weight)
+    xs = xs.reshape(batch, n_dirs * dim, seq_len)
+    dts = dts.reshape(batch, n_dirs * dim, seq_len)
+    As = -torch.exp(A_logs.float())
+    if force_fp32:  # official forward_type 'v2' runs the scan in fp32 (no 'no32' postfix)
+        xs, dts, Bs, Cs = xs.float(), dts.float(), Bs.float(), Cs.float()
+    if xs.is_meta:  # shapes only (profile.measure): skip the reference's step-by-step loop, which computes nothing
+        ys = torch.empty(xs.shape, dtype=torch.float32 if force_fp32 else xs.dtype, device=xs.device)
+    else:
+        ys = selective_scan(xs, dts, As, Bs.contiguous(), Cs.contiguous(), Ds.float(),
+                            delta_bias=dt_projs_bias.reshape(-1).float(), delta_softplus=True)
+    ys = ys.view(batch, n_dirs, dim, seq_len)
+    if continuous:
+        # Each direction's output goes back to its row-major position; the four are summed.
+        inverse = torch.argsort(paths, dim=1)
+        y = ys.gather(3, inverse[None, :, None, :].expand(batch, n_dirs, dim, seq_len)).sum(1)
+    else:
+        y = cross_merge(ys, height, width)
+    return y.transpose(1, 2).reshape(batch, height, width, dim)
+
+
+# Opaque to torch.fx: the scan orders depend on the input size and the op chooses its backend at run time.
+torch.fx.wrap('_ss2d_core')
+
+
+class SS2D(nn.Module):
+    """VMamba's SS2D (``forward_type='v2'``) on channels-last maps [B, H, W, C].
+
+    ``in_proj`` -> (x, z); x: depthwise conv -> SiLU -> selective scan along four directions (per direction its own
+    ``x_proj`` / ``dt_proj`` / A / D) -> merge -> LayerNorm; times SiLU(z); ``out_proj``.
+
+    Args:
+        d_model: Input/output channels.
+        d_state: State size N of the scan.
+        ssm_ratio: Inner width / d_model.
+        dt_rank: Rank of the step-size projection; 'auto' = ceil(d_model / 16).
+        d_conv: Depthwise conv kernel size (< 2: no conv).
+        conv_bias: Bias in the depthwise conv.
+        bias: Bias in ``in_proj`` / ``out_proj``.
+        dropout: Dropout after ``out_proj``.
+        continuous_scan: LaMamba-Diff's snake scan orders instead of VMamba's raster ones.
+        dt_min: Smallest initial step size.
+        dt_max: Largest initial step size.
+        dt_init_floor: Floor of the initial step sizes.
+        device: Device for the parameters.
+        dtype: Data type for the parameters.
+    """
+    n_directions = 4
+
+    def __init__(self, d_model: int, d_state: int = 16, ssm_ratio: float = 2.0, dt_rank='auto', d_conv: int = 3,
+                 conv_bias: bool = True, bias: bool = False, dropout: float = 0., continuous_scan: bool = False,
+                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        d_inner = int(ssm_ratio * d_model)
+        if d_inner < 1:
+            raise ValueError(f'SS2D: ssm_ratio {ssm_ratio} x d_model {d_model} gives no inner channel')
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
+        self.d_inner, self.d_state, self.d_conv = d_inner, d_state, d_conv
+        self.continuous_scan = continuous_scan
+        k = self.n_directions
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias, **dd)
+        self.act = nn.SiLU()
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias,
+                                **dd) if d_conv > 1 else nn.Identity()
+        self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, d_inner, **dd))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, self.dt_rank, **dd))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner, **dd))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state, device=device, dtype=torch.float32))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner, device=device, dtype=torch.float32))
+        self.A_logs._no_weight_decay = True
+        self.Ds._no_weight_decay = True
+        self.out_norm = nn.LayerNorm(d_inner, **dd)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias, **dd)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.reset_ssm_parameters(dt_min, dt_max, dt_init_floor)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
+        """The official ``initialize='v0'``: x_proj as nn.Linear's default, dt_proj weights U(+-rank^-0.5), dt biases
+        the inverse softplus of log-uniform steps in [dt_min, dt_max], A = -(1..N) (S4D-real), D = 1."""
+        if self.A_logs.is_meta:
+            return  # meta tensors hold no values (profile.measure builds models on the meta device)
+        bound = self.d_inner ** -0.5  # nn.Linear(d_inner, ...) default init: kaiming_uniform(a=sqrt 5)
+        nn.init.uniform_(self.x_proj_weight, -bound, bound)
+        std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_projs_weight, -std, std)
+        dt = torch.exp(torch.rand_like(self.dt_projs_bias, dtype=torch.float32) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=dt_init_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_logs.device)
+        self.A_logs.copy_(torch.log(a).expand_as(self.A_logs))
+        self.Ds.fill_(1.)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, H, W, C] -> [B, H, W, C]."""
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        z = self.act(z)
+        x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
+        y = _ss2d_core(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
+                       self.continuous_scan, True)
+        y = self.out_norm(y).to(z.dtype)
+        return self.dropout(self.out_proj(y * z))
+
+    def scan_flops(self, batch: int, height: int, width: int) -> int:
+        """Multiply-adds of this module's scan at an H x W input (as VMamba / LaMamba-Diff count it)."""
+        return selective_scan_flops(batch, height * width, self.n_directions * self.d_inner, self.d_state)
+
+
+def _window_sizes(height: int, width: int, window: int, shift: int) -> Tuple[int, int, int, int]:
+    # An axis no longer than the window is one window with no shift (Swin's rule, per axis).
+    win_h, win_w = min(window, height), min(window, width)
+    shift_h = shift if height > window else 0
+    shift_w = shift if width > window else 0
+    return win_h, win_w, shift_h, shift_w
+
+
+def _relative_position_index(win_h: int, win_w: int, window: int, device) -> torch.Tensor:
+    """[win_h*win_w, win_h*win_w] indices into a (2*window-1)^2 bias table (Swin's layout; windows smaller than
+    ``window`` use the table's central entries)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(win_h, device=device), torch.arange(win_w, device=device),
+                                        indexing='ij')).flatten(1)  # [2, N]
+    rel = coords[:, :, None] - coords[:, None, :] + (window - 1)
+    return rel[0] * (2 * window - 1) + rel[1]
+
+
+def _shift_mask(height: int, width: int, win_h: int, win_w: int, shift_h: int, shift_w: int,
+                device) -> torch.Tensor:
+    """Swin's SW-MSA mask [num_windows, N, N]: -100 between tokens that the cyclic shift brought from apart."""
+    labels = torch.zeros(height, width, device=device)
+    count = 0
+    for h_slice in (slice(0, height - win_h), slice(height - win_h, height - shift_h), slice(height - shift_h, None)):
+        for w_slice in (slice(0, width - win_w), slice(width - win_w, width - shift_w), slice(width - shift_w, None)):
+            labels[h_slice, w_slice] = count
+            count += 1
+    labels = labels.view(height // win_h, win_h, width // win_w, win_w).transpose(1, 2).reshape(-1, win_h * win_w)
+    diff = labels[:, None, :] - labels[:, :, None]
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.)
+
+
+def _shifted_window_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias, proj_weight: torch.Tensor,
+                              proj_bias, bias_table: torch.Tensor, num_heads: int, window: int, shift: int,
+                              scale: float) -> torch.Tensor:
+    """(Shifted-)window multi-head attention of x [B, H, W, C] with a relative position bias -> [B, H, W, C]."""
+    batch, height, width, channels = x.shape
+    win_h, win_w, shift_h, shift_w = _window_sizes(height, width, window, shift)
+    pad_h, pad_w = (-height) % win_h, (-width) % win_w
+    if pad_h or pad_w:  # zero padding at the bottom/right, as Swin's dense-prediction backbones do
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = height + pad_h, width + pad_w
+    if shift_h or shift_w:
+        x = torch.roll(x, shifts=(-shift_h, -shift_w), dims=(1, 2))
+    n_tokens = win_h * win_w
+    windows = x.view(batch, hp // win_h, win_h, wp // win_w, win_w, channels).transpose(2, 3).reshape(
+        -1, n_tokens, channels)
+    head_dim = channels // num_heads
+    qkv = F.linear(windows, qkv_weight, qkv_bias).view(-1, n_tokens, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    attn = (q * scale) @ k.transpose(-2, -1)
+    index = _relative_position_index(win_h, win_w, window, x.device)
+    attn = attn + bias_table[index.flatten()].view(n_tokens, n_tokens, num_heads).permute(2, 0, 1).unsqueeze(0)
+    if shift_h or shift_w:
+        mask = _shift_mask(hp, wp, win_h, win_w, shift_h, shift_w, x.device).to(attn.dtype)
+        n_win = mask.shape[0]
+        attn = (attn.view(batch, n_win, num_heads, n_tokens, n_tokens) + mask[None, :, None]).view(
+            -1, num_heads, n_tokens, n_tokens)
+    attn = attn.softmax(dim=-1)
+    out = (attn @ v).transpose(1, 2).reshape(-1, n_tokens, channels)
+    out = F.linear(out, proj_weight, proj_bias)
+    out = out.view(batch, hp // win_h, wp // win_w, win_h, win_w, channels).transpose(2, 3).reshape(
+        batch, hp, wp, channels)
+    if shift_h or shift_w:
+        out = torch.roll(out, shifts=(shift_h, shift_w), dims=(1, 2))
+    return out[:, :height, :width].contiguous() if pad_h or pad_w else out
+
+
+torch.fx.wrap('_shifted_window_attention')
+
+
+class ShiftedWindowAttention(nn.Module):
+    """Swin's W-MSA / SW-MSA with relative position bias on channels-last maps [B, H, W, C].
+
+    Maps are padded to whole windows; an axis no longer than the window becomes one window and is not shifted.
+
+    Args:
+        dim: Channels.
+        num_heads: Attention heads (must divide dim).
+        window_size: Window side.
+        shift_size: Cyclic shift (0 for W-MSA; window_size // 2 on Swin's odd blocks).
+        qkv_bias: Bias in the qkv projection.
+        qk_scale: Attention scale; default head_dim ** -0.5.
+        proj_drop: Dropout after the output projection.
+        device: Device for the parameters.
+        dtype: Data type for the parameters.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int = 8, shift_size: int = 0, qkv_bias: bool = True,
+                 qk_scale=None, proj_drop: float = 0., device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if dim % num_heads:
+            raise ValueError(f'ShiftedWindowAttention: num_heads={num_heads} does not divide dim={dim}')
+        if not 0 <= shift_size < window_size:
+            raise ValueError(f'ShiftedWindowAttention: shift_size must be in [0, window_size={window_size}), '
+                             f'got {shift_size}')
+        self.dim, self.num_heads, self.window_size, self.shift_size = dim, num_heads, window_size, shift_size
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads, **dd))
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+        if not self.relative_position_bias_table.is_meta:
+            trunc_normal_(self.relative_position_bias_table, std=.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, H, W, C] -> [B, H, W, C]."""
+        out = _shifted_window_attention(x, self.qkv.weight, self.qkv.bias, self.proj.weight, self.proj.bias,
+                                        self.relative_position_bias_table, self.num_heads, self.window_size,
+                                        self.shift_size, self.scale)
+        return self.proj_drop(out)
+
+    def extra_repr(self) -> str:
+        return f'dim={self.dim}, window_size={self.window_size}, shift_size={self.shift_size}, heads={self.num_heads}'
