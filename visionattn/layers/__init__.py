@@ -1,5 +1,6 @@
 """nn.Modules built on visionattn's ops, reusable by any backbone or head."""
 from .bra import BiLevelRoutingAttention
+from .deformable_attention import MultiScaleDeformableAttention
 from .ela import ELA_VERSIONS, EfficientLocalAttention, ElaVersion
 from .moba import MoBAAttention, VMoBAAttention
 from .neighborhood_attention import NeighborhoodAttention2d
@@ -17,5 +18,5 @@ __all__ = [
     'BiLevelRoutingAttention', 'EfficientLocalAttention', 'ElaVersion', 'ELA_VERSIONS', 'NeighborhoodAttention2d',
     'PartialConv', 'GaussianChannelAttention', 'PartialChannelAttention', 'PartialSpatialAttention',
     'EuclideanRelPosSelfAttention2d', 'PartialSelfAttention', 'MoBAAttention', 'VMoBAAttention',
-    'SS2D', 'ShiftedWindowAttention',
+    'SS2D', 'ShiftedWindowAttention', 'MultiScaleDeformableAttention',
 ]

@@ -2,6 +2,7 @@
 the oracle and the CPU path) and Triton kernels (``triton/<op>.py``), chosen by ``backend=`` (see ``checks.py``)."""
 from .block_sparse import bi_level_routing_attention, block_sparse_attention, bra_routing
 from .checks import BACKENDS, BackendUnavailableError, choose_backend, explain_backend
+from .deformable import ms_deform_attn
 from .moba import moba_attention, vmoba_attention
 from .neighborhood import neighborhood_attention
 from .selective_scan import cross_merge, cross_scan, selective_scan
@@ -9,5 +10,5 @@ from .selective_scan import cross_merge, cross_scan, selective_scan
 __all__ = [
     'BACKENDS', 'BackendUnavailableError', 'choose_backend', 'explain_backend', 'neighborhood_attention',
     'block_sparse_attention', 'bi_level_routing_attention', 'bra_routing',
-    'selective_scan', 'cross_scan', 'cross_merge', 'vmoba_attention', 'moba_attention',
+    'selective_scan', 'cross_scan', 'cross_merge', 'vmoba_attention', 'moba_attention', 'ms_deform_attn',
 ]

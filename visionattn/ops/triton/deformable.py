@@ -1,0 +1,263 @@
+"""Triton kernels for multi-scale deformable attention (Deformable DETR, arXiv 2010.04159): forward, backward, custom
+ops, autograd.
+
+One program owns a block of queries of one (batch, head) pair and walks the levels and sampling points. Each sample
+gathers the four bilinear corners — rows of ``head_dim`` contiguous channels of value [B, S, heads, Dh] — and adds
+them, weighted, into an fp32 [queries, head_dim] accumulator; corners outside the map are masked (zero padding, as
+``grid_sample(align_corners=False)``). The backward pass recomputes the corners: the gradients of the sampling
+locations and attention weights of a query belong to one program and are stored directly; value's gradient is
+scattered to the corners with fp32 atomic adds (so it is not bitwise deterministic on a GPU, as in the CUDA kernels
+of Deformable DETR and mmcv), then cast to value's dtype.
+"""
+from typing import List
+
+import torch
+import triton
+import triton.language as tl
+
+# Elements of one [queries, head_dim] tile; larger tiles mean fewer programs but more registers.
+TILE_ELEMENTS = 1024
+# Overrides for tests (larger blocks are faster in the interpreter) and benchmark sweeps: block_q, num_warps.
+TILE_OVERRIDES: dict = {}
+
+
+@triton.jit
+def _bilinear_setup(LOC, lp, q_ok, height, width):
+    """Top-left corner (integer) and fractional offsets of the sample at the (query, level, point) index ``lp``."""
+    loc_x = tl.load(LOC + 2 * lp, mask=q_ok, other=0.).to(tl.float32)
+    loc_y = tl.load(LOC + 2 * lp + 1, mask=q_ok, other=0.).to(tl.float32)
+    w_f = width.to(tl.float32)
+    h_f = height.to(tl.float32)
+    # grid_sample(align_corners=False): pixel coordinate = loc * size - 0.5
+    x = loc_x * w_f - 0.5
+    y = loc_y * h_f - 0.5
+    # far outside the map no corner is in range; clamping keeps the integer conversion defined
+    x = tl.minimum(tl.maximum(x, -2.0), w_f + 1.0)
+    y = tl.minimum(tl.maximum(y, -2.0), h_f + 1.0)
+    x0f = tl.floor(x)
+    y0f = tl.floor(y)
+    return x0f.to(tl.int32), y0f.to(tl.int32), x - x0f, y - y0f
+
+
+@triton.jit
+def _corner(xi, yi, height, width, start, q_ok, d, d_ok, row_stride):
+    """Element offsets (from the (batch, head) base) of a corner's value row, and its mask."""
+    ok = q_ok & (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+    pos = start + yi * width + xi
+    offsets = pos[:, None].to(tl.int64) * row_stride + d[None, :]
+    return offsets, ok[:, None] & d_ok[None, :]
+
+
+@triton.jit
+def _msda_fwd_kernel(VALUE, SHAPES, STARTS, LOC, ATTN, OUT, n_pos, n_queries, n_heads, head_dim,
+                     NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
+                     BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+    q_block = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // n_heads).to(tl.int64)
+    h = bh % n_heads
+    q = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    q_ok = q < n_queries
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < head_dim
+    row_stride = n_heads * head_dim
+    v_base = VALUE + b * n_pos * row_stride + h * head_dim
+    # flat index of (b, q, h, level 0, point 0) in [B, Q, heads, L, P]
+    lp_base = ((b * n_queries + q) * n_heads + h) * (NUM_LEVELS * NUM_POINTS)
+    acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
+    for lvl in range(NUM_LEVELS):
+        height = tl.load(SHAPES + 2 * lvl).to(tl.int32)
+        width = tl.load(SHAPES + 2 * lvl + 1).to(tl.int32)
+        start = tl.load(STARTS + lvl).to(tl.int32)
+        for p in range(NUM_POINTS):
+            lp = lp_base + lvl * NUM_POINTS + p
+            x0, y0, fx, fy = _bilinear_setup(LOC, lp, q_ok, height, width)
+            attn = tl.load(ATTN + lp, mask=q_ok, other=0.).to(tl.float32)
+            o00, m00 = _corner(x0, y0, height, width, start, q_ok, d, d_ok, row_stride)
+            o01, m01 = _corner(x0 + 1, y0, height, width, start, q_ok, d, d_ok, row_stride)
+            o10, m10 = _corner(x0, y0 + 1, height, width, start, q_ok, d, d_ok, row_stride)
+            o11, m11 = _corner(x0 + 1, y0 + 1, height, width, start, q_ok, d, d_ok, row_stride)
+            v00 = tl.load(v_base + o00, mask=m00, other=0.).to(tl.float32)
+            v01 = tl.load(v_base + o01, mask=m01, other=0.).to(tl.float32)
+            v10 = tl.load(v_base + o10, mask=m10, other=0.).to(tl.float32)
+            v11 = tl.load(v_base + o11, mask=m11, other=0.).to(tl.float32)
+            gx = 1. - fx
+            gy = 1. - fy
+            sampled = ((gx * gy)[:, None] * v00 + (fx * gy)[:, None] * v01 + (gx * fy)[:, None] * v10
+                       + (fx * fy)[:, None] * v11)
+            acc += attn[:, None] * sampled
+    out_offsets = ((b * n_queries + q[:, None]) * n_heads + h) * head_dim + d[None, :]
+    tl.store(OUT + out_offsets, acc.to(OUT.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _msda_bwd_kernel(VALUE, SHAPES, STARTS, LOC, ATTN, DOUT, DVALUE, DLOC, DATTN, n_pos, n_queries, n_heads,
+                     head_dim, NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
+                     BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+    q_block = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // n_heads).to(tl.int64)
+    h = bh % n_heads
+    q = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    q_ok = q < n_queries
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < head_dim
+    qd_ok = q_ok[:, None] & d_ok[None, :]
+    row_stride = n_heads * head_dim
+    base = b * n_pos * row_stride + h * head_dim
+    v_base = VALUE + base
+    dv_base = DVALUE + base
+    lp_base = ((b * n_queries + q) * n_heads + h) * (NUM_LEVELS * NUM_POINTS)
+    out_offsets = ((b * n_queries + q[:, None]) * n_heads + h) * head_dim + d[None, :]
+    dout = tl.load(DOUT + out_offsets, mask=qd_ok, other=0.).to(tl.float32)
+    for lvl in range(NUM_LEVELS):
+        height = tl.load(SHAPES + 2 * lvl).to(tl.int32)
+        width = tl.load(SHAPES + 2 * lvl + 1).to(tl.int32)
+        start = tl.load(STARTS + lvl).to(tl.int32)
+        for p in range(NUM_POINTS):
+            lp = lp_base + lvl * NUM_POINTS + p
+            x0, y0, fx, fy = _bilinear_setup(LOC, lp, q_ok, height, width)
+            attn = tl.load(ATTN + lp, mask=q_ok, other=0.).to(tl.float32)
+            o00, m00 = _corner(x0, y0, height, width, start, q_ok, d, d_ok, row_stride)
+            o01, m01 = _corner(x0 + 1, y0, height, width, start, q_ok, d, d_ok, row_stride)
+            o10, m10 = _corner(x0, y0 + 1, height, width, start, q_ok, d, d_ok, row_stride)
+            o11, m11 = _corner(x0 + 1, y0 + 1, height, width, start, q_ok, d, d_ok, row_stride)
+            v00 = tl.load(v_base + o00, mask=m00, other=0.).to(tl.float32)
+            v01 = tl.load(v_base + o01, mask=m01, other=0.).to(tl.float32)
+            v10 = tl.load(v_base + o10, mask=m10, other=0.).to(tl.float32)
+            v11 = tl.load(v_base + o11, mask=m11, other=0.).to(tl.float32)
+            gx = 1. - fx
+            gy = 1. - fy
+            sampled = ((gx * gy)[:, None] * v00 + (fx * gy)[:, None] * v01 + (gx * fy)[:, None] * v10
+                       + (fx * fy)[:, None] * v11)
+            tl.store(DATTN + lp, tl.sum(dout * sampled, axis=1).to(DATTN.dtype.element_ty), mask=q_ok)
+            weighted = attn[:, None] * dout
+            # d sampled / d fx and d fy, then d fx / d loc_x = W and d fy / d loc_y = H
+            grad_fx = tl.sum(weighted * (gy[:, None] * (v01 - v00) + fy[:, None] * (v11 - v10)), axis=1)
+            grad_fy = tl.sum(weighted * (gx[:, None] * (v10 - v00) + fx[:, None] * (v11 - v01)), axis=1)
+            tl.store(DLOC + 2 * lp, (grad_fx * width.to(tl.float32)).to(DLOC.dtype.element_ty), mask=q_ok)
+            tl.store(DLOC + 2 * lp + 1, (grad_fy * height.to(tl.float32)).to(DLOC.dtype.element_ty), mask=q_ok)
+            # value's gradient: corners are shared between queries, heads of other programs never touch them
+            tl.atomic_add(dv_base + o00, (gx * gy)[:, None] * weighted, mask=m00)
+            tl.atomic_add(dv_base + o01, (fx * gy)[:, None] * weighted, mask=m01)
+            tl.atomic_add(dv_base + o10, (gx * fy)[:, None] * weighted, mask=m10)
+            tl.atomic_add(dv_base + o11, (fx * fy)[:, None] * weighted, mask=m11)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# launchers
+
+
+def _tiles(queries: int, head_dim: int):
+    """BLOCK_Q, BLOCK_D and num_warps: the whole head dim, as many queries as fit the tile."""
+    block_d = max(2, triton.next_power_of_2(head_dim))
+    block_q = TILE_OVERRIDES.get('block_q', max(1, TILE_ELEMENTS // block_d))
+    block_q = max(1, min(block_q, triton.next_power_of_2(queries)))
+    num_warps = TILE_OVERRIDES.get('num_warps', 4 if block_q * block_d >= 1024 else 2)
+    return block_q, block_d, num_warps
+
+
+def _prepare(value, spatial_shapes, level_start_index, loc, attn):
+    return (value.contiguous(), spatial_shapes.contiguous(), level_start_index.contiguous(), loc.contiguous(),
+            attn.contiguous())
+
+
+def _fwd(value, spatial_shapes, level_start_index, loc, attn):
+    value, spatial_shapes, level_start_index, loc, attn = _prepare(value, spatial_shapes, level_start_index, loc,
+                                                                   attn)
+    batch, n_pos, heads, head_dim = value.shape
+    _, queries, _, levels, points, _ = loc.shape
+    out = value.new_empty((batch, queries, heads * head_dim))
+    block_q, block_d, num_warps = _tiles(queries, head_dim)
+    grid = (triton.cdiv(queries, block_q), batch * heads)
+    _msda_fwd_kernel[grid](value, spatial_shapes, level_start_index, loc, attn, out, n_pos, queries, heads,
+                           head_dim, NUM_LEVELS=levels, NUM_POINTS=points, BLOCK_Q=block_q, BLOCK_D=block_d,
+                           num_warps=num_warps)
+    return out
+
+
+def _bwd(dout, value, spatial_shapes, level_start_index, loc, attn):
+    value, spatial_shapes, level_start_index, loc, attn = _prepare(value, spatial_shapes, level_start_index, loc,
+                                                                   attn)
+    dout = dout.contiguous()
+    batch, n_pos, heads, head_dim = value.shape
+    _, queries, _, levels, points, _ = loc.shape
+    dvalue = torch.zeros(value.shape, device=value.device, dtype=torch.float32)
+    dloc, dattn = torch.empty_like(loc), torch.empty_like(attn)
+    block_q, block_d, num_warps = _tiles(queries, head_dim)
+    grid = (triton.cdiv(queries, block_q), batch * heads)
+    _msda_bwd_kernel[grid](value, spatial_shapes, level_start_index, loc, attn, dout, dvalue, dloc, dattn, n_pos,
+                           queries, heads, head_dim, NUM_LEVELS=levels, NUM_POINTS=points, BLOCK_Q=block_q,
+                           BLOCK_D=block_d, num_warps=num_warps)
+    return dvalue.to(value.dtype), dloc, dattn
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# custom ops (opaque to FX and torch.compile) and autograd
+
+
+@torch.library.custom_op('visionattn::ms_deform_attn_fwd', mutates_args=())
+def _msda_fwd_op(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+                 sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
+    return _fwd(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+
+
+@_msda_fwd_op.register_fake
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    batch, _, heads, head_dim = value.shape
+    return value.new_empty((batch, sampling_locations.shape[1], heads * head_dim))
+
+
+@torch.library.custom_op('visionattn::ms_deform_attn_bwd', mutates_args=())
+def _msda_bwd_op(dout: torch.Tensor, value: torch.Tensor, spatial_shapes: torch.Tensor,
+                 level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
+                 attention_weights: torch.Tensor) -> List[torch.Tensor]:
+    return list(_bwd(dout, value, spatial_shapes, level_start_index, sampling_locations, attention_weights))
+
+
+@_msda_bwd_op.register_fake
+def _(dout, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    return [torch.empty_like(value, memory_format=torch.contiguous_format),
+            torch.empty_like(sampling_locations, memory_format=torch.contiguous_format),
+            torch.empty_like(attention_weights, memory_format=torch.contiguous_format)]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+    ctx.opaque = True
+
+
+def _backward(ctx, dout):
+    value, spatial_shapes, level_start_index, loc, attn = ctx.saved_tensors
+    backward = _msda_bwd_op if ctx.opaque else _bwd
+    dvalue, dloc, dattn = backward(dout, value, spatial_shapes, level_start_index, loc, attn)
+    return dvalue, None, None, dloc, dattn
+
+
+_msda_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _MSDeformAttnFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, value, spatial_shapes, level_start_index, loc, attn):
+        ctx.save_for_backward(value, spatial_shapes, level_start_index, loc, attn)
+        ctx.opaque = False
+        return _fwd(value, spatial_shapes, level_start_index, loc, attn)
+
+    @staticmethod
+    def backward(ctx, dout):
+        return _backward(ctx, dout)
+
+
+def ms_deform_attn_triton(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+                          sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
+    """Multi-scale deformable attention on the Triton kernels (inputs validated by the caller).
+
+    Returns:
+        [B, Q, heads * Dh] in value's dtype; gradients for value, sampling_locations and attention_weights, each in
+        its input's dtype.
+    """
+    if torch.compiler.is_compiling():  # opaque to the compiler through the custom op
+        return _msda_fwd_op(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    # eager: the same kernels through a plain autograd.Function (less host time than the custom-op dispatch)
+    return _MSDeformAttnFn.apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
