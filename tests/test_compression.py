@@ -289,3 +289,56 @@ def test_rd_compare_tool(tmp_path):
     assert report['points'] == 4 and report['bd_rate_vs_jpeg'] == pytest.approx(-50.0, abs=1e-6)
     assert report['bd_psnr_vs_jpeg'] == pytest.approx(5 * math.log(2), abs=1e-6)
     assert (tmp_path / 'rd.png').stat().st_size > 0
+
+
+def test_avif_baseline_points_rise_with_quality():
+    from visionattn.engine.compression import baseline_rd_points
+
+    image = torch.from_numpy(__import__('skimage.data', fromlist=['astronaut']).astronaut()[:192, :200].copy())
+    points = baseline_rd_points([image.permute(2, 0, 1).contiguous()], 'avif', qualities=(20, 60, 90))
+    assert [p['quality'] for p in points] == [20, 60, 90]
+    assert points[0]['bpp'] < points[1]['bpp'] < points[2]['bpp'] and points[0]['psnr'] < points[2]['psnr']
+    with pytest.raises(ValueError, match='unknown baseline'):
+        baseline_rd_points([image.permute(2, 0, 1)], 'bpg', qualities=(20,))
+
+
+def _served_zoo_checkpoint(server, root, architecture, quality):
+    """A CompressAI zoo checkpoint (random weights) saved under torch hub's name rule: '<name>-<sha256 prefix>.'"""
+    import hashlib
+
+    from visionattn.engine.compression import compressai_zoo_codec
+
+    torch.manual_seed(quality)
+    source = compressai_zoo_codec(architecture, quality, pretrained=False)
+    source.update(force=True)  # released files carry CDF tables sized by the trained distributions
+    scratch = root / 'scratch.pth.tar'
+    torch.save(source.state_dict(), scratch)
+    name = f'{architecture}-{quality}-{hashlib.sha256(scratch.read_bytes()).hexdigest()[:8]}.pth.tar'
+    scratch.rename(root / name)
+    return source, server.url(name)
+
+
+def test_compressai_zoo_baseline_loads_safely_and_codes_real_bitstreams(weight_server, tmp_path):
+    from visionattn.engine.compression import compressai_zoo_codec, learned_rd_points
+    from visionattn.hub import CheckpointError, CheckpointMismatchError
+
+    root = tmp_path / 'served'  # the loopback server's folder
+    source, url = _served_zoo_checkpoint(weight_server, root, 'bmshj2018-factorized', 1)
+    codec = compressai_zoo_codec('bmshj2018-factorized', 1, url=url)
+    for key, value in source.state_dict().items():
+        assert torch.equal(codec.state_dict()[key], value), key
+    image = torch.randint(0, 256, (3, 170, 200), dtype=torch.uint8)  # not a multiple of 64: padded, then cropped
+    path = Path(torch.hub.get_dir()) / 'checkpoints' / url.split('/')[-1]
+    points = learned_rd_points([image], 'bmshj2018-factorized', qualities=(1,), files={1: path})
+    assert points[0]['bpp'] > 0 and math.isfinite(points[0]['psnr']) and 0 < points[0]['ms_ssim'] <= 1
+    # A quality-6 file (other widths) does not load into the quality-1 model, and a file whose sha256 does not
+    # match the prefix in its name is refused and removed.
+    _, other = _served_zoo_checkpoint(weight_server, root, 'bmshj2018-factorized', 6)
+    with pytest.raises(CheckpointMismatchError, match='shape mismatches'):
+        compressai_zoo_codec('bmshj2018-factorized', 1, url=other)
+    wrong = 'bmshj2018-factorized-2-00000000.pth.tar'
+    (root / wrong).write_bytes((root / url.split('/')[-1]).read_bytes())
+    with pytest.raises(CheckpointError, match='checksum mismatch'):
+        compressai_zoo_codec('bmshj2018-factorized', 2, url=weight_server.url(wrong))
+    with pytest.raises(ValueError, match='qualities'):
+        compressai_zoo_codec('cheng2020-anchor', 8, pretrained=False)

@@ -2,9 +2,9 @@
 
 Train/held-out split (fixed): train on rocket, hubble_deep_field, immunohistochemistry, retina, stereo_motorcycle
 (left view) and colorwheel; hold out astronaut, chelsea and coffee. Rate is measured from the real bitstreams
-(``compress`` output length, header excluded), PSNR on [0, 255], MS-SSIM with pytorch-msssim. Baselines: JPEG and
-WebP via Pillow at several qualities, measured the same way (encoded file length). Writes results JSON and an RD
-PNG to --out.
+(``compress`` output length, header excluded), PSNR on [0, 255], MS-SSIM with pytorch-msssim. Baselines: JPEG,
+WebP and AVIF via Pillow at several qualities, measured the same way (encoded file length). Writes results JSON
+and an RD PNG to --out.
 
 Usage:
     python tools/s2lic_quick.py --size small --lmbda 0.013 --minutes 6.5 --batch 16 --crop 256 --out work_dirs/s2lic
@@ -102,10 +102,12 @@ def main(argv=None) -> int:
     results = {'size': args.size, 'lmbda': args.lmbda, 'steps': step,
                's2lic': evaluate_model(model.float(), held_out, device),
                'jpeg': pillow_rd_points(held_out, 'JPEG', QUALITIES),
-               'webp': pillow_rd_points(held_out, 'WEBP', QUALITIES)}
+               'webp': pillow_rd_points(held_out, 'WEBP', QUALITIES),
+               'avif': pillow_rd_points(held_out, 'AVIF', QUALITIES)}
     results['jpeg_psnr_at_s2lic_bpp'] = psnr_at_rate(results['jpeg'], results['s2lic']['bpp'])
     (out_dir / 'results.json').write_text(json.dumps(results, indent=2))
-    curves = {f's2lic-{args.size}': [results['s2lic']], 'JPEG': results['jpeg'], 'WebP': results['webp']}
+    curves = {f's2lic-{args.size}': [results['s2lic']], 'JPEG': results['jpeg'], 'WebP': results['webp'],
+              'AVIF': results['avif']}
     plot_rd_curves(curves, out_dir / 'rd_curve.png', title='Held-out skimage photos: ' + ', '.join(HELD_OUT_PHOTOS))
     print(json.dumps(results['s2lic']), f'JPEG PSNR at same bpp: {results["jpeg_psnr_at_s2lic_bpp"]:.2f} dB')
     return 0
