@@ -392,18 +392,6 @@ def test_overlay_hook_writes_side_by_side_pngs(tmp_path):
     assert Image.open(written[0]).size == (2 * 20 + 4, 16)
 
 
-@pytest.mark.heads
-def test_mmseg_registration_says_why_without_mmseg():
-    try:
-        import mmseg  # noqa: F401
-        pytest.skip('mmsegmentation is installed')
-    except ImportError:
-        pass
-    from visionattn.heads.segmentation.mmseg_compat import register_mmseg_backbones
-    with pytest.raises(ImportError, match='full mmcv'):
-        register_mmseg_backbones()
-
-
 SMOKE = 'configs/segmentation/fpn_resnet_attn_synthetic_shapes.py'
 
 
