@@ -1,0 +1,8 @@
+"""Object detection heads: Focus-DETR (ICCV 2023) on any zoo backbone, its Hungarian matcher and set criterion."""
+from .convert import convert_focus_detr_official
+from .criterion import FocusDETRCriterion, foreground_targets
+from .focus_detr import FOCUS_DETR_R50_PARAMS, FocusDETR, prepare_for_cdn
+from .matcher import HungarianMatcher
+
+__all__ = ['FocusDETR', 'FocusDETRCriterion', 'HungarianMatcher', 'foreground_targets', 'prepare_for_cdn',
+           'convert_focus_detr_official', 'FOCUS_DETR_R50_PARAMS']

@@ -1,0 +1,842 @@
+"""Focus-DETR: a DINO detector whose encoder only updates the foreground tokens picked by a learned selector.
+
+Paper: Zheng et al., "Less is More: Focus Attention for Efficient DETR", ICCV 2023 (arXiv 2307.12612).
+Official code: https://github.com/huawei-noah/noah-research/tree/master/Focus-DETR (Apache-2.0; the same files are in
+IDEA-Research/detrex ``projects/focus_detr/``), on detrex's DINO layers and detectron2's ResNet. Nothing is copied:
+this file is written afresh in plain PyTorch, keeping the official module names (so that official checkpoints
+convert by renaming the backbone only, see :mod:`.convert`), hyper-parameters and initialisation.
+
+Facts of the official model that this file keeps (``modeling/focus_detr.py``, ``focus_detr_transformer.py``,
+``transformer_layer.py``, ``configs/models/focus_detr_r50.py``):
+
+- Backbone: ResNet-50 with FrozenBN everywhere, stem frozen (detectron2 ``freeze_at=1``: the stem only; res2 trains),
+  res3-res5 (strides 8/16/32) into a ChannelMapper (1x1 conv + GN(32) to 256) plus a stride-64 level (3x3/s2 conv
+  of the last backbone map + GN); Xavier-uniform convs with zero bias.
+- Positions: sine, 128 features per axis, temperature 10000, normalised with offset -0.5 and scale 2*pi, plus one
+  learned ``level_embeds`` row per level (normal init).
+- Foreground token selector: the tokens (feature + position) go through ``enc_output`` (Linear) and
+  ``enc_output_norm`` (LN) (padding and border tokens zeroed first, as the two-stage proposals do); the
+  ``enc_mask_predictor`` (LN, Linear, GELU; local half + token-mean global half; 256-128-64-1 MLP with GELU) scores
+  the coarsest level first, then each finer level after ``x += x * up(score_coarser) * alpha[i]`` (bilinear,
+  align_corners, raw logits, ``alpha`` three scalars U(-0.3, 0.3)). Padding tokens get the batch minimum. Each image
+  keeps ``int(valid * rho) + 1`` tokens (rho 0.5); encoder layer l updates the top ``int(cascade[l] * max_keep)`` by
+  score (cascade 1.0, 0.8, 0.6, 0.6, 0.4, 0.2), and only an image's first ``keep_b`` of them are written back.
+- Encoder layer (``OESM, encoder_cross_attn, norm, ffn, norm``): multi-category score = max-class logit of the
+  two-stage class head ``class_embed[num_decoder_layers]`` (shared by all encoder layers) times the foreground
+  logit; the top ``topk_sa`` (300) of the selected tokens run MHA among themselves (+ residual) then ``norm2`` and
+  are scattered back; then every selected token runs deformable attention (+ residual) whose value is the ORIGINAL
+  flattened neck features (never updated by the encoder), then LN, FFN 2048 (+ residual), LN. Dropout 0.
+- Two-stage: proposals from the encoder memory (``enc_output``/``enc_output_norm`` again, the same modules),
+  ``class_embed[6]`` / ``bbox_embed[6]``, top-900 by max-class logit; content queries are the learned
+  ``tgt_embed``, reference boxes the detached proposals.
+- Decoder (DINO): query position = ``ref_point_head``(sine(4-d reference box * valid ratios)); MHA self-attention
+  (dn attention mask) -> LN -> deformable cross-attention -> LN -> FFN -> LN; iterative box refinement on the
+  un-normalised output with detached references, predictions from the ``norm``-ed output on the NON-detached
+  previous refinement (look forward twice).
+- Contrastive denoising: ``dn_number`` 100 -> 100 // max_gt groups of a positive and a negative copy of every box,
+  label noise 0.5 (half of it flips a label), box noise 1.0 (negatives pushed 1-2x further), attention mask: the
+  matching queries cannot see the dn queries, dn groups cannot see each other.
+- Heads: 7 ``class_embed`` Linear (bias -log(99)) and 7 ``bbox_embed`` 3-layer MLPs (last layer zero), the 7th for
+  the two-stage proposals; ``label_enc`` Embedding(num_classes, 256) kept in the graph with a 0 * weight term.
+- Inference: sigmoid, top-300 over queries x classes, cxcywh -> xyxy in input pixels; no NMS.
+
+Differences: padding masks are always used (the official eval path sets them to zero, which only matters for
+batched inference); ``topk_sa``, the two-stage top-k and the keep counts are clamped to the available tokens so that
+tiny inputs run; backbones other than ResNets are supported through timm's ``features_only``.
+
+Parameter count (R50, num_classes=80 as the official config): 49,339,920 as ``sum(p.numel() for p in
+model.parameters())`` (FrozenBN affine terms are buffers in both implementations; the frozen 7x7 stem conv, 9,408,
+counts), 49,330,512 trainable; 49,362,525 with 91 classes (``FOCUS_DETR_R50_PARAMS``). The official figure is
+derived in tests/test_focus_detr.py from the official module structure (detectron2 ResNet-50, detrex's layers and
+the Focus-DETR modules; the aliased ``class_embed``/``bbox_embed``/``enhance_MCSP`` modules counted once).
+"""
+import math
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from timm.layers import freeze_batch_norm_2d
+from torch import nn
+from torchvision.ops import box_convert
+
+from visionattn.layers import MultiScaleDeformableAttention
+
+from ..segmentation.decoders import FeatureBackbone
+from .criterion import FocusDETRCriterion, make_weight_dict
+from .matcher import HungarianMatcher
+
+__all__ = ['FocusDETR', 'FocusDETRTransformer', 'FocusDETREncoder', 'FocusDETREncoderLayer', 'FocusDETRDecoder',
+           'FocusDETRDecoderLayer', 'MaskPredictor', 'ChannelMapper', 'PositionEmbeddingSine', 'MLP', 'FFN',
+           'MultiheadAttention', 'prepare_for_cdn', 'get_sine_pos_embed', 'inverse_sigmoid',
+           'FOCUS_DETR_R50_PARAMS']
+
+# sum(p.numel() for p in FocusDETR('resnet50', num_classes=80).parameters()); see the module docstring.
+FOCUS_DETR_R50_PARAMS = {80: 49_339_920, 91: 49_362_525}
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """log(x / (1 - x)) with x clamped to [0, 1] and both terms to at least ``eps`` (detrex's)."""
+    x = x.clamp(0, 1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def get_sine_pos_embed(pos: torch.Tensor, num_pos_feats: int = 128, temperature: float = 10000.0,
+                       exchange_xy: bool = True) -> torch.Tensor:
+    """Sine embedding [..., n * num_pos_feats] of each of the n coordinates of ``pos`` [..., n] (values in [0, 1],
+    scaled by 2*pi; interleaved sin/cos); the first two are swapped to (y, x) as DINO does."""
+    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=pos.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode='floor') / num_pos_feats)
+    x = pos[..., None].float() * (2 * math.pi) / dim_t  # [..., n, F]
+    emb = torch.stack((x[..., 0::2].sin(), x[..., 1::2].cos()), -1).flatten(-2)  # [..., n, F]
+    if exchange_xy and pos.shape[-1] >= 2:
+        emb = torch.cat([emb[..., 1:2, :], emb[..., 0:1, :], emb[..., 2:, :]], -2)
+    return emb.flatten(-2).to(pos.dtype)
+
+
+class PositionEmbeddingSine(nn.Module):
+    """DETR's 2-d sine position embedding of a padding mask: [B, H, W] bool (True = pad) -> [B, 2F, H, W]
+    (y features then x features). Normalised: (cumsum + offset) / (valid extent + eps) * scale."""
+
+    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0, normalize: bool = True,
+                 scale: float = 2 * math.pi, eps: float = 1e-6, offset: float = -0.5):
+        super().__init__()
+        self.num_pos_feats, self.temperature, self.normalize = num_pos_feats, temperature, normalize
+        self.scale, self.eps, self.offset = scale, eps, offset
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        not_mask = ~mask
+        y = not_mask.cumsum(1, dtype=torch.float32)
+        x = not_mask.cumsum(2, dtype=torch.float32)
+        if self.normalize:
+            y = (y + self.offset) / (y[:, -1:, :] + self.eps) * self.scale
+            x = (x + self.offset) / (x[:, :, -1:] + self.eps) * self.scale
+        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
+        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode='floor') / self.num_pos_feats)
+        px, py = x[..., None] / dim_t, y[..., None] / dim_t
+        px = torch.stack((px[..., 0::2].sin(), px[..., 1::2].cos()), -1).flatten(3)
+        py = torch.stack((py[..., 0::2].sin(), py[..., 1::2].cos()), -1).flatten(3)
+        return torch.cat((py, px), 3).permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return (f'num_pos_feats={self.num_pos_feats}, temperature={self.temperature}, normalize={self.normalize}, '
+                f'offset={self.offset}')
+
+
+class ConvNorm(nn.Module):
+    """Conv2d (with bias) followed by a norm layer (detrex's ``ConvNormAct`` without activation)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
+                 num_groups: int = 32):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2)
+        self.norm = nn.GroupNorm(num_groups, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class ChannelMapper(nn.Module):
+    """Each backbone level to ``out_channels`` by a 1x1 conv + GN, then ``num_outs - len(in_channels)`` extra
+    levels by 3x3/stride-2 conv + GN (the first on the last backbone map, the next on the previous extra level)."""
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int = 256, num_outs: int = 4, kernel_size: int = 1,
+                 num_groups: int = 32):
+        super().__init__()
+        if out_channels % num_groups:
+            raise ValueError(f'GroupNorm({num_groups}) needs embed_dims divisible by {num_groups}, got {out_channels}')
+        if num_outs < len(in_channels):
+            raise ValueError(f'num_outs={num_outs} is fewer than the {len(in_channels)} backbone levels')
+        self.convs = nn.ModuleList(ConvNorm(c, out_channels, kernel_size, 1, num_groups) for c in in_channels)
+        extra = [ConvNorm(in_channels[-1] if i == 0 else out_channels, out_channels, 3, 2, num_groups)
+                 for i in range(num_outs - len(in_channels))]
+        self.extra_convs = nn.ModuleList(extra) if extra else None
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight, gain=1)
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        if len(feats) != len(self.convs):
+            raise ValueError(f'ChannelMapper expects {len(self.convs)} maps, got {len(feats)}')
+        outs = [conv(f) for conv, f in zip(self.convs, feats)]
+        for i, conv in enumerate(self.extra_convs or []):
+            outs.append(conv(feats[-1] if i == 0 else outs[-1]))
+        return outs
+
+
+class MLP(nn.Module):
+    """``num_layers`` Linear layers with ReLU between them (detrex's ``MLP``)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        self.num_layers = num_layers
+        h = [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
+        return x
+
+
+class FFN(nn.Module):
+    """Linear -> ReLU -> Dropout -> Linear -> Dropout with the identity added (detrex's 2-fc ``FFN``; the
+    ``layers`` Sequential keeps its state-dict names ``layers.0.0`` and ``layers.1``)."""
+
+    def __init__(self, embed_dims: int = 256, feedforward_dims: int = 2048, dropout: float = 0.0):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Sequential(nn.Linear(embed_dims, feedforward_dims), nn.ReLU(inplace=True), nn.Dropout(dropout)),
+            nn.Linear(feedforward_dims, embed_dims), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layers(x)
+
+
+class MultiheadAttention(nn.Module):
+    """``nn.MultiheadAttention`` (batch first, as ``attn``) with position embeddings added to query and key and
+    the identity added to the output (detrex's ``MultiheadAttention``)."""
+
+    def __init__(self, embed_dims: int = 256, num_heads: int = 8, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=attn_drop, batch_first=True)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, query: torch.Tensor, pos: Optional[torch.Tensor] = None,
+                attn_mask: Optional[torch.Tensor] = None,
+                key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        qk = query if pos is None else query + pos
+        out = self.attn(qk, qk, query, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+                        need_weights=False)[0]
+        return query + self.proj_drop(out)
+
+
+class MaskPredictor(nn.Module):
+    """The foreground scorer: LN -> Linear -> GELU, the second half of the channels replaced by its mean over the
+    tokens (global context), then Linear/GELU down to h/2, h/4 and one logit per token."""
+
+    def __init__(self, in_dim: int = 256, h_dim: int = 256):
+        super().__init__()
+        self.h_dim = h_dim
+        self.layer1 = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, h_dim), nn.GELU())
+        self.layer2 = nn.Sequential(nn.Linear(h_dim, h_dim // 2), nn.GELU(), nn.Linear(h_dim // 2, h_dim // 4),
+                                    nn.GELU(), nn.Linear(h_dim // 4, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.layer1(x)
+        local, glob = z.split(self.h_dim // 2, dim=-1)
+        glob = glob.mean(dim=1, keepdim=True).expand(-1, local.shape[1], -1)
+        return self.layer2(torch.cat([local, glob], -1))
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B, N, ...] rows picked by index [B, K] -> [B, K, ...]."""
+    idx = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    return torch.gather(x, 1, idx)
+
+
+def _scatter(x: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Out-of-place: x [B, N, C] with rows index [B, K] replaced by src [B, K, C]."""
+    return x.scatter(1, index[..., None].expand(-1, -1, x.shape[-1]), src)
+
+
+class FocusDETREncoderLayer(nn.Module):
+    """One Focus-DETR encoder layer over the selected tokens: dual attention (MHA among the top ``topk_sa`` tokens
+    by multi-category score, then ``norm2``) -> deformable attention to the original features -> LN -> FFN -> LN.
+
+    ``attentions.0`` is the MHA, ``attentions.1`` the deformable attention; ``norms`` the two post-norms.
+    """
+
+    def __init__(self, embed_dims: int = 256, num_heads: int = 8, ffn_dims: int = 2048, num_levels: int = 4,
+                 num_points: int = 4, dropout: float = 0.0, topk_sa: int = 300):
+        super().__init__()
+        self.topk_sa = topk_sa
+        self.attentions = nn.ModuleList([
+            MultiheadAttention(embed_dims, num_heads, dropout),
+            MultiScaleDeformableAttention(embed_dims, num_heads, num_levels, num_points)])
+        self.dropout = nn.Dropout(dropout)
+        self.ffns = nn.ModuleList([FFN(embed_dims, ffn_dims, dropout)])
+        self.norm2 = nn.LayerNorm(embed_dims)
+        self.norms = nn.ModuleList([nn.LayerNorm(embed_dims), nn.LayerNorm(embed_dims)])
+
+    def dual_self_attention(self, query: torch.Tensor, pos: torch.Tensor, fg_score: torch.Tensor,
+                            class_logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """MHA among the ``topk_sa`` tokens of highest ``max_c(class_logits) * fg_score`` (both raw logits), then
+        ``norm2``; the other tokens come back unchanged. Returns (query, selected indices [B, k])."""
+        mc_score = class_logits.max(-1).values * fg_score
+        k = min(self.topk_sa, query.shape[1])
+        sel = mc_score.topk(k, dim=1).indices
+        tgt = self.norm2(self.attentions[0](_gather(query, sel), _gather(pos, sel)))
+        return _scatter(query, sel, tgt), sel
+
+    def forward(self, query: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor, value: torch.Tensor,
+                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, key_padding_mask: torch.Tensor,
+                fg_score: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:
+        query = self.dual_self_attention(query, pos, fg_score, class_logits)[0]
+        query = query + self.dropout(self.attentions[1](query + pos, reference_points, value, spatial_shapes,
+                                                        level_start_index, key_padding_mask))
+        query = self.norms[0](query)
+        query = self.ffns[0](query)
+        return self.norms[1](query)
+
+
+class FocusDETREncoder(nn.Module):
+    """The encoder: each layer gathers its selected tokens, runs, and writes back each image's first
+    ``focus_token_nums[b]`` of them; unselected tokens keep their values."""
+
+    def __init__(self, num_layers: int = 6, **layer_kwargs):
+        super().__init__()
+        self.num_layers = num_layers
+        self.layers = nn.ModuleList(FocusDETREncoderLayer(**layer_kwargs) for _ in range(num_layers))
+
+    def forward(self, query: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor,
+                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, key_padding_mask: torch.Tensor,
+                fg_score: torch.Tensor, foreground_inds: Sequence[torch.Tensor], focus_token_nums: torch.Tensor,
+                score_head: nn.Module) -> torch.Tensor:
+        """Args:
+            query: [B, N, C] flattened neck features (also the deformable attention's value in every layer).
+            pos: [B, N, C] position + level embeddings.
+            reference_points: [B, N, L, 2] normalised token centres scaled by each level's valid ratio.
+            fg_score: [B, N] foreground logits (padding filled with the minimum).
+            foreground_inds: Per layer [B, K_l] token indices sorted by descending score.
+            focus_token_nums: [B] how many selected tokens each image writes back.
+            score_head: The two-stage class head, the multi-category score predictor.
+        """
+        value = query
+        output = query
+        batch, tokens, levels, _ = reference_points.shape
+        for layer, inds in zip(self.layers, foreground_inds):
+            q = _gather(output, inds)
+            out = layer(q, _gather(pos, inds), _gather(reference_points.flatten(2), inds).view(batch, -1, levels, 2),
+                        value, spatial_shapes, level_start_index, key_padding_mask, torch.gather(fg_score, 1, inds),
+                        score_head(q))
+            keep = torch.arange(inds.shape[1], device=inds.device)[None] < focus_token_nums[:, None]
+            output = _scatter(output, inds, torch.where(keep[..., None], out, q))
+        return output
+
+
+class FocusDETRDecoderLayer(nn.Module):
+    """DINO decoder layer: MHA self-attention -> LN -> deformable cross-attention -> LN -> FFN -> LN."""
+
+    def __init__(self, embed_dims: int = 256, num_heads: int = 8, ffn_dims: int = 2048, num_levels: int = 4,
+                 num_points: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.attentions = nn.ModuleList([
+            MultiheadAttention(embed_dims, num_heads, dropout),
+            MultiScaleDeformableAttention(embed_dims, num_heads, num_levels, num_points)])
+        self.dropout = nn.Dropout(dropout)
+        self.ffns = nn.ModuleList([FFN(embed_dims, ffn_dims, dropout)])
+        self.norms = nn.ModuleList([nn.LayerNorm(embed_dims) for _ in range(3)])
+
+    def forward(self, query: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor, memory: torch.Tensor,
+                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, key_padding_mask: torch.Tensor,
+                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        query = self.norms[0](self.attentions[0](query, pos, attn_mask=attn_mask))
+        query = query + self.dropout(self.attentions[1](query + pos, reference_points, memory, spatial_shapes,
+                                                        level_start_index, key_padding_mask))
+        query = self.norms[1](query)
+        return self.norms[2](self.ffns[0](query))
+
+
+class FocusDETRDecoder(nn.Module):
+    """DINO's decoder with iterative box refinement and look-forward-twice."""
+
+    def __init__(self, num_layers: int = 6, embed_dims: int = 256, **layer_kwargs):
+        super().__init__()
+        self.num_layers = num_layers
+        self.layers = nn.ModuleList(FocusDETRDecoderLayer(embed_dims, **layer_kwargs) for _ in range(num_layers))
+        self.ref_point_head = MLP(2 * embed_dims, embed_dims, embed_dims, 2)
+        self.norm = nn.LayerNorm(embed_dims)
+
+    def forward(self, query: torch.Tensor, memory: torch.Tensor, reference_points: torch.Tensor,
+                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, valid_ratios: torch.Tensor,
+                key_padding_mask: torch.Tensor, bbox_embed: Sequence[nn.Module],
+                attn_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Returns the normed states [layers, B, Q, C] and each layer's refined (not detached) boxes
+        [layers, B, Q, 4]."""
+        output = query
+        states, refs = [], []
+        ratios = torch.cat([valid_ratios, valid_ratios], -1)[:, None]  # [B, 1, L, 4]
+        for i, layer in enumerate(self.layers):
+            ref_input = reference_points[:, :, None] * ratios
+            pos = self.ref_point_head(get_sine_pos_embed(ref_input[:, :, 0, :], query.shape[-1] // 2))
+            output = layer(output, pos, ref_input, memory, spatial_shapes, level_start_index, key_padding_mask,
+                           attn_mask)
+            new_ref = (bbox_embed[i](output) + inverse_sigmoid(reference_points)).sigmoid()
+            reference_points = new_ref.detach()
+            states.append(self.norm(output))
+            refs.append(new_ref)
+        return torch.stack(states), torch.stack(refs)
+
+
+class FocusDETRTransformer(nn.Module):
+    """Flattening, foreground token selection, encoder, two-stage proposals and decoder.
+
+    Args:
+        embed_dims: Model width C.
+        num_heads: Attention heads.
+        num_encoder_layers: Encoder layers (= len(cascade_ratios)).
+        num_decoder_layers: Decoder layers.
+        ffn_dims: FFN hidden width.
+        num_feature_levels: Levels L.
+        num_points: Deformable sampling points per head and level.
+        num_queries: Two-stage proposals / learned content queries.
+        focus_rho: Fraction of each image's valid tokens kept by the selector.
+        cascade_ratios: Per encoder layer fraction of the kept tokens it updates.
+        topk_sa: Tokens of the dual (self-)attention.
+        dropout: Dropout of attention and FFN (0, as official).
+    """
+
+    def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_encoder_layers: int = 6,
+                 num_decoder_layers: int = 6, ffn_dims: int = 2048, num_feature_levels: int = 4, num_points: int = 4,
+                 num_queries: int = 900, focus_rho: float = 0.5,
+                 cascade_ratios: Sequence[float] = (1.0, 0.8, 0.6, 0.6, 0.4, 0.2), topk_sa: int = 300,
+                 dropout: float = 0.0):
+        super().__init__()
+        if len(cascade_ratios) != num_encoder_layers:
+            raise ValueError(f'cascade_ratios has {len(cascade_ratios)} entries for {num_encoder_layers} encoder '
+                             'layers: give one keep ratio per encoder layer')
+        if not 0 < focus_rho <= 1:
+            raise ValueError(f'focus_rho must be in (0, 1], got {focus_rho}')
+        layer_kwargs = dict(embed_dims=embed_dims, num_heads=num_heads, ffn_dims=ffn_dims,
+                            num_levels=num_feature_levels, num_points=num_points, dropout=dropout)
+        self.encoder = FocusDETREncoder(num_encoder_layers, topk_sa=topk_sa, **layer_kwargs)
+        self.decoder = FocusDETRDecoder(num_decoder_layers, **layer_kwargs)
+        self.focus_rho = focus_rho
+        self.cascade_ratios = tuple(float(r) for r in cascade_ratios)
+        self.alpha = nn.Parameter(torch.empty(num_feature_levels - 1))
+        self.num_feature_levels = num_feature_levels
+        self.num_queries = num_queries
+        self.embed_dims = embed_dims
+        self.level_embeds = nn.Parameter(torch.empty(num_feature_levels, embed_dims))
+        self.tgt_embed = nn.Embedding(num_queries, embed_dims)
+        self.enc_output = nn.Linear(embed_dims, embed_dims)
+        self.enc_output_norm = nn.LayerNorm(embed_dims)
+        self.enc_mask_predictor = MaskPredictor(embed_dims, embed_dims)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """The official order: alpha U(-0.3, 0.3); Xavier-uniform on every matrix; deformable attention's own
+        init; level embeddings N(0, 1)."""
+        with torch.no_grad():
+            self.alpha.uniform_(-0.3, 0.3)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for m in self.modules():
+            if isinstance(m, MultiScaleDeformableAttention):
+                m.reset_parameters()
+        nn.init.normal_(self.level_embeds)
+
+    @staticmethod
+    def valid_ratios(mask: torch.Tensor) -> torch.Tensor:
+        """[B, 2] (w, h) fraction of the map that is not padding."""
+        _, h, w = mask.shape
+        return torch.stack([(~mask[:, 0, :]).sum(1).float() / w, (~mask[:, :, 0]).sum(1).float() / h], -1)
+
+    @staticmethod
+    def encoder_reference_points(spatial_shapes: Sequence[Tuple[int, int]], valid_ratios: torch.Tensor) -> torch.Tensor:
+        """[B, N, L, 2]: each token's centre normalised by its level's valid extent, then scaled by every level's
+        valid ratio (Deformable DETR)."""
+        refs = []
+        for lvl, (h, w) in enumerate(spatial_shapes):
+            ys, xs = torch.meshgrid(torch.linspace(0.5, h - 0.5, h, device=valid_ratios.device),
+                                    torch.linspace(0.5, w - 0.5, w, device=valid_ratios.device), indexing='ij')
+            ys = ys.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
+            xs = xs.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * w)
+            refs.append(torch.stack((xs, ys), -1))
+        return torch.cat(refs, 1)[:, :, None] * valid_ratios[:, None]
+
+    def encoder_output_proposals(self, memory: torch.Tensor, mask: torch.Tensor,
+                                 spatial_shapes: Sequence[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-token proposals (centre, wh 0.05 * 2 ** level; inverse-sigmoid, inf where padding or outside
+        (0.01, 0.99)) and ``enc_output_norm(enc_output(memory))`` with those tokens zeroed first."""
+        batch = memory.shape[0]
+        proposals, start = [], 0
+        for lvl, (h, w) in enumerate(spatial_shapes):
+            m = mask[:, start:start + h * w].view(batch, h, w)
+            valid_h, valid_w = (~m[:, :, 0]).sum(1), (~m[:, 0, :]).sum(1)
+            gy, gx = torch.meshgrid(torch.linspace(0, h - 1, h, device=memory.device),
+                                    torch.linspace(0, w - 1, w, device=memory.device), indexing='ij')
+            grid = torch.stack([gx, gy], -1)
+            scale = torch.stack([valid_w, valid_h], -1).view(batch, 1, 1, 2)
+            grid = (grid[None].expand(batch, -1, -1, -1) + 0.5) / scale
+            wh = torch.ones_like(grid) * 0.05 * (2.0 ** lvl)
+            proposals.append(torch.cat((grid, wh), -1).view(batch, -1, 4))
+            start += h * w
+        proposals = torch.cat(proposals, 1)
+        valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
+        proposals = torch.log(proposals / (1 - proposals))
+        proposals = proposals.masked_fill(mask[..., None], float('inf')).masked_fill(~valid, float('inf'))
+        out = memory.masked_fill(mask[..., None], 0.0).masked_fill(~valid, 0.0)
+        return self.enc_output_norm(self.enc_output(out)), proposals
+
+    def foreground_scores(self, tokens: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]],
+                          level_start: Sequence[int]) -> torch.Tensor:
+        """Top-down scoring [B, N] of the processed tokens, coarsest level first (raw logits)."""
+        batch, _, channels = tokens.shape
+        num_levels = len(spatial_shapes)
+        scores = [None] * num_levels
+        prev = None
+        for i in range(num_levels):
+            lvl = num_levels - 1 - i
+            h, w = spatial_shapes[lvl]
+            x = tokens[:, level_start[lvl]:level_start[lvl] + h * w]
+            if prev is not None:
+                up = F.interpolate(prev, (h, w), mode='bilinear', align_corners=True)  # [B, 1, h, w]
+                x = x + x * up.flatten(2).transpose(1, 2) * self.alpha[i - 1]
+            prev = self.enc_mask_predictor(x).reshape(batch, 1, h, w)
+            scores[lvl] = prev.flatten(1)
+        return torch.cat(scores, 1)
+
+    def select_tokens(self, fg_logits: torch.Tensor, mask: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Per encoder layer the top ``int(cascade[l] * max_b keep_b)`` token indices, and keep_b =
+        ``int(valid_b * rho) + 1``."""
+        valid = (~mask).sum(-1)
+        focus_token_nums = (valid * self.focus_rho).int() + 1
+        top = min(int(focus_token_nums.max()), fg_logits.shape[1])
+        score = fg_logits.masked_fill(mask, fg_logits.min())
+        # float32 products truncated, as the official float tensor ``cascade_set * foreground_topk``
+        counts = (torch.tensor(self.cascade_ratios, dtype=torch.float32) * top).int().tolist()
+        counts = [min(max(k, 1), fg_logits.shape[1]) for k in counts]
+        return [score.topk(k, dim=1).indices for k in counts], focus_token_nums
+
+    def forward(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], pos_embeds: Sequence[torch.Tensor],
+                class_embed: nn.ModuleList, bbox_embed: nn.ModuleList, dn_label: Optional[torch.Tensor] = None,
+                dn_bbox: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None) -> Dict:
+        spatial = [tuple(f.shape[-2:]) for f in feats]
+        feat_flat = torch.cat([f.flatten(2).transpose(1, 2) for f in feats], 1)
+        mask_flat = torch.cat([m.flatten(1) for m in masks], 1)
+        pos_flat = torch.cat([p.flatten(2).transpose(1, 2) + self.level_embeds[i].view(1, 1, -1)
+                              for i, p in enumerate(pos_embeds)], 1)
+        spatial_shapes = torch.as_tensor(spatial, dtype=torch.long, device=feat_flat.device)
+        sizes = [h * w for h, w in spatial]
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        level_start_index = torch.as_tensor(starts, dtype=torch.long, device=feat_flat.device)
+        valid_ratios = torch.stack([self.valid_ratios(m) for m in masks], 1)  # [B, L, 2]
+        reference_points = self.encoder_reference_points(spatial, valid_ratios)
+
+        # foreground token selection
+        tokens, _ = self.encoder_output_proposals(feat_flat + pos_flat, mask_flat, spatial)
+        fg_logits = self.foreground_scores(tokens, spatial, starts)
+        foreground_inds, focus_token_nums = self.select_tokens(fg_logits, mask_flat)
+        fg_score = fg_logits.masked_fill(mask_flat, fg_logits.min())
+
+        score_head = class_embed[self.decoder.num_layers]
+        memory = self.encoder(feat_flat, pos_flat, reference_points, spatial_shapes, level_start_index, mask_flat,
+                              fg_score, foreground_inds, focus_token_nums, score_head)
+
+        # two-stage proposals
+        out_memory, proposals = self.encoder_output_proposals(memory, mask_flat, spatial)
+        enc_class = class_embed[self.decoder.num_layers](out_memory)
+        enc_coord_unact = bbox_embed[self.decoder.num_layers](out_memory) + proposals
+        if out_memory.shape[1] < self.num_queries:
+            raise ValueError(f'the input gives {out_memory.shape[1]} tokens, fewer than num_queries='
+                             f'{self.num_queries}: use larger images or fewer queries')
+        topk = enc_class.max(-1).values.topk(self.num_queries, dim=1).indices
+        topk_coords_unact = _gather(enc_coord_unact, topk)
+        reference = topk_coords_unact.detach().sigmoid()
+        target_unact = _gather(out_memory, topk)
+        target = self.tgt_embed.weight[None].expand(feat_flat.shape[0], -1, -1)
+        if dn_bbox is not None:
+            reference = torch.cat([dn_bbox.sigmoid(), reference], 1)
+            target = torch.cat([dn_label, target], 1)
+        init_reference = reference
+        states, refs = self.decoder(target, memory, reference, spatial_shapes, level_start_index, valid_ratios,
+                                    mask_flat, bbox_embed, attn_mask)
+        return dict(states=states, init_reference=init_reference, references=refs, enc_state=target_unact,
+                    enc_boxes=topk_coords_unact.sigmoid(), foreground_logits=fg_logits, spatial_shapes=spatial_shapes,
+                    level_start_index=level_start_index, foreground_inds=foreground_inds,
+                    focus_token_nums=focus_token_nums)
+
+
+def prepare_for_cdn(targets: Sequence[Dict], dn_number: int, label_noise_ratio: float, box_noise_scale: float,
+                    num_queries: int, num_classes: int, label_enc: nn.Embedding):
+    """DINO's contrastive denoising queries.
+
+    Returns ``(labels [B, P, C], boxes [B, P, 4] inverse-sigmoid, attn_mask [P + Q, P + Q] bool True = blocked,
+    dn_meta)`` with P = 2 * groups * max_gt, or None when dn_number is 0 or the batch has no boxes.
+    """
+    if dn_number <= 0:
+        return None
+    device = label_enc.weight.device
+    known_num = [len(t['labels']) for t in targets]
+    max_known = max(known_num, default=0)
+    if max_known == 0:
+        return None
+    groups = max((2 * dn_number) // (2 * max_known), 1)
+    labels = torch.cat([t['labels'] for t in targets]).to(device)
+    boxes = torch.cat([t['boxes'] for t in targets]).to(device=device, dtype=label_enc.weight.dtype)
+    batch_idx = torch.cat([torch.full((n,), i, dtype=torch.long, device=device) for i, n in enumerate(known_num)])
+    total = len(boxes)
+    known_labels = labels.repeat(2 * groups)
+    known_bid = batch_idx.repeat(2 * groups)
+    known_boxes = boxes.repeat(2 * groups, 1)
+    noised_labels = known_labels.clone()
+    if label_noise_ratio > 0:
+        p = torch.rand(noised_labels.shape, device=device)
+        chosen = torch.nonzero(p < label_noise_ratio * 0.5).view(-1)
+        noised_labels[chosen] = torch.randint(0, num_classes, chosen.shape, device=device)
+    noised_boxes = known_boxes
+    if box_noise_scale > 0:
+        # copy c of the boxes sits at [c * total, (c + 1) * total); odd copies are the negatives
+        group_start = torch.arange(groups, device=device) * 2 * total
+        negative = (torch.arange(total, device=device)[None] + group_start[:, None] + total).flatten()
+        xyxy = box_convert(known_boxes, 'cxcywh', 'xyxy')
+        diff = torch.cat([known_boxes[:, 2:] / 2, known_boxes[:, 2:] / 2], 1)
+        sign = torch.randint(0, 2, known_boxes.shape, device=device).to(known_boxes) * 2.0 - 1.0
+        part = torch.rand_like(known_boxes)
+        part[negative] += 1.0
+        xyxy = (xyxy + part * sign * diff * box_noise_scale).clamp(0.0, 1.0)
+        noised_boxes = box_convert(xyxy, 'xyxy', 'cxcywh')
+    single_padding = max_known
+    pad_size = single_padding * 2 * groups
+    batch = len(targets)
+    dims = label_enc.weight.shape[1]
+    map_idx = torch.cat([torch.arange(n, device=device) for n in known_num])
+    map_idx = torch.cat([map_idx + single_padding * i for i in range(2 * groups)])
+    input_label = label_enc.weight.new_zeros(batch, pad_size, dims).index_put(
+        (known_bid, map_idx), label_enc(noised_labels))
+    input_bbox = label_enc.weight.new_zeros(batch, pad_size, 4).index_put(
+        (known_bid, map_idx), inverse_sigmoid(noised_boxes))
+    size = pad_size + num_queries
+    attn_mask = torch.zeros(size, size, dtype=torch.bool, device=device)
+    attn_mask[pad_size:, :pad_size] = True
+    for i in range(groups):
+        start, end = single_padding * 2 * i, single_padding * 2 * (i + 1)
+        attn_mask[start:end, end:pad_size] = True
+        attn_mask[start:end, :start] = True
+    meta = {'single_padding': single_padding * 2, 'dn_num': groups, 'pad_size': pad_size}
+    return input_label, input_bbox, attn_mask, meta
+
+
+class FocusDETR(nn.Module):
+    """Focus-DETR on any zoo/timm backbone (ResNet-50 as the paper).
+
+    The official R50 starts from torchvision's ImageNet weights: ``backbone='resnet50.tv_in1k', pretrained=True``.
+
+    Args:
+        backbone: timm model name (features_only) or a feature module with ``feature_info``.
+        num_classes: Foreground classes (80 in the official COCO config).
+        pretrained: Load the backbone's pretrained weights.
+        num_queries: Decoder queries / two-stage proposals.
+        num_encoder_layers: Encoder layers.
+        num_decoder_layers: Decoder layers.
+        embed_dims: Transformer width (divisible by 32 for the GroupNorms and by num_heads).
+        num_feature_levels: Levels fed to the transformer: the last ``num_backbone_levels`` backbone levels of stride
+            >= 8 plus stride-2 extra levels.
+        ffn_dims: FFN hidden width.
+        dn_number: Denoising queries budget (groups = dn_number // max_gt).
+        label_noise_ratio: Label-flip probability x2 of the denoising queries.
+        box_noise_scale: Box-noise scale of the denoising queries.
+        focus_rho: Fraction of valid tokens kept by the foreground selector.
+        cascade_ratios: Per encoder layer fraction of the kept tokens updated.
+        topk_sa: Tokens of the dual self-attention.
+        num_select: Detections per image at inference.
+        backbone_kwargs: Extra ``timm.create_model`` keyword arguments.
+        freeze_bn: Turn every BatchNorm of the backbone into a FrozenBatchNorm2d (official R50).
+        freeze_at: detectron2's freeze_at for ResNet-style backbones: 0 nothing, 1 the stem (official), k >= 2 also
+            ``layer1``..``layer{k-1}``; other backbones are trained in full (as the official Swin configs).
+        num_heads: Attention heads.
+        num_points: Deformable sampling points.
+        num_backbone_levels: Backbone levels used (3: strides 8, 16, 32).
+        dropout: Attention and FFN dropout (0 as official).
+        matcher_costs: (class, L1, GIoU) matching costs.
+        loss_weights: (class, L1, GIoU, foreground) loss weights.
+        fg_ranges: Per-level (lo, hi] ranges of the foreground targets (default: the official four).
+    """
+
+    def __init__(self, backbone: Union[str, nn.Module] = 'resnet50', num_classes: int = 80, pretrained: bool = False,
+                 num_queries: int = 900, num_encoder_layers: int = 6, num_decoder_layers: int = 6,
+                 embed_dims: int = 256, num_feature_levels: int = 4, ffn_dims: int = 2048, dn_number: int = 100,
+                 label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0, focus_rho: float = 0.5,
+                 cascade_ratios: Sequence[float] = (1.0, 0.8, 0.6, 0.6, 0.4, 0.2), topk_sa: int = 300,
+                 num_select: int = 300, backbone_kwargs: Optional[Dict] = None, freeze_bn: bool = True,
+                 freeze_at: int = 1, num_heads: int = 8, num_points: int = 4, num_backbone_levels: int = 3,
+                 dropout: float = 0.0, matcher_costs: Sequence[float] = (2.0, 5.0, 2.0),
+                 loss_weights: Sequence[float] = (1.0, 5.0, 2.0, 1.5),
+                 fg_ranges: Optional[Sequence[Tuple[float, float]]] = None):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f'num_classes must be positive, got {num_classes}')
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims={embed_dims} must be divisible by num_heads={num_heads}')
+        self.backbone = FeatureBackbone(backbone, None, pretrained, num_levels=num_backbone_levels, min_reduction=8,
+                                        backbone_kwargs=backbone_kwargs)
+        if len(self.backbone.channels) > num_feature_levels:
+            raise ValueError(f'num_feature_levels={num_feature_levels} is fewer than the {len(self.backbone.channels)} '
+                             'backbone levels used')
+        if freeze_bn:
+            self.backbone.model = freeze_batch_norm_2d(self.backbone.model)
+        self._freeze_stages(freeze_at)
+        self.pretrained_cfg = self.backbone.pretrained_cfg
+        strides = list(self.backbone.strides)
+        while len(strides) < num_feature_levels:
+            strides.append(strides[-1] * 2)
+        self.strides = strides
+        self.position_embedding = PositionEmbeddingSine(embed_dims // 2, 10000, True, offset=-0.5)
+        self.neck = ChannelMapper(self.backbone.channels, embed_dims, num_feature_levels)
+        self.transformer = FocusDETRTransformer(embed_dims, num_heads, num_encoder_layers, num_decoder_layers,
+                                                ffn_dims, num_feature_levels, num_points, num_queries, focus_rho,
+                                                cascade_ratios, topk_sa, dropout)
+        self.num_classes, self.num_queries, self.embed_dims = num_classes, num_queries, embed_dims
+        self.dn_number, self.label_noise_ratio, self.box_noise_scale = dn_number, label_noise_ratio, box_noise_scale
+        self.num_select = num_select
+
+        class_embed = nn.Linear(embed_dims, num_classes)
+        nn.init.constant_(class_embed.bias, -math.log((1 - 0.01) / 0.01))
+        bbox_embed = MLP(embed_dims, embed_dims, 4, 3)
+        nn.init.constant_(bbox_embed.layers[-1].weight, 0)
+        nn.init.constant_(bbox_embed.layers[-1].bias, 0)
+        num_pred = num_decoder_layers + 1  # the last pair scores the two-stage proposals
+        self.class_embed = nn.ModuleList(_copy(class_embed) for _ in range(num_pred))
+        self.bbox_embed = nn.ModuleList(_copy(bbox_embed) for _ in range(num_pred))
+        self.label_enc = nn.Embedding(num_classes, embed_dims)
+
+        weights = make_weight_dict(num_decoder_layers, *loss_weights)
+        self.criterion = FocusDETRCriterion(num_classes, HungarianMatcher(*matcher_costs), weights,
+                                            fg_ranges=fg_ranges)
+
+    def _freeze_stages(self, freeze_at: int) -> None:
+        """detectron2's ``ResNet.freeze``: 1 = the stem (conv1, bn1), k >= 2 also res2..res_k (layer1..layer_k-1).
+        Only ResNet-style backbones are frozen; the official Swin configs train the whole backbone."""
+        model = self.backbone.model
+        if freeze_at < 1 or not (hasattr(model, 'conv1') and hasattr(model, 'bn1') and hasattr(model, 'layer1')):
+            return
+        names = ['conv1', 'bn1'] + [f'layer{i}' for i in range(1, freeze_at) if hasattr(model, f'layer{i}')]
+        for n in names:
+            for p in getattr(model, n).parameters():
+                p.requires_grad_(False)
+
+    # -- input checks --------------------------------------------------------------------------------------------
+    @staticmethod
+    def image_sizes_from_mask(pad_mask: torch.Tensor) -> List[Tuple[int, int]]:
+        """Each image's unpadded (h, w), checking that the padding is at the bottom and right only."""
+        valid = ~pad_mask
+        hs, ws = valid.any(2).sum(1), valid.any(1).sum(1)
+        rows = torch.arange(pad_mask.shape[1], device=pad_mask.device)
+        cols = torch.arange(pad_mask.shape[2], device=pad_mask.device)
+        rect = (rows[None, :, None] < hs[:, None, None]) & (cols[None, None, :] < ws[:, None, None])
+        if not torch.equal(rect, valid):
+            raise ValueError('pad_mask must mark padding at the bottom and right of each image only (True = padding) '
+                             'with a top-left rectangle of valid pixels')
+        if (hs == 0).any():
+            raise ValueError('pad_mask marks a whole image as padding')
+        return [(int(h), int(w)) for h, w in zip(hs.tolist(), ws.tolist())]
+
+    def _check_inputs(self, images: torch.Tensor, pad_mask: torch.Tensor, targets: Optional[Sequence[Dict]]) -> None:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise ValueError(f'images must be a [B, 3, H, W] tensor, got '
+                             f'{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}')
+        if not isinstance(pad_mask, torch.Tensor) or pad_mask.dtype != torch.bool:
+            raise TypeError('pad_mask must be a bool tensor [B, H, W] (True = padding), got '
+                            f'{pad_mask.dtype if isinstance(pad_mask, torch.Tensor) else type(pad_mask).__name__}')
+        b, _, h, w = images.shape
+        if tuple(pad_mask.shape) != (b, h, w):
+            raise ValueError(f'pad_mask shape {tuple(pad_mask.shape)} does not match the images: expected '
+                             f'(B, H, W) = {(b, h, w)}')
+        if targets is None:
+            return
+        if not isinstance(targets, (list, tuple)) or len(targets) != b:
+            raise ValueError(f'targets must be a list of {b} dicts (one per image), got '
+                             f'{len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__}')
+        for i, t in enumerate(targets):
+            if not isinstance(t, dict) or 'labels' not in t or 'boxes' not in t:
+                raise ValueError(f'targets[{i}] must be a dict with "labels" [n] and "boxes" [n, 4] (cxcywh in [0, 1])')
+            labels, boxes = t['labels'], t['boxes']
+            if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype.is_floating_point:
+                got = f'{getattr(labels, "dtype", type(labels).__name__)} {tuple(getattr(labels, "shape", ()))}'
+                raise ValueError(f'targets[{i}]["labels"] must be an integer tensor [n], got {got}')
+            if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[-1] != 4 \
+                    or len(boxes) != len(labels):
+                raise ValueError(f'targets[{i}]["boxes"] must be a float tensor [n={len(labels)}, 4] (cxcywh), got '
+                                 f'{tuple(getattr(boxes, "shape", ()))}')
+            if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise ValueError(f'targets[{i}]["labels"] must lie in [0, {self.num_classes}), got '
+                                 f'{labels.min().item()}..{labels.max().item()}')
+
+    # -- network -------------------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, pad_mask: torch.Tensor,
+                targets: Optional[Sequence[Dict]] = None) -> Dict:
+        """Raw outputs.
+
+        Args:
+            images: Normalised, padded images [B, 3, H, W].
+            pad_mask: [B, H, W] bool, True at padding (bottom/right).
+            targets: Per image ``labels`` long [n] and ``boxes`` [n, 4] cxcywh normalised by the unpadded size;
+                denoising queries are added only while training with targets.
+
+        Returns:
+            ``pred_logits`` [B, Q, K], ``pred_boxes`` [B, Q, 4] (cxcywh, normalised by the unpadded size),
+            ``aux_outputs`` (the earlier decoder layers), ``enc_outputs`` (two-stage proposals), ``dn_outputs``
+            (when denoising), ``foreground_logits`` [B, N], ``spatial_shapes``, ``strides``, ``image_sizes``,
+            ``foreground_inds`` and ``focus_token_nums``.
+        """
+        self._check_inputs(images, pad_mask, targets)
+        image_sizes = self.image_sizes_from_mask(pad_mask)
+        feats = self.neck(self.backbone(images))
+        masks = [F.interpolate(pad_mask[None].float(), size=f.shape[-2:]).to(torch.bool)[0] for f in feats]
+        pos = [self.position_embedding(m).to(f.dtype) for m, f in zip(masks, feats)]
+        dn = None
+        if self.training and targets is not None:
+            dn = prepare_for_cdn(targets, self.dn_number, self.label_noise_ratio, self.box_noise_scale,
+                                 self.num_queries, self.num_classes, self.label_enc)
+        dn_label, dn_bbox, attn_mask, dn_meta = dn if dn is not None else (None, None, None, None)
+        t = self.transformer(feats, masks, pos, self.class_embed, self.bbox_embed, dn_label, dn_bbox, attn_mask)
+        states = t['states'] + self.label_enc.weight[0, 0] * 0.0  # keeps label_enc in the graph (official, for DDP)
+        classes, coords = [], []
+        for lvl in range(states.shape[0]):
+            ref = t['init_reference'] if lvl == 0 else t['references'][lvl - 1]
+            classes.append(self.class_embed[lvl](states[lvl]))
+            coords.append((self.bbox_embed[lvl](states[lvl]) + inverse_sigmoid(ref)).sigmoid())
+        classes, coords = torch.stack(classes), torch.stack(coords)
+        out = {}
+        if dn_meta is not None:
+            pad = dn_meta['pad_size']
+            out['dn_outputs'] = {'pred_logits': classes[-1, :, :pad], 'pred_boxes': coords[-1, :, :pad],
+                                 'aux_outputs': [{'pred_logits': c, 'pred_boxes': b}
+                                                 for c, b in zip(classes[:-1, :, :pad], coords[:-1, :, :pad])],
+                                 'dn_meta': dn_meta}
+            classes, coords = classes[:, :, pad:], coords[:, :, pad:]
+        out.update(pred_logits=classes[-1], pred_boxes=coords[-1],
+                   aux_outputs=[{'pred_logits': c, 'pred_boxes': b} for c, b in zip(classes[:-1], coords[:-1])],
+                   enc_outputs={'pred_logits': self.class_embed[-1](t['enc_state']), 'pred_boxes': t['enc_boxes']},
+                   foreground_logits=t['foreground_logits'], spatial_shapes=t['spatial_shapes'],
+                   strides=self.strides, image_sizes=image_sizes, foreground_inds=t['foreground_inds'],
+                   focus_token_nums=t['focus_token_nums'])
+        return out
+
+    def loss(self, images: torch.Tensor, pad_mask: torch.Tensor, targets: Sequence[Dict]) -> Dict[str, torch.Tensor]:
+        """The weighted loss terms (official weights); their sum is the training loss."""
+        if targets is None:
+            raise ValueError('loss() needs targets: a list of {"labels", "boxes"} dicts, one per image')
+        outputs = self(images, pad_mask, targets)
+        return self.criterion.weighted(self.criterion(outputs, targets))
+
+    def postprocess(self, outputs: Dict, image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, torch.Tensor]]:
+        """Top ``num_select`` (query, class) pairs by sigmoid score; boxes xyxy in pixels of each (h, w), clipped."""
+        logits, boxes = outputs['pred_logits'], outputs['pred_boxes']
+        if len(image_sizes) != logits.shape[0]:
+            raise ValueError(f'image_sizes has {len(image_sizes)} entries for {logits.shape[0]} images')
+        batch, _, num_classes = logits.shape
+        k = min(self.num_select, logits.shape[1] * num_classes)
+        scores, index = logits.sigmoid().flatten(1).topk(k, dim=1)
+        query, labels = index // num_classes, index % num_classes
+        boxes = box_convert(_gather(boxes, query), 'cxcywh', 'xyxy')
+        results = []
+        for s, lab, b, (h, w) in zip(scores, labels, boxes, image_sizes):
+            scale = b.new_tensor([w, h, w, h])
+            b = torch.minimum((b * scale).clamp(min=0), scale)
+            results.append({'scores': s, 'labels': lab, 'boxes': b})
+        return results
+
+    def predict(self, images: torch.Tensor, pad_mask: torch.Tensor,
+                image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, torch.Tensor]]:
+        """Per image ``scores`` [K], ``labels`` long [K] and ``boxes`` [K, 4] xyxy in pixels of ``image_sizes``
+        ((h, w) of the unpadded input)."""
+        return self.postprocess(self(images, pad_mask), image_sizes)
+
+
+def _copy(module: nn.Module) -> nn.Module:
+    import copy
+    return copy.deepcopy(module)
