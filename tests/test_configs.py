@@ -1,7 +1,7 @@
 """Every config in configs/ builds, and its model runs one loss and one predict step on two tiny images on CPU.
 
-The checks follow the task of the built model: classifiers (labels, scores) and segmentors (masks). Configs that
-load pretrained weights are built without them: no test downloads anything."""
+The checks follow the task of the built model: classifiers (labels, scores), segmentors (masks), detectors (boxes).
+Configs that load pretrained weights are built without them: no test downloads anything."""
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,14 @@ pytest.importorskip('mmengine')
 from mmengine.config import Config  # noqa: E402
 from mmengine.structures import BaseDataElement  # noqa: E402
 
-from visionattn.engine import MODELS, CoreReIDTargetModel, ReIDSourceModel, Segmentor  # noqa: E402
+from visionattn.engine import (  # noqa: E402
+    MODELS,
+    CoreReIDTargetModel,
+    Detector,
+    ReIDSourceModel,
+    Segmentor,
+    det_collate,
+)
 from visionattn.engine.compression import ImageCompressor  # noqa: E402
 from visionattn.engine.diffusion import DiffusionModel  # noqa: E402
 
@@ -62,6 +69,36 @@ def _check_segmentor(model: Segmentor) -> None:
         assert p.pred_sem_seg.shape == (size, size) and p.pred_sem_seg.dtype == torch.long
         assert p.seg_logits.shape == (num_classes, size, size)
         assert 0 <= int(p.pred_sem_seg.min()) and int(p.pred_sem_seg.max()) < num_classes
+
+
+def _check_detector(model: Detector) -> None:
+    """Detection: two images of different sizes (padded, so the padding mask matters) with a box each, and one
+    without; 224 pixels give the 900 queries of the COCO configs enough tokens (1,045 over strides 8-64)."""
+    num_classes = model.num_classes
+    sizes = [(224, 224), (208, 224)]
+
+    def batch():
+        items = [{'img': torch.randint(0, 256, (3, h, w), dtype=torch.uint8),
+                  'gt_bboxes': torch.tensor([[10.0, 20.0, 120.0, 100.0]])[:1 - i],
+                  'gt_labels': torch.tensor([num_classes - 1])[:1 - i],
+                  'meta': {'img_id': i + 1, 'ori_shape': (2 * h, 2 * w), 'scale_factor': (0.5, 0.5)}}
+                 for i, (h, w) in enumerate(sizes)]
+        return det_collate(items)
+    torch.manual_seed(0)
+    model.train()
+    losses = model(**model.data_preprocessor(batch(), training=True), mode='loss')
+    assert torch.isfinite(losses['loss'])
+    losses['loss'].backward()
+    model.eval()
+    with torch.no_grad():
+        predictions = model(**model.data_preprocessor(batch()), mode='predict')
+    assert len(predictions) == 2
+    for p, (h, w) in zip(predictions, sizes):
+        pred = p.pred_instances
+        assert pred.bboxes.shape == (len(pred.scores), 4) and len(pred.scores) > 0
+        assert pred.bboxes.min() >= 0  # in the original (2x) image's pixels
+        assert (pred.bboxes[:, 0::2] <= 2 * w).all() and (pred.bboxes[:, 1::2] <= 2 * h).all()
+        assert ((pred.labels >= 0) & (pred.labels < num_classes)).all()
 
 
 def _check_compressor(model: ImageCompressor) -> None:
@@ -159,6 +196,9 @@ def test_config_builds_and_steps(path):
         return
     if isinstance(model, Segmentor):
         _check_segmentor(model)
+        return
+    if isinstance(model, Detector):
+        _check_detector(model)
         return
     if isinstance(model, DiffusionModel):
         _check_diffusion(model)

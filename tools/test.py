@@ -31,14 +31,7 @@ def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint file {args.checkpoint} does not exist')
-    from visionattn.engine import (
-        PredictionImagesHook,
-        Segmentor,
-        SegPredictionImagesHook,
-        VisionRunner,
-        check_config,
-        load_tool_config,
-    )
+    from visionattn.engine import VisionRunner, check_config, load_tool_config
     cfg = load_tool_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
     cfg.resume = False
@@ -47,8 +40,9 @@ def main(argv=None):
     if args.show_dir:
         from mmengine.model import is_model_wrapper
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        hook = SegPredictionImagesHook if isinstance(model, Segmentor) else PredictionImagesHook  # mask overlays
-        runner.register_hook(hook(out_dir=args.show_dir), priority='LOWEST')
+        if model.show_hook is None:  # the task model names the hook that draws its predictions
+            raise SystemExit(f'--show-dir: {type(model).__name__} has no drawing of its predictions')
+        runner.register_hook(model.show_hook(out_dir=args.show_dir), priority='LOWEST')
     if args.out:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise SystemExit('--out must be a .pkl file')

@@ -1,6 +1,7 @@
 """Datasets and augmentation pipelines (albumentations) for the task tools; plain PyTorch datasets, no engine."""
 from .base import SeededDataset, SharedEpoch, build_pipeline
 from .classification import DigitsDataset, ImageFolderDataset
+from .detection import CocoDetection, SyntheticCocoDetection, detection_transforms, make_synthetic_coco
 from .medical import AVTDataset, SynapseDataset, SyntheticSlicesDataset, ct_window, medical_transforms
 from .reid import (
     CUHK03,
@@ -22,3 +23,4 @@ __all__ += ['ADE20KDataset', 'SegFolderDataset', 'SyntheticShapesDataset', 'segm
 __all__ += ['AVTDataset', 'SynapseDataset', 'SyntheticSlicesDataset', 'ct_window', 'medical_transforms']
 __all__ += ['ReIDDataset', 'Market1501', 'DukeMTMC', 'CUHK03', 'MSMT17', 'SyntheticPedestrians', 'ReIDTestDataset',
             'reid_transforms']
+__all__ += ['CocoDetection', 'SyntheticCocoDetection', 'detection_transforms', 'make_synthetic_coco']

@@ -2,6 +2,13 @@
 runner the tools use. The only library package that imports mmengine (the ``[train]`` extra)."""
 from . import datasets  # noqa: F401  (registers the data package's datasets)
 from .classification import ClsDataPreprocessor, ImageClassifier, check_model_name, cls_collate
+from .detection import (
+    CocoMetric,
+    DetDataPreprocessor,
+    Detector,
+    DetPredictionImagesHook,
+    det_collate,
+)
 from .hooks import DatasetEpochHook, PredictionImagesHook, ProgressBarHook, RandomStateHook, TrainingCurveHook
 from .medical import DiceHD95Metric, MedicalSegmentor
 from .metrics import Accuracy
@@ -26,5 +33,6 @@ __all__ = [
     'DiceHD95Metric', 'MedicalSegmentor',
     'ClusteringHook', 'CoreReIDTargetModel', 'ReIDDataPreprocessor', 'ReIDSourceModel',
     'PKSampler', 'ReIDMetric', 'evaluate_rank', 'k_reciprocal_rerank', 'reid_collate',
+    'CocoMetric', 'DetDataPreprocessor', 'DetPredictionImagesHook', 'Detector', 'det_collate',
     'IoUMetric', 'SegCrossEntropyLoss', 'SegDataPreprocessor', 'SegPredictionImagesHook', 'Segmentor', 'seg_collate',
 ]

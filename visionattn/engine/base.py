@@ -1,7 +1,13 @@
-"""The base of every task model: mmengine's BaseModel with the initialisation rule the zoo needs."""
-from mmengine.model import BaseModel
+"""The base of every task model (mmengine's BaseModel with the initialisation rule the zoo needs) and of the dense
+tasks' data preprocessors."""
+from typing import Dict, List, Optional, Sequence
 
-__all__ = ['TaskModel']
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseDataPreprocessor, BaseModel
+from mmengine.structures import BaseDataElement
+
+__all__ = ['TaskModel', 'NormalizePadPreprocessor']
 
 
 class TaskModel(BaseModel):
@@ -12,6 +18,56 @@ class TaskModel(BaseModel):
     ``pretrained=True`` backbone. Only an explicit ``init_cfg`` is applied here.
     """
 
+    show_hook = None  # the Hook class that draws this task's predictions for ``tools/test.py --show-dir``
+
     def init_weights(self) -> None:
         if self.init_cfg:
             super().init_weights()
+
+
+class NormalizePadPreprocessor(BaseDataPreprocessor):
+    """Moves a batch to the device, repeats grey images to RGB, normalises, and pads to a size divisor (bottom/right,
+    0 after normalising); each sample's metainfo gets 'pad_shape'. Subclasses pad their targets in ``pad_samples``.
+
+    Args:
+        mean: Per-channel mean on the 0..1 scale (timm's ``pretrained_cfg['mean']``).
+        std: Per-channel std on the 0..1 scale.
+        size_divisor: Pad H and W up to a multiple of this; None leaves the batch's size alone.
+        repeat_gray: Repeat 1-channel inputs to 3 channels when ``mean`` has three entries.
+    """
+
+    def __init__(self, mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+                 size_divisor: Optional[int] = None, repeat_gray: bool = True):
+        super().__init__()
+        if len(mean) != len(std):
+            raise ValueError(f'mean and std need the same length, got {len(mean)} and {len(std)}')
+        if size_divisor is not None and size_divisor < 1:
+            raise ValueError(f'size_divisor must be positive or None, got {size_divisor}')
+        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255, persistent=False)
+        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255, persistent=False)
+        self.size_divisor = size_divisor
+        self.repeat_gray = repeat_gray
+
+    def pad_samples(self, samples: List[BaseDataElement], size: Sequence[int], pad: Sequence[int]) -> None:
+        """Pad the samples' targets of the unpadded batch ``size`` (h, w) by ``pad`` (bottom, right)."""
+
+    def forward(self, data: Dict, training: bool = False) -> Dict:
+        data = self.cast_data(data)
+        inputs = data['inputs']
+        if inputs.ndim != 4:
+            raise ValueError(f'{type(self).__name__} expects inputs [B, C, H, W], got {tuple(inputs.shape)}')
+        if inputs.shape[1] == 1 and self.repeat_gray and self.mean.shape[0] == 3:
+            inputs = inputs.expand(-1, 3, -1, -1)
+        if inputs.shape[1] != self.mean.shape[0]:
+            raise ValueError(f'inputs have {inputs.shape[1]} channels, mean/std have {self.mean.shape[0]}')
+        inputs = (inputs.float() - self.mean) / self.std
+        samples = data.get('data_samples')
+        if self.size_divisor:
+            h, w = inputs.shape[-2:]
+            pad_h, pad_w = -h % self.size_divisor, -w % self.size_divisor
+            if pad_h or pad_w:
+                inputs = F.pad(inputs, (0, pad_w, 0, pad_h), value=0)
+                self.pad_samples(samples or [], (h, w), (pad_h, pad_w))
+        for sample in samples or ():
+            sample.set_metainfo({'pad_shape': tuple(inputs.shape[-2:])})
+        return {'inputs': inputs.contiguous(), 'data_samples': samples}

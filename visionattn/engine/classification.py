@@ -13,6 +13,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
 from .base import TaskModel
+from .hooks import PredictionImagesHook
 from .registry import FUNCTIONS, MODELS
 
 __all__ = ['ClsDataPreprocessor', 'ImageClassifier', 'cls_collate', 'check_model_name']
@@ -73,6 +74,8 @@ class ImageClassifier(TaskModel):
             model's own pretrained mean/std.
         init_cfg: mmengine initialisation config (unused by default: timm models initialise themselves).
     """
+
+    show_hook = PredictionImagesHook
 
     def __init__(self, backbone: str, num_classes: int = 1000, pretrained: bool = False,
                  backbone_kwargs: Optional[Dict] = None, label_smoothing: float = 0.0, mixup: Optional[Dict] = None,

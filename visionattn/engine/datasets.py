@@ -1,5 +1,13 @@
 """The data package's datasets, registered for configs that name them by string."""
-from visionattn.data import ADE20KDataset, DigitsDataset, ImageFolderDataset, SegFolderDataset, SyntheticShapesDataset
+from visionattn.data import (
+    ADE20KDataset,
+    CocoDetection,
+    DigitsDataset,
+    ImageFolderDataset,
+    SegFolderDataset,
+    SyntheticCocoDetection,
+    SyntheticShapesDataset,
+)
 
 from .registry import DATASETS
 
@@ -8,3 +16,5 @@ DATASETS.register_module(module=ImageFolderDataset)
 DATASETS.register_module(module=ADE20KDataset)
 DATASETS.register_module(module=SegFolderDataset)
 DATASETS.register_module(module=SyntheticShapesDataset)
+DATASETS.register_module(module=CocoDetection)
+DATASETS.register_module(module=SyntheticCocoDetection)

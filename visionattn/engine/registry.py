@@ -13,7 +13,7 @@ __all__ = ['MODELS', 'DATASETS', 'DATA_SAMPLERS', 'METRICS', 'HOOKS', 'FUNCTIONS
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='visionattn',
                   locations=['visionattn.engine.classification', 'visionattn.engine.segmentation',
                              'visionattn.engine.medical', 'visionattn.engine.reid', 'visionattn.engine.diffusion',
-                             'visionattn.engine.compression'])
+                             'visionattn.engine.compression', 'visionattn.engine.detection'])
 DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='visionattn',
                     locations=['visionattn.engine.datasets', 'visionattn.engine.medical',
                                'visionattn.engine.reid_eval', 'visionattn.engine.diffusion',
@@ -23,10 +23,11 @@ DATA_SAMPLERS = Registry('data sampler', parent=MMENGINE_DATA_SAMPLERS, scope='v
 METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='visionattn',
                    locations=['visionattn.engine.metrics', 'visionattn.engine.segmentation',
                                'visionattn.engine.medical', 'visionattn.engine.reid_eval',
-                               'visionattn.engine.diffusion', 'visionattn.engine.compression'])
+                               'visionattn.engine.diffusion', 'visionattn.engine.compression',
+                               'visionattn.engine.detection'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='visionattn',
-                 locations=['visionattn.engine.hooks', 'visionattn.engine.reid'])
+                 locations=['visionattn.engine.hooks', 'visionattn.engine.reid', 'visionattn.engine.detection'])
 FUNCTIONS = Registry('function', parent=MMENGINE_FUNCTIONS, scope='visionattn',
                      locations=['visionattn.engine.classification', 'visionattn.engine.segmentation',
                                 'visionattn.engine.reid_eval', 'visionattn.engine.diffusion',
-                                'visionattn.engine.compression'])
+                                'visionattn.engine.compression', 'visionattn.engine.detection'])

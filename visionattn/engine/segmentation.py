@@ -12,10 +12,9 @@ from mmengine.dist import all_reduce, get_world_size, is_distributed, is_main_pr
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import BaseDataPreprocessor
 from mmengine.structures import BaseDataElement
 
-from .base import TaskModel
+from .base import NormalizePadPreprocessor, TaskModel
 from .registry import FUNCTIONS, HOOKS, METRICS, MODELS
 
 __all__ = ['seg_collate', 'SegDataPreprocessor', 'SegCrossEntropyLoss', 'Segmentor', 'IoUMetric',
@@ -55,52 +54,15 @@ def seg_collate(batch: Sequence[Dict]) -> Dict:
 
 
 @MODELS.register_module()
-class SegDataPreprocessor(BaseDataPreprocessor):
-    """Moves a batch to the device, repeats grey images to RGB, normalises, and pads to a size divisor.
+class SegDataPreprocessor(NormalizePadPreprocessor):
+    """Moves a batch to the device, repeats grey images to RGB, normalises, and pads to a size divisor, the masks
+    with 255 (ignored), as mmseg's SegDataPreProcessor (see :class:`NormalizePadPreprocessor` for the arguments)."""
 
-    Args:
-        mean: Per-channel mean on the 0..1 scale (timm's ``pretrained_cfg['mean']``).
-        std: Per-channel std on the 0..1 scale.
-        size_divisor: Pad H and W up to a multiple of this (bottom/right; 0 for the normalised image, 255 for the
-            masks), as mmseg's SegDataPreProcessor; None leaves the size alone.
-        repeat_gray: Repeat 1-channel inputs to 3 channels when ``mean`` has three entries.
-    """
-
-    def __init__(self, mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
-                 size_divisor: Optional[int] = None, repeat_gray: bool = True):
-        super().__init__()
-        if len(mean) != len(std):
-            raise ValueError(f'mean and std need the same length, got {len(mean)} and {len(std)}')
-        if size_divisor is not None and size_divisor < 1:
-            raise ValueError(f'size_divisor must be positive or None, got {size_divisor}')
-        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255, persistent=False)
-        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255, persistent=False)
-        self.size_divisor = size_divisor
-        self.repeat_gray = repeat_gray
-
-    def forward(self, data: Dict, training: bool = False) -> Dict:
-        data = self.cast_data(data)
-        inputs = data['inputs']
-        if inputs.ndim != 4:
-            raise ValueError(f'SegDataPreprocessor expects inputs [B, C, H, W], got {tuple(inputs.shape)}')
-        if inputs.shape[1] == 1 and self.repeat_gray and self.mean.shape[0] == 3:
-            inputs = inputs.expand(-1, 3, -1, -1)
-        if inputs.shape[1] != self.mean.shape[0]:
-            raise ValueError(f'inputs have {inputs.shape[1]} channels, mean/std have {self.mean.shape[0]}')
-        inputs = (inputs.float() - self.mean) / self.std
-        samples = data.get('data_samples')
-        if self.size_divisor:
-            h, w = inputs.shape[-2:]
-            pad_h, pad_w = -h % self.size_divisor, -w % self.size_divisor
-            if pad_h or pad_w:
-                inputs = F.pad(inputs, (0, pad_w, 0, pad_h), value=0)
-                for sample in samples or ():
-                    gt = sample.get('gt_sem_seg')
-                    if gt is not None and tuple(gt.shape[-2:]) == (h, w):
-                        sample.gt_sem_seg = F.pad(gt, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
-        for sample in samples or ():
-            sample.set_metainfo({'pad_shape': tuple(inputs.shape[-2:])})
-        return {'inputs': inputs.contiguous(), 'data_samples': samples}
+    def pad_samples(self, samples: List[BaseDataElement], size: Sequence[int], pad: Sequence[int]) -> None:
+        for sample in samples:
+            gt = sample.get('gt_sem_seg')
+            if gt is not None and tuple(gt.shape[-2:]) == tuple(size):
+                sample.gt_sem_seg = F.pad(gt, (0, pad[1], 0, pad[0]), value=IGNORE_INDEX)
 
 
 @MODELS.register_module()
@@ -409,3 +371,7 @@ class SegPredictionImagesHook(Hook):
             index = sample.metainfo.get('index', self._written)
             Image.fromarray(canvas).save(self.out_dir / f'{self._written:05d}_index-{index}.png')
             self._written += 1
+
+
+# tools/test.py --show-dir asks the model which hook draws its predictions.
+Segmentor.show_hook = SegPredictionImagesHook
