@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 from urllib.parse import parse_qs, urlsplit, urlunsplit
+from zlib import error as zlib_error
 
 import torch
 from timm.models import build_model_with_cfg
@@ -27,7 +28,7 @@ from ._timm_compat import resolve_pretrained_cfg
 
 __all__ = [
     'CheckpointError', 'CheckpointMismatchError', 'build_model', 'download_weights', 'load_checkpoint_file',
-    'unwrap_state_dict', 'check_state_dict', 'SAFE_GLOBALS',
+    'unwrap_state_dict', 'check_state_dict', 'extract_checkpoint', 'SAFE_GLOBALS',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -96,6 +97,88 @@ def download_weights(url: str, cache_dir: Optional[Union[str, Path]] = None, pro
             path.unlink()
             raise CheckpointError(f'checksum mismatch for {fetch_url}: expected sha256 {sha256}, got {actual}')
     return path
+
+
+# Members of a release archive that may hold weights, and the largest one unpacked (a guard against zip bombs).
+_CHECKPOINT_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.safetensors')
+_MAX_MEMBER_BYTES = 16 << 30
+
+
+def _unsafe_member(info: zipfile.ZipInfo) -> Optional[str]:
+    """Why an archive member must not be unpacked (absolute path, '..', a drive, a link), or None."""
+    name = info.filename.replace('\\', '/')
+    if name.startswith('/') or (len(name) > 1 and name[1] == ':'):
+        return 'an absolute path'
+    if '..' in name.split('/'):
+        return "a '..' component"
+    if ((info.external_attr >> 16) & 0o170000) == 0o120000:
+        return 'a symbolic link'
+    return None
+
+
+def extract_checkpoint(path: Union[str, Path], member: Optional[str] = None,
+                       out_dir: Optional[Union[str, Path]] = None) -> Path:
+    """The checkpoint file a release archive holds, unpacked next to it; any other file is returned as it is.
+
+    Some releases (Focus-DETR's, for one) publish ``name.zip`` holding a ``.pth``. A file saved by ``torch.save``
+    is itself a zip (``<name>/data.pkl``) and is returned unchanged. Otherwise every member name is checked first
+    (no absolute path, no ``..``, no link: the archive is refused whole), then the single member ending in
+    ``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors`` (or ``member``; ``model_final.pth`` wins among several)
+    is streamed to ``<out_dir or the archive's folder>/<archive stem>/<member file name>`` through a temporary
+    file, and reused when already there with the right size. The member is only copied, never loaded here.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint file {path} does not exist')
+    if not zipfile.is_zipfile(path):
+        return path
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            names = [i.filename for i in infos]
+            if any(n.count('/') == 1 and n.endswith('/data.pkl') for n in names):
+                return path  # torch.save's own zip format
+            unsafe = [(i.filename, why) for i in infos if (why := _unsafe_member(i))]
+            if unsafe:
+                shown = ', '.join(f'{n!r} ({why})' for n, why in unsafe[:5])
+                raise CheckpointError(f'archive {path} was not unpacked: member names that would write outside its '
+                                      f'folder: {shown}')
+            files = [i for i in infos if not i.is_dir() and not i.filename.startswith('__MACOSX/')]
+            if member is not None:
+                chosen = [i for i in files if i.filename == member or i.filename.rsplit('/', 1)[-1] == member]
+                if not chosen:
+                    raise CheckpointError(f'archive {path} has no member {member!r}; it holds: {_summarise(names)}')
+            else:
+                chosen = [i for i in files if i.filename.lower().endswith(_CHECKPOINT_SUFFIXES)]
+                if len(chosen) > 1:
+                    final = [i for i in chosen if i.filename.rsplit('/', 1)[-1] == 'model_final.pth']
+                    chosen = final if len(final) == 1 else chosen
+                if not chosen:
+                    raise CheckpointError(f'archive {path} holds no checkpoint ({", ".join(_CHECKPOINT_SUFFIXES)}); '
+                                          f'its members: {_summarise(names)}')
+                if len(chosen) > 1:
+                    raise CheckpointError(f'archive {path} holds several checkpoints, pass member= one of: '
+                                          f'{_summarise([i.filename for i in chosen])}')
+            info = chosen[0]
+            if info.file_size > _MAX_MEMBER_BYTES:
+                raise CheckpointError(f'archive member {info.filename} of {path} unpacks to {info.file_size} bytes, '
+                                      f'more than the {_MAX_MEMBER_BYTES} a checkpoint may have')
+            target_dir = Path(out_dir) if out_dir is not None else path.parent / path.stem
+            target_dir.mkdir(parents=True, exist_ok=True)
+            target = target_dir / info.filename.rsplit('/', 1)[-1]
+            if target.is_file() and target.stat().st_size == info.file_size:
+                return target
+            tmp = target.with_name(f'.{target.name}.{os.getpid()}.part')
+            try:
+                with archive.open(info) as src, open(tmp, 'wb') as dst:
+                    for chunk in iter(lambda: src.read(1 << 20), b''):
+                        dst.write(chunk)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return target
+    except (zipfile.BadZipFile, EOFError, zlib_error) as e:
+        raise CheckpointError(f'archive {path} is truncated or corrupted: {e}') from e
 
 
 def load_checkpoint_file(path: Union[str, Path], extra_globals: Sequence[Any] = (),
