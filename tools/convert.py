@@ -18,7 +18,6 @@ nothing is written. ``OUT`` ending in ``.safetensors`` is written with safetenso
 New families register with :func:`register_converter`.
 """
 import argparse
-import hashlib
 import importlib
 import os
 import re
@@ -38,6 +37,7 @@ from visionattn.hub import (
     download_weights,
     extract_checkpoint,
     load_checkpoint_file,
+    sha256_file,
     unwrap_state_dict,
 )
 
@@ -205,14 +205,6 @@ def save_state_dict(state: Dict[str, torch.Tensor], out: Path) -> str:
     return fmt
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -249,7 +241,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         'family': args.family, 'input': str(path), 'output': str(args.output), 'format': fmt, 'model': described,
         'tensors': len(state), 'elements': sum(v.numel() for v in tensors),
         'dropped': max(len(raw) - len(state), 0), 'renamed': len(set(state) - set(raw)),
-        'bytes': args.output.stat().st_size, 'sha256': _sha256(args.output),
+        'bytes': args.output.stat().st_size, 'sha256': sha256_file(args.output),
     }
     print(f'{args.family}: {path} -> {args.output}\n'
           f'  model:   {described}: every key and shape of the converted weights matches\n'

@@ -28,7 +28,7 @@ from ._timm_compat import resolve_pretrained_cfg
 
 __all__ = [
     'CheckpointError', 'CheckpointMismatchError', 'build_model', 'download_weights', 'load_checkpoint_file',
-    'unwrap_state_dict', 'check_state_dict', 'extract_checkpoint', 'SAFE_GLOBALS',
+    'unwrap_state_dict', 'check_state_dict', 'extract_checkpoint', 'sha256_file', 'SAFE_GLOBALS',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ def _parse_weight_url(url: str):
     return fetch_url, fragment.get('sha256'), name
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Union[str, Path]) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -92,7 +93,7 @@ def download_weights(url: str, cache_dir: Optional[Union[str, Path]] = None, pro
             f'{fetch_url} returned an HTML page, not a checkpoint (a login, quota or confirmation page of the '
             f'file host); download it by hand and pass pretrained_cfg_overlay=dict(file=...)')
     if sha256 is not None:
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if actual != sha256.lower():
             path.unlink()
             raise CheckpointError(f'checksum mismatch for {fetch_url}: expected sha256 {sha256}, got {actual}')

@@ -1,13 +1,30 @@
 """The base of every task model (mmengine's BaseModel with the initialisation rule the zoo needs) and of the dense
 tasks' data preprocessors."""
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from mmengine.dist import all_reduce, get_world_size, is_distributed
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.structures import BaseDataElement
 
-__all__ = ['TaskModel', 'NormalizePadPreprocessor']
+__all__ = ['TaskModel', 'NormalizePadPreprocessor', 'parse_total_loss']
+
+
+def parse_total_loss(losses: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """A task model's ``parse_losses`` when its loss dict carries the total as ``'loss'`` beside the weighted parts:
+    only ``'loss'`` is back-propagated (the parts are logged, not added again, whatever their names), and every
+    logged value is averaged over processes, so a log line reports the loss of the global batch."""
+    if 'loss' not in losses:
+        raise KeyError(f"the loss dict needs a 'loss' entry, got {sorted(losses)}")
+    log_vars = {}
+    for key, value in losses.items():
+        value = value.detach().float().mean().clone()
+        if is_distributed():
+            all_reduce(value)
+            value = value / get_world_size()
+        log_vars[key] = value
+    return losses['loss'].mean(), log_vars
 
 
 class TaskModel(BaseModel):

@@ -7,7 +7,6 @@ Rates are always measured from real bitstreams (``compress`` output length, no c
 uint8 images: PSNR with peak 255, MS-SSIM with pytorch-msssim (data range 1, five scales).
 """
 import contextlib
-import hashlib
 import io
 import json
 import math
@@ -27,7 +26,14 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMI
 from mmengine.structures import BaseDataElement
 
 from visionattn.data.compression import CompressionCropDataset, CompressionEvalDataset
-from visionattn.hub import CheckpointError, check_state_dict, download_weights, load_checkpoint_file, unwrap_state_dict
+from visionattn.hub import (
+    CheckpointError,
+    check_state_dict,
+    download_weights,
+    load_checkpoint_file,
+    sha256_file,
+    unwrap_state_dict,
+)
 
 from .base import TaskModel
 from .registry import DATASETS, FUNCTIONS, METRICS, MODELS
@@ -407,7 +413,7 @@ def compressai_zoo_codec(architecture: str, quality: int, metric: str = 'mse', p
             raise ValueError(f'CompressAI released no {metric} weights for {architecture} quality {quality}')
         file = download_weights(url)
         expected = re.search(r'-([a-f0-9]{6,})\.', Path(file).name)  # torch hub's convention: sha256 prefix
-        if expected and not hashlib.sha256(Path(file).read_bytes()).hexdigest().startswith(expected.group(1)):
+        if expected and not sha256_file(file).startswith(expected.group(1)):
             Path(file).unlink()
             raise CheckpointError(f'checksum mismatch for {url}: the sha256 does not start with {expected.group(1)}')
     state_dict = load_pretrained(unwrap_state_dict(load_checkpoint_file(file)))

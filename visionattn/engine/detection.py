@@ -16,13 +16,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.dist import all_reduce, get_world_size, is_distributed, is_main_process
+from mmengine.dist import is_main_process
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement, InstanceData
 
-from .base import NormalizePadPreprocessor, TaskModel
+from .base import NormalizePadPreprocessor, TaskModel, parse_total_loss
 from .registry import FUNCTIONS, HOOKS, METRICS, MODELS
 
 __all__ = ['det_collate', 'DetDataPreprocessor', 'Detector', 'CocoMetric', 'DetPredictionImagesHook',
@@ -210,18 +210,8 @@ class Detector(TaskModel):
         return data_samples
 
     def parse_losses(self, losses: Dict[str, torch.Tensor]):
-        """Back-propagates ``losses['loss']`` only (the parts are logged, not added again, whatever their
-        names), logging values averaged over processes."""
-        if 'loss' not in losses:
-            raise KeyError(f"the loss dict needs a 'loss' entry, got {sorted(losses)}")
-        log_vars = {}
-        for key, value in losses.items():
-            value = value.detach().float().mean().clone()
-            if is_distributed():
-                all_reduce(value)
-                value = value / get_world_size()
-            log_vars[key] = value
-        return losses['loss'].mean(), log_vars
+        """Back-propagates ``losses['loss']`` only; see :func:`parse_total_loss`."""
+        return parse_total_loss(losses)
 
 
 def _tensor(value) -> np.ndarray:

@@ -8,13 +8,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.dist import all_reduce, get_world_size, is_distributed, is_main_process
+from mmengine.dist import is_main_process
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement
 
-from .base import NormalizePadPreprocessor, TaskModel
+from .base import NormalizePadPreprocessor, TaskModel, parse_total_loss
 from .registry import FUNCTIONS, HOOKS, METRICS, MODELS
 
 __all__ = ['seg_collate', 'SegDataPreprocessor', 'SegCrossEntropyLoss', 'Segmentor', 'IoUMetric',
@@ -222,18 +222,8 @@ class Segmentor(TaskModel):
         return logits, logits.argmax(dim=0)
 
     def parse_losses(self, losses: Dict[str, torch.Tensor]):
-        """Back-propagates ``losses['loss']`` only (its parts are logged, not added again, whatever their names),
-        and logs values averaged over processes, so a log line reports the loss of the global batch."""
-        if 'loss' not in losses:
-            raise KeyError(f"the loss dict needs a 'loss' entry, got {sorted(losses)}")
-        log_vars = {}
-        for key, value in losses.items():
-            value = value.detach().float().mean().clone()
-            if is_distributed():
-                all_reduce(value)
-                value = value / get_world_size()
-            log_vars[key] = value
-        return losses['loss'].mean(), log_vars
+        """Back-propagates ``losses['loss']`` only; see :func:`parse_total_loss`."""
+        return parse_total_loss(losses)
 
 
 def metric_num_classes(metric: BaseMetric, sample: Dict) -> int:
