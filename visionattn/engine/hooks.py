@@ -197,7 +197,9 @@ class TrainingCurveHook(Hook):
         work_dir = Path(runner.work_dir)
         (work_dir / Path(self.filename).with_suffix('.json').name).write_text(json.dumps(self.history))
         train, val = self.history['train'], self.history['val']
-        metric_keys = sorted({k for row in val for k in row if k not in ('iter', 'epoch')})
+        # COCOeval reports -1 for an area range without objects: such a metric says nothing and squashes the axis.
+        metric_keys = sorted({k for row in val for k in row if k not in ('iter', 'epoch')
+                              and any(r.get(k, -1) != -1 for r in val)})
         fig, axes = plt.subplots(1, 2 + bool(metric_keys), figsize=(5 * (2 + bool(metric_keys)), 3.6))
         iters = [row['iter'] for row in train]
         axes[0].plot(iters, [row['loss'] for row in train], lw=0.8)
