@@ -8,7 +8,25 @@ from mmengine.dist import all_reduce, get_world_size, is_distributed
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.structures import BaseDataElement
 
-__all__ = ['TaskModel', 'NormalizePadPreprocessor', 'parse_total_loss']
+__all__ = ['TaskModel', 'NormalizePadPreprocessor', 'parse_total_loss', 'batch_canvas', 'pad_to']
+
+
+def batch_canvas(batch: Sequence[Dict], task: str) -> Tuple[int, int]:
+    """The (H, W) a dense task's collate pads its items' ``img`` [C, H, W] to: the largest of the batch."""
+    if not batch:
+        raise ValueError(f'{task} collate got an empty batch')
+    for item in batch:
+        if item['img'].ndim != 3:
+            raise ValueError(f'{task} items need img of shape [C, H, W], got {tuple(item["img"].shape)}')
+    return max(int(item['img'].shape[-2]) for item in batch), max(int(item['img'].shape[-1]) for item in batch)
+
+
+def pad_to(tensor: torch.Tensor, height: int, width: int, value: float = 0) -> torch.Tensor:
+    """Pad the last two dims at the bottom/right up to (height, width) with ``value``."""
+    h, w = tensor.shape[-2:]
+    if (h, w) == (height, width):
+        return tensor
+    return F.pad(tensor, (0, width - w, 0, height - h), value=value)
 
 
 def parse_total_loss(losses: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:

@@ -15,14 +15,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.dist import is_main_process
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement, InstanceData
 
-from .base import NormalizePadPreprocessor, TaskModel, parse_total_loss
+from .base import NormalizePadPreprocessor, TaskModel, batch_canvas, pad_to, parse_total_loss
 from .registry import FUNCTIONS, HOOKS, METRICS, MODELS
 
 __all__ = ['det_collate', 'DetDataPreprocessor', 'Detector', 'CocoMetric', 'DetPredictionImagesHook',
@@ -41,19 +40,11 @@ def det_collate(batch: Sequence[Dict]) -> Dict:
     ``bboxes`` float32 and ``labels`` int64) and the meta as metainfo: 'img_shape' (the image's size before
     padding), 'ori_shape', 'scale_factor' (w, h), 'img_id', 'index', 'instances' (original annotations).
     """
-    if not batch:
-        raise ValueError('det_collate got an empty batch')
-    height = max(item['img'].shape[-2] for item in batch)
-    width = max(item['img'].shape[-1] for item in batch)
+    height, width = batch_canvas(batch, 'detection')
     inputs, samples = [], []
     for item in batch:
-        img = item['img']
-        if img.ndim != 3:
-            raise ValueError(f'detection items need img of shape [C, H, W], got {tuple(img.shape)}')
-        h, w = (int(s) for s in img.shape[-2:])
-        if (h, w) != (height, width):
-            img = F.pad(img, (0, width - w, 0, height - h), value=0)
-        inputs.append(img)
+        h, w = (int(s) for s in item['img'].shape[-2:])
+        inputs.append(pad_to(item['img'], height, width))
         boxes = torch.as_tensor(item.get('gt_bboxes', torch.zeros(0, 4)), dtype=torch.float32).reshape(-1, 4)
         labels = torch.as_tensor(item.get('gt_labels', torch.zeros(0)), dtype=torch.long).reshape(-1)
         if len(boxes) != len(labels):

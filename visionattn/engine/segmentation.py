@@ -14,7 +14,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement
 
-from .base import NormalizePadPreprocessor, TaskModel, parse_total_loss
+from .base import NormalizePadPreprocessor, TaskModel, batch_canvas, pad_to, parse_total_loss
 from .registry import FUNCTIONS, HOOKS, METRICS, MODELS
 
 __all__ = ['seg_collate', 'SegDataPreprocessor', 'SegCrossEntropyLoss', 'Segmentor', 'IoUMetric',
@@ -32,21 +32,14 @@ def seg_collate(batch: Sequence[Dict]) -> Dict:
     different sizes are padded at the bottom/right to the largest (0), as are masks of the image's size (255);
     ``meta['img_shape']`` records each image's size before padding.
     """
-    if not batch:
-        raise ValueError('seg_collate got an empty batch')
-    height = max(item['img'].shape[-2] for item in batch)
-    width = max(item['img'].shape[-1] for item in batch)
+    height, width = batch_canvas(batch, 'segmentation')
     inputs, samples = [], []
     for item in batch:
         img, gt = item['img'], item['gt_seg']
-        if img.ndim != 3:
-            raise ValueError(f'segmentation items need img of shape [C, H, W], got {tuple(img.shape)}')
         h, w = img.shape[-2:]
-        if (h, w) != (height, width):
-            img = F.pad(img, (0, width - w, 0, height - h), value=0)
-            if tuple(gt.shape[-2:]) == (h, w):  # a mask at the original resolution (for evaluation) stays as it is
-                gt = F.pad(gt, (0, width - w, 0, height - h), value=IGNORE_INDEX)
-        inputs.append(img)
+        if tuple(gt.shape[-2:]) == (h, w):  # a mask at the original resolution (for evaluation) stays as it is
+            gt = pad_to(gt, height, width, IGNORE_INDEX)
+        inputs.append(pad_to(img, height, width))
         meta = dict(item.get('meta', {}))
         meta.setdefault('img_shape', (int(h), int(w)))
         samples.append(BaseDataElement(gt_sem_seg=torch.as_tensor(gt, dtype=torch.long), metainfo=meta))
