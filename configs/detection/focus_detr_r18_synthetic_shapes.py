@@ -1,6 +1,6 @@
 # Smoke run of the detection stack on CPU: a tiny Focus-DETR (ResNet-18 from scratch, 64-d, 2 encoder + 2 decoder
 # layers, 30 queries, 4 denoising queries) on the synthetic COCO shapes at 128 pixels, 3 classes: 40 epochs of 64
-# iterations of 4 images (about 22 minutes on 2 CPU cores), COCO box AP every 10 epochs. Because everything starts
+# iterations of 4 images (about 30 minutes on 2 busy CPU cores), COCO box AP every 10 epochs. Because everything starts
 # from scratch, it trains at lr 4e-4 with clipping at 1.0 (the official recipe's 1e-4 / 0.1 is for a pretrained
 # backbone and learned nothing in a few hundred iterations here). Shorten it with e.g.
 #   python tools/train.py configs/detection/focus_detr_r18_synthetic_shapes.py --cfg-options train_cfg.max_epochs=1 \
