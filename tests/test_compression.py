@@ -12,8 +12,8 @@ pytestmark = pytest.mark.heads
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _codec_tool():
-    spec = importlib.util.spec_from_file_location('codec_tool', ROOT / 'tools' / 'codec.py')
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(f'{name}_tool', ROOT / 'tools' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -84,7 +84,7 @@ def test_bad_input_is_rejected(codec_model, shape, message):
 
 
 def test_codec_file_round_trip_and_rejects_bad_files(codec_model, image):
-    codec = _codec_tool()
+    codec = _tool('codec')
     decode_bytes, encode_image, unpack = codec.decode_bytes, codec.encode_image, codec.unpack
     data = encode_image(codec_model, 's2lic-tiny', 3, image[..., :50, :60])
     fields = unpack(data)
@@ -276,9 +276,7 @@ def test_image_folder_dataset(tmp_path):
 
 
 def test_rd_compare_tool(tmp_path):
-    spec = importlib.util.spec_from_file_location('rd_compare', ROOT / 'tools' / 'rd_compare.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _tool('rd_compare')
     jpeg = [{'bpp': r, 'psnr': 30 + 5 * math.log(r)} for r in (0.2, 0.4, 0.8, 1.6, 3.2)]
     paths = []
     for index, rate in enumerate((0.3, 0.6, 1.2, 2.4)):  # the JPEG curve at half the rate: BD-rate -50%
@@ -289,6 +287,23 @@ def test_rd_compare_tool(tmp_path):
     assert report['points'] == 4 and report['bd_rate_vs_jpeg'] == pytest.approx(-50.0, abs=1e-6)
     assert report['bd_psnr_vs_jpeg'] == pytest.approx(5 * math.log(2), abs=1e-6)
     assert (tmp_path / 'rd.png').stat().st_size > 0
+
+
+def test_s2lic_quick_joins_runs_into_one_curve(tmp_path):
+    module = _tool('s2lic_quick')
+    jpeg = [{'bpp': rate, 'psnr': 20 + 10 * rate, 'ms_ssim': 0.8 + 0.1 * rate} for rate in (0.2, 0.4, 0.8)]
+    paths = []
+    for lmbda, rate in ((0.0067, 0.3), (0.0035, 0.1)):
+        run = {'size': 'tiny', 'lmbda': lmbda, 'steps': 10, 'jpeg': jpeg,
+               's2lic': {'bpp': rate, 'psnr': 25.0 + rate, 'ms_ssim': 0.9}}
+        paths.append(tmp_path / f'{lmbda}.json')
+        paths[-1].write_text(json.dumps(run))
+    summary = module.combine_results(paths, tmp_path / 'rd')
+    assert [row['lmbda'] for row in summary['points']] == [0.0035, 0.0067]  # ordered by rate
+    assert summary['points'][1]['JPEG PSNR at this bpp'] == pytest.approx(23.0)  # interpolated at 0.3 bpp
+    assert summary['points'][0]['JPEG PSNR at this bpp'] is None  # below JPEG's lowest rate: no comparison
+    assert json.loads((tmp_path / 'rd' / 'combined.json').read_text()) == summary
+    assert all((tmp_path / 'rd' / name).stat().st_size > 0 for name in ('rd_psnr.png', 'rd_msssim.png'))
 
 
 def test_avif_baseline_points_rise_with_quality():

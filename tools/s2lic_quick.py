@@ -4,10 +4,12 @@ Train/held-out split (fixed): train on rocket, hubble_deep_field, immunohistoche
 (left view) and colorwheel; hold out astronaut, chelsea and coffee. Rate is measured from the real bitstreams
 (``compress`` output length, header excluded), PSNR on [0, 255], MS-SSIM with pytorch-msssim. Baselines: JPEG,
 WebP and AVIF via Pillow at several qualities, measured the same way (encoded file length). Writes results JSON
-and an RD PNG to --out.
+and an RD PNG to --out. ``--combine`` joins the results of several runs (one per lambda) into one curve: a table of
+each point against the baselines at the same rate, and PSNR and MS-SSIM plots.
 
 Usage:
-    python tools/s2lic_quick.py --size small --lmbda 0.013 --minutes 6.5 --batch 16 --crop 256 --out work_dirs/s2lic
+    python tools/s2lic_quick.py --size small --lmbda 0.0067 --lr 2e-4 --minutes 14.5 --out work_dirs/s2lic_0.0067
+    python tools/s2lic_quick.py --combine work_dirs/s2lic_*/results.json --out work_dirs/s2lic_rd
     python tools/s2lic_quick.py --size tiny --minutes 0.3 --batch 2 --crop 64 --out /tmp/s2lic_smoke   # CPU smoke
 """
 from __future__ import annotations
@@ -33,7 +35,8 @@ from visionattn.engine.compression import (
     to_uint8,
 )
 
-QUALITIES = (5, 10, 20, 30, 50, 75, 90)
+# Pillow qualities; 1-3 reach JPEG's lowest rates (about 0.15-0.2 bpp here), so low-rate points can be compared.
+QUALITIES = (1, 2, 3, 5, 10, 20, 30, 50, 75, 90)
 
 
 def stack_images(items: list[dict]) -> torch.Tensor:
@@ -53,6 +56,32 @@ def evaluate_model(model, photos: list[torch.Tensor], device) -> dict:
     return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
 
 
+def combine_results(paths, out_dir: Path) -> dict:
+    """One RD curve from several runs' results.json (baselines from the first), with a table and two plots."""
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    baselines = {name: runs[0][key] for key, name in (('jpeg', 'JPEG'), ('webp', 'WebP'), ('avif', 'AVIF'))
+                 if key in runs[0]}
+    points = sorted(({**run['s2lic'], 'lmbda': run['lmbda'], 'steps': run['steps']} for run in runs),
+                    key=lambda point: point['bpp'])
+    rows = []
+    for point in points:
+        row = {key: point[key] for key in ('lmbda', 'steps', 'bpp', 'psnr', 'ms_ssim')}
+        for name, curve in baselines.items():  # None where the rate is outside the baseline's range
+            value = psnr_at_rate(curve, point['bpp'])
+            row[f'{name} PSNR at this bpp'] = None if np.isnan(value) else value
+        rows.append(row)
+    label = f"s2lic-{runs[0]['size']}"
+    title = 'Held-out skimage photos: ' + ', '.join(HELD_OUT_PHOTOS)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_rd_curves({label: points, **baselines}, out_dir / 'rd_psnr.png', title=title)
+    plot_rd_curves({label: points, **baselines}, out_dir / 'rd_msssim.png', title=title, quality='ms_ssim')
+    summary = {'points': rows, 'baselines': baselines}
+    (out_dir / 'combined.json').write_text(json.dumps(summary, indent=2))
+    for row in rows:
+        print(' '.join(f'{key}={"n/a" if value is None else f"{value:.4g}"}' for key, value in row.items()))
+    return summary
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--size', default='small', choices=['paper', 'small', 'tiny'])
@@ -61,10 +90,18 @@ def main(argv=None) -> int:
     parser.add_argument('--batch', type=int, default=16)
     parser.add_argument('--crop', type=int, default=256)
     parser.add_argument('--lr', type=float, default=1e-4)
+    parser.add_argument('--warmup-steps', type=int, default=100, help='linear warm-up of the learning rate')
+    parser.add_argument('--decay-at', type=float, default=0.85,
+                        help='share of the time budget after which the learning rate drops 10x (1 = never)')
     parser.add_argument('--out', default='work_dirs/s2lic_quick')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--combine', nargs='+', metavar='RESULTS_JSON',
+                        help='join these runs into one RD curve in --out instead of training')
     args = parser.parse_args(argv)
     out_dir = Path(args.out)
+    if args.combine:
+        combine_results(args.combine, out_dir)
+        return 0
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -82,6 +119,9 @@ def main(argv=None) -> int:
     deadline, step, start = time.time() + 60 * args.minutes, 0, time.time()
     model.train()
     while time.time() < deadline:
+        decayed = time.time() - start > args.decay_at * 60 * args.minutes
+        for group in optimizer.param_groups:
+            group['lr'] = args.lr * min(1.0, (step + 1) / args.warmup_steps) * (0.1 if decayed else 1.0)
         x = next(loader).to(device, non_blocking=True).float() / 255.0
         out = model(x)  # fp32 (TF32 matmuls): bf16 likelihoods would distort the rate term
         loss = criterion(out, x)
@@ -93,21 +133,27 @@ def main(argv=None) -> int:
         model.aux_loss().backward()
         aux_optimizer.step()
         if step % 50 == 0:
-            print(f'step {step} {time.time() - start:.0f}s loss {loss["loss"].item():.4f} '
-                  f'bpp {loss["bpp_loss"].item():.4f} mse {loss["mse_loss"].item():.6f}', flush=True)
+            print(f'step {step} {time.time() - start:.0f}s lr {optimizer.param_groups[0]["lr"]:.2e} '
+                  f'loss {loss["loss"].item():.4f} bpp {loss["bpp_loss"].item():.4f} '
+                  f'mse {loss["mse_loss"].item():.6f}', flush=True)
         step += 1
+    train_seconds = time.time() - start
     torch.save({'state_dict': model.state_dict(), 'size': args.size, 'lmbda': args.lmbda, 'steps': step},
                out_dir / 'model.pth')
     held_out = [item['img'] for item in CompressionEvalDataset(mode='crop')]
-    results = {'size': args.size, 'lmbda': args.lmbda, 'steps': step,
-               's2lic': evaluate_model(model.float(), held_out, device),
-               'jpeg': pillow_rd_points(held_out, 'JPEG', QUALITIES),
-               'webp': pillow_rd_points(held_out, 'WEBP', QUALITIES),
-               'avif': pillow_rd_points(held_out, 'AVIF', QUALITIES)}
+    results = {'size': args.size, 'lmbda': args.lmbda, 'lr': args.lr, 'batch': args.batch, 'crop': args.crop,
+               'steps': step, 'train_seconds': train_seconds,
+               's2lic': evaluate_model(model.float(), held_out, device)}
+    for fmt in ('JPEG', 'WEBP', 'AVIF'):
+        try:
+            results[fmt.lower()] = pillow_rd_points(held_out, fmt, QUALITIES)
+        except ValueError as error:  # a Pillow build without AVIF: say so and go on
+            print(f'{fmt} skipped: {error}')
     results['jpeg_psnr_at_s2lic_bpp'] = psnr_at_rate(results['jpeg'], results['s2lic']['bpp'])
     (out_dir / 'results.json').write_text(json.dumps(results, indent=2))
-    curves = {f's2lic-{args.size}': [results['s2lic']], 'JPEG': results['jpeg'], 'WebP': results['webp'],
-              'AVIF': results['avif']}
+    curves = {f's2lic-{args.size}': [results['s2lic']], 'JPEG': results['jpeg'], 'WebP': results['webp']}
+    if 'avif' in results:
+        curves['AVIF'] = results['avif']
     plot_rd_curves(curves, out_dir / 'rd_curve.png', title='Held-out skimage photos: ' + ', '.join(HELD_OUT_PHOTOS))
     print(json.dumps(results['s2lic']), f'JPEG PSNR at same bpp: {results["jpeg_psnr_at_s2lic_bpp"]:.2f} dB')
     return 0
