@@ -9,7 +9,7 @@ ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
 
 def assert_kernel_close(kernel: torch.Tensor, same_dtype: torch.Tensor, ref32: torch.Tensor, what: str,
