@@ -50,6 +50,7 @@ def main(argv=None):
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     metrics = runner.test()
     runner.logger.info(f'test metrics: {metrics}')
+    runner.close_distributed()
     return metrics
 
 

@@ -57,6 +57,7 @@ def main(argv=None):
     check_config(cfg)
     runner = VisionRunner.from_cfg(cfg)
     runner.train()
+    runner.close_distributed()
 
 
 if __name__ == '__main__':

@@ -184,6 +184,14 @@ class VisionRunner(Runner):
             torch.distributed.init_process_group(backend='gloo')
         super().setup_env(env_cfg)
 
+    def close_distributed(self) -> None:
+        """Ends the process group once every rank is done. Left to interpreter exit, gloo's threads can be torn down
+        while still joinable and abort one rank ("terminate called without an active exception") after a run that
+        succeeded."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
     def wrap_model(self, model_wrapper_cfg, model):
         if self.distributed and not torch.cuda.is_available() and not is_model_wrapper(model):
             # mmengine passes device_ids=[LOCAL_RANK], which DDP rejects for CPU modules.
