@@ -29,6 +29,7 @@ from visionattn.engine.diffusion import (  # noqa: E402
     ControlFidelityMetric,
     ControlledDiffusionModel,
     DiffusionModel,
+    DiffusionSamplesHook,
     SampleQualityMetric,
     diffusion_collate,
     edge_f1,
@@ -351,6 +352,26 @@ def test_controlled_model_and_metrics_report_base_and_control():
     no_control = [BaseDataElement(gt_label=torch.tensor(0))] * 2
     with pytest.raises(ValueError, match='control map'):
         model(**model.data_preprocessor({'inputs': batch['inputs'], 'data_samples': no_control}), mode='loss')
+
+
+def test_samples_hook_draws_control_base_generated_and_real(tmp_path):
+    from PIL import Image
+    model = _controlled_model()
+    assert model.show_hook is DiffusionSamplesHook  # what tools/test.py --show-dir registers
+    with torch.no_grad():
+        samples = model(**model.data_preprocessor(_batch(2)), mode='predict')
+    hook = DiffusionSamplesHook(tmp_path, max_images=3, scale=2)
+    hook.after_test_iter(None, 0, outputs=samples)
+    hook.after_test_iter(None, 1, outputs=samples)
+    written = sorted(tmp_path.glob('*.png'))
+    assert len(written) == 3 and written[0].name.startswith('00000_label-')
+    strip = np.asarray(Image.open(written[1]))
+    assert strip.shape == (16 + 32, 4 * (32 + 4) - 4, 3)  # four 16-pixel panels, enlarged twice, under titles
+    for column, key in ((1, 'base_img'), (2, 'pred_img'), (3, 'gt_img')):
+        panel = strip[16:, column * 36:column * 36 + 32]
+        expected = samples[1].get(key).permute(1, 2, 0).numpy()
+        assert np.array_equal(panel[::2, ::2], expected), key
+    assert np.array_equal(strip[16::2, 0:32:2, 0], samples[1].control[0].numpy())
 
 
 def test_edge_f1_on_known_maps():
