@@ -309,6 +309,17 @@ def test_samplers_recover_the_data_point_with_an_exact_denoiser(sampler):
     torch.testing.assert_close(out, again, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize('sampler', ['dpm_solver', 'ddim', 'ddpm'])
+def test_clip_sample_bounds_the_x0_prediction(sampler):
+    x0 = torch.full((3, 8, 8), 3.0)  # a data point outside [-1, 1]: only clipping can keep the sample inside
+    from diffusers import DDPMScheduler
+    alphas = DDPMScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule='linear').alphas_cumprod
+    free, clipped = (DiffusionModel(_OracleDenoiser(x0, alphas), sampler=sampler, num_inference_steps=10,
+                                    clip_sample=clip).sample((2, 3, 8, 8)) for clip in (False, True))
+    torch.testing.assert_close(free, x0.expand(2, -1, -1, -1), atol=2e-2, rtol=0)
+    assert clipped.abs().max() <= 1.0 + 1e-5 and clipped.min() > 0.9
+
+
 def test_predict_with_guidance_and_seeded_noise():
     torch.manual_seed(0)
     model = DiffusionModel(_randomise(dit.dit_tiny(in_channels=3, num_classes=3, hidden_size=32, num_heads=2,

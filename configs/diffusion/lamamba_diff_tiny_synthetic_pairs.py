@@ -19,7 +19,7 @@ denoiser = dict(type=LaMambaDiff, input_size=img_size, patch_size=4, in_channels
                 depths=(1, 1, 1, 1), bottleneck_depth=1, num_heads=4, window_size=4, num_classes=num_classes,
                 class_dropout_prob=0.1, learn_sigma=False)
 model = dict(type=DiffusionModel, denoiser=denoiser, sampler='dpm_solver', num_inference_steps=20,
-             guidance_scale=1.0)
+             clip_sample=True, guidance_scale=1.0)  # pixel space: x0 clipped to [-1, 1] as in DDPM
 max_iters = 4000
 optim_wrapper = dict(type=OptimWrapper, optimizer=dict(type=AdamW, lr=3e-4, weight_decay=0.0),
                      clip_grad=dict(max_norm=1.0))

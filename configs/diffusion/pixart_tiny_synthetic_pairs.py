@@ -18,7 +18,7 @@ with read_base():
 denoiser = dict(type=PixArt, input_size=img_size, patch_size=2, in_channels=3, hidden_size=192, depth=28,
                 num_heads=6, caption_channels=0, num_classes=num_classes, class_dropout_prob=0.1, pred_sigma=False)
 model = dict(type=DiffusionModel, denoiser=denoiser, sampler='dpm_solver', num_inference_steps=20,
-             guidance_scale=1.0)
+             clip_sample=True, guidance_scale=1.0)  # pixel space: x0 clipped to [-1, 1] as in DDPM
 max_iters = 3000
 optim_wrapper = dict(type=OptimWrapper, optimizer=dict(type=AdamW, lr=3e-4, weight_decay=0.0),
                      clip_grad=dict(max_norm=1.0))

@@ -23,7 +23,8 @@ model = dict(type=ControlledDiffusionModel,
              denoiser=dict(type=RelaCtrlPixArt, base=base, control_indices=RELACTRL_CONTROL_INDICES,
                            group_counts=RELACTRL_GROUP_COUNTS, inference_seed=0,
                            base_checkpoint='work_dirs/pixart_tiny_synthetic_pairs'),
-             sampler='dpm_solver', num_inference_steps=20, guidance_scale=1.0, compare_base=True)
+             sampler='dpm_solver', num_inference_steps=20, clip_sample=True,  # pixel space, as in DDPM
+             guidance_scale=1.0, compare_base=True)
 max_iters = 2000
 optim_wrapper = dict(type=OptimWrapper, optimizer=dict(type=AdamW, lr=3e-4, weight_decay=0.0),
                      clip_grad=dict(max_norm=1.0))

@@ -107,6 +107,9 @@ class DiffusionModel(TaskModel):
             linear 1e-4..0.02 over 1000 steps by default).
         sampler: 'dpm_solver' (DPMSolverMultistepScheduler, DPM-Solver++ order 2), 'ddim' or 'ddpm'.
         num_inference_steps: Sampling steps.
+        clip_sample: Clip every step's x0 prediction to [-1, 1], as pixel-space DDPM does (Ho et al. 2020); off
+            by default, as in DiT and PixArt, whose latents are not bounded. At t near 1000 the linear schedule's
+            1 / sqrt(alpha_bar) is about 156, so an unclipped x0 estimate magnifies the noise prediction's error.
         guidance_scale: Classifier-free guidance scale on the noise prediction (1 = none); needs a denoiser with
             a null label (class dropout > 0).
         vae: Optional frozen VAE (config or module, diffusers AutoencoderKL API) for latent diffusion. A config
@@ -122,7 +125,8 @@ class DiffusionModel(TaskModel):
 
     def __init__(self, denoiser: Union[Dict, nn.Module], num_train_timesteps: int = 1000,
                  beta_schedule: str = 'linear', beta_start: float = 1e-4, beta_end: float = 0.02,
-                 sampler: str = 'dpm_solver', num_inference_steps: int = 20, guidance_scale: float = 1.0,
+                 sampler: str = 'dpm_solver', num_inference_steps: int = 20, clip_sample: bool = False,
+                 guidance_scale: float = 1.0,
                  vae: Union[None, Dict, nn.Module] = None, pretrained: bool = True, sample_seed: int = 0,
                  data_preprocessor: Optional[Dict] = None, init_cfg: Optional[Dict] = None):
         if sampler not in SAMPLERS:
@@ -147,7 +151,7 @@ class DiffusionModel(TaskModel):
         self.noise_config = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
                                  beta_start=beta_start, beta_end=beta_end)
         self.train_scheduler = DDPMScheduler(**self.noise_config, clip_sample=False)
-        self.sampler, self.num_inference_steps = sampler, num_inference_steps
+        self.sampler, self.num_inference_steps, self.clip_sample = sampler, num_inference_steps, clip_sample
         self.guidance_scale, self.sample_seed = guidance_scale, sample_seed
 
     # -- latent space ------------------------------------------------------------------------------------------
@@ -221,10 +225,12 @@ class DiffusionModel(TaskModel):
     def _make_scheduler(self):
         from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
         if self.sampler == 'dpm_solver':
-            return DPMSolverMultistepScheduler(**self.noise_config, algorithm_type='dpmsolver++', solver_order=2)
+            # diffusers' thresholding with sample_max_value 1 is plain clipping to [-1, 1]
+            return DPMSolverMultistepScheduler(**self.noise_config, algorithm_type='dpmsolver++', solver_order=2,
+                                               thresholding=self.clip_sample, sample_max_value=1.0)
         if self.sampler == 'ddim':
-            return DDIMScheduler(**self.noise_config, clip_sample=False, set_alpha_to_one=True)
-        return DDPMScheduler(**self.noise_config, clip_sample=False)
+            return DDIMScheduler(**self.noise_config, clip_sample=self.clip_sample, set_alpha_to_one=True)
+        return DDPMScheduler(**self.noise_config, clip_sample=self.clip_sample)
 
     def _noise(self, shape, data_samples, device, dtype) -> torch.Tensor:
         batch = shape[0]
