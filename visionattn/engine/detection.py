@@ -15,13 +15,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn as nn
-from mmengine.dist import is_main_process
 from mmengine.evaluator import BaseMetric
-from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement, InstanceData
 
 from .base import NormalizePadPreprocessor, TaskModel, batch_canvas, pad_to, parse_total_loss
+from .hooks import ShowDirHook
 from .registry import FUNCTIONS, HOOKS, METRICS, MODELS
 
 __all__ = ['det_collate', 'DetDataPreprocessor', 'Detector', 'CocoMetric', 'DetPredictionImagesHook',
@@ -373,7 +372,7 @@ def _colour(label: int) -> Tuple[int, int, int]:
 
 
 @HOOKS.register_module()
-class DetPredictionImagesHook(Hook):
+class DetPredictionImagesHook(ShowDirHook):
     """Saves, per test image, its predicted boxes above ``score_thr`` (class name and score beside each) next to
     its ground-truth boxes, at the original image size, to ``out_dir`` (tools/test.py --show-dir).
 
@@ -384,10 +383,8 @@ class DetPredictionImagesHook(Hook):
     """
 
     def __init__(self, out_dir: str, max_images: int = 64, score_thr: float = 0.3):
-        self.out_dir = Path(out_dir)
-        self.max_images = max_images
+        super().__init__(out_dir, max_images)
         self.score_thr = score_thr
-        self._written = 0
 
     @staticmethod
     def _draw(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: Optional[np.ndarray],
@@ -405,43 +402,35 @@ class DetPredictionImagesHook(Hook):
             draw.text((x1 + 2, max(0.0, y1 - 11)), text, fill=colour)
         return np.asarray(canvas)
 
-    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        if not is_main_process() or self._written >= self.max_images or not outputs:
-            return
+    def draw(self, runner, img, sample):
         from PIL import Image
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         names = tuple(runner.test_dataloader.dataset.metainfo.get('classes', ()))
-        for img, sample in zip(data_batch['inputs'], outputs):
-            if self._written >= self.max_images:
-                break
-            h, w = sample.metainfo.get('img_shape', img.shape[-2:])
-            image = img[:3, :h, :w].cpu()
-            image = image.expand(3, -1, -1) if image.shape[0] == 1 else image
-            image = image.permute(1, 2, 0).numpy().astype(np.uint8)
-            ori_h, ori_w = sample.metainfo.get('ori_shape', (h, w))
-            if (ori_h, ori_w) != (h, w):  # predictions are in the original image's pixels: show it there
-                image = np.asarray(Image.fromarray(image).resize((ori_w, ori_h), Image.BILINEAR))
-            pred = sample.pred_instances
-            keep = (pred.scores >= self.score_thr).cpu().numpy()
-            panels = [self._draw(image, pred.bboxes.cpu().numpy()[keep], pred.labels.cpu().numpy()[keep],
-                                 pred.scores.cpu().numpy()[keep], names)]
-            instances = sample.metainfo.get('instances')
-            if instances is not None:
-                gt_boxes = np.asarray([i['bbox'] for i in instances], np.float32).reshape(-1, 4)
-                gt_labels = np.asarray([i['bbox_label'] for i in instances], np.int64)
-            elif sample.get('gt_instances') is not None:
-                scale_w, scale_h = sample.metainfo.get('scale_factor', (1.0, 1.0))
-                gt_boxes = sample.gt_instances.bboxes.cpu().numpy() / np.array([scale_w, scale_h] * 2)
-                gt_labels = sample.gt_instances.labels.cpu().numpy()
-            else:
-                gt_boxes = None
-            if gt_boxes is not None:
-                panels.append(self._draw(image, gt_boxes, gt_labels, None, names))
-            gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
-            canvas = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
-            img_id = sample.metainfo.get('img_id', sample.metainfo.get('index', self._written))
-            Image.fromarray(canvas).save(self.out_dir / f'{self._written:05d}_img-{img_id}.png')
-            self._written += 1
+        h, w = sample.metainfo.get('img_shape', img.shape[-2:])
+        image = img[:3, :h, :w].cpu()
+        image = image.expand(3, -1, -1) if image.shape[0] == 1 else image
+        image = image.permute(1, 2, 0).numpy().astype(np.uint8)
+        ori_h, ori_w = sample.metainfo.get('ori_shape', (h, w))
+        if (ori_h, ori_w) != (h, w):  # predictions are in the original image's pixels: show it there
+            image = np.asarray(Image.fromarray(image).resize((ori_w, ori_h), Image.BILINEAR))
+        pred = sample.pred_instances
+        keep = (pred.scores >= self.score_thr).cpu().numpy()
+        panels = [self._draw(image, pred.bboxes.cpu().numpy()[keep], pred.labels.cpu().numpy()[keep],
+                             pred.scores.cpu().numpy()[keep], names)]
+        instances = sample.metainfo.get('instances')
+        if instances is not None:
+            gt_boxes = np.asarray([i['bbox'] for i in instances], np.float32).reshape(-1, 4)
+            gt_labels = np.asarray([i['bbox_label'] for i in instances], np.int64)
+        elif sample.get('gt_instances') is not None:
+            scale_w, scale_h = sample.metainfo.get('scale_factor', (1.0, 1.0))
+            gt_boxes = sample.gt_instances.bboxes.cpu().numpy() / np.array([scale_w, scale_h] * 2)
+            gt_labels = sample.gt_instances.labels.cpu().numpy()
+        else:
+            gt_boxes = None
+        if gt_boxes is not None:
+            panels.append(self._draw(image, gt_boxes, gt_labels, None, names))
+        gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
+        canvas = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+        return canvas, f"img-{sample.metainfo.get('img_id', sample.metainfo.get('index', self._written))}"
 
 
 # tools/test.py --show-dir asks the model which hook draws its predictions.

@@ -12,22 +12,20 @@ generated image, matched within a pixel tolerance; :class:`SampleQualityMetric` 
 image against the real image of the same (label, control) pair, which only makes sense where the condition pins
 the image down, as in the synthetic pairs.
 """
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.dist import is_main_process
 from mmengine.evaluator import BaseMetric
-from mmengine.hooks import Hook
 from mmengine.model import BaseDataPreprocessor
 from mmengine.structures import BaseDataElement
 
 from visionattn.data.diffusion import ImageFolderCannyDataset, SyntheticDiffusionPairs, canny_edges
 
 from .base import TaskModel
+from .hooks import ShowDirHook
 from .registry import DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
 
 __all__ = ['diffusion_collate', 'DiffusionDataPreprocessor', 'DiffusionModel', 'ControlledDiffusionModel',
@@ -334,7 +332,7 @@ class ControlledDiffusionModel(DiffusionModel):
 
 
 @HOOKS.register_module()
-class DiffusionSamplesHook(Hook):
+class DiffusionSamplesHook(ShowDirHook):
     """Saves, per test sample, a strip of panels to ``out_dir`` (tools/test.py --show-dir): the control map, the
     base's sample without the control (``compare_base``), the generated sample and the real image, whichever exist,
     each enlarged ``scale`` times with its name above. Videos show their middle frame.
@@ -347,10 +345,8 @@ class DiffusionSamplesHook(Hook):
     PANELS = (('control', 'control'), ('base_img', 'base alone'), ('pred_img', 'generated'), ('gt_img', 'real'))
 
     def __init__(self, out_dir: str, max_images: int = 64, scale: int = 4):
-        self.out_dir = Path(out_dir)
-        self.max_images = max_images
+        super().__init__(out_dir, max_images)
         self.scale = scale
-        self._written = 0
 
     @staticmethod
     def _rgb(image) -> np.ndarray:
@@ -360,26 +356,18 @@ class DiffusionSamplesHook(Hook):
         image = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image[:3]
         return np.ascontiguousarray(image.transpose(1, 2, 0)).astype(np.uint8)
 
-    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        if not is_main_process() or self._written >= self.max_images or not outputs:
-            return
+    def draw(self, runner, image, sample):
         from PIL import Image, ImageDraw
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for sample in outputs:
-            if self._written >= self.max_images:
-                break
-            panels = [(title, self._rgb(sample.get(key))) for key, title in self.PANELS
-                      if sample.get(key) is not None]
-            height, width = (s * self.scale for s in panels[0][1].shape[:2])
-            canvas = Image.new('RGB', (len(panels) * (width + 4) - 4, height + 16), 'white')
-            for i, (title, panel) in enumerate(panels):
-                x = i * (width + 4)
-                canvas.paste(Image.fromarray(panel).resize((width, height), Image.NEAREST), (x, 16))
-                ImageDraw.Draw(canvas).text((x + 2, 2), title, fill='black')
-            label = sample.get('gt_label')
-            suffix = '' if label is None else f'_label-{int(label)}'
-            canvas.save(self.out_dir / f'{self._written:05d}{suffix}.png')
-            self._written += 1
+        panels = [(title, self._rgb(sample.get(key))) for key, title in self.PANELS if sample.get(key) is not None]
+        height, width = (s * self.scale for s in panels[0][1].shape[:2])
+        canvas = Image.new('RGB', (len(panels) * (width + 4) - 4, height + 16), 'white')
+        for i, (title, panel) in enumerate(panels):
+            x = i * (width + 4)
+            canvas.paste(Image.fromarray(panel).resize((width, height), Image.NEAREST), (x, 16))
+            ImageDraw.Draw(canvas).text((x + 2, 2), title, fill='black')
+        label = sample.get('gt_label')
+        return canvas, (f"index-{sample.metainfo.get('index', self._written)}" if label is None
+                        else f'label-{int(label)}')
 
 
 DiffusionModel.show_hook = DiffusionSamplesHook

@@ -12,7 +12,8 @@ from mmengine.runner import IterBasedTrainLoop
 
 from .registry import HOOKS
 
-__all__ = ['RandomStateHook', 'DatasetEpochHook', 'ProgressBarHook', 'TrainingCurveHook', 'PredictionImagesHook']
+__all__ = ['RandomStateHook', 'DatasetEpochHook', 'ProgressBarHook', 'TrainingCurveHook', 'ShowDirHook',
+           'PredictionImagesHook']
 
 
 def _rng_state() -> Dict:
@@ -218,9 +219,9 @@ class TrainingCurveHook(Hook):
         plt.close(fig)
 
 
-@HOOKS.register_module()
-class PredictionImagesHook(Hook):
-    """Saves test images annotated with predicted and true labels to ``out_dir`` (tools/test.py --show-dir).
+class ShowDirHook(Hook):
+    """Base of the hooks that draw test predictions for ``tools/test.py --show-dir``: on the main process, saves
+    ``draw``'s picture of each of the first ``max_images`` test samples to ``out_dir/<count>_<name>.png``.
 
     Args:
         out_dir: Folder to write PNGs to.
@@ -232,21 +233,43 @@ class PredictionImagesHook(Hook):
         self.max_images = max_images
         self._written = 0
 
+    def draw(self, runner, image: Optional[torch.Tensor], sample):
+        """The picture of one sample (a uint8 [H, W, 3] array or a PIL image) and its file name's suffix;
+        ``image`` is the batch's input for the sample (None where the batch is not given)."""
+        raise NotImplementedError
+
     def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         if not is_main_process() or self._written >= self.max_images or not outputs:
             return
-        from PIL import Image, ImageDraw
+        from PIL import Image
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        classes = runner.test_dataloader.dataset.metainfo.get('classes', ())
-        name = (lambda i: classes[i] if i < len(classes) else str(i))  # noqa: E731
-        for img, sample in zip(data_batch['inputs'], outputs):
+        inputs = data_batch['inputs'] if data_batch is not None else [None] * len(outputs)
+        for image, sample in zip(inputs, outputs):
             if self._written >= self.max_images:
                 break
-            pred, true = int(sample.pred_label), int(sample.gt_label)
-            canvas = Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).resize((160, 160), Image.NEAREST)
-            framed = Image.new('RGB', (160, 184), 'white')
-            framed.paste(canvas, (0, 24))
-            ImageDraw.Draw(framed).text((4, 4), f'pred {name(pred)} / true {name(true)}',
-                                        fill='green' if pred == true else 'red')
-            framed.save(self.out_dir / f'{self._written:05d}_pred-{pred}_true-{true}.png')
+            picture, name = self.draw(runner, image, sample)
+            picture = Image.fromarray(picture) if isinstance(picture, np.ndarray) else picture
+            picture.save(self.out_dir / f'{self._written:05d}_{name}.png')
             self._written += 1
+
+
+@HOOKS.register_module()
+class PredictionImagesHook(ShowDirHook):
+    """Saves test images annotated with predicted and true labels to ``out_dir`` (tools/test.py --show-dir).
+
+    Args:
+        out_dir: Folder to write PNGs to.
+        max_images: Stop after this many images.
+    """
+
+    def draw(self, runner, image, sample):
+        from PIL import Image, ImageDraw
+        classes = runner.test_dataloader.dataset.metainfo.get('classes', ())
+        name = (lambda i: classes[i] if i < len(classes) else str(i))  # noqa: E731
+        pred, true = int(sample.pred_label), int(sample.gt_label)
+        canvas = Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).resize((160, 160), Image.NEAREST)
+        framed = Image.new('RGB', (160, 184), 'white')
+        framed.paste(canvas, (0, 24))
+        ImageDraw.Draw(framed).text((4, 4), f'pred {name(pred)} / true {name(true)}',
+                                    fill='green' if pred == true else 'red')
+        return framed, f'pred-{pred}_true-{true}'

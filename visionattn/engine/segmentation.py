@@ -1,20 +1,18 @@
 """Semantic segmentation as an mmengine model: collate, data preprocessor, the Segmentor task model, the
 IoU metric and the ``--show-dir`` overlay hook. Networks are plain modules (heads/segmentation) mapping float
 images to class logits; the Segmentor adds the loss, resizing, padding and prediction API."""
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.dist import is_main_process
 from mmengine.evaluator import BaseMetric
-from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement
 
 from .base import NormalizePadPreprocessor, TaskModel, batch_canvas, pad_to, parse_total_loss
+from .hooks import ShowDirHook
 from .registry import FUNCTIONS, HOOKS, METRICS, MODELS
 
 __all__ = ['seg_collate', 'SegDataPreprocessor', 'SegCrossEntropyLoss', 'Segmentor', 'IoUMetric',
@@ -305,7 +303,7 @@ def _palette(num_classes: int) -> np.ndarray:
 
 
 @HOOKS.register_module()
-class SegPredictionImagesHook(Hook):
+class SegPredictionImagesHook(ShowDirHook):
     """Saves, per test image, the image blended with the predicted mask beside the image blended with the
     ground truth (ignored pixels left unblended) to ``out_dir`` (tools/test.py --show-dir).
 
@@ -316,10 +314,8 @@ class SegPredictionImagesHook(Hook):
     """
 
     def __init__(self, out_dir: str, max_images: int = 64, alpha: float = 0.5):
-        self.out_dir = Path(out_dir)
-        self.max_images = max_images
+        super().__init__(out_dir, max_images)
         self.alpha = alpha
-        self._written = 0
 
     def _blend(self, image: np.ndarray, mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
         valid = (mask >= 0) & (mask < len(palette))
@@ -328,32 +324,24 @@ class SegPredictionImagesHook(Hook):
         out[valid] = (1 - self.alpha) * out[valid] + self.alpha * colour[valid]
         return out.round().astype(np.uint8)
 
-    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        if not is_main_process() or self._written >= self.max_images or not outputs:
-            return
+    def draw(self, runner, img, sample):
         from PIL import Image
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for img, sample in zip(data_batch['inputs'], outputs):
-            if self._written >= self.max_images:
-                break
-            pred = sample.pred_sem_seg.cpu().numpy().astype(np.int64)
-            palette = _palette(int(sample.seg_logits.shape[0]) if 'seg_logits' in sample else int(pred.max()) + 1)
-            h, w = sample.metainfo.get('img_shape', img.shape[-2:])
-            image = img[:, :h, :w].cpu()
-            image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
-            image = image.permute(1, 2, 0).numpy().astype(np.uint8)
-            if image.shape[:2] != pred.shape:  # predictions at the original resolution: show the image there
-                image = np.asarray(Image.fromarray(image).resize(pred.shape[::-1], Image.BILINEAR))
-            panels = [self._blend(image, pred, palette)]
-            gt = sample.get('gt_sem_seg')
-            if gt is not None and tuple(gt.shape[-2:]) == pred.shape:
-                gt = gt.cpu().numpy().reshape(pred.shape).astype(np.int64)
-                panels.append(self._blend(image, np.where(gt == IGNORE_INDEX, -1, gt), palette))
-            gap = np.full((pred.shape[0], 4, 3), 255, np.uint8)
-            canvas = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
-            index = sample.metainfo.get('index', self._written)
-            Image.fromarray(canvas).save(self.out_dir / f'{self._written:05d}_index-{index}.png')
-            self._written += 1
+        pred = sample.pred_sem_seg.cpu().numpy().astype(np.int64)
+        palette = _palette(int(sample.seg_logits.shape[0]) if 'seg_logits' in sample else int(pred.max()) + 1)
+        h, w = sample.metainfo.get('img_shape', img.shape[-2:])
+        image = img[:, :h, :w].cpu()
+        image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+        image = image.permute(1, 2, 0).numpy().astype(np.uint8)
+        if image.shape[:2] != pred.shape:  # predictions at the original resolution: show the image there
+            image = np.asarray(Image.fromarray(image).resize(pred.shape[::-1], Image.BILINEAR))
+        panels = [self._blend(image, pred, palette)]
+        gt = sample.get('gt_sem_seg')
+        if gt is not None and tuple(gt.shape[-2:]) == pred.shape:
+            gt = gt.cpu().numpy().reshape(pred.shape).astype(np.int64)
+            panels.append(self._blend(image, np.where(gt == IGNORE_INDEX, -1, gt), palette))
+        gap = np.full((pred.shape[0], 4, 3), 255, np.uint8)
+        canvas = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+        return canvas, f"index-{sample.metainfo.get('index', self._written)}"
 
 
 # tools/test.py --show-dir asks the model which hook draws its predictions.
