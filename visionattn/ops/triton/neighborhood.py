@@ -25,10 +25,11 @@ import triton
 import triton.language as tl
 
 from ..reference import axis_windows, neighbor_table
+from .launch import CachedLauncher
 
 __all__ = ['neighborhood_attention_triton', 'na_configs']
 
-_LOG2E = 1.4426950408889634
+LOG2E = 1.4426950408889634  # the kernels use exp2: scores and the rpb are scaled by log2(e) on the host
 
 
 @triton.jit
@@ -39,9 +40,10 @@ def _window_rows(st_ptr, en_ptr, g, width, p, valid):
 
 
 @triton.jit
-def _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, n_ok, N_DIM: tl.constexpr):
-    # [M, N] pairs whose key lies in the query's window on every real axis (lifted axes are skipped).
-    inside = (kc2[None, :] >= st2[:, None]) & (kc2[None, :] < en2[:, None]) & n_ok[None, :]
+def _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM: tl.constexpr):
+    # [M, N] pairs whose key lies in the query's window on every real axis (lifted axes are skipped). No key bound is
+    # needed: every window ends at or before its group's length, and a masked-out query has the empty window [0, 0).
+    inside = (kc2[None, :] >= st2[:, None]) & (kc2[None, :] < en2[:, None])
     if N_DIM >= 2:
         inside = inside & (kc1[None, :] >= st1[:, None]) & (kc1[None, :] < en1[:, None])
     if N_DIM >= 3:
@@ -136,12 +138,11 @@ def _na_fwd_kernel(
         vv = tl.load(V + (b * svb + h * svh + v_sp)[:, None] + offs_dv[None, :],
                      mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-        inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, n_ok, N_DIM)
+        inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM)
         if HAS_RPB:
             r_idx = _rel_index(kc0, kc1, kc2, KS1, KS2)[None, :] - _rel_index(p0, p1, p2, KS1, KS2)[:, None]
             n_rel = (2 * KS0 - 1) * (2 * KS1 - 1) * (2 * KS2 - 1)
-            bias = tl.load(RPB + h * n_rel + r_idx + (n_rel - 1) // 2, mask=inside, other=0.0).to(tl.float32)
-            s += bias * 1.4426950408889634
+            s += tl.load(RPB + h * n_rel + r_idx + (n_rel - 1) // 2, mask=inside, other=0.0)
         s = tl.where(inside, s, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)
@@ -248,12 +249,11 @@ def _na_bwd_dkdv_kernel(
         lse = tl.load(LSE + tok, mask=m_ok, other=0.0)
         delta = tl.load(DELTA + tok, mask=m_ok, other=0.0)
         s = tl.dot(q, tl.trans(kk), input_precision=PRECISION) * qk_scale
-        inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, n_ok, N_DIM)
+        inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM)
         if HAS_RPB:
             r_idx = _rel_index(kc0, kc1, kc2, KS1, KS2)[None, :] - _rel_index(p0, p1, p2, KS1, KS2)[:, None]
             n_rel = (2 * KS0 - 1) * (2 * KS1 - 1) * (2 * KS2 - 1)
-            bias = tl.load(RPB + h * n_rel + r_idx + (n_rel - 1) // 2, mask=inside, other=0.0).to(tl.float32)
-            s += bias * 1.4426950408889634
+            s += tl.load(RPB + h * n_rel + r_idx + (n_rel - 1) // 2, mask=inside, other=0.0)
         p = tl.where(inside, tl.math.exp2(s - lse[:, None]), 0.0)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(vv), input_precision=PRECISION)
@@ -277,8 +277,10 @@ def _na_bwd_dq_kernel(
         H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT, NT1, NT2, KS0, KS1, KS2, qk_scale, scale,
         HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, U0: tl.constexpr, U1: tl.constexpr,
-        U2: tl.constexpr, HAS_RPB: tl.constexpr, STORE_DS: tl.constexpr, N_DIM: tl.constexpr,
+        U2: tl.constexpr, HAS_RPB: tl.constexpr, BIAS_GRAD: tl.constexpr, N_DIM: tl.constexpr,
         PRECISION: tl.constexpr):
+    # BIAS_GRAD: 0 none; 1 accumulate dS into DSN[head, query, rpb offset]; 2 into DSN[head, query, window slot]
+    # (for rpbs much larger than a window, 3-D). Both sum over the batch with atomics: DSN stays small enough for L2.
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
     # One flattened grid axis, tiles fastest (CUDA caps the second axis at 65535 < batch * heads * groups)
@@ -319,7 +321,8 @@ def _na_bwd_dq_kernel(
     q_rows = b * sqb + c0 * sq0 + c1 * sq1 + c2 * sq2 + h * sqh
     q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
     n_tok = L0 * L1 * L2
-    tok = (b * H + h) * n_tok + (c0 * L1 + c1) * L2 + c2
+    img_tok = (c0 * L1 + c1) * L2 + c2
+    tok = (b * H + h) * n_tok + img_tok
     do_rows = b * sdob + c0 * sdo0 + c1 * sdo1 + c2 * sdo2 + h * sdoh
     do = tl.load(DO + do_rows[:, None] + offs_dv[None, :], mask=m_ok[:, None] & dv_ok[None, :], other=0.0)
     o_rows = b * sob + c0 * so0 + c1 * so1 + c2 * so2 + h * soh
@@ -360,21 +363,24 @@ def _na_bwd_dq_kernel(
         vt = tl.load(V + (b * svb + h * svh + v_sp)[None, :] + offs_dv[:, None],
                      mask=n_ok[None, :] & dv_ok[:, None], other=0.0)
         s = tl.dot(q, tl.trans(kk), input_precision=PRECISION) * qk_scale
-        inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, n_ok, N_DIM)
+        inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM)
         if HAS_RPB:
             r_idx = _rel_index(kc0, kc1, kc2, KS1, KS2)[None, :] - _rel_index(p0, p1, p2, KS1, KS2)[:, None]
             n_rel = (2 * KS0 - 1) * (2 * KS1 - 1) * (2 * KS2 - 1)
-            bias = tl.load(RPB + h * n_rel + r_idx + (n_rel - 1) // 2, mask=inside, other=0.0).to(tl.float32)
-            s += bias * 1.4426950408889634
+            s += tl.load(RPB + h * n_rel + r_idx + (n_rel - 1) // 2, mask=inside, other=0.0)
         p = tl.where(inside, tl.math.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, vt, input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(kk.dtype), kk, input_precision=PRECISION)
-        if STORE_DS:
-            # dS of each query's own neighbours, slot = window offset, for the rpb gradient.
+        if BIAS_GRAD == 1:
+            # The rpb gradient: dS of each (query, neighbour) pair, binned by its relative offset (r_idx above).
+            dsn_rows = (h * n_tok + img_tok).to(tl.int64) * n_rel + (n_rel - 1) // 2
+            tl.atomic_add(DSN + dsn_rows[:, None] + r_idx, ds, mask=inside, sem='relaxed')
+        if BIAS_GRAD == 2:
             slot = ((kc0[None, :] - st0[:, None]) * KS1 + (kc1[None, :] - st1[:, None])) * KS2 \
                 + (kc2[None, :] - st2[:, None])
-            tl.store(DSN + tok[:, None] * (KS0 * KS1 * KS2) + slot, ds, mask=inside)
+            dsn_rows = (h * n_tok + img_tok).to(tl.int64) * (KS0 * KS1 * KS2)
+            tl.atomic_add(DSN + dsn_rows[:, None] + slot, ds, mask=inside, sem='relaxed')
     dq = dq * scale
     dq_rows = b * sdqb + c0 * sdq0 + c1 * sdq1 + c2 * sdq2 + h * sdqh
     tl.store(DQ + dq_rows[:, None] + offs_d[None, :], dq.to(DQ.dtype.element_ty),
@@ -392,11 +398,28 @@ Config = Tuple[Tuple[int, int, int], Tuple[int, int, int], int, int]
 TILE_OVERRIDE = {}
 
 
-def na_configs(n_dim: int, spatial: Sequence[int], kernel: Sequence[int], head_dim: int, has_rpb: bool) -> dict:
-    """Kernel configs for a problem with ``n_dim`` real axes.
+# 2-D configs by the width of a dilation group's map, from a per-kernel sweep on an H100 (bf16, d32, k7, batch 64;
+# tools/na_diagnose.py --sweep, docs/benchmarks/na_h100.md). Smaller key tiles win with rpb: the bias gather and
+# the rpb-gradient atomics add live [M, N] tensors, and 64 x 64 tiles spill there.
+_NA2D_CONFIGS = (
+    # (widest map, rpb): fwd, dq, dkdv
+    ((9, False), ((1, 8, 8), (1, 8, 8), 4, 2), ((1, 8, 8), (1, 8, 8), 4, 2), ((1, 8, 8), (1, 8, 8), 4, 2)),
+    ((9, True), ((1, 8, 8), (1, 8, 8), 4, 2), ((1, 8, 8), (1, 1, 16), 4, 2), ((1, 4, 8), (1, 8, 8), 4, 2)),
+    ((20, False), ((1, 4, 16), (1, 4, 16), 4, 2), ((1, 4, 16), (1, 4, 16), 4, 2), ((1, 4, 16), (1, 4, 16), 4, 2)),
+    ((20, True), ((1, 4, 16), (1, 4, 16), 4, 2), ((1, 8, 8), (1, 1, 16), 4, 2), ((1, 8, 8), (1, 2, 16), 4, 2)),
+    ((40, False), ((1, 8, 8), (1, 8, 8), 4, 2), ((1, 8, 8), (1, 8, 8), 4, 2), ((1, 8, 8), (1, 4, 16), 4, 2)),
+    ((40, True), ((1, 8, 8), (1, 2, 16), 4, 2), ((1, 8, 8), (1, 1, 16), 4, 2), ((1, 4, 8), (1, 8, 8), 4, 2)),
+    ((None, False), ((1, 8, 8), (1, 4, 16), 4, 2), ((1, 8, 8), (1, 4, 16), 4, 2), ((1, 8, 8), (1, 8, 8), 4, 3)),
+    ((None, True), ((1, 8, 8), (1, 2, 16), 4, 2), ((1, 8, 8), (1, 1, 16), 4, 2), ((1, 4, 8), (1, 8, 8), 4, 2)),
+)
 
-    2-D choices come from a sweep on an H200 (bf16; docs/benchmarks/na_h200.md): 4x16 tiles everywhere without rpb
-    (best at 14x14 and 128x128), 8x8 query tiles with 4x16 key tiles with rpb, and 8x8 tiles for maps of width <= 8.
+
+def na_configs(n_dim: int, spatial: Sequence[int], kernel: Sequence[int], head_dim: int, has_rpb: bool,
+               dilation: Sequence[int] = ()) -> dict:
+    """Kernel configs for a problem with ``n_dim`` real axes (``TILE_OVERRIDE`` first).
+
+    Returns ``{'fwd': Config, 'dq': Config, 'dkdv': Config}``; for 'dkdv' the first tile is the query tile of the inner
+    loop and the second the key tile each program owns.
     """
     if n_dim in TILE_OVERRIDE:
         return TILE_OVERRIDE[n_dim]
@@ -404,24 +427,13 @@ def na_configs(n_dim: int, spatial: Sequence[int], kernel: Sequence[int], head_d
         tile = ((1, 1, 64), (1, 1, 64), 4, 2)
         return {'fwd': tile, 'dkdv': tile, 'dq': tile}
     if n_dim == 2:
-        if spatial[-1] <= 8:
-            return {'fwd': ((1, 8, 8), (1, 8, 8), 4, 3), 'dkdv': ((1, 8, 8), (1, 8, 16), 4, 3),
-                    'dq': ((1, 8, 8), (1, 8, 8), 4, 3)}
-        if has_rpb:
-            return {'fwd': ((1, 8, 8), (1, 4, 16), 4, 2), 'dkdv': ((1, 8, 8), (1, 8, 8), 4, 2),
-                    'dq': ((1, 8, 8), (1, 4, 16), 4, 2)}
-        tile = ((1, 4, 16), (1, 4, 16), 4, 2)
-        return {'fwd': tile, 'dkdv': tile, 'dq': tile}
+        dil = tuple(dilation) or (1, 1)
+        width = max(-(-length // d) for length, d in zip(spatial, dil))
+        for (limit, rpb), fwd, dq, dkdv in _NA2D_CONFIGS:
+            if rpb == has_rpb and (limit is None or width <= limit):
+                return {'fwd': fwd, 'dq': dq, 'dkdv': dkdv}
     tile = ((4, 4, 4), (4, 4, 4), 4, 2)
     return {'fwd': tile, 'dkdv': tile, 'dq': tile}
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _block(dim: int) -> int:
-    return max(16, 1 << (dim - 1).bit_length())
 
 
 @functools.lru_cache(maxsize=256)
@@ -429,7 +441,7 @@ def _axis_tables(length: int, kernel: int, dilation: int, stride: int, causal: b
     """Per-axis int32 tables on the CPU: window start/end [d, W] and the query box [d, tiles] of each key tile."""
     start, end = axis_windows(length, kernel, dilation, stride, causal)
     width = start.shape[1]
-    tiles = _cdiv(width, key_tile)
+    tiles = triton.cdiv(width, key_tile)
     q_lo = torch.zeros(dilation, tiles, dtype=torch.long)
     q_hi = torch.zeros(dilation, tiles, dtype=torch.long)
     for g in range(dilation):
@@ -443,6 +455,11 @@ def _axis_tables(length: int, kernel: int, dilation: int, stride: int, causal: b
     return tuple(t.to(torch.int32).contiguous() for t in (start, end, q_lo, q_hi))
 
 
+# The rpb gradient is binned by relative offset (BIAS_GRAD 1: a plain sum over queries afterwards) unless the rpb is
+# much larger than a window (3-D), where it is binned by window slot (BIAS_GRAD 2) and scattered to offsets after.
+_BINS_PER_SLOT_LIMIT = 4
+
+
 class _Plan:
     """Everything about a launch that depends only on the problem (shapes, flags, dtype, device): built once."""
 
@@ -450,12 +467,15 @@ class _Plan:
         n_dim = len(q_shape) - 3
         pad = 3 - n_dim
         self.n_dim = n_dim
+        self.device = device
         self.batch, self.heads, self.dim, self.dim_v = q_shape[0], q_shape[-2], q_shape[-1], dim_v
         self.spatial3 = (1,) * pad + tuple(q_shape[1:1 + n_dim])
         self.kernel3 = (1,) * pad + tuple(kernel)
         self.dil3 = (1,) * pad + tuple(dilation)
+        self.problem_args = (tuple(q_shape[1:1 + n_dim]), tuple(kernel), tuple(dilation), tuple(stride),
+                             tuple(bool(c) for c in causal))
         self.n_tok = math.prod(self.spatial3)
-        configs = na_configs(n_dim, q_shape[1:1 + n_dim], kernel, self.dim, has_rpb)
+        configs = na_configs(n_dim, q_shape[1:1 + n_dim], kernel, self.dim, has_rpb, dilation)
         self.configs = configs
         key_tiles = configs['dkdv'][1]
         tables = [[t.to(device) for t in _axis_tables(*args)] for args in zip(
@@ -466,11 +486,16 @@ class _Plan:
         self.widths = tuple(axis[0].shape[1] for axis in tables)
         groups = math.prod(self.dil3)
         self.bhg = self.batch * self.heads * groups
-        self.tiles = {name: tuple(_cdiv(w, t) for w, t in zip(self.widths, cfg[1 if name == 'dkdv' else 0]))
+        self.tiles = {name: tuple(triton.cdiv(w, t) for w, t in zip(self.widths, cfg[1 if name == 'dkdv' else 0]))
                       for name, cfg in configs.items()}
         self.consts = dict(HEAD_DIM=self.dim, HEAD_DIM_V=dim_v, BLOCK_D=_block(self.dim), BLOCK_DV=_block(dim_v),
                            HAS_RPB=has_rpb, N_DIM=n_dim, PRECISION='ieee' if dtype == torch.float32 else 'tf32')
         self.problem = (*self.spatial3[:3], *self.dil3, *self.widths)
+        self.n_slots = math.prod(self.kernel3)
+        self.n_rel = math.prod(2 * k - 1 for k in self.kernel3)
+        self.bias_grad = 1 if self.n_rel <= _BINS_PER_SLOT_LIMIT * self.n_slots else 2
+        self.launchers = {name: CachedLauncher() for name in configs}
+        self._bias_index = None
 
     def launch_args(self, name):
         query_tile, key_tile, warps, stages = self.configs[name]
@@ -483,6 +508,18 @@ class _Plan:
             raise ValueError(f'neighborhood_attention: {programs} programs (tiles x batch x heads x dilation groups) '
                              'exceed the CUDA grid; split the batch')
         return (programs,)
+
+    def bias_index(self):
+        """[heads, N * window] rpb offset of each (query, window slot), for BIAS_GRAD 2 (built on first use)."""
+        if self._bias_index is None:
+            with torch.inference_mode(False):
+                table = neighbor_table(*self.problem_args)
+                self._bias_index = table.bias_index.to(self.device).reshape(1, -1).expand(self.heads, -1)
+        return self._bias_index
+
+
+def _block(dim: int) -> int:
+    return max(16, triton.next_power_of_2(dim))
 
 
 _PLANS = {}
@@ -511,53 +548,64 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale):
+def _rpb_arg(rpb: torch.Tensor) -> torch.Tensor:
+    # fp32 (a half-precision gather spills), pre-multiplied by log2(e): the kernels work in base 2.
+    return rpb.float() * LOG2E
+
+
+def _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale, rpb_arg=None):
+    """Output and log-sum-exp (base 2); ``rpb_arg`` is ``_rpb_arg(rpb)`` when the caller already has it."""
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     plan = _plan(q, v, kernel, dilation, stride, causal, rpb is not None)
     n_dim = plan.n_dim
     out = torch.empty(*q.shape[:-1], plan.dim_v, device=q.device, dtype=q.dtype)
     lse = torch.empty(plan.batch, plan.heads, plan.n_tok, device=q.device, dtype=torch.float32)
-    rpb_arg = rpb.float().contiguous() if rpb is not None else lse  # fp32: a half gather spills
-    _na_fwd_kernel[plan.grid('fwd')](
-        q, k, v, out, lse, rpb_arg, *plan.windows,
-        *_strides(q, n_dim), *_strides(k, n_dim), *_strides(v, n_dim), *_strides(out, n_dim),
-        plan.heads, *plan.problem, math.prod(plan.tiles['fwd']), *plan.tiles['fwd'][1:], *plan.kernel3, scale * _LOG2E,
-        **plan.launch_args('fwd'))
+    if rpb_arg is None:
+        rpb_arg = _rpb_arg(rpb) if rpb is not None else lse
+    plan.launchers['fwd'](
+        _na_fwd_kernel, plan.grid('fwd'), (q, k, v, out, lse, rpb_arg, *plan.windows),
+        (*_strides(q, n_dim), *_strides(k, n_dim), *_strides(v, n_dim), *_strides(out, n_dim), plan.heads,
+         *plan.problem, math.prod(plan.tiles['fwd']), *plan.tiles['fwd'][1:], *plan.kernel3),
+        (scale * LOG2E,), plan.launch_args('fwd'))
     return out, lse
 
 
-def _bwd(grad_out, q, k, v, out, lse, rpb, kernel, dilation, stride, causal, scale, rpb_grad):
+def _bwd(grad_out, q, k, v, out, lse, rpb, kernel, dilation, stride, causal, scale, rpb_grad, rpb_arg=None):
     q, k, v, grad_out = _unit_last(q), _unit_last(k), _unit_last(v), _unit_last(grad_out)
     plan = _plan(q, v, kernel, dilation, stride, causal, rpb is not None)
-    n_dim, batch, heads, n_tok = plan.n_dim, plan.batch, plan.heads, plan.n_tok
+    n_dim, heads, n_tok = plan.n_dim, plan.heads, plan.n_tok
     # Gradients come out in the inputs' [B, *spatial, H, D] layout; delta = rowsum(dO * O) is [B, H, N] like lse.
     dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     dk = torch.empty(k.shape, device=q.device, dtype=q.dtype)
     dv = torch.empty(v.shape, device=q.device, dtype=q.dtype)
     delta = torch.empty_like(lse)
-    store_ds = rpb is not None and rpb_grad
-    n_keys = math.prod(plan.kernel3)
-    dsn = torch.zeros(batch, heads, n_tok, n_keys, device=q.device, dtype=torch.float32) if store_ds else lse
-    rpb_arg = rpb.float().contiguous() if rpb is not None else lse  # fp32: a half gather spills
+    bias_grad = plan.bias_grad if (rpb is not None and rpb_grad) else 0
+    if bias_grad:
+        bins = plan.n_rel if bias_grad == 1 else plan.n_slots
+        dsn = torch.zeros(heads, n_tok, bins, device=q.device, dtype=torch.float32)
+    else:
+        dsn = lse
+    if rpb_arg is None:
+        rpb_arg = _rpb_arg(rpb) if rpb is not None else lse
     strides = (*_strides(q, n_dim), *_strides(k, n_dim), *_strides(v, n_dim))
+    scales = (scale * LOG2E, scale)
     # The dQ pass first: it also writes delta, which the dK/dV pass reads.
-    _na_bwd_dq_kernel[plan.grid('dq')](
-        q, k, v, out, grad_out, lse, delta, dq, rpb_arg, dsn, *plan.windows, *strides,
-        *_strides(out, n_dim), *_strides(grad_out, n_dim), *_strides(dq, n_dim),
-        heads, *plan.problem, math.prod(plan.tiles['dq']), *plan.tiles['dq'][1:], *plan.kernel3, scale * _LOG2E,
-        scale, STORE_DS=store_ds, **plan.launch_args('dq'))
-    _na_bwd_dkdv_kernel[plan.grid('dkdv')](
-        q, k, v, grad_out, lse, delta, dk, dv, rpb_arg, *plan.windows, *plan.query_boxes, *strides,
-        *_strides(grad_out, n_dim), *_strides(dk, n_dim), *_strides(dv, n_dim),
-        heads, *plan.problem, *plan.tiles['dkdv'], *plan.kernel3, scale * _LOG2E, scale,
-        **plan.launch_args('dkdv'))
-    spatial = q.shape[1:1 + n_dim]
-    if store_ds:
-        table = neighbor_table(tuple(spatial), tuple(kernel), tuple(dilation), tuple(stride),
-                               tuple(bool(c) for c in causal)).to(q.device)
-        per_offset = dsn.sum(0).reshape(heads, -1)
-        drpb = torch.zeros(heads, rpb[0].numel(), device=q.device, dtype=torch.float32)
-        drpb.scatter_add_(1, table.bias_index.reshape(1, -1).expand(heads, -1), per_offset)
+    plan.launchers['dq'](
+        _na_bwd_dq_kernel, plan.grid('dq'), (q, k, v, out, grad_out, lse, delta, dq, rpb_arg, dsn, *plan.windows),
+        (*strides, *_strides(out, n_dim), *_strides(grad_out, n_dim), *_strides(dq, n_dim), heads, *plan.problem,
+         math.prod(plan.tiles['dq']), *plan.tiles['dq'][1:], *plan.kernel3),
+        scales, dict(BIAS_GRAD=bias_grad, **plan.launch_args('dq')))
+    plan.launchers['dkdv'](
+        _na_bwd_dkdv_kernel, plan.grid('dkdv'),
+        (q, k, v, grad_out, lse, delta, dk, dv, rpb_arg, *plan.windows, *plan.query_boxes),
+        (*strides, *_strides(grad_out, n_dim), *_strides(dk, n_dim), *_strides(dv, n_dim), heads, *plan.problem,
+         *plan.tiles['dkdv'], *plan.kernel3),
+        scales, plan.launch_args('dkdv'))
+    if bias_grad == 1:
+        drpb = dsn.sum(1).reshape(rpb.shape).to(rpb.dtype)
+    elif bias_grad == 2:
+        drpb = torch.zeros(heads, plan.n_rel, device=q.device, dtype=torch.float32)
+        drpb.scatter_add_(1, plan.bias_index(), dsn.reshape(heads, -1))
         drpb = drpb.reshape(rpb.shape).to(rpb.dtype)
     else:
         drpb = q.new_empty(0)
@@ -565,7 +613,26 @@ def _bwd(grad_out, q, k, v, out, lse, rpb, kernel, dilation, stride, causal, sca
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# torch.library registration: opaque to FX / torch.compile, with fake implementations for tracing.
+# Dispatch. Eager calls go through a plain autograd.Function (the cheapest host path); under torch.compile the same
+# work is a torch.library custom op with fake implementations, so Dynamo and FX see one opaque node.
+
+class _NeighborhoodAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, rpb, kernel, dilation, stride, causal, scale):
+        rpb_arg = _rpb_arg(rpb) if rpb is not None else None
+        out, lse = _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale, rpb_arg)
+        ctx.save_for_backward(q, k, v, rpb, out, lse, rpb_arg)
+        ctx.args = (kernel, dilation, stride, causal, scale)
+        ctx.has_rpb = rpb is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, rpb, out, lse, rpb_arg = ctx.saved_tensors
+        rpb_grad = ctx.has_rpb and ctx.needs_input_grad[3]
+        dq, dk, dv, drpb = _bwd(grad_out, q, k, v, out, lse, rpb, *ctx.args, rpb_grad, rpb_arg)
+        return dq, dk, dv, (drpb if rpb_grad else None), None, None, None, None, None
+
 
 @torch.library.custom_op('visionattn::na_fwd', mutates_args=())
 def _na_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor], kernel: List[int],
@@ -603,20 +670,25 @@ def _setup_context(ctx, inputs, output):
     ctx.has_rpb = rpb is not None
 
 
-def _backward(ctx, grad_out, grad_lse):
+def _op_backward(ctx, grad_out, grad_lse):
     q, k, v, rpb, out, lse = ctx.saved_tensors
     rpb_grad = ctx.has_rpb and ctx.needs_input_grad[3]
     dq, dk, dv, drpb = _na_bwd_op(grad_out.contiguous(), q, k, v, out, lse, rpb, *ctx.args, rpb_grad)
     return dq, dk, dv, (drpb if rpb_grad else None), None, None, None, None, None
 
 
-_na_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_na_fwd_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 def neighborhood_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: Sequence[int],
                                   dilation: Sequence[int], stride: Sequence[int], causal: Sequence[bool],
                                   rpb: Optional[torch.Tensor], scale: float) -> torch.Tensor:
     """The Triton path of :func:`visionattn.ops.neighborhood_attention` (arguments already validated)."""
-    out, _ = torch.ops.visionattn.na_fwd(q, k, v, rpb, list(kernel), list(dilation), list(stride),
-                                         [bool(c) for c in causal], float(scale))
-    return out
+    kernel, dilation, stride = list(kernel), list(dilation), list(stride)
+    causal = [bool(c) for c in causal]
+    if torch.compiler.is_compiling():
+        out, _ = torch.ops.visionattn.na_fwd(q, k, v, rpb, kernel, dilation, stride, causal, float(scale))
+        return out
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rpb)):
+        return _NeighborhoodAttention.apply(q, k, v, rpb, kernel, dilation, stride, causal, float(scale))
+    return _fwd(q, k, v, rpb, kernel, dilation, stride, causal, float(scale))[0]
