@@ -183,11 +183,12 @@ class NAT(nn.Module):
             backbones' ``norm0..3``); ``features_only=True`` turns it on.
         device: Device for the parameters.
         dtype: Data type for the parameters.
+
+    ``torch.compile(model, fullgraph=True)`` traces the whole model, attention included (its argument checks and
+    backend choice are resolved while tracing). ``torch.jit.script`` (of the model, or of its ``torch.fx`` trace)
+    compiles everything but the attention layer's op call, which TorchScript hands back to Python: the scripted
+    model runs, but ``torch.jit.save`` cannot export it.
     """
-    # Why torch.jit.script cannot compile these models (the registry tests read it).
-    torchscript_unsupported = (
-        'neighborhood attention runs through visionattn.ops.neighborhood_attention, a Python op that chooses its '
-        'backend (Triton or the PyTorch reference) at run time; use torch.fx or torch.compile instead')
 
     def __init__(
             self,

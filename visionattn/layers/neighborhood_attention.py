@@ -24,6 +24,7 @@ from ..ops.neighborhood import neighborhood_attention
 __all__ = ['NeighborhoodAttention2d']
 
 
+@torch.jit.ignore
 def _check_input(x: torch.Tensor, dim: int) -> torch.Tensor:
     if x.dim() != 4 or x.shape[-1] != dim:
         raise ValueError(f'NeighborhoodAttention2d expects channels-last input [batch, height, width, {dim}], got '
@@ -33,6 +34,7 @@ def _check_input(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x
 
 
+@torch.jit.ignore
 def _padded_neighborhood_attention(
         qkv: torch.Tensor,
         qkv_bias: Optional[torch.Tensor],
@@ -64,7 +66,9 @@ def _padded_neighborhood_attention(
     return out
 
 
-# Opaque to torch.fx: the padding depends on the input size and the op chooses its backend at run time.
+# Leaves of torch.fx graphs (the padding depends on the input size, the op chooses its backend at run time) that
+# TorchScript calls back into Python (``torch.jit.ignore``): so FX tracing then ``torch.jit.script`` of the traced graph
+# works, as timm's tests do it. Neither changes eager or torch.compile behaviour (Dynamo traces through both).
 torch.fx.wrap('_check_input')
 torch.fx.wrap('_padded_neighborhood_attention')
 

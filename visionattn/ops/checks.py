@@ -3,6 +3,12 @@
 Every op takes ``backend=None | 'reference' | 'triton'``; ``None`` reads ``VISIONATTN_BACKEND`` and otherwise picks
 automatically. An automatic choice that rejects Triton logs why (logger ``visionattn.ops``, level DEBUG), and
 ``explain_backend`` returns the same reasons; asking for Triton explicitly where it cannot run raises them.
+
+The choice runs on every op call, so it is cheap (a few attribute reads; the reasons are only put into words when they
+are raised, logged or explained) and traceable by Dynamo: whether Triton is installed is looked up once, at import,
+and the environment is read through :func:`torch.compiler.assume_constant_result`, so ``torch.compile(fullgraph=True)``
+takes the choice as a constant of the graph (the environment as it was when the graph was compiled) instead of
+breaking the graph at every attention call.
 """
 import importlib.util
 import logging
@@ -20,14 +26,24 @@ _logger = logging.getLogger('visionattn.ops')
 BACKENDS = ('reference', 'triton')
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+# Looked up once: find_spec walks sys.path on every call, and Dynamo refuses to trace it.
+_TRITON_AVAILABLE = importlib.util.find_spec('triton') is not None
+
 
 class BackendUnavailableError(RuntimeError):
     """A backend was asked for by name but cannot run these inputs."""
 
 
+@torch.compiler.assume_constant_result
+def _env(name: str) -> str:
+    # Eager calls read the environment every time (tests and users switch it at run time); a compiled graph keeps the
+    # value it was traced with.
+    return os.environ.get(name, '')
+
+
 def env_backend() -> Optional[str]:
     """The backend forced by ``VISIONATTN_BACKEND`` (unset or 'auto' means automatic)."""
-    value = os.environ.get('VISIONATTN_BACKEND', '').strip().lower()
+    value = _env('VISIONATTN_BACKEND').strip().lower()
     if value in ('', 'auto'):
         return None
     if value not in BACKENDS:
@@ -35,12 +51,33 @@ def env_backend() -> Optional[str]:
     return value
 
 
-def _triton_available() -> bool:
-    return importlib.util.find_spec('triton') is not None
-
-
 def _interpreting() -> bool:
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+    return _env('TRITON_INTERPRET') == '1'
+
+
+def _triton_can_run(tensors: Sequence[Optional[torch.Tensor]], extra: Sequence[Tuple[bool, str]], auto: bool) -> bool:
+    """:func:`triton_rejections` as a yes/no answer without wording the reasons (the per-call path); ``auto`` also
+    rejects the interpreter, which runs only when asked for by name. The environment is read only where it decides."""
+    if not _TRITON_AVAILABLE:
+        return False
+    device = None
+    for t in tensors:
+        if t is None:
+            continue
+        if device is None:
+            device = t.device
+            if auto and device.type != 'cuda':
+                return False
+        elif t.device != device:
+            return False
+        if t.is_floating_point() and t.dtype not in TRITON_DTYPES:
+            return False
+    for ok, _ in extra:
+        if not ok:
+            return False
+    if auto:
+        return not _interpreting()
+    return device is None or device.type == 'cuda' or _interpreting()
 
 
 def triton_rejections(tensors: Iterable[Optional[torch.Tensor]], extra: Sequence[Tuple[bool, str]] = ()) -> List[str]:
@@ -51,7 +88,7 @@ def triton_rejections(tensors: Iterable[Optional[torch.Tensor]], extra: Sequence
         extra: Op-specific ``(ok, reason)`` checks; a reason is reported where ``ok`` is False.
     """
     reasons = []
-    if not _triton_available():
+    if not _TRITON_AVAILABLE:
         reasons.append('triton is not installed')
     present = [t for t in tensors if t is not None]
     devices = {t.device for t in present}
@@ -77,22 +114,23 @@ def choose_backend(op: str, backend: Optional[str], tensors: Iterable[Optional[t
         extra: Op-specific ``(ok, reason)`` checks for the Triton backend.
     """
     requested = backend if backend is not None else env_backend()
-    if requested is not None and requested not in BACKENDS:
-        raise ValueError(f'{op}: unknown backend {requested!r}; expected one of {", ".join(BACKENDS)} or None')
     if requested == 'reference':
         return 'reference'
-    reasons = triton_rejections(tensors, extra)
-    if requested == 'triton':
-        if reasons:
-            raise BackendUnavailableError(f'{op}: the triton backend cannot run these inputs: ' + '; '.join(reasons))
+    if requested is not None and requested != 'triton':
+        raise ValueError(f'{op}: unknown backend {requested!r}; expected one of {", ".join(BACKENDS)} or None')
+    tensors = tuple(tensors)  # walked twice where Triton is rejected
+    if _triton_can_run(tensors, extra, auto=requested is None):
         return 'triton'
-    if reasons:
+    if requested == 'triton':
+        raise BackendUnavailableError(f'{op}: the triton backend cannot run these inputs: '
+                                      + '; '.join(triton_rejections(tensors, extra)))
+    # Logger methods are not traceable (Dynamo), and the reasons cost more than the choice: log only in eager mode
+    # and only where someone listens. Under the interpreter Triton runs, slowly, on any device: tests ask for it by
+    # name, an automatic choice does not take it.
+    if not torch.compiler.is_compiling() and _logger.isEnabledFor(logging.DEBUG):
+        reasons = triton_rejections(tensors, extra) or ['TRITON_INTERPRET=1 (the interpreter runs only when asked for)']
         _logger.debug('%s: using the reference backend because %s', op, '; '.join(reasons))
-        return 'reference'
-    if _interpreting():
-        # Under the interpreter Triton runs, slowly, on any device: tests ask for it by name, models do not.
-        return 'reference'
-    return 'triton'
+    return 'reference'
 
 
 def explain_backend(op: str, tensors: Iterable[Optional[torch.Tensor]], extra: Sequence[Tuple[bool, str]] = ()) -> str:

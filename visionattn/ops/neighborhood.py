@@ -30,6 +30,9 @@ TRITON_MAX_HEAD_DIM = 128
 
 
 def _per_axis(name: str, value, n_dim: int, kind: type) -> tuple:
+    # The common call passes a plain int (bool): no loop. bool is a subclass of int, hence ``type(x) is``.
+    if type(value) is kind:
+        return (value,) * n_dim
     values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * n_dim
     if len(values) != n_dim:
         raise ValueError(f'neighborhood_attention: {name}={value!r} has {len(values)} entries, expected one per '
@@ -49,69 +52,92 @@ def normalize_na_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_
                       ) -> Tuple[tuple, tuple, tuple, tuple, float]:
     """Validate NA arguments against the inputs; returns per-axis (kernel, dilation, stride, causal) and the scale.
 
+    Runs on every call, so the checks read each tensor attribute once; under torch.compile they are evaluated while
+    tracing and leave nothing in the graph (the messages are only formatted on the branch that raises).
+
     Raises:
         ValueError: naming the problem (ranks and shapes, kernel/dilation/stride values, an input too small for
             kernel * dilation, rpb shape or rpb with a causal axis).
     """
-    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
         raise ValueError('neighborhood_attention: q, k and v must be tensors')
-    if q.dim() not in (4, 5, 6):
+    q_shape, k_shape, v_shape = q.shape, k.shape, v.shape
+    rank = len(q_shape)
+    if rank not in (4, 5, 6):
         raise ValueError(f'neighborhood_attention: q must be [batch, *spatial, heads, head_dim] with 1, 2 or 3 '
-                         f'spatial axes (4-D, 5-D or 6-D), got shape {tuple(q.shape)}')
-    if k.shape != q.shape:
-        raise ValueError(f'neighborhood_attention: k shape {tuple(k.shape)} != q shape {tuple(q.shape)}')
-    if v.dim() != q.dim() or v.shape[:-1] != q.shape[:-1]:
-        raise ValueError(f'neighborhood_attention: v shape {tuple(v.shape)} must match q shape {tuple(q.shape)} '
+                         f'spatial axes (4-D, 5-D or 6-D), got shape {tuple(q_shape)}')
+    if k_shape != q_shape:
+        raise ValueError(f'neighborhood_attention: k shape {tuple(k_shape)} != q shape {tuple(q_shape)}')
+    if len(v_shape) != rank or v_shape[:-1] != q_shape[:-1]:
+        raise ValueError(f'neighborhood_attention: v shape {tuple(v_shape)} must match q shape {tuple(q_shape)} '
                          'except in the last (head_dim) axis')
-    if not (q.is_floating_point() and q.dtype == k.dtype == v.dtype):
+    dtype = q.dtype
+    if not (dtype.is_floating_point and k.dtype == dtype and v.dtype == dtype):
         raise ValueError(f'neighborhood_attention: q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, '
                          f'{v.dtype}')
-    if not q.device == k.device == v.device:
+    device = q.device
+    if not (k.device == device and v.device == device):
         raise ValueError(f'neighborhood_attention: q, k, v are on different devices ({q.device}, {k.device}, '
                          f'{v.device})')
-    if min(q.shape) == 0 or v.shape[-1] == 0:
-        raise ValueError(f'neighborhood_attention: empty input, q shape {tuple(q.shape)}, v shape {tuple(v.shape)}')
-    n_dim = q.dim() - 3
-    spatial = tuple(q.shape[1:1 + n_dim])
+    if 0 in q_shape or v_shape[-1] == 0:
+        raise ValueError(f'neighborhood_attention: empty input, q shape {tuple(q_shape)}, v shape {tuple(v_shape)}')
+    n_dim = rank - 3
+    spatial = q_shape[1:1 + n_dim]
     kernel = _per_axis('kernel_size', kernel_size, n_dim, int)
     dil = _per_axis('dilation', dilation, n_dim, int)
     strides = _per_axis('stride', stride, n_dim, int)
     causal = _per_axis('is_causal', is_causal, n_dim, bool)
-    if any(x < 2 for x in kernel):
+    if min(kernel) < 2:
         raise ValueError(f'neighborhood_attention: kernel_size={kernel_size!r} must be >= 2 on every axis (as NATTEN)')
-    if any(x < 1 for x in dil):
+    if min(dil) < 1:
         raise ValueError(f'neighborhood_attention: dilation={dilation!r} must be >= 1 on every axis')
-    if any(x < 1 for x in strides):
+    if min(strides) < 1:
         raise ValueError(f'neighborhood_attention: stride={stride!r} must be >= 1 on every axis')
-    if any(s > kk for s, kk in zip(strides, kernel)):
-        raise ValueError(f'neighborhood_attention: stride {strides} cannot exceed kernel_size {kernel} on any axis')
-    if any(kk * d > length for kk, d, length in zip(kernel, dil, spatial)):
-        raise ValueError(f'neighborhood_attention: input spatial size {spatial} is too small for kernel_size {kernel} '
-                         f'x dilation {dil}: kernel_size * dilation must be <= the size on every axis')
+    for i in range(n_dim):
+        if strides[i] > kernel[i]:
+            raise ValueError(f'neighborhood_attention: stride {strides} cannot exceed kernel_size {kernel} on any '
+                             'axis')
+    for i in range(n_dim):
+        if kernel[i] * dil[i] > spatial[i]:
+            raise ValueError(f'neighborhood_attention: input spatial size {tuple(spatial)} is too small for '
+                             f'kernel_size {kernel} x dilation {dil}: kernel_size * dilation must be <= the size on '
+                             'every axis')
     if rpb is not None:
-        if any(causal):
+        if True in causal:
             raise ValueError('neighborhood_attention: rpb (relative positional bias) cannot be combined with a causal '
                              'axis (NATTEN forbids it)')
-        want = (q.shape[-2], *(2 * kk - 1 for kk in kernel))
-        if not isinstance(rpb, torch.Tensor) or tuple(rpb.shape) != want:
+        want = (q_shape[-2], *[2 * kk - 1 for kk in kernel])
+        if not isinstance(rpb, torch.Tensor) or rpb.shape != want:
             got = tuple(rpb.shape) if isinstance(rpb, torch.Tensor) else type(rpb).__name__
             raise ValueError(f'neighborhood_attention: rpb shape {got} != [heads, 2k-1 per axis] = {want}')
-        if not rpb.is_floating_point() or rpb.device != q.device:
+        if not rpb.dtype.is_floating_point or rpb.device != device:
             raise ValueError(f'neighborhood_attention: rpb must be a floating tensor on {q.device}, got {rpb.dtype} on '
                              f'{rpb.device}')
     if scale is None:
-        scale = q.shape[-1] ** -0.5
-    elif not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+        scale = q_shape[-1] ** -0.5
+    elif type(scale) is not float and (not isinstance(scale, (int, float)) or isinstance(scale, bool)):
+        raise ValueError(f'neighborhood_attention: scale={scale!r} must be a finite number or None')
+    if not math.isfinite(scale):
         raise ValueError(f'neighborhood_attention: scale={scale!r} must be a finite number or None')
     return kernel, dil, strides, causal, float(scale)
 
 
 def na_triton_checks(q: torch.Tensor, v: torch.Tensor) -> list:
     """The Triton kernel's own ``(ok, reason)`` checks, for :func:`visionattn.ops.checks.choose_backend`."""
+    dim, dim_v = q.shape[-1], v.shape[-1]
+    # Reasons are only worded for a failing check (this runs on every call).
     return [
-        (q.shape[-1] <= TRITON_MAX_HEAD_DIM, f'head_dim {q.shape[-1]} > {TRITON_MAX_HEAD_DIM}'),
-        (v.shape[-1] <= TRITON_MAX_HEAD_DIM, f'value head_dim {v.shape[-1]} > {TRITON_MAX_HEAD_DIM}'),
+        (dim <= TRITON_MAX_HEAD_DIM, '' if dim <= TRITON_MAX_HEAD_DIM else f'head_dim {dim} > {TRITON_MAX_HEAD_DIM}'),
+        (dim_v <= TRITON_MAX_HEAD_DIM,
+         '' if dim_v <= TRITON_MAX_HEAD_DIM else f'value head_dim {dim_v} > {TRITON_MAX_HEAD_DIM}'),
     ]
+
+
+def _fx_proxy(*args) -> Optional[torch.fx.Proxy]:
+    for arg in args:
+        if isinstance(arg, torch.fx.Proxy):
+            return arg
+    return None
 
 
 def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: IntOrTuple,
@@ -138,7 +164,18 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
 
     Raises:
         ValueError: for invalid shapes or arguments (the message names the problem).
+
+    Under ``torch.fx`` symbolic tracing the call becomes one ``call_function`` node (an FX leaf); under
+    ``torch.compile`` the argument checks and the backend choice are evaluated while tracing, so the graph holds the
+    chosen path only (the Triton custom op, or the reference's ops) and the call does not break it.
     """
+    proxy = _fx_proxy(q, k, v, rpb)
+    if proxy is not None:
+        # torch.fx symbolic tracing: the op is one node of the graph (a leaf, as torch.fx.wrap makes one, but whichever
+        # module calls it), so tracing never reaches the checks below, which need real shapes.
+        return proxy.tracer.create_proxy(
+            'call_function', neighborhood_attention, (q, k, v, kernel_size),
+            dict(dilation=dilation, stride=stride, is_causal=is_causal, rpb=rpb, scale=scale, backend=backend))
     kernel, dil, strides, causal, scale = normalize_na_args(q, k, v, kernel_size, dilation, stride, is_causal, rpb,
                                                             scale)
     chosen = choose_backend('neighborhood_attention', backend, [q, k, v, rpb], na_triton_checks(q, v))

@@ -16,8 +16,8 @@ __all__ = ['neighborhood_attention_ref', 'axis_windows', 'neighbor_table', 'Neig
 _CHUNK_BYTES = 256 * 2 ** 20  # gathered K (or V) rows per chunk of queries, to bound peak memory
 
 
-def axis_windows(length: int, kernel: int, dilation: int, stride: int, causal: bool
-                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+def axis_windows(length: int, kernel: int, dilation: int, stride: int, causal: bool,
+                 device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-axis NATTEN windows, in dilation-group coordinates.
 
     A token at global coordinate ``i`` belongs to dilation group ``g = i % dilation`` at position ``p = i // dilation``
@@ -29,6 +29,7 @@ def axis_windows(length: int, kernel: int, dilation: int, stride: int, causal: b
         dilation: Dilation on this axis.
         stride: GNA stride; each query takes the window of its stride group's leader.
         causal: Causal window (keys at or before the query).
+        device: Where to build the tables (default the CPU).
 
     Returns:
         ``start``, ``end``: int64 tensors of shape [dilation, ceil(length / dilation)], indexed by (group, position);
@@ -38,7 +39,7 @@ def axis_windows(length: int, kernel: int, dilation: int, stride: int, causal: b
     groups = []
     for g in range(dilation):
         lg = (length - g + dilation - 1) // dilation
-        p = torch.arange(lg)
+        p = torch.arange(lg, device=device)
         if causal:
             # The stride group's leader is its last member; keys run from leader - k + 1 up to the query itself.
             leader = torch.clamp((p // stride) * stride + stride - 1, max=lg - 1)
@@ -67,15 +68,15 @@ class NeighborTable:
     """
 
     def __init__(self, shape: Sequence[int], kernel: Sequence[int], dilation: Sequence[int],
-                 stride: Sequence[int], causal: Sequence[bool]):
-        index = torch.zeros(1, 1, dtype=torch.long)
-        bias = torch.zeros(1, 1, dtype=torch.long)
-        valid = torch.ones(1, 1, dtype=torch.bool)
+                 stride: Sequence[int], causal: Sequence[bool], device: Optional[torch.device] = None):
+        index = torch.zeros(1, 1, dtype=torch.long, device=device)
+        bias = torch.zeros(1, 1, dtype=torch.long, device=device)
+        valid = torch.ones(1, 1, dtype=torch.bool, device=device)
         for length, k, d, s, c in zip(shape, kernel, dilation, stride, causal):
-            start, end = axis_windows(length, k, d, s, c)
-            coord = torch.arange(length)
+            start, end = axis_windows(length, k, d, s, c, device=device)
+            coord = torch.arange(length, device=device)
             g, p = coord % d, coord // d
-            pos = start[g, p][:, None] + torch.arange(k)  # [L, k] group positions of the keys
+            pos = start[g, p][:, None] + torch.arange(k, device=device)  # [L, k] group positions of the keys
             ok = pos < end[g, p][:, None]
             key = torch.where(ok, g[:, None] + d * pos, coord[:, None])
             rel = pos - p[:, None] + k - 1
@@ -85,7 +86,9 @@ class NeighborTable:
             valid = (valid[:, None, :, None] & ok[None, :, None, :]).flatten(2).flatten(0, 1)
         self.index = index
         self.bias_index = bias
-        self.valid = None if bool(valid.all()) else valid
+        # Every query sees k keys per axis unless an axis is causal (then the first queries see fewer: kernel >= 2);
+        # decided from the arguments, not by asking the mask, so that Dynamo can trace the construction.
+        self.valid = valid if any(causal) else None
         self._on: Dict[torch.device, 'NeighborTable'] = {}
 
     def to(self, device: torch.device) -> 'NeighborTable':
@@ -148,8 +151,15 @@ def neighborhood_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     n_dim = q.dim() - 3
     spatial = tuple(q.shape[1:1 + n_dim])
     batch, heads, dim, dim_v = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
-    table = neighbor_table(spatial, _tuple(kernel_size, n_dim), _tuple(dilation, n_dim), _tuple(stride, n_dim),
-                           tuple(bool(c) for c in _tuple(is_causal, n_dim))).to(q.device)
+    problem = (spatial, _tuple(kernel_size, n_dim), _tuple(dilation, n_dim), _tuple(stride, n_dim),
+               tuple(bool(c) for c in _tuple(is_causal, n_dim)))
+    if torch.compiler.is_compiling():
+        # Built inside the graph (a few index ops on [N, prod(kernel)] integers per call): tracing the cache lookup
+        # would guard the graph on the cache's contents, and torch.compiler.assume_constant_result cannot hold the
+        # tables of two problems in one graph (torch 2.14: the second one's .shape breaks the trace).
+        table = NeighborTable(*problem, device=q.device)
+    else:
+        table = neighbor_table(*problem).to(q.device)
     scale = dim ** -0.5 if scale is None else scale
     out_dtype = q.dtype
     if upcast:
