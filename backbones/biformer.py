@@ -112,7 +112,9 @@ class BiFormerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pos_embed(x)
-        x = x.permute(0, 2, 3, 1)
+        # NHWC for the token branches: a view of a channels-last map, copied once from an NCHW one (the block's
+        # output is channels-last, so within a stage only the first block of an NCHW model copies)
+        x = x.permute(0, 2, 3, 1).contiguous()
         x = x + self.drop_path(self.attn(self.norm1(x)))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x.permute(0, 3, 1, 2)

@@ -1,9 +1,12 @@
 """The numerical rule for kernels (style.md §7): the kernel's error against an fp32 reference is at most twice the
 error of the same-dtype PyTorch reference, plus atol; for the output and for every gradient. An fp32 kernel needs a
 higher-precision reference (fp64), else the same-dtype error is zero by construction."""
+import os
 from typing import Dict, Optional, Sequence
 
+import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # atol per dtype added to twice the same-dtype PyTorch error.
 ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -35,3 +38,25 @@ def grads(output: torch.Tensor, inputs: Sequence[Optional[torch.Tensor]],
 def leaf_copies(tensors: Sequence[Optional[torch.Tensor]], dtype: torch.dtype) -> list:
     """Detached copies in ``dtype`` that require grad (None stays None)."""
     return [None if t is None else t.detach().to(dtype).requires_grad_(t.requires_grad) for t in tensors]
+
+
+def kernel_device() -> str:
+    """Where this session runs Triton kernels: the CPU under the interpreter, else the GPU (for tests that call the
+    kernels without the backend choice, which would refuse CPU tensors where the kernels are compiled)."""
+    if os.environ.get('TRITON_INTERPRET') == '1':
+        return 'cpu'
+    if torch.cuda.is_available():
+        return 'cuda'
+    pytest.skip('Triton kernels need TRITON_INTERPRET=1 or a GPU')
+
+
+class DispatchedOps(TorchDispatchMode):
+    """Records the aten overloads (``names``, e.g. 'sum.dim_IntList') run inside ``with DispatchedOps() as ops``."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))

@@ -293,6 +293,70 @@ def test_bra_traces_with_fx_for_any_size():
         torch.testing.assert_close(traced(x), layer(x))
 
 
+def test_bra_without_lce():
+    """side_dwconv=0: no LCE (the official ``lambda x: torch.zeros_like(x)``); an even kernel is refused."""
+    layer = _bra(side_dwconv=0)
+    assert layer.lepe is None and not any('lepe' in name for name, _ in layer.named_parameters())
+    x = torch.randn(1, 6, 6, 16, dtype=torch.float64)
+    with torch.no_grad():
+        expected = official_bra_math(x, layer.qkv.qkv.weight, layer.qkv.qkv.bias, torch.zeros_like, layer.wo, 16, 2,
+                                     3, 2)[0]
+        torch.testing.assert_close(layer(x), expected)
+    with pytest.raises(ValueError, match='side_dwconv=4 must be odd'):
+        _bra(side_dwconv=4)
+
+
+def test_bra_triton_matches_official_math():
+    """The module's Triton path (kernels under the CPU interpreter): a padded map, the routing kept, gradients of
+    the input and of every parameter (the LCE conv is folded into the kernels) against the official math."""
+    layer = _bra(n_win=2, topk=3).float()
+    layer.backend, layer.keep_routing = 'triton', True
+    x = torch.randn(2, 5, 3, 16, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    out = layer(x)
+    grads = torch.autograd.grad(out.square().sum(), [x] + list(layer.parameters()))
+    reference = _bra(n_win=2, topk=3)
+    x64 = x.detach().double().requires_grad_(True)
+    expected, route = _official_of(reference, x64)
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x64] + list(reference.parameters()))
+    assert torch.equal(layer.last_routing, route)
+    torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_bra_module_copies_nothing_between_its_projections(monkeypatch):
+    """On the Triton path the module is: qkv projection, the op (allocations and kernel launches), output
+    projection. No region partition, q/k/v split, LCE input or output copy, no cat, add or zero-fill, forward or
+    backward (the only other op is the sum of the LCE weight gradient's partials)."""
+    from op_testing import DispatchedOps
+
+    from visionattn.ops.triton import block_sparse as tk
+    launches = []
+    monkeypatch.setattr(tk._Kernel, 'launch', lambda self, *args: launches.append(self.fn.fn.__name__))
+
+    class Ops(DispatchedOps):  # op names without the overload
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__.split('.')[0])
+            return func(*args, **(kwargs or {}))
+
+    layer = _bra(n_win=3).float()
+    layer.backend = 'triton'
+    x = torch.randn(2, 6, 9, 16, requires_grad=True)
+    layer(x).sum().backward()  # plans the shape
+    shapes_only = {'empty', 'new_empty', 'empty_strided', 'view', '_unsafe_view', 't', 'transpose', 'detach',
+                   'slice', 'alias', 'expand', 'reshape', 'ones_like'}
+    with Ops() as forward:
+        out = layer(x)
+    with Ops() as backward:
+        torch.autograd.grad(out, [x] + list(layer.parameters()), torch.ones_like(out))
+    compute = [name for name in forward.names if name not in shapes_only]
+    assert compute == ['addmm', 'addmm'], forward.names  # the two projections (bias fused)
+    compute = sorted(name for name in backward.names if name not in shapes_only)
+    assert compute == ['mm'] * 4 + ['sum'] * 3, backward.names  # projections' dX/dW and dbias; the LCE partials
+    assert launches[-5:] == ['_bra_route_kernel', '_bsa_fwd_kernel', '_bsa_bwd_dq_kernel', '_bsa_bwd_dkv_kernel',
+                             '_lepe_grad_kernel']
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The models
 # ---------------------------------------------------------------------------------------------------------------
@@ -380,3 +444,40 @@ def test_model_bad_arguments():
         model.forward_intermediates(x, indices=[4])
     with pytest.raises(ValueError, match='NHWC map'):
         model.stages[0].blocks[0].attn(torch.empty(1, 8, 8, 32, device='meta'))
+
+
+def _compile_check(model, x):
+    """torch.compile(fullgraph=True) (aot_eager: tracing, no code generation) for inference and for training: no
+    graph break, no recompilation at a fixed shape, eager's outputs and gradients."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        with torch.no_grad():
+            model.eval()
+            torch.testing.assert_close(compiled(x), model(x))
+            compiled(x + 1)
+        torch._dynamo.reset()
+        model.train()
+        out = compiled(x)
+        grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+        compiled(x + 1).sum().backward()
+    expected = model(x)
+    expected_grads = torch.autograd.grad(expected.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
+    torch._dynamo.reset()
+
+
+def test_compiles_fullgraph_small():
+    """biformer_s's code (BRA stages, global-attention stage) with one block per stage, at 64x64."""
+    torch.manual_seed(0)
+    model = timm.create_model('biformer_s', depths=(1, 1, 1, 1), num_classes=5)
+    _compile_check(model, torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.slow
+def test_biformer_s_compiles_fullgraph():
+    torch.manual_seed(0)
+    _compile_check(timm.create_model('biformer_s', num_classes=5), torch.randn(1, 3, 64, 64))

@@ -1,15 +1,25 @@
 """Routed block-sparse attention and bi-level routing attention: reference vs oracles, kernels vs reference."""
 import pytest
 import torch
-from op_testing import assert_kernel_close, grads, leaf_copies
+from op_testing import DispatchedOps, assert_kernel_close, grads, leaf_copies
 
 from visionattn.ops import BackendUnavailableError, bi_level_routing_attention, block_sparse_attention, bra_routing
-from visionattn.ops.reference_block_sparse import bi_level_routing_attention_ref, block_sparse_attention_ref
+from visionattn.ops.block_sparse import bi_level_routing_attention_2d
+from visionattn.ops.reference_block_sparse import (
+    bi_level_routing_attention_2d_ref,
+    bi_level_routing_attention_ref,
+    block_sparse_attention_ref,
+)
 
 pytestmark = pytest.mark.ops
 
 CUDA = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if not CUDA or torch.cuda.is_bf16_supported() else [])
+
+
+def _grad_like(t: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A random output gradient that does not depend on what ran before (the global RNG's state)."""
+    return torch.randn(t.shape, generator=torch.Generator().manual_seed(seed), dtype=t.dtype).to(t.device)
 
 
 def _dense_oracle(q, k, v, index, count, q_block, kv_block, scale):
@@ -133,7 +143,7 @@ def _compare_kernel(case, dtype, device='cpu', batch=1, heads=2, seed=0):
     for t in kernel_in + torch_in + ref_in:
         t.requires_grad_(True)
     out_kernel, out_torch, out_ref = run(kernel_in, 'triton'), run(torch_in, 'reference'), run(ref_in, 'reference')
-    grad_out = torch.randn_like(out_ref)
+    grad_out = _grad_like(out_ref)
     g_kernel = grads(out_kernel, kernel_in, grad_out.to(dtype))
     g_torch = grads(out_torch, torch_in, grad_out.to(dtype))
     g_ref = grads(out_ref, ref_in, grad_out)
@@ -266,6 +276,250 @@ def test_reference_upcast_keeps_dtype():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# BRA on NHWC maps (the module's path): regions, q/k/v and the LCE read in place from the qkv projection's output
+
+def _map_problem(batch, height, width, qk_dim, c_v, lepe_size, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(batch, height, width, 2 * qk_dim + c_v, generator=gen)
+    if not lepe_size:
+        return qkv, None, None
+    return qkv, 0.2 * torch.randn(c_v, 1, lepe_size, lepe_size, generator=gen), torch.randn(c_v, generator=gen)
+
+
+def _bra_2d(tensors, heads, n_win, topk, qk_dim, backend, routing=None):
+    qkv, weight, bias = tensors
+    if routing is not None:  # the reference, made to follow the kernel's routing (computed in its own dtype)
+        return bi_level_routing_attention_2d_ref(qkv, heads, n_win, topk, qk_dim, qk_dim ** -0.5, weight, bias,
+                                                 routing_index=routing)
+    return bi_level_routing_attention_2d(qkv, heads, n_win, topk, qk_dim, None, weight, bias, backend=backend,
+                                         return_routing=True)
+
+
+MAP_CASES = [  # batch, height, width, n_win, heads, qk_dim, c_v, topk, lepe kernel
+    (1, 6, 9, 3, 2, 16, 16, 3, 3),  # 2x3 regions (6 tokens, not a power of two), qk_dim == c_v
+    (2, 4, 4, 2, 2, 24, 16, 2, 5),  # a 5x5 conv wider than the regions, qk_dim != c_v, two images
+    (1, 8, 4, 2, 1, 16, 32, 4, 0),  # no LCE, routing to every region
+]
+
+
+@pytest.mark.parametrize('case', MAP_CASES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def test_bra_2d_kernel_matches_reference(case, dtype):
+    """Forward and every gradient (qkv, LCE weight and bias) against the official computation, by the kernel rule."""
+    batch, height, width, n_win, heads, qk_dim, c_v, topk, lepe = case
+    base = _map_problem(batch, height, width, qk_dim, c_v, lepe)
+    leaves = {name: leaf_copies([base[0]], dt) + leaf_copies(base[1:], torch.float32 if dt != torch.float64 else dt)
+              for name, dt in (('kernel', dtype), ('torch', dtype), ('ref', torch.float64))}
+    for tensors in leaves.values():
+        for t in tensors:
+            if t is not None:
+                t.requires_grad_(True)
+    out_kernel, routing = _bra_2d(leaves['kernel'], heads, n_win, topk, qk_dim, 'triton')
+    out_torch, routing_torch = _bra_2d(leaves['torch'], heads, n_win, topk, qk_dim, 'reference')
+    assert routing.dtype == torch.int64 and routing.shape == (batch, n_win * n_win, topk)
+    assert torch.equal(routing, routing_torch)  # same dtype, same routing (no near-ties in these problems)
+    out_ref, _ = _bra_2d(leaves['ref'], heads, n_win, topk, qk_dim, 'reference', routing=routing)
+    grad_out = _grad_like(out_ref)
+    assert_kernel_close(out_kernel, out_torch, out_ref, f'out {case} {dtype}')
+    present = [i for i, t in enumerate(leaves['ref']) if t is not None]
+    g = {name: grads(out, [leaves[name][i] for i in present], grad_out.to(out.dtype))
+         for name, out in (('kernel', out_kernel), ('torch', out_torch), ('ref', out_ref))}
+    for i, name in zip(range(len(present)), ('dqkv', 'dweight', 'dbias')):
+        assert_kernel_close(g['kernel'][i], g['torch'][i].to(g['kernel'][i].dtype), g['ref'][i],
+                            f'{name} {case} {dtype}', atol=ATOL_LEPE.get((name, dtype)))
+
+
+ATOL_LEPE = {('dweight', torch.float16): 2e-2, ('dbias', torch.float16): 2e-2}  # sums over every pixel, in float32
+
+
+def test_bra_2d_bfloat16_and_strided_qkv():
+    """bfloat16, and qkv as a channel slice of a wider tensor (only its channel stride must be 1)."""
+    case = MAP_CASES[0]
+    batch, height, width, n_win, heads, qk_dim, c_v, topk, lepe = case
+    qkv, weight, bias = _map_problem(batch, height, width, qk_dim, c_v, lepe, seed=1)
+    wide = torch.cat([qkv, torch.randn(*qkv.shape[:3], 5)], -1)
+    results = {}
+    for name, dtype, backend in (('kernel', torch.bfloat16, 'triton'), ('torch', torch.bfloat16, 'reference'),
+                                 ('ref', torch.float64, 'reference')):
+        leaf = wide.to(dtype).requires_grad_(True)
+        params = [t.to(torch.float64 if dtype == torch.float64 else torch.float32).requires_grad_(True)
+                  for t in (weight, bias)]
+        routing = results['kernel'][-1] if name == 'ref' else None
+        out, route = _bra_2d([leaf[..., :qkv.shape[-1]]] + params, heads, n_win, topk, qk_dim, backend, routing)
+        results[name] = (out, *torch.autograd.grad(out, [leaf] + params, torch.ones_like(out)), route)
+    for i, what in enumerate(('out', 'dqkv', 'dweight', 'dbias')):
+        assert_kernel_close(results['kernel'][i], results['torch'][i].to(results['kernel'][i].dtype),
+                            results['ref'][i], what, atol={'dweight': 0.25, 'dbias': 0.25}.get(what))
+    assert results['kernel'][1][..., qkv.shape[-1]:].abs().max() == 0  # the extra channels get no gradient
+
+
+def test_bra_2d_routing_kernel_and_its_inversion():
+    """The routing kernel's top-k equals torch.topk of the official affinities, best first; its inverted lists
+    (for each key region, the query regions routed to it, ascending) are exactly the routing's transpose."""
+    from visionattn.ops.triton import block_sparse as tk
+    batch, n_win, topk, qk_dim = 2, 3, 4, 16
+    qkv, _, _ = _map_problem(batch, 6, 9, qk_dim, 8, 0, seed=2)
+    _, ibuf = tk._bra_triton(qkv, None, None, None, None, n_win, 2, topk, qk_dim, 0.3)
+    regions = n_win * n_win
+    size = batch * regions * topk
+    routing = ibuf[:size].view(batch, regions, topk).long()
+    regions_qkv = qkv.reshape(batch, n_win, 2, n_win, 3, -1).transpose(2, 3).reshape(batch, regions, 6, -1)
+    assert torch.equal(routing, bra_routing(regions_qkv[..., :qk_dim], regions_qkv[..., qk_dim:2 * qk_dim], topk, 0.3))
+    lists, starts = ibuf[size:2 * size], ibuf[2 * size:].view(batch, regions + 1)
+    for b in range(batch):
+        assert starts[b, 0] == b * regions * topk and starts[b, -1] == (b + 1) * regions * topk
+        for j in range(regions):
+            routed_here = [i for i in range(regions) if j in routing[b, i].tolist()]
+            assert lists[starts[b, j]:starts[b, j + 1]].tolist() == routed_here
+
+
+def test_bra_2d_torch_routing_fallback_matches_the_routing_kernel(monkeypatch):
+    """Maps of more regions than the routing kernel holds route with PyTorch ops: same results, same gradients."""
+    from visionattn.ops.triton import block_sparse as tk
+    qkv, weight, bias = _map_problem(1, 6, 6, 16, 16, 3, seed=3)
+    results = []
+    for limit in (tk.MAX_FUSED_ROUTING_REGIONS, 4):
+        monkeypatch.setattr(tk, 'MAX_FUSED_ROUTING_REGIONS', limit)
+        monkeypatch.setattr(tk, '_PLANS', {})
+        leaves = [t.clone().requires_grad_(True) for t in (qkv, weight, bias)]
+        out, routing = bi_level_routing_attention_2d(leaves[0], 2, 3, 3, 16, None, *leaves[1:], backend='triton',
+                                                     return_routing=True)
+        results.append([out, routing, *torch.autograd.grad(out.square().sum(), leaves)])
+        assert tk._PLANS and all(plan.fused_routing == (limit > 9) for plan in tk._PLANS.values())
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_bra_2d_host_path_makes_no_copies(monkeypatch):
+    """Between the projections the op allocates its outputs and launches kernels, nothing else: no copy, cat,
+    zero-fill or elementwise op, forward or backward (the LCE conv's weight gradient is one sum of partials)."""
+    from visionattn.ops.triton import block_sparse as tk
+    launches = []
+    monkeypatch.setattr(tk._Kernel, 'launch', lambda self, *args: launches.append(self.fn.fn.__name__))
+
+
+    qkv, weight, bias = (t.requires_grad_(True) for t in _map_problem(2, 6, 6, 16, 16, 3))
+    out = bi_level_routing_attention_2d(qkv, 2, 3, 3, 16, None, weight, bias, backend='triton')  # plans the shape
+    out.sum().backward()
+    launches.clear()
+    allocations = {'empty.memory_format', 'new_empty.default', 'empty_strided.default'}
+    allowed = allocations | {'detach.default', 'view.default', 'slice.Tensor', 'alias.default'}
+    with DispatchedOps() as forward:
+        out = bi_level_routing_attention_2d(qkv, 2, 3, 3, 16, None, weight, bias, backend='triton')
+    assert launches == ['_bra_route_kernel', '_bsa_fwd_kernel']
+    assert set(forward.names) <= allowed, forward.names
+    assert sum(name in allocations for name in forward.names) == 4  # routing, output, attention alone, lse
+    launches.clear()
+    grad = torch.ones_like(out)
+    with DispatchedOps() as backward:
+        torch.autograd.grad(out, (qkv, weight, bias), grad)
+    assert launches == ['_bsa_bwd_dq_kernel', '_bsa_bwd_dkv_kernel', '_lepe_grad_kernel']
+    kernels = [name for name in backward.names if name not in allowed]
+    assert kernels == ['sum.dim_IntList'], backward.names
+
+
+def test_compiled_handle_launch_passes_runtime_arguments_then_constexprs(monkeypatch):
+    """The fast launch path (CUDA only) checked with a stand-in JIT: the first launch goes through the JIT and keeps
+    its compiled handle; later launches call the handle with the runtime arguments, then every constexpr in
+    declaration order (the launcher's convention since Triton 3.2), on a three-axis grid."""
+    from visionattn.ops.triton import block_sparse as tk
+    calls = []
+
+    class Handle:
+        def __init__(self, n_params):
+            self.src = type('Src', (), {'signature': dict.fromkeys(range(n_params), 'i32')})()
+
+        def __getitem__(self, grid):
+            return lambda *args: calls.append(('handle', grid, args))
+
+    kernel = tk._Kernel(tk._bra_route_kernel)
+    assert kernel.constexpr_names == ('R', 'T', 'TOPK', 'GRID_W', 'BLK_W', 'C_QK', 'R_PAD', 'T_STEP', 'BLOCK_C',
+                                      'IEEE')
+    n_runtime = 18
+    handle = Handle(n_runtime + len(kernel.constexpr_names))
+
+    class Jit:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                calls.append(('jit', grid, args, kwargs))
+                return handle
+            return run
+
+    monkeypatch.setattr(kernel, 'fn', Jit())
+    monkeypatch.setattr(tk, 'FAST_LAUNCH', True)
+    # launch_compiled goes to the compiled kernel's launcher; the stand-in takes the same arguments through [grid]
+    monkeypatch.setattr(tk, 'launch_compiled', lambda compiled, grid, args: compiled[grid](*args))
+    consts = {name: i for i, name in enumerate(reversed(kernel.constexpr_names))}
+    slot, args = [None, None], tuple(range(100, 100 + n_runtime))
+    for _ in range(2):
+        kernel.launch(slot, (3, 1, 1), args, consts, 8, 3)
+    assert calls[0] == ('jit', (3, 1, 1), args, dict(consts, num_warps=8, num_stages=3))
+    assert calls[1] == ('handle', (3, 1, 1), args + tuple(consts[name] for name in kernel.constexpr_names))
+    slot = [None, None]  # a launcher of another convention (fewer parameters) keeps the JIT path
+    handle = Handle(n_runtime)
+    for _ in range(2):
+        kernel.launch(slot, (3, 1, 1), args, consts, 8, 3)
+    assert [call[0] for call in calls[2:]] == ['jit', 'jit'] and slot[0] is None
+
+
+def test_bra_2d_plans_are_cached_per_shape():
+    from visionattn.ops.triton import block_sparse as tk
+    qkv, weight, bias = _map_problem(1, 6, 6, 16, 16, 3)
+    plan = tk._bra_plan(qkv, None, None, weight, bias, 3, 2, 3, 16)
+    assert tk._bra_plan(qkv.clone(), None, None, weight, bias, 3, 2, 3, 16) is plan
+    assert tk._bra_plan(qkv[:, :, :, :40], None, None, weight[:8], bias[:8], 3, 2, 3, 16) is not plan  # strides
+    assert tk._bra_plan(qkv, None, None, weight, bias, 3, 2, 2, 16) is not plan  # top-k
+
+
+def test_bra_2d_custom_op_registration():
+    """The ops torch.compile sees: schema, fake (meta) implementations and autograd, checked by opcheck."""
+    from visionattn.ops.triton.block_sparse import _bra_fwd_op
+    qkv, weight, bias = _map_problem(1, 2, 4, 16, 16, 1)
+    torch.library.opcheck(_bra_fwd_op, (qkv.requires_grad_(), None, None, weight.requires_grad_(),
+                                        bias.requires_grad_(), 2, 1, 2, 16, 0.25, True))
+    q, k, v = torch.randn(1, 4, 2, 16).requires_grad_(), torch.randn(1, 4, 2, 16), torch.randn(1, 4, 2, 16)
+    torch.library.opcheck(_bra_fwd_op, (q, k, v, None, None, 1, 1, 2, 16, 0.25, False))
+
+
+def test_bra_2d_compiles_fullgraph_without_recompiles():
+    """Under torch.compile(fullgraph=True) the op is one custom op forward and one backward: no graph break, no
+    recompilation at a fixed shape, the same results as eager."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    qkv, weight, bias = _map_problem(1, 4, 6, 16, 16, 3)
+
+    def bra(qkv, weight, bias):
+        return bi_level_routing_attention_2d(qkv, 2, 2, 2, 16, None, weight, bias, backend='triton')
+
+    compiled = torch.compile(bra, backend='aot_eager', fullgraph=True)
+    leaves = [t.clone().requires_grad_(True) for t in (qkv, weight, bias)]
+    expected = bra(*leaves)
+    expected_grads = torch.autograd.grad(expected.square().sum(), leaves)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        out = compiled(*leaves)
+        grads_ = torch.autograd.grad(out.square().sum(), leaves)
+        compiled(*[t.clone().requires_grad_(True) for t in (qkv + 1, weight, bias)]).sum().backward()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    for a, b in zip(grads_, expected_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch._dynamo.reset()
+
+
+def test_bra_2d_bad_inputs():
+    qkv = torch.randn(1, 6, 6, 48)
+    with pytest.raises(ValueError, match='not a positive multiple of n_win=4'):
+        bi_level_routing_attention_2d(qkv, 2, 4, 2)
+    with pytest.raises(ValueError, match='num_heads=5'):
+        bi_level_routing_attention_2d(qkv, 5, 3, 2)
+    with pytest.raises(ValueError, match=r'topk=10 must be an int in \[1, 9\]'):
+        bi_level_routing_attention_2d(qkv, 2, 3, 10)
+    with pytest.raises(ValueError, match='k odd'):
+        bi_level_routing_attention_2d(qkv, 2, 3, 2, lepe_weight=torch.randn(16, 1, 4, 4))
+    with pytest.raises(ValueError, match='too few'):
+        bi_level_routing_attention_2d(qkv, 2, 3, 2, qk_dim=24)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # causal (MoBA's self block): no key after the query, by token index
 
 def _causal_oracle(q, k, v, index, count, block, scale):
@@ -319,7 +573,7 @@ def test_causal_kernel_matches_reference(case, dtype):
             t.requires_grad_(True)
         out = block_sparse_attention(*leaves, index, count, block, block, scale=0.7, backend=backend, causal=True)
         results[name] = (out, leaves)
-    grad_out = torch.randn_like(results['ref'][0])
+    grad_out = _grad_like(results['ref'][0])
     g = {name: grads(out, leaves, grad_out.to(out.dtype)) for name, (out, leaves) in results.items()}
     assert_kernel_close(results['kernel'][0], results['torch'][0], results['ref'][0], f'causal out {case} {dtype}')
     for i, name in enumerate('qkv'):
@@ -338,6 +592,18 @@ def test_kernel_matches_reference_cuda(case, dtype):
     _compare_kernel(case, dtype, device='cuda', batch=3, heads=4, seed=1)
 
 
+def _assert_routing_valid(routing, q, k, scale):
+    """Each row routes to distinct regions whose affinities are its top-k, up to rounding in q's dtype (the kernel's
+    float32 sums may round a near-tie the other way than PyTorch's)."""
+    q_mean, k_mean = q.double().mean(2), k.double().mean(2)
+    logits = (q_mean * scale) @ k_mean.transpose(-2, -1)
+    slack = 8 * torch.finfo(q.dtype).eps * ((q_mean.abs() * scale) @ k_mean.abs().transpose(-2, -1)).amax(-1)
+    chosen = logits.gather(-1, routing).amin(-1)
+    others = logits.scatter(-1, routing, float('-inf')).amax(-1)
+    assert (routing.sort(-1).values.diff(dim=-1) > 0).all()
+    assert (chosen >= others - slack).all()
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('stage', [(49, 64, 2, 1), (49, 16, 4, 4), (49, 4, 8, 16), (64, 256, 2, 1), (64, 64, 4, 4)])
@@ -347,19 +613,72 @@ def test_bra_biformer_shapes_cuda(stage, dtype):
     c = heads * 32
     torch.manual_seed(0)
     qkv = torch.randn(8, regions, tokens, 3 * c, device='cuda')
-    q, k, v = qkv.split(c, dim=-1)
-    routing = bra_routing(q.to(dtype), k.to(dtype), topk, c ** -0.5)
     leaves = {name: qkv.to(dt).requires_grad_(True) for name, dt in (('kernel', dtype), ('torch', dtype),
                                                                      ('ref', torch.float32))}
     outs, dqkv = {}, {}
-    for name, leaf in leaves.items():
-        q, k, v = leaf.split(c, dim=-1)
-        if name == 'kernel':
-            outs[name] = bi_level_routing_attention(q, k, v, heads, topk, backend='triton')
-        else:
-            outs[name] = bi_level_routing_attention_ref(q, k, v, heads, topk, c ** -0.5, routing_index=routing)
-    grad_out = torch.randn_like(outs['ref'])
+    q, k, v = leaves['kernel'].split(c, dim=-1)
+    outs['kernel'], routing = bi_level_routing_attention(q, k, v, heads, topk, backend='triton', return_routing=True)
+    _assert_routing_valid(routing, q.detach(), k.detach(), c ** -0.5)
+    for name in ('torch', 'ref'):  # the references follow the kernel's routing
+        q, k, v = leaves[name].split(c, dim=-1)
+        outs[name] = bi_level_routing_attention_ref(q, k, v, heads, topk, c ** -0.5, routing_index=routing)
+    grad_out = _grad_like(outs['ref'])
     for name, leaf in leaves.items():
         dqkv[name] = torch.autograd.grad(outs[name], leaf, grad_out.to(leaf.dtype))[0]
     assert_kernel_close(outs['kernel'], outs['torch'], outs['ref'], f'out {stage}')
     assert_kernel_close(dqkv['kernel'], dqkv['torch'], dqkv['ref'], f'dqkv {stage}')
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('stage', [(56, 7, 2, 64, 1), (28, 7, 4, 128, 4), (14, 7, 8, 256, 16), (128, 8, 2, 64, 1),
+                                   (64, 8, 4, 128, 4), (60, 6, 3, 96, 5)])
+def test_bra_2d_biformer_shapes_cuda(stage, dtype):
+    """The module's op at BiFormer's stage shapes (224 and 512 maps; BiFormer-B's 96 channels): NHWC qkv read in
+    place, the LCE folded in; output and gradients (qkv, conv weight and bias) by the kernel rule."""
+    size, n_win, heads, c, topk = stage
+    torch.manual_seed(0)
+    qkv = torch.randn(8, size, size, 3 * c, device='cuda')
+    weight, bias = 0.2 * torch.randn(c, 1, 5, 5, device='cuda'), torch.randn(c, device='cuda')
+    leaves = {name: [qkv.to(dt).requires_grad_(True), weight.clone().requires_grad_(True),
+                     bias.clone().requires_grad_(True)] for name, dt in (('kernel', dtype), ('torch', dtype),
+                                                                         ('ref', torch.float32))}
+    out_kernel, routing = _bra_2d(leaves['kernel'], heads, n_win, topk, c, 'triton')
+    regions = qkv.to(dtype).reshape(8, n_win, size // n_win, n_win, size // n_win, 3 * c).transpose(2, 3)
+    regions = regions.reshape(8, n_win * n_win, -1, 3 * c)
+    _assert_routing_valid(routing, regions[..., :c], regions[..., c:2 * c], c ** -0.5)
+    outs = {'kernel': out_kernel}
+    for name in ('torch', 'ref'):
+        outs[name], _ = _bra_2d(leaves[name], heads, n_win, topk, c, None, routing=routing)
+    grad_out = _grad_like(outs['ref'])
+    g = {name: torch.autograd.grad(outs[name], leaves[name], grad_out.to(outs[name].dtype)) for name in outs}
+    assert_kernel_close(outs['kernel'], outs['torch'], outs['ref'], f'out {stage}')
+    for i, what in enumerate(('dqkv', 'dweight', 'dbias')):
+        # the conv's weight/bias gradients sum over every pixel of 8 maps: float32 in the kernel, fp16/bf16 conv in
+        # PyTorch; compare them relative to their size
+        atol = None if i == 0 else 1e-3 * g['ref'][i].abs().max().item()
+        assert_kernel_close(g['kernel'][i], g['torch'][i].to(g['kernel'][i].dtype), g['ref'][i], f'{what} {stage}',
+                            atol=atol)
+
+
+@pytest.mark.cuda
+def test_bra_2d_fast_launch_matches_the_jit_cuda(monkeypatch):
+    """From its second call a plan launches its kernels through their compiled handles: same results as the JIT."""
+    from visionattn.ops.triton import block_sparse as tk
+    torch.manual_seed(0)
+    qkv = torch.randn(4, 28, 28, 3 * 128, device='cuda', dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(128, 1, 5, 5, device='cuda', requires_grad=True)
+    bias = torch.randn(128, device='cuda', requires_grad=True)
+    results = []
+    for fast in (False, True, True):
+        monkeypatch.setattr(tk, 'FAST_LAUNCH', fast)
+        if not fast:
+            monkeypatch.setattr(tk, '_PLANS', {})
+        out = bi_level_routing_attention_2d(qkv, 4, 7, 4, 128, None, weight, bias, backend='triton')
+        results.append([out, *torch.autograd.grad(out.float().square().sum(), (qkv, weight, bias))])
+    handles = [slot[0] for plan in tk._PLANS.values()
+               for slot in [*plan.slots.values(), *(s for d in plan.bwd_slots.values() for s in d.values())]]
+    assert sum(handle is not None for handle in handles) == 5  # route, fwd, dq, dkv, LCE grad: this Triton's
+    # launcher takes the compiled-handle path (else every launch re-binds its arguments through the JIT)
+    for a, b in zip(results[0], results[2]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -8,11 +8,15 @@ non-parametric hard routing without routing weights), computing what the officia
 1. the NHWC map is cut into ``n_win`` x ``n_win`` regions (zero-padded at the bottom/right first when its size is
    not a multiple of ``n_win``, as the official ``auto_pad`` used for detection and segmentation does);
 2. one linear layer gives q, k (``qk_dim`` channels each) and v (``dim`` channels);
-3. :func:`visionattn.ops.bi_level_routing_attention` routes each region to its ``topk`` regions by region-mean
-   q·k and runs per-head attention over their tokens, with the logit scale ``qk_dim ** -0.5`` (the full qk
-   dim, not the head dim: the official quirk, kept because the released weights were trained with it);
+3. each region is routed to its ``topk`` regions by region-mean q·k, and per-head attention runs over their tokens,
+   with the logit scale ``qk_dim ** -0.5`` (the full qk dim, not the head dim: the official quirk, kept because the
+   released weights were trained with it);
 4. the local context enhancement (LCE, ``lepe``), a depthwise conv on v in its spatial layout, is added;
 5. the output projection ``wo``; padding, if any, is cropped away.
+
+Steps 1-4 are one op, :func:`visionattn.ops.block_sparse.bi_level_routing_attention_2d`, fed the qkv projection's
+output as it comes (NHWC, the map's own token order, not region-major): on the GPU its kernels read the regions, q,
+k and v in place and fold the LCE conv into the attention, so between the two projections nothing is copied.
 
 Parameter names are the official ones (``qkv.qkv``, ``lepe``, ``wo``), so official checkpoints load unrenamed.
 """
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionattn.ops import bi_level_routing_attention
+from visionattn.ops.block_sparse import bi_level_routing_attention_2d
 
 __all__ = ['BiLevelRoutingAttention']
 
@@ -45,23 +49,6 @@ def _pad_to_regions(x: torch.Tensor, n_win: int) -> torch.Tensor:
     return x
 
 
-def _to_regions(x: torch.Tensor, n_win: int) -> torch.Tensor:
-    """[B, H, W, C] -> region-major [B, n_win², (H/n_win)·(W/n_win), C]; regions in row-major order."""
-    batch, height, width, channels = x.shape
-    rh, rw = height // n_win, width // n_win
-    x = x.reshape(batch, n_win, rh, n_win, rw, channels).transpose(2, 3)
-    return x.reshape(batch, n_win * n_win, rh * rw, channels)
-
-
-def _from_regions(x: torch.Tensor, like: torch.Tensor, n_win: int) -> torch.Tensor:
-    """Inverse of :func:`_to_regions`: back to the NHWC layout of the (padded) map ``like``."""
-    batch, channels = x.shape[0], x.shape[-1]
-    height, width = like.shape[1], like.shape[2]
-    rh, rw = height // n_win, width // n_win
-    x = x.reshape(batch, n_win, n_win, rh, rw, channels).transpose(2, 3)
-    return x.reshape(batch, height, width, channels)
-
-
 def _crop(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Crop a padded NHWC map back to ``like``'s height and width."""
     if x.shape[1] == like.shape[1] and x.shape[2] == like.shape[2]:
@@ -69,14 +56,12 @@ def _crop(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x[:, :like.shape[1], :like.shape[2]].contiguous()
 
 
-# The padding, the region layout and the op (its checks and backend choice) depend on the input at run time:
+# The padding and the op (its checks and backend choice) depend on the input at run time:
 # torch.fx keeps them as opaque calls, so a traced model still takes any input size.
 torch.fx.wrap('_check_input')
 torch.fx.wrap('_pad_to_regions')
-torch.fx.wrap('_to_regions')
-torch.fx.wrap('_from_regions')
 torch.fx.wrap('_crop')
-torch.fx.wrap('bi_level_routing_attention')
+torch.fx.wrap('bi_level_routing_attention_2d')
 
 
 class _QKVLinear(nn.Module):
@@ -100,7 +85,7 @@ class BiLevelRoutingAttention(nn.Module):
         topk: Regions each region attends to, at most ``n_win ** 2``.
         qk_dim: Channels of q and k (default ``dim``).
         qk_scale: Logit scale (default ``qk_dim ** -0.5``, the official choice; see the module docstring).
-        side_dwconv: Kernel of the depthwise LCE conv on v; 0 disables it.
+        side_dwconv: Kernel of the depthwise LCE conv on v (odd); 0 disables it.
         auto_pad: Zero-pad maps whose size is not a multiple of ``n_win`` (bottom/right), attend, then crop, as the
             official dense-prediction backbones do; the padded tokens take part in routing and attention exactly
             as there. False raises on such maps, as the official classification models do.
@@ -145,11 +130,12 @@ class BiLevelRoutingAttention(nn.Module):
         self.keep_routing = False
         self.last_routing: Optional[torch.Tensor] = None
 
+        if side_dwconv > 0 and side_dwconv % 2 == 0:
+            raise ValueError(f'side_dwconv={side_dwconv} must be odd (a "same" conv with padding k // 2), or 0')
         self.qkv = _QKVLinear(dim, qk_dim, **dd)
-        if side_dwconv > 0:
-            self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim, **dd)
-        else:
-            self.lepe = _Zeros()
+        # applied by the attention op (the module's own forward is not called): the Triton kernels fold it in
+        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim, **dd) \
+            if side_dwconv > 0 else None
         self.wo = nn.Linear(dim, dim, **dd)
 
     def extra_repr(self) -> str:
@@ -160,21 +146,14 @@ class BiLevelRoutingAttention(nn.Module):
         """[B, H, W, dim] -> [B, H, W, dim]."""
         _check_input(x, self.dim, self.n_win, self.auto_pad)
         padded = _pad_to_regions(x, self.n_win)
-        q, k, v = self.qkv(_to_regions(padded, self.n_win)).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
+        qkv = self.qkv(padded)  # [B, H, W, 2 * qk_dim + dim] in the map's own token order: no region copy
+        lepe = self.lepe
+        lepe_weight, lepe_bias = (None, None) if lepe is None else (lepe.weight, lepe.bias)
         if self.keep_routing:
-            out, self.last_routing = bi_level_routing_attention(
-                q, k, v, self.num_heads, self.topk, scale=self.scale, backend=self.backend, return_routing=True)
+            out, self.last_routing = bi_level_routing_attention_2d(
+                qkv, self.num_heads, self.n_win, self.topk, self.qk_dim, self.scale, lepe_weight, lepe_bias,
+                backend=self.backend, return_routing=True)
         else:
-            out = bi_level_routing_attention(q, k, v, self.num_heads, self.topk, scale=self.scale,
-                                             backend=self.backend)
-        # LCE: the depthwise conv sees v in its spatial layout (zero padding at the padded map's border)
-        lepe = self.lepe(_from_regions(v, padded, self.n_win).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        out = self.wo(_from_regions(out, padded, self.n_win) + lepe)
-        return _crop(out, x)
-
-
-class _Zeros(nn.Module):
-    """Stands for the LCE conv when it is disabled (``side_dwconv=0``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(x)
+            out = bi_level_routing_attention_2d(qkv, self.num_heads, self.n_win, self.topk, self.qk_dim, self.scale,
+                                                lepe_weight, lepe_bias, backend=self.backend)
+        return _crop(self.wo(out), x)

@@ -1,6 +1,6 @@
 """visionattn's functional ops: each has a pure-PyTorch reference (``reference.py``, ``reference_block_sparse.py``:
 the oracle and the CPU path) and Triton kernels (``triton/<op>.py``), chosen by ``backend=`` (see ``checks.py``)."""
-from .block_sparse import bi_level_routing_attention, block_sparse_attention, bra_routing
+from .block_sparse import bi_level_routing_attention, bi_level_routing_attention_2d, block_sparse_attention, bra_routing
 from .checks import BACKENDS, BackendUnavailableError, choose_backend, explain_backend
 from .deformable import ms_deform_attn
 from .moba import moba_attention, vmoba_attention
@@ -9,6 +9,6 @@ from .selective_scan import cross_merge, cross_scan, selective_scan
 
 __all__ = [
     'BACKENDS', 'BackendUnavailableError', 'choose_backend', 'explain_backend', 'neighborhood_attention',
-    'block_sparse_attention', 'bi_level_routing_attention', 'bra_routing',
+    'block_sparse_attention', 'bi_level_routing_attention', 'bi_level_routing_attention_2d', 'bra_routing',
     'selective_scan', 'cross_scan', 'cross_merge', 'vmoba_attention', 'moba_attention', 'ms_deform_attn',
 ]

@@ -2,19 +2,27 @@
 
 ``block_sparse_attention`` lets each block of queries attend over its own list of key/value blocks (the result of
 a routing step); ``bi_level_routing_attention`` is BiFormer's routing (region means, top-k) followed by that op with
-one block per region. On CUDA the Triton kernels (``triton/block_sparse.py``) read the routed blocks by index and
-never copy them; elsewhere the PyTorch reference (``reference_block_sparse.py``) gathers them, as the official code
-does. Paper: Zhu et al., "BiFormer: Vision Transformer with Bi-Level Routing Attention", CVPR 2023;
-code: github.com/rayleizhu/BiFormer (MIT).
+one block per region, on region-major q/k/v; ``bi_level_routing_attention_2d`` is the whole of BiFormer's BRA
+between its two projections, on the qkv projection's NHWC output, local context enhancement included. On CUDA the
+Triton kernels (``triton/block_sparse.py``) read the routed blocks by index and never copy them (nor, for maps, the
+regions, q/k/v or the LCE input); elsewhere the PyTorch reference (``reference_block_sparse.py``) gathers them, as
+the official code does. Paper: Zhu et al., "BiFormer: Vision Transformer with Bi-Level Routing Attention",
+CVPR 2023; code: github.com/rayleizhu/BiFormer (MIT).
 """
 from typing import Optional, Tuple, Union
 
 import torch
 
 from .checks import choose_backend
-from .reference_block_sparse import bi_level_routing_attention_ref, block_sparse_attention_ref, bra_routing
+from .reference_block_sparse import (
+    bi_level_routing_attention_2d_ref,
+    bi_level_routing_attention_ref,
+    block_sparse_attention_ref,
+    bra_routing,
+)
 
-__all__ = ['block_sparse_attention', 'bi_level_routing_attention', 'bra_routing', 'dedup_block_index']
+__all__ = ['block_sparse_attention', 'bi_level_routing_attention', 'bi_level_routing_attention_2d', 'bra_routing',
+           'dedup_block_index']
 
 MAX_TRITON_HEAD_DIM = 128
 
@@ -156,7 +164,8 @@ def bi_level_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
     Region-level queries/keys are the means of q and k over each region (all channels, detached); each query
     region keeps the ``topk`` key regions of highest ``(q_region * scale) @ k_region^T`` (``torch.topk``, shared by
-    all heads; the routing weights are not applied, the official ``mul_weight='none'``). Each head then runs
+    all heads; the routing weights are not applied, the official ``mul_weight='none'``; the Triton backend computes
+    means, affinities and top-k in one kernel per image, in the inputs' dtype as PyTorch does). Each head then runs
     token-to-token attention of a query region's T tokens over the ``topk * T`` tokens of its routed regions.
     The local-context conv (lepe) and the projections belong to the module.
 
@@ -187,20 +196,82 @@ def bi_level_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= regions:
         raise ValueError(f'topk={topk!r} must be an int in [1, {regions}] (the number of regions)')
     scale = c_qk ** -0.5 if scale is None else float(scale)
-    routing = bra_routing(q, k, topk, scale)
     head_q, head_v = c_qk // num_heads, c_v // num_heads
-    chosen = choose_backend('bi_level_routing_attention', backend, (q, k, v),
-                            [(head_q <= MAX_TRITON_HEAD_DIM, f'qk head dim {head_q} > {MAX_TRITON_HEAD_DIM}'),
-                             (head_v <= MAX_TRITON_HEAD_DIM, f'v head dim {head_v} > {MAX_TRITON_HEAD_DIM}')])
+    chosen = choose_backend('bi_level_routing_attention', backend, (q, k, v), _head_checks(head_q, head_v))
     if chosen == 'reference':
+        routing = bra_routing(q, k, topk, scale)
         out = bi_level_routing_attention_ref(q, k, v, num_heads, topk, scale, routing_index=routing)
-    else:
-        from .triton.block_sparse import block_sparse_attention_triton
+        return (out, routing) if return_routing else out
+    from .triton.block_sparse import bra_regions_triton
+    return bra_regions_triton(q, k, v, num_heads, topk, scale, return_routing=return_routing)
 
-        def heads_first(x, head_dim):  # [B, R, T, C] -> [B, heads, R*T, head_dim], a view where the layout allows
-            return x.reshape(batch, regions * tokens, num_heads, head_dim).transpose(1, 2)
-        # topk returns distinct regions, so the lists need no dedup; one index row shared by all heads
-        out = block_sparse_attention_triton(heads_first(q, head_q), heads_first(k, head_q), heads_first(v, head_v),
-                                            routing[:, None], None, tokens, tokens, scale)
-        out = out.reshape(batch, regions, tokens, c_v)  # [B, R*T, heads, head_v] is already region-major
-    return (out, routing) if return_routing else out
+
+def _head_checks(head_q: int, head_v: int):
+    return [(head_q <= MAX_TRITON_HEAD_DIM, '' if head_q <= MAX_TRITON_HEAD_DIM else
+             f'qk head dim {head_q} > {MAX_TRITON_HEAD_DIM}'),
+            (head_v <= MAX_TRITON_HEAD_DIM, '' if head_v <= MAX_TRITON_HEAD_DIM else
+             f'v head dim {head_v} > {MAX_TRITON_HEAD_DIM}')]
+
+
+def bi_level_routing_attention_2d(qkv: torch.Tensor, num_heads: int, n_win: int, topk: int,
+                                  qk_dim: Optional[int] = None, scale: Optional[float] = None,
+                                  lepe_weight: Optional[torch.Tensor] = None, lepe_bias: Optional[torch.Tensor] = None,
+                                  backend: Optional[str] = None, return_routing: bool = False
+                                  ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """BiFormer's BRA on an NHWC map, from the qkv projection's output to the output projection's input.
+
+    The map is cut into ``n_win`` x ``n_win`` regions (row-major; tokens row-major within a region). Region-level
+    queries/keys are the means of q and k over each region (detached); each query region keeps the ``topk`` key
+    regions of highest ``(q_region * scale) @ k_region^T`` (shared by all heads, routing weights unused, as the
+    official ``mul_weight='none'``), and each head runs token-to-token attention of the region's tokens over its
+    routed regions' tokens. The local context enhancement (official ``lepe``), a depthwise conv of v on the map with
+    zero padding, is added. The Triton backend reads q, k and v from ``qkv`` in place, computes the routing in one
+    kernel per image and the LCE inside the attention kernels, so nothing is copied; the reference computes it as
+    the official module does.
+
+    Args:
+        qkv: [B, H, W, 2 * qk_dim + Cv], the projection's output (unit channel stride; H and W multiples of
+            ``n_win``: pad first).
+        num_heads: Heads; must divide qk_dim and Cv.
+        n_win: Regions per side.
+        topk: Routed key regions per query region, in [1, n_win²].
+        qk_dim: Channels of q and of k (default: a third of qkv's channels).
+        scale: Logit multiplier for routing and attention; default ``qk_dim ** -0.5`` (the full qk dim, not the
+            head dim: the official quirk).
+        lepe_weight: [Cv, 1, k, k] depthwise conv weight (k odd, padding k // 2), or None for no LCE.
+        lepe_bias: [Cv] its bias, or None.
+        backend: None (auto), 'reference' or 'triton'.
+        return_routing: Also return the routing (for attention-map plots).
+
+    Returns:
+        [B, H, W, Cv] in qkv's dtype, and with ``return_routing`` the int64 [B, n_win², topk] key regions of each
+        query region (regions row by row, best first).
+    """
+    if qkv.dim() != 4 or not qkv.dtype.is_floating_point:
+        raise ValueError(f'qkv must be a floating [B, H, W, C] map, got {qkv.dtype} {list(qkv.shape)}')
+    batch, height, width, channels = qkv.shape
+    qk_dim = channels // 3 if qk_dim is None else qk_dim
+    c_v = channels - 2 * qk_dim
+    if qk_dim < 1 or c_v < 1:
+        raise ValueError(f'qkv has {channels} channels, too few for q and k of {qk_dim} and a v')
+    if num_heads < 1 or qk_dim % num_heads or c_v % num_heads:
+        raise ValueError(f'num_heads={num_heads} must divide the qk channels {qk_dim} and the v channels {c_v}')
+    if n_win < 1 or height % n_win or width % n_win or height == 0 or width == 0:
+        raise ValueError(f'the map is {height}x{width}, not a positive multiple of n_win={n_win} per side')
+    if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= n_win * n_win:
+        raise ValueError(f'topk={topk!r} must be an int in [1, {n_win * n_win}] (the number of regions)')
+    if lepe_weight is not None:
+        size = lepe_weight.shape[-1]
+        if lepe_weight.shape != (c_v, 1, size, size) or size % 2 == 0:
+            raise ValueError(f'lepe_weight must be [{c_v}, 1, k, k] with k odd, got {list(lepe_weight.shape)}')
+        if lepe_bias is not None and lepe_bias.shape != (c_v,):
+            raise ValueError(f'lepe_bias must be [{c_v}], got {list(lepe_bias.shape)}')
+    scale = qk_dim ** -0.5 if scale is None else float(scale)
+    chosen = choose_backend('bi_level_routing_attention', backend, (qkv, lepe_weight, lepe_bias),
+                            _head_checks(qk_dim // num_heads, c_v // num_heads))
+    if chosen == 'reference':
+        out, routing = bi_level_routing_attention_2d_ref(qkv, num_heads, n_win, topk, qk_dim, scale, lepe_weight,
+                                                         lepe_bias)
+        return (out, routing) if return_routing else out
+    from .triton.block_sparse import bra_map_triton
+    return bra_map_triton(qkv, num_heads, n_win, topk, qk_dim, scale, lepe_weight, lepe_bias, return_routing)

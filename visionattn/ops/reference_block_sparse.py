@@ -7,11 +7,13 @@ so ``torch.utils.flop_counter`` counts BiFormer's FLOPs from them as its authors
 
 Paper: "BiFormer: Vision Transformer with Bi-Level Routing Attention", Zhu et al., CVPR 2023.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ['block_sparse_attention_ref', 'bra_routing', 'bi_level_routing_attention_ref']
+__all__ = ['block_sparse_attention_ref', 'bra_routing', 'bi_level_routing_attention_ref',
+           'bi_level_routing_attention_2d_ref']
 
 
 def block_sparse_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_block_index: torch.Tensor,
@@ -132,3 +134,46 @@ def bi_level_routing_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     attn = torch.softmax((q_pix * scale) @ k_sel, dim=-1)  # [B*R, heads, T, topk*T]
     out = attn @ v_sel  # [B*R, heads, T, hd_v]
     return out.transpose(1, 2).reshape(batch, regions, tokens, c_v).to(dtype)
+
+
+def bi_level_routing_attention_2d_ref(qkv: torch.Tensor, num_heads: int, n_win: int, topk: int, qk_dim: int,
+                                      scale: float, lepe_weight: Optional[torch.Tensor] = None,
+                                      lepe_bias: Optional[torch.Tensor] = None,
+                                      routing_index: Optional[torch.Tensor] = None, upcast: bool = False
+                                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """BRA on an NHWC map as the official module computes it: regions copied out, gather, attention, regions copied
+    back, plus the local context enhancement (a depthwise conv of v with zero padding, official ``lepe``).
+
+    Args:
+        qkv: [B, H, W, 2 * qk_dim + Cv], the qkv projection's output; H and W multiples of ``n_win``.
+        num_heads: Attention heads.
+        n_win: Regions per side.
+        topk: Key regions per query region.
+        qk_dim: Channels of q and of k.
+        scale: Logit multiplier (BiFormer: ``qk_dim ** -0.5``).
+        lepe_weight: [Cv, 1, k, k] depthwise conv weight (k odd), or None for no LCE.
+        lepe_bias: [Cv] its bias, or None.
+        routing_index: [B, n_win², topk] precomputed routing (default: ``bra_routing`` in qkv's dtype).
+        upcast: Attention in float32 (the routing stays in qkv's dtype).
+
+    Returns:
+        ([B, H, W, Cv] in qkv's dtype, the int64 [B, n_win², topk] routing).
+    """
+    batch, height, width, channels = qkv.shape
+    rh, rw = height // n_win, width // n_win
+    regions = qkv.reshape(batch, n_win, rh, n_win, rw, channels).transpose(2, 3)
+    regions = regions.reshape(batch, n_win * n_win, rh * rw, channels)  # the official region partition (a copy)
+    q, k, v = regions.split([qk_dim, qk_dim, channels - 2 * qk_dim], dim=-1)
+    if routing_index is None:
+        routing_index = bra_routing(q, k, topk, scale)
+    if upcast:
+        q, k, v = q.float(), k.float(), v.float()
+    out = bi_level_routing_attention_ref(q, k, v, num_heads, topk, scale, routing_index=routing_index)
+    out = out.reshape(batch, n_win, n_win, rh, rw, -1).transpose(2, 3).reshape(batch, height, width, -1)
+    if lepe_weight is not None:
+        v_map = qkv[..., 2 * qk_dim:].permute(0, 3, 1, 2).to(out.dtype)
+        bias = None if lepe_bias is None else lepe_bias.to(out.dtype)
+        lepe = F.conv2d(v_map, lepe_weight.to(out.dtype), bias, padding=lepe_weight.shape[-1] // 2,
+                        groups=v_map.shape[1])
+        out = out + lepe.permute(0, 2, 3, 1)
+    return out.to(qkv.dtype), routing_index

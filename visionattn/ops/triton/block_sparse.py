@@ -1,25 +1,49 @@
-"""Triton kernels of routed block-sparse attention: forward, backward, launchers, custom ops and autograd.
+"""Triton kernels of routed block-sparse attention and of BiFormer's bi-level routing attention (BRA).
 
-Each program owns a tile of one query block and streams the key/value tokens of that block's routed KV blocks,
-read in place through the index (never gathered into a copy): the routed blocks form a "virtual" key sequence
-of ``count * kv_block_size`` tokens, tiled by BLOCK_N rows whose addresses come from the index. Small regions
-(BiFormer's 4x4 and 2x2) thus pack several KV blocks into one tile and sizes that are not powers of two (7x7 = 49)
-only pad the last tile. Forward keeps an online softmax and saves the log-sum-exp (base 2).
+Each attention program owns a tile of one query block and streams the key/value tokens of that block's routed KV
+blocks, read in place through the index (never gathered into a copy): the routed blocks form a "virtual" key
+sequence of ``count * kv_block_size`` tokens, tiled by BLOCK_N rows whose addresses come from the index. Small
+regions (BiFormer's 4x4 and 2x2) thus pack several KV blocks into one tile and sizes that are not powers of two
+(7x7 = 49) only pad the last tile. Forward keeps an online softmax and saves the log-sum-exp (base 2).
 
-Backward: dQ by the same loop; dK/dV per KV block over the query blocks routed to it, from an inverted index
-built on the device with a stable sort and ``searchsorted`` (no host sync, no Python loop). No atomics: results are
-deterministic run to run.
+Token addresses. A block is a rectangle of tokens on a grid of blocks: token ``t`` of block ``i`` lives at
+``(i // GRID_W) * s_gy + (i % GRID_W) * s_gx + (t // BLK_W) * s_ty + (t % BLK_W) * s_tx`` (plus batch and head
+strides). A plain token sequence is a one-wide grid of one-row blocks; BiFormer's regions are read straight from
+the NHWC output of the qkv projection (region ``i`` of an ``n_win`` x ``n_win`` grid, token ``t`` of its ``rh`` x
+``rw`` pixels), so neither the region partition nor the q/k/v split is ever copied.
+
+BRA adds, for NHWC maps:
+- one routing kernel per image: region means of q and k, region affinities, top-k, and the inverted routing
+  (for each key region, the query regions routed to it) that the dK/dV kernel reads;
+- the local context enhancement (LCE / ``lepe``, a depthwise conv of v) folded into the attention kernels: the
+  forward adds ``conv(v) + bias`` in its epilogue, the dK/dV kernel adds the conv's input gradient to dV, and one
+  small kernel reduces the conv's weight and bias gradients.
+
+Backward: dQ by the forward's loop; dK/dV per KV block over the query blocks routed to it, from the inverted
+index. No atomics: results are deterministic run to run.
+
+Host path: everything that depends only on shapes (strides, grids, tile sizes, specialisations) lives in a
+per-shape plan; after a plan's first call its kernels are launched through their compiled handles, skipping the
+JIT's argument binding. In eager mode the ops run through plain ``torch.autograd.Function``s (cheaper than the
+dispatcher); while ``torch.compile`` traces they go through ``torch.library`` custom ops with fake impls.
 """
+import inspect
 import os
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ['block_sparse_attention_triton', 'inverted_block_index', 'KernelConfig']
+from .launch import FAST_LAUNCH, launch_compiled
+
+__all__ = ['block_sparse_attention_triton', 'bra_map_triton', 'bra_regions_triton', 'inverted_block_index',
+           'KernelConfig', 'MAX_FUSED_ROUTING_REGIONS']
 
 LOG2E = 1.4426950408889634
+# The routing kernel keeps a [regions, regions] affinity tile in registers: up to 64 regions (n_win <= 8). Beyond
+# it the routing runs as PyTorch ops (same results) and the attention kernels are unchanged.
+MAX_FUSED_ROUTING_REGIONS = 64
 
 
 @triton.jit
@@ -34,15 +58,51 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _bsa_fwd_kernel(Q, K, V, OUT, LSE, IDX, CNT,
-                    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
-                    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-                    stride_ib, stride_ih, stride_iq, stride_cb, stride_ch,
-                    n_heads, n_q_tokens, max_kv, qk_scale,
+def _token_offsets(blk, tok, s_gy, s_gx, s_ty, s_tx, GRID_W: tl.constexpr, BLK_W: tl.constexpr):
+    # element offset of token `tok` of block `blk` (see the module docstring)
+    return (blk // GRID_W) * s_gy + (blk % GRID_W) * s_gx + (tok // BLK_W) * s_ty + (tok % BLK_W) * s_tx
+
+
+@triton.jit
+def _dwconv_tile(base, w_base, y, x, row_ok, offs_c, c_ok, map_h, map_w, s_y, s_x,
+                 KS: tl.constexpr, TRANSPOSED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Depthwise KS x KS conv (zero padding KS // 2) of the map at ``base`` for the pixels (y, x) of a tile.
+
+    TRANSPOSED gives the conv's input gradient (the map is the output gradient): the taps mirror."""
+    acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+    for dy in tl.static_range(KS):
+        if TRANSPOSED:
+            yy = y + (KS // 2 - dy)
+        else:
+            yy = y + (dy - KS // 2)
+        y_ok = row_ok & (yy >= 0) & (yy < map_h)
+        for dx in tl.static_range(KS):
+            if TRANSPOSED:
+                xx = x + (KS // 2 - dx)
+            else:
+                xx = x + (dx - KS // 2)
+            ok = y_ok & (xx >= 0) & (xx < map_w)
+            w = tl.load(w_base + offs_c * (KS * KS) + (dy * KS + dx), mask=c_ok, other=0.0).to(tl.float32)
+            val = tl.load(base + yy[:, None] * s_y + xx[:, None] * s_x + offs_c[None, :],
+                          mask=ok[:, None] & c_ok[None, :], other=0.0)
+            acc += val.to(tl.float32) * w[None, :]
+    return acc
+
+
+@triton.jit
+def _bsa_fwd_kernel(Q, K, V, ATT, OUT, LSE, IDX, CNT, LW, LB,
+                    q_off, k_off, v_off,
+                    q_sb, q_sh, q_sgy, q_sgx, q_sty, q_stx,
+                    k_sb, k_sh, k_sgy, k_sgx, k_sty, k_stx,
+                    v_sb, v_sh, v_sgy, v_sgx, v_sty, v_stx,
+                    o_sb, o_sh, o_sgy, o_sgx, o_sty, o_stx,
+                    i_sb, i_sh, i_sq, c_sb, c_sh,
+                    n_heads, n_q_tokens, max_kv, map_h, map_w, qk_scale,
                     Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, Q_TILES: tl.constexpr,
+                    Q_GRID_W: tl.constexpr, Q_BLK_W: tl.constexpr, KV_GRID_W: tl.constexpr, KV_BLK_W: tl.constexpr,
                     D_QK: tl.constexpr, D_V: tl.constexpr, HAS_COUNT: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                    IEEE: tl.constexpr, CAUSAL: tl.constexpr):
+                    IEEE: tl.constexpr, CAUSAL: tl.constexpr, LEPE_K: tl.constexpr, STORE_O: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
@@ -56,16 +116,17 @@ def _bsa_fwd_kernel(Q, K, V, OUT, LSE, IDX, CNT,
     d_ok = offs_d < D_QK
     dv_ok = offs_dv < D_V
 
-    q = tl.load(Q + b * stride_qb + h * stride_qh + q_tok[:, None] * stride_qn + offs_d[None, :],
+    q_rows = _token_offsets(q_blk, offs_m, q_sgy, q_sgx, q_sty, q_stx, Q_GRID_W, Q_BLK_W)
+    q = tl.load(Q + q_off + b * q_sb + h * q_sh + q_rows[:, None] + offs_d[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    idx_row = IDX + b * stride_ib + h * stride_ih + q_blk * stride_iq
+    idx_row = IDX + b * i_sb + h * i_sh + q_blk * i_sq
     if HAS_COUNT:
-        n_blocks = tl.load(CNT + b * stride_cb + h * stride_ch + q_blk)
+        n_blocks = tl.load(CNT + b * c_sb + h * c_sh + q_blk)
     else:
         n_blocks = max_kv
     length = n_blocks * KV_BLOCK
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
+    k_base = K + k_off + b * k_sb + h * k_sh
+    v_base = V + v_off + b * v_sb + h * v_sh
 
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: fully masked tiles give exp2(-inf) = 0, not NaN
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -74,41 +135,55 @@ def _bsa_fwd_kernel(Q, K, V, OUT, LSE, IDX, CNT,
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < length
         blk = tl.load(idx_row + offs_n // KV_BLOCK, mask=n_ok, other=0)
-        k_tok = blk * KV_BLOCK + offs_n % KV_BLOCK
-        k = tl.load(k_base + k_tok[:, None] * stride_kn + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :],
-                    other=0.0)
+        tok = offs_n % KV_BLOCK
+        k = tl.load(k_base + _token_offsets(blk, tok, k_sgy, k_sgx, k_sty, k_stx, KV_GRID_W, KV_BLK_W)[:, None]
+                    + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         s = _dot(q, tl.trans(k), IEEE) * qk_scale
         keep = n_ok[None, :]
         if CAUSAL:  # MoBA: no key after the query
-            keep = keep & (k_tok[None, :] <= q_tok[:, None])
+            keep = keep & ((blk * KV_BLOCK + tok)[None, :] <= q_tok[:, None])
         s = tl.where(keep, s, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + k_tok[:, None] * stride_vn + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :],
-                    other=0.0)
+        v = tl.load(v_base + _token_offsets(blk, tok, v_sgy, v_sgx, v_sty, v_stx, KV_GRID_W, KV_BLK_W)[:, None]
+                    + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
     has_keys = l_i > 0.0
     safe_l = tl.where(has_keys, l_i, 1.0)
     out = acc / safe_l[:, None]
-    tl.store(OUT + b * stride_ob + h * stride_oh + q_tok[:, None] * stride_on + offs_dv[None, :],
-             out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
+    o_rows = _token_offsets(q_blk, offs_m, o_sgy, o_sgx, o_sty, o_stx, Q_GRID_W, Q_BLK_W)
+    o_ptrs = b * o_sb + h * o_sh + o_rows[:, None] + offs_dv[None, :]
+    o_mask = row_ok[:, None] & dv_ok[None, :]
+    if STORE_O:  # the attention alone, for the backward (OUT also holds the LCE)
+        tl.store(ATT + o_ptrs, out.to(ATT.dtype.element_ty), mask=o_mask)
+    if LEPE_K > 0:  # BRA's LCE: + depthwise conv of v + its bias, in float32, rounded once with the attention
+        y = (q_blk // Q_GRID_W) * (Q_BLOCK // Q_BLK_W) + offs_m // Q_BLK_W
+        x = (q_blk % Q_GRID_W) * Q_BLK_W + offs_m % Q_BLK_W
+        out += _dwconv_tile(v_base, LW + h * D_V * (LEPE_K * LEPE_K), y, x, row_ok, offs_dv, dv_ok, map_h, map_w,
+                            v_sty, v_stx, LEPE_K, False, BLOCK_M, BLOCK_DV)
+        out += tl.load(LB + h * D_V + offs_dv, mask=dv_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(OUT + o_ptrs, out.to(OUT.dtype.element_ty), mask=o_mask)
     lse = tl.where(has_keys, m_i + tl.log2(safe_l), float('inf'))  # +inf: an empty row's p is 0 in backward
     tl.store(LSE + pid_bh * n_q_tokens + q_tok, lse, mask=row_ok)
 
 
 @triton.jit
-def _bsa_bwd_dq_kernel(Q, K, V, OUT, DO, LSE, DELTA, DQ, IDX, CNT,
-                       stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
-                       stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-                       stride_dob, stride_doh, stride_don,
-                       stride_dqb, stride_dqh, stride_dqn,
-                       stride_ib, stride_ih, stride_iq, stride_cb, stride_ch,
+def _bsa_bwd_dq_kernel(Q, K, V, ATT, DO, LSE, DQ, IDX, CNT,
+                       q_off, k_off, v_off, dq_off, delta_off,
+                       q_sb, q_sh, q_sgy, q_sgx, q_sty, q_stx,
+                       k_sb, k_sh, k_sgy, k_sgx, k_sty, k_stx,
+                       v_sb, v_sh, v_sgy, v_sgx, v_sty, v_stx,
+                       o_sb, o_sh, o_sgy, o_sgx, o_sty, o_stx,
+                       do_sb, do_sh, do_sgy, do_sgx, do_sty, do_stx,
+                       dq_sb, dq_sh, dq_sgy, dq_sgx, dq_sty, dq_stx,
+                       i_sb, i_sh, i_sq, c_sb, c_sh,
                        n_heads, n_q_tokens, max_kv, qk_scale, scale,
                        Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, Q_TILES: tl.constexpr,
-                       D_QK: tl.constexpr, D_V: tl.constexpr, HAS_COUNT: tl.constexpr,
+                       Q_GRID_W: tl.constexpr, Q_BLK_W: tl.constexpr, KV_GRID_W: tl.constexpr,
+                       KV_BLK_W: tl.constexpr, D_QK: tl.constexpr, D_V: tl.constexpr, HAS_COUNT: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
                        BLOCK_DV: tl.constexpr, IEEE: tl.constexpr, CAUSAL: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -124,57 +199,66 @@ def _bsa_bwd_dq_kernel(Q, K, V, OUT, DO, LSE, DELTA, DQ, IDX, CNT,
     d_ok = offs_d < D_QK
     dv_ok = offs_dv < D_V
 
-    q = tl.load(Q + b * stride_qb + h * stride_qh + q_tok[:, None] * stride_qn + offs_d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + q_tok[:, None] * stride_don + offs_dv[None, :],
-                 mask=row_ok[:, None] & dv_ok[None, :], other=0.0)
+    q = tl.load(Q + q_off + b * q_sb + h * q_sh
+                + _token_offsets(q_blk, offs_m, q_sgy, q_sgx, q_sty, q_stx, Q_GRID_W, Q_BLK_W)[:, None]
+                + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    do = tl.load(DO + b * do_sb + h * do_sh
+                 + _token_offsets(q_blk, offs_m, do_sgy, do_sgx, do_sty, do_stx, Q_GRID_W, Q_BLK_W)[:, None]
+                 + offs_dv[None, :], mask=row_ok[:, None] & dv_ok[None, :], other=0.0)
+    out = tl.load(ATT + b * o_sb + h * o_sh
+                  + _token_offsets(q_blk, offs_m, o_sgy, o_sgx, o_sty, o_stx, Q_GRID_W, Q_BLK_W)[:, None]
+                  + offs_dv[None, :], mask=row_ok[:, None] & dv_ok[None, :], other=0.0)
     lse = tl.load(LSE + pid_bh * n_q_tokens + q_tok, mask=row_ok, other=float('inf'))
-    out = tl.load(OUT + b * stride_ob + h * stride_oh + q_tok[:, None] * stride_on + offs_dv[None, :],
-                  mask=row_ok[:, None] & dv_ok[None, :], other=0.0)
     delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), 1)  # softmax backward's rowsum(dO * O)
-    tl.store(DELTA + pid_bh * n_q_tokens + q_tok, delta, mask=row_ok)  # for the dK/dV kernel, launched after
-    idx_row = IDX + b * stride_ib + h * stride_ih + q_blk * stride_iq
+    tl.store(LSE + delta_off + pid_bh * n_q_tokens + q_tok, delta, mask=row_ok)  # for the dK/dV kernel
+    idx_row = IDX + b * i_sb + h * i_sh + q_blk * i_sq
     if HAS_COUNT:
-        n_blocks = tl.load(CNT + b * stride_cb + h * stride_ch + q_blk)
+        n_blocks = tl.load(CNT + b * c_sb + h * c_sh + q_blk)
     else:
         n_blocks = max_kv
     length = n_blocks * KV_BLOCK
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
+    k_base = K + k_off + b * k_sb + h * k_sh
+    v_base = V + v_off + b * v_sb + h * v_sh
 
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
     for start in range(0, length, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < length
         blk = tl.load(idx_row + offs_n // KV_BLOCK, mask=n_ok, other=0)
-        k_tok = blk * KV_BLOCK + offs_n % KV_BLOCK
-        k = tl.load(k_base + k_tok[:, None] * stride_kn + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :],
-                    other=0.0)
-        v = tl.load(v_base + k_tok[:, None] * stride_vn + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :],
-                    other=0.0)
+        tok = offs_n % KV_BLOCK
+        k = tl.load(k_base + _token_offsets(blk, tok, k_sgy, k_sgx, k_sty, k_stx, KV_GRID_W, KV_BLK_W)[:, None]
+                    + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        v = tl.load(v_base + _token_offsets(blk, tok, v_sgy, v_sgx, v_sty, v_stx, KV_GRID_W, KV_BLK_W)[:, None]
+                    + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
         s = _dot(q, tl.trans(k), IEEE) * qk_scale
         keep = n_ok[None, :]
         if CAUSAL:
-            keep = keep & (k_tok[None, :] <= q_tok[:, None])
+            keep = keep & ((blk * KV_BLOCK + tok)[None, :] <= q_tok[:, None])
         p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
         dp = _dot(do, tl.trans(v), IEEE)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, IEEE)
     dq = dq * scale
-    tl.store(DQ + b * stride_dqb + h * stride_dqh + q_tok[:, None] * stride_dqn + offs_d[None, :],
-             dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(DQ + dq_off + b * dq_sb + h * dq_sh
+             + _token_offsets(q_blk, offs_m, dq_sgy, dq_sgx, dq_sty, dq_stx, Q_GRID_W, Q_BLK_W)[:, None]
+             + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
-def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, QLIST, OFFS,
-                        stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
-                        stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
-                        stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
-                        n_heads, list_heads, n_q_tokens, n_kv_blocks, max_kv, qk_scale, scale,
+def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DK, DV, QLIST, OFFS, LW,
+                        q_off, k_off, v_off, dk_off, dv_off, delta_off, qlist_off, offs_off,
+                        q_sb, q_sh, q_sgy, q_sgx, q_sty, q_stx,
+                        k_sb, k_sh, k_sgy, k_sgx, k_sty, k_stx,
+                        v_sb, v_sh, v_sgy, v_sgx, v_sty, v_stx,
+                        do_sb, do_sh, do_sgy, do_sgx, do_sty, do_stx,
+                        dk_sb, dk_sh, dk_sgy, dk_sgx, dk_sty, dk_stx,
+                        dv_sb, dv_sh, dv_sgy, dv_sgx, dv_sty, dv_stx,
+                        n_heads, list_heads, n_q_tokens, n_kv_blocks, map_h, map_w, qk_scale, scale,
                         Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, KV_TILES: tl.constexpr,
-                        D_QK: tl.constexpr, D_V: tl.constexpr,
+                        Q_GRID_W: tl.constexpr, Q_BLK_W: tl.constexpr, KV_GRID_W: tl.constexpr,
+                        KV_BLK_W: tl.constexpr, ENTRY_DIV: tl.constexpr, D_QK: tl.constexpr, D_V: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
-                        BLOCK_DV: tl.constexpr, IEEE: tl.constexpr, CAUSAL: tl.constexpr):
+                        BLOCK_DV: tl.constexpr, IEEE: tl.constexpr, CAUSAL: tl.constexpr, LEPE_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
@@ -188,30 +272,32 @@ def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, QLIST, OFFS,
     d_ok = offs_d < D_QK
     dv_ok = offs_dv < D_V
 
-    k = tl.load(K + b * stride_kb + h * stride_kh + k_tok[:, None] * stride_kn + offs_d[None, :],
-                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + k_tok[:, None] * stride_vn + offs_dv[None, :],
-                mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+    k = tl.load(K + k_off + b * k_sb + h * k_sh
+                + _token_offsets(kv_blk, offs_n, k_sgy, k_sgx, k_sty, k_stx, KV_GRID_W, KV_BLK_W)[:, None]
+                + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    v = tl.load(V + v_off + b * v_sb + h * v_sh
+                + _token_offsets(kv_blk, offs_n, v_sgy, v_sgx, v_sty, v_stx, KV_GRID_W, KV_BLK_W)[:, None]
+                + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
     group = (b * list_heads + h % list_heads) * (n_kv_blocks + 1) + kv_blk  # see inverted_block_index
-    first = tl.load(OFFS + group)
-    length = (tl.load(OFFS + group + 1) - first) * Q_BLOCK
-    q_base = Q + b * stride_qb + h * stride_qh
-    do_base = DO + b * stride_dob + h * stride_doh
+    first = tl.load(OFFS + offs_off + group)
+    length = (tl.load(OFFS + offs_off + group + 1) - first) * Q_BLOCK
+    q_base = Q + q_off + b * q_sb + h * q_sh
+    do_base = DO + b * do_sb + h * do_sh
 
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     for start in range(0, length, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         m_ok = offs_m < length
-        entry = tl.load(QLIST + first + offs_m // Q_BLOCK, mask=m_ok, other=0)  # position in its routing row
-        q_blk = entry // max_kv
-        q_tok = q_blk * Q_BLOCK + offs_m % Q_BLOCK
-        q = tl.load(q_base + q_tok[:, None] * stride_qn + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :],
-                    other=0.0)
-        do = tl.load(do_base + q_tok[:, None] * stride_don + offs_dv[None, :], mask=m_ok[:, None] & dv_ok[None, :],
-                     other=0.0)
+        q_blk = tl.load(QLIST + qlist_off + first + offs_m // Q_BLOCK, mask=m_ok, other=0) // ENTRY_DIV
+        tok = offs_m % Q_BLOCK
+        q_tok = q_blk * Q_BLOCK + tok
+        q = tl.load(q_base + _token_offsets(q_blk, tok, q_sgy, q_sgx, q_sty, q_stx, Q_GRID_W, Q_BLK_W)[:, None]
+                    + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        do = tl.load(do_base + _token_offsets(q_blk, tok, do_sgy, do_sgx, do_sty, do_stx, Q_GRID_W, Q_BLK_W)[:, None]
+                     + offs_dv[None, :], mask=m_ok[:, None] & dv_ok[None, :], other=0.0)
         lse = tl.load(LSE + pid_bh * n_q_tokens + q_tok, mask=m_ok, other=float('inf'))
-        delta = tl.load(DELTA + pid_bh * n_q_tokens + q_tok, mask=m_ok, other=0.0)
+        delta = tl.load(LSE + delta_off + pid_bh * n_q_tokens + q_tok, mask=m_ok, other=0.0)
         s_t = _dot(k, tl.trans(q), IEEE) * qk_scale  # [BLOCK_N, BLOCK_M]
         keep = m_ok[None, :]
         if CAUSAL:
@@ -222,14 +308,171 @@ def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, QLIST, OFFS,
         ds_t = p_t * (dp_t - delta[None, :])
         dk += _dot(ds_t.to(q.dtype), q, IEEE)
     dk = dk * scale
-    tl.store(DK + b * stride_dkb + h * stride_dkh + k_tok[:, None] * stride_dkn + offs_d[None, :],
-             dk.to(DK.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
-    tl.store(DV + b * stride_dvb + h * stride_dvh + k_tok[:, None] * stride_dvn + offs_dv[None, :],
-             dv.to(DV.dtype.element_ty), mask=n_ok[:, None] & dv_ok[None, :])
+    if LEPE_K > 0:  # the LCE conv's input gradient: transposed depthwise conv of the output gradient
+        y = (kv_blk // KV_GRID_W) * (KV_BLOCK // KV_BLK_W) + offs_n // KV_BLK_W
+        x = (kv_blk % KV_GRID_W) * KV_BLK_W + offs_n % KV_BLK_W
+        dv += _dwconv_tile(do_base, LW + h * D_V * (LEPE_K * LEPE_K), y, x, n_ok, offs_dv, dv_ok, map_h, map_w,
+                           do_sty, do_stx, LEPE_K, True, BLOCK_N, BLOCK_DV)
+    tl.store(DK + dk_off + b * dk_sb + h * dk_sh
+             + _token_offsets(kv_blk, offs_n, dk_sgy, dk_sgx, dk_sty, dk_stx, KV_GRID_W, KV_BLK_W)[:, None]
+             + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
+    tl.store(DV + dv_off + b * dv_sb + h * dv_sh
+             + _token_offsets(kv_blk, offs_n, dv_sgy, dv_sgx, dv_sty, dv_stx, KV_GRID_W, KV_BLK_W)[:, None]
+             + offs_dv[None, :], dv.to(DV.dtype.element_ty), mask=n_ok[:, None] & dv_ok[None, :])
+
+
+@triton.jit
+def _lepe_grad_kernel(DO, V, PART, v_off,
+                      do_sb, do_sy, do_sx, v_sb, v_sy, v_sx,
+                      n_pixels, pixels_per_chunk, map_h, map_w, channels,
+                      KS: tl.constexpr, TAPS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Partial sums of the LCE conv's weight and bias gradients over one chunk of pixels (all images).
+
+    PART [chunks, channels * (KS * KS + 1)]: the weight gradient [channels, KS * KS] flat, then the bias gradient.
+    Each tile of output-gradient pixels is loaded once and meets all KS * KS shifted tiles of v at once, as a
+    [TAPS, BLOCK_P, BLOCK_C] gather (the shifted tiles overlap: mostly cache hits).
+    """
+    chunk = tl.program_id(0)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < channels
+    taps = tl.arange(0, TAPS)
+    tap_ok = taps < KS * KS
+    dy = taps // KS - KS // 2
+    dx = taps % KS - KS // 2
+    first = chunk * pixels_per_chunk
+    last = tl.minimum(first + pixels_per_chunk, n_pixels)
+    hw = map_h * map_w
+    acc = tl.zeros([TAPS, BLOCK_C], dtype=tl.float32)
+    bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for p0 in range(first, last, BLOCK_P):
+        pix = p0 + tl.arange(0, BLOCK_P)
+        p_ok = pix < last
+        img = pix // hw
+        y = (pix % hw) // map_w
+        x = pix % map_w
+        g = tl.load(DO + img[:, None] * do_sb + y[:, None] * do_sy + x[:, None] * do_sx + offs_c[None, :],
+                    mask=p_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+        bias += tl.sum(g, 0)
+        yy = y[None, :] + dy[:, None]  # [TAPS, BLOCK_P]
+        xx = x[None, :] + dx[:, None]
+        ok = tap_ok[:, None] & p_ok[None, :] & (yy >= 0) & (yy < map_h) & (xx >= 0) & (xx < map_w)
+        rows = img[None, :] * v_sb + yy * v_sy + xx * v_sx
+        val = tl.load(V + v_off + rows[:, :, None] + offs_c[None, None, :],
+                      mask=ok[:, :, None] & c_ok[None, None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(val * g[None, :, :], 1)
+    row = PART + chunk * (channels * (KS * KS + 1))
+    tl.store(row + offs_c[None, :] * (KS * KS) + taps[:, None], acc, mask=tap_ok[:, None] & c_ok[None, :])
+    tl.store(row + channels * (KS * KS) + offs_c, bias, mask=c_ok)
+
+
+@triton.jit
+def _bra_route_kernel(Q, K, IBUF, q_off, k_off,
+                      q_sb, q_sgy, q_sgx, q_sty, q_stx, k_sb, k_sgy, k_sgx, k_sty, k_stx,
+                      scale, qlist_off, offs_off,
+                      R: tl.constexpr, T: tl.constexpr, TOPK: tl.constexpr, GRID_W: tl.constexpr,
+                      BLK_W: tl.constexpr, C_QK: tl.constexpr, R_PAD: tl.constexpr, T_STEP: tl.constexpr,
+                      BLOCK_C: tl.constexpr, IEEE: tl.constexpr):
+    """BRA's routing of one image, and its inversion for the dK/dV kernel.
+
+    As the official code computes it, in the inputs' dtype: region means of q and k (float32 sums, rounded),
+    ``(q_mean * scale)`` rounded, affinities ``@ k_mean^T`` accumulated in float32 and rounded, then the top-k key
+    regions of every query region (best first; ties to the lower index). Writes into IBUF (int32):
+    ``[0, B*R*TOPK)`` the routing [B, R, TOPK]; from ``qlist_off`` the query regions routed to each key region,
+    grouped by key region (ascending within a group), ``R * TOPK`` per image; from ``offs_off`` the groups' starts
+    [B, R + 1] (positions in that list).
+    """
+    b = tl.program_id(0)
+    offs_r = tl.arange(0, R_PAD)
+    r_ok = offs_r < R
+    q_base = Q + q_off + b * q_sb + (offs_r // GRID_W) * q_sgy + (offs_r % GRID_W) * q_sgx
+    k_base = K + k_off + b * k_sb + (offs_r // GRID_W) * k_sgy + (offs_r % GRID_W) * k_sgx
+    dtype = Q.dtype.element_ty
+    logits = tl.zeros([R_PAD, R_PAD], dtype=tl.float32)
+    for c0 in tl.static_range(0, C_QK, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        c_ok = offs_c < C_QK
+        sum_q = tl.zeros([R_PAD, BLOCK_C], dtype=tl.float32)
+        sum_k = tl.zeros([R_PAD, BLOCK_C], dtype=tl.float32)
+        for t0 in range(0, T, T_STEP):  # T_STEP tokens of every region at once: [R_PAD, T_STEP, BLOCK_C] loads
+            t = t0 + tl.arange(0, T_STEP)
+            mask = r_ok[:, None, None] & (t < T)[None, :, None] & c_ok[None, None, :]
+            q_tok = ((t // BLK_W) * q_sty + (t % BLK_W) * q_stx)[None, :, None] + offs_c[None, None, :]
+            k_tok = ((t // BLK_W) * k_sty + (t % BLK_W) * k_stx)[None, :, None] + offs_c[None, None, :]
+            sum_q += tl.sum(tl.load(q_base[:, None, None] + q_tok, mask=mask, other=0.0).to(tl.float32), 1)
+            sum_k += tl.sum(tl.load(k_base[:, None, None] + k_tok, mask=mask, other=0.0).to(tl.float32), 1)
+        q_mean = ((sum_q / T).to(dtype).to(tl.float32) * scale).to(dtype)
+        k_mean = (sum_k / T).to(dtype)
+        logits += _dot(q_mean, tl.trans(k_mean), IEEE)
+    cols = tl.arange(0, R_PAD)[None, :]
+    work = tl.where(cols < R, logits.to(dtype).to(tl.float32), float('-inf'))
+    chosen = tl.zeros([R_PAD, R_PAD], dtype=tl.int32)
+    route = IBUF + (b * R + offs_r) * TOPK
+    for i in range(TOPK):
+        best = tl.argmax(work, axis=1)
+        tl.store(route + i, best, mask=r_ok)
+        hit = cols == best[:, None]
+        chosen = tl.where(hit & r_ok[:, None], 1, chosen)
+        work = tl.where(hit, float('-inf'), work)
+    # inversion: for key region j, the query regions i with chosen[i, j], ascending, at starts[j] + rank
+    per_key = tl.sum(chosen, 0)
+    starts = b * (R * TOPK) + tl.cumsum(per_key, 0) - per_key
+    rank = tl.cumsum(chosen, 0) - 1
+    rows = offs_r[:, None] + 0 * cols
+    tl.store(IBUF + qlist_off + starts[None, :] + rank, rows, mask=chosen > 0)
+    tl.store(IBUF + offs_off + b * (R + 1) + offs_r, starts, mask=r_ok)
+    tl.store(IBUF + offs_off + b * (R + 1) + R, (b + 1) * (R * TOPK))
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# launchers
+# launching: per-shape plans, compiled handles
+
+
+
+
+class _Kernel:
+    """A JIT kernel whose launches at a known specialisation go straight to its compiled handle.
+
+    ``launch`` takes the runtime arguments in order (tensors and ints) and the constexprs by name. A plan's first
+    launch goes through the JIT (compiling or finding the binary, binding every argument); the compiled handle it
+    returns is kept in the plan's ``slot``, and later launches pass it the arguments as they are, skipping the
+    JIT's per-argument specialisation. Valid because a plan fixes every int argument, dtype and pointer alignment
+    the JIT specialises on (the plan key holds them).
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        params = list(inspect.signature(fn.fn).parameters.values())  # the Python function (JIT or interpreter)
+        flags = [p.annotation is tl.constexpr or 'constexpr' in str(p.annotation) for p in params]
+        first = flags.index(True)
+        if not all(flags[first:]):
+            raise TypeError(f'{fn.__name__}: constexpr parameters must come last')
+        self.constexpr_names = tuple(p.name for p in params[first:])
+
+    def launch(self, slot: list, grid: Tuple[int, int, int], args: tuple, consts: Dict[str, object],
+               num_warps: int, num_stages: int) -> None:
+        # grid: always three axes (a compiled handle, unlike the JIT, does not fill in missing ones)
+        handle = slot[0]
+        if handle is not None:
+            launch_compiled(handle, grid, (*args, *slot[1]))
+            return
+        compiled = self.fn[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+        if FAST_LAUNCH and _launchable(compiled, len(args) + len(self.constexpr_names)):
+            slot[0], slot[1] = compiled, tuple(consts[name] for name in self.constexpr_names)
+
+
+def _launchable(compiled, n_params: int) -> bool:
+    # A compiled kernel (not the interpreter's None) whose launcher takes every parameter, constexprs included (the
+    # convention since Triton 3.2: its signature lists them); anything else keeps the JIT path.
+    signature = getattr(getattr(compiled, 'src', None), 'signature', None)
+    return compiled is not None and hasattr(compiled, '__getitem__') and isinstance(signature, dict) \
+        and len(signature) == n_params
+
+
+_FWD = _Kernel(_bsa_fwd_kernel)
+_BWD_DQ = _Kernel(_bsa_bwd_dq_kernel)
+_BWD_DKV = _Kernel(_bsa_bwd_dkv_kernel)
+_LEPE_GRAD = _Kernel(_lepe_grad_kernel)
+_ROUTE = _Kernel(_bra_route_kernel)
 
 
 class KernelConfig:
@@ -238,6 +481,9 @@ class KernelConfig:
     def __init__(self, block_m: Optional[int] = None, block_n: Optional[int] = None, num_warps: Optional[int] = None,
                  num_stages: Optional[int] = None):
         self.block_m, self.block_n, self.num_warps, self.num_stages = block_m, block_n, num_warps, num_stages
+
+    def key(self) -> tuple:
+        return self.block_m, self.block_n, self.num_warps, self.num_stages
 
 
 def _dot_mode(dtype: torch.dtype) -> int:
@@ -250,44 +496,133 @@ def _pow2_clamp(n: int, low: int, high: int) -> int:
     return max(low, min(high, 1 << (max(int(n), 1) - 1).bit_length()))  # plain Python: cheaper on the host
 
 
-def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _unit_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _head_stride(x: torch.Tensor) -> int:
-    return 0 if x.shape[1] == 1 else x.stride(1)
+def _aligned(x: torch.Tensor) -> bool:
+    return x.data_ptr() % 16 == 0  # the JIT specialises pointers on 16-byte alignment
 
 
-def _fwd_config(q_block: int, kv_block: int, max_kv: int, d_max: int, config: Optional[KernelConfig]):
-    config = config or KernelConfig()
-    block_m = config.block_m or _pow2_clamp(q_block, 16, 64)
-    block_n = config.block_n or _pow2_clamp(max_kv * kv_block, 16, 64 if d_max > 64 else 128)
-    num_warps = config.num_warps or (4 if block_m * block_n >= 64 * 64 else 2)
-    return block_m, block_n, num_warps, config.num_stages or 2
+class _Tiles:
+    """Tile sizes and grids of the attention kernels for one problem shape."""
+
+    def __init__(self, q_block: int, kv_block: int, max_kv: int, n_q_blocks: int, n_kv_blocks: int, d_qk: int,
+                 d_v: int, dtype: torch.dtype, fwd: Optional[KernelConfig] = None, dq: Optional[KernelConfig] = None,
+                 dkv: Optional[KernelConfig] = None):
+        d_max = max(d_qk, d_v)
+        self.fwd = self._q_side(q_block, kv_block, max_kv, d_max, fwd)
+        self.dq = self._q_side(q_block, kv_block, max_kv, d_max, dq)
+        dkv = dkv or KernelConfig()
+        block_n = dkv.block_n or _pow2_clamp(kv_block, 16, 64)
+        routed_rows = max(1, n_q_blocks * max_kv * q_block // n_kv_blocks)  # mean query rows per KV block
+        block_m = dkv.block_m or _pow2_clamp(routed_rows, 16, 64 if d_max > 64 else 128)
+        self.dkv = (block_m, block_n, dkv.num_warps or (4 if block_m * block_n >= 64 * 64 else 2), dkv.num_stages or 2)
+        self.q_tiles = [_cdiv(q_block, cfg[0]) for cfg in (self.fwd, self.dq)]
+        self.kv_tiles = _cdiv(kv_block, block_n)
+        self.block_dqk, self.block_dv = _pow2_clamp(d_qk, 16, 256), _pow2_clamp(d_v, 16, 256)
+        self.ieee = _dot_mode(dtype)
+
+    @staticmethod
+    def _q_side(q_block, kv_block, max_kv, d_max, config):
+        config = config or KernelConfig()
+        block_m = config.block_m or _pow2_clamp(q_block, 16, 64)
+        block_n = config.block_n or _pow2_clamp(max_kv * kv_block, 16, 64 if d_max > 64 else 128)
+        num_warps = config.num_warps or (4 if block_m * block_n >= 64 * 64 else 2)
+        return block_m, block_n, num_warps, config.num_stages or 2
+
+
+def _seq_strides(x: torch.Tensor, block: int) -> tuple:
+    """[B, H, N, D] (any strides) as a one-wide grid of one-row blocks of ``block`` tokens."""
+    s_b, s_h, s_n, _ = x.stride()
+    return s_b, s_h, block * s_n, 0, 0, s_n
+
+
+def _bshd_strides(batch: int, n: int, heads: int, d: int, block: int) -> tuple:
+    """A dense [B, N, H, D] tensor read as [B, H, N, D]."""
+    return n * heads * d, d, block * heads * d, 0, 0, heads * d
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# routed block-sparse attention on [B, H, N, D] sequences (MoBA, VMoBA, the generic op)
+
+
+class _SeqPlan:
+    """Everything about a block-sparse call that depends only on shapes, strides and dtypes."""
+
+    def __init__(self, q, k, v, index, count, q_block: int, kv_block: int, causal: bool,
+                 configs: Tuple[Optional[KernelConfig], ...] = (None, None, None)):
+        batch, heads, n_q, d_qk = q.shape
+        n_k, d_v = k.shape[2], v.shape[-1]
+        max_kv = index.shape[-1]
+        self.batch, self.heads, self.n_q, self.d_qk, self.d_v = batch, heads, n_q, d_qk, d_v
+        self.q_block, self.kv_block, self.max_kv, self.causal = q_block, kv_block, max_kv, causal
+        self.n_kv_blocks = n_k // kv_block
+        self.tiles = tiles = _Tiles(q_block, kv_block, max_kv, n_q // q_block, self.n_kv_blocks, d_qk, d_v, q.dtype,
+                                    *configs)
+        self.q_str, self.k_str, self.v_str = _seq_strides(q, q_block), _seq_strides(k, kv_block), \
+            _seq_strides(v, kv_block)
+        self.o_str = _bshd_strides(batch, n_q, heads, d_v, q_block)
+        self.dq_str = _seq_strides(torch.empty_like(q, device='meta'), q_block)
+        self.dk_str = _seq_strides(torch.empty_like(k, device='meta'), kv_block)
+        self.dv_str = _seq_strides(torch.empty_like(v, device='meta'), kv_block)
+        head_stride = lambda t: 0 if t.shape[1] == 1 else t.stride(1)  # noqa: E731
+        self.idx_str = (index.stride(0), head_stride(index), index.stride(2))
+        self.cnt_str = (0, 0) if count is None else (count.stride(0), head_stride(count))
+        self.has_count = count is not None
+        common = dict(Q_BLOCK=q_block, KV_BLOCK=kv_block, Q_GRID_W=1, Q_BLK_W=q_block, KV_GRID_W=1,
+                      KV_BLK_W=kv_block, D_QK=d_qk, D_V=d_v, BLOCK_DQK=tiles.block_dqk, BLOCK_DV=tiles.block_dv,
+                      IEEE=tiles.ieee, CAUSAL=causal)
+        bm, bn, _, _ = tiles.fwd
+        self.fwd_consts = dict(common, Q_TILES=tiles.q_tiles[0], HAS_COUNT=self.has_count, BLOCK_M=bm, BLOCK_N=bn,
+                               LEPE_K=0, STORE_O=False)
+        self.fwd_grid = (n_q // q_block * tiles.q_tiles[0], batch * heads, 1)
+        bm, bn, _, _ = tiles.dq
+        self.dq_consts = dict(common, Q_TILES=tiles.q_tiles[1], HAS_COUNT=self.has_count, BLOCK_M=bm, BLOCK_N=bn)
+        self.dq_grid = (n_q // q_block * tiles.q_tiles[1], batch * heads, 1)
+        bm, bn, _, _ = tiles.dkv
+        self.dkv_consts = dict(common, KV_TILES=tiles.kv_tiles, ENTRY_DIV=max_kv, BLOCK_M=bm, BLOCK_N=bn, LEPE_K=0)
+        self.dkv_grid = (self.n_kv_blocks * tiles.kv_tiles, batch * heads, 1)
+        self.slots = {name: [None, None] for name in ('fwd', 'dq', 'dkv')}
+        self.bwd_slots: Dict[tuple, Dict[str, list]] = {}
+
+
+_PLANS: Dict[tuple, object] = {}
+_MAX_PLANS = 512
+
+
+def _cached(key: tuple, build):
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[key] = build()
+    return plan
+
+
+def _seq_plan(q, k, v, index, count, q_block, kv_block, causal, configs=(None, None, None)) -> _SeqPlan:
+    key = ('seq', q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, q.device, index.shape,
+           index.stride(), index.dtype, None if count is None else (count.shape, count.stride(), count.dtype),
+           q_block, kv_block, causal, _aligned(q), _aligned(k), _aligned(v), _aligned(index),
+           count is None or _aligned(count), tuple(None if c is None else c.key() for c in configs))
+    return _cached(key, lambda: _SeqPlan(q, k, v, index, count, q_block, kv_block, causal, configs))
 
 
 def _fwd(q, k, v, index, count, q_block: int, kv_block: int, scale: float,
          config: Optional[KernelConfig] = None, causal: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    q, k, v = map(_last_dim_contiguous, (q, k, v))
-    batch, heads, n_q, d_qk = q.shape
-    d_v = v.shape[-1]
-    max_kv = index.shape[-1]
-    out = q.new_empty((batch, n_q, heads, d_v))  # [B, N, H, D]: BRA's region-major layout is a view of it
-    lse = torch.empty((batch, heads, n_q), device=q.device, dtype=torch.float32)
-    block_m, block_n, num_warps, num_stages = _fwd_config(q_block, kv_block, max_kv, max(d_qk, d_v), config)
-    q_tiles = triton.cdiv(q_block, block_m)
-    grid = (n_q // q_block * q_tiles, batch * heads)
-    count_arg = count if count is not None else index
-    _bsa_fwd_kernel[grid](
-        q, k, v, out, lse, index, count_arg,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(2), out.stride(1),
-        index.stride(0), _head_stride(index), index.stride(2),
-        count_arg.stride(0), _head_stride(count_arg) if count is not None else 0,
-        heads, n_q, max_kv, scale * LOG2E,
-        Q_BLOCK=q_block, KV_BLOCK=kv_block, Q_TILES=q_tiles, D_QK=d_qk, D_V=d_v, HAS_COUNT=count is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=_pow2_clamp(d_qk, 16, 256), BLOCK_DV=_pow2_clamp(d_v, 16, 256),
-        IEEE=_dot_mode(q.dtype), CAUSAL=causal, num_warps=num_warps, num_stages=num_stages)
+    """Forward kernel: ([B, Nq, H, Dv] output, [2, B, H, Nq] float32 log-sum-exp and room for the backward)."""
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    plan = _seq_plan(q, k, v, index, count, q_block, kv_block, causal, (config, None, None))
+    out = q.new_empty((plan.batch, plan.n_q, plan.heads, plan.d_v))  # [B, N, H, D]: BRA's layout is a view of it
+    lse = torch.empty((2, plan.batch, plan.heads, plan.n_q), device=q.device, dtype=torch.float32)
+    count_arg = index if count is None else count
+    args = (q, k, v, out, out, lse, index, count_arg, q, q, 0, 0, 0, *plan.q_str, *plan.k_str, *plan.v_str,
+            *plan.o_str, *plan.idx_str, *plan.cnt_str, plan.heads, plan.n_q, plan.max_kv, 0, 0, scale * LOG2E)
+    _FWD.launch(plan.slots['fwd'], plan.fwd_grid, args, plan.fwd_consts, *plan.tiles.fwd[2:])
     return out, lse
 
 
@@ -328,53 +663,33 @@ def inverted_block_index(index: torch.Tensor, count: Optional[torch.Tensor], n_k
 
 def _bwd(dout, q, k, v, out, lse, index, count, q_block: int, kv_block: int, scale: float,
          dq_config: Optional[KernelConfig] = None, dkv_config: Optional[KernelConfig] = None, causal: bool = False):
-    q, k, v, out, dout = map(_last_dim_contiguous, (q, k, v, out, dout))
-    batch, heads, n_q, d_qk = q.shape
-    n_k, d_v = k.shape[2], v.shape[-1]
-    max_kv = index.shape[-1]
-    n_kv_blocks = n_k // kv_block
-    delta = torch.empty_like(lse)  # rowsum(dO * O), [B, H, Nq] like the LSE; written by the dQ kernel
+    """Backward kernels; ``dout`` is the [B, Nq, H, Dv] output's gradient, ``lse`` the forward's."""
+    q, k, v, out, dout = map(_unit_last, (q, k, v, out, dout))
+    plan = _seq_plan(q, k, v, index, count, q_block, kv_block, causal, (None, dq_config, dkv_config))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    ieee = _dot_mode(q.dtype)
-    block_dqk, block_dv = _pow2_clamp(d_qk, 16, 256), _pow2_clamp(d_v, 16, 256)
-    # dout is [B, N, H, D]: pass its strides in (b, h, n) order
-    do_strides = (dout.stride(0), dout.stride(2), dout.stride(1))
-
-    block_m, block_n, num_warps, num_stages = _fwd_config(q_block, kv_block, max_kv, max(d_qk, d_v), dq_config)
-    q_tiles = triton.cdiv(q_block, block_m)
-    count_arg = count if count is not None else index
-    _bsa_bwd_dq_kernel[(n_q // q_block * q_tiles, batch * heads)](
-        q, k, v, out, dout, lse, delta, dq, index, count_arg,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(2), out.stride(1),
-        *do_strides, dq.stride(0), dq.stride(1), dq.stride(2),
-        index.stride(0), _head_stride(index), index.stride(2),
-        count_arg.stride(0), _head_stride(count_arg) if count is not None else 0,
-        heads, n_q, max_kv, scale * LOG2E, scale,
-        Q_BLOCK=q_block, KV_BLOCK=kv_block, Q_TILES=q_tiles, D_QK=d_qk, D_V=d_v, HAS_COUNT=count is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv, IEEE=ieee, CAUSAL=causal,
-        num_warps=num_warps, num_stages=num_stages)
-
-    q_list, offsets, list_heads = inverted_block_index(index, count, n_kv_blocks)
-    dkv_config = dkv_config or KernelConfig()
-    block_n = dkv_config.block_n or _pow2_clamp(kv_block, 16, 64)
-    routed_rows = max(1, (n_q // q_block) * max_kv * q_block // n_kv_blocks)  # mean query rows per KV block
-    block_m = dkv_config.block_m or _pow2_clamp(routed_rows, 16, 64 if max(d_qk, d_v) > 64 else 128)
-    num_warps = dkv_config.num_warps or (4 if block_m * block_n >= 64 * 64 else 2)
-    kv_tiles = triton.cdiv(kv_block, block_n)
-    _bsa_bwd_dkv_kernel[(n_kv_blocks * kv_tiles, batch * heads)](
-        q, k, v, dout, lse, delta, dk, dv, q_list, offsets,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), *do_strides,
-        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        heads, list_heads, n_q, n_kv_blocks, max_kv, scale * LOG2E, scale,
-        Q_BLOCK=q_block, KV_BLOCK=kv_block, KV_TILES=kv_tiles, D_QK=d_qk, D_V=d_v,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DQK=block_dqk, BLOCK_DV=block_dv, IEEE=ieee, CAUSAL=causal,
-        num_warps=num_warps, num_stages=dkv_config.num_stages or 2)
+    d_b, d_n, d_h, _ = dout.stride()
+    do_str = (d_b, d_h, q_block * d_n, 0, 0, d_n)
+    o_b, o_n, o_h, _ = out.stride()
+    o_str = (o_b, o_h, q_block * o_n, 0, 0, o_n)
+    slots = plan.bwd_slots.get((do_str, o_str, _aligned(dout), _aligned(out)))
+    if slots is None:
+        slots = plan.bwd_slots[(do_str, o_str, _aligned(dout), _aligned(out))] = {'dq': [None, None],
+                                                                                  'dkv': [None, None]}
+    count_arg = index if count is None else count
+    delta_off = lse[0].numel()
+    _BWD_DQ.launch(slots['dq'], plan.dq_grid, (
+        q, k, v, out, dout, lse, dq, index, count_arg, 0, 0, 0, 0, delta_off,
+        *plan.q_str, *plan.k_str, *plan.v_str, *o_str, *do_str, *plan.dq_str, *plan.idx_str, *plan.cnt_str,
+        plan.heads, plan.n_q, plan.max_kv, scale * LOG2E, scale), plan.dq_consts, *plan.tiles.dq[2:])
+    q_list, offsets, list_heads = inverted_block_index(index, count, plan.n_kv_blocks)
+    _BWD_DKV.launch(slots['dkv'], plan.dkv_grid, (
+        q, k, v, dout, lse, dk, dv, q_list, offsets, q, 0, 0, 0, 0, 0, delta_off, 0, 0,
+        *plan.q_str, *plan.k_str, *plan.v_str, *do_str, *plan.dk_str, *plan.dv_str,
+        plan.heads, list_heads, plan.n_q, plan.n_kv_blocks, 0, 0, scale * LOG2E, scale),
+        plan.dkv_consts, *plan.tiles.dkv[2:])
     return dq, dk, dv
 
 
-# ---------------------------------------------------------------------------------------------------------------
 # custom ops (opaque to FX and torch.compile) and autograd
 
 
@@ -389,7 +704,7 @@ def _bsa_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: torch.
 def _(q, k, v, index, count, q_block, kv_block, scale, causal=False):
     batch, heads, n_q, _ = q.shape
     return (q.new_empty((batch, n_q, heads, v.shape[-1])),
-            q.new_empty((batch, heads, n_q), dtype=torch.float32))
+            q.new_empty((2, batch, heads, n_q), dtype=torch.float32))
 
 
 @torch.library.custom_op('visionattn::block_sparse_attention_bwd', mutates_args=())
@@ -446,9 +761,7 @@ def block_sparse_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     Returns:
         [B, Nq, H, Dv] (note the layout: heads after tokens).
     """
-    if q.shape[0] * q.shape[1] > 65535:  # batch * heads runs on the second grid axis, which CUDA caps at 65535
-        raise ValueError(f'block_sparse_attention (triton): batch * heads = {q.shape[0] * q.shape[1]} exceeds '
-                         "CUDA's grid limit of 65535; split the batch or use backend='reference'")
+    _check_grid(q.shape[0] * q.shape[1])
     if index.dtype not in (torch.int32, torch.int64):
         index = index.to(torch.int32)
     index = index.contiguous()
@@ -458,6 +771,12 @@ def block_sparse_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     # eager: the same kernels through a plain autograd.Function, which costs less host time than the custom op
     # dispatch (BRA at 224 is a few tens of microseconds of GPU work per call)
     return _BlockSparseFn.apply(q, k, v, index, count, q_block, kv_block, float(scale), bool(causal))
+
+
+def _check_grid(batch_heads: int) -> None:
+    if batch_heads > 65535:  # batch * heads runs on the second grid axis, which CUDA caps at 65535
+        raise ValueError(f'block-sparse attention (triton): batch * heads = {batch_heads} exceeds CUDA\'s grid '
+                         "limit of 65535; split the batch or use backend='reference'")
 
 
 class _BlockSparseFn(torch.autograd.Function):
@@ -471,3 +790,350 @@ class _BlockSparseFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         return _backward(ctx, dout, None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bi-level routing attention: routing, attention and the LCE conv, on NHWC maps or region-major tensors
+
+
+class _BraPlan:
+    """Everything about a BRA call that depends only on shapes, strides, dtypes and the module's settings.
+
+    Two layouts: 'map', the qkv projection's output [B, H, W, 2 * Cqk + Cv] on a map of n_win x n_win regions
+    (q, k and v are read from it in place; outputs are [B, H, W, Cv]; the gradient is one [B, H, W, C] tensor);
+    'regions', region-major q, k [B, R, T, Cqk] and v [B, R, T, Cv] (outputs [B, R, T, Cv]).
+    """
+
+    def __init__(self, q, k, v, lepe_weight, lepe_bias, n_win: int, heads: int, topk: int, c_qk: int):
+        self.map = k is None
+        if self.map:
+            batch, map_h, map_w, c_tot = q.shape
+            c_v = c_tot - 2 * c_qk
+            rh, rw = map_h // n_win, map_w // n_win
+            regions, tokens, grid_w, blk_w = n_win * n_win, rh * rw, n_win, rw
+            s_b, s_y, s_x, _ = q.stride()
+            hd_q, hd_v = c_qk // heads, c_v // heads
+            self.q_str = (s_b, hd_q, rh * s_y, rw * s_x, s_y, s_x)
+            self.k_str, self.v_str = self.q_str, (s_b, hd_v, rh * s_y, rw * s_x, s_y, s_x)
+            self.route_q = self.route_k = (s_b, rh * s_y, rw * s_x, s_y, s_x)
+            self.offsets = (0, c_qk, 2 * c_qk)
+            self.out_shape = (batch, map_h, map_w, c_v)
+            self.o_str = (map_h * map_w * c_v, hd_v, rh * map_w * c_v, rw * c_v, map_w * c_v, c_v)
+            self.grad_shape = (batch, map_h, map_w, c_tot)
+            d_b, d_y, d_x = map_h * map_w * c_tot, map_w * c_tot, c_tot
+            self.dq_str = (d_b, hd_q, rh * d_y, rw * d_x, d_y, d_x)
+            self.dk_str, self.dv_str = self.dq_str, (d_b, hd_v, rh * d_y, rw * d_x, d_y, d_x)
+            self.grad_offsets = self.offsets
+        else:
+            batch, regions, tokens, _ = q.shape
+            c_v = v.shape[-1]
+            map_h = map_w = rh = rw = 0
+            grid_w, blk_w = 1, tokens
+            hd_q, hd_v = c_qk // heads, c_v // heads
+            self.q_str = (q.stride(0), hd_q, q.stride(1), 0, 0, q.stride(2))
+            self.k_str = (k.stride(0), hd_q, k.stride(1), 0, 0, k.stride(2))
+            self.v_str = (v.stride(0), hd_v, v.stride(1), 0, 0, v.stride(2))
+            self.route_q = (q.stride(0), q.stride(1), 0, 0, q.stride(2))
+            self.route_k = (k.stride(0), k.stride(1), 0, 0, k.stride(2))
+            self.offsets = (0, 0, 0)
+            self.out_shape = (batch, regions, tokens, c_v)
+            self.o_str = (regions * tokens * c_v, hd_v, tokens * c_v, 0, 0, c_v)
+            self.dq_str = (regions * tokens * c_qk, hd_q, tokens * c_qk, 0, 0, c_qk)
+            self.dk_str, self.dv_str = self.dq_str, self.o_str
+            self.grad_offsets = (0, 0, 0)
+        self.batch, self.heads, self.regions, self.tokens, self.topk = batch, heads, regions, tokens, topk
+        self.c_qk, self.c_v, self.map_h, self.map_w, self.grid_w, self.blk_w = c_qk, c_v, map_h, map_w, grid_w, blk_w
+        self.n_q = regions * tokens
+        self.lepe_k = 0 if lepe_weight is None else lepe_weight.shape[-1]
+        self.zero_bias, self.bias_dtype = None, None if lepe_bias is None else lepe_bias.dtype
+        if self.lepe_k and lepe_bias is None:
+            self.zero_bias = torch.zeros(c_v, device=q.device, dtype=torch.float32)
+        self.tiles = tiles = _Tiles(tokens, tokens, topk, regions, regions, hd_q, hd_v, q.dtype)
+        common = dict(Q_BLOCK=tokens, KV_BLOCK=tokens, Q_GRID_W=grid_w, Q_BLK_W=blk_w, KV_GRID_W=grid_w,
+                      KV_BLK_W=blk_w, D_QK=hd_q, D_V=hd_v, BLOCK_DQK=tiles.block_dqk, BLOCK_DV=tiles.block_dv,
+                      IEEE=tiles.ieee, CAUSAL=False)
+        bm, bn, _, _ = tiles.fwd
+        self.fwd_consts = {store: dict(common, Q_TILES=tiles.q_tiles[0], HAS_COUNT=False, BLOCK_M=bm, BLOCK_N=bn,
+                                       LEPE_K=self.lepe_k, STORE_O=store) for store in (False, True)}
+        self.fwd_grid = (regions * tiles.q_tiles[0], batch * heads, 1)
+        bm, bn, _, _ = tiles.dq
+        self.dq_consts = dict(common, Q_TILES=tiles.q_tiles[1], HAS_COUNT=False, BLOCK_M=bm, BLOCK_N=bn)
+        self.dq_grid = (regions * tiles.q_tiles[1], batch * heads, 1)
+        bm, bn, _, _ = tiles.dkv
+        self.dkv_consts = dict(common, KV_TILES=tiles.kv_tiles, ENTRY_DIV=1, BLOCK_M=bm, BLOCK_N=bn,
+                               LEPE_K=self.lepe_k)
+        self.dkv_grid = (regions * tiles.kv_tiles, batch * heads, 1)
+        # routing: int32 buffer = routing [B, R, topk] | inverted lists [B, R * topk] | their starts [B, R + 1]
+        self.qlist_off, self.offs_off = batch * regions * topk, 2 * batch * regions * topk
+        self.ibuf_size = self.offs_off + batch * (regions + 1)
+        self.lse_size = batch * heads * self.n_q  # log-sum-exp, then room for the backward's rowsum(dO * O)
+        self.fused_routing = regions <= MAX_FUSED_ROUTING_REGIONS
+        r_pad = max(16, triton.next_power_of_2(regions))
+        self.route_consts = dict(R=regions, T=tokens, TOPK=topk, GRID_W=grid_w, BLK_W=blk_w, C_QK=c_qk, R_PAD=r_pad,
+                                 T_STEP=min(4, triton.next_power_of_2(tokens)), BLOCK_C=32, IEEE=tiles.ieee)
+        self.route_launch = (4 if r_pad <= 32 else 8, 3)
+        self.route_grid = (batch, 1, 1)
+        if self.lepe_k:  # the conv's weight/bias gradients: about four programs per SM, partial sums per chunk
+            n_pixels = batch * map_h * map_w
+            self.lepe_taps = triton.next_power_of_2(self.lepe_k * self.lepe_k)
+            self.lepe_block_c = 32
+            self.lepe_block_p = max(2, 256 // self.lepe_taps)  # a [taps, pixels, channels] tile of 8K values
+            c_blocks = _cdiv(c_v, self.lepe_block_c)
+            chunks = max(1, min(_cdiv(n_pixels, 64), _cdiv(512, c_blocks)))
+            self.lepe_pixels_per_chunk = _cdiv(n_pixels, chunks)
+            self.lepe_chunks = _cdiv(n_pixels, self.lepe_pixels_per_chunk)
+            self.lepe_grid = (self.lepe_chunks, c_blocks, 1)
+            self.n_pixels = n_pixels
+        self.slots = {name: [None, None] for name in ('route', 'fwd0', 'fwd1')}
+        self.bwd_slots: Dict[tuple, Dict[str, list]] = {}
+
+
+def _bra_plan(q, k, v, lepe_weight, lepe_bias, n_win, heads, topk, c_qk) -> _BraPlan:
+    if k is None:
+        key = ('bra-map', q.shape, q.stride(), q.dtype, q.device, _aligned(q), n_win, heads, topk, c_qk)
+    else:
+        key = ('bra-regions', q.shape, q.stride(), k.stride(), v.shape, v.stride(), q.dtype, q.device, _aligned(q),
+               _aligned(k), _aligned(v), heads, topk, c_qk)
+    if lepe_weight is not None:
+        key += (lepe_weight.shape, lepe_weight.dtype, _aligned(lepe_weight),
+                None if lepe_bias is None else (lepe_bias.dtype, _aligned(lepe_bias)))
+    return _cached(key, lambda: _BraPlan(q, k, v, lepe_weight, lepe_bias, n_win, heads, topk, c_qk))
+
+
+def _torch_routing(plan: _BraPlan, q, k, scale: float, ibuf: torch.Tensor) -> None:
+    """The routing kernel's results by PyTorch ops (maps of more than MAX_FUSED_ROUTING_REGIONS regions)."""
+    batch, regions, topk = plan.batch, plan.regions, plan.topk
+    if plan.map:
+        n_win = plan.grid_w
+        qk = q[..., :2 * plan.c_qk].unflatten(1, (n_win, -1)).unflatten(3, (n_win, -1))
+        means = qk.mean((2, 4)).reshape(batch, regions, 2 * plan.c_qk)
+        q_mean, k_mean = means[..., :plan.c_qk], means[..., plan.c_qk:]
+    else:
+        q_mean, k_mean = q.mean(2), k.mean(2)
+    route = torch.topk((q_mean * scale) @ k_mean.transpose(-2, -1), topk, dim=-1).indices.to(torch.int32)
+    entries, offsets, _ = inverted_block_index(route[:, None], None, regions)
+    ibuf[:plan.qlist_off] = route.flatten()
+    ibuf[plan.qlist_off:plan.offs_off] = (entries // topk).flatten()
+    ibuf[plan.offs_off:] = offsets
+
+
+def _bra_forward(plan: _BraPlan, q, k, v, lepe_weight, lepe_bias, scale: float, store_o: bool):
+    """Routing and attention (+ LCE): (output, attention-only output or None, lse buffer, int32 routing buffer)."""
+    k_arg = q if k is None else k
+    v_arg = q if v is None else v
+    ibuf = torch.empty(plan.ibuf_size, device=q.device, dtype=torch.int32)
+    q_off, k_off, v_off = plan.offsets
+    if plan.fused_routing:
+        _ROUTE.launch(plan.slots['route'], plan.route_grid, (
+            q, k_arg, ibuf, q_off, k_off, *plan.route_q, *plan.route_k, scale, plan.qlist_off, plan.offs_off),
+            plan.route_consts, *plan.route_launch)
+    else:
+        _torch_routing(plan, q, k_arg, scale, ibuf)
+    out = q.new_empty(plan.out_shape)
+    store_o = store_o and plan.lepe_k > 0
+    o = q.new_empty(plan.out_shape) if store_o else None
+    lse = torch.empty(2 * plan.lse_size, device=q.device, dtype=torch.float32)
+    lw = q if lepe_weight is None else lepe_weight
+    lb = plan.zero_bias if lepe_bias is None else lepe_bias
+    lb = q if lb is None else lb
+    _FWD.launch(plan.slots['fwd1' if store_o else 'fwd0'], plan.fwd_grid, (
+        q, k_arg, v_arg, out if o is None else o, out, lse, ibuf, ibuf, lw, lb, q_off, k_off, v_off,
+        *plan.q_str, *plan.k_str, *plan.v_str, *plan.o_str, plan.regions * plan.topk, 0, plan.topk, 0, 0,
+        plan.heads, plan.n_q, plan.topk, plan.map_h, plan.map_w, scale * LOG2E),
+        plan.fwd_consts[store_o], *plan.tiles.fwd[2:])
+    return out, o, lse, ibuf
+
+
+def _dout_strides(plan: _BraPlan, dout: torch.Tensor) -> tuple:
+    hd_v = plan.c_v // plan.heads
+    if plan.map:
+        s_b, s_y, s_x, _ = dout.stride()
+        return s_b, hd_v, (plan.map_h // plan.grid_w) * s_y, plan.blk_w * s_x, s_y, s_x
+    return dout.stride(0), hd_v, dout.stride(1), 0, 0, dout.stride(2)
+
+
+def _bra_backward(plan: _BraPlan, dout, q, k, v, lepe_weight, o, lse, ibuf, scale: float, lepe_grad: bool):
+    """Gradients: (dqkv, None, None) or (dq, dk, dv), then the LCE conv's (dweight, dbias) or (None, None)."""
+    dout = _unit_last(dout)
+    do_str = _dout_strides(plan, dout)
+    key = (do_str, _aligned(dout))
+    slots = plan.bwd_slots.get(key)
+    if slots is None:
+        slots = plan.bwd_slots[key] = {name: [None, None] for name in ('dq', 'dkv', 'lepe')}
+    k_arg = q if k is None else k
+    v_arg = q if v is None else v
+    if plan.map:
+        dq = dk = dv = q.new_empty(plan.grad_shape)
+    else:
+        dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    q_off, k_off, v_off = plan.offsets
+    dq_off, dk_off, dv_off = plan.grad_offsets
+    lw = q if lepe_weight is None else lepe_weight
+    _BWD_DQ.launch(slots['dq'], plan.dq_grid, (
+        q, k_arg, v_arg, o, dout, lse, dq, ibuf, ibuf, q_off, k_off, v_off, dq_off, plan.lse_size,
+        *plan.q_str, *plan.k_str, *plan.v_str, *plan.o_str, *do_str, *plan.dq_str,
+        plan.regions * plan.topk, 0, plan.topk, 0, 0, plan.heads, plan.n_q, plan.topk, scale * LOG2E, scale),
+        plan.dq_consts, *plan.tiles.dq[2:])
+    _BWD_DKV.launch(slots['dkv'], plan.dkv_grid, (
+        q, k_arg, v_arg, dout, lse, dk, dv, ibuf, ibuf, lw, q_off, k_off, v_off, dk_off, dv_off, plan.lse_size,
+        plan.qlist_off, plan.offs_off, *plan.q_str, *plan.k_str, *plan.v_str, *do_str, *plan.dk_str, *plan.dv_str,
+        plan.heads, 1, plan.n_q, plan.regions, plan.map_h, plan.map_w, scale * LOG2E, scale),
+        plan.dkv_consts, *plan.tiles.dkv[2:])
+    grads = (dq, None, None) if plan.map else (dq, dk, dv)
+    if not (plan.lepe_k and lepe_grad):
+        return grads + (None, None)
+    kk = plan.lepe_k * plan.lepe_k
+    part = torch.empty((plan.lepe_chunks, plan.c_v * (kk + 1)), device=q.device, dtype=torch.float32)
+    _LEPE_GRAD.launch(slots['lepe'], plan.lepe_grid, (
+        dout, v_arg, part, v_off, do_str[0], do_str[4], do_str[5], plan.v_str[0], plan.v_str[4], plan.v_str[5],
+        plan.n_pixels, plan.lepe_pixels_per_chunk, plan.map_h, plan.map_w, plan.c_v),
+        dict(KS=plan.lepe_k, TAPS=plan.lepe_taps, BLOCK_P=plan.lepe_block_p, BLOCK_C=plan.lepe_block_c), 8, 2)
+    total = part.sum(0)
+    dweight = total[:plan.c_v * kk].view(lepe_weight.shape)
+    dbias = total[plan.c_v * kk:]
+    if dweight.dtype != lepe_weight.dtype:
+        dweight = dweight.to(lepe_weight.dtype)
+    if plan.bias_dtype not in (None, torch.float32):
+        dbias = dbias.to(plan.bias_dtype)
+    return grads + (dweight, dbias)
+
+
+@torch.library.custom_op('visionattn::bra_fwd', mutates_args=())
+def _bra_fwd_op(q: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor],
+                lepe_weight: Optional[torch.Tensor], lepe_bias: Optional[torch.Tensor], n_win: int, heads: int,
+                topk: int, c_qk: int, scale: float, store_o: bool
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    plan = _bra_plan(q, k, v, lepe_weight, lepe_bias, n_win, heads, topk, c_qk)
+    out, o, lse, ibuf = _bra_forward(plan, q, k, v, lepe_weight, lepe_bias, scale, store_o)
+    return out, q.new_empty(0) if o is None else o, lse, ibuf
+
+
+@_bra_fwd_op.register_fake
+def _(q, k, v, lepe_weight, lepe_bias, n_win, heads, topk, c_qk, scale, store_o):
+    if k is None:
+        batch, map_h, map_w, c_tot = q.shape
+        regions, out_shape = n_win * n_win, (batch, map_h, map_w, c_tot - 2 * c_qk)
+        n_q = map_h * map_w
+    else:
+        batch, regions, tokens, _ = q.shape
+        out_shape, n_q = (batch, regions, tokens, v.shape[-1]), regions * tokens
+    o_shape = out_shape if store_o and lepe_weight is not None else (0,)
+    ibuf = 2 * batch * regions * topk + batch * (regions + 1)
+    return (q.new_empty(out_shape), q.new_empty(o_shape), q.new_empty(2 * batch * heads * n_q, dtype=torch.float32),
+            q.new_empty(ibuf, dtype=torch.int32))
+
+
+@torch.library.custom_op('visionattn::bra_bwd', mutates_args=())
+def _bra_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor],
+                lepe_weight: Optional[torch.Tensor], lepe_bias: Optional[torch.Tensor], o: torch.Tensor,
+                lse: torch.Tensor, ibuf: torch.Tensor, n_win: int, heads: int, topk: int, c_qk: int, scale: float,
+                lepe_grad: bool) -> List[torch.Tensor]:
+    plan = _bra_plan(q, k, v, lepe_weight, lepe_bias, n_win, heads, topk, c_qk)
+    dq, dk, dv, dweight, dbias = _bra_backward(plan, dout, q, k, v, lepe_weight, o, lse, ibuf, scale, lepe_grad)
+    if dbias is not None and dbias._base is dweight._base:
+        dbias = dbias.clone()  # a custom op's outputs must not alias each other (a few hundred floats)
+    return [q.new_empty(0) if g is None else g for g in (dq, dk, dv, dweight, dbias)]
+
+
+@_bra_bwd_op.register_fake
+def _(dout, q, k, v, lepe_weight, lepe_bias, o, lse, ibuf, n_win, heads, topk, c_qk, scale, lepe_grad):
+    empty = q.new_empty(0)
+    grads = [q.new_empty(q.shape)] + ([empty, empty] if k is None else [k.new_empty(k.shape), v.new_empty(v.shape)])
+    if lepe_weight is not None and lepe_grad:
+        bias_dtype = torch.float32 if lepe_bias is None else lepe_bias.dtype
+        grads += [lepe_weight.new_empty(lepe_weight.shape),
+                  lepe_weight.new_empty(lepe_weight.shape[0], dtype=bias_dtype)]
+    else:
+        grads += [empty, empty]
+    return grads
+
+
+def _bra_setup_context(ctx, inputs, output):
+    q, k, v, lepe_weight, lepe_bias, n_win, heads, topk, c_qk, scale, store_o = inputs
+    out, o, lse, ibuf = output
+    ctx.save_for_backward(q, k, v, lepe_weight, lepe_bias, o if o.numel() else out, lse, ibuf)
+    ctx.spec = (n_win, heads, topk, c_qk, scale)
+
+
+def _bra_op_backward(ctx, dout, do, dlse, dibuf):
+    q, k, v, lepe_weight, lepe_bias, o, lse, ibuf = ctx.saved_tensors
+    lepe_grad = lepe_weight is not None and (ctx.needs_input_grad[3] or ctx.needs_input_grad[4])
+    dq, dk, dv, dweight, dbias = _bra_bwd_op(dout, q, k, v, lepe_weight, lepe_bias, o, lse, ibuf, *ctx.spec, lepe_grad)
+    if k is None:
+        dk = dv = None
+    if not lepe_grad:
+        dweight = dbias = None
+    elif lepe_bias is None:
+        dbias = None
+    return dq, dk, dv, dweight, dbias, None, None, None, None, None, None
+
+
+_bra_fwd_op.register_autograd(_bra_op_backward, setup_context=_bra_setup_context)
+
+
+class _BraFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, lepe_weight, lepe_bias, plan, scale):
+        out, o, lse, ibuf = _bra_forward(plan, q, k, v, lepe_weight, lepe_bias, scale, True)
+        ctx.save_for_backward(q, k, v, lepe_weight, out if o is None else o, lse, ibuf)
+        ctx.plan, ctx.scale = plan, scale
+        ctx.mark_non_differentiable(ibuf)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for the routing buffer
+        return out, ibuf
+
+    @staticmethod
+    def backward(ctx, dout, _):
+        if dout is None:
+            return None, None, None, None, None, None, None
+        q, k, v, lepe_weight, o, lse, ibuf = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        lepe_grad = lepe_weight is not None and (needs[3] or needs[4])
+        dq, dk, dv, dweight, dbias = _bra_backward(ctx.plan, dout, q, k, v, lepe_weight, o, lse, ibuf, ctx.scale,
+                                                   lepe_grad)
+        return dq, dk, dv, dweight, dbias if needs[4] else None, None, None
+
+
+def _bra_triton(q, k, v, lepe_weight, lepe_bias, n_win: int, heads: int, topk: int, c_qk: int, scale: float
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    _check_grid(q.shape[0] * heads)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (q, k, v, lepe_weight, lepe_bias))
+    if torch.compiler.is_compiling():  # opaque to the compiler through the custom op
+        out, _, _, ibuf = _bra_fwd_op(q, k, v, lepe_weight, lepe_bias, n_win, heads, topk, c_qk, scale, grad)
+        return out, ibuf
+    plan = _bra_plan(q, k, v, lepe_weight, lepe_bias, n_win, heads, topk, c_qk)
+    if grad:
+        return _BraFn.apply(q, k, v, lepe_weight, lepe_bias, plan, scale)
+    out, _, _, ibuf = _bra_forward(plan, q, k, v, lepe_weight, lepe_bias, scale, False)
+    return out, ibuf
+
+
+def _routing_of(ibuf: torch.Tensor, batch: int, regions: int, topk: int) -> torch.Tensor:
+    return ibuf[:batch * regions * topk].view(batch, regions, topk).long()
+
+
+def bra_map_triton(qkv: torch.Tensor, num_heads: int, n_win: int, topk: int, qk_dim: int, scale: float,
+                   lepe_weight: Optional[torch.Tensor] = None, lepe_bias: Optional[torch.Tensor] = None,
+                   return_routing: bool = False):
+    """BRA (+ LCE) on the qkv projection's NHWC output (validated by the caller); see ``bi_level_routing_attention_2d``.
+
+    Returns:
+        [B, H, W, Cv] (and the int64 [B, n_win², topk] routing with ``return_routing``).
+    """
+    qkv = _unit_last(qkv)
+    if lepe_weight is not None and not lepe_weight.is_contiguous():
+        lepe_weight = lepe_weight.contiguous()
+    out, ibuf = _bra_triton(qkv, None, None, lepe_weight, lepe_bias, n_win, num_heads, topk, qk_dim, float(scale))
+    if return_routing:
+        return out, _routing_of(ibuf, qkv.shape[0], n_win * n_win, topk)
+    return out
+
+
+def bra_regions_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, topk: int, scale: float,
+                       return_routing: bool = False):
+    """BRA on region-major q, k [B, R, T, Cqk] and v [B, R, T, Cv] (validated by the caller): [B, R, T, Cv]."""
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    out, ibuf = _bra_triton(q, k, v, None, None, 1, num_heads, topk, q.shape[-1], float(scale))
+    if return_routing:
+        return out, _routing_of(ibuf, q.shape[0], q.shape[1], topk)
+    return out
