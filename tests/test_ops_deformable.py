@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from op_testing import assert_kernel_close, grads
+from op_testing import assert_kernel_close, grads, kernel_device
 
 from visionattn.layers import MultiScaleDeformableAttention
 from visionattn.ops import BackendUnavailableError, ms_deform_attn
@@ -170,13 +170,102 @@ def test_custom_op_registration_and_compile():
     """The custom op's schema, fake (meta) implementation and autograd registration, and a full graph through
     torch.compile (the kernel stays opaque)."""
     from visionattn.ops.triton import deformable as kernels
-    args = _leaves(make_inputs(1, 3, 2, 3, ((3, 2), (1, 2)), 2))
+    args = _leaves(make_inputs(1, 3, 2, 3, ((3, 2), (1, 2)), 2, device=kernel_device()))
     torch.library.opcheck(kernels._msda_fwd_op, args,
                           test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
     compiled = torch.compile(kernels.ms_deform_attn_triton, backend='eager', fullgraph=True)
     out = compiled(*args)
     torch.testing.assert_close(out, ms_deform_attn_ref(*args), rtol=1e-5, atol=1e-5)
     assert grads(out, args, torch.ones_like(out)).keys() == {0, 3, 4}
+
+
+def _triton_everywhere(monkeypatch):
+    """The automatic backend choice (ops/checks.py) is outside these tests: take the Triton path directly, so that
+    what is traced is this op's own host path."""
+    import sys
+    module = sys.modules['visionattn.ops.deformable']
+    monkeypatch.setattr(module, 'choose_backend', lambda op, backend, tensors, extra=(): 'triton')
+    return module
+
+
+@pytest.mark.parametrize('table', ['tensors', 'lists'])
+def test_public_op_compiles_fullgraph(monkeypatch, table):
+    """The public op (argument checks, level table, dispatch) traces with fullgraph=True through the custom op's
+    fake implementations (aot_eager traces the backward too) and gives the reference's output and gradients."""
+    module = _triton_everywhere(monkeypatch)
+    device = kernel_device()
+    value, shapes, starts, loc, attn = _leaves(make_inputs(1, 5, 2, 3, ((3, 4), (2, 2)), 2, device=device, seed=7))
+    tables = (shapes, starts) if table == 'tensors' else ([[3, 4], [2, 2]], [0, 12])
+    torch._dynamo.reset()
+    compiled = torch.compile(module.ms_deform_attn, backend='aot_eager', fullgraph=True)
+    out = compiled(value, *tables, loc, attn)
+    ref_inputs = _leaves([value, shapes, starts, loc, attn])
+    expected = ms_deform_attn_ref(*ref_inputs)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(device)
+    got = grads(out, [value, None, None, loc, attn], grad_out)
+    want = grads(expected, ref_inputs, grad_out)
+    for i in (0, 3, 4):
+        torch.testing.assert_close(got[i], want[i], rtol=1e-4, atol=1e-5)
+
+
+def test_level_table_is_read_once_per_tensor(monkeypatch):
+    """A table given as tensors is read to the host (a device sync on CUDA) on its first call only; an in-place
+    change, or a value with another S, is checked again."""
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, 'tolist', lambda self: reads.append(1) or tolist(self))
+    device = kernel_device()
+    value, shapes, starts, loc, attn = make_inputs(1, 4, 2, 3, ((3, 2), (1, 2)), 2, device=device)
+    first = ms_deform_attn(value, shapes, starts, loc, attn, backend='triton')
+    assert len(reads) == 1
+    torch.testing.assert_close(ms_deform_attn(value, shapes, starts, loc, attn, backend='triton'), first)
+    assert len(reads) == 1  # the second call trusts the table it has seen
+    starts[1] = 5  # in place: the version counter moves, so the table is read and checked again
+    with pytest.raises(ValueError, match=r'level_start_index \[0, 5\] is inconsistent'):
+        ms_deform_attn(value, shapes, starts, loc, attn, backend='triton')
+    assert len(reads) == 2
+    starts[1] = 6
+    with pytest.raises(ValueError, match='S=9 positions'):
+        ms_deform_attn(torch.zeros(1, 9, 2, 3, device=device), shapes, starts, loc, attn, backend='triton')
+
+
+def test_level_table_from_lists_is_made_once(monkeypatch):
+    """Python level tables become device tensors once (made outside inference mode, so that a table first used
+    under torch.inference_mode still serves a training call); a value of another S is still refused."""
+    import sys
+    sys.modules['visionattn.ops.deformable']._DEVICE_TABLES.clear()
+    device = kernel_device()
+    value, shapes, starts, loc, attn = make_inputs(1, 4, 2, 3, ((3, 2), (1, 2)), 2, device=device)
+    made = []
+    tensor = torch.tensor
+    monkeypatch.setattr(torch, 'tensor', lambda *a, **k: made.append(1) or tensor(*a, **k))
+    sizes, offsets = [[3, 2], [1, 2]], [0, 6]
+    with torch.inference_mode():
+        expected = ms_deform_attn(value, sizes, offsets, loc, attn, backend='triton')
+    assert len(made) == 2
+    leaves = _leaves([value, loc, attn])
+    out = ms_deform_attn(leaves[0], ((3, 2), (1, 2)), (0, 6), leaves[1], leaves[2], backend='triton')
+    assert len(made) == 2  # tuples or lists, the same table: no new tensors
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert all(t.grad is not None for t in leaves)
+    with pytest.raises(ValueError, match='S=9 positions'):
+        ms_deform_attn(torch.zeros(1, 9, 2, 3, device=device), sizes, offsets, loc, attn, backend='triton')
+    with pytest.raises(ValueError, match=r'spatial_shapes must be \[levels, 2\]'):
+        ms_deform_attn(value, [[3, 2, 1], [1, 2, 1]], offsets, loc, attn, backend='triton')
+
+
+def test_autograd_only_when_needed():
+    """Without autograd the kernel runs without an autograd.Function; with it, the eager path is the plain
+    Function (the custom op is for torch.compile)."""
+    value, shapes, starts, loc, attn = _leaves(make_inputs(1, 4, 2, 3, ((3, 2), (1, 2)), 2, device=kernel_device()))
+    with torch.no_grad():
+        assert ms_deform_attn(value, shapes, starts, loc, attn, backend='triton').grad_fn is None
+    plain = [t.detach() for t in (value, loc, attn)]
+    assert ms_deform_attn(plain[0], shapes, starts, plain[1], plain[2], backend='triton').grad_fn is None
+    out = ms_deform_attn(value, shapes, starts, loc, attn, backend='triton')
+    assert type(out.grad_fn).__name__ == '_MSDeformAttnFnBackward'
 
 
 def test_backend_choice(monkeypatch):

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from op_testing import assert_kernel_close, grads
+from op_testing import assert_kernel_close, grads, kernel_device
 
 from visionattn.ops import cross_merge, cross_scan, selective_scan
 from visionattn.ops.reference_selective_scan import selective_scan_ref
@@ -125,6 +125,88 @@ def test_strided_inputs_and_no_grad():
         got = selective_scan(u_view, delta_view, A, B.transpose(2, 3).contiguous().transpose(2, 3), C, D, z, bias,
                              delta_softplus=True, backend='triton')
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def _kernels():
+    """The kernels' module (``visionattn.ops.selective_scan`` the attribute is the function, not the module)."""
+    import importlib
+    return importlib.import_module('visionattn.ops.triton.selective_scan')
+
+
+@pytest.mark.parametrize('save_states', [True, False])
+def test_custom_ops_registration(save_states):
+    """The custom ops' schemas, fake (meta) implementations and autograd registration."""
+    kernels = _kernels()
+    u, delta, A, B, C, D, z, bias = _leaves(make_inputs(1, 4, 9, 2, 2, device=kernel_device()))
+    args = (u, delta, A, B, C, D, z, bias, True, save_states)
+    tests = ('test_schema', 'test_faketensor') + (('test_autograd_registration',) if save_states else ())
+    torch.library.opcheck(kernels._ss_fwd_op, args, test_utils=tests)
+    _, _, hstart = kernels._ss_fwd_op(*args)
+    assert (hstart.numel() > 0) == save_states
+    if not save_states:
+        return
+    dout = torch.randn(u.shape, device=u.device)
+    for D_, z_, bias_, B_ in ((D, z, bias, B), (None, None, None, B.to(torch.bfloat16))):
+        torch.library.opcheck(kernels._ss_bwd_op, (dout, u, delta, A, B_, C, D_, z_, bias_, hstart, True),
+                              test_utils=('test_schema', 'test_faketensor'))
+
+
+@pytest.mark.parametrize('grad', [True, False])
+def test_public_op_compiles_fullgraph(monkeypatch, grad):
+    """The public op traces with fullgraph=True (aot_eager traces the backward through the fake implementations)
+    and gives the reference's output and gradients. The automatic backend choice (ops/checks.py) is outside this
+    test: the Triton path is taken directly."""
+    import importlib
+    module = importlib.import_module('visionattn.ops.selective_scan')
+    monkeypatch.setattr(module, 'choose_backend', lambda op, backend, tensors, extra=(): 'triton')
+    device = kernel_device()
+    inputs = _leaves(make_inputs(2, 6, 37, 3, 2, device=device))
+    torch._dynamo.reset()
+    compiled = torch.compile(module.selective_scan, backend='aot_eager', fullgraph=True)
+    with torch.set_grad_enabled(grad):
+        y = compiled(*inputs, delta_softplus=True)
+    ref_inputs = _leaves(inputs)
+    expected = selective_scan_ref(*ref_inputs, delta_softplus=True)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    assert (y.grad_fn is not None) == grad
+    if grad:
+        grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(device)
+        got, want = grads(y, inputs, grad_out), grads(expected, ref_inputs, grad_out)
+        assert got.keys() == want.keys()
+        for i in want:
+            torch.testing.assert_close(got[i], want[i], rtol=1e-4, atol=1e-4, msg=NAMES[i])
+
+
+def test_inference_saves_no_states(monkeypatch):
+    """Without autograd the forward runs without an autograd.Function and saves no chunk states."""
+    kernels = _kernels()
+    calls = []
+    fwd = kernels._fwd
+    monkeypatch.setattr(kernels, '_fwd', lambda *a, **k: calls.append(k.get('save_states', True)) or fwd(*a, **k))
+    inputs = _leaves(make_inputs(1, 4, 21, 2, 2, device=kernel_device()))
+    with torch.no_grad():
+        y = selective_scan(*inputs, delta_softplus=True, backend='triton')
+    assert y.grad_fn is None and calls == [False]
+    y_grad = selective_scan(*inputs, delta_softplus=True, backend='triton')
+    assert type(y_grad.grad_fn).__name__ == '_SelectiveScanFnBackward' and calls == [False, True]
+    torch.testing.assert_close(y, y_grad.detach())
+
+
+def test_mixed_dtype_projections():
+    """B and C in different dtypes: their gradients are cast separately, each to its input's dtype."""
+    device = kernel_device()
+    u, delta, A, B, C, D, z, bias = make_inputs(1, 4, 17, 2, 2, device=device)
+    inputs = _leaves([u, delta, A, B, C.to(torch.bfloat16), D, z, bias])
+    y = selective_scan(*inputs, delta_softplus=True, backend='triton')
+    ref_inputs = _leaves(inputs)
+    expected = selective_scan_ref(*ref_inputs, delta_softplus=True)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(4)).to(device)
+    got, want = grads(y, inputs, grad_out), grads(expected, ref_inputs, grad_out)
+    for i in want:
+        assert got[i].dtype == inputs[i].dtype, NAMES[i]
+        tol = 2e-2 if got[i].dtype == torch.bfloat16 else 1e-4
+        torch.testing.assert_close(got[i].float(), want[i].float(), rtol=tol, atol=tol, msg=NAMES[i])
 
 
 @pytest.mark.parametrize('bad,match', [

@@ -6,7 +6,8 @@ Deformable DETR, DINO and Focus-DETR.
 Triton kernels instead of a CUDA build (``triton/deformable.py``) and a ``grid_sample`` reference
 (``reference_deformable.py``).
 """
-from typing import List, Optional, Sequence, Tuple, Union
+import weakref
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -18,17 +19,100 @@ __all__ = ['ms_deform_attn', 'explain_ms_deform_attn']
 # The kernels hold one [queries, head_dim] tile per program: head dims up to this many channels.
 MAX_TRITON_HEAD_DIM = 256
 
+# The level table's content is checked against value once per table, not per call: a table given as tensors is
+# read to the host (a device sync on CUDA) the first time it is seen and remembered by identity and version
+# counter, so the layers of a detector that share one spatial_shapes tensor per forward pass pay one read between
+# them; a table given as Python sequences is checked on the host and its device tensors are made once per device.
+_SEEN_TABLES: Dict[Tuple[int, int], tuple] = {}  # (id(shapes), id(starts)) -> (weakrefs, (versions, S), sizes)
+_DEVICE_TABLES: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}  # (sizes, starts, S, device) -> the tensors
+_CACHE_LIMIT = 256
 
-def _as_index_tensor(name: str, x: Union[torch.Tensor, Sequence], device: torch.device) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(x, dtype=torch.long, device=device)
+Table = Tuple[torch.Tensor, torch.Tensor, Optional[List[List[int]]]]
+
+
+def _index_tensor(name: str, x: torch.Tensor) -> torch.Tensor:
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
         raise TypeError(f'{name} must be an integer tensor (torch.long), got {x.dtype}')
     return x
 
 
-def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-                  ) -> Tuple[torch.Tensor, torch.Tensor, List[List[int]]]:
+def _check_table_shapes(shapes: Sequence[int], starts: Sequence[int], levels: int) -> None:
+    if len(shapes) != 2 or shapes[1] != 2:
+        raise ValueError(f'spatial_shapes must be [levels, 2] (H, W), got shape {list(shapes)}')
+    if shapes[0] != levels:
+        raise ValueError(f'spatial_shapes has {shapes[0]} levels but sampling_locations has {levels} (dim 3)')
+    if tuple(starts) != (levels,):
+        raise ValueError(f'level_start_index must be [levels={levels}], got shape {list(starts)}')
+
+
+def _check_table(sizes: List[List[int]], starts: List[int], total: int) -> None:
+    """The table's content against value's S: positive sizes, sum of H*W = S, starts = exclusive cumulative sum."""
+    if any(h <= 0 or w <= 0 for h, w in sizes):
+        raise ValueError(f'spatial_shapes must be positive, got {sizes}')
+    expected_starts, acc = [], 0
+    for h, w in sizes:
+        expected_starts.append(acc)
+        acc += h * w
+    if acc != total:
+        raise ValueError(f'value has S={total} positions but spatial_shapes {sizes} give sum(H*W)={acc}')
+    if starts != expected_starts:
+        raise ValueError(f'level_start_index {starts} is inconsistent with spatial_shapes {sizes}: expected the '
+                         f'exclusive cumulative sum of H*W, {expected_starts}')
+
+
+def _version(t: torch.Tensor) -> Optional[int]:
+    return None if t.is_inference() else t._version  # inference tensors have no version counter
+
+
+def _tensor_table(shapes: torch.Tensor, starts: torch.Tensor, levels: int, total: int) -> Table:
+    _index_tensor('spatial_shapes', shapes)
+    _index_tensor('level_start_index', starts)
+    _check_table_shapes(shapes.shape, starts.shape, levels)
+    if torch.compiler.is_compiling():
+        return shapes, starts, None  # no content at trace time: the eager call checks it
+    key = (id(shapes), id(starts))
+    state = (_version(shapes), _version(starts), total)  # checked against this S, unchanged since
+    seen = _SEEN_TABLES.get(key)
+    if seen is not None and seen[0]() is shapes and seen[1]() is starts and seen[2] == state:
+        return shapes, starts, seen[3]
+    # one host read of the whole table (a sync for CUDA tensors, as Deformable DETR's own assert makes)
+    flat = torch.cat([shapes.flatten(), starts.to(shapes.dtype)]).tolist()
+    sizes = [flat[2 * i:2 * i + 2] for i in range(levels)]
+    _check_table(sizes, flat[2 * levels:], total)
+    if len(_SEEN_TABLES) >= _CACHE_LIMIT:
+        _SEEN_TABLES.clear()
+    _SEEN_TABLES[key] = (weakref.ref(shapes), weakref.ref(starts), state, sizes)
+    return shapes, starts, sizes
+
+
+def _sequence_table(shapes, starts, levels: int, total: int, device: torch.device) -> Table:
+    """A table of which at least one part is a Python sequence: checked on the host, device tensors made once."""
+    if isinstance(shapes, torch.Tensor):
+        shapes = _index_tensor('spatial_shapes', shapes).tolist()
+    if isinstance(starts, torch.Tensor):
+        starts = _index_tensor('level_start_index', starts).tolist()
+    try:
+        sizes = tuple((int(h), int(w)) for h, w in shapes)
+    except (TypeError, ValueError):
+        raise ValueError(f'spatial_shapes must be [levels, 2] (H, W), got {shapes!r}') from None
+    starts = tuple(int(s) for s in starts)
+    key = (sizes, starts, total, device)
+    tables = None if torch.compiler.is_compiling() else _DEVICE_TABLES.get(key)
+    if tables is None:
+        _check_table_shapes((len(sizes), 2), (len(starts),), levels)
+        size_lists = [list(p) for p in sizes]
+        _check_table(size_lists, list(starts), total)
+        with torch.inference_mode(False):  # cached: must serve autograd calls after inference ones
+            tables = (torch.tensor(sizes, dtype=torch.long, device=device),
+                      torch.tensor(starts, dtype=torch.long, device=device))
+        if not torch.compiler.is_compiling():
+            if len(_DEVICE_TABLES) >= _CACHE_LIMIT:
+                _DEVICE_TABLES.clear()
+            _DEVICE_TABLES[key] = tables
+    return tables[0], tables[1], [list(p) for p in sizes]
+
+
+def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> Table:
     if value.dim() != 4:
         raise ValueError(f'value must be [batch, S, heads, head_dim], got shape {list(value.shape)}')
     batch, total, heads, head_dim = value.shape
@@ -43,45 +127,31 @@ def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, 
     if attention_weights.shape != expected_w:
         raise ValueError(f'attention_weights must be [batch, queries, heads, levels, points] = {list(expected_w)} '
                          f'(from value and sampling_locations), got shape {list(attention_weights.shape)}')
-    spatial_shapes = _as_index_tensor('spatial_shapes', spatial_shapes, value.device)
-    level_start_index = _as_index_tensor('level_start_index', level_start_index, value.device)
-    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
-        raise ValueError(f'spatial_shapes must be [levels, 2] (H, W), got shape {list(spatial_shapes.shape)}')
-    if spatial_shapes.shape[0] != levels:
-        raise ValueError(f'spatial_shapes has {spatial_shapes.shape[0]} levels but sampling_locations has {levels} '
-                         '(dim 3)')
-    if level_start_index.shape != (levels,):
-        raise ValueError(f'level_start_index must be [levels={levels}], got shape {list(level_start_index.shape)}')
     for name, t in (('value', value), ('sampling_locations', sampling_locations),
                     ('attention_weights', attention_weights)):
         if not t.is_floating_point():
             raise TypeError(f'{name} must be a floating-point tensor, got {t.dtype}')
-    tensors = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    devices = {t.device for t in tensors}
-    if len(devices) > 1:
-        raise ValueError(f'inputs are on several devices: {sorted(map(str, devices))}')
-    # one host read of the level table (a sync for CUDA tensors, as Deformable DETR's own assert makes)
-    table = torch.cat([spatial_shapes.flatten(), level_start_index.to(spatial_shapes.dtype)]).tolist()
-    sizes = [table[2 * i:2 * i + 2] for i in range(levels)]
-    starts = table[2 * levels:]
-    if any(h <= 0 or w <= 0 for h, w in sizes):
-        raise ValueError(f'spatial_shapes must be positive, got {sizes}')
-    expected_starts, acc = [], 0
-    for h, w in sizes:
-        expected_starts.append(acc)
-        acc += h * w
-    if acc != total:
-        raise ValueError(f'value has S={total} positions but spatial_shapes {sizes} give sum(H*W)={acc}')
-    if starts != expected_starts:
-        raise ValueError(f'level_start_index {starts} is inconsistent with spatial_shapes {sizes}: expected the '
-                         f'exclusive cumulative sum of H*W, {expected_starts}')
-    return spatial_shapes, level_start_index, sizes
+    tensors = [value, sampling_locations, attention_weights]
+    for t in (spatial_shapes, level_start_index):
+        if isinstance(t, torch.Tensor):
+            tensors.append(t)
+    device = value.device
+    if any(t.device != device for t in tensors):
+        raise ValueError(f'inputs are on several devices: {sorted({str(t.device) for t in tensors})}')
+    if isinstance(spatial_shapes, torch.Tensor) and isinstance(level_start_index, torch.Tensor):
+        return _tensor_table(spatial_shapes, level_start_index, levels, total)
+    return _sequence_table(spatial_shapes, level_start_index, levels, total, device)
 
 
 def _triton_checks(value: torch.Tensor, sampling_locations: torch.Tensor) -> List[Tuple[bool, str]]:
+    """The op's own reasons against Triton (only those that apply: no message is formatted on the fast path)."""
+    checks = []
     head_dim = value.shape[-1]
-    return [(head_dim <= MAX_TRITON_HEAD_DIM, f'head_dim {head_dim} > {MAX_TRITON_HEAD_DIM}'),
-            (value.numel() > 0 and sampling_locations.numel() > 0, 'empty input')]
+    if head_dim > MAX_TRITON_HEAD_DIM:
+        checks.append((False, f'head_dim {head_dim} > {MAX_TRITON_HEAD_DIM}'))
+    if value.numel() == 0 or sampling_locations.numel() == 0:
+        checks.append((False, 'empty input'))
+    return checks
 
 
 def ms_deform_attn(value: torch.Tensor, spatial_shapes: Union[torch.Tensor, Sequence[Sequence[int]]],
@@ -111,7 +181,8 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: Union[torch.Tensor, Sequ
     tensors = (value, sampling_locations, attention_weights)
     chosen = choose_backend('ms_deform_attn', backend, tensors, _triton_checks(value, sampling_locations))
     if chosen == 'reference':
-        return ms_deform_attn_ref(value, sizes, level_start_index, sampling_locations, attention_weights)
+        return ms_deform_attn_ref(value, spatial_shapes if sizes is None else sizes, level_start_index,
+                                  sampling_locations, attention_weights)
     from .triton.deformable import ms_deform_attn_triton
     return ms_deform_attn_triton(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 

@@ -8,8 +8,17 @@ them, weighted, into an fp32 [queries, head_dim] accumulator; corners outside th
 locations and attention weights of a query belong to one program and are stored directly; value's gradient is
 scattered to the corners with fp32 atomic adds (so it is not bitwise deterministic on a GPU, as in the CUDA kernels
 of Deformable DETR and mmcv), then cast to value's dtype.
+
+Host path: the launch configuration is computed once per shape (``_launch_config``); the forward allocates only its
+output and the backward only the gradients (value's fp32 accumulator is the one zero-fill: no program owns a value
+row), so a forward is one launch and a backward two (three for a half-precision value, whose gradient is cast). In
+eager mode the kernels run under a plain ``autograd.Function`` that saves the contiguous inputs it launched with
+(the backward makes no second copy), and a call without autograd skips the Function; under ``torch.compile``
+they run through the ``visionattn::ms_deform_attn_*`` custom ops, whose fake implementations let
+``fullgraph=True`` trace through.
 """
-from typing import List
+import functools
+from typing import List, NamedTuple
 
 import torch
 import triton
@@ -148,48 +157,70 @@ def _msda_bwd_kernel(VALUE, SHAPES, STARTS, LOC, ATTN, DOUT, DVALUE, DLOC, DATTN
 # launchers
 
 
-def _tiles(queries: int, head_dim: int):
+class _Launch(NamedTuple):
+    """What a launch needs that depends only on the problem's shape."""
+    grid: tuple
+    block_q: int
+    block_d: int
+    num_warps: int
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_launch(batch: int, queries: int, heads: int, head_dim: int, overrides: tuple) -> _Launch:
     """BLOCK_Q, BLOCK_D and num_warps: the whole head dim, as many queries as fit the tile."""
+    del overrides  # part of the key only: read from TILE_OVERRIDES below
     block_d = max(2, triton.next_power_of_2(head_dim))
     block_q = TILE_OVERRIDES.get('block_q', max(1, TILE_ELEMENTS // block_d))
     block_q = max(1, min(block_q, triton.next_power_of_2(queries)))
     num_warps = TILE_OVERRIDES.get('num_warps', 4 if block_q * block_d >= 1024 else 2)
-    return block_q, block_d, num_warps
+    return _Launch((triton.cdiv(queries, block_q), batch * heads), block_q, block_d, num_warps)
+
+
+def _launch_config(value: torch.Tensor, loc: torch.Tensor) -> _Launch:
+    batch, _, heads, head_dim = value.shape
+    overrides = tuple(sorted(TILE_OVERRIDES.items())) if TILE_OVERRIDES else ()
+    return _cached_launch(batch, loc.shape[1], heads, head_dim, overrides)  # real tensors only: ints
 
 
 def _prepare(value, spatial_shapes, level_start_index, loc, attn):
+    # .contiguous() returns the tensor itself when it already is (the usual case: projections' outputs)
     return (value.contiguous(), spatial_shapes.contiguous(), level_start_index.contiguous(), loc.contiguous(),
             attn.contiguous())
 
 
-def _fwd(value, spatial_shapes, level_start_index, loc, attn):
-    value, spatial_shapes, level_start_index, loc, attn = _prepare(value, spatial_shapes, level_start_index, loc,
-                                                                   attn)
+def _launch_fwd(value, spatial_shapes, level_start_index, loc, attn):
+    """The forward on contiguous inputs: one launch."""
     batch, n_pos, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = loc.shape
-    out = value.new_empty((batch, queries, heads * head_dim))
-    block_q, block_d, num_warps = _tiles(queries, head_dim)
-    grid = (triton.cdiv(queries, block_q), batch * heads)
-    _msda_fwd_kernel[grid](value, spatial_shapes, level_start_index, loc, attn, out, n_pos, queries, heads,
-                           head_dim, NUM_LEVELS=levels, NUM_POINTS=points, BLOCK_Q=block_q, BLOCK_D=block_d,
-                           num_warps=num_warps)
+    launch = _launch_config(value, loc)
+    out = value.new_empty((batch, queries, heads * head_dim))  # every element stored by the kernel
+    _msda_fwd_kernel[launch.grid](value, spatial_shapes, level_start_index, loc, attn, out, n_pos, queries, heads,
+                                  head_dim, NUM_LEVELS=levels, NUM_POINTS=points, BLOCK_Q=launch.block_q,
+                                  BLOCK_D=launch.block_d, num_warps=launch.num_warps)
     return out
 
 
-def _bwd(dout, value, spatial_shapes, level_start_index, loc, attn):
-    value, spatial_shapes, level_start_index, loc, attn = _prepare(value, spatial_shapes, level_start_index, loc,
-                                                                   attn)
-    dout = dout.contiguous()
+def _launch_bwd(dout, value, spatial_shapes, level_start_index, loc, attn):
+    """The backward on contiguous inputs: a zero-fill of value's fp32 accumulator, one kernel and, for a
+    half-precision value, one cast."""
     batch, n_pos, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = loc.shape
+    launch = _launch_config(value, loc)
+    # corners are scattered to with atomics and a value row may be sampled by no query: zeros, in fp32
     dvalue = torch.zeros(value.shape, device=value.device, dtype=torch.float32)
-    dloc, dattn = torch.empty_like(loc), torch.empty_like(attn)
-    block_q, block_d, num_warps = _tiles(queries, head_dim)
-    grid = (triton.cdiv(queries, block_q), batch * heads)
-    _msda_bwd_kernel[grid](value, spatial_shapes, level_start_index, loc, attn, dout, dvalue, dloc, dattn, n_pos,
-                           queries, heads, head_dim, NUM_LEVELS=levels, NUM_POINTS=points, BLOCK_Q=block_q,
-                           BLOCK_D=block_d, num_warps=num_warps)
+    dloc, dattn = torch.empty_like(loc), torch.empty_like(attn)  # one program owns each: stored, not added
+    _msda_bwd_kernel[launch.grid](value, spatial_shapes, level_start_index, loc, attn, dout, dvalue, dloc, dattn,
+                                  n_pos, queries, heads, head_dim, NUM_LEVELS=levels, NUM_POINTS=points,
+                                  BLOCK_Q=launch.block_q, BLOCK_D=launch.block_d, num_warps=launch.num_warps)
     return dvalue.to(value.dtype), dloc, dattn
+
+
+def _fwd(value, spatial_shapes, level_start_index, loc, attn):
+    return _launch_fwd(*_prepare(value, spatial_shapes, level_start_index, loc, attn))
+
+
+def _bwd(dout, value, spatial_shapes, level_start_index, loc, attn):
+    return _launch_bwd(dout.contiguous(), *_prepare(value, spatial_shapes, level_start_index, loc, attn))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -224,29 +255,29 @@ def _(dout, value, spatial_shapes, level_start_index, sampling_locations, attent
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
-    ctx.opaque = True
 
 
-def _backward(ctx, dout):
-    value, spatial_shapes, level_start_index, loc, attn = ctx.saved_tensors
-    backward = _msda_bwd_op if ctx.opaque else _bwd
-    dvalue, dloc, dattn = backward(dout, value, spatial_shapes, level_start_index, loc, attn)
+def _op_backward(ctx, dout):
+    dvalue, dloc, dattn = _msda_bwd_op(dout, *ctx.saved_tensors)
     return dvalue, None, None, dloc, dattn
 
 
-_msda_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_msda_fwd_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 class _MSDeformAttnFn(torch.autograd.Function):
+    """Eager autograd: saves the contiguous tensors it launched with, so the backward copies nothing again."""
+
     @staticmethod
     def forward(ctx, value, spatial_shapes, level_start_index, loc, attn):
-        ctx.save_for_backward(value, spatial_shapes, level_start_index, loc, attn)
-        ctx.opaque = False
-        return _fwd(value, spatial_shapes, level_start_index, loc, attn)
+        prepared = _prepare(value, spatial_shapes, level_start_index, loc, attn)
+        ctx.save_for_backward(*prepared)
+        return _launch_fwd(*prepared)
 
     @staticmethod
     def backward(ctx, dout):
-        return _backward(ctx, dout)
+        dvalue, dloc, dattn = _launch_bwd(dout.contiguous(), *ctx.saved_tensors)
+        return dvalue, None, None, dloc, dattn
 
 
 def ms_deform_attn_triton(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
@@ -259,5 +290,8 @@ def ms_deform_attn_triton(value: torch.Tensor, spatial_shapes: torch.Tensor, lev
     """
     if torch.compiler.is_compiling():  # opaque to the compiler through the custom op
         return _msda_fwd_op(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    # eager: the same kernels through a plain autograd.Function (less host time than the custom-op dispatch)
+    if not (torch.is_grad_enabled() and (value.requires_grad or sampling_locations.requires_grad
+                                         or attention_weights.requires_grad)):
+        return _fwd(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)  # no autograd
+    # eager training: the same kernels through a plain autograd.Function (less host time than the custom-op dispatch)
     return _MSDeformAttnFn.apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)

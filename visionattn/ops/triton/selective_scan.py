@@ -5,10 +5,17 @@ chunks. Inside a chunk the linear recurrence ``h_t = a_t * h_{t-1} + b_t`` is an
 pairs ``(a, b)``); the state carries from chunk to chunk in registers. The forward pass saves the state at each chunk's
 start, so the backward pass recomputes the chunk's states instead of storing all of them (as mamba-ssm does), then runs
 the adjoint recurrence ``g_t = dy_t C_t + a_{t+1} g_{t+1}`` as a reverse scan. Gradients of B and C, shared by the
-channels of a group, are summed across channel blocks with atomic adds in fp32; those of A, D and the delta bias
-per batch element, then over the batch in PyTorch.
+channels of a group, are summed across channel blocks with atomic adds in fp32 (one zeroed buffer holds both);
+those of A, D and the delta bias per batch element (one buffer, plain stores), then over the batch in PyTorch.
+
+Host path: the tiling of a problem is computed once per shape (``_plan``); a forward without autograd (inference)
+skips saving the chunk states; the backward is one zero-fill, one kernel, one reduction over the batch and at most
+one cast for B's and C's gradients together. In eager mode the kernels run under a plain ``autograd.Function``;
+under ``torch.compile`` through the ``visionattn::selective_scan_*`` custom ops, whose fake implementations let
+``fullgraph=True`` trace through.
 """
-from typing import List, Optional, Tuple
+import functools
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -48,7 +55,7 @@ def _ss_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, OUT, HSTART, LAST,
                    sb_b, sb_g, sb_n, sb_l, sc_b, sc_g, sc_n, sc_l,
                    seq_len, dim, n_state, dim_per_group, n_groups, n_dblocks, n_chunks,
                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+                   SAVE_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
     pid = tl.program_id(0)
     d_block = pid % n_dblocks
     g = (pid // n_dblocks) % n_groups
@@ -68,8 +75,9 @@ def _ss_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, OUT, HSTART, LAST,
         t = c * CHUNK + tl.arange(0, CHUNK)
         t_ok = t < seq_len
         m = d_ok[:, None] & t_ok[None, :]
-        tl.store(HSTART + ((b * dim + d[:, None]) * n_chunks + c) * BLOCK_N + n[None, :], state,
-                 mask=d_ok[:, None])
+        if SAVE_STATES:  # the backward pass restarts each chunk from here
+            tl.store(HSTART + ((b * dim + d[:, None]) * n_chunks + c) * BLOCK_N + n[None, :], state,
+                     mask=d_ok[:, None])
         u = tl.load(U + b * su_b + d[:, None] * su_d + t[None, :] * su_l, mask=m, other=0.).to(tl.float32)
         step, _ = _load_delta(DELTA, DBIAS, b * sdt_b + d[:, None] * sdt_d + t[None, :] * sdt_l, m, d, d_ok,
                               HAS_BIAS, SOFTPLUS)
@@ -95,9 +103,9 @@ def _ss_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, OUT, HSTART, LAST,
 
 @triton.jit
 def _ss_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, DOUT, HSTART,
-                   DU, DDELTA, DZ, DA_PART, DB_ACC, DC_ACC, DD_PART, DBIAS_PART,
+                   DU, DDELTA, DZ, SMALL, DB_ACC, DC_ACC,
                    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
-                   sb_b, sb_g, sb_n, sb_l, sc_b, sc_g, sc_n, sc_l,
+                   sb_b, sb_g, sb_n, sb_l, sc_b, sc_g, sc_n, sc_l, sg_b, sg_d, sg_l, small_row, d_off, bias_off,
                    seq_len, dim, n_state, dim_per_group, n_groups, n_dblocks, n_chunks,
                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
@@ -152,7 +160,7 @@ def _ss_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, DOUT, HSTART,
             z = tl.load(Z + b * sz_b + d[:, None] * sz_d + t[None, :] * sz_l, mask=m, other=0.).to(tl.float32)
             sig = tl.sigmoid(z)
             grad_z = dout * y * sig * (1. + z * (1. - sig))
-            tl.store(DZ + b * su_b + d[:, None] * su_d + t[None, :] * su_l, grad_z.to(DZ.dtype.element_ty), mask=m)
+            tl.store(DZ + b * sg_b + d[:, None] * sg_d + t[None, :] * sg_l, grad_z.to(DZ.dtype.element_ty), mask=m)
             dy = dout * z * sig
         else:
             dy = dout
@@ -170,22 +178,24 @@ def _ss_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, DOUT, HSTART,
         if HAS_D:
             grad_u += skip[:, None] * dy
             grad_skip += tl.sum(dy * u, axis=1)
-        tl.store(DU + b * su_b + d[:, None] * su_d + t[None, :] * su_l, grad_u.to(DU.dtype.element_ty), mask=m)
+        tl.store(DU + b * sg_b + d[:, None] * sg_d + t[None, :] * sg_l, grad_u.to(DU.dtype.element_ty), mask=m)
         if SOFTPLUS:
             grad_step = grad_step * tl.sigmoid(raw)
         grad_step = tl.where(m, grad_step, 0.)
         grad_bias += tl.sum(grad_step, axis=1)
-        tl.store(DDELTA + b * su_b + d[:, None] * su_d + t[None, :] * su_l, grad_step.to(DDELTA.dtype.element_ty),
+        tl.store(DDELTA + b * sg_b + d[:, None] * sg_d + t[None, :] * sg_l, grad_step.to(DDELTA.dtype.element_ty),
                  mask=m)
         # B and C are shared by the group's channels: partial sums over this channel block, added atomically
         acc_offsets = ((b * n_groups + g) * n_state + n[:, None]) * seq_len + t[None, :]
         tl.atomic_add(DB_ACC + acc_offsets, tl.sum(adjoint * (step * u)[:, None, :], axis=0), mask=nt_ok)
         tl.atomic_add(DC_ACC + acc_offsets, tl.sum(dy[:, None, :] * states, axis=0), mask=nt_ok)
-    tl.store(DA_PART + (b * dim + d[:, None]) * n_state + n[None, :], grad_a, mask=dn_ok)
+    # this batch element's share of dA [dim, N], dD [dim] and d(delta_bias) [dim], side by side in one row
+    small = SMALL + b * small_row
+    tl.store(small + d[:, None] * n_state + n[None, :], grad_a, mask=dn_ok)
     if HAS_D:
-        tl.store(DD_PART + b * dim + d, grad_skip, mask=d_ok)
+        tl.store(small + d_off + d, grad_skip, mask=d_ok)
     if HAS_BIAS:
-        tl.store(DBIAS_PART + b * dim + d, grad_bias, mask=d_ok)
+        tl.store(small + bias_off + d, grad_bias, mask=d_ok)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,60 +222,94 @@ def _tiles(n_state: int, dim_per_group: int, seq_len: int) -> Tuple[int, int, in
     return block_d, block_n, chunk
 
 
-def _grid_and_tiles(u: torch.Tensor, A: torch.Tensor, groups: int):
-    batch, dim, seq_len = u.shape
-    dim_per_group = dim // groups
-    block_d, block_n, chunk = _tiles(A.shape[1], dim_per_group, seq_len)
-    n_dblocks = triton.cdiv(dim_per_group, block_d)
-    return (batch * groups * n_dblocks,), n_dblocks, triton.cdiv(seq_len, chunk), (block_d, block_n, chunk)
-
-
 def _num_warps(block_d: int, block_n: int, chunk: int, n_state: int) -> int:
     return _setting('num_warps', n_state, 4 if block_d * block_n * chunk >= 2048 else 2)
 
 
-def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool):
+class _Plan(NamedTuple):
+    """What a launch needs that depends only on the problem's shape."""
+    grid: Tuple[int]
+    n_dblocks: int
+    n_chunks: int
+    block_d: int
+    block_n: int
+    chunk: int
+    num_warps: int
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_plan(batch: int, dim: int, seq_len: int, n_state: int, groups: int, overrides: tuple) -> _Plan:
+    del overrides  # part of the key only: _tiles reads TILE_OVERRIDES
+    dim_per_group = dim // groups
+    block_d, block_n, chunk = _tiles(n_state, dim_per_group, seq_len)
+    n_dblocks = triton.cdiv(dim_per_group, block_d)
+    return _Plan((batch * groups * n_dblocks,), n_dblocks, triton.cdiv(seq_len, chunk), block_d, block_n, chunk,
+                 _num_warps(block_d, block_n, chunk, n_state))
+
+
+def _plan(u: torch.Tensor, A: torch.Tensor, groups: int) -> _Plan:
     batch, dim, seq_len = u.shape
-    groups = B.shape[1]
-    grid, n_dblocks, n_chunks, (block_d, block_n, chunk) = _grid_and_tiles(u, A, groups)
+    key = (batch, dim, seq_len, A.shape[1], groups)
+    if not all(type(k) is int for k in key):  # symbolic sizes (a fake tensor under dynamic shapes): not cached
+        return _cached_plan.__wrapped__(*key, ())
+    return _cached_plan(*key, tuple(sorted(TILE_OVERRIDES.items())) if TILE_OVERRIDES else ())
+
+
+def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_states: bool = True):
+    """y, the last state and (``save_states``) each chunk's start state for the backward pass (else an empty
+    tensor)."""
+    batch, dim, seq_len = u.shape
+    groups, n_state = B.shape[1], A.shape[1]
+    plan = _plan(u, A, groups)
     out = torch.empty_like(u)
-    hstart = torch.empty((batch, dim, n_chunks, block_n), device=u.device, dtype=torch.float32)
-    last = torch.empty((batch, dim, A.shape[1]), device=u.device, dtype=torch.float32)
+    last = torch.empty((batch, dim, n_state), device=u.device, dtype=torch.float32)
+    shape = (batch, dim, plan.n_chunks, plan.block_n) if save_states else (0,)
+    hstart = torch.empty(shape, device=u.device, dtype=torch.float32)
     z_arg = z if z is not None else u
-    _ss_fwd_kernel[grid](
+    _ss_fwd_kernel[plan.grid](
         u, delta, A, B, C, D if D is not None else A, z_arg, delta_bias if delta_bias is not None else A,
-        out, hstart, last, *u.stride(), *delta.stride(), *z_arg.stride(), *out.stride(), *B.stride(), *C.stride(),
-        seq_len, dim, A.shape[1], dim // groups, groups, n_dblocks, n_chunks,
+        out, hstart if save_states else last, last,
+        *u.stride(), *delta.stride(), *z_arg.stride(), *out.stride(), *B.stride(), *C.stride(),
+        seq_len, dim, n_state, dim // groups, groups, plan.n_dblocks, plan.n_chunks,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=_num_warps(block_d, block_n, chunk, A.shape[1]))
+        SAVE_STATES=save_states, BLOCK_D=plan.block_d, BLOCK_N=plan.block_n, CHUNK=plan.chunk,
+        num_warps=plan.num_warps)
     return out, last, hstart
 
 
+def _small_layout(dim: int, n_state: int, has_d: bool, has_bias: bool) -> Tuple[int, int, int]:
+    """Row length and offsets of dD and d(delta_bias) in the buffer of the small gradients: dA [dim, N] first."""
+    d_off = dim * n_state
+    bias_off = d_off + (dim if has_d else 0)
+    return bias_off + (dim if has_bias else 0), d_off, bias_off
+
+
 def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, hstart, softplus: bool):
+    """du, ddelta, dz (or None), dBC [2, batch, groups, N, L] (dB and dC; in B's dtype when C has it too, else
+    fp32) and the small gradients summed over the batch, fp32 [dim * N (+ dim for D) (+ dim for the bias)]."""
     batch, dim, seq_len = u.shape
     groups, n_state = B.shape[1], A.shape[1]
-    grid, n_dblocks, n_chunks, (block_d, block_n, chunk) = _grid_and_tiles(u, A, groups)
-    # du, ddelta and dz share u's (contiguous) strides
-    u = u.contiguous()
-    du, ddelta = torch.empty_like(u), torch.empty_like(u)
-    dz = torch.empty_like(u) if z is not None else None
+    plan = _plan(u, A, groups)
+    # du, ddelta and dz come out contiguous whatever u's strides; the kernel writes every element
+    du = torch.empty((batch, dim, seq_len), device=u.device, dtype=u.dtype)
+    ddelta = torch.empty((batch, dim, seq_len), device=u.device, dtype=delta.dtype)
+    dz = torch.empty((batch, dim, seq_len), device=u.device, dtype=z.dtype) if z is not None else None
     f32 = dict(device=u.device, dtype=torch.float32)
-    da_part = torch.empty((batch, dim, n_state), **f32)
-    db_acc = torch.zeros((batch, groups, n_state, seq_len), **f32)
-    dc_acc = torch.zeros((batch, groups, n_state, seq_len), **f32)
-    dd_part = torch.empty((batch, dim), **f32) if D is not None else None
-    dbias_part = torch.empty((batch, dim), **f32) if delta_bias is not None else None
+    # B and C are shared by a group's channel blocks: summed with atomics, into one zero-filled buffer for both
+    dbc = torch.zeros((2, batch, groups, n_state, seq_len), **f32)
+    small_row, d_off, bias_off = _small_layout(dim, n_state, D is not None, delta_bias is not None)
+    small = torch.empty((batch, small_row), **f32)  # every element stored by the kernel
     z_arg = z if z is not None else u
-    _ss_bwd_kernel[grid](
+    _ss_bwd_kernel[plan.grid](
         u, delta, A, B, C, D if D is not None else A, z_arg, delta_bias if delta_bias is not None else A, dout,
-        hstart, du, ddelta, dz if dz is not None else du, da_part, db_acc, dc_acc,
-        dd_part if dd_part is not None else da_part, dbias_part if dbias_part is not None else da_part,
-        *u.stride(), *delta.stride(), *z_arg.stride(), *dout.stride(), *B.stride(), *C.stride(),
-        seq_len, dim, n_state, dim // groups, groups, n_dblocks, n_chunks,
+        hstart, du, ddelta, dz if dz is not None else du, small, dbc[0], dbc[1],
+        *u.stride(), *delta.stride(), *z_arg.stride(), *dout.stride(), *B.stride(), *C.stride(), *du.stride(),
+        small_row, d_off, bias_off, seq_len, dim, n_state, dim // groups, groups, plan.n_dblocks, plan.n_chunks,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=_num_warps(block_d, block_n, chunk, A.shape[1]))
-    return (du, ddelta, da_part.sum(0), db_acc, dc_acc, None if dd_part is None else dd_part.sum(0), dz,
-            None if dbias_part is None else dbias_part.sum(0))
+        BLOCK_D=plan.block_d, BLOCK_N=plan.block_n, CHUNK=plan.chunk, num_warps=plan.num_warps)
+    if B.dtype == C.dtype and B.dtype != torch.float32:
+        dbc = dbc.to(B.dtype)  # one cast for both
+    return du, ddelta, dz, dbc, small.sum(0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,44 +319,46 @@ def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, hstart, softplus: bool):
 @torch.library.custom_op('visionattn::selective_scan_fwd', mutates_args=())
 def _ss_fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-               softplus: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _fwd(u, delta, A, B, C, D, z, delta_bias, softplus)
+               softplus: bool, save_states: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_states)
 
 
 @_ss_fwd_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, softplus):
+def _(u, delta, A, B, C, D, z, delta_bias, softplus, save_states):
     batch, dim, seq_len = u.shape
-    _, _, n_chunks, (_, block_n, _) = _grid_and_tiles(u, A, B.shape[1])
-    return (torch.empty_like(u), u.new_empty((batch, dim, A.shape[1]), dtype=torch.float32),
-            u.new_empty((batch, dim, n_chunks, block_n), dtype=torch.float32))
+    plan = _plan(u, A, B.shape[1])
+    f32 = dict(dtype=torch.float32)
+    shape = (batch, dim, plan.n_chunks, plan.block_n) if save_states else (0,)
+    return torch.empty_like(u), u.new_empty((batch, dim, A.shape[1]), **f32), u.new_empty(shape, **f32)
 
 
 @torch.library.custom_op('visionattn::selective_scan_bwd', mutates_args=())
 def _ss_bwd_op(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                delta_bias: Optional[torch.Tensor], hstart: torch.Tensor, softplus: bool) -> List[torch.Tensor]:
-    # a custom op returns tensors only: an absent gradient travels as an empty tensor
-    return [g if g is not None else u.new_empty(0) for g in _bwd(dout, u, delta, A, B, C, D, z, delta_bias, hstart,
-                                                                  softplus)]
+    du, ddelta, dz, dbc, small = _bwd(dout, u, delta, A, B, C, D, z, delta_bias, hstart, softplus)
+    # a custom op returns tensors only: an absent dz travels as an empty tensor
+    return [du, ddelta, dz if dz is not None else u.new_empty(0), dbc, small]
 
 
 @_ss_bwd_op.register_fake
 def _(dout, u, delta, A, B, C, D, z, delta_bias, hstart, softplus):
     batch, dim, seq_len = u.shape
     groups, n_state = B.shape[1], A.shape[1]
-    f32 = dict(dtype=torch.float32)
-    absent, bc_shape = u.new_empty(0), (batch, groups, n_state, seq_len)
-    return [torch.empty_like(u), torch.empty_like(u), A.new_empty(A.shape, **f32),
-            u.new_empty(bc_shape, **f32), u.new_empty(bc_shape, **f32),
-            absent if D is None else u.new_empty((dim,), **f32), absent if z is None else torch.empty_like(u),
-            absent if delta_bias is None else u.new_empty((dim,), **f32)]
+    small_row, _, _ = _small_layout(dim, n_state, D is not None, delta_bias is not None)
+    bc_dtype = B.dtype if B.dtype == C.dtype else torch.float32
+    shape = (batch, dim, seq_len)
+    return [u.new_empty(shape), delta.new_empty(shape), z.new_empty(shape) if z is not None else u.new_empty(0),
+            u.new_empty((2, batch, groups, n_state, seq_len), dtype=bc_dtype),
+            u.new_empty((small_row,), dtype=torch.float32)]
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, softplus = inputs
+    u, delta, A, B, C, D, z, delta_bias, softplus, _ = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
     ctx.softplus, ctx.opaque = softplus, True
     ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the state outputs
 
 
 def _backward(ctx, dout, *_):
@@ -320,12 +366,15 @@ def _backward(ctx, dout, *_):
     if dout is None:
         dout = torch.zeros_like(u)
     backward = _ss_bwd_op if ctx.opaque else _bwd
-    du, ddelta, dA, dB, dC, dD, dz, dbias = backward(dout, u, delta, A, B, C, D, z, delta_bias, hstart, ctx.softplus)
-    dD, dz, dbias = (None if source is None else grad for source, grad in ((D, dD), (z, dz), (delta_bias, dbias)))
-    dA, dB, dC = dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype)
-    dD = None if dD is None else dD.to(D.dtype)
-    dbias = None if dbias is None else dbias.to(delta_bias.dtype)
-    return du, ddelta, dA, dB, dC, dD, dz, dbias, None
+    du, ddelta, dz, dbc, small = backward(dout, u, delta, A, B, C, D, z, delta_bias, hstart, ctx.softplus)
+    dB, dC = dbc.unbind(0)
+    dB, dC = dB.to(B.dtype), dC.to(C.dtype)  # no-ops unless B and C differ in dtype
+    dim, n_state = A.shape
+    _, d_off, bias_off = _small_layout(dim, n_state, D is not None, delta_bias is not None)
+    dA = small[:d_off].view(dim, n_state).to(A.dtype)
+    dD = None if D is None else small[d_off:d_off + dim].to(D.dtype)
+    dbias = None if delta_bias is None else small[bias_off:bias_off + dim].to(delta_bias.dtype)
+    return du, ddelta, dA, dB, dC, dD, dz if z is not None else None, dbias, None, None
 
 
 _ss_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -338,11 +387,12 @@ class _SelectiveScanFn(torch.autograd.Function):
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hstart)
         ctx.softplus, ctx.opaque = softplus, False
         ctx.mark_non_differentiable(last)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for the last state
         return out, last
 
     @staticmethod
     def backward(ctx, dout, _):
-        return _backward(ctx, dout)
+        return _backward(ctx, dout)[:-1]
 
 
 def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -354,8 +404,13 @@ def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
         y [batch, dim, L] in u's dtype and the last state [batch, dim, N] in fp32 (not differentiable, as in
         mamba-ssm).
     """
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
     if torch.compiler.is_compiling():  # opaque to the compiler through the custom op
-        out, last, _ = _ss_fwd_op(u, delta, A, B, C, D, z, delta_bias, softplus)
+        out, last, _ = _ss_fwd_op(u, delta, A, B, C, D, z, delta_bias, softplus, needs_grad)
         return out, last
-    # eager: the same kernels through a plain autograd.Function (less host time than the custom-op dispatch)
+    if not needs_grad:  # inference: no autograd node, no chunk states saved
+        out, last, _ = _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_states=False)
+        return out, last
+    # eager training: the same kernels through a plain autograd.Function (less host time than the custom op)
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, softplus)
