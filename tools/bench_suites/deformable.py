@@ -8,6 +8,11 @@ Focus-DETR's kept foreground tokens: rho = 0.5 of them, times the cascade ratio 
 reference points are the tokens' own centres with offsets of a few pixels; the decoder's 900 (+200 denoising)
 queries sit at random anchors. Batch 2 is one GPU's share of batch 16 over 8 GPUs; batch 8 a larger one.
 
+Modes, as a training step pays them: 'fwd' is the forward with autograd on (value, locations and weights require
+grad, so the op saves what its backward needs), 'fwd+bwd' adds the backward through ``torch.autograd.grad``; our
+kernel also gets 'fwd no-grad' (inference). Every row has the host time of one call and its device launches
+(``common.measure``): what the host path costs beside the kernels.
+
 FLOPs: 10 per channel and sample forward (4 bilinear corners and the attention weight, multiply-add = 2) and 3x that
 forward+backward. bw floor: the bytes of value, locations, weights and output read or written once (forward), plus
 the gradient of each and the output's gradient (forward+backward), at 4.3 TB/s, as a share of the measured time.
@@ -148,18 +153,24 @@ def case_rows(name: str, kind: str, queries: int, batch: int, dtype: torch.dtype
         def forward(fn=fn):
             return fn(**inputs)
 
+        def infer(fn=fn):
+            with torch.no_grad():
+                return fn(**inputs)
+
         def train_step(fn=fn):
             out = forward(fn)
             torch.autograd.grad(out, leaves, grad_out.to(out.dtype))
-        try:
-            with torch.no_grad():
-                rows.append(measure_fn(SUITE, case, impl, 'fwd', forward, flops, fwd_bytes))
-            rows.append(measure_fn(SUITE, case, impl, 'fwd+bwd', train_step, 3 * flops, train_bytes))
-        except RuntimeError as error:  # e.g. a peer that rejects the dtype or the shape
-            rows.append(Row(SUITE, case, impl, 'fwd', note=f'failed: {str(error).splitlines()[0][:80]}'))
-            continue
-        if note:
-            rows[-1].note = rows[-2].note = note
+        modes = [('fwd', forward, flops, fwd_bytes), ('fwd+bwd', train_step, 3 * flops, train_bytes)]
+        if impl == 'triton':
+            modes.insert(0, ('fwd no-grad', infer, flops, fwd_bytes))
+        for mode, step, mode_flops, mode_bytes in modes:
+            try:
+                row = measure_fn(SUITE, case, impl, mode, step, mode_flops, mode_bytes)
+            except RuntimeError as error:  # e.g. a peer that rejects the dtype or the shape
+                rows.append(Row(SUITE, case, impl, mode, note=f'failed: {str(error).splitlines()[0][:80]}'))
+                break
+            row.note = (row.note + ' ' + note).strip()
+            rows.append(row)
     return rows
 
 

@@ -4,6 +4,11 @@ Cases are the scans of real models: SS2D in VMamba-T / LaMamba stages (four dire
 d_state 1), LaMamba-Diff-XL's first stage at 256 px, and a Mamba language-model layer (d_state 16, gate z).
 FLOPs are counted as VMamba's ``flops_selective_scan_ref`` counts them (9 * B * L * D * N, plus B * D * L for the
 skip D and for the gate z). mamba-ssm's CUDA kernel is not compared: it has no wheel for the GPU machine's torch.
+
+Modes, as a training step pays them: 'fwd' is the forward with autograd on (the inputs require grad, so the op saves
+what its backward needs), 'fwd+bwd' adds the backward through ``torch.autograd.grad``; the kernel also gets
+'fwd no-grad' (inference, which skips saving the chunk states). Kernel rows have the host time of one call and its
+device launches (``common.measure``).
 """
 import time
 from typing import List
@@ -80,8 +85,8 @@ def _sweep(selective_scan) -> List[Row]:
             kernels.TILE_OVERRIDES.update(tile_elements=tile, chunk=chunk, num_warps=warps, min_block_n=min_n)
             note = f'tile={tile} chunk={chunk} warps={warps} min_block_n={min_n}'
             with torch.no_grad():
-                rows.append(measure(SUITE, name, 'sweep', 'fwd', forward, flops))
-            rows.append(measure(SUITE, name, 'sweep', 'fwd+bwd', train_step, 3 * flops))
+                rows.append(measure(SUITE, name, 'sweep', 'fwd', forward, flops, host=False))
+            rows.append(measure(SUITE, name, 'sweep', 'fwd+bwd', train_step, 3 * flops, host=False))
             rows[-2].note = rows[-1].note = note
             print(note, f'{rows[-2].ms:.3f} / {rows[-1].ms:.3f} ms', flush=True)
     kernels.TILE_OVERRIDES.clear()
@@ -101,22 +106,25 @@ def run(args) -> List[Row]:
         act_bytes = batch * dim * seq_len * elem * (4 if with_z else 3)  # u, delta, (z), y
         min_bytes = act_bytes + 2 * batch * groups * n_state * seq_len * elem
         grad_out = torch.randn(batch, dim, seq_len, device='cuda', dtype=torch.bfloat16)
+        leaves = [t for t in inputs if t is not None]
         for impl in impls:
             def forward(impl=impl):
                 return selective_scan(*inputs, delta_softplus=True, backend=impl)
 
+            def infer(impl=impl):
+                with torch.no_grad():
+                    return forward(impl)
+
             def train_step(impl=impl):
-                y = forward(impl)
-                torch.autograd.grad(y, [t for t in inputs if t is not None], grad_out)
-            with torch.no_grad():
-                if impl == 'triton':
-                    rows.append(measure(SUITE, name, impl, 'fwd', forward, flops, min_bytes))
-                else:
-                    rows.append(_measure_slow(name, impl, 'fwd', forward, flops))
+                torch.autograd.grad(forward(impl), leaves, grad_out)
             # backward reads the forward's inputs again, dy, and writes every input's gradient
+            modes = [('fwd', forward, flops, min_bytes), ('fwd+bwd', train_step, 3 * flops, 3 * min_bytes)]
             if impl == 'triton':
-                rows.append(measure(SUITE, name, impl, 'fwd+bwd', train_step, 3 * flops, 3 * min_bytes))
-            else:
-                rows.append(_measure_slow(name, impl, 'fwd+bwd', train_step, 3 * flops))
-            print(rows[-2], rows[-1], sep='\n', flush=True)
+                modes.insert(0, ('fwd no-grad', infer, flops, min_bytes))
+            for mode, step, mode_flops, mode_bytes in modes:
+                if impl == 'triton':
+                    rows.append(measure(SUITE, name, impl, mode, step, mode_flops, mode_bytes))
+                else:
+                    rows.append(_measure_slow(name, impl, mode, step, mode_flops))
+                print(rows[-1], flush=True)
     return rows
