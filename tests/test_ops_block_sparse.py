@@ -83,6 +83,17 @@ def test_duplicates_count_once_and_empty_rows_are_zero():
     torch.testing.assert_close(out[:, 0], expected[:, 0])
 
 
+@pytest.mark.parametrize('scale', [float('nan'), float('inf'), '0.5', True])
+def test_bad_scale_is_refused(scale):
+    # Issue 21: scale=nan returned all-NaN attention where neighborhood_attention refuses it.
+    (q, k, v), index, count = _problem(1, 2, 2, 3, 4, 4, 2, 8, 8)
+    with pytest.raises(ValueError, match='scale'):
+        block_sparse_attention(q, k, v, index, count, 4, 4, scale=scale)
+    regions = torch.randn(1, 4, 3, 8)  # [B, regions, tokens per region, C]
+    with pytest.raises(ValueError, match='scale'):
+        bi_level_routing_attention(regions, regions, regions, 2, 1, scale=scale)
+
+
 def test_bad_inputs_raise_clear_errors():
     (q, k, v), index, count = _problem(1, 2, 2, 3, 4, 4, 2, 8, 8)
     with pytest.raises(ValueError, match='multiple of q_block_size'):

@@ -410,3 +410,15 @@ def test_repeated_calls_reuse_the_compiled_kernel_correctly():
     plan = tri._plan(q, v, (7, 7), (1, 1), (1, 1), (False, False), True)
     # aligned and misaligned pointers are two specializations: the launch cache must have told them apart
     assert any(len(launcher.compiled) >= 2 for launcher in plan.launchers.values())
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_reference_half_inputs_of_large_magnitude_stay_finite(dtype):
+    # Issue 21: fp16 logits of large inputs overflowed (q.k ~ 1e5 > 65504) and the softmax returned NaN on the CPU.
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = ((300 * torch.randn(1, 9, 9, 2, 16, generator=gen)).to(dtype) for _ in range(3))
+    rpb = torch.randn(2, 5, 5, generator=gen).to(dtype)
+    out = neighborhood_attention(q, k, v, 3, rpb=rpb)
+    ref = neighborhood_attention_ref(q.float(), k.float(), v.float(), 3, rpb=rpb.float())
+    assert torch.isfinite(out).all()
+    assert (out.float() - ref).norm() / ref.norm() < 2e-2

@@ -9,6 +9,7 @@ regions, q/k/v or the LCE input); elsewhere the PyTorch reference (``reference_b
 the official code does. Paper: Zhu et al., "BiFormer: Vision Transformer with Bi-Level Routing Attention",
 CVPR 2023; code: github.com/rayleizhu/BiFormer (MIT).
 """
+import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -35,6 +36,16 @@ def _check_int_tensor(name: str, tensor: torch.Tensor, shape: Tuple[int, ...]) -
             or tuple(tensor.shape[2:]) != tuple(shape[2:])):
         expected = f'[{batch}, {heads} or 1, ' + ', '.join(str(s) for s in shape[2:]) + ']'
         raise ValueError(f'{name} has shape {list(tensor.shape)}, expected {expected}')
+
+
+def _resolve_scale(op: str, scale, default_dim: int) -> float:
+    """``scale`` as a float (default ``default_dim ** -0.5``); a NaN, infinite or non-numeric scale is refused, as
+    neighborhood_attention does, instead of returning all-NaN attention."""
+    if scale is None:
+        return default_dim ** -0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f'{op}: scale={scale!r} must be a finite number or None')
+    return float(scale)
 
 
 def dedup_block_index(kv_block_index: torch.Tensor, kv_block_count: Optional[torch.Tensor]
@@ -147,7 +158,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv
     index, count = dedup_block_index(kv_block_index, kv_block_count)
     if kv_block_count is None:
         _check_ranges(index, count, max_kv, n_kv_blocks)
-    scale = d_qk ** -0.5 if scale is None else float(scale)
+    scale = _resolve_scale('block_sparse_attention', scale, d_qk)
     chosen = choose_backend('block_sparse_attention', backend, (q, k, v, index), _triton_checks(q, v))
     if chosen == 'reference':
         return block_sparse_attention_ref(q, k, v, index, count, q_block_size, kv_block_size, scale, causal=causal)
@@ -195,7 +206,7 @@ def bi_level_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         raise ValueError(f'num_heads={num_heads} must divide the qk channels {c_qk} and the v channels {c_v}')
     if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= regions:
         raise ValueError(f'topk={topk!r} must be an int in [1, {regions}] (the number of regions)')
-    scale = c_qk ** -0.5 if scale is None else float(scale)
+    scale = _resolve_scale('bi_level_routing_attention', scale, c_qk)
     head_q, head_v = c_qk // num_heads, c_v // num_heads
     chosen = choose_backend('bi_level_routing_attention', backend, (q, k, v), _head_checks(head_q, head_v))
     if chosen == 'reference':
@@ -266,7 +277,7 @@ def bi_level_routing_attention_2d(qkv: torch.Tensor, num_heads: int, n_win: int,
             raise ValueError(f'lepe_weight must be [{c_v}, 1, k, k] with k odd, got {list(lepe_weight.shape)}')
         if lepe_bias is not None and lepe_bias.shape != (c_v,):
             raise ValueError(f'lepe_bias must be [{c_v}], got {list(lepe_bias.shape)}')
-    scale = qk_dim ** -0.5 if scale is None else float(scale)
+    scale = _resolve_scale('bi_level_routing_attention_2d', scale, qk_dim)
     chosen = choose_backend('bi_level_routing_attention', backend, (qkv, lepe_weight, lepe_bias),
                             _head_checks(qk_dim // num_heads, c_v // num_heads))
     if chosen == 'reference':

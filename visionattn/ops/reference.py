@@ -166,13 +166,16 @@ def neighborhood_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         q, k, v = q.float(), k.float(), v.float()
         rpb = None if rpb is None else rpb.float()
     tokens = math.prod(spatial)
+    # Half inputs: logits and softmax in fp32 (q * k of magnitude ~100 overflows fp16, and the softmax of a half
+    # tensor on the CPU loses the rows); the products with v stay in the input dtype.
+    logit_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     # [B, heads, N, d]: heads next to batch so each query's gathered rows are one contiguous [K, d] block.
-    qh = (q * scale).reshape(batch, tokens, heads, dim).transpose(1, 2)
+    qh = (q.to(logit_dtype) * scale).reshape(batch, tokens, heads, dim).transpose(1, 2)
     kh = k.reshape(batch, tokens, heads, dim).transpose(1, 2)
     vh = v.reshape(batch, tokens, heads, dim_v).transpose(1, 2)
     bias = None if rpb is None else rpb.reshape(heads, -1)
     n_keys = table.index.shape[1]
-    per_query = batch * heads * n_keys * max(dim, dim_v) * qh.element_size()
+    per_query = batch * heads * n_keys * max(dim, dim_v) * 4
     chunk = max(1, min(tokens, _CHUNK_BYTES // max(per_query, 1)))
     outs = []
     for lo in range(0, tokens, chunk):
@@ -180,12 +183,12 @@ def neighborhood_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         idx = table.index[lo:hi]
         keys = kh.index_select(2, idx.flatten()).view(batch, heads, hi - lo, n_keys, dim)
         vals = vh.index_select(2, idx.flatten()).view(batch, heads, hi - lo, n_keys, dim_v)
-        attn = torch.einsum('bhnd,bhnkd->bhnk', qh[:, :, lo:hi], keys)
+        attn = torch.einsum('bhnd,bhnkd->bhnk', qh[:, :, lo:hi], keys.to(logit_dtype))
         if bias is not None:
             attn = attn + bias[:, table.bias_index[lo:hi]].to(attn.dtype)
         if table.valid is not None:
             attn = attn.masked_fill(~table.valid[lo:hi], float('-inf'))
-        attn = attn.softmax(dim=-1)
+        attn = attn.softmax(dim=-1).to(vals.dtype)
         outs.append(torch.einsum('bhnk,bhnkd->bhnd', attn, vals))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out.transpose(1, 2).reshape(batch, *spatial, heads, dim_v).to(out_dtype)
