@@ -34,6 +34,17 @@ from visionattn.zoo import PaperFacts, register_paper_facts
 __all__ = ['NAT']  # models are reached through timm.create_model
 
 
+@torch.jit.ignore
+def _check_images(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    # Named here: a 3-D tensor (one image without its batch axis) used to fail inside a permute (issue 21).
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f'NAT expects images of shape [batch, {in_chans}, height, width], got {tuple(x.shape)}')
+    return x
+
+
+torch.fx.wrap('_check_images')  # one FX node; TorchScript calls back into Python
+
+
 class ConvTokenizer(nn.Module):
     """Overlapping stem: two 3x3 stride-2 convs (no norm or activation between them), then LayerNorm; NCHW -> NHWC."""
 
@@ -228,6 +239,7 @@ class NAT(nn.Module):
         self.num_features = self.head_hidden_size = int(embed_dim * 2 ** (num_levels - 1))
         self.grad_checkpointing = False
 
+        self.in_chans = in_chans
         self.patch_embed = ConvTokenizer(in_chans, embed_dim, **dd)
         self.pos_drop = nn.Dropout(proj_drop_rate)
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # works under a meta device
@@ -318,7 +330,7 @@ class NAT(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take_indices, max_index = resolve_take_indices(len(self.levels), indices)
         last = len(self.levels) - 1
-        x = self.pos_drop(self.patch_embed(x))
+        x = self.pos_drop(self.patch_embed(_check_images(x, self.in_chans)))
         levels = self.levels[:max_index + 1] if stop_early else self.levels
         intermediates = []
         for i, level in enumerate(levels):
@@ -357,7 +369,7 @@ class NAT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> final normed feature map [B, C', H/32, W/32] (NCHW)."""
-        x = self.pos_drop(self.patch_embed(x))
+        x = self.pos_drop(self.patch_embed(_check_images(x, self.in_chans)))
         for level in self.levels:
             x = level(x)
         return self.norm(x).permute(0, 3, 1, 2)

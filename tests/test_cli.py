@@ -33,3 +33,10 @@ def test_info_through_the_console_script():
 def test_info_unknown_model(capsys):
     assert main(['info', 'eca_resnet5']) == 1
     assert 'similar: eca_resnet50' in capsys.readouterr().err
+
+
+def test_info_unknown_pretrained_tag(capsys):
+    # Issue 21: an unknown tag ended in a traceback; now a message that names the tags there are.
+    assert main(['info', 'nat_mini.badtag']) == 1
+    err = capsys.readouterr().err
+    assert 'badtag' in err and 'nat_mini.in1k' in err

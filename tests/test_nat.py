@@ -389,3 +389,13 @@ def test_default_cfgs_point_at_the_official_files():
     assert len(visionattn.list_models('*nat*', pretrained=True)) == 10
     cfg = timm.models.get_pretrained_cfg('dinat_large_384')
     assert cfg.input_size == (3, 384, 384) and cfg.pool_size == (12, 12) and math.isclose(cfg.crop_pct, 1.0)
+
+
+def test_bad_image_shapes_are_named():
+    # Issue 21: a 3-D input (an image without its batch axis) failed inside a permute.
+    model = timm.create_model('nat_mini', num_classes=0).eval()
+    for bad in (torch.randn(3, 64, 64), torch.randn(1, 4, 64, 64)):
+        with pytest.raises(ValueError, match=r'NAT expects images of shape \[batch, 3, height, width\]'):
+            model(bad)
+        with pytest.raises(ValueError, match='NAT expects images'):
+            model.forward_intermediates(bad)

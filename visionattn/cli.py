@@ -30,7 +30,12 @@ def _info(args: argparse.Namespace) -> int:
         hint = f'; similar: {", ".join(close[:8])}' if close else ''
         print(f'unknown model {name!r}{hint}', file=sys.stderr)
         return 1
-    cfg = timm.models.get_pretrained_cfg(name)
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError as err:  # an unknown pretrained tag: name the tags there are
+        tags = timm.list_pretrained(f'{name.split(".")[0]}.*')
+        print(f'{err} Available: {", ".join(tags) if tags else "none (no pretrained weights)"}', file=sys.stderr)
+        return 1
     measured = measure(name)
     facts = paper_facts(name)
     origin = 'adopted from timm' if is_adopted(name) else ('visionattn' if visionattn.list_models(
