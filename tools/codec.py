@@ -1,19 +1,31 @@
-"""Encode/decode images with a learned codec to a self-describing file.
+"""Encode/decode images with a learned codec to a self-describing, checksummed file.
 
-File layout (big-endian): magic ``b'VACODEC\\0'`` | format version u8 | model-name length u8 + UTF-8 name |
-quality u8 | image height u16 | image width u16 | z height u16 | z width u16 | y length u32 + y bytes |
-z length u32 + z bytes. Decoding checks the magic, version, model name and every length, so a foreign or
-truncated file fails with a clear error instead of producing a wrong image.
+File layout, format version 2 (big-endian): magic ``b'VACODEC\\0'`` | format version u8 | model-name length u8 +
+UTF-8 name | quality u8 | image height u16 | image width u16 | z height u16 | z width u16 | y length u32 |
+y CRC-32 u32 | z length u32 | z CRC-32 u32 | header CRC-32 u32 (of every byte before it) | y bytes | z bytes.
+
+Before anything is allocated, decoding checks the magic, the version, the header CRC, the model name, the image
+size (1..65535 a side, at most ``--max-pixels`` pixels once padded to 64), the z shape against the image size (one
+z element per 64x64 pixels: g_a downsamples by 16, h_a by 4), each stream length (whole 32-bit rANS words, at least
+8 bytes, the two adding up to exactly the bytes present) and each stream's CRC-32. Any failure raises
+:class:`CodecFileError` naming the field or stream, and the CLI exits 1 with that message and writes nothing.
+
+Version 1 files (the same header without any CRC, each stream's u32 length right before its bytes) carry no
+checksum, so a flipped bit in a stream decodes into a wrong image that nothing can detect. They are refused unless
+``--accept-unverified`` (``accept_unverified=True``) is given; then they get every check above except the CRCs and
+decode with a warning.
 
 Usage:
     python tools/codec.py encode IMAGE OUT.bin --ckpt CKPT [--size small] [--quality 4]
-    python tools/codec.py decode IN.bin OUT.png --ckpt CKPT [--size small]
+    python tools/codec.py decode IN.bin OUT.png --ckpt CKPT [--size small] [--max-pixels N] [--accept-unverified]
 """
 from __future__ import annotations
 
 import argparse
 import struct
 import sys
+import warnings
+import zlib
 
 import numpy as np
 import torch
@@ -21,46 +33,134 @@ import torch.nn.functional as F
 from visionattn.heads.compression.s2lic import build_s2lic
 
 MAGIC = b'VACODEC\0'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_VERSION = 1  # no checksums; read only on request
+LATENT_STRIDE = 64  # image pixels per z element along each side; encode pads to multiples of it
+MAX_PIXELS = 8192 * 8192  # default limit on the padded image area a file may ask the decoder to allocate
+MIN_STREAM_BYTES = 8  # compressai's rANS coder flushes a 64-bit state, in 32-bit words
+
+
+class CodecFileError(ValueError):
+    """A codec file is foreign, truncated, corrupted or inconsistent; the message names the field or stream."""
+
+
+def _crc(data: bytes) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
 
 
 def pack(model_name: str, quality: int, image_size: tuple[int, int], strings: list, z_shape) -> bytes:
-    """Serialise one image's bitstreams with the header described in the module docstring."""
+    """Serialise one image's bitstreams in the version-2 layout described in the module docstring."""
     name = model_name.encode()
     if len(name) > 255 or not 0 <= quality <= 255:
         raise ValueError('model name must be <= 255 bytes and quality in [0, 255]')
+    if len(strings) != 2 or len(strings[0]) != 1 or len(strings[1]) != 1:
+        raise ValueError('pack stores exactly one image: strings must be [[y_string], [z_string]]')
+    for what, size in (('image size', image_size), ('z shape', z_shape)):
+        if len(size) != 2 or not all(1 <= int(side) <= 0xFFFF for side in size):
+            raise ValueError(f'{what} {tuple(size)} does not fit the header (1..65535 a side)')
     y_string, z_string = strings[0][0], strings[1][0]
-    return b''.join([MAGIC, struct.pack('>BB', FORMAT_VERSION, len(name)), name,
-                     struct.pack('>BHHHH', quality, *image_size, *z_shape),
-                     struct.pack('>I', len(y_string)), y_string, struct.pack('>I', len(z_string)), z_string])
+    header = b''.join([MAGIC, struct.pack('>BB', FORMAT_VERSION, len(name)), name,
+                       struct.pack('>BHHHH', quality, *image_size, *z_shape),
+                       struct.pack('>IIII', len(y_string), _crc(y_string), len(z_string), _crc(z_string))])
+    return b''.join([header, struct.pack('>I', _crc(header)), y_string, z_string])
 
 
-def unpack(data: bytes) -> dict:
-    """Parse :func:`pack` output; raises ValueError naming the problem for foreign or truncated data."""
+def _check_fields(name: bytes, image_size: tuple[int, int], z_shape: tuple[int, int], max_pixels: int) -> str:
+    """Check header fields against each other and the limits; returns the decoded model name."""
+    try:
+        model = name.decode()
+    except UnicodeDecodeError as exc:
+        raise CodecFileError(f'model name field is not UTF-8 ({exc.reason} at byte {exc.start})') from None
+    height, width = image_size
+    if height < 1 or width < 1:
+        raise CodecFileError(f'image size field {height}x{width}: both sides must be at least 1')
+    expected = (-(-height // LATENT_STRIDE), -(-width // LATENT_STRIDE))
+    padded = expected[0] * LATENT_STRIDE * expected[1] * LATENT_STRIDE
+    if tuple(z_shape) != expected:
+        raise CodecFileError(f'z shape field {z_shape[0]}x{z_shape[1]} does not match image size {height}x{width}: '
+                             f'the model has one z element per {LATENT_STRIDE}x{LATENT_STRIDE} pixels, so expected '
+                             f'{expected[0]}x{expected[1]}')
+    if padded > max_pixels:
+        raise CodecFileError(f'image size field {height}x{width} ({padded} pixels once padded) exceeds the limit of '
+                             f'{max_pixels} pixels (raise it with --max-pixels / max_pixels= if the file is trusted)')
+    return model
+
+
+def _check_stream_length(what: str, length: int) -> None:
+    if length < MIN_STREAM_BYTES or length % 4:
+        raise CodecFileError(f'{what} length field {length}: a rANS stream is whole 32-bit words, at least '
+                             f'{MIN_STREAM_BYTES} bytes')
+
+
+def unpack(data: bytes, max_pixels: int = MAX_PIXELS, accept_unverified: bool = False) -> dict:
+    """Parse and verify :func:`pack` output before anything is decoded.
+
+    Args:
+        data: The whole file.
+        max_pixels: Largest padded image area (pixels) the header may claim.
+        accept_unverified: Read version-1 files (no checksums) with a warning instead of refusing them.
+
+    Returns:
+        ``{'model', 'version', 'quality', 'image_size', 'z_shape', 'strings'}``.
+
+    Raises:
+        CodecFileError: Foreign, truncated, corrupted or inconsistent data; the message names the field or stream.
+    """
     if not data.startswith(MAGIC):
-        raise ValueError('not a visionattn codec file (bad magic)')
+        raise CodecFileError('not a visionattn codec file (bad magic)')
     pos = len(MAGIC)
 
     def take(count: int, what: str) -> bytes:
         nonlocal pos
         if pos + count > len(data):
-            raise ValueError(f'truncated codec file: {what} needs {count} bytes at offset {pos}, '
-                             f'file has {len(data)}')
+            raise CodecFileError(f'truncated codec file: {what} needs {count} bytes at offset {pos}, '
+                                 f'file has {len(data)}')
         chunk = data[pos:pos + count]
         pos += count
         return chunk
 
     version, name_len = struct.unpack('>BB', take(2, 'header'))
-    if version != FORMAT_VERSION:
-        raise ValueError(f'unsupported codec format version {version} (this tool reads {FORMAT_VERSION})')
-    name = take(name_len, 'model name').decode()
+    if version not in (FORMAT_VERSION, LEGACY_VERSION):
+        raise CodecFileError(f'unsupported codec format version {version} (this tool reads {FORMAT_VERSION}, and '
+                             f'{LEGACY_VERSION} with --accept-unverified)')
+    if version == LEGACY_VERSION and not accept_unverified:
+        raise CodecFileError(f'codec format version {LEGACY_VERSION} has no checksums, so a corrupted stream would '
+                             f'decode into a wrong image unnoticed; pass --accept-unverified (accept_unverified=True) '
+                             f'to decode it anyway, or re-encode the image')
+    name = take(name_len, 'model name')
     quality, height, width, z_h, z_w = struct.unpack('>BHHHH', take(9, 'header'))
-    y_string = take(struct.unpack('>I', take(4, 'y length'))[0], 'y bitstream')
-    z_string = take(struct.unpack('>I', take(4, 'z length'))[0], 'z bitstream')
-    if pos != len(data):
-        raise ValueError(f'codec file has {len(data) - pos} unexpected trailing bytes')
-    return {'model': name, 'quality': quality, 'image_size': (height, width), 'z_shape': (z_h, z_w),
-            'strings': [[y_string], [z_string]]}
+    if version == FORMAT_VERSION:
+        y_len, y_crc, z_len, z_crc = struct.unpack('>IIII', take(16, 'stream lengths and checksums'))
+        header_end = pos
+        (header_crc,) = struct.unpack('>I', take(4, 'header checksum'))
+        if _crc(data[:header_end]) != header_crc:
+            raise CodecFileError('header checksum mismatch: the header (model, quality, sizes, stream lengths) is '
+                                 'corrupted')
+    model = _check_fields(name, (height, width), (z_h, z_w), max_pixels)
+    if version == FORMAT_VERSION:
+        _check_stream_length('y', y_len)
+        _check_stream_length('z', z_len)
+        if y_len + z_len != len(data) - pos:
+            raise CodecFileError(f'stream length fields (y {y_len} + z {z_len} bytes) do not match the '
+                                 f'{len(data) - pos} bytes after the header (truncated or padded file)')
+        y_string, z_string = data[pos:pos + y_len], data[pos + y_len:]
+        for what, string, crc in (('y', y_string, y_crc), ('z', z_string, z_crc)):
+            if _crc(string) != crc:
+                raise CodecFileError(f'{what} bitstream checksum mismatch (CRC-32 {_crc(string):08x}, header says '
+                                     f'{crc:08x}): the {what} stream is corrupted')
+    else:
+        y_len = struct.unpack('>I', take(4, 'y length'))[0]
+        _check_stream_length('y', y_len)
+        y_string = take(y_len, 'y bitstream')
+        z_len = struct.unpack('>I', take(4, 'z length'))[0]
+        _check_stream_length('z', z_len)
+        z_string = take(z_len, 'z bitstream')
+        if pos != len(data):
+            raise CodecFileError(f'codec file has {len(data) - pos} unexpected trailing bytes')
+        warnings.warn(f'codec format version {LEGACY_VERSION} has no checksums: a corrupted stream cannot be '
+                      f'detected and would decode into a wrong image', UserWarning, stacklevel=2)
+    return {'model': model, 'version': version, 'quality': quality, 'image_size': (height, width),
+            'z_shape': (z_h, z_w), 'strings': [[y_string], [z_string]]}
 
 
 def load_model(ckpt: str | None, size: str):
@@ -84,18 +184,25 @@ def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 def encode_image(model, model_name: str, quality: int, x: torch.Tensor) -> bytes:
     """x: (1, 3, H, W) in [0, 1] -> file bytes."""
-    out = model.compress(pad_to(x, 64))
+    if x.ndim != 4 or x.shape[:2] != (1, 3) or not all(1 <= side <= 0xFFFF for side in x.shape[-2:]):
+        raise ValueError(f'encode takes one (1, 3, H, W) image with 1 <= H, W <= 65535, got {tuple(x.shape)}')
+    out = model.compress(pad_to(x, LATENT_STRIDE))
     return pack(model_name, quality, tuple(x.shape[-2:]), out['strings'], out['shape'])
 
 
-def decode_bytes(model, model_name: str, data: bytes) -> torch.Tensor:
-    """File bytes -> (1, 3, H, W) image in [0, 1]."""
-    fields = unpack(data)
+def decode_fields(model, model_name: str, fields: dict) -> torch.Tensor:
+    """Verified :func:`unpack` fields -> (1, 3, H, W) image in [0, 1]."""
     if fields['model'] != model_name:
-        raise ValueError(f'file was encoded with model {fields["model"]!r}, decoder is {model_name!r}')
+        raise CodecFileError(f'file was encoded with model {fields["model"]!r}, decoder is {model_name!r}')
     x_hat = model.decompress(fields['strings'], fields['z_shape'])['x_hat'].clamp(0, 1)
     height, width = fields['image_size']
     return x_hat[..., :height, :width]
+
+
+def decode_bytes(model, model_name: str, data: bytes, max_pixels: int = MAX_PIXELS,
+                 accept_unverified: bool = False) -> torch.Tensor:
+    """File bytes -> (1, 3, H, W) image in [0, 1]; the file is verified (see :func:`unpack`) before decoding."""
+    return decode_fields(model, model_name, unpack(data, max_pixels, accept_unverified))
 
 
 def main(argv=None) -> int:
@@ -108,20 +215,35 @@ def main(argv=None) -> int:
     parser.add_argument('--ckpt', required=True, help='checkpoint with the model state dict (e.g. model.pth)')
     parser.add_argument('--size', default='small', help='S2LIC preset: paper | small | tiny')
     parser.add_argument('--quality', type=int, default=0, help='quality index stored in the header')
+    parser.add_argument('--max-pixels', type=int, default=MAX_PIXELS,
+                        help=f'decode: largest padded image area a file may claim (default {MAX_PIXELS})')
+    parser.add_argument('--accept-unverified', action='store_true',
+                        help=f'decode: read format-version-{LEGACY_VERSION} files, which have no checksums')
     args = parser.parse_args(argv)
-    model = load_model(args.ckpt, args.size)
     model_name = f's2lic-{args.size}'
     if args.mode == 'encode':
+        model = load_model(args.ckpt, args.size)
         image = np.asarray(Image.open(args.src).convert('RGB'), dtype=np.float32) / 255.0
         x = torch.from_numpy(image).permute(2, 0, 1)[None]
-        data = encode_image(model, model_name, args.quality, x)
+        try:
+            data = encode_image(model, model_name, args.quality, x)
+        except ValueError as exc:
+            print(f'{args.src}: error: {exc}', file=sys.stderr)
+            return 1
         with open(args.dst, 'wb') as handle:
             handle.write(data)
         print(f'{args.dst}: {len(data)} bytes, {8 * len(data) / (x.shape[-2] * x.shape[-1]):.4f} bpp')
     else:
         with open(args.src, 'rb') as handle:
             data = handle.read()
-        x_hat = decode_bytes(model, model_name, data)
+        try:  # verify the whole file before loading the model or allocating anything
+            fields = unpack(data, args.max_pixels, args.accept_unverified)
+            if fields['model'] != model_name:
+                raise CodecFileError(f'file was encoded with model {fields["model"]!r}, decoder is {model_name!r}')
+        except CodecFileError as exc:
+            print(f'{args.src}: error: {exc}', file=sys.stderr)
+            return 1
+        x_hat = decode_fields(load_model(args.ckpt, args.size), model_name, fields)
         array = (x_hat[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
         Image.fromarray(array).save(args.dst)
         print(f'{args.dst}: {array.shape[1]}x{array.shape[0]}')
