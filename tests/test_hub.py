@@ -6,7 +6,11 @@ torchvision ResNet names (the official model is torchvision's ResNet with an ``e
 ``{'epoch', 'arch', 'state_dict', 'best_prec1', 'optimizer'}`` and written in the legacy (pre-1.6) format.
 """
 import argparse
+import contextlib
 import hashlib
+import http.server
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ import torchvision
 from safetensors.torch import save_file
 
 import visionattn  # noqa: F401
-from visionattn.hub import CheckpointError, CheckpointMismatchError, load_checkpoint_file
+from visionattn.hub import CheckpointError, CheckpointMismatchError, download_weights, load_checkpoint_file
 
 ECA_KERNELS = {'eca_resnet18': (3, 5, 7, 7), 'eca_resnet50': (3, 5, 5, 7)}
 TORCHVISION = {'eca_resnet18': torchvision.models.resnet18, 'eca_resnet50': torchvision.models.resnet50}
@@ -211,3 +215,127 @@ def test_eca_checkpoint_layout_conversion_is_pure_renaming(official_r50):
     assert set(converted) == set(model.state_dict())
     assert all(converted[k.replace('module.', '').replace('.eca.', '.se.')] is v
                for k, v in checkpoint['state_dict'].items())
+
+
+# -- downloads that go wrong: nothing is left in the cache, nothing hangs ------------------------------------------
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # the client hung up on a faulty response: expected here
+        pass
+
+
+@contextlib.contextmanager
+def _faulty_server(body: bytes, mode: str):
+    """A loopback server that announces ``len(body)`` bytes, then: ``close`` sends half and closes; ``stall`` sends
+    1 KiB and goes silent; ``trickle`` sends a byte every 20 ms; ``silent`` never answers. Every handler ends by
+    itself within 5 s, and at once when the test leaves the block."""
+    release, requests = threading.Event(), []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            requests.append(self.path)
+            if mode == 'silent':
+                release.wait(5)
+                return
+            self.send_response(200)
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            if mode == 'close':
+                self.wfile.write(body[:len(body) // 2])
+            elif mode == 'stall':
+                self.wfile.write(body[:1024])
+                self.wfile.flush()
+                release.wait(5)
+            elif mode == 'trickle':
+                for i in range(250):
+                    if release.wait(0.02):
+                        break
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+    httpd = _QuietServer(('127.0.0.1', 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f'http://127.0.0.1:{httpd.server_address[1]}', requests
+    finally:
+        release.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _cache_files():
+    cache = Path(torch.hub.get_dir()) / 'checkpoints'
+    return sorted(p.name for p in cache.iterdir()) if cache.is_dir() else []
+
+
+def test_connection_closed_early_leaves_nothing_and_is_not_reused(weight_server, official_r50):
+    body = _serve(weight_server, official_r50[1], 'eca.pth', legacy=False).read_bytes()
+    with _faulty_server(body, 'close') as (base, requests):
+        for _ in range(2):  # the second call asks the server again: no partial file was cached
+            with pytest.raises(CheckpointError, match=rf'closed after {len(body) // 2} of the {len(body)} bytes'):
+                timm.create_model('eca_resnet50', pretrained=True, pretrained_cfg_overlay=dict(url=f'{base}/eca.pth'))
+            assert _cache_files() == []
+        assert requests == ['/eca.pth', '/eca.pth']
+
+
+@pytest.mark.parametrize('mode', ['silent', 'stall', 'trickle'])
+def test_a_stalled_server_times_out(weight_server, monkeypatch, mode):
+    monkeypatch.setenv('VISIONATTN_DOWNLOAD_TIMEOUT', '0.4')
+    with _faulty_server(b'\x80\x02' + bytes(64 << 10), mode) as (base, _):
+        start = time.monotonic()
+        with pytest.raises(CheckpointError, match='timed out' if mode == 'silent' else 'stalled'):
+            download_weights(f'{base}/w.pth', progress=False)
+        assert time.monotonic() - start < 3
+    assert _cache_files() == []
+
+
+def test_a_json_body_is_not_cached(weight_server):
+    (weight_server.root / 'eca.pth').write_text('{"error": "download quota exceeded"}')
+    with pytest.raises(CheckpointError, match=r'eca\.pth returned 36 bytes that are not a checkpoint .*quota'):
+        timm.create_model('eca_resnet50', pretrained=True,
+                          pretrained_cfg_overlay=dict(url=weight_server.url('eca.pth')))
+    assert _cache_files() == []
+
+
+def test_a_cached_file_is_checked_against_the_known_sha256(weight_server, official_r50):
+    official, checkpoint = official_r50
+    path = _serve(weight_server, checkpoint, 'eca_resnet50_k3557.pth.tar')
+    cached = Path(torch.hub.get_dir()) / 'checkpoints' / path.name
+    cached.parent.mkdir(parents=True)
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2:len(damaged) // 2 + 8192] = bytes(8192)  # legacy format: no CRC would tell
+    cached.write_bytes(damaged)
+    overlay = dict(url=weight_server.url(path.name, _sha256(path)))
+    model = timm.create_model('eca_resnet50', pretrained=True, pretrained_cfg_overlay=overlay)
+    assert weight_server.requests == ['/' + path.name]  # downloaded again, not reused
+    assert _sha256(cached) == _sha256(path)
+    torch.testing.assert_close(model.layer4[2].conv3.weight, official.layer4[2].conv3.weight)
+
+    # When the server's copy is wrong too: a clear failure and no file where the complete one is expected.
+    path.write_bytes(damaged)
+    cached.write_bytes(damaged)
+    with pytest.raises(CheckpointError, match='checksum mismatch'):
+        timm.create_model('eca_resnet50', pretrained=True, pretrained_cfg_overlay=overlay)
+    assert _cache_files() == []
+
+
+def test_a_cached_file_without_known_sha256_is_checked_too(weight_server, official_r50):
+    path = _serve(weight_server, official_r50[1], 'eca.pth', legacy=False)
+    cache = Path(torch.hub.get_dir()) / 'checkpoints'
+    cache.mkdir(parents=True)
+    (cache / 'eca.pth').write_bytes(path.read_bytes()[:path.stat().st_size // 2])  # left by an older download
+    overlay = dict(url=weight_server.url('eca.pth'))
+    timm.create_model('eca_resnet50', pretrained=True, pretrained_cfg_overlay=overlay)
+    assert weight_server.requests == ['/eca.pth']
+    # Downloaded without a known digest, its sha256 is kept beside it and checked on reuse.
+    assert (cache / 'eca.pth.sha256').read_text() == f'{_sha256(path)}  eca.pth\n'
+    damaged = bytearray((cache / 'eca.pth').read_bytes())
+    damaged[-100] ^= 0xFF  # in the zip's central directory
+    (cache / 'eca.pth').write_bytes(damaged)
+    timm.create_model('eca_resnet50', pretrained=True, pretrained_cfg_overlay=overlay)
+    assert weight_server.requests == ['/eca.pth', '/eca.pth']
+    timm.create_model('eca_resnet50', pretrained=True, pretrained_cfg_overlay=overlay)
+    assert len(weight_server.requests) == 2

@@ -10,10 +10,13 @@
 own models without one are only unwrapped from ``model`` / ``state_dict`` / ``module.``). ``IN`` may be a local
 ``.pth`` / ``.safetensors``, a release ``.zip`` holding one (member names checked, see
 :func:`visionattn.hub.extract_checkpoint`) or an http(s) URL (downloaded into the torch hub cache). It is read
-without running pickled code. The converted weights are checked against the model, built on the ``meta`` device
-(nothing allocated), so a checkpoint that does not fit fails with the missing, unexpected and mis-shaped keys and
-nothing is written. ``OUT`` ending in ``.safetensors`` is written with safetensors, anything else with
-``torch.save`` as a plain state dict; either way through a temporary file renamed into place.
+without running pickled code, after an integrity check (its ``.sha256`` beside it, else its zip CRC-32s or
+safetensors header): corrupted bytes fail, naming the damaged member, instead of being converted. The converted
+weights are checked against the model, built on the ``meta`` device (nothing allocated), so a checkpoint that does
+not fit fails with the missing, unexpected and mis-shaped keys and nothing is written. ``OUT`` ending in
+``.safetensors`` is written with safetensors, anything else with ``torch.save`` as a plain state dict; either way
+through a temporary file renamed into place, with its sha256 written beside it as ``OUT.sha256`` (``sha256sum -c``
+format), which every later load checks.
 
 New families register with :func:`register_converter`.
 """
@@ -37,9 +40,9 @@ from visionattn.hub import (
     download_weights,
     extract_checkpoint,
     load_checkpoint_file,
-    sha256_file,
     unwrap_state_dict,
 )
+from visionattn.integrity import replace_with_digest
 
 __all__ = ['Converter', 'CONVERTERS', 'register_converter', 'read_checkpoint', 'convert', 'save_state_dict', 'main']
 
@@ -164,10 +167,11 @@ def backbone_converter(name: str) -> Converter:
 
 # -- reading, converting, writing -----------------------------------------------------------------------------------
 def read_checkpoint(source: str, member: Optional[str] = None) -> Tuple[Dict[str, Any], Path]:
-    """Read a local file, a release ``.zip`` or a URL without running pickled code."""
-    path = download_weights(source) if source.startswith(('http://', 'https://')) else Path(source)
-    path = extract_checkpoint(path, member)
-    return load_checkpoint_file(path), path
+    """Read a local file, a release ``.zip`` or a URL without running pickled code, after an integrity check."""
+    downloaded = source.startswith(('http://', 'https://'))
+    archive = download_weights(source) if downloaded else Path(source)
+    path = extract_checkpoint(archive, member)
+    return load_checkpoint_file(path, verify=not (downloaded and path == archive)), path  # downloads are verified
 
 
 def convert(family: str, checkpoint: Dict[str, Any], args: argparse.Namespace
@@ -180,9 +184,9 @@ def convert(family: str, checkpoint: Dict[str, Any], args: argparse.Namespace
     return state, model, described
 
 
-def save_state_dict(state: Dict[str, torch.Tensor], out: Path) -> str:
+def save_state_dict(state: Dict[str, torch.Tensor], out: Path) -> Tuple[str, str]:
     """Write ``state`` to ``out`` (safetensors for ``.safetensors``, else ``torch.save``) through a temporary file
-    in the same folder renamed into place; returns the format written."""
+    in the same folder renamed into place, with ``out.sha256`` beside it; returns the format and the sha256."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f'.{out.name}.{os.getpid()}.tmp')
     try:
@@ -199,10 +203,10 @@ def save_state_dict(state: Dict[str, torch.Tensor], out: Path) -> str:
         else:
             torch.save({k: v.detach() for k, v in state.items()}, tmp)
             fmt = 'torch.save state dict'
-        os.replace(tmp, out)
+        digest = replace_with_digest(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return fmt
+    return fmt, digest
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -234,20 +238,21 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         state, model, described = convert(args.family, checkpoint, args)
     except CheckpointError as e:
         raise SystemExit(f'convert.py: {e}') from None
-    fmt = save_state_dict(state, args.output)
+    fmt, digest = save_state_dict(state, args.output)
     raw = unwrap_state_dict(checkpoint) if isinstance(checkpoint, dict) else {}
     tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
     summary = {
         'family': args.family, 'input': str(path), 'output': str(args.output), 'format': fmt, 'model': described,
         'tensors': len(state), 'elements': sum(v.numel() for v in tensors),
         'dropped': max(len(raw) - len(state), 0), 'renamed': len(set(state) - set(raw)),
-        'bytes': args.output.stat().st_size, 'sha256': sha256_file(args.output),
+        'bytes': args.output.stat().st_size, 'sha256': digest,
     }
     print(f'{args.family}: {path} -> {args.output}\n'
           f'  model:   {described}: every key and shape of the converted weights matches\n'
           f'  tensors: {summary["tensors"]} written ({summary["elements"] / 1e6:.2f} M values), '
           f'{summary["renamed"]} renamed, {summary["dropped"]} input keys dropped (aliases, recomputed buffers)\n'
-          f'  wrote:   {fmt}, {summary["bytes"] / 2 ** 20:.1f} MiB, sha256 {summary["sha256"]}')
+          f'  wrote:   {fmt}, {summary["bytes"] / 2 ** 20:.1f} MiB, sha256 {summary["sha256"]} '
+          f'(also in {args.output.name}.sha256)')
     return summary
 
 

@@ -8,13 +8,23 @@ missing, unexpected and mis-shaped keys instead of half-loading.
 
 Checksums travel in the URL fragment, ``https://host/file.pth#sha256=<hex>``, which HTTP clients never send;
 ``#name=<file name>`` gives the cache file a name when the URL path has none (e.g. Google Drive links).
+
+Every load is checked for integrity first (:mod:`visionattn.integrity`: a digest beside the file, zip CRC-32s or a
+safetensors header). Downloads time out on a silent server (``VISIONATTN_DOWNLOAD_TIMEOUT`` seconds, default 30),
+are checked against Content-Length and the known sha256 (else against the checkpoint formats), and only then moved
+into the cache; a cached file is checked the same way before it is reused, and fetched again when it fails.
 """
 import argparse
 import hashlib
+import http.client
 import logging
 import os
 import pickle
+import threading
+import time
+import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -25,10 +35,20 @@ from timm.models import build_model_with_cfg
 from torch import nn
 
 from ._timm_compat import resolve_pretrained_cfg
+from .integrity import (
+    CheckpointCorruptedError,
+    CheckpointError,
+    checkpoint_format,
+    digest_path,
+    sha256_file,
+    verify_checkpoint,
+    write_digest,
+)
 
 __all__ = [
-    'CheckpointError', 'CheckpointMismatchError', 'build_model', 'download_weights', 'load_checkpoint_file',
-    'unwrap_state_dict', 'check_state_dict', 'extract_checkpoint', 'sha256_file', 'SAFE_GLOBALS',
+    'CheckpointError', 'CheckpointCorruptedError', 'CheckpointMismatchError', 'build_model', 'download_weights',
+    'load_checkpoint_file', 'unwrap_state_dict', 'check_state_dict', 'extract_checkpoint', 'sha256_file',
+    'verify_checkpoint', 'SAFE_GLOBALS',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -38,10 +58,6 @@ _logger = logging.getLogger(__name__)
 SAFE_GLOBALS = [argparse.Namespace]
 
 _WRAPPER_KEYS = ('state_dict', 'model', 'module', 'state_dict_ema', 'model_ema')
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read: missing, truncated, corrupted, not a checkpoint, or unsafe."""
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -59,44 +75,123 @@ def _parse_weight_url(url: str):
     return fetch_url, fragment.get('sha256'), name
 
 
-def sha256_file(path: Union[str, Path]) -> str:
-    """The hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
+_DEFAULT_TIMEOUT = 30.0
+_MIN_BYTES_PER_TIMEOUT = 1 << 10  # less than this in a whole timeout window is a stalled (trickling) server
+
+
+def _download_timeout(timeout: Optional[float]) -> float:
+    if timeout is not None:
+        return float(timeout)
+    value = os.environ.get('VISIONATTN_DOWNLOAD_TIMEOUT', '')
+    try:
+        return float(value) if value else _DEFAULT_TIMEOUT
+    except ValueError:
+        raise ValueError(f'VISIONATTN_DOWNLOAD_TIMEOUT={value!r} is not a number of seconds') from None
+
+
+def _fetch(url: str, dst: Path, timeout: float, progress: bool) -> str:
+    """Stream ``url`` into ``dst``; returns the sha256 of what was written. Raises :class:`CheckpointError` when the
+    server does not answer, goes silent (or trickles) for ``timeout`` seconds, or closes before Content-Length."""
+    from tqdm import tqdm
+    request = urllib.request.Request(url, headers={'User-Agent': 'visionattn', 'Accept-Encoding': 'identity'})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError and socket timeouts are OSErrors
+        raise CheckpointError(f'could not download {url}: {e}') from e
+    with response:
+        length = response.headers.get('Content-Length', '')
+        expected = int(length) if length.strip().isdigit() else None
+        digest, received = hashlib.sha256(), 0
+        window_start, window_received = time.monotonic(), 0
+        with open(dst, 'wb') as f, tqdm(total=expected, unit='B', unit_scale=True, unit_divisor=1024,
+                                        disable=not progress, desc=url.rsplit('/', 1)[-1][:40]) as bar:
+            while True:
+                try:
+                    chunk = response.read1(1 << 20)  # returns what one socket read gives: a trickle is seen
+                except TimeoutError as e:
+                    raise CheckpointError(f'download of {url} stalled: no data for {timeout:g} s after {received} '
+                                          f'bytes (VISIONATTN_DOWNLOAD_TIMEOUT sets the limit)') from e
+                except (OSError, http.client.HTTPException) as e:
+                    raise CheckpointError(f'download of {url} failed after {received} bytes: {e!r}') from e
+                if not chunk:
+                    break
+                f.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+                now = time.monotonic()
+                if now - window_start >= timeout:
+                    if received - window_received < _MIN_BYTES_PER_TIMEOUT:
+                        raise CheckpointError(
+                            f'download of {url} stalled: {received - window_received} bytes in {now - window_start:.1f}'
+                            f' s after {received} bytes (VISIONATTN_DOWNLOAD_TIMEOUT sets the limit)')
+                    window_start, window_received = now, received
+    if expected is not None and received != expected:
+        raise CheckpointError(f'download of {url} is incomplete: the connection closed after {received} of the '
+                              f'{expected} bytes announced')
     return digest.hexdigest()
 
 
-def download_weights(url: str, cache_dir: Optional[Union[str, Path]] = None, progress: bool = True) -> Path:
+def _not_a_checkpoint(path: Path, source: str) -> CheckpointError:
+    with open(path, 'rb') as f:
+        head = f.read(64)
+    if head.lstrip().lower().startswith((b'<!doctype html', b'<html')):
+        return CheckpointError(
+            f'{source} returned an HTML page, not a checkpoint (a login, quota or confirmation page of the '
+            f'file host); download it by hand and pass pretrained_cfg_overlay=dict(file=...)')
+    return CheckpointError(f'{source} returned {path.stat().st_size} bytes that are not a checkpoint (neither a zip, '
+                           f'a safetensors nor a pickle file); they start with {head[:48]!r}')
+
+
+def _check_weights_file(path: Path, source: str, sha256: Optional[str], actual: Optional[str] = None) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is the checkpoint ``source`` names: its sha256 where one is
+    known, else a checkpoint format whose CRCs or header (or a digest beside it) hold."""
+    if sha256 is not None:
+        actual = actual or sha256_file(path)
+        if actual != sha256.lower():
+            if checkpoint_format(path) is None:
+                raise _not_a_checkpoint(path, source)
+            raise CheckpointCorruptedError(f'checksum mismatch for {source}: expected sha256 {sha256}, got {actual}')
+        return
+    if checkpoint_format(path) is None:
+        raise _not_a_checkpoint(path, source)
+    verify_checkpoint(path, label=source)
+
+
+def download_weights(url: str, cache_dir: Optional[Union[str, Path]] = None, progress: bool = True,
+                     timeout: Optional[float] = None) -> Path:
     """Download ``url`` into the cache (torch hub's ``checkpoints`` folder by default) and return the path.
 
-    A cached file is reused. A fresh download is written to a temporary file and moved into place only when
-    complete, shows a progress bar, and is checked against the ``#sha256=`` in the URL when one is given.
+    The body goes to a temporary file beside the cache entry with a progress bar. The server must answer and keep
+    sending within ``timeout`` seconds (default ``VISIONATTN_DOWNLOAD_TIMEOUT`` or 30), and deliver the whole
+    Content-Length. The file must match the ``#sha256=`` of the URL, or, without one, be a checkpoint whose zip
+    CRCs or safetensors header hold; only then is it moved into place (with ``<name>.sha256`` beside it when the
+    URL gave no digest). On any failure nothing is left in the cache. A cached file is checked the same way (its
+    sha256 against the URL's, else its digest file, CRCs or header) and downloaded again when it fails.
     """
     fetch_url, sha256, name = _parse_weight_url(url)
     cache = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()) / 'checkpoints'
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / name
     if path.is_file():
-        return path
-    _logger.info('Downloading %s to %s', fetch_url, path)
-    try:
-        torch.hub.download_url_to_file(fetch_url, str(path), progress=progress)
-    except OSError as e:  # URLError and HTTPError are OSErrors
-        raise CheckpointError(f'could not download {fetch_url}: {e}') from e
-    with open(path, 'rb') as f:
-        head = f.read(64).lstrip().lower()
-    if head.startswith((b'<!doctype html', b'<html')):
-        path.unlink()
-        raise CheckpointError(
-            f'{fetch_url} returned an HTML page, not a checkpoint (a login, quota or confirmation page of the '
-            f'file host); download it by hand and pass pretrained_cfg_overlay=dict(file=...)')
-    if sha256 is not None:
-        actual = sha256_file(path)
-        if actual != sha256.lower():
+        try:
+            _check_weights_file(path, f'cached file {path}', sha256)
+            return path
+        except CheckpointError as e:
+            _logger.warning('%s; downloading it again', e)
             path.unlink()
-            raise CheckpointError(f'checksum mismatch for {fetch_url}: expected sha256 {sha256}, got {actual}')
+            digest_path(path).unlink(missing_ok=True)
+    _logger.info('Downloading %s to %s', fetch_url, path)
+    tmp = cache / f'.{name}.{os.getpid()}.{threading.get_ident()}.part'
+    try:
+        actual = _fetch(fetch_url, tmp, _download_timeout(timeout), progress)
+        _check_weights_file(tmp, fetch_url, sha256, actual)
+        digest_path(path).unlink(missing_ok=True)
+        os.replace(tmp, path)
+        if sha256 is None:
+            write_digest(path, actual)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -117,6 +212,14 @@ def _unsafe_member(info: zipfile.ZipInfo) -> Optional[str]:
     return None
 
 
+def _crc32_file(path: Path) -> int:
+    crc = 0
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
 def extract_checkpoint(path: Union[str, Path], member: Optional[str] = None,
                        out_dir: Optional[Union[str, Path]] = None) -> Path:
     """The checkpoint file a release archive holds, unpacked next to it; any other file is returned as it is.
@@ -126,7 +229,8 @@ def extract_checkpoint(path: Union[str, Path], member: Optional[str] = None,
     (no absolute path, no ``..``, no link: the archive is refused whole), then the single member ending in
     ``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors`` (or ``member``; ``model_final.pth`` wins among several)
     is streamed to ``<out_dir or the archive's folder>/<archive stem>/<member file name>`` through a temporary
-    file, and reused when already there with the right size. The member is only copied, never loaded here.
+    file (zipfile checks its CRC-32 on the way), and reused when already there with the right size and CRC-32. The
+    member is only copied, never loaded here.
     """
     path = Path(path)
     if not path.is_file():
@@ -167,7 +271,7 @@ def extract_checkpoint(path: Union[str, Path], member: Optional[str] = None,
             target_dir = Path(out_dir) if out_dir is not None else path.parent / path.stem
             target_dir.mkdir(parents=True, exist_ok=True)
             target = target_dir / info.filename.rsplit('/', 1)[-1]
-            if target.is_file() and target.stat().st_size == info.file_size:
+            if target.is_file() and target.stat().st_size == info.file_size and _crc32_file(target) == info.CRC:
                 return target
             tmp = target.with_name(f'.{target.name}.{os.getpid()}.part')
             try:
@@ -183,16 +287,21 @@ def extract_checkpoint(path: Union[str, Path], member: Optional[str] = None,
 
 
 def load_checkpoint_file(path: Union[str, Path], extra_globals: Sequence[Any] = (),
-                         map_location: Any = 'cpu') -> Dict[str, Any]:
+                         map_location: Any = 'cpu', verify: bool = True) -> Dict[str, Any]:
     """Read a checkpoint without executing pickled code and return what it holds.
 
-    ``.safetensors`` files go through safetensors; everything else through ``torch.load(weights_only=True)``
-    with :data:`SAFE_GLOBALS` (and ``extra_globals``, plain data classes a caller trusts) allowed. Errors name
-    the file and say what is wrong with it.
+    The file is first checked with :func:`~visionattn.integrity.verify_checkpoint` (its ``.sha256`` beside it,
+    else zip CRC-32s or the safetensors header), so bytes changed since it was written fail here, naming the
+    damaged member, instead of loading as wrong weights; ``verify=False`` only where the caller has just checked
+    it (:func:`download_weights` does). ``.safetensors`` files go through safetensors; everything else through
+    ``torch.load(weights_only=True)`` with :data:`SAFE_GLOBALS` (and ``extra_globals``, plain data classes a
+    caller trusts) allowed. Errors name the file and say what is wrong with it.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'checkpoint file {path} does not exist')
+    if verify:
+        verify_checkpoint(path)
     if path.suffix == '.safetensors':
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -316,7 +425,8 @@ def build_model(
             if not (cfg.file or cfg.url):
                 raise RuntimeError(f'{variant} has no pretrained weights; use pretrained=False for a random init')
             path = cfg.file or download_weights(cfg.url)
-            weights, source = load_checkpoint_file(path), f'checkpoint {path}'
+            # download_weights has verified what it returns; a local file is verified on load
+            weights, source = load_checkpoint_file(path, verify=bool(cfg.file)), f'checkpoint {path}'
             # timm deep-copies its pretrained cfg, so it gets a token that selects its state-dict path and the
             # filter below swaps the real weights in.
             kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, state_dict={'': source})
