@@ -287,6 +287,13 @@ def test_rd_compare_tool(tmp_path):
     assert report['points'] == 4 and report['bd_rate_vs_jpeg'] == pytest.approx(-50.0, abs=1e-6)
     assert report['bd_psnr_vs_jpeg'] == pytest.approx(5 * math.log(2), abs=1e-6)
     assert (tmp_path / 'rd.png').stat().st_size > 0
+    # Issue 21: a file passed twice (or a copy of one level) counted as extra points and moved the BD-rate.
+    with pytest.raises(ValueError, match='passed more than once'):
+        module.compare(paths + [paths[0]])
+    copy = tmp_path / 'copy.json'
+    copy.write_text(Path(paths[1]).read_text())
+    with pytest.raises(ValueError, match='repeats the point'):
+        module.compare(paths + [str(copy)])
 
 
 def test_s2lic_quick_joins_runs_into_one_curve(tmp_path):

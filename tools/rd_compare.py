@@ -17,9 +17,20 @@ from visionattn.engine.compression import bd_psnr, bd_rate, plot_rd_curves
 
 def compare(paths, label: str = 'model', png=None) -> dict:
     """BD-rate / BD-PSNR of the model curve from ``paths`` against every baseline of the first file."""
+    resolved = [Path(p).resolve() for p in paths]
+    repeated = sorted({str(p) for p in resolved if resolved.count(p) > 1})
+    if repeated:
+        raise ValueError(f'passed more than once: {", ".join(repeated)} (each quality level counts once)')
     files = [json.loads(Path(p).read_text()) for p in paths]
     if any('model' not in f for f in files):
         raise ValueError('every file needs a "model" entry (RateDistortionMetric results_path output)')
+    seen = {}
+    for path, f in zip(paths, files):
+        point = (f['model']['bpp'], f['model']['psnr'])
+        if point in seen:
+            raise ValueError(f'{path} repeats the point of {seen[point]} (bpp {point[0]}, PSNR {point[1]}): a copy '
+                             'of one quality level would weigh it twice in the BD-rate fit')
+        seen[point] = path
     model = sorted((f['model'] for f in files), key=lambda p: p['bpp'])
     baselines = {k: v for k, v in files[0].items() if k != 'model'}
     if not baselines:
