@@ -339,3 +339,26 @@ def test_a_cached_file_without_known_sha256_is_checked_too(weight_server, offici
     assert weight_server.requests == ['/eca.pth', '/eca.pth']
     timm.create_model('eca_resnet50', pretrained=True, pretrained_cfg_overlay=overlay)
     assert len(weight_server.requests) == 2
+
+
+def _one_model_per_family():
+    from visionattn.zoo import family
+    first = {}
+    for name in visionattn.list_models(adopted=False):
+        first.setdefault(family(name), name)
+    return sorted(first.values())
+
+
+@pytest.mark.parametrize('name', _one_model_per_family())
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(num_classes=-1), 'num_classes=-1'),
+    (dict(drop_path_rate=2.0), 'drop_path_rate=2.0'),
+    (dict(drop_rate=-0.1), 'drop_rate=-0.1'),
+    (dict(pretrained='Ture'), "pretrained='Ture'"),
+    (dict(pretrained=True, pretrained_cfg_overlay=dict(file='')), 'is empty'),
+])
+def test_build_refuses_values_taken_silently(name, kwargs, match):
+    # Issue 21: these built a model (num_classes=-1 returned features, 'Ture' was taken as True, an empty file fell
+    # back to downloading) or failed deep inside bernoulli_ (drop_path_rate 2.0).
+    with pytest.raises(ValueError, match=match):
+        timm.create_model(name, **kwargs)

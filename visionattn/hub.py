@@ -400,6 +400,28 @@ def _adapted_prefixes(model: nn.Module, pretrained_cfg: Dict[str, Any]) -> List[
     return [p + '.' for p in prefixes]
 
 
+_RATE_ARGS = ('drop_rate', 'drop_path_rate', 'attn_drop_rate', 'proj_drop_rate', 'pos_drop_rate')
+
+
+def _check_build_args(variant: str, pretrained, kwargs: Dict[str, Any]) -> None:
+    """Refuse the values a model would take silently or fail on deep inside (issue 21)."""
+    if not isinstance(pretrained, bool):
+        raise ValueError(f'{variant}: pretrained={pretrained!r} must be True or False')
+    num_classes = kwargs.get('num_classes')
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 0):
+        raise ValueError(f'{variant}: num_classes={num_classes!r} must be an int >= 0 (0: no classifier)')
+    for name in _RATE_ARGS:
+        value = kwargs.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0.0 <= value <= 1.0):
+            raise ValueError(f'{variant}: {name}={value!r} must be a number in [0, 1]')
+    overlay = kwargs.get('pretrained_cfg_overlay') or {}
+    if 'file' in overlay and not overlay['file']:
+        raise ValueError(f'{variant}: pretrained_cfg_overlay file={overlay["file"]!r} is empty; give the path of a '
+                         'checkpoint, or leave file out to download the default weights')
+
+
 def build_model(
         model_cls: Callable[..., nn.Module],
         variant: str,
@@ -414,6 +436,7 @@ def build_model(
     Either way ``pretrained_filter_fn`` converts the official layout and :func:`check_state_dict` vets the
     result before timm adapts the classifier and first conv and copies the weights.
     """
+    _check_build_args(variant, pretrained, kwargs)
     weights, source = None, f'the checkpoint of {variant}'
     if pretrained:
         cfg = resolve_pretrained_cfg(
