@@ -20,6 +20,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
+from visionattn._timm_compat import resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
 from visionattn.layers import EfficientLocalAttention
 from visionattn.zoo import PaperFacts, register_paper_facts
@@ -61,6 +62,10 @@ def _create_resnet_attn(variant: str, pretrained: bool = False, **kwargs) -> Res
     kwargs['block_args'] = dict(kwargs.get('block_args') or {}, attn_layer=attn_layer)
     # The official code initialises every BatchNorm weight to 1 (torchvision's init), not the last one to 0.
     kwargs.setdefault('zero_init_last', False)
+    if kwargs.get('features_only') and 'out_indices' in kwargs:
+        # timm's ResNet has five feature levels (the stem, then 4 stages); checked here so that an empty, unsorted
+        # or out-of-range out_indices is named instead of failing in max() or an IndexError (issue 21).
+        resolve_take_indices(5, kwargs['out_indices'])
     return build_model(ResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 

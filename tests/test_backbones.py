@@ -87,6 +87,25 @@ def test_features_only(name):
     assert [x.shape[-1] // f.shape[-1] for f in features] == info.reduction()
 
 
+def _smallest_per_family():
+    from visionattn.zoo import family
+    smallest = {}
+    for name in visionattn.list_models(adopted=False):
+        best = smallest.get(family(name))
+        if best is None or _params(name) < _params(best):
+            smallest[family(name)] = name
+    return sorted(smallest.values())
+
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_features_only_refuses_bad_out_indices(name):
+    # Issue 21: unsorted or repeated out_indices gave tensors that disagreed with feature_info; an empty tuple and an
+    # index past the last level failed in max() or with an IndexError.
+    for bad in ((2, 0), (), (0, 9)):
+        with pytest.raises(ValueError, match='indices'):
+            _create(name, features_only=True, out_indices=bad)
+
+
 @pytest.mark.parametrize('name', OWN_MODELS)
 def test_forward_intermediates(name):
     model = _create(name).eval()

@@ -10,8 +10,16 @@ __all__ = ['resolve_pretrained_cfg', 'resolve_take_indices']
 def resolve_take_indices(num_levels: int, indices: Optional[Union[int, Sequence[int]]]) -> Tuple[List[int], int]:
     """timm's ``feature_take_indices`` (None: every level, an int n: the last n, a sequence: those, negative from
     the end), raising ValueError that names the argument instead of timm's AssertionError."""
+    if indices is not None and not isinstance(indices, int) and len(indices) == 0:
+        raise ValueError(f'indices={indices!r}: give at least one level (0..{num_levels - 1})')
     try:
-        return feature_take_indices(num_levels, None if indices is None else (
+        take, max_index = feature_take_indices(num_levels, None if indices is None else (
             indices if isinstance(indices, int) else list(indices)))
-    except AssertionError as error:
+    except (AssertionError, ValueError, TypeError) as error:
         raise ValueError(f'indices={indices!r}: {error}') from None
+    # Levels come out in network order, and feature_info lists them in the order given: unsorted or repeated indices
+    # would pair outputs with the wrong feature_info entries (issue 21).
+    if any(b <= a for a, b in zip(take, take[1:])):
+        raise ValueError(f'indices={indices!r}: levels must be given in increasing order without repeats '
+                         f'(resolved to {list(take)})')
+    return take, max_index
