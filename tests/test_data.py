@@ -45,3 +45,18 @@ def test_persistent_workers_see_set_epoch(name):
     fresh.set_epoch(3)
     want = torch.stack([fresh[i]['img'].flatten().float() for i in range(len(fresh))])
     assert torch.equal(third, want)
+
+
+def test_image_folder_scales_16_bit_greyscale(tmp_path):
+    # Issue 21: PIL's convert('RGB') clipped a 16-bit PNG at 255, so the image came out saturated.
+    import numpy as np
+    from PIL import Image
+
+    from visionattn.data import ImageFolderDataset
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    (tmp_path / 'a').mkdir()
+    Image.fromarray(ramp).save(tmp_path / 'a' / 'ramp.png')
+    image, label = ImageFolderDataset(str(tmp_path))._load(0)
+    assert image.dtype == np.uint8 and image.shape == (32, 32, 3) and label == 0
+    np.testing.assert_allclose(image[..., 0], np.rint(ramp / 257.0), atol=1)
+    assert (image[..., 0] == image[..., 2]).all()

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ['SeededDataset', 'SharedEpoch', 'build_pipeline']
+__all__ = ['SeededDataset', 'SharedEpoch', 'build_pipeline', 'to_rgb']
 
 
 def build_pipeline(pipeline: Union[None, Callable, Mapping]) -> Optional[Callable]:
@@ -69,3 +69,16 @@ class SeededDataset(Dataset):
         if self.pipeline is not None and hasattr(self.pipeline, 'set_random_seed'):
             seq = np.random.SeedSequence([self.seed, self.epoch, index])
             self.pipeline.set_random_seed(int(seq.generate_state(1)[0]))
+
+
+def to_rgb(image):
+    """A PIL image as 8-bit RGB. 16-bit greyscale ('I;16*', and 'I' holding values above 255) is scaled down from its
+    16-bit range: PIL's ``convert('RGB')`` clips it at 255, which saturates a 16-bit PNG (issue 21)."""
+    from PIL import Image
+    mode = image.mode
+    if mode.startswith('I;16') or mode == 'I':
+        grey = np.asarray(image).astype(np.float64)
+        if mode.startswith('I;16') or grey.max(initial=0) > 255:
+            grey = grey / 257.0
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), 'L').convert('RGB')
+    return image.convert('RGB')

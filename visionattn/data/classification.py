@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .base import SeededDataset
+from .base import SeededDataset, to_rgb
 
 __all__ = ['DigitsDataset', 'ImageFolderDataset']
 
@@ -103,4 +103,4 @@ class ImageFolderDataset(_ClassificationDataset):
         from PIL import Image
         path, label = self.samples[index]
         with Image.open(path) as image:
-            return np.asarray(image.convert('RGB')), label
+            return np.asarray(to_rgb(image)), label

@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import torch
 
-from .base import SeededDataset
+from .base import SeededDataset, to_rgb
 
 __all__ = ['TRAIN_PHOTOS', 'HELD_OUT_PHOTOS', 'load_photo', 'load_images', 'CompressionCropDataset',
            'CompressionEvalDataset']
@@ -46,7 +46,7 @@ def load_images(data_root: Optional[str], photos: Sequence[str]) -> List[Tuple[s
     files = sorted(p for p in root.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f'no images ({", ".join(IMAGE_SUFFIXES)}) under {str(root)!r}')
-    return [(str(p.relative_to(root)), np.asarray(Image.open(p).convert('RGB'))) for p in files]
+    return [(str(p.relative_to(root)), np.asarray(to_rgb(Image.open(p)))) for p in files]
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:

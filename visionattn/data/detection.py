@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from albumentations.augmentations.crops.transforms import BaseCrop
 
-from .base import SeededDataset
+from .base import SeededDataset, to_rgb
 
 __all__ = ['CocoDetection', 'SyntheticCocoDetection', 'make_synthetic_coco', 'detection_transforms',
            'ResizeShortestEdge', 'AbsoluteRangeCrop', 'DETR_TRAIN_SCALES', 'SYNTHETIC_SHAPE_KINDS']
@@ -157,7 +157,7 @@ def _read_image(path: Path, img_id: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f'image {path} (COCO image id {img_id}) does not exist')
     with Image.open(path) as image:
-        return np.array(image.convert('RGB'))
+        return np.array(to_rgb(image))
 
 
 def _load_coco(ann_file: Path):

@@ -10,7 +10,7 @@ import torch
 from skimage.draw import disk, polygon
 from skimage.feature import canny
 
-from .base import SeededDataset
+from .base import SeededDataset, to_rgb
 
 __all__ = ['canny_edges', 'SyntheticDiffusionPairs', 'ImageFolderCannyDataset']
 
@@ -126,7 +126,7 @@ class ImageFolderCannyDataset(SeededDataset):
         from PIL import Image
         path, label = self.samples[index]
         with Image.open(path) as img:
-            img = img.convert('RGB')
+            img = to_rgb(img)
             scale = self.img_size / min(img.size)
             img = img.resize((max(self.img_size, round(img.width * scale)),
                               max(self.img_size, round(img.height * scale))), Image.BICUBIC)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .base import SeededDataset
+from .base import SeededDataset, to_rgb
 
 __all__ = ['ReIDDataset', 'Market1501', 'DukeMTMC', 'CUHK03', 'MSMT17', 'SyntheticPedestrians', 'ReIDTestDataset',
            'reid_transforms', 'ReIDRandomErasing', 'GrayscalePatchReplacement']
@@ -126,7 +126,7 @@ class ReIDDataset(SeededDataset):
     def _load_image(self, index: int) -> np.ndarray:
         from PIL import Image
         with Image.open(self.paths[index]) as image:
-            return np.array(image.convert('RGB'))
+            return np.array(to_rgb(image))
 
     def __getitem__(self, index: int) -> Dict:
         if not 0 <= index < len(self):
