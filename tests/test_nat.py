@@ -321,7 +321,7 @@ def test_intermediate_and_config_errors():
         timm.create_model('nat_mini', dilations=[[1, 2], [1] * 4, [1] * 6, [1] * 5], device='meta')
     with pytest.raises(ValueError, match='4 levels .* but 3 num_heads'):
         timm.create_model('nat_mini', num_heads=(2, 4, 8), device='meta')
-    with pytest.raises(RuntimeError, match='Expected 3D .* or 4D'):
+    with pytest.raises(ValueError, match='NAT expects images of shape'):
         model(torch.randn(3, 32))
 
 
