@@ -4,7 +4,8 @@
     torchrun --nproc_per_node 8 tools/train.py CONFIG --launcher pytorch --amp
     python tools/train.py CONFIG --resume            # continue the latest checkpoint in the work dir
 
-The work dir is --work-dir, else the config's work_dir, else ./work_dirs/<config name>.
+The work dir is --work-dir, else the config's work_dir, else ./work_dirs/<config name>. One run at a time per work
+dir: a second one refuses, naming the first one's pid (the lock goes with the process, so a killed run leaves none).
 """
 import argparse
 import os
@@ -50,14 +51,26 @@ def build_config(args) -> Config:
     return cfg
 
 
+def launcher_rank(launcher: str) -> int:
+    """This process's global rank as its launcher set it, before torch.distributed starts (0 without one)."""
+    variable = {'pytorch': 'RANK', 'slurm': 'SLURM_PROCID', 'mpi': 'OMPI_COMM_WORLD_RANK'}.get(launcher)
+    return int(os.environ.get(variable, 0)) if variable else 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
-    from visionattn.engine import VisionRunner, check_config
+    from visionattn.engine import VisionRunner, WorkDirInUseError, check_config, lock_work_dir
     check_config(cfg)
-    runner = VisionRunner.from_cfg(cfg)
-    runner.train()
-    runner.close_distributed()
+    # Rank 0 holds the work dir for the whole run; the other processes of the same run write there too and must not
+    # refuse each other. A second run's rank 0 refuses, and its launcher stops the rest.
+    try:
+        with lock_work_dir(cfg.work_dir, enabled=launcher_rank(args.launcher) == 0):
+            runner = VisionRunner.from_cfg(cfg)
+            runner.train()
+            runner.close_distributed()
+    except WorkDirInUseError as e:
+        raise SystemExit(str(e)) from None
 
 
 if __name__ == '__main__':

@@ -1,15 +1,16 @@
 # Runtime shared by every task: hooks, logging, visualisation backends, randomness, distributed settings.
-from mmengine.hooks import CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
+from mmengine.hooks import DistSamplerSeedHook, IterTimerHook, LoggerHook, ParamSchedulerHook
 from mmengine.visualization import LocalVisBackend, TensorboardVisBackend, Visualizer
 
-from visionattn.engine import DatasetEpochHook, ProgressBarHook, RandomStateHook, TrainingCurveHook
+from visionattn.engine import DatasetEpochHook, ProgressBarHook, RandomStateHook, SafeCheckpointHook, TrainingCurveHook
 
 default_scope = 'visionattn'
 default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, interval=50),
     param_scheduler=dict(type=ParamSchedulerHook),
-    checkpoint=dict(type=CheckpointHook, interval=1, max_keep_ckpts=3),
+    # deletes old checkpoints only once the new one is complete and recorded: safe with max_keep_ckpts=1
+    checkpoint=dict(type=SafeCheckpointHook, interval=1, max_keep_ckpts=3),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 custom_hooks = [

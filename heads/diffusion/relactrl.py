@@ -152,7 +152,7 @@ def load_denoiser_checkpoint(module: nn.Module, path: Union[str, Path],
         record = path / 'last_checkpoint'
         if not record.is_file():
             raise FileNotFoundError(f'work dir {str(path)!r} has no last_checkpoint record: train the base first')
-        path = Path(record.read_text().strip())
+        path = path / record.read_text().strip()  # relative to the work dir (an absolute record stays absolute)
     if not path.is_file():
         raise FileNotFoundError(f'base checkpoint {str(path)!r} does not exist: train the base model first '
                                 '(see configs/diffusion/) or set base_checkpoint=None')

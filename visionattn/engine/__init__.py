@@ -9,13 +9,28 @@ from .detection import (
     DetPredictionImagesHook,
     det_collate,
 )
-from .hooks import DatasetEpochHook, PredictionImagesHook, ProgressBarHook, RandomStateHook, TrainingCurveHook
+from .hooks import (
+    DatasetEpochHook,
+    PredictionImagesHook,
+    ProgressBarHook,
+    RandomStateHook,
+    SafeCheckpointHook,
+    TrainingCurveHook,
+)
 from .medical import DiceHD95Metric, MedicalSegmentor
 from .metrics import Accuracy
 from .registry import DATA_SAMPLERS, DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
 from .reid import ClusteringHook, CoreReIDTargetModel, ReIDDataPreprocessor, ReIDSourceModel
 from .reid_eval import PKSampler, ReIDMetric, evaluate_rank, k_reciprocal_rerank, reid_collate
-from .runner import VisionRunner, check_config, find_resume_checkpoint, load_tool_config, load_training_checkpoint
+from .runner import (
+    VisionRunner,
+    WorkDirInUseError,
+    check_config,
+    find_resume_checkpoint,
+    load_tool_config,
+    load_training_checkpoint,
+    lock_work_dir,
+)
 from .segmentation import (
     IoUMetric,
     SegCrossEntropyLoss,
@@ -27,9 +42,10 @@ from .segmentation import (
 
 __all__ = [
     'ClsDataPreprocessor', 'ImageClassifier', 'check_model_name', 'cls_collate', 'DatasetEpochHook',
-    'PredictionImagesHook', 'ProgressBarHook', 'RandomStateHook', 'TrainingCurveHook', 'Accuracy', 'DATA_SAMPLERS',
+    'PredictionImagesHook', 'ProgressBarHook', 'RandomStateHook', 'SafeCheckpointHook', 'TrainingCurveHook',
+    'Accuracy', 'DATA_SAMPLERS',
     'DATASETS', 'FUNCTIONS', 'HOOKS', 'METRICS', 'MODELS', 'VisionRunner', 'check_config', 'find_resume_checkpoint',
-    'load_tool_config', 'load_training_checkpoint',
+    'load_tool_config', 'load_training_checkpoint', 'lock_work_dir', 'WorkDirInUseError',
     'DiceHD95Metric', 'MedicalSegmentor',
     'ClusteringHook', 'CoreReIDTargetModel', 'ReIDDataPreprocessor', 'ReIDSourceModel',
     'PKSampler', 'ReIDMetric', 'evaluate_rank', 'k_reciprocal_rerank', 'reid_collate',

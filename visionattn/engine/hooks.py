@@ -1,5 +1,6 @@
-"""Hooks for reproducible resumption, readable progress and the training-curve plot."""
+"""Hooks for crash-safe checkpoints, reproducible resumption, readable progress and the training-curve plot."""
 import json
+import os.path as osp
 import random
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -11,9 +12,10 @@ from mmengine.hooks import CheckpointHook, Hook
 from mmengine.runner import IterBasedTrainLoop
 
 from .registry import HOOKS
+from .runner import write_last_checkpoint
 
-__all__ = ['RandomStateHook', 'DatasetEpochHook', 'ProgressBarHook', 'TrainingCurveHook', 'ShowDirHook',
-           'PredictionImagesHook']
+__all__ = ['SafeCheckpointHook', 'RandomStateHook', 'DatasetEpochHook', 'ProgressBarHook', 'TrainingCurveHook',
+           'ShowDirHook', 'PredictionImagesHook']
 
 
 def _rng_state() -> Dict:
@@ -30,6 +32,104 @@ def _set_rng_state(state: Dict) -> None:
     torch.set_rng_state(state['torch'].cpu())
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state['cuda'].cpu())
+
+
+def _remove_checkpoint(backend, path: str) -> None:
+    if backend.isfile(path):
+        backend.remove(path)
+    elif backend.isdir(path):  # checkpoints saved by deepspeed are directories
+        backend.rmtree(path)
+
+
+class _DeferredRemoval:
+    """A file backend that records removals instead of doing them (everything else goes to the real one)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.removed: List[str] = []
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def remove(self, path) -> None:
+        self.removed.append(str(path))
+
+    def rmtree(self, path) -> None:
+        self.removed.append(str(path))
+
+
+@HOOKS.register_module()
+class SafeCheckpointHook(CheckpointHook):
+    """mmengine's CheckpointHook, made safe against a kill at any point of a save, and at home in a moved or copied
+    work dir. Takes CheckpointHook's arguments.
+
+    mmengine deletes the oldest checkpoint (and the previous best) *before* writing the new one, so with
+    ``max_keep_ckpts=1`` a kill during the write leaves nothing to resume. Here a save goes: the new checkpoint to a
+    temporary file, synced and renamed into place (:meth:`VisionRunner.save_checkpoint`), then ``last_checkpoint``
+    rewritten atomically and relative to the work dir, and only then the old checkpoints deleted. A kill at any point
+    leaves a complete checkpoint that ``last_checkpoint`` (or, failing it, the progress in the file names) leads to.
+    """
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if is_main_process() and osp.isdir(self.out_dir):
+            # What a run killed mid-write left; the work dir lock (tools/train.py) keeps other runs away.
+            for partial in sorted(p for p in Path(self.out_dir).glob('*.pth.tmp') if p.is_file()):
+                runner.logger.info(f'removing {partial}, the incomplete save of a killed run')
+                partial.unlink()
+        # A resumed message hub holds the best checkpoints' absolute paths from where the run was: in a copied work
+        # dir they name the original's files, which a new best would delete.
+        if getattr(self, 'best_ckpt_path', None):
+            self.best_ckpt_path = self._in_out_dir(self.best_ckpt_path)
+            runner.message_hub.update_info('best_ckpt', self.best_ckpt_path)
+        for key, path in (getattr(self, 'best_ckpt_path_dict', None) or {}).items():
+            if path:
+                self.best_ckpt_path_dict[key] = self._in_out_dir(path)
+                runner.message_hub.update_info(f'best_ckpt_{key}', self.best_ckpt_path_dict[key])
+
+    def _in_out_dir(self, path: str) -> str:
+        return self.file_backend.join_path(self.out_dir, osp.basename(str(path).rstrip('/')))
+
+    def _save_checkpoint_with_step(self, runner, step, meta) -> None:
+        stale = []
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
+            # _save_checkpoint and _save_best_checkpoint may both save this step
+            while len(self.keep_ckpt_ids) >= self.max_keep_ckpts:
+                stale.append(self.keep_ckpt_ids.popleft())
+            self.keep_ckpt_ids.append(step)
+            # The new checkpoint still lists the old ones it replaces: killed before they are deleted, the resumed
+            # run deletes them (CheckpointHook.before_train trims the list to max_keep_ckpts).
+            runner.message_hub.update_info('keep_ckpt_ids', [*stale, *self.keep_ckpt_ids])
+        ckpt_filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        runner.save_checkpoint(self.out_dir, ckpt_filename, self.file_client_args, save_optimizer=self.save_optimizer,
+                               save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
+                               backend_args=self.backend_args, **self.args)
+        if self.max_keep_ckpts > 0:
+            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+        if not is_main_process():
+            return
+        write_last_checkpoint(runner.work_dir, self.last_ckpt)
+        for old in stale:  # only now that the new checkpoint is complete and recorded
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
+            if path != self.last_ckpt:
+                _remove_checkpoint(self.file_backend, path)
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        # mmengine removes the previous best before writing the new one: defer its removals until the new best
+        # (and the re-saved latest checkpoint) are in place.
+        backend = self.file_backend
+        self.file_backend = deferred = _DeferredRemoval(backend)
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            self.file_backend = backend
+        keep = {self.last_ckpt, getattr(self, 'best_ckpt_path', None),
+                *(getattr(self, 'best_ckpt_path_dict', None) or {}).values()}
+        for path in deferred.removed:
+            if path not in keep:
+                _remove_checkpoint(backend, path)
 
 
 @HOOKS.register_module()

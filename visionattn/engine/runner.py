@@ -1,10 +1,14 @@
 """mmengine's Runner with what visionattn's tools need on top: atomic checkpoints, resume under torch's
-``weights_only`` loading, strict and explained checkpoint loading, CPU data-parallel runs, and config checks."""
+``weights_only`` loading that survives a moved or copied work dir, a lock against two runs in one work dir, strict
+and explained checkpoint loading, CPU data-parallel runs, and config checks."""
+import contextlib
 import os
 import os.path as osp
 import re
+import socket
+import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Iterator, List, Optional, Union
 
 import torch
 from mmengine.dist import is_main_process
@@ -14,9 +18,14 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from visionattn.hub import CheckpointMismatchError, load_checkpoint_file
 
-__all__ = ['VisionRunner', 'load_training_checkpoint', 'find_resume_checkpoint', 'check_config', 'load_tool_config']
+__all__ = ['VisionRunner', 'load_training_checkpoint', 'find_resume_checkpoint', 'read_last_checkpoint',
+           'write_last_checkpoint', 'atomic_write_text', 'lock_work_dir', 'WorkDirInUseError', 'check_config',
+           'load_tool_config']
 
 TMP_SUFFIX = '.tmp'
+LAST_CHECKPOINT = 'last_checkpoint'
+LOCK_FILE = 'train.lock'
+_STEP_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
 
 
 def _training_checkpoint_globals():
@@ -65,17 +74,139 @@ def load_training_checkpoint(path: str, map_location='cpu') -> Dict:
     return checkpoint
 
 
-def find_resume_checkpoint(work_dir: str) -> Optional[str]:
-    """The checkpoint to resume in ``work_dir``: the one ``last_checkpoint`` names if it exists, else the newest
-    ``*.pth`` (a run killed while writing leaves only a ``.tmp`` file, which is never picked)."""
+def _fsync_file(path: Union[str, Path]) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Union[str, Path]) -> None:
+    """Make a rename in ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> None:
+    """Replace ``path``'s content by ``text`` so that a reader (or a kill) sees the old content or the new, never a
+    mix or an empty file: written to a temporary file, synced, renamed over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, 'w') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_last_checkpoint(work_dir: Union[str, Path], checkpoint: Union[str, Path]) -> None:
+    """Record ``checkpoint`` as the one to resume, atomically, relative to ``work_dir`` when it lies inside it (so the
+    record stays right when the work dir is moved or copied)."""
+    name = str(checkpoint)
+    if '://' not in name:  # CheckpointHook(out_dir=...) may name a remote store
+        work_dir, checkpoint = Path(work_dir).absolute(), Path(checkpoint).absolute()
+        with contextlib.suppress(ValueError):  # outside the work dir: stays absolute
+            name = str(checkpoint.relative_to(work_dir))
+    atomic_write_text(work_dir / LAST_CHECKPOINT, name)
+
+
+def read_last_checkpoint(work_dir: Union[str, Path]) -> Optional[Path]:
+    """The checkpoint that ``work_dir``'s ``last_checkpoint`` record names, if that file exists.
+
+    A relative record is resolved against the work dir. An absolute one (written by mmengine or an older visionattn)
+    is taken as the file of the same name in the work dir when that exists: after ``cp -r`` the record still names
+    the original run's file, which that run may go on overwriting.
+    """
     work_dir = Path(work_dir)
-    record = work_dir / 'last_checkpoint'
-    if record.is_file():
-        named = Path(record.read_text().strip())
-        if named.is_file():
-            return str(named)
-    candidates = sorted(work_dir.glob('*.pth'), key=lambda p: p.stat().st_mtime)
-    return str(candidates[-1]) if candidates else None
+    record = work_dir / LAST_CHECKPOINT
+    if not record.is_file():
+        return None
+    named = Path(record.read_text().strip())
+    if not str(named) or str(named) == '.':
+        return None
+    if not named.is_absolute():
+        named = work_dir / named
+    elif (work_dir / named.name).is_file():
+        named = work_dir / named.name
+    return named if named.is_file() else None
+
+
+def _recorded_iter(path: Path) -> Optional[int]:
+    """The iteration a checkpoint records in its meta (None when it cannot be read)."""
+    try:
+        return int(load_training_checkpoint(str(path))['meta']['iter'])
+    except Exception:  # noqa: BLE001  (a foreign or broken file is not a resume candidate)
+        return None
+
+
+def find_resume_checkpoint(work_dir: Union[str, Path]) -> Optional[str]:
+    """The checkpoint to resume in ``work_dir``.
+
+    The one the ``last_checkpoint`` record names (see :func:`read_last_checkpoint`) when it exists; else the latest
+    of the ``*.pth`` files by progress: the N of ``epoch_N.pth`` / ``iter_N.pth``, or where the names do not say it
+    alike, the iteration recorded in each file. Never the modification time, which ``cp -r`` rewrites; a run killed
+    while writing leaves only a ``.tmp`` file, which is never picked.
+    """
+    work_dir = Path(work_dir)
+    named = read_last_checkpoint(work_dir)
+    if named is not None:
+        return str(named)
+    candidates: List[Path] = sorted(work_dir.glob('*.pth'))
+    stepped = [(p, m) for p in candidates if (m := _STEP_NAME.match(p.name))]
+    if len({m.group(1) for _, m in stepped}) == 1:
+        return str(max(stepped, key=lambda pm: int(pm[1].group(2)))[0])
+    # epoch_N and iter_N side by side, or other names (a custom filename_tmpl; best_* only when nothing else)
+    progress = [(step, p) for p in ([p for p, _ in stepped] or candidates) if (step := _recorded_iter(p)) is not None]
+    return str(max(progress, key=lambda sp: sp[0])[1]) if progress else None
+
+
+class WorkDirInUseError(RuntimeError):
+    """Another live process holds the work dir's lock."""
+
+
+@contextlib.contextmanager
+def lock_work_dir(work_dir: Union[str, Path], enabled: bool = True) -> Iterator[None]:
+    """Hold ``work_dir``'s lock (``train.lock`` in it) for the duration, or fail at once naming the holder.
+
+    The lock is an ``fcntl.flock`` on the open file: the OS drops it when the holding process ends in any way
+    (SIGKILL included), so a killed run never leaves a stale lock. The file keeps the holder's pid and host for the
+    message. In a distributed run only one process (rank 0) takes it: pass ``enabled=False`` on the others.
+
+    Raises:
+        WorkDirInUseError: A live process holds the lock.
+    """
+    if not enabled:
+        yield
+        return
+    import fcntl
+    work_dir = Path(work_dir).absolute()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(work_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, 'O_CLOEXEC', 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors='replace').strip() or 'a process that has not written its pid yet'
+        os.close(fd)
+        raise WorkDirInUseError(f'work dir {work_dir} is in use by another training run ({holder}; lock file '
+                                f'{work_dir / LOCK_FILE}): wait for it to end or stop it, or pass another --work-dir')
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f'pid {os.getpid()} on host {socket.gethostname()}, started '
+                     f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n'.encode())
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _check_shapes(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], path: str) -> None:
@@ -139,10 +270,14 @@ class VisionRunner(Runner):
     ``load_from`` checkpoints, and data-parallel runs on CPU processes (gloo)."""
 
     def save_checkpoint(self, out_dir, filename, *args, **kwargs):
-        # Write to a temporary name, then rename: a run killed mid-write never leaves a truncated checkpoint.
+        # Write to a temporary name, sync, then rename: a run killed mid-write (or a machine that loses power)
+        # never leaves a truncated checkpoint under the final name.
         super().save_checkpoint(out_dir, filename + TMP_SUFFIX, *args, **kwargs)
         if is_main_process():
-            os.replace(osp.join(out_dir, filename + TMP_SUFFIX), osp.join(out_dir, filename))
+            tmp = osp.join(out_dir, filename + TMP_SUFFIX)
+            _fsync_file(tmp)
+            os.replace(tmp, osp.join(out_dir, filename))
+            _fsync_dir(out_dir)
 
     def call_hook(self, fn_name: str, **kwargs) -> None:
         super().call_hook(fn_name, **kwargs)
@@ -151,7 +286,8 @@ class VisionRunner(Runner):
 
     def load_or_resume(self) -> None:
         if self._resume and self._load_from is None and not self._has_loaded:
-            # mmengine trusts the last_checkpoint record even when the file it names is gone.
+            # mmengine trusts the last_checkpoint record even when the file it names is gone, reads it as an absolute
+            # path and otherwise takes the newest file by modification time.
             self._load_from = find_resume_checkpoint(self.work_dir)
             if self._load_from is None:
                 self.logger.info(f'no checkpoint in {self.work_dir}: training from the start')
