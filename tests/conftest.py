@@ -73,3 +73,24 @@ def weight_server(tmp_path):
     yield server
     server.httpd.shutdown()
     torch.hub.set_dir(old_dir)
+
+
+def load_tool(name: str):
+    """A script of tools/ imported as a module (tools/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / 'tools' / f'{name}.py'
+    spec = importlib.util.spec_from_file_location(f'{name}_tool', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def codec_model():
+    """The tiny S2LIC with its entropy coders' tables built (real bitstreams)."""
+    from visionattn.heads.compression.s2lic import build_s2lic
+    torch.manual_seed(0)
+    model = build_s2lic('tiny').eval()
+    model.update(force=True)
+    return model

@@ -1,5 +1,4 @@
 """tools/codec.py against damaged and hostile files: per-stream checksums, header limits, legacy files, the CLI."""
-import importlib.util
 import re
 import struct
 import zlib
@@ -7,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from visionattn.heads.compression.s2lic import build_s2lic
+from conftest import load_tool
 
 pytestmark = pytest.mark.tools
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,18 +15,7 @@ MAGIC = b'VACODEC\0'
 
 @pytest.fixture(scope='module')
 def codec():
-    spec = importlib.util.spec_from_file_location('codec_tool', ROOT / 'tools' / 'codec.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope='module')
-def codec_model():
-    torch.manual_seed(0)
-    model = build_s2lic('tiny').eval()
-    model.update(force=True)
-    return model
+    return load_tool('codec')
 
 
 @pytest.fixture(scope='module')

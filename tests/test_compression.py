@@ -1,30 +1,15 @@
 """S2LIC compression: real bitstream round trip, determinism, bpp accounting, codec file format, bad input."""
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_tool
 from visionattn.heads.compression.s2lic import build_s2lic, checkerboard_mask
 
 pytestmark = pytest.mark.heads
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f'{name}_tool', ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope='module')
-def codec_model():
-    torch.manual_seed(0)
-    model = build_s2lic('tiny').eval()
-    model.update(force=True)
-    return model
 
 
 @pytest.fixture(scope='module')
@@ -84,7 +69,7 @@ def test_bad_input_is_rejected(codec_model, shape, message):
 
 
 def test_codec_file_round_trip_and_rejects_bad_files(codec_model, image):
-    codec = _tool('codec')
+    codec = load_tool('codec')
     decode_bytes, encode_image, unpack = codec.decode_bytes, codec.encode_image, codec.unpack
     data = encode_image(codec_model, 's2lic-tiny', 3, image[..., :50, :60])
     fields = unpack(data)
@@ -275,8 +260,8 @@ def test_image_folder_dataset(tmp_path):
         CompressionEvalDataset(data_root=str(tmp_path / 'missing'))
 
 
-def test_rd_compare_tool(tmp_path):
-    module = _tool('rd_compare')
+def test_rd_compareload_tool(tmp_path):
+    module = load_tool('rd_compare')
     jpeg = [{'bpp': r, 'psnr': 30 + 5 * math.log(r)} for r in (0.2, 0.4, 0.8, 1.6, 3.2)]
     paths = []
     for index, rate in enumerate((0.3, 0.6, 1.2, 2.4)):  # the JPEG curve at half the rate: BD-rate -50%
@@ -297,7 +282,7 @@ def test_rd_compare_tool(tmp_path):
 
 
 def test_s2lic_quick_joins_runs_into_one_curve(tmp_path):
-    module = _tool('s2lic_quick')
+    module = load_tool('s2lic_quick')
     jpeg = [{'bpp': rate, 'psnr': 20 + 10 * rate, 'ms_ssim': 0.8 + 0.1 * rate} for rate in (0.2, 0.4, 0.8)]
     paths = []
     for lmbda, rate in ((0.0067, 0.3), (0.0035, 0.1)):
