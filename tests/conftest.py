@@ -29,9 +29,13 @@ def pytest_runtest_call(item):
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
+    # `cuda` tests run the compiled kernels on the GPU: they skip without one, and under the interpreter.
+    if not torch.cuda.is_available():
+        skip_cuda = pytest.mark.skip(reason='needs a CUDA device')
+    elif _INTERPRETING:
+        skip_cuda = pytest.mark.skip(reason='set TRITON_INTERPRET=0 to test the compiled kernels')
+    else:
         return
-    skip_cuda = pytest.mark.skip(reason='needs a CUDA device')
     for item in items:
         if 'cuda' in item.keywords:
             item.add_marker(skip_cuda)

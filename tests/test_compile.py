@@ -277,8 +277,6 @@ def test_fx_trace_then_torchscript(name):
 @pytest.mark.cuda
 @pytest.mark.parametrize('name', ['nat_tiny', 'dinat_tiny', 'biformer_s'])
 def test_compiled_model_matches_eager_cuda(name):
-    if _interpreting():
-        pytest.skip('set TRITON_INTERPRET=0 to test the compiled kernels')
     torch.manual_seed(0)
     model = timm.create_model(name).cuda()
     x = torch.randn(2, 3, 224, 224, device='cuda')

@@ -28,13 +28,13 @@ JIT's argument binding. In eager mode the ops run through plain ``torch.autograd
 dispatcher); while ``torch.compile`` traces they go through ``torch.library`` custom ops with fake impls.
 """
 import inspect
-import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from ..checks import _interpreting
 from .launch import FAST_LAUNCH, launch_compiled
 
 __all__ = ['block_sparse_attention_triton', 'bra_map_triton', 'bra_regions_triton', 'inverted_block_index',
@@ -489,7 +489,7 @@ class KernelConfig:
 def _dot_mode(dtype: torch.dtype) -> int:
     if dtype == torch.float32:
         return 1
-    return 2 if dtype == torch.bfloat16 and os.environ.get('TRITON_INTERPRET', '0') == '1' else 0
+    return 2 if dtype == torch.bfloat16 and _interpreting() else 0
 
 
 def _pow2_clamp(n: int, low: int, high: int) -> int:

@@ -16,13 +16,11 @@ import torch
 import triton
 from triton.runtime import driver
 
-__all__ = ['FAST_LAUNCH', 'CachedLauncher', 'launch_compiled', 'launch_hooks_set', 'interpreting']
+from ..checks import _interpreting
+
+__all__ = ['FAST_LAUNCH', 'CachedLauncher', 'launch_compiled', 'launch_hooks_set']
 
 FAST_LAUNCH = os.environ.get('VISIONATTN_TRITON_FAST_LAUNCH', '1') != '0'
-
-
-def interpreting() -> bool:
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
 def launch_hooks_set() -> bool:
@@ -62,7 +60,7 @@ class CachedLauncher:
 
     def __call__(self, kernel, grid, pointers: Sequence[torch.Tensor], ints: tuple, floats: tuple,
                  consts: Dict[str, object]) -> None:
-        if not FAST_LAUNCH or interpreting() or launch_hooks_set():
+        if not FAST_LAUNCH or _interpreting() or launch_hooks_set():
             kernel[grid](*pointers, *ints, *floats, **consts)
             return
         key = (ints, tuple(p.data_ptr() % 16 == 0 for p in pointers))
