@@ -332,7 +332,7 @@ def test_bra_module_copies_nothing_between_its_projections(monkeypatch):
 
     from visionattn.ops.triton import block_sparse as tk
     launches = []
-    monkeypatch.setattr(tk._Kernel, 'launch', lambda self, *args: launches.append(self.fn.fn.__name__))
+    monkeypatch.setattr(tk.Kernel, 'launch', lambda self, *args: launches.append(self.fn.fn.__name__))
 
     class Ops(DispatchedOps):  # op names without the overload
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):

@@ -16,7 +16,7 @@ from visionattn.heads.diffusion.lamamba_diff import (
 
 import visionattn  # registers the backbones
 from visionattn.layers.ss2d import SS2D, ShiftedWindowAttention, continuous_scan_paths, selective_scan_flops
-from visionattn.ops.reference_selective_scan import selective_scan_ref
+from visionattn.ops.reference.selective_scan import selective_scan_ref
 
 pytestmark = pytest.mark.heads
 

@@ -5,7 +5,7 @@ from op_testing import DispatchedOps, assert_kernel_close, grads, leaf_copies
 
 from visionattn.ops import BackendUnavailableError, bi_level_routing_attention, block_sparse_attention, bra_routing
 from visionattn.ops.block_sparse import bi_level_routing_attention_2d
-from visionattn.ops.reference_block_sparse import (
+from visionattn.ops.reference.block_sparse import (
     bi_level_routing_attention_2d_ref,
     bi_level_routing_attention_ref,
     block_sparse_attention_ref,
@@ -406,7 +406,7 @@ def test_bra_2d_host_path_makes_no_copies(monkeypatch):
     zero-fill or elementwise op, forward or backward (the LCE conv's weight gradient is one sum of partials)."""
     from visionattn.ops.triton import block_sparse as tk
     launches = []
-    monkeypatch.setattr(tk._Kernel, 'launch', lambda self, *args: launches.append(self.fn.fn.__name__))
+    monkeypatch.setattr(tk.Kernel, 'launch', lambda self, *args: launches.append(self.fn.fn.__name__))
 
 
     qkv, weight, bias = (t.requires_grad_(True) for t in _map_problem(2, 6, 6, 16, 16, 3))
@@ -443,7 +443,7 @@ def test_compiled_handle_launch_passes_runtime_arguments_then_constexprs(monkeyp
         def __getitem__(self, grid):
             return lambda *args: calls.append(('handle', grid, args))
 
-    kernel = tk._Kernel(tk._bra_route_kernel)
+    kernel = tk.Kernel(tk._bra_route_kernel)
     assert kernel.constexpr_names == ('R', 'T', 'TOPK', 'GRID_W', 'BLK_W', 'C_QK', 'R_PAD', 'T_STEP', 'BLOCK_C',
                                       'IEEE')
     n_runtime = 18
@@ -457,9 +457,11 @@ def test_compiled_handle_launch_passes_runtime_arguments_then_constexprs(monkeyp
             return run
 
     monkeypatch.setattr(kernel, 'fn', Jit())
-    monkeypatch.setattr(tk, 'FAST_LAUNCH', True)
+    from visionattn.ops.triton import launch
+    monkeypatch.setattr(launch, 'FAST_LAUNCH', True)
+    monkeypatch.setattr(launch, '_interpreting', lambda: False)
     # launch_compiled goes to the compiled kernel's launcher; the stand-in takes the same arguments through [grid]
-    monkeypatch.setattr(tk, 'launch_compiled', lambda compiled, grid, args: compiled[grid](*args))
+    monkeypatch.setattr(launch, 'launch_compiled', lambda compiled, grid, args: compiled[grid](*args))
     consts = {name: i for i, name in enumerate(reversed(kernel.constexpr_names))}
     slot, args = [None, None], tuple(range(100, 100 + n_runtime))
     for _ in range(2):

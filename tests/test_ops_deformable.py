@@ -10,7 +10,7 @@ from op_testing import assert_kernel_close, grads, kernel_device
 from visionattn.layers import MultiScaleDeformableAttention
 from visionattn.ops import BackendUnavailableError, ms_deform_attn
 from visionattn.ops.deformable import explain_ms_deform_attn
-from visionattn.ops.reference_deformable import ms_deform_attn_ref
+from visionattn.ops.reference.deformable import ms_deform_attn_ref
 
 pytestmark = pytest.mark.ops
 

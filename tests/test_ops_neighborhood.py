@@ -8,7 +8,7 @@ from op_testing import assert_kernel_close, grads, leaf_copies
 
 from visionattn.ops import neighborhood_attention
 from visionattn.ops.checks import BackendUnavailableError, choose_backend
-from visionattn.ops.reference import neighborhood_attention_ref
+from visionattn.ops.reference.neighborhood import neighborhood_attention_ref
 
 pytestmark = pytest.mark.ops
 
@@ -112,7 +112,7 @@ def test_reference_gradients_match_oracle():
 
 
 def test_reference_chunks_queries(monkeypatch):
-    import visionattn.ops.reference as reference
+    import visionattn.ops.reference.neighborhood as reference
     q, k, v, rpb = _inputs((9, 7), rpb_kernel=(3, 3), dtype=torch.float64)
     whole = neighborhood_attention_ref(q, k, v, 3, 2, rpb=rpb)
     monkeypatch.setattr(reference, '_CHUNK_BYTES', 1)  # one query per chunk
@@ -292,10 +292,10 @@ def test_kernel_grid_is_one_flat_axis_for_large_batches():
     # (head, group) pairs in stage 1, so every program index lives on axis 0.
     from visionattn.ops.triton.neighborhood import _plan
     q = torch.empty(256, 56, 56, 4, 32)
-    plan = _plan(q, q, (7, 7), (8, 8), (1, 1), (False, False), False)
+    plan = _plan(q, q, q, (7, 7), (8, 8), (1, 1), (False, False), False)
     for name in ('fwd', 'dq', 'dkdv'):
         grid = plan.grid(name)
-        assert len(grid) == 1 and grid[0] == math.prod(plan.tiles[name]) * 256 * 4 * 64
+        assert grid[1:] == (1, 1) and grid[0] == math.prod(plan.tiles[name]) * 256 * 4 * 64
 
 
 def test_op_has_fake_implementation():
@@ -380,9 +380,9 @@ def test_custom_op_path_matches_the_eager_path(monkeypatch):
 
 @pytest.mark.cuda
 def test_repeated_calls_reuse_the_compiled_kernel_correctly():
-    # After the first call of a specialization, kernels launch through the cached compiled kernel
-    # (launch.CachedLauncher). Later calls with new data, and with a 16-byte-misaligned view (another specialization),
-    # must stay exact.
+    # After the first call of a specialization, kernels launch through the compiled kernel kept in the plan
+    # (launch.Kernel, one slot per plan). Later calls with new data, and with a 16-byte-misaligned view (another
+    # specialization, another plan), must stay exact.
     from visionattn.ops.triton import neighborhood as tri
     for seed, misaligned in ((0, False), (1, False), (2, True), (3, True), (4, False)):
         gen = torch.Generator().manual_seed(seed)
@@ -400,9 +400,10 @@ def test_repeated_calls_reuse_the_compiled_kernel_correctly():
         for name, g, w in zip(('dq', 'dk', 'dv', 'drpb'), got, want):
             err = (g.float() - w).norm() / w.norm()
             assert err < 2e-2, f'seed {seed}, misaligned {misaligned}: {name} relative error {err:.3g}'
-    plan = tri._plan(q, v, (7, 7), (1, 1), (1, 1), (False, False), True)
-    # aligned and misaligned pointers are two specializations: the launch cache must have told them apart
-    assert any(len(launcher.compiled) >= 2 for launcher in plan.launchers.values())
+    # aligned and misaligned pointers are two specializations: two plans, each with its own compiled handles
+    plans = [plan for key, plan in tri._PLANS.items() if key[0] == q.shape and plan.consts['HAS_RPB']]
+    assert len({(key[-3], key[-2], key[-1]) for key, plan in tri._PLANS.items() if plan in plans}) >= 2
+    assert all(plan.slots['fwd'][0] is not None for plan in plans)
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])

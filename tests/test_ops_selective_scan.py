@@ -6,7 +6,7 @@ import torch
 from op_testing import assert_kernel_close, grads, kernel_device
 
 from visionattn.ops import cross_merge, cross_scan, selective_scan
-from visionattn.ops.reference_selective_scan import selective_scan_ref
+from visionattn.ops.reference.selective_scan import selective_scan_ref
 
 pytestmark = pytest.mark.ops
 

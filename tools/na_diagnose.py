@@ -11,7 +11,6 @@ of every compiled NA kernel, and a cProfile of the Python host path (top functio
 import argparse
 import cProfile
 import io
-import math
 import pstats
 import sys
 import time
@@ -147,6 +146,81 @@ def host_us(fn, calls=50):
     return host * 1e6
 
 
+class _Null(torch.autograd.Function):
+    """The floor of an autograd op: one output allocation forward, one gradient allocation per input backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        return torch.empty_like(q)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.empty_like(grad), torch.empty_like(grad), torch.empty_like(grad)
+
+
+def host_chain(batch, size=14, heads=8, chain=8):
+    """Host CPU per op call when ``chain`` calls form one autograd graph with one backward, as inside a model.
+
+    ``torch.autograd.grad`` on a single call pays the engine's fixed cost (thread hand-off, graph walk) once per op;
+    a model pays it once per step. Rows: NA with and without rpb, dense SDPA (flash) on the same tokens, and a null
+    autograd.Function (allocations only), each as forward-only (no grad), forward with grad, and forward+backward.
+    """
+    import torch.nn.functional as F
+    gen = torch.Generator(device='cuda').manual_seed(0)
+    rand = dict(device='cuda', dtype=torch.bfloat16, generator=gen)
+
+    def leaves(shape, rpb):
+        q = torch.randn(*shape, **rand).requires_grad_()
+        ks = [torch.randn(*shape, **rand).requires_grad_() for _ in range(chain)]
+        vs = [torch.randn(*shape, **rand).requires_grad_() for _ in range(chain)]
+        rpbs = [(0.02 * torch.randn(heads, 13, 13, **rand)).requires_grad_() if rpb else None for _ in range(chain)]
+        return q, ks, vs, rpbs
+
+    na_shape = (batch, size, size, heads, 32)
+    sdpa_shape = (batch, heads, size * size, 32)
+    cases = {
+        'NA rpb': (na_shape, True, lambda x, k, v, r: neighborhood_attention(x, k, v, 7, rpb=r, backend='triton')),
+        'NA': (na_shape, False, lambda x, k, v, r: neighborhood_attention(x, k, v, 7, backend='triton')),
+        'SDPA': (sdpa_shape, False, lambda x, k, v, r: F.scaled_dot_product_attention(x, k, v)),
+        'null Function': (sdpa_shape, False, lambda x, k, v, r: _Null.apply(x, k, v)),
+    }
+    for label, (shape, rpb, op) in cases.items():
+        q, ks, vs, rpbs = leaves(shape, rpb)
+        params = [q, *ks, *vs, *[r for r in rpbs if r is not None]]
+        grad = torch.randn_like(q)
+
+        def forward():
+            x = q
+            for k, v, r in zip(ks, vs, rpbs):
+                x = op(x, k, v, r)
+            return x
+
+        def no_grad():
+            with torch.no_grad():
+                forward()
+
+        def both():
+            torch.autograd.grad(forward(), params, grad)
+        per = [host_us(fn, 30) / chain for fn in (no_grad, forward, both)]
+        single = host_us(lambda: torch.autograd.grad(op(q, ks[0], vs[0], rpbs[0]), [q, ks[0], vs[0]], grad), 30)
+        print(f'host per call, chain of {chain} (B{batch} {size}x{size} h{heads} d32): {label}: no-grad fwd '
+              f'{per[0]:.0f} us, fwd with grad {per[1]:.0f} us, fwd+bwd {per[2]:.0f} us (one call with its own '
+              f'autograd.grad: {single:.0f} us)', flush=True)
+        if label == 'NA rpb':
+            for _ in range(3):
+                both()
+            torch.cuda.synchronize()
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(30):
+                both()
+            prof.disable()
+            torch.cuda.synchronize()
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats('tottime').print_stats(25)
+            print(f'cProfile of 30 chains of {chain} NA rpb fwd+bwd calls:\n' + buf.getvalue()[:5000], flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--batch', type=int, default=64)
@@ -154,7 +228,11 @@ def main():
     parser.add_argument('--skip-cprofile', action='store_true')
     parser.add_argument('--sweep', action='store_true', help='time the SWEEP configs per kernel instead')
     parser.add_argument('--sweep-small', action='store_true', help='time the SMALL configs with rpb instead')
+    parser.add_argument('--host', action='store_true', help='host CPU per call inside a chain of calls instead')
     args = parser.parse_args()
+    if args.host:
+        host_chain(args.batch)
+        return
     if args.sweep or args.sweep_small:
         sweep(args.batch, SMALL if args.sweep_small else SWEEP, rpb_only=args.sweep_small)
         return
@@ -177,14 +255,13 @@ def main():
 
     # A bare launch of the forward kernel against a one-op torch call (host CPU per call).
     q = torch.randn(args.batch, 14, 14, 8, 32, device='cuda', dtype=torch.bfloat16)
-    plan = tri._plan(q, q, (7, 7), (1, 1), (1, 1), (False, False), False)
+    plan = tri._plan(q, q, q, (7, 7), (1, 1), (1, 1), (False, False), False)
     out, lse = tri._fwd(q, q, q, None, (7, 7), (1, 1), (1, 1), (False, False), 32 ** -0.5)
+    consts, warps, stages = plan.launch['fwd']
 
     def bare():
-        tri._na_fwd_kernel[plan.grid('fwd')](
-            q, q, q, out, lse, lse, *plan.windows, *tri._strides(q, 2), *tri._strides(q, 2), *tri._strides(q, 2),
-            *tri._strides(out, 2), plan.heads, *plan.problem, math.prod(plan.tiles['fwd']), *plan.tiles['fwd'][1:],
-            *plan.kernel3, 0.1, **plan.launch_args('fwd'))
+        tri._na_fwd_kernel[plan.grid('fwd')](q, q, q, out, lse, lse, *plan.windows, *plan.fwd_ints, 0.1, **consts,
+                                             num_warps=warps, num_stages=stages)
 
     def cached():
         tri._fwd(q, q, q, None, (7, 7), (1, 1), (1, 1), (False, False), 32 ** -0.5)

@@ -5,7 +5,7 @@ a routing step); ``bi_level_routing_attention`` is BiFormer's routing (region me
 one block per region, on region-major q/k/v; ``bi_level_routing_attention_2d`` is the whole of BiFormer's BRA
 between its two projections, on the qkv projection's NHWC output, local context enhancement included. On CUDA the
 Triton kernels (``triton/block_sparse.py``) read the routed blocks by index and never copy them (nor, for maps, the
-regions, q/k/v or the LCE input); elsewhere the PyTorch reference (``reference_block_sparse.py``) gathers them, as
+regions, q/k/v or the LCE input); elsewhere the PyTorch reference (``reference/block_sparse.py``) gathers them, as
 the official code does. Paper: Zhu et al., "BiFormer: Vision Transformer with Bi-Level Routing Attention",
 CVPR 2023; code: github.com/rayleizhu/BiFormer (MIT).
 """
@@ -15,7 +15,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .checks import choose_backend
-from .reference_block_sparse import (
+from .reference.block_sparse import (
     bi_level_routing_attention_2d_ref,
     bi_level_routing_attention_ref,
     block_sparse_attention_ref,

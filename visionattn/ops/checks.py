@@ -19,6 +19,7 @@ import torch
 
 __all__ = [
     'BACKENDS', 'BackendUnavailableError', 'choose_backend', 'explain_backend', 'triton_rejections', 'env_backend',
+    'env_signature',
 ]
 
 _logger = logging.getLogger('visionattn.ops')
@@ -49,6 +50,11 @@ def env_backend() -> Optional[str]:
     if value not in BACKENDS:
         raise ValueError(f"VISIONATTN_BACKEND={value!r}: expected one of {', '.join(BACKENDS)} or 'auto'")
     return value
+
+
+def env_signature() -> Tuple[str, str]:
+    """The environment variables the backend choice reads, for callers that cache a choice."""
+    return _env('VISIONATTN_BACKEND'), _env('TRITON_INTERPRET')
 
 
 def _interpreting() -> bool:

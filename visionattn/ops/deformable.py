@@ -4,7 +4,7 @@ Deformable DETR, DINO and Focus-DETR.
 ``ms_deform_attn`` has the semantics of Deformable DETR's ``MSDeformAttnFunction`` / ``ms_deform_attn_core_pytorch``
 (github.com/fundamentalvision/Deformable-DETR, Apache-2.0) and mmcv's ``MultiScaleDeformableAttnFunction``, with
 Triton kernels instead of a CUDA build (``triton/deformable.py``) and a ``grid_sample`` reference
-(``reference_deformable.py``).
+(``reference/deformable.py``).
 """
 import weakref
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .checks import choose_backend, explain_backend
-from .reference_deformable import ms_deform_attn_ref
+from .reference.deformable import ms_deform_attn_ref
 
 __all__ = ['ms_deform_attn', 'explain_ms_deform_attn']
 

@@ -1,14 +1,14 @@
 """Selective scan (Mamba's S6, arXiv 2312.00752) and VMamba's 2-D cross-scan (arXiv 2401.10166).
 
 ``selective_scan`` has mamba-ssm's ``selective_scan_fn`` semantics for real A, with Triton kernels instead of a CUDA
-build (``triton/selective_scan.py``) and a step-by-step PyTorch reference (``reference_selective_scan.py``).
+build (``triton/selective_scan.py``) and a step-by-step PyTorch reference (``reference/selective_scan.py``).
 """
 from typing import Optional, Tuple, Union
 
 import torch
 
 from .checks import choose_backend
-from .reference_selective_scan import cross_merge_ref, cross_scan_ref, selective_scan_ref
+from .reference.selective_scan import cross_merge_ref, cross_scan_ref, selective_scan_ref
 
 __all__ = ['selective_scan', 'cross_scan', 'cross_merge']
 

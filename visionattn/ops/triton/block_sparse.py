@@ -27,7 +27,6 @@ per-shape plan; after a plan's first call its kernels are launched through their
 JIT's argument binding. In eager mode the ops run through plain ``torch.autograd.Function``s (cheaper than the
 dispatcher); while ``torch.compile`` traces they go through ``torch.library`` custom ops with fake impls.
 """
-import inspect
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -35,12 +34,13 @@ import triton
 import triton.language as tl
 
 from ..checks import _interpreting
-from .launch import FAST_LAUNCH, launch_compiled
+from ._common import LOG2E, pow2_clamp, unit_last
+from .launch import Kernel
+from .launch import aligned as _aligned
 
 __all__ = ['block_sparse_attention_triton', 'bra_map_triton', 'bra_regions_triton', 'inverted_block_index',
            'KernelConfig', 'MAX_FUSED_ROUTING_REGIONS']
 
-LOG2E = 1.4426950408889634
 # The routing kernel keeps a [regions, regions] affinity tile in registers: up to 64 regions (n_win <= 8). Beyond
 # it the routing runs as PyTorch ops (same results) and the attention kernels are unchanged.
 MAX_FUSED_ROUTING_REGIONS = 64
@@ -429,50 +429,11 @@ def _bra_route_kernel(Q, K, IBUF, q_off, k_off,
 
 
 
-class _Kernel:
-    """A JIT kernel whose launches at a known specialisation go straight to its compiled handle.
-
-    ``launch`` takes the runtime arguments in order (tensors and ints) and the constexprs by name. A plan's first
-    launch goes through the JIT (compiling or finding the binary, binding every argument); the compiled handle it
-    returns is kept in the plan's ``slot``, and later launches pass it the arguments as they are, skipping the
-    JIT's per-argument specialisation. Valid because a plan fixes every int argument, dtype and pointer alignment
-    the JIT specialises on (the plan key holds them).
-    """
-
-    def __init__(self, fn):
-        self.fn = fn
-        params = list(inspect.signature(fn.fn).parameters.values())  # the Python function (JIT or interpreter)
-        flags = [p.annotation is tl.constexpr or 'constexpr' in str(p.annotation) for p in params]
-        first = flags.index(True)
-        if not all(flags[first:]):
-            raise TypeError(f'{fn.__name__}: constexpr parameters must come last')
-        self.constexpr_names = tuple(p.name for p in params[first:])
-
-    def launch(self, slot: list, grid: Tuple[int, int, int], args: tuple, consts: Dict[str, object],
-               num_warps: int, num_stages: int) -> None:
-        # grid: always three axes (a compiled handle, unlike the JIT, does not fill in missing ones)
-        handle = slot[0]
-        if handle is not None:
-            launch_compiled(handle, grid, (*args, *slot[1]))
-            return
-        compiled = self.fn[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
-        if FAST_LAUNCH and _launchable(compiled, len(args) + len(self.constexpr_names)):
-            slot[0], slot[1] = compiled, tuple(consts[name] for name in self.constexpr_names)
-
-
-def _launchable(compiled, n_params: int) -> bool:
-    # A compiled kernel (not the interpreter's None) whose launcher takes every parameter, constexprs included (the
-    # convention since Triton 3.2: its signature lists them); anything else keeps the JIT path.
-    signature = getattr(getattr(compiled, 'src', None), 'signature', None)
-    return compiled is not None and hasattr(compiled, '__getitem__') and isinstance(signature, dict) \
-        and len(signature) == n_params
-
-
-_FWD = _Kernel(_bsa_fwd_kernel)
-_BWD_DQ = _Kernel(_bsa_bwd_dq_kernel)
-_BWD_DKV = _Kernel(_bsa_bwd_dkv_kernel)
-_LEPE_GRAD = _Kernel(_lepe_grad_kernel)
-_ROUTE = _Kernel(_bra_route_kernel)
+_FWD = Kernel(_bsa_fwd_kernel)
+_BWD_DQ = Kernel(_bsa_bwd_dq_kernel)
+_BWD_DKV = Kernel(_bsa_bwd_dkv_kernel)
+_LEPE_GRAD = Kernel(_lepe_grad_kernel)
+_ROUTE = Kernel(_bra_route_kernel)
 
 
 class KernelConfig:
@@ -492,22 +453,6 @@ def _dot_mode(dtype: torch.dtype) -> int:
     return 2 if dtype == torch.bfloat16 and _interpreting() else 0
 
 
-def _pow2_clamp(n: int, low: int, high: int) -> int:
-    return max(low, min(high, 1 << (max(int(n), 1) - 1).bit_length()))  # plain Python: cheaper on the host
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _unit_last(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def _aligned(x: torch.Tensor) -> bool:
-    return x.data_ptr() % 16 == 0  # the JIT specialises pointers on 16-byte alignment
-
-
 class _Tiles:
     """Tile sizes and grids of the attention kernels for one problem shape."""
 
@@ -518,20 +463,20 @@ class _Tiles:
         self.fwd = self._q_side(q_block, kv_block, max_kv, d_max, fwd)
         self.dq = self._q_side(q_block, kv_block, max_kv, d_max, dq)
         dkv = dkv or KernelConfig()
-        block_n = dkv.block_n or _pow2_clamp(kv_block, 16, 64)
+        block_n = dkv.block_n or pow2_clamp(kv_block, 16, 64)
         routed_rows = max(1, n_q_blocks * max_kv * q_block // n_kv_blocks)  # mean query rows per KV block
-        block_m = dkv.block_m or _pow2_clamp(routed_rows, 16, 64 if d_max > 64 else 128)
+        block_m = dkv.block_m or pow2_clamp(routed_rows, 16, 64 if d_max > 64 else 128)
         self.dkv = (block_m, block_n, dkv.num_warps or (4 if block_m * block_n >= 64 * 64 else 2), dkv.num_stages or 2)
-        self.q_tiles = [_cdiv(q_block, cfg[0]) for cfg in (self.fwd, self.dq)]
-        self.kv_tiles = _cdiv(kv_block, block_n)
-        self.block_dqk, self.block_dv = _pow2_clamp(d_qk, 16, 256), _pow2_clamp(d_v, 16, 256)
+        self.q_tiles = [triton.cdiv(q_block, cfg[0]) for cfg in (self.fwd, self.dq)]
+        self.kv_tiles = triton.cdiv(kv_block, block_n)
+        self.block_dqk, self.block_dv = pow2_clamp(d_qk, 16, 256), pow2_clamp(d_v, 16, 256)
         self.ieee = _dot_mode(dtype)
 
     @staticmethod
     def _q_side(q_block, kv_block, max_kv, d_max, config):
         config = config or KernelConfig()
-        block_m = config.block_m or _pow2_clamp(q_block, 16, 64)
-        block_n = config.block_n or _pow2_clamp(max_kv * kv_block, 16, 64 if d_max > 64 else 128)
+        block_m = config.block_m or pow2_clamp(q_block, 16, 64)
+        block_n = config.block_n or pow2_clamp(max_kv * kv_block, 16, 64 if d_max > 64 else 128)
         num_warps = config.num_warps or (4 if block_m * block_n >= 64 * 64 else 2)
         return block_m, block_n, num_warps, config.num_stages or 2
 
@@ -615,7 +560,7 @@ def _seq_plan(q, k, v, index, count, q_block, kv_block, causal, configs=(None, N
 def _fwd(q, k, v, index, count, q_block: int, kv_block: int, scale: float,
          config: Optional[KernelConfig] = None, causal: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward kernel: ([B, Nq, H, Dv] output, [2, B, H, Nq] float32 log-sum-exp and room for the backward)."""
-    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    q, k, v = unit_last(q), unit_last(k), unit_last(v)
     plan = _seq_plan(q, k, v, index, count, q_block, kv_block, causal, (config, None, None))
     out = q.new_empty((plan.batch, plan.n_q, plan.heads, plan.d_v))  # [B, N, H, D]: BRA's layout is a view of it
     lse = torch.empty((2, plan.batch, plan.heads, plan.n_q), device=q.device, dtype=torch.float32)
@@ -664,7 +609,7 @@ def inverted_block_index(index: torch.Tensor, count: Optional[torch.Tensor], n_k
 def _bwd(dout, q, k, v, out, lse, index, count, q_block: int, kv_block: int, scale: float,
          dq_config: Optional[KernelConfig] = None, dkv_config: Optional[KernelConfig] = None, causal: bool = False):
     """Backward kernels; ``dout`` is the [B, Nq, H, Dv] output's gradient, ``lse`` the forward's."""
-    q, k, v, out, dout = map(_unit_last, (q, k, v, out, dout))
+    q, k, v, out, dout = map(unit_last, (q, k, v, out, dout))
     plan = _seq_plan(q, k, v, index, count, q_block, kv_block, causal, (None, dq_config, dkv_config))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     d_b, d_n, d_h, _ = dout.stride()
@@ -878,10 +823,10 @@ class _BraPlan:
             self.lepe_taps = triton.next_power_of_2(self.lepe_k * self.lepe_k)
             self.lepe_block_c = 32
             self.lepe_block_p = max(2, 256 // self.lepe_taps)  # a [taps, pixels, channels] tile of 8K values
-            c_blocks = _cdiv(c_v, self.lepe_block_c)
-            chunks = max(1, min(_cdiv(n_pixels, 64), _cdiv(512, c_blocks)))
-            self.lepe_pixels_per_chunk = _cdiv(n_pixels, chunks)
-            self.lepe_chunks = _cdiv(n_pixels, self.lepe_pixels_per_chunk)
+            c_blocks = triton.cdiv(c_v, self.lepe_block_c)
+            chunks = max(1, min(triton.cdiv(n_pixels, 64), triton.cdiv(512, c_blocks)))
+            self.lepe_pixels_per_chunk = triton.cdiv(n_pixels, chunks)
+            self.lepe_chunks = triton.cdiv(n_pixels, self.lepe_pixels_per_chunk)
             self.lepe_grid = (self.lepe_chunks, c_blocks, 1)
             self.n_pixels = n_pixels
         self.slots = {name: [None, None] for name in ('route', 'fwd0', 'fwd1')}
@@ -954,7 +899,7 @@ def _dout_strides(plan: _BraPlan, dout: torch.Tensor) -> tuple:
 
 def _bra_backward(plan: _BraPlan, dout, q, k, v, lepe_weight, o, lse, ibuf, scale: float, lepe_grad: bool):
     """Gradients: (dqkv, None, None) or (dq, dk, dv), then the LCE conv's (dweight, dbias) or (None, None)."""
-    dout = _unit_last(dout)
+    dout = unit_last(dout)
     do_str = _dout_strides(plan, dout)
     key = (do_str, _aligned(dout))
     slots = plan.bwd_slots.get(key)
@@ -1120,7 +1065,7 @@ def bra_map_triton(qkv: torch.Tensor, num_heads: int, n_win: int, topk: int, qk_
     Returns:
         [B, H, W, Cv] (and the int64 [B, n_win², topk] routing with ``return_routing``).
     """
-    qkv = _unit_last(qkv)
+    qkv = unit_last(qkv)
     if lepe_weight is not None and not lepe_weight.is_contiguous():
         lepe_weight = lepe_weight.contiguous()
     out, ibuf = _bra_triton(qkv, None, None, lepe_weight, lepe_bias, n_win, num_heads, topk, qk_dim, float(scale))
@@ -1132,7 +1077,7 @@ def bra_map_triton(qkv: torch.Tensor, num_heads: int, n_win: int, topk: int, qk_
 def bra_regions_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, topk: int, scale: float,
                        return_routing: bool = False):
     """BRA on region-major q, k [B, R, T, Cqk] and v [B, R, T, Cv] (validated by the caller): [B, R, T, Cv]."""
-    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    q, k, v = unit_last(q), unit_last(k), unit_last(v)
     out, ibuf = _bra_triton(q, k, v, None, None, 1, num_heads, topk, q.shape[-1], float(scale))
     if return_routing:
         return out, _routing_of(ibuf, q.shape[0], q.shape[1], topk)

@@ -3,22 +3,24 @@
 ``kernel[grid](*args)`` binds and specialises every argument in Python on each call: about 55-75 us of host time for
 the NA kernels' ~60 arguments on an H100 host (docs/benchmarks/speed_h100.md). The JIT returns the compiled kernel it
 launched; a later call whose arguments specialise the same way (Triton specialises integers on their value being 1 or
-a multiple of 16, and pointers on 16-byte alignment) can launch that compiled kernel directly. Callers key their
-cache on everything the JIT specialises on.
+a multiple of 16, and pointers on 16-byte alignment) can launch that compiled kernel directly. Callers keep one
+:class:`Kernel` slot per plan, and key their plans on everything the JIT specialises on.
 
 The direct path is skipped under the interpreter, where launch hooks are registered (a profiler's: they expect
 Triton's own path), and with ``VISIONATTN_TRITON_FAST_LAUNCH=0`` (for debugging).
 """
+import inspect
 import os
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import triton
+import triton.language as tl
 from triton.runtime import driver
 
 from ..checks import _interpreting
 
-__all__ = ['FAST_LAUNCH', 'CachedLauncher', 'launch_compiled', 'launch_hooks_set']
+__all__ = ['FAST_LAUNCH', 'Kernel', 'aligned', 'launch_compiled', 'launch_hooks_set']
 
 FAST_LAUNCH = os.environ.get('VISIONATTN_TRITON_FAST_LAUNCH', '1') != '0'
 
@@ -48,29 +50,45 @@ def launch_compiled(compiled, grid: Sequence[int], args: Sequence[object], devic
                  *args)
 
 
-class CachedLauncher:
-    """Launches one kernel config; after the first launch of a specialisation, through its compiled kernel.
+class Kernel:
+    """A JIT kernel whose launches at a known specialisation go straight to its compiled handle.
 
-    Arguments come grouped as the kernels declare them: pointers, then integers, then floats, then constexprs (by
-    name, with ``num_warps`` / ``num_stages``). The cache key is the integers' values and the pointers' alignment.
+    ``launch`` takes the runtime arguments in order (tensors, ints, floats) and the constexprs by name. A plan's first
+    launch goes through the JIT (compiling or finding the binary, binding every argument); the compiled handle it
+    returns is kept in the plan's ``slot``, and later launches pass it the arguments as they are, skipping the JIT's
+    per-argument specialisation. Valid because the caller's plan fixes every int argument, dtype and pointer
+    alignment the JIT specialises on (the plan's key holds them): one slot per plan and kernel.
     """
 
-    def __init__(self):
-        self.compiled: Dict[tuple, Tuple[object, tuple]] = {}
+    def __init__(self, fn):
+        self.fn = fn
+        params = list(inspect.signature(fn.fn).parameters.values())  # the Python function (JIT or interpreter)
+        flags = [p.annotation is tl.constexpr or 'constexpr' in str(p.annotation) for p in params]
+        first = flags.index(True)
+        if not all(flags[first:]):
+            raise TypeError(f'{fn.__name__}: constexpr parameters must come last')
+        self.constexpr_names = tuple(p.name for p in params[first:])
 
-    def __call__(self, kernel, grid, pointers: Sequence[torch.Tensor], ints: tuple, floats: tuple,
-                 consts: Dict[str, object]) -> None:
-        if not FAST_LAUNCH or _interpreting() or launch_hooks_set():
-            kernel[grid](*pointers, *ints, *floats, **consts)
+    def launch(self, slot: list, grid: Tuple[int, int, int], args: tuple, consts: Dict[str, object],
+               num_warps: int, num_stages: int) -> None:
+        # grid: always three axes (a compiled handle, unlike the JIT, does not fill in missing ones)
+        handle = slot[0]
+        if handle is not None:
+            launch_compiled(handle, grid, (*args, *slot[1]))
             return
-        key = (ints, tuple(p.data_ptr() % 16 == 0 for p in pointers))
-        entry = self.compiled.get(key)
-        if entry is None:
-            compiled = kernel[grid](*pointers, *ints, *floats, **consts)
-            if compiled is not None and hasattr(compiled, 'packed_metadata'):
-                compiled.run  # noqa: B018  (loads the module, sets .function)
-                order = tuple(consts[p.name] for p in kernel.params if p.is_constexpr)
-                self.compiled[key] = (compiled, order)
-            return
-        compiled, order = entry
-        launch_compiled(compiled, grid, (*pointers, *ints, *floats, *order), pointers[0].device.index)
+        compiled = self.fn[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+        if FAST_LAUNCH and not _interpreting() and _launchable(compiled, len(args) + len(self.constexpr_names)):
+            slot[0], slot[1] = compiled, tuple(consts[name] for name in self.constexpr_names)
+
+
+def _launchable(compiled, n_params: int) -> bool:
+    # A compiled kernel (not the interpreter's None) whose launcher takes every parameter, constexprs included (the
+    # convention since Triton 3.2: its signature lists them); anything else keeps the JIT path.
+    signature = getattr(getattr(compiled, 'src', None), 'signature', None)
+    return compiled is not None and hasattr(compiled, '__getitem__') and isinstance(signature, dict) \
+        and len(signature) == n_params
+
+
+def aligned(x: torch.Tensor) -> bool:
+    """Whether the JIT would specialise ``x``'s pointer as 16-byte aligned (plans key on it)."""
+    return x.data_ptr() % 16 == 0

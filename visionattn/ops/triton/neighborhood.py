@@ -2,19 +2,22 @@
 
 Every problem is lifted to 3-D (missing leading axes get length 1 and kernel 1). A dilation group is a strided
 sub-grid, so each program works on one (batch, head, dilation group) in undilated group coordinates. Per-axis windows
-``[start, end)`` come from small host tables (``visionattn.ops.reference.axis_windows``), so the kernels know nothing
-of borders, stride leaders or causality beyond "key inside the query's window on every axis".
+``[start, end)`` come from small host tables (``ops.reference.neighborhood.axis_windows``), so the kernels know
+nothing of borders, stride leaders or causality beyond "key inside the query's window on every axis".
 
 - Forward: a spatial tile of queries (``T0 x T1 x T2``, flattened to BLOCK_M rows) loops over key tiles covering the
   union of its windows (windows are monotone in the query coordinate, so the union is a box), masks pairs outside
   each query's window, adds rpb by index and runs an online softmax; it saves the log-sum-exp (base 2).
 - Backward: a dQ pass like the forward, which also computes delta = rowsum(dO * O), then a dK/dV pass over key tiles
   whose loop covers the box of queries that can see the tile (host table). With an rpb that needs a gradient the dQ
-  pass also stores dS for each query's k^d neighbours (fp32, B*heads*N*k^d floats); the rpb gradient is their sum
-  over batch and queries by offset, done with one scatter_add. Gradients are written in the inputs' layout.
+  pass adds dS into fp32 bins [heads, N, (2k-1)^d] by relative offset with atomics (small enough for L2; 3-D
+  problems, whose offset table is much larger than a window, bin by window slot), summed over queries afterwards.
+  Gradients are written in the inputs' layout.
 
-Registered as ``torch.ops.visionattn.na_fwd`` / ``na_bwd`` (torch.library custom ops with fake implementations), so
-FX and torch.compile treat the op as opaque.
+Host side: a plan per call signature (shapes, strides, alignment) holds every integer argument and, after the first
+launch, the compiled kernels' handles (``launch.Kernel``). Eager calls go through an ``autograd.Function``; under
+torch.compile the op is ``torch.ops.visionattn.na_fwd`` / ``na_bwd`` (torch.library custom ops with fake
+implementations), so FX and Dynamo treat it as opaque.
 """
 import functools
 import math
@@ -24,12 +27,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import axis_windows, neighbor_table
-from .launch import CachedLauncher
+from ..reference.neighborhood import axis_windows, neighbor_table
+from ._common import LOG2E, LOG2E_C, contiguous_strides, flat_grid, pow2_clamp, unit_last
+from .launch import Kernel, aligned
 
 __all__ = ['neighborhood_attention_triton', 'na_configs']
 
-LOG2E = 1.4426950408889634  # the kernels use exp2: scores and the rpb are scaled by log2(e) on the host
 
 
 @triton.jit
@@ -52,9 +55,42 @@ def _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM: tl.constexpr):
 
 
 @triton.jit
+def _program(NT, H, L0, L1, L2, D0, D1, D2):
+    # The program's tile index, batch, head, dilation group and the group's lengths. One flattened grid axis, tiles
+    # fastest (CUDA caps the second axis at 65535 < batch * heads * groups).
+    pid_t = tl.program_id(0) % NT
+    pid_bhg = tl.program_id(0) // NT
+    n_groups = D0 * D1 * D2
+    g = pid_bhg % n_groups
+    bh = pid_bhg // n_groups
+    h = bh % H
+    b = (bh // H).to(tl.int64)
+    g2 = g % D2
+    g1 = (g // D2) % D1
+    g0 = g // (D1 * D2)
+    lg0 = (L0 - g0 + D0 - 1) // D0
+    lg1 = (L1 - g1 + D1 - 1) // D1
+    lg2 = (L2 - g2 + D2 - 1) // D2
+    return pid_t, b, h, g0, g1, g2, lg0, lg1, lg2
+
+
+@triton.jit
 def _rel_index(c0, c1, c2, KS1, KS2):
     # Flat rpb index of (key - query + k - 1) per axis = rel(key) - rel(query) + centre (the centre is added once).
     return (c0 * (2 * KS1 - 1) + c1) * (2 * KS2 - 1) + c2
+
+
+@triton.jit
+def _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2):
+    # [M, N] flat offset of (key - query) in the rpb table, from its centre; and the table's size per head.
+    r_idx = _rel_index(kc0, kc1, kc2, KS1, KS2)[None, :] - _rel_index(p0, p1, p2, KS1, KS2)[:, None]
+    return r_idx, (2 * KS0 - 1) * (2 * KS1 - 1) * (2 * KS2 - 1)
+
+
+@triton.jit
+def _add_rpb(s, RPB, h, r_idx, n_rel, inside):
+    # Scores (base 2) plus rpb[h, key - query] * log2(e): a gather from the fp32 table, scaled in an FMA with the add.
+    return s + tl.load(RPB + h * n_rel + r_idx + (n_rel - 1) // 2, mask=inside, other=0.0) * LOG2E_C
 
 
 @triton.jit
@@ -69,20 +105,7 @@ def _na_fwd_kernel(
         U2: tl.constexpr, HAS_RPB: tl.constexpr, N_DIM: tl.constexpr, PRECISION: tl.constexpr):
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
-    # One flattened grid axis, tiles fastest (CUDA caps the second axis at 65535 < batch * heads * groups)
-    pid_t = tl.program_id(0) % NT
-    pid_bhg = tl.program_id(0) // NT
-    n_groups = D0 * D1 * D2
-    g = pid_bhg % n_groups
-    bh = pid_bhg // n_groups
-    h = bh % H
-    b = (bh // H).to(tl.int64)
-    g2 = g % D2
-    g1 = (g // D2) % D1
-    g0 = g // (D1 * D2)
-    lg0 = (L0 - g0 + D0 - 1) // D0
-    lg1 = (L1 - g1 + D1 - 1) // D1
-    lg2 = (L2 - g2 + D2 - 1) // D2
+    pid_t, b, h, g0, g1, g2, lg0, lg1, lg2 = _program(NT, H, L0, L1, L2, D0, D1, D2)
     a2 = (pid_t % NT2) * T2
     a1 = ((pid_t // NT2) % NT1) * T1
     a0 = (pid_t // (NT1 * NT2)) * T0
@@ -140,9 +163,8 @@ def _na_fwd_kernel(
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM)
         if HAS_RPB:
-            r_idx = _rel_index(kc0, kc1, kc2, KS1, KS2)[None, :] - _rel_index(p0, p1, p2, KS1, KS2)[:, None]
-            n_rel = (2 * KS0 - 1) * (2 * KS1 - 1) * (2 * KS2 - 1)
-            s += tl.load(RPB + h * n_rel + r_idx + (n_rel - 1) // 2, mask=inside, other=0.0)
+            r_idx, n_rel = _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2)
+            s = _add_rpb(s, RPB, h, r_idx, n_rel, inside)
         s = tl.where(inside, s, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)
@@ -173,20 +195,7 @@ def _na_bwd_dkdv_kernel(
     # Programs own key tiles of shape U; the inner loop walks query tiles of shape T.
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
-    # One flattened grid axis, tiles fastest (CUDA caps the second axis at 65535 < batch * heads * groups)
-    pid_t = tl.program_id(0) % (NT0 * NT1 * NT2)
-    pid_bhg = tl.program_id(0) // (NT0 * NT1 * NT2)
-    n_groups = D0 * D1 * D2
-    g = pid_bhg % n_groups
-    bh = pid_bhg // n_groups
-    h = bh % H
-    b = (bh // H).to(tl.int64)
-    g2 = g % D2
-    g1 = (g // D2) % D1
-    g0 = g // (D1 * D2)
-    lg0 = (L0 - g0 + D0 - 1) // D0
-    lg1 = (L1 - g1 + D1 - 1) // D1
-    lg2 = (L2 - g2 + D2 - 1) // D2
+    pid_t, b, h, g0, g1, g2, lg0, lg1, lg2 = _program(NT0 * NT1 * NT2, H, L0, L1, L2, D0, D1, D2)
     t2 = pid_t % NT2
     t1 = (pid_t // NT2) % NT1
     t0 = pid_t // (NT1 * NT2)
@@ -251,9 +260,8 @@ def _na_bwd_dkdv_kernel(
         s = tl.dot(q, tl.trans(kk), input_precision=PRECISION) * qk_scale
         inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM)
         if HAS_RPB:
-            r_idx = _rel_index(kc0, kc1, kc2, KS1, KS2)[None, :] - _rel_index(p0, p1, p2, KS1, KS2)[:, None]
-            n_rel = (2 * KS0 - 1) * (2 * KS1 - 1) * (2 * KS2 - 1)
-            s += tl.load(RPB + h * n_rel + r_idx + (n_rel - 1) // 2, mask=inside, other=0.0)
+            r_idx, n_rel = _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2)
+            s = _add_rpb(s, RPB, h, r_idx, n_rel, inside)
         p = tl.where(inside, tl.math.exp2(s - lse[:, None]), 0.0)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(vv), input_precision=PRECISION)
@@ -283,20 +291,7 @@ def _na_bwd_dq_kernel(
     # (for rpbs much larger than a window, 3-D). Both sum over the batch with atomics: DSN stays small enough for L2.
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
-    # One flattened grid axis, tiles fastest (CUDA caps the second axis at 65535 < batch * heads * groups)
-    pid_t = tl.program_id(0) % NT
-    pid_bhg = tl.program_id(0) // NT
-    n_groups = D0 * D1 * D2
-    g = pid_bhg % n_groups
-    bh = pid_bhg // n_groups
-    h = bh % H
-    b = (bh // H).to(tl.int64)
-    g2 = g % D2
-    g1 = (g // D2) % D1
-    g0 = g // (D1 * D2)
-    lg0 = (L0 - g0 + D0 - 1) // D0
-    lg1 = (L1 - g1 + D1 - 1) // D1
-    lg2 = (L2 - g2 + D2 - 1) // D2
+    pid_t, b, h, g0, g1, g2, lg0, lg1, lg2 = _program(NT, H, L0, L1, L2, D0, D1, D2)
     a2 = (pid_t % NT2) * T2
     a1 = ((pid_t // NT2) % NT1) * T1
     a0 = (pid_t // (NT1 * NT2)) * T0
@@ -365,9 +360,8 @@ def _na_bwd_dq_kernel(
         s = tl.dot(q, tl.trans(kk), input_precision=PRECISION) * qk_scale
         inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM)
         if HAS_RPB:
-            r_idx = _rel_index(kc0, kc1, kc2, KS1, KS2)[None, :] - _rel_index(p0, p1, p2, KS1, KS2)[:, None]
-            n_rel = (2 * KS0 - 1) * (2 * KS1 - 1) * (2 * KS2 - 1)
-            s += tl.load(RPB + h * n_rel + r_idx + (n_rel - 1) // 2, mask=inside, other=0.0)
+            r_idx, n_rel = _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2)
+            s = _add_rpb(s, RPB, h, r_idx, n_rel, inside)
         p = tl.where(inside, tl.math.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, vt, input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
@@ -461,9 +455,15 @@ _BINS_PER_SLOT_LIMIT = 4
 
 
 class _Plan:
-    """Everything about a launch that depends only on the problem (shapes, flags, dtype, device): built once."""
+    """Everything about a call that depends only on the problem and the inputs' layout, built once per signature.
 
-    def __init__(self, q_shape, dim_v, kernel, dilation, stride, causal, dtype, device, has_rpb):
+    The key (``_plan``) holds the shapes, strides, dtype, device, flags and the 16-byte alignment of the tensors the
+    caller passes, i.e. all the JIT specialises on: so every integer argument is computed here, and after a kernel's
+    first launch its compiled handle (kept in ``slots``) is launched with the arguments as they are.
+    """
+
+    def __init__(self, q, k, v, kernel, dilation, stride, causal, has_rpb):
+        q_shape, dtype, device, dim_v = tuple(q.shape), q.dtype, q.device, v.shape[-1]
         n_dim = len(q_shape) - 3
         pad = 3 - n_dim
         self.n_dim = n_dim
@@ -488,26 +488,52 @@ class _Plan:
         self.bhg = self.batch * self.heads * groups
         self.tiles = {name: tuple(triton.cdiv(w, t) for w, t in zip(self.widths, cfg[1 if name == 'dkdv' else 0]))
                       for name, cfg in configs.items()}
-        self.consts = dict(HEAD_DIM=self.dim, HEAD_DIM_V=dim_v, BLOCK_D=_block(self.dim), BLOCK_DV=_block(dim_v),
+        self.consts = dict(HEAD_DIM=self.dim, HEAD_DIM_V=dim_v, BLOCK_D=pow2_clamp(self.dim, 16, 256),
+                           BLOCK_DV=pow2_clamp(dim_v, 16, 256),
                            HAS_RPB=has_rpb, N_DIM=n_dim, PRECISION='ieee' if dtype == torch.float32 else 'tf32')
         self.problem = (*self.spatial3[:3], *self.dil3, *self.widths)
         self.n_slots = math.prod(self.kernel3)
         self.n_rel = math.prod(2 * k - 1 for k in self.kernel3)
         self.bias_grad = 1 if self.n_rel <= _BINS_PER_SLOT_LIMIT * self.n_slots else 2
-        self.launchers = {name: CachedLauncher() for name in configs}
         self._bias_index = None
+        # Outputs and gradients are allocated contiguous: [B, *spatial, H, D] like the inputs, lse/delta [B, H, N].
+        self.out_shape = (*q_shape[:-1], dim_v)
+        self.lse_shape = (self.batch, self.heads, self.n_tok)
+        self.qkv_strides = (*_strides(q.stride(), n_dim), *_strides(k.stride(), n_dim), *_strides(v.stride(), n_dim))
+        self.out_strides = _strides(contiguous_strides(self.out_shape), n_dim)
+        self.grad_strides = (*_strides(contiguous_strides(q_shape), n_dim),
+                             *_strides(contiguous_strides(tuple(k.shape)), n_dim), *self.out_strides)
+        self.fwd_ints = (*self.qkv_strides, *self.out_strides, self.heads, *self.problem,
+                         math.prod(self.tiles['fwd']), *self.tiles['fwd'][1:], *self.kernel3)
+        self.launch = {name: self._launch_args(name) for name in configs}
+        self.grids = {name: self._grid(name) for name in configs}
+        self.slots = {'fwd': [None, None]}
+        self.bwd = {}  # grad_out strides and alignment -> (dq ints, dkdv ints, slots)
 
-    def launch_args(self, name):
+    def _launch_args(self, name):
         query_tile, key_tile, warps, stages = self.configs[name]
         return dict(T0=query_tile[0], T1=query_tile[1], T2=query_tile[2], U0=key_tile[0], U1=key_tile[1],
-                    U2=key_tile[2], num_warps=warps, num_stages=stages, **self.consts)
+                    U2=key_tile[2], **self.consts), warps, stages
+
+    def _grid(self, name):
+        return flat_grid(math.prod(self.tiles[name]) * self.bhg, 'neighborhood_attention')
 
     def grid(self, name):
-        programs = math.prod(self.tiles[name]) * self.bhg
-        if programs >= 2 ** 31:
-            raise ValueError(f'neighborhood_attention: {programs} programs (tiles x batch x heads x dilation groups) '
-                             'exceed the CUDA grid; split the batch')
-        return (programs,)
+        return self.grids[name]
+
+    def backward_args(self, grad_out: torch.Tensor):
+        """(dq ints, dkdv ints, kernel slots) for a ``grad_out`` of this layout (built on first use)."""
+        key = (grad_out.stride(), aligned(grad_out))
+        entry = self.bwd.get(key)
+        if entry is None:
+            do_strides = _strides(grad_out.stride(), self.n_dim)
+            dq_strides, dk_strides, dv_strides = (self.grad_strides[i:i + 5] for i in (0, 5, 10))
+            dq = (*self.qkv_strides, *self.out_strides, *do_strides, *dq_strides, self.heads, *self.problem,
+                  math.prod(self.tiles['dq']), *self.tiles['dq'][1:], *self.kernel3)
+            dkdv = (*self.qkv_strides, *do_strides, *dk_strides, *dv_strides, self.heads, *self.problem,
+                    *self.tiles['dkdv'], *self.kernel3)
+            entry = self.bwd[key] = (dq, dkdv, {'dq': {}, 'dkdv': [None, None]})
+        return entry
 
     def bias_index(self):
         """[heads, N * window] rpb offset of each (query, window slot), for BIAS_GRAD 2 (built on first use)."""
@@ -518,89 +544,80 @@ class _Plan:
         return self._bias_index
 
 
-def _block(dim: int) -> int:
-    return max(16, triton.next_power_of_2(dim))
-
-
-_PLANS = {}
-
-
-def _plan(q, v, kernel, dilation, stride, causal, has_rpb) -> _Plan:
-    key = (tuple(q.shape), v.shape[-1], tuple(kernel), tuple(dilation), tuple(stride), tuple(causal), q.dtype,
-           q.device, has_rpb, repr(TILE_OVERRIDE.get(q.dim() - 3)))
-    plan = _PLANS.get(key)
-    if plan is None:
-        if len(_PLANS) > 512:
-            _PLANS.clear()
-        with torch.inference_mode(False):  # cached tables must not be inference tensors (see neighbor_table)
-            plan = _PLANS[key] = _Plan(tuple(q.shape), v.shape[-1], kernel, dilation, stride, causal, q.dtype,
-                                       q.device, has_rpb)
-    return plan
-
-
-def _strides(t: torch.Tensor, n_dim: int) -> tuple:
-    """(batch, x0, x1, x2, heads) strides of a [B, *spatial, H, D] tensor, lifted to 3 spatial axes."""
-    st = t.stride()
+def _strides(st: tuple, n_dim: int) -> tuple:
+    """(batch, x0, x1, x2, heads) strides of a [B, *spatial, H, D] layout, lifted to 3 spatial axes."""
     return (st[0], *(0,) * (3 - n_dim), *st[1:1 + n_dim], st[-2])
 
 
-def _unit_last(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
+_PLANS = {}
+_MAX_PLANS = 512
+_FWD, _BWD_DQ, _BWD_DKDV = Kernel(_na_fwd_kernel), Kernel(_na_bwd_dq_kernel), Kernel(_na_bwd_dkdv_kernel)
+
+
+def _plan(q, k, v, kernel, dilation, stride, causal, has_rpb) -> _Plan:
+    key = (q.shape, q.stride(), k.stride(), v.shape, v.stride(), q.dtype, q.device, tuple(kernel), tuple(dilation),
+           tuple(stride), tuple(causal), has_rpb, aligned(q), aligned(k), aligned(v))
+    if TILE_OVERRIDE:
+        key += (repr(TILE_OVERRIDE.get(q.dim() - 3)),)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        with torch.inference_mode(False):  # cached tables must not be inference tensors (see neighbor_table)
+            plan = _PLANS[key] = _Plan(q, k, v, kernel, dilation, stride, causal, has_rpb)
+    return plan
 
 
 def _rpb_arg(rpb: torch.Tensor) -> torch.Tensor:
-    # fp32 (a half-precision gather spills), pre-multiplied by log2(e): the kernels work in base 2.
-    return rpb.float() * LOG2E
+    # The kernels gather an fp32 table (a half-precision gather spills) and scale it by log2(e) themselves: an fp32
+    # parameter (also under autocast) goes in as it is, with no conversion kernel.
+    return rpb if rpb.dtype == torch.float32 and rpb.is_contiguous() else rpb.float().contiguous()
 
 
-def _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale, rpb_arg=None):
-    """Output and log-sum-exp (base 2); ``rpb_arg`` is ``_rpb_arg(rpb)`` when the caller already has it."""
-    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
-    plan = _plan(q, v, kernel, dilation, stride, causal, rpb is not None)
-    n_dim = plan.n_dim
-    out = torch.empty(*q.shape[:-1], plan.dim_v, device=q.device, dtype=q.dtype)
-    lse = torch.empty(plan.batch, plan.heads, plan.n_tok, device=q.device, dtype=torch.float32)
-    if rpb_arg is None:
-        rpb_arg = _rpb_arg(rpb) if rpb is not None else lse
-    plan.launchers['fwd'](
-        _na_fwd_kernel, plan.grid('fwd'), (q, k, v, out, lse, rpb_arg, *plan.windows),
-        (*_strides(q, n_dim), *_strides(k, n_dim), *_strides(v, n_dim), *_strides(out, n_dim), plan.heads,
-         *plan.problem, math.prod(plan.tiles['fwd']), *plan.tiles['fwd'][1:], *plan.kernel3),
-        (scale * LOG2E,), plan.launch_args('fwd'))
+def _launch(kernel: Kernel, slot: list, plan: _Plan, name: str, args: tuple, consts: Optional[dict] = None):
+    launch_consts, warps, stages = plan.launch[name]
+    kernel.launch(slot, plan.grids[name], args, launch_consts if consts is None else consts, warps, stages)
+
+
+def _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale):
+    """Output and log-sum-exp (base 2)."""
+    q, k, v = unit_last(q), unit_last(k), unit_last(v)
+    plan = _plan(q, k, v, kernel, dilation, stride, causal, rpb is not None)
+    out = torch.empty(plan.out_shape, device=q.device, dtype=q.dtype)
+    lse = torch.empty(plan.lse_shape, device=q.device, dtype=torch.float32)
+    rpb_arg = _rpb_arg(rpb) if rpb is not None else lse
+    _launch(_FWD, plan.slots['fwd'], plan, 'fwd',
+            (q, k, v, out, lse, rpb_arg, *plan.windows, *plan.fwd_ints, scale * LOG2E))
     return out, lse
 
 
-def _bwd(grad_out, q, k, v, out, lse, rpb, kernel, dilation, stride, causal, scale, rpb_grad, rpb_arg=None):
-    q, k, v, grad_out = _unit_last(q), _unit_last(k), _unit_last(v), _unit_last(grad_out)
-    plan = _plan(q, v, kernel, dilation, stride, causal, rpb is not None)
-    n_dim, heads, n_tok = plan.n_dim, plan.heads, plan.n_tok
+def _bwd(grad_out, q, k, v, out, lse, rpb, kernel, dilation, stride, causal, scale, rpb_grad):
+    q, k, v, grad_out = unit_last(q), unit_last(k), unit_last(v), unit_last(grad_out)
+    plan = _plan(q, k, v, kernel, dilation, stride, causal, rpb is not None)
+    dq_ints, dkdv_ints, slots = plan.backward_args(grad_out)
+    heads, n_tok = plan.heads, plan.n_tok
     # Gradients come out in the inputs' [B, *spatial, H, D] layout; delta = rowsum(dO * O) is [B, H, N] like lse.
     dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     dk = torch.empty(k.shape, device=q.device, dtype=q.dtype)
     dv = torch.empty(v.shape, device=q.device, dtype=q.dtype)
-    delta = torch.empty_like(lse)
+    delta = torch.empty(plan.lse_shape, device=q.device, dtype=torch.float32)
     bias_grad = plan.bias_grad if (rpb is not None and rpb_grad) else 0
     if bias_grad:
         bins = plan.n_rel if bias_grad == 1 else plan.n_slots
         dsn = torch.zeros(heads, n_tok, bins, device=q.device, dtype=torch.float32)
     else:
         dsn = lse
-    if rpb_arg is None:
-        rpb_arg = _rpb_arg(rpb) if rpb is not None else lse
-    strides = (*_strides(q, n_dim), *_strides(k, n_dim), *_strides(v, n_dim))
+    rpb_arg = _rpb_arg(rpb) if rpb is not None else lse
     scales = (scale * LOG2E, scale)
     # The dQ pass first: it also writes delta, which the dK/dV pass reads.
-    plan.launchers['dq'](
-        _na_bwd_dq_kernel, plan.grid('dq'), (q, k, v, out, grad_out, lse, delta, dq, rpb_arg, dsn, *plan.windows),
-        (*strides, *_strides(out, n_dim), *_strides(grad_out, n_dim), *_strides(dq, n_dim), heads, *plan.problem,
-         math.prod(plan.tiles['dq']), *plan.tiles['dq'][1:], *plan.kernel3),
-        scales, dict(BIAS_GRAD=bias_grad, **plan.launch_args('dq')))
-    plan.launchers['dkdv'](
-        _na_bwd_dkdv_kernel, plan.grid('dkdv'),
-        (q, k, v, grad_out, lse, delta, dk, dv, rpb_arg, *plan.windows, *plan.query_boxes),
-        (*strides, *_strides(grad_out, n_dim), *_strides(dk, n_dim), *_strides(dv, n_dim), heads, *plan.problem,
-         *plan.tiles['dkdv'], *plan.kernel3),
-        scales, plan.launch_args('dkdv'))
+    dq_slot = slots['dq'].get(bias_grad)
+    if dq_slot is None:
+        dq_slot = slots['dq'][bias_grad] = [None, None]
+    dq_consts = dict(plan.launch['dq'][0], BIAS_GRAD=bias_grad)
+    _launch(_BWD_DQ, dq_slot, plan, 'dq', (q, k, v, out, grad_out, lse, delta, dq, rpb_arg, dsn, *plan.windows,
+                                           *dq_ints, *scales), dq_consts)
+    _launch(_BWD_DKDV, slots['dkdv'], plan, 'dkdv', (q, k, v, grad_out, lse, delta, dk, dv, rpb_arg, *plan.windows,
+                                                     *plan.query_boxes, *dkdv_ints, *scales))
     if bias_grad == 1:
         drpb = dsn.sum(1).reshape(rpb.shape).to(rpb.dtype)
     elif bias_grad == 2:
@@ -619,18 +636,17 @@ def _bwd(grad_out, q, k, v, out, lse, rpb, kernel, dilation, stride, causal, sca
 class _NeighborhoodAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, rpb, kernel, dilation, stride, causal, scale):
-        rpb_arg = _rpb_arg(rpb) if rpb is not None else None
-        out, lse = _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale, rpb_arg)
-        ctx.save_for_backward(q, k, v, rpb, out, lse, rpb_arg)
+        out, lse = _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale)
+        ctx.save_for_backward(q, k, v, rpb, out, lse)
         ctx.args = (kernel, dilation, stride, causal, scale)
         ctx.has_rpb = rpb is not None
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, rpb, out, lse, rpb_arg = ctx.saved_tensors
+        q, k, v, rpb, out, lse = ctx.saved_tensors
         rpb_grad = ctx.has_rpb and ctx.needs_input_grad[3]
-        dq, dk, dv, drpb = _bwd(grad_out, q, k, v, out, lse, rpb, *ctx.args, rpb_grad, rpb_arg)
+        dq, dk, dv, drpb = _bwd(grad_out, q, k, v, out, lse, rpb, *ctx.args, rpb_grad)
         return dq, dk, dv, (drpb if rpb_grad else None), None, None, None, None, None
 
 
@@ -681,14 +697,15 @@ _na_fwd_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 def neighborhood_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: Sequence[int],
-                                  dilation: Sequence[int], stride: Sequence[int], causal: Sequence[bool],
-                                  rpb: Optional[torch.Tensor], scale: float) -> torch.Tensor:
-    """The Triton path of :func:`visionattn.ops.neighborhood_attention` (arguments already validated)."""
-    kernel, dilation, stride = list(kernel), list(dilation), list(stride)
-    causal = [bool(c) for c in causal]
+                                  dilation: Sequence[int], stride: Sequence[int], causal: Sequence[bool], scale: float,
+                                  rpb: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The Triton path of :func:`visionattn.ops.neighborhood_attention` (arguments already validated: per-axis
+    tuples, a float scale)."""
     if torch.compiler.is_compiling():
-        out, _ = torch.ops.visionattn.na_fwd(q, k, v, rpb, kernel, dilation, stride, causal, float(scale))
+        out, _ = torch.ops.visionattn.na_fwd(q, k, v, rpb, list(kernel), list(dilation), list(stride),
+                                             [bool(c) for c in causal], float(scale))
         return out
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rpb)):
-        return _NeighborhoodAttention.apply(q, k, v, rpb, kernel, dilation, stride, causal, float(scale))
-    return _fwd(q, k, v, rpb, kernel, dilation, stride, causal, float(scale))[0]
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                    or (rpb is not None and rpb.requires_grad)):
+        return _NeighborhoodAttention.apply(q, k, v, rpb, kernel, dilation, stride, causal, scale)
+    return _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale)[0]

@@ -21,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+from ._common import LOG2E_C
+
 # Elements of one [channels, states, time] register tile: large enough to keep the scan busy, small enough not to spill.
 TILE_ELEMENTS = 4096
 # d_state 1 (VMamba v2, LaMamba): no padding of the state axis, long chunks, small tiles. The H200 sweep
@@ -66,7 +67,7 @@ def _ss_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, OUT, HSTART, LAST,
     n = tl.arange(0, BLOCK_N)
     n_ok = n < n_state
     dn_ok = d_ok[:, None] & n_ok[None, :]
-    a_log2 = tl.load(A + d[:, None] * n_state + n[None, :], mask=dn_ok, other=0.).to(tl.float32) * 1.4426950408889634
+    a_log2 = tl.load(A + d[:, None] * n_state + n[None, :], mask=dn_ok, other=0.).to(tl.float32) * LOG2E_C
     if HAS_D:
         skip = tl.load(DSKIP + d, mask=d_ok, other=0.).to(tl.float32)
     is_last = tl.arange(0, CHUNK) == CHUNK - 1
@@ -120,7 +121,7 @@ def _ss_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, DOUT, HSTART,
     n_ok = n < n_state
     dn_ok = d_ok[:, None] & n_ok[None, :]
     a_nat = tl.load(A + d[:, None] * n_state + n[None, :], mask=dn_ok, other=0.).to(tl.float32)
-    a_log2 = a_nat * 1.4426950408889634
+    a_log2 = a_nat * LOG2E_C
     if HAS_D:
         skip = tl.load(DSKIP + d, mask=d_ok, other=0.).to(tl.float32)
     local = tl.arange(0, CHUNK)

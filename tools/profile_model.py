@@ -1,0 +1,98 @@
+"""Where one step of a model spends its time: device time by kernel, launches, host time by op (torch.profiler).
+
+    python tools/profile_model.py nat_tiny swin_tiny_patch4_window7_224 --bench train --batch-size 64 \\
+        --amp --channels-last [--trace DIR]
+
+The step is the one tools/benchmark.py times (``infer``, ``train`` with AdamW, ``infer-bs8``...), built by the same
+code. Per model it prints the wall time of a step (synchronised), the device time of its kernels, the kernels
+launched per step, the kernels that take the most device time and the operators that take the most host time of
+their own. ``--trace DIR`` also writes a Chrome trace per model. Profile before optimising (issue 20).
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/benchmark.py
+
+from benchmark import _Setup, _synchronize, parse_benches  # noqa: E402
+
+import visionattn  # noqa: E402,F401  (registers the zoo with timm)
+
+
+def profile_step(name, args, device):
+    from torch.profiler import ProfilerActivity, profile
+    setup = _Setup(name, args, device)
+    cfg = setup.model.pretrained_cfg
+    size = args.img_size or cfg.get('input_size', (3, 224, 224))[-1]
+    setup.input_size = (3, size, size)
+    bench = args.bench
+    x, target = setup.inputs(setup.batch_of(bench))
+    step = setup.step(bench, setup.model, x, target)
+    for _ in range(args.warmup):
+        step()
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    _synchronize(device)
+    wall = (time.perf_counter() - start) / args.steps * 1e3
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    host = (time.perf_counter() - start) / args.steps * 1e3  # enqueue time while the device may lag behind
+    _synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        for _ in range(args.steps):
+            step()
+        _synchronize(device)
+    if args.trace:
+        args.trace.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(args.trace / f'{name}_{bench}.json'))
+    events = prof.key_averages()
+    kernels = [e for e in events if getattr(e, 'device_type', None) == torch.autograd.DeviceType.CUDA
+               and e.self_device_time_total > 0]
+    device_ms = sum(e.self_device_time_total for e in kernels) / args.steps / 1e3
+    launches = sum(e.count for e in kernels) / args.steps
+    print(f'## {name} {bench} batch {setup.batch_of(bench)}: wall {wall:.2f} ms/step, host enqueue {host:.2f} ms, '
+          f'device {device_ms:.2f} ms, {launches:.0f} kernels/step', flush=True)
+    print('top kernels (ms/step, launches/step):')
+    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:args.top]:
+        print(f'  {e.self_device_time_total / args.steps / 1e3:7.3f} {e.count / args.steps:6.0f}  {e.key[:110]}')
+    cpu_ops = [e for e in events if e.self_cpu_time_total > 0 and not e.key.startswith('ProfilerStep')]
+    print('top host ops by own CPU time (ms/step, calls/step):')
+    for e in sorted(cpu_ops, key=lambda e: -e.self_cpu_time_total)[:args.top]:
+        print(f'  {e.self_cpu_time_total / args.steps / 1e3:7.3f} {e.count / args.steps:6.0f}  {e.key[:110]}')
+    print(flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('models', nargs='+')
+    parser.add_argument('--bench', default='train', help='one of tools/benchmark.py\'s eager benchmarks')
+    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--train-batch-size', type=int)
+    parser.add_argument('--img-size', type=int)
+    parser.add_argument('--amp', action='store_true')
+    parser.add_argument('--amp-dtype', choices=('bf16', 'fp16'), default='bf16')
+    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--warmup', type=int, default=5)
+    parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument('--top', type=int, default=20)
+    parser.add_argument('--trace', type=Path, help='folder for Chrome traces')
+    args = parser.parse_args(argv)
+    benches = parse_benches(args.bench)
+    if len(benches) != 1 or benches[0].startswith('compile-'):
+        parser.error('--bench takes one eager benchmark (infer, train, infer-bsN)')
+    args.bench = benches[0]
+    device = torch.device(args.device)
+    for name in args.models:
+        profile_step(name, args, device)
+
+
+if __name__ == '__main__':
+    main()

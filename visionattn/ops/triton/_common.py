@@ -1,0 +1,47 @@
+"""What the Triton kernel files share: constants, size helpers, the inputs' layout rule and the grid policy.
+
+- Softmax kernels work in base 2 (``exp2``): scores are scaled by ``LOG2E`` (host side, folded into the softmax
+  scale) and so is anything added to them in a kernel (``LOG2E_C``, a constexpr).
+- Inputs may be any strided view whose last axis is unit-stride (``unit_last``); kernels take strides, so qkv
+  projections' slices and channels-last maps need no copy.
+- Grids are one flat axis where the programs could outgrow CUDA's 65535 limit of the second and third axes
+  (``flat_grid``), and the plan keys hold every integer, dtype and pointer alignment the JIT specialises on
+  (``launch.Kernel``).
+"""
+import torch
+import triton.language as tl
+
+__all__ = ['LOG2E', 'LOG2E_C', 'unit_last', 'pow2_clamp', 'contiguous_strides', 'flat_grid']
+
+LOG2E = 1.4426950408889634
+LOG2E_C = tl.constexpr(LOG2E)
+
+# CUDA's launch limits: 2^31 - 1 programs on the first grid axis, 65535 on the second and third.
+MAX_GRID_X = 2 ** 31 - 1
+
+
+def unit_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last axis is unit-stride (what every kernel assumes), else a contiguous copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def pow2_clamp(n: int, low: int, high: int) -> int:
+    """The power of two at or above ``n``, clamped to ``[low, high]`` (plain Python: cheap on the host)."""
+    return max(low, min(high, 1 << (max(int(n), 1) - 1).bit_length()))
+
+
+def contiguous_strides(shape: tuple) -> tuple:
+    """Strides of a contiguous tensor of ``shape`` (for outputs a plan allocates, before they exist)."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def flat_grid(programs: int, op: str) -> tuple:
+    """A three-axis grid with every program on the first axis; names the op when even that overflows."""
+    if programs > MAX_GRID_X:
+        raise ValueError(f'{op}: {programs} programs exceed the CUDA grid; split the batch')
+    return (programs, 1, 1)
+
