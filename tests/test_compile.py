@@ -294,7 +294,10 @@ def test_compiled_model_matches_eager_cuda(name):
                 out = compiled(x).float()
                 # bf16: fused and unfused kernels round differently; compare against the logits' scale.
                 assert (out - expected).norm() <= 2e-2 * expected.norm()
+    # Training in fp32, where compiled and eager must agree closely. Under bf16 autocast they need not: BiFormer's
+    # top-k routing of bf16 region logits can pick other regions when Inductor fuses the rounding differently
+    # (biformer_s on an H100: gradient error 2.7e-2 in bf16, 6.4e-4 in fp32; eager against eager: 0).
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True)
     with torch._dynamo.config.patch(error_on_recompile=True):
-        _check_compiled_training(model, compiled, x, target, tol=3e-2, autocast=autocast)
+        _check_compiled_training(model, compiled, x, target, tol=5e-3)

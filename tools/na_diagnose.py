@@ -146,6 +146,23 @@ def host_us(fn, calls=50):
     return host * 1e6
 
 
+def host_profile(fn, calls, rows):
+    """Print a cProfile of ``calls`` calls of ``fn`` (after a warm-up), the top ``rows`` functions by own time."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats('tottime').print_stats(rows)
+    print(buf.getvalue()[:6000], flush=True)
+    return prof
+
+
 class _Null(torch.autograd.Function):
     """The floor of an autograd op: one output allocation forward, one gradient allocation per input backward."""
 
@@ -207,18 +224,8 @@ def host_chain(batch, size=14, heads=8, chain=8):
               f'{per[0]:.0f} us, fwd with grad {per[1]:.0f} us, fwd+bwd {per[2]:.0f} us (one call with its own '
               f'autograd.grad: {single:.0f} us)', flush=True)
         if label == 'NA rpb':
-            for _ in range(3):
-                both()
-            torch.cuda.synchronize()
-            prof = cProfile.Profile()
-            prof.enable()
-            for _ in range(30):
-                both()
-            prof.disable()
-            torch.cuda.synchronize()
-            buf = io.StringIO()
-            pstats.Stats(prof, stream=buf).sort_stats('tottime').print_stats(25)
-            print(f'cProfile of 30 chains of {chain} NA rpb fwd+bwd calls:\n' + buf.getvalue()[:5000], flush=True)
+            print(f'cProfile of 30 chains of {chain} NA rpb fwd+bwd calls:', flush=True)
+            host_profile(both, 30, 25)
 
 
 def main():
@@ -282,18 +289,7 @@ def main():
 
     if not args.skip_cprofile:
         fwd, both = make_case(args.batch, 14, 8, True)
-        for _ in range(5):
-            both()
-        torch.cuda.synchronize()
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(100):
-            both()
-        prof.disable()
-        torch.cuda.synchronize()
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats('tottime').print_stats(30)
-        print(buf.getvalue()[:6000])
+        prof = host_profile(both, 100, 30)
         if args.out:
             prof.dump_stats(str(Path(args.out) / 'na_host.prof'))
 
