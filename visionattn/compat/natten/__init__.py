@@ -1,0 +1,120 @@
+"""A NATTEN drop-in on visionattn's neighborhood-attention op: code written for NATTEN runs unchanged.
+
+NATTEN (github.com/SHI-Labs/NATTEN, MIT; Hassani et al.) ships wheels for some torch/CUDA pairs only, none for the
+CPU backward, and since 0.20 no relative positional bias, so code written for it (NAT, DiNAT, diffusion
+transformers on neighborhood attention) stops running. visionattn's op has NATTEN's semantics, layout and rpb in
+1-, 2- and 3-D, on any GPU Triton supports and on the CPU. After::
+
+    import visionattn.compat.natten
+    visionattn.compat.natten.install()  # `import natten` now gives this drop-in, unless a real NATTEN is installed
+
+``import natten`` gives this package, with:
+
+- NATTEN 0.17's modules ``NeighborhoodAttention1D/2D/3D`` (parameters ``qkv``, ``rpb``, ``proj``; official NAT/DiNAT
+  checkpoints load unchanged), see :mod:`.modules`;
+- NATTEN >= 0.20's fused ``na1d/na2d/na3d`` and NATTEN <= 0.17's two-step ``natten.functional`` ops, see
+  :mod:`.functional`;
+- NATTEN's switches and queries (``use_fused_na``, ``has_cuda``, ...) as harmless stand-ins, see :mod:`.context`,
+  and ``natten.flops.add_natten_handle``.
+
+``install()`` never replaces a real NATTEN: if one is importable (or already imported) it returns that one and
+warns. The drop-in can also be used without installing it: ``from visionattn.compat import natten``.
+
+``__version__`` is '0.17.5+visionattn': the modules follow NATTEN 0.17, and ``natten.context`` exists, so the
+official NAT/DiNAT code passes ``rel_pos_bias=True`` as it does with NATTEN 0.17. The fused ops follow 0.20's
+argument order (``stride`` before ``dilation``; 0.17's fused ops had ``dilation`` fifth): pass them by keyword.
+"""
+import importlib
+import importlib.util
+import logging
+import sys
+import warnings
+from types import ModuleType
+
+from . import context, flops, functional, modules
+from .context import *  # noqa: F401,F403  (NATTEN exports its switches at the top level)
+from .context import __all__ as _context_all
+from .functional import na1d, na2d, na3d
+from .modules import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+
+__version__ = '0.17.5+visionattn'
+# NATTEN >= 0.20 says whether its compiled library loaded; there is none here (the ops need none).
+HAS_LIBNATTEN = False
+
+__all__ = [
+    'install', 'uninstall', 'NeighborhoodAttention1D', 'NeighborhoodAttention2D', 'NeighborhoodAttention3D',
+    'na1d', 'na2d', 'na3d', 'context', 'flops', 'functional', 'modules', 'HAS_LIBNATTEN', '__version__',
+    *_context_all,
+]
+
+_logger = logging.getLogger('visionattn.compat.natten')
+
+# ``natten.<name>`` that code imports; the 0.14-0.17 module files natten1d/2d/3d all hold the modules.
+_SUBMODULES = {'context': context, 'flops': flops, 'functional': functional, 'modules': modules,
+               'natten1d': modules, 'natten2d': modules, 'natten3d': modules}
+
+
+def _registered() -> dict:
+    this = sys.modules[__name__]
+    return {'natten': this, **{f'natten.{name}': module for name, module in _SUBMODULES.items()}}
+
+
+def _where(module: ModuleType) -> str:
+    spec = getattr(module, '__spec__', None)
+    return getattr(module, '__file__', None) or (spec.origin if spec is not None else None) or repr(module)
+
+
+def install() -> ModuleType:
+    """Makes ``import natten`` (and ``natten.functional``, ``natten.context``, ...) give this drop-in.
+
+    Never replaces a real NATTEN: when a module named ``natten`` is already imported, or one can be imported
+    (``importlib.util.find_spec('natten')`` finds it), nothing is registered, a warning says so and that module is
+    returned. Calling it again is harmless.
+
+    Returns:
+        The module ``import natten`` now gives.
+
+    Raises:
+        ImportError: a real NATTEN is installed but fails to import; it is not replaced (uninstall it to use the
+            drop-in).
+    """
+    this = sys.modules[__name__]
+    current = sys.modules.get('natten')
+    if current is this:
+        return this
+    if current is not None:
+        warnings.warn(f"visionattn.compat.natten.install(): a natten module is already imported from "
+                      f"{_where(current)}; it is kept and visionattn's drop-in is not installed", stacklevel=2)
+        return current
+    spec = importlib.util.find_spec('natten')
+    if spec is not None:
+        origin = spec.origin or ', '.join(spec.submodule_search_locations or ()) or spec.name
+        warnings.warn(f'visionattn.compat.natten.install(): a real NATTEN is installed ({origin}); it is used and '
+                      "visionattn's drop-in is not installed (uninstall natten to use the drop-in)", stacklevel=2)
+        try:
+            return importlib.import_module('natten')
+        except Exception as error:
+            raise ImportError(
+                f'visionattn.compat.natten.install(): the NATTEN installed at {origin} fails to import ({error!r}); '
+                "visionattn does not replace an installed NATTEN: uninstall it (pip uninstall natten) to use "
+                "visionattn's drop-in") from error
+    sys.modules.update(_registered())
+    _logger.info("visionattn.compat.natten.install(): `import natten` now gives visionattn's drop-in")
+    return this
+
+
+def uninstall() -> None:
+    """Undoes :func:`install`: removes from ``sys.modules`` the ``natten`` entries that are this drop-in (a real
+    NATTEN's are never touched). Modules that already imported ``natten`` keep their reference."""
+    for name, module in _registered().items():
+        if sys.modules.get(name) is module:
+            del sys.modules[name]
+
+
+def __getattr__(name: str):
+    if name.startswith('__'):
+        raise AttributeError(name)
+    raise AttributeError(
+        f"natten (visionattn's drop-in) has no {name!r}: it provides NATTEN 0.17's NeighborhoodAttention1D/2D/3D, "
+        'the fused na1d/na2d/na3d, natten.functional (also the two-step ops) and NATTEN\'s switches; NATTEN-only '
+        'features (attention, merge_attentions, kernel configurations, the profiler) are not included')
