@@ -35,9 +35,13 @@ from torch import nn
 from visionattn._timm_compat import resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
 from visionattn.layers import BiLevelRoutingAttention
+from visionattn.layers.inputs import check_images
 from visionattn.zoo import PaperFacts, register_paper_facts
 
 __all__ = []  # models are reached through timm.create_model
+
+
+torch.fx.wrap('check_images')  # one FX node; TorchScript calls back into Python
 
 
 class GlobalAttentionLePE(nn.Module):
@@ -287,7 +291,7 @@ class BiFormer(nn.Module):
         last = len(self.stages) - 1
         stages = self.stages[:max_index + 1] if stop_early else self.stages
         intermediates = []
-        x = self.stem(x)
+        x = self.stem(check_images(x, self.stem[0].in_channels, 'BiFormer'))
         for i, stage in enumerate(stages):
             x = stage(x)
             if i in take_indices:
@@ -328,7 +332,7 @@ class BiFormer(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
+        x = self.stem(check_images(x, self.stem[0].in_channels, 'BiFormer'))
         x = self.stages(x)
         return self.norm(x)
 

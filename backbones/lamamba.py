@@ -29,10 +29,14 @@ from torch import nn
 
 from visionattn._timm_compat import resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
+from visionattn.layers.inputs import check_images
 from visionattn.layers.ss2d import SS2D, ShiftedWindowAttention
 from visionattn.zoo import PaperFacts, register_paper_facts
 
 __all__ = ['LaMamba', 'LaMambaBlock', 'PatchEmbed', 'PatchMerging']
+
+
+torch.fx.wrap('check_images')  # one FX node; TorchScript calls back into Python
 
 
 class PatchEmbed(nn.Module):
@@ -44,7 +48,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        return self.norm(self.proj(check_images(x, self.proj.in_channels, 'LaMamba')).permute(0, 2, 3, 1))
 
 
 class PatchMerging(nn.Module):

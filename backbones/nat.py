@@ -29,20 +29,15 @@ from torch import nn
 from visionattn._timm_compat import resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
 from visionattn.layers import NeighborhoodAttention2d
+from visionattn.layers.inputs import check_images
 from visionattn.zoo import PaperFacts, register_paper_facts
 
 __all__ = ['NAT']  # models are reached through timm.create_model
 
 
-@torch.jit.ignore
-def _check_images(x: torch.Tensor, in_chans: int) -> torch.Tensor:
-    # Named here: a 3-D tensor (one image without its batch axis) used to fail inside a permute (issue 21).
-    if x.dim() != 4 or x.shape[1] != in_chans:
-        raise ValueError(f'NAT expects images of shape [batch, {in_chans}, height, width], got {tuple(x.shape)}')
-    return x
+torch.fx.wrap('check_images')  # one FX node; TorchScript calls back into Python
 
 
-torch.fx.wrap('_check_images')  # one FX node; TorchScript calls back into Python
 
 
 class ConvTokenizer(nn.Module):
@@ -330,7 +325,7 @@ class NAT(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take_indices, max_index = resolve_take_indices(len(self.levels), indices)
         last = len(self.levels) - 1
-        x = self.pos_drop(self.patch_embed(_check_images(x, self.in_chans)))
+        x = self.pos_drop(self.patch_embed(check_images(x, self.in_chans, 'NAT')))
         levels = self.levels[:max_index + 1] if stop_early else self.levels
         intermediates = []
         for i, level in enumerate(levels):
@@ -369,7 +364,7 @@ class NAT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> final normed feature map [B, C', H/32, W/32] (NCHW)."""
-        x = self.pos_drop(self.patch_embed(_check_images(x, self.in_chans)))
+        x = self.pos_drop(self.patch_embed(check_images(x, self.in_chans, 'NAT')))
         for level in self.levels:
             x = level(x)
         return self.norm(x).permute(0, 3, 1, 2)

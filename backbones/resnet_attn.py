@@ -28,6 +28,21 @@ from visionattn.zoo import PaperFacts, register_paper_facts
 __all__ = []  # models are reached through timm.create_model
 
 
+class _EcaModule(EcaModule):
+    """timm's ``EcaModule``, which reshapes with ``view(B, 1, -1)`` and so fails on an empty batch; here the channel
+    count is named instead, and a batch of no image gives an empty output like the rest of the network."""
+
+    def forward(self, x):
+        batch, channels = x.shape[0], x.shape[1]
+        y = x.mean((2, 3)).view(batch, 1, channels)  # view for 1d conv
+        y = self.conv(y)
+        if self.conv2 is not None:
+            y = self.act(y)
+            y = self.conv2(y)
+        y = self.gate(y).view(batch, channels, 1, 1)
+        return x * y.expand_as(x)
+
+
 def _eca_per_stage(kernel_sizes: Sequence[int], expansion: int):
     """An ``attn_layer`` giving each stage its own fixed ECA kernel, as the official ``--ksize 3557`` does.
 
@@ -38,7 +53,7 @@ def _eca_per_stage(kernel_sizes: Sequence[int], expansion: int):
     by_channels = {64 * 2 ** i * expansion: k for i, k in enumerate(kernel_sizes)}
 
     def make(channels: int, **dd) -> nn.Module:
-        return EcaModule(kernel_size=by_channels[channels], **dd)
+        return _EcaModule(kernel_size=by_channels[channels], **dd)
     return make
 
 

@@ -40,3 +40,12 @@ def test_info_unknown_pretrained_tag(capsys):
     assert main(['info', 'nat_mini.badtag']) == 1
     err = capsys.readouterr().err
     assert 'badtag' in err and 'nat_mini.in1k' in err
+
+
+def test_info_says_the_weights_are_unverified(capsys):
+    # Issue 22: no own-weight URL carries a sha256, so the check "where one is known" never applied, silently.
+    assert main(['info', 'nat_mini']) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('checksum:'))
+    assert 'unverified' in line and 'no sha256' in line
+    assert main(['info', 'efficientvit_m0']) == 0  # hub weights: no such line
+    assert 'checksum:' not in capsys.readouterr().out

@@ -227,3 +227,15 @@ def test_backbone_family_goes_through_its_checkpoint_filter(tmp_path):
     model.load_state_dict(state, strict=True, assign=True)
     with pytest.raises(SystemExit, match='unknown family'):
         _tool().main(['no_such_family', str(tmp_path / 'eca.pth.tar'), str(tmp_path / 'x.pth')])
+
+
+def test_a_training_checkpoint_points_to_publish(tmp_path):
+    # Issue 22: convert.py refused a tools/train.py checkpoint for its numpy objects; now it reads the weights and
+    # names the tool that exports them (the task model's prefixes are not an official layout to convert).
+    import numpy as np
+    official = official_eca_model('eca_resnet18')
+    path = tmp_path / 'epoch_6.pth'
+    torch.save({'meta': {'epoch': 6}, 'message_hub': {'runtime_info': {'eta': np.float64(1.0)}}, 'optimizer': {},
+                'state_dict': {f'classifier.{k}': v for k, v in official.state_dict().items()}}, path)
+    with pytest.raises(SystemExit, match=r'(?s)does not fit.*tools/publish\.py CONFIG CHECKPOINT OUT_DIR'):
+        _tool().main(['eca_resnet18', str(path), str(tmp_path / 'out.safetensors')])

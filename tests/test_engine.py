@@ -100,3 +100,55 @@ def test_runner_init_weights_keeps_the_built_weights():
     model.init_weights()
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert not changed, changed
+
+
+def test_every_mmengine_registry_has_a_visionattn_child():
+    # Issue 22: the runner warned "Failed to search registry with scope visionattn" for each registry without one
+    # (optimizer, optim_wrapper, parameter scheduler, visualizer, vis_backend, log_processor, ...).
+    import mmengine.registry as roots
+    from mmengine.registry import DefaultScope, Registry
+
+    import visionattn.engine  # noqa: F401
+    names = [n for n in dir(roots) if isinstance(getattr(roots, n), Registry)]
+    assert {'OPTIMIZERS', 'PARAM_SCHEDULERS', 'VISUALIZERS', 'VISBACKENDS', 'LOG_PROCESSORS'} <= set(names)
+    with DefaultScope.overwrite_default_scope('visionattn'):
+        for name in names:
+            with getattr(roots, name).switch_scope_and_registry('visionattn') as registry:
+                assert registry.scope == 'visionattn', f'{name} has no child registry in scope visionattn'
+
+
+def test_ema_that_would_start_after_the_run_fails_in_the_config_check():
+    # Issue 22: --cfg-options train_cfg.max_epochs=1 on the digits config crashed in EMAHook.before_train.
+    cfg = Config.fromfile(DIGITS)
+    cfg.merge_from_dict({'train_cfg.max_epochs': 1})
+    with pytest.raises(ValueError, match=r'custom_hooks\.4\.begin_epoch=2 \(EMAHook\) is beyond '
+                                         r'train_cfg\.max_epochs=1.*--cfg-options custom_hooks\.4\.begin_epoch=N'):
+        check_config(cfg)
+    cfg.merge_from_dict({'custom_hooks.4.begin_epoch': 1})  # the way out the message names
+    check_config(cfg)
+
+
+def test_plain_checkpoint_round_trip_is_exact(tmp_path):
+    # What the engine saves holds no numpy object (torch's weights-only loader reads it with no allow-list), and
+    # resume gets the numpy state back bit for bit.
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    from visionattn.engine import plain_checkpoint
+    buffer = HistoryBuffer()
+    for value in (1.5, 0.25, 3.0):
+        buffer.update(value)
+    rng = np.random.RandomState(3).get_state()
+    state = {'state_dict': {'w': torch.ones(2)}, 'message_hub': {'log_scalars': {'loss': buffer},
+                                                                 'runtime_info': {'eta': np.float64(12.5)}},
+             'rng_states': [{'numpy': rng, 'torch': torch.get_rng_state()}], 'meta': {'palette': np.eye(3, 2)}}
+    plain_checkpoint(state)
+    path = tmp_path / 'plain.pth'
+    torch.save(state, path)
+    torch.load(path, weights_only=True)  # no numpy global left
+    loaded = load_training_checkpoint(path)
+    assert loaded['message_hub']['log_scalars']['loss'].data[0].tolist() == [1.5, 0.25, 3.0]
+    assert loaded['message_hub']['runtime_info']['eta'] == 12.5
+    got = loaded['rng_states'][0]['numpy']
+    assert got[0] == rng[0] and got[1].dtype == rng[1].dtype and np.array_equal(got[1], rng[1]) and got[2:] == rng[2:]
+    assert np.array_equal(loaded['meta']['palette'], np.eye(3, 2))

@@ -362,3 +362,72 @@ def test_build_refuses_values_taken_silently(name, kwargs, match):
     # back to downloading) or failed deep inside bernoulli_ (drop_path_rate 2.0).
     with pytest.raises(ValueError, match=match):
         timm.create_model(name, **kwargs)
+
+
+def test_cache_dir_is_honoured(weight_server, official_r50, tmp_path):
+    # Issue 22: create_model(..., cache_dir=X) went to torch hub's folder for the zoo's own weights.
+    path = _serve(weight_server, official_r50[1], 'eca.pth', legacy=False)
+    cache = tmp_path / 'my_cache'
+    overlay = dict(url=weight_server.url(path.name))
+    timm.create_model('eca_resnet50', pretrained=True, cache_dir=cache, pretrained_cfg_overlay=overlay)
+    assert (cache / 'eca.pth').read_bytes() == path.read_bytes()
+    assert _cache_files() == []  # nothing in torch hub's folder
+    timm.create_model('eca_resnet50', pretrained=True, cache_dir=cache, pretrained_cfg_overlay=overlay)
+    assert weight_server.requests == ['/eca.pth']  # reused from there
+
+
+def test_offline_message_names_the_file_and_where_it_goes(weight_server, official_r50, tmp_path):
+    # Issue 22: offline, the error said only that the URL could not be reached.
+    url = weight_server.url('missing.pth') + '#name=eca_resnet50_k3557.pth.tar&size=1234'
+    cache = tmp_path / 'offline_cache'
+    with pytest.raises(CheckpointError) as error:
+        timm.create_model('eca_resnet50', pretrained=True, cache_dir=cache, pretrained_cfg_overlay=dict(url=url))
+    message = str(error.value)
+    assert 'could not download' in message
+    assert 'eca_resnet50_k3557.pth.tar, 1234 bytes' in message
+    assert 'pretrained_cfg_overlay=dict(file="/path/to/eca_resnet50_k3557.pth.tar")' in message
+    assert str(cache / 'eca_resnet50_k3557.pth.tar') in message
+    # The way out works: the file put where the message says loads without a server.
+    torch.save(official_r50[1], cache / 'eca_resnet50_k3557.pth.tar')
+    timm.create_model('eca_resnet50', pretrained=True, cache_dir=cache, pretrained_cfg_overlay=dict(
+        url=weight_server.url('missing.pth') + '#name=eca_resnet50_k3557.pth.tar'))
+
+
+def test_a_recorded_size_is_checked(weight_server, official_r50):
+    path = _serve(weight_server, official_r50[1], 'eca.pth', legacy=False)
+    size = path.stat().st_size
+    with pytest.raises(CheckpointError, match=f'size mismatch .* expected {size + 1} bytes, got {size}'):
+        download_weights(weight_server.url('eca.pth') + f'#size={size + 1}', progress=False)
+    assert _cache_files() == []
+    assert download_weights(weight_server.url('eca.pth') + f'#size={size}', progress=False).stat().st_size == size
+
+
+def test_numpy_objects_beside_the_weights_are_skipped_not_built(tmp_path):
+    # Issue 22: a checkpoint with numpy objects (an older engine checkpoint's history, an official best_acc) was
+    # refused whole; now only its tensors are read: the numpy objects become inert placeholders, never built.
+    import numpy as np
+
+    from visionattn.hub import SkippedObject
+    official = official_eca_model('eca_resnet18')
+    checkpoint = official_checkpoint(official, 'eca_resnet18')
+    checkpoint.update(best_prec1=np.float64(70.9), history=np.arange(5.0), rng=np.random.get_state())
+    path = tmp_path / 'with_numpy.pth'
+    torch.save(checkpoint, path)
+    loaded = load_checkpoint_file(path)
+    assert isinstance(loaded['best_prec1'], SkippedObject) and isinstance(loaded['history'], SkippedObject)
+    assert isinstance(loaded['rng'][1], SkippedObject) and loaded['rng'][0] == 'MT19937'
+    model = timm.create_model('eca_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    torch.testing.assert_close(model.layer4[1].se.conv.weight, official.layer4[1].eca.conv.weight)
+    # Other globals are still refused.
+    torch.save({'state_dict': {}, 'payload': _Exploit(tmp_path / 'marker')}, path)
+    with pytest.raises(CheckpointError, match='not plain weights'):
+        load_checkpoint_file(path)
+
+
+def test_an_engine_checkpoint_points_to_publish(tmp_path):
+    official = official_eca_model('eca_resnet18')
+    path = tmp_path / 'epoch_6.pth'
+    torch.save({'meta': {'epoch': 6}, 'message_hub': {}, 'optimizer': {},
+                'state_dict': {f'classifier.{k}': v for k, v in official.state_dict().items()}}, path)
+    with pytest.raises(CheckpointMismatchError, match=r'tools/publish\.py CONFIG CHECKPOINT OUT_DIR'):
+        timm.create_model('eca_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))

@@ -35,10 +35,12 @@ from torch import nn
 
 import visionattn  # noqa: F401  (registers the zoo's backbones)
 from visionattn.hub import (
+    PUBLISH_HINT,
     CheckpointError,
     check_state_dict,
     download_weights,
     extract_checkpoint,
+    is_engine_checkpoint,
     load_checkpoint_file,
     unwrap_state_dict,
 )
@@ -233,11 +235,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             print(f'{c.name:12s} {c.description}')
         print(f'{"<model>":12s} any timm / visionattn model name, through its checkpoint_filter_fn')
         return {}
+    checkpoint = None
     try:
         checkpoint, path = read_checkpoint(args.input, args.member)
         state, model, described = convert(args.family, checkpoint, args)
     except CheckpointError as e:
-        raise SystemExit(f'convert.py: {e}') from None
+        hint = f'\n  {PUBLISH_HINT}' if is_engine_checkpoint(checkpoint) else ''
+        raise SystemExit(f'convert.py: {e}{hint}') from None
     fmt, digest = save_state_dict(state, args.output)
     raw = unwrap_state_dict(checkpoint) if isinstance(checkpoint, dict) else {}
     tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]

@@ -13,8 +13,6 @@ import argparse
 import json
 import os.path as osp
 
-from mmengine.config import DictAction
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -25,7 +23,8 @@ def parse_args(argv=None):
     parser.add_argument('--steps', type=int, default=None, help='sampling steps (default: the config\'s)')
     parser.add_argument('--device', default=None, help='cuda or cpu (default: cuda when available)')
     parser.add_argument('--out', default=None, help='save the scores and ranking to this JSON file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings (k=v)')
+    parser.add_argument('--cfg-options', nargs='+', action='extend', metavar='KEY=VALUE',
+                        help='override config settings, checked as tools/train.py checks them')
     return parser.parse_args(argv)
 
 
@@ -81,14 +80,15 @@ def main(argv=None):
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint file {args.checkpoint} does not exist')
     import torch
-    from mmengine.config import Config
 
-    from visionattn.engine import MODELS, load_training_checkpoint
+    from visionattn.engine import MODELS, ConfigError, apply_cfg_options, load_training_checkpoint, read_config
     from visionattn.engine.diffusion import diffusion_collate
 
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    try:
+        cfg = read_config(args.config)
+        apply_cfg_options(cfg, args.cfg_options)
+    except ConfigError as e:  # names the file and line, or the option
+        raise SystemExit(str(e)) from None
     if cfg.model.get('pretrained'):
         cfg.model.pretrained = False  # every weight, the VAE's too, comes from the checkpoint
     model = MODELS.build(cfg.model)

@@ -9,7 +9,7 @@ import argparse
 import os
 import os.path as osp
 
-from mmengine.config import DictAction
+from visionattn.engine.config_checks import CFG_OPTIONS_HELP
 
 
 def parse_args(argv=None):
@@ -19,7 +19,7 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='the dir to save the evaluation logs')
     parser.add_argument('--out', help='dump the predictions to this pickle file (mmengine DumpResults)')
     parser.add_argument('--show-dir', help='save images annotated with predictions in this folder')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
+    parser.add_argument('--cfg-options', nargs='+', action='extend', metavar='KEY=VALUE', help=CFG_OPTIONS_HELP)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
@@ -29,13 +29,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not osp.isfile(args.checkpoint):
+    if not osp.exists(args.checkpoint):
         raise SystemExit(f'checkpoint file {args.checkpoint} does not exist')
-    from visionattn.engine import VisionRunner, check_config, load_tool_config
-    cfg = load_tool_config(args.config, args.cfg_options, args.work_dir, args.launcher)
-    cfg.load_from = args.checkpoint
-    cfg.resume = False
-    check_config(cfg)
+    from visionattn.engine import ConfigError, VisionRunner, check_config, load_tool_config
+    try:
+        cfg = load_tool_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+        cfg.load_from = args.checkpoint
+        cfg.resume = False
+        check_config(cfg, mode='test')  # (a folder as the checkpoint: refused, naming the latest checkpoint in it)
+    except ConfigError as e:  # names the file and line, or the option: a traceback would only hide it
+        raise SystemExit(str(e)) from None
     runner = VisionRunner.from_cfg(cfg)
     if args.show_dir:
         from mmengine.model import is_model_wrapper

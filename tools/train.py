@@ -10,7 +10,9 @@ dir: a second one refuses, naming the first one's pid (the lock goes with the pr
 import argparse
 import os
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
+
+from visionattn.engine.config_checks import CFG_OPTIONS_HELP
 
 
 def parse_args(argv=None):
@@ -21,8 +23,7 @@ def parse_args(argv=None):
     parser.add_argument('--auto-scale-lr', action='store_true', help='scale the lr by the actual total batch size')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from this checkpoint, or without a path from the latest in the work dir')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. train_cfg.max_epochs=3 model.backbone=biformer_s')
+    parser.add_argument('--cfg-options', nargs='+', action='extend', metavar='KEY=VALUE', help=CFG_OPTIONS_HELP)
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher (pytorch: torchrun)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -59,9 +60,12 @@ def launcher_rank(launcher: str) -> int:
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = build_config(args)
-    from visionattn.engine import VisionRunner, WorkDirInUseError, check_config, lock_work_dir
-    check_config(cfg)
+    from visionattn.engine import ConfigError, VisionRunner, WorkDirInUseError, check_config, lock_work_dir
+    try:
+        cfg = build_config(args)
+        check_config(cfg, mode='train')
+    except ConfigError as e:  # names the file and line, or the option: a traceback would only hide it
+        raise SystemExit(str(e)) from None
     # Rank 0 holds the work dir for the whole run; the other processes of the same run write there too and must not
     # refuse each other. A second run's rank 0 refuses, and its launcher stops the rest.
     try:

@@ -2,9 +2,10 @@
 from typing import List, Optional, Sequence, Tuple, Union
 
 from timm.models._builder import resolve_pretrained_cfg
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureGetterNet, feature_take_indices
+from timm.models._hub import generate_readme
 
-__all__ = ['resolve_pretrained_cfg', 'resolve_take_indices']
+__all__ = ['resolve_pretrained_cfg', 'resolve_take_indices', 'FeatureGetterNet', 'generate_readme']
 
 
 def resolve_take_indices(num_levels: int, indices: Optional[Union[int, Sequence[int]]]) -> Tuple[List[int], int]:

@@ -23,6 +23,18 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checksum_status(url: str) -> str:
+    """What a download of ``url`` is checked against, and whether that makes the weights verified."""
+    from visionattn.hub import weight_file_facts
+    facts = weight_file_facts(url)
+    if facts['sha256']:
+        return f'sha256 {facts["sha256"]} (checked on download and before every load)'
+    size = f'size {facts["size"]:,} bytes (checked on download); ' if facts['size'] is not None else ''
+    return (f'{size}the weights are unverified: the authors publish no sha256 for this file and visionattn records '
+            'none, so a download is checked only for completeness (Content-Length) and format (zip CRC-32s where it '
+            'is a zip); from then on the sha256 of what was downloaded, kept beside it in the cache, guards it')
+
+
 def _info(args: argparse.Namespace) -> int:
     name = args.model
     if not timm.is_model(name.split('.')[0]):
@@ -56,6 +68,8 @@ def _info(args: argparse.Namespace) -> int:
         source = cfg.hf_hub_id or cfg.url or cfg.file
         if source:
             print(f'source:       {source}')
+        if cfg.url and not cfg.hf_hub_id:
+            print(f'checksum:     {_checksum_status(cfg.url)}')
         print('pretrained cfg:')
         for key, value in cfg.to_dict(remove_source=True).items():
             print(f'  {key}: {json.dumps(value, default=str)}')

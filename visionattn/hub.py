@@ -7,7 +7,10 @@ result against the model *before* a single tensor is copied, so a wrong checkpoi
 missing, unexpected and mis-shaped keys instead of half-loading.
 
 Checksums travel in the URL fragment, ``https://host/file.pth#sha256=<hex>``, which HTTP clients never send;
-``#name=<file name>`` gives the cache file a name when the URL path has none (e.g. Google Drive links).
+``#size=<bytes>`` records the file's length where no digest is published, and ``#name=<file name>`` gives the cache
+file a name when the URL path has none (e.g. Google Drive links). Downloads go to ``timm.create_model``'s
+``cache_dir`` when one is given, else torch hub's ``checkpoints`` folder; offline, the error names the file to fetch
+by hand and where to put it.
 
 Every load is checked for integrity first (:mod:`visionattn.integrity`: a digest beside the file, zip CRC-32s or a
 safetensors header). Downloads time out on a silent server (``VISIONATTN_DOWNLOAD_TIMEOUT`` seconds, default 30),
@@ -46,9 +49,10 @@ from .integrity import (
 )
 
 __all__ = [
-    'CheckpointError', 'CheckpointCorruptedError', 'CheckpointMismatchError', 'build_model', 'download_weights',
-    'load_checkpoint_file', 'unwrap_state_dict', 'check_state_dict', 'extract_checkpoint', 'sha256_file',
-    'verify_checkpoint', 'SAFE_GLOBALS',
+    'CheckpointError', 'CheckpointCorruptedError', 'CheckpointMismatchError', 'DownloadError', 'build_model',
+    'download_weights', 'weight_file_facts', 'cache_path', 'load_checkpoint_file', 'unwrap_state_dict',
+    'is_engine_checkpoint', 'PUBLISH_HINT', 'check_state_dict', 'extract_checkpoint', 'sha256_file',
+    'verify_checkpoint', 'SAFE_GLOBALS', 'SkippedObject',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -64,15 +68,37 @@ class CheckpointMismatchError(CheckpointError):
     """A checkpoint that reads fine but does not fit the model."""
 
 
+class DownloadError(CheckpointError):
+    """A download that did not complete: no connection, an HTTP error, a stalled or early-closed transfer."""
+
+
 def _parse_weight_url(url: str):
-    """Split ``url#sha256=..&name=..`` into the URL to fetch, the expected sha256 and the cache file name."""
+    """Split ``url#sha256=..&size=..&name=..`` into the URL to fetch, the expected sha256, the expected size in bytes
+    and the cache file name."""
     parts = urlsplit(url)
     fragment = {k: v[-1] for k, v in parse_qs(parts.fragment).items()}
     fetch_url = urlunsplit(parts._replace(fragment=''))
     name = fragment.get('name') or os.path.basename(parts.path)
     if not name or '.' not in name:
         name = hashlib.sha256(fetch_url.encode()).hexdigest()[:16] + '.pth'
-    return fetch_url, fragment.get('sha256'), name
+    size = fragment.get('size')
+    if size is not None and not size.isdigit():
+        raise ValueError(f'{url}: #size={size!r} is not a number of bytes')
+    return fetch_url, fragment.get('sha256'), int(size) if size is not None else None, name
+
+
+def weight_file_facts(url: str) -> Dict[str, Any]:
+    """What a weight URL records about its file: ``url`` (to fetch), ``name`` (of the cache file), ``sha256`` and
+    ``size`` (None where not recorded)."""
+    fetch_url, sha256, size, name = _parse_weight_url(url)
+    return dict(url=fetch_url, name=name, sha256=sha256, size=size)
+
+
+def cache_path(url: str, cache_dir: Optional[Union[str, Path]] = None) -> Path:
+    """The file :func:`download_weights` keeps ``url`` in: ``<cache_dir>/<name>``, by default in torch hub's
+    ``checkpoints`` folder. A file put there by hand is used (after the same checks) instead of downloading."""
+    cache = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()) / 'checkpoints'
+    return cache / _parse_weight_url(url)[3]
 
 
 _DEFAULT_TIMEOUT = 30.0
@@ -97,7 +123,7 @@ def _fetch(url: str, dst: Path, timeout: float, progress: bool) -> str:
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError and socket timeouts are OSErrors
-        raise CheckpointError(f'could not download {url}: {e}') from e
+        raise DownloadError(f'could not download {url}: {e}') from e
     with response:
         length = response.headers.get('Content-Length', '')
         expected = int(length) if length.strip().isdigit() else None
@@ -109,10 +135,10 @@ def _fetch(url: str, dst: Path, timeout: float, progress: bool) -> str:
                 try:
                     chunk = response.read1(1 << 20)  # returns what one socket read gives: a trickle is seen
                 except TimeoutError as e:
-                    raise CheckpointError(f'download of {url} stalled: no data for {timeout:g} s after {received} '
-                                          f'bytes (VISIONATTN_DOWNLOAD_TIMEOUT sets the limit)') from e
+                    raise DownloadError(f'download of {url} stalled: no data for {timeout:g} s after {received} '
+                                        f'bytes (VISIONATTN_DOWNLOAD_TIMEOUT sets the limit)') from e
                 except (OSError, http.client.HTTPException) as e:
-                    raise CheckpointError(f'download of {url} failed after {received} bytes: {e!r}') from e
+                    raise DownloadError(f'download of {url} failed after {received} bytes: {e!r}') from e
                 if not chunk:
                     break
                 f.write(chunk)
@@ -122,13 +148,13 @@ def _fetch(url: str, dst: Path, timeout: float, progress: bool) -> str:
                 now = time.monotonic()
                 if now - window_start >= timeout:
                     if received - window_received < _MIN_BYTES_PER_TIMEOUT:
-                        raise CheckpointError(
+                        raise DownloadError(
                             f'download of {url} stalled: {received - window_received} bytes in {now - window_start:.1f}'
                             f' s after {received} bytes (VISIONATTN_DOWNLOAD_TIMEOUT sets the limit)')
                     window_start, window_received = now, received
     if expected is not None and received != expected:
-        raise CheckpointError(f'download of {url} is incomplete: the connection closed after {received} of the '
-                              f'{expected} bytes announced')
+        raise DownloadError(f'download of {url} is incomplete: the connection closed after {received} of the '
+                            f'{expected} bytes announced')
     return digest.hexdigest()
 
 
@@ -143,9 +169,15 @@ def _not_a_checkpoint(path: Path, source: str) -> CheckpointError:
                            f'a safetensors nor a pickle file); they start with {head[:48]!r}')
 
 
-def _check_weights_file(path: Path, source: str, sha256: Optional[str], actual: Optional[str] = None) -> None:
-    """Raise :class:`CheckpointError` unless ``path`` is the checkpoint ``source`` names: its sha256 where one is
-    known, else a checkpoint format whose CRCs or header (or a digest beside it) hold."""
+def _check_weights_file(path: Path, source: str, sha256: Optional[str], actual: Optional[str] = None,
+                        size: Optional[int] = None) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is the checkpoint ``source`` names: its size where one is
+    recorded, its sha256 where one is known, else a checkpoint format whose CRCs or header (or a digest beside it)
+    hold."""
+    if size is not None and path.stat().st_size != size:
+        if checkpoint_format(path) is None:
+            raise _not_a_checkpoint(path, source)
+        raise CheckpointCorruptedError(f'size mismatch for {source}: expected {size} bytes, got {path.stat().st_size}')
     if sha256 is not None:
         actual = actual or sha256_file(path)
         if actual != sha256.lower():
@@ -164,18 +196,19 @@ def download_weights(url: str, cache_dir: Optional[Union[str, Path]] = None, pro
 
     The body goes to a temporary file beside the cache entry with a progress bar. The server must answer and keep
     sending within ``timeout`` seconds (default ``VISIONATTN_DOWNLOAD_TIMEOUT`` or 30), and deliver the whole
-    Content-Length. The file must match the ``#sha256=`` of the URL, or, without one, be a checkpoint whose zip
-    CRCs or safetensors header hold; only then is it moved into place (with ``<name>.sha256`` beside it when the
-    URL gave no digest). On any failure nothing is left in the cache. A cached file is checked the same way (its
-    sha256 against the URL's, else its digest file, CRCs or header) and downloaded again when it fails.
+    Content-Length. The file must have the ``#size=`` of the URL where one is given, and match its ``#sha256=``,
+    or, without one, be a checkpoint whose zip CRCs or safetensors header hold; only then is it moved into place
+    (with ``<name>.sha256`` beside it when the URL gave no digest). On any failure nothing is left in the cache. A
+    cached file is checked the same way (its size and sha256 against the URL's, else its digest file, CRCs or
+    header) and downloaded again when it fails.
     """
-    fetch_url, sha256, name = _parse_weight_url(url)
-    cache = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()) / 'checkpoints'
+    fetch_url, sha256, size, name = _parse_weight_url(url)
+    path = cache_path(url, cache_dir)
+    cache = path.parent
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / name
     if path.is_file():
         try:
-            _check_weights_file(path, f'cached file {path}', sha256)
+            _check_weights_file(path, f'cached file {path}', sha256, size=size)
             return path
         except CheckpointError as e:
             _logger.warning('%s; downloading it again', e)
@@ -185,7 +218,7 @@ def download_weights(url: str, cache_dir: Optional[Union[str, Path]] = None, pro
     tmp = cache / f'.{name}.{os.getpid()}.{threading.get_ident()}.part'
     try:
         actual = _fetch(fetch_url, tmp, _download_timeout(timeout), progress)
-        _check_weights_file(tmp, fetch_url, sha256, actual)
+        _check_weights_file(tmp, fetch_url, sha256, actual, size=size)
         digest_path(path).unlink(missing_ok=True)
         os.replace(tmp, path)
         if sha256 is None:
@@ -286,8 +319,38 @@ def extract_checkpoint(path: Union[str, Path], member: Optional[str] = None,
         raise CheckpointError(f'archive {path} is truncated or corrupted: {e}') from e
 
 
+class SkippedObject:
+    """What a numpy object in a checkpoint reads as: nothing of it is built and no numpy code runs.
+
+    Training checkpoints keep numpy arrays and scalars beside the weights (the training history, random states,
+    best scores). :func:`load_checkpoint_file` maps the few numpy names that pickle such data (``_reconstruct``,
+    ``ndarray``, ``dtype``, ``scalar``) to this inert class, so the unpickler builds placeholders instead of calling
+    numpy; every other global still fails torch's weights-only check.
+    """
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return '<numpy object, not loaded>'
+
+
+# The globals that pickled numpy arrays, scalars and dtypes reference (numpy 1.x and 2.x module paths).
+_NUMPY_DATA_GLOBALS = tuple(
+    f'{module}.{name}'
+    for module in ('numpy.core.multiarray', 'numpy._core.multiarray') for name in ('_reconstruct', 'scalar')
+) + ('numpy.ndarray', 'numpy.dtype')
+
+
+def _skipped_numpy_globals() -> List[Any]:
+    return [(SkippedObject, name) for name in _NUMPY_DATA_GLOBALS]
+
+
 def load_checkpoint_file(path: Union[str, Path], extra_globals: Sequence[Any] = (),
-                         map_location: Any = 'cpu', verify: bool = True) -> Dict[str, Any]:
+                         map_location: Any = 'cpu', verify: bool = True, skip_numpy: bool = True) -> Dict[str, Any]:
     """Read a checkpoint without executing pickled code and return what it holds.
 
     The file is first checked with :func:`~visionattn.integrity.verify_checkpoint` (its ``.sha256`` beside it,
@@ -295,7 +358,10 @@ def load_checkpoint_file(path: Union[str, Path], extra_globals: Sequence[Any] = 
     damaged member, instead of loading as wrong weights; ``verify=False`` only where the caller has just checked
     it (:func:`download_weights` does). ``.safetensors`` files go through safetensors; everything else through
     ``torch.load(weights_only=True)`` with :data:`SAFE_GLOBALS` (and ``extra_globals``, plain data classes a
-    caller trusts) allowed. Errors name the file and say what is wrong with it.
+    caller trusts) allowed. With ``skip_numpy`` (the default) numpy arrays and scalars beside the weights (an
+    engine checkpoint's history of an older visionattn, an official checkpoint's ``best_acc``) read as
+    :class:`SkippedObject` placeholders: only the tensors are loaded, and no numpy code runs. Errors name the file
+    and say what is wrong with it.
     """
     path = Path(path)
     if not path.is_file():
@@ -309,8 +375,9 @@ def load_checkpoint_file(path: Union[str, Path], extra_globals: Sequence[Any] = 
             return load_file(str(path), device='cpu')
         except SafetensorError as e:
             raise CheckpointError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
+    allowed = [*SAFE_GLOBALS, *extra_globals, *(_skipped_numpy_globals() if skip_numpy else ())]
     try:
-        with torch.serialization.safe_globals([*SAFE_GLOBALS, *extra_globals]):
+        with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if 'weights only load failed' in str(e).lower() and 'unsupported global' in str(e).lower():
@@ -422,6 +489,45 @@ def _check_build_args(variant: str, pretrained, kwargs: Dict[str, Any]) -> None:
                          'checkpoint, or leave file out to download the default weights')
 
 
+# Arguments of build_model that configure the build, not the architecture (what an export must not record).
+_NOT_MODEL_ARGS = frozenset({
+    'pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretrained_model_args', 'pretrained_strict',
+    'feature_cfg', 'kwargs_filter', 'model_cfg', 'pruned', 'features_only', 'out_indices', 'feature_cls', 'device',
+    'dtype'})
+_LOCAL_DIR_WEIGHTS = ('model.safetensors', 'pytorch_model.bin')  # timm's save_for_hf names, in its order
+
+
+def _local_dir_weights(folder: Path) -> Path:
+    """The weights file of a ``local-dir:`` folder (what ``timm.models.save_for_hf`` writes)."""
+    for name in _LOCAL_DIR_WEIGHTS:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f'{folder} holds no weights: expected {" or ".join(_LOCAL_DIR_WEIGHTS)} (timm\'s '
+                          'save_for_hf layout, as tools/publish.py writes it)')
+
+
+def _offline_hint(variant: str, url: str, cache_dir: Optional[Union[str, Path]]) -> str:
+    facts = weight_file_facts(url)
+    known = (f', sha256 {facts["sha256"]}' if facts['sha256'] else '') + (
+        f', {facts["size"]} bytes' if facts['size'] is not None else '')
+    return (f'Without network access, fetch the file by hand on a machine that has it: {facts["url"]} (save it as '
+            f'{facts["name"]}{known}). Then either pass pretrained_cfg_overlay=dict(file="/path/to/{facts["name"]}") '
+            f'to timm.create_model("{variant}", pretrained=True, ...), or put it at {cache_path(url, cache_dir)} '
+            '(create_model\'s cache_dir, else torch hub\'s checkpoints folder), where pretrained=True takes it '
+            'without downloading.')
+
+
+PUBLISH_HINT = ('This is a checkpoint of tools/train.py: the task model\'s weights under its own prefixes (e.g. '
+                '"classifier."), beside the optimizer and the training history. Export the weights with python '
+                'tools/publish.py CONFIG CHECKPOINT OUT_DIR and load timm.create_model("local-dir:OUT_DIR", '
+                'pretrained=True)')
+
+
+def is_engine_checkpoint(checkpoint: Any) -> bool:
+    """Whether a loaded checkpoint is one that visionattn's tools/train.py (mmengine's Runner) wrote."""
+    return isinstance(checkpoint, dict) and {'meta', 'state_dict', 'message_hub'} <= set(checkpoint)
+
+
 def build_model(
         model_cls: Callable[..., nn.Module],
         variant: str,
@@ -431,37 +537,63 @@ def build_model(
 ) -> nn.Module:
     """timm's ``build_model_with_cfg`` with visionattn's download, safe load and strict conversion check.
 
-    Weight sources in the pretrained cfg: ``file`` (a local path) or ``url`` go through :func:`download_weights`
-    and :func:`load_checkpoint_file`; an ``hf_hub_id`` stays with timm, which reads safetensors from the hub.
-    Either way ``pretrained_filter_fn`` converts the official layout and :func:`check_state_dict` vets the
-    result before timm adapts the classifier and first conv and copies the weights.
+    Weight sources in the pretrained cfg: ``file`` (a local path), a ``local-dir:`` folder (its
+    ``model.safetensors``) or ``url`` go through :func:`download_weights` (into ``cache_dir`` when
+    ``timm.create_model`` is given one) and :func:`load_checkpoint_file`; an ``hf_hub_id`` stays with timm, which
+    reads safetensors from the hub. Either way ``pretrained_filter_fn`` converts the official layout and
+    :func:`check_state_dict` vets the result before timm adapts the classifier and first conv and copies the
+    weights. The model keeps the architecture arguments it was built with as ``_build_args`` (the family's own
+    defaults for ``features_only`` included), so that ``tools/publish.py`` can rebuild it for an export.
     """
     _check_build_args(variant, pretrained, kwargs)
-    weights, source = None, f'the checkpoint of {variant}'
+    weights, source, local_dir = None, f'the checkpoint of {variant}', False
     if pretrained:
         cfg = resolve_pretrained_cfg(
             variant,
             pretrained_cfg=kwargs.get('pretrained_cfg'),
             pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
         )
-        if not cfg.hf_hub_id and not cfg.state_dict:
+        local_dir = cfg.source == 'local-dir'
+        if local_dir or (not cfg.hf_hub_id and not cfg.state_dict):
             if not (cfg.file or cfg.url):
                 raise RuntimeError(f'{variant} has no pretrained weights; use pretrained=False for a random init')
-            path = cfg.file or download_weights(cfg.url)
+            if local_dir:
+                path = _local_dir_weights(Path(cfg.file))
+            elif cfg.file:
+                path = cfg.file
+            else:
+                try:
+                    path = download_weights(cfg.url, cache_dir=kwargs.get('cache_dir'))
+                except DownloadError as e:
+                    name = f'{variant}.{cfg.tag}' if cfg.tag else variant
+                    raise DownloadError(f'{e}\n{_offline_hint(name, cfg.url, kwargs.get("cache_dir"))}') from e
             # download_weights has verified what it returns; a local file is verified on load
-            weights, source = load_checkpoint_file(path, verify=bool(cfg.file)), f'checkpoint {path}'
-            # timm deep-copies its pretrained cfg, so it gets a token that selects its state-dict path and the
-            # filter below swaps the real weights in.
-            kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, state_dict={'': source})
+            weights = load_checkpoint_file(path, verify=bool(cfg.file) or local_dir)
+            source = f'checkpoint {path}'
+            # timm deep-copies its pretrained cfg, so it gets a token that selects its state-dict path (also for a
+            # local-dir source, which timm would otherwise read itself) and the filter below swaps the real weights
+            # in.
+            kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, state_dict={'': source},
+                                                    **({'source': None} if local_dir else {}))
 
     def filter_and_check(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
         model.pretrained_cfg.pop('state_dict', None)  # the cfg keeps where the weights came from, not the weights
+        if local_dir:
+            model.pretrained_cfg['source'] = 'local-dir'
         state_dict = weights if weights is not None else state_dict
+        raw = state_dict
         if pretrained_filter_fn is not None:
             state_dict = pretrained_filter_fn(state_dict, model)
         else:
             state_dict = unwrap_state_dict(state_dict)
-        check_state_dict(state_dict, model, _adapted_prefixes(model, model.pretrained_cfg), source=source)
+        try:
+            check_state_dict(state_dict, model, _adapted_prefixes(model, model.pretrained_cfg), source=source)
+        except CheckpointMismatchError as e:
+            if not is_engine_checkpoint(raw):
+                raise
+            raise CheckpointMismatchError(f'{e}\n  {PUBLISH_HINT}') from None
         return state_dict
 
-    return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_and_check, **kwargs)
+    model = build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_and_check, **kwargs)
+    model._build_args = {k: v for k, v in kwargs.items() if k not in _NOT_MODEL_ARGS}
+    return model

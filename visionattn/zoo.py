@@ -115,7 +115,8 @@ def _fmt(value: Optional[float], spec: str = '.2f', footnote: str = '') -> str:
 
 
 def zoo_rows(names: Iterable[str], progress: bool = False) -> List[Dict[str, str]]:
-    """One row per model: measured params/GMACs beside the paper's figures, the weights and their licence."""
+    """One row per model: measured params/GMACs beside the paper's figures, the weights, their licence and their
+    Hugging Face hub id (empty where the weights are not on the hub)."""
     from tqdm import tqdm
 
     from .profile import measure  # builds models; keep ``import visionattn`` light
@@ -137,6 +138,8 @@ def zoo_rows(names: Iterable[str], progress: bool = False) -> List[Dict[str, str
             'input': 'x'.join(str(s) for s in measured.input_size[1:]),
             'weights': weight_source(name),
             'licence': cfg.license if cfg is not None and cfg.license else '—',
+            # where timm.create_model('hf-hub:<id>') finds the weights; empty until they are published there
+            'hf_hub_id': (cfg.hf_hub_id or '') if cfg is not None else '',
         })
     return rows
 

@@ -10,8 +10,8 @@ with read_base():
     from .._base_.schedules.nat_in1k import *
 
 model = dict(type=ImageClassifier, backbone='dinat_mini', num_classes=num_classes, label_smoothing=label_smoothing,
-             mixup=mixup, backbone_kwargs=dict(drop_path_rate=0.2))
-train_dataloader.update(batch_size=128)
+             mixup=mixup, random_erasing=random_erasing, backbone_kwargs=dict(drop_path_rate=0.2))
+train_dataloader.update(batch_size=128, sampler=train_sampler)
 train_dataloader.dataset.pipeline.update(train_augment)
 val_dataloader.dataset.pipeline.update(crop_pct=eval_crop_pct)
 test_dataloader = val_dataloader

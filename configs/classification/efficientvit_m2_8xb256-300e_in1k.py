@@ -11,8 +11,8 @@ with read_base():
     from .._base_.schedules.efficientvit_in1k import *
 
 model = dict(type=ImageClassifier, backbone='efficientvit_m2', num_classes=num_classes, label_smoothing=label_smoothing,
-             mixup=mixup)
-train_dataloader.update(batch_size=256)
+             mixup=mixup, random_erasing=random_erasing)
+train_dataloader.update(batch_size=256, sampler=train_sampler)
 train_dataloader.dataset.pipeline.update(train_augment)
 val_dataloader.dataset.pipeline.update(crop_pct=eval_crop_pct)
 test_dataloader = val_dataloader

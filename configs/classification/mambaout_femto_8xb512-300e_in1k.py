@@ -11,8 +11,8 @@ with read_base():
     from .._base_.schedules.mambaout_in1k import *
 
 model = dict(type=ImageClassifier, backbone='mambaout_femto', num_classes=num_classes, label_smoothing=label_smoothing,
-             mixup=mixup, backbone_kwargs=dict(drop_path_rate=0.025))
-train_dataloader.update(batch_size=512)
+             mixup=mixup, random_erasing=random_erasing, backbone_kwargs=dict(drop_path_rate=0.025))
+train_dataloader.update(batch_size=512, sampler=train_sampler)
 train_dataloader.dataset.pipeline.update(train_augment)
 val_dataloader.dataset.pipeline.update(crop_pct=eval_crop_pct)
 test_dataloader = val_dataloader

@@ -11,9 +11,10 @@ with read_base():
     from .._base_.schedules.patnet_in1k import *
 
 model = dict(type=ImageClassifier, backbone='patnet_t0', num_classes=num_classes, label_smoothing=label_smoothing,
-             mixup=dict(mixup, mixup_alpha=0.05), backbone_kwargs=dict(drop_path_rate=0.0))
+             mixup=dict(mixup, mixup_alpha=0.05),
+             random_erasing=random_erasing, backbone_kwargs=dict(drop_path_rate=0.0))
 optim_wrapper.optimizer.update(weight_decay=0.005)
-train_dataloader.update(batch_size=64)
+train_dataloader.update(batch_size=64, sampler=train_sampler)
 train_dataloader.dataset.pipeline.update(train_augment)
 val_dataloader.dataset.pipeline.update(crop_pct=eval_crop_pct)
 test_dataloader = val_dataloader

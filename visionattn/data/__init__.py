@@ -15,10 +15,10 @@ from .reid import (
 )
 from .seg_transforms import segmentation_transforms
 from .segmentation import ADE20KDataset, SegFolderDataset, SyntheticShapesDataset
-from .transforms import classification_transforms, trivial_augment_like
+from .transforms import TimmTransforms, classification_transforms
 
 __all__ = ['SeededDataset', 'SharedEpoch', 'build_pipeline']
-__all__ += ['DigitsDataset', 'ImageFolderDataset', 'classification_transforms', 'trivial_augment_like']
+__all__ += ['DigitsDataset', 'ImageFolderDataset', 'TimmTransforms', 'classification_transforms']
 __all__ += ['ADE20KDataset', 'SegFolderDataset', 'SyntheticShapesDataset', 'segmentation_transforms']
 __all__ += ['AVTDataset', 'SynapseDataset', 'SyntheticSlicesDataset', 'ct_window', 'medical_transforms']
 __all__ += ['ReIDDataset', 'Market1501', 'DukeMTMC', 'CUHK03', 'MSMT17', 'SyntheticPedestrians', 'ReIDTestDataset',

@@ -65,7 +65,9 @@ class SeededDataset(Dataset):
 
     def seed_pipeline(self, index: int) -> None:
         """Seed the pipeline's random draws for this item: a pure function of (seed, epoch, index), mixed into one
-        32-bit seed by numpy's SeedSequence."""
+        32-bit seed by numpy's SeedSequence. A pipeline with ``set_epoch`` is told the epoch first."""
+        if self.pipeline is not None and hasattr(self.pipeline, 'set_epoch'):
+            self.pipeline.set_epoch(self.epoch)  # pipelines whose ops change with the epoch (multi-scale training)
         if self.pipeline is not None and hasattr(self.pipeline, 'set_random_seed'):
             seq = np.random.SeedSequence([self.seed, self.epoch, index])
             self.pipeline.set_random_seed(int(seq.generate_state(1)[0]))

@@ -2,6 +2,7 @@
 runner the tools use. The only library package that imports mmengine (the ``[train]`` extra)."""
 from . import datasets  # noqa: F401  (registers the data package's datasets)
 from .classification import ClsDataPreprocessor, ImageClassifier, check_model_name, cls_collate
+from .config_checks import ConfigError, apply_cfg_options, read_config
 from .detection import (
     CocoMetric,
     DetDataPreprocessor,
@@ -19,6 +20,7 @@ from .hooks import (
 )
 from .medical import DiceHD95Metric, MedicalSegmentor
 from .metrics import Accuracy
+from .optim import AGCOptimWrapper
 from .registry import DATA_SAMPLERS, DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
 from .reid import ClusteringHook, CoreReIDTargetModel, ReIDDataPreprocessor, ReIDSourceModel
 from .reid_eval import PKSampler, ReIDMetric, evaluate_rank, k_reciprocal_rerank, reid_collate
@@ -30,7 +32,9 @@ from .runner import (
     load_tool_config,
     load_training_checkpoint,
     lock_work_dir,
+    plain_checkpoint,
 )
+from .samplers import RepeatAugSampler
 from .segmentation import (
     IoUMetric,
     SegCrossEntropyLoss,
@@ -41,11 +45,12 @@ from .segmentation import (
 )
 
 __all__ = [
+    'ConfigError', 'apply_cfg_options', 'read_config',
     'ClsDataPreprocessor', 'ImageClassifier', 'check_model_name', 'cls_collate', 'DatasetEpochHook',
     'PredictionImagesHook', 'ProgressBarHook', 'RandomStateHook', 'SafeCheckpointHook', 'TrainingCurveHook',
-    'Accuracy', 'DATA_SAMPLERS',
+    'Accuracy', 'AGCOptimWrapper', 'RepeatAugSampler', 'DATA_SAMPLERS',
     'DATASETS', 'FUNCTIONS', 'HOOKS', 'METRICS', 'MODELS', 'VisionRunner', 'check_config', 'find_resume_checkpoint',
-    'load_tool_config', 'load_training_checkpoint', 'lock_work_dir', 'WorkDirInUseError',
+    'load_tool_config', 'load_training_checkpoint', 'lock_work_dir', 'plain_checkpoint', 'WorkDirInUseError',
     'DiceHD95Metric', 'MedicalSegmentor',
     'ClusteringHook', 'CoreReIDTargetModel', 'ReIDDataPreprocessor', 'ReIDSourceModel',
     'PKSampler', 'ReIDMetric', 'evaluate_rank', 'k_reciprocal_rerank', 'reid_collate',

@@ -1,5 +1,6 @@
 """The base of every task model (mmengine's BaseModel with the initialisation rule the zoo needs) and of the dense
 tasks' data preprocessors."""
+import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -45,15 +46,52 @@ def parse_total_loss(losses: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dic
     return losses['loss'].mean(), log_vars
 
 
+def _is_empty_batch(inputs) -> bool:
+    if torch.is_tensor(inputs):
+        return inputs.dim() > 0 and inputs.shape[0] == 0
+    return isinstance(inputs, (list, tuple)) and len(inputs) == 0
+
+
+def _empty_batch_rule(forward):
+    """Wrap a task model's ``forward(inputs, data_samples, mode)`` with the one rule for a batch of no image."""
+
+    @functools.wraps(forward)
+    def guarded(self, inputs, data_samples=None, mode: str = 'tensor', *args, **kwargs):
+        if not _is_empty_batch(inputs):
+            return forward(self, inputs, data_samples, mode, *args, **kwargs)
+        name = type(self).__name__
+        if mode == 'predict':
+            return list(data_samples or [])
+        if mode == 'loss':
+            raise ValueError(f"{name}: mode='loss' got an empty batch (0 images): there is no loss to take (a mean "
+                             'over no sample is NaN); leave empty batches out before the model')
+        try:
+            return forward(self, inputs, data_samples, mode, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001  (re-raised, naming the cause)
+            raise ValueError(f"{name}: mode={mode!r} got an empty batch (0 images), which this task's networks "
+                             f'cannot take ({type(error).__name__}: {error})') from error
+    return guarded
+
+
 class TaskModel(BaseModel):
     """A task model whose networks initialise themselves (and load pretrained weights) when they are built.
 
     mmengine's runner calls ``init_weights()`` on the model before training; BaseModel's version walks the children
     and calls each one's ``init_weights``, which for timm's ResNet re-draws every weight and silently wipes a
     ``pretrained=True`` backbone. Only an explicit ``init_cfg`` is applied here.
+
+    A batch of no image gets one rule in every task (each subclass's ``forward`` is wrapped): ``mode='predict'``
+    returns no prediction (the data samples given, that is none), ``mode='loss'`` raises a ValueError naming the
+    empty batch (the mean of a loss over no sample is NaN), and ``mode='tensor'`` gives the networks' empty outputs
+    or a ValueError naming the empty batch where the networks cannot take one.
     """
 
     show_hook = None  # the Hook class that draws this task's predictions for ``tools/test.py --show-dir``
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if 'forward' in cls.__dict__:
+            cls.forward = _empty_batch_rule(cls.__dict__['forward'])
 
     def init_weights(self) -> None:
         if self.init_cfg:

@@ -10,6 +10,7 @@ from mmengine.dist import all_reduce, get_world_size, is_distributed
 from mmengine.model import BaseDataPreprocessor
 from mmengine.structures import BaseDataElement
 from timm.data import Mixup
+from timm.data.random_erasing import RandomErasing
 from timm.loss import SoftTargetCrossEntropy
 
 from .base import TaskModel
@@ -22,6 +23,8 @@ __all__ = ['ClsDataPreprocessor', 'ImageClassifier', 'cls_collate', 'check_model
 @FUNCTIONS.register_module()
 def cls_collate(batch: Sequence[Dict]) -> Dict:
     """Stack the dataset's uint8 images; one data sample per image holding its label and index."""
+    if not batch:
+        raise ValueError('classification collate got an empty batch')  # as every task's collate says it
     inputs = torch.stack([item['img'] for item in batch])
     samples = [BaseDataElement(gt_label=torch.tensor(item['gt_label']), metainfo={'index': item['index']})
                for item in batch]
@@ -30,21 +33,30 @@ def cls_collate(batch: Sequence[Dict]) -> Dict:
 
 @MODELS.register_module()
 class ClsDataPreprocessor(BaseDataPreprocessor):
-    """Moves a batch to the device and normalises uint8 images with the model's mean/std (0..1 scale).
+    """Moves a batch to the device and normalises uint8 images with the model's mean/std (0..1 scale); in training,
+    optionally applies timm's random erasing to the normalised images, as timm's ``PrefetchLoader`` does.
 
     Args:
         mean: Per-channel mean on the 0..1 scale (timm's ``pretrained_cfg['mean']``).
         std: Per-channel std on the 0..1 scale.
+        random_erasing: Arguments of ``timm.data.RandomErasing`` (``probability``, ``mode``, ``max_count``, ...), e.g.
+            ``dict(probability=0.25, mode='pixel', max_count=1)`` for timm's ``--reprob 0.25 --remode pixel
+            --recount 1``; None for none. Applied only to training batches, before Mixup/CutMix.
     """
 
-    def __init__(self, mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225)):
+    def __init__(self, mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+                 random_erasing: Optional[Dict] = None):
         super().__init__()
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255, persistent=False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255, persistent=False)
+        self.random_erasing = RandomErasing(**random_erasing, device='cpu') if random_erasing else None
 
     def forward(self, data: Dict, training: bool = False) -> Dict:
         data = self.cast_data(data)
         inputs = (data['inputs'].float() - self.mean) / self.std
+        if training and self.random_erasing is not None:
+            self.random_erasing.device = inputs.device  # where its noise is drawn
+            inputs = self.random_erasing(inputs)
         return {'inputs': inputs.contiguous(memory_format=torch.channels_last), 'data_samples': data['data_samples']}
 
 
@@ -70,6 +82,8 @@ class ImageClassifier(TaskModel):
         backbone_kwargs: Extra keyword arguments of ``timm.create_model`` (drop_path_rate, img_size, ...).
         label_smoothing: Label smoothing of the cross-entropy (also Mixup's, when Mixup is on).
         mixup: timm ``Mixup`` arguments (mixup_alpha, cutmix_alpha, prob, switch_prob, ...), or None.
+        random_erasing: timm ``RandomErasing`` arguments for the training batches (see :class:`ClsDataPreprocessor`),
+            or None.
         data_preprocessor: Config of the data preprocessor; by default a :class:`ClsDataPreprocessor` with the
             model's own pretrained mean/std.
         init_cfg: mmengine initialisation config (unused by default: timm models initialise themselves).
@@ -79,7 +93,8 @@ class ImageClassifier(TaskModel):
 
     def __init__(self, backbone: str, num_classes: int = 1000, pretrained: bool = False,
                  backbone_kwargs: Optional[Dict] = None, label_smoothing: float = 0.0, mixup: Optional[Dict] = None,
-                 data_preprocessor: Optional[Dict] = None, init_cfg: Optional[Dict] = None):
+                 random_erasing: Optional[Dict] = None, data_preprocessor: Optional[Dict] = None,
+                 init_cfg: Optional[Dict] = None):
         check_model_name(backbone)
         if num_classes < 1:
             raise ValueError(f'num_classes must be positive, got {num_classes}')
@@ -89,6 +104,8 @@ class ImageClassifier(TaskModel):
             cfg = classifier.pretrained_cfg
             data_preprocessor = dict(type=ClsDataPreprocessor, mean=cfg.get('mean', (0.485, 0.456, 0.406)),
                                      std=cfg.get('std', (0.229, 0.224, 0.225)))
+        if random_erasing:
+            data_preprocessor = dict(data_preprocessor, random_erasing=random_erasing)
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.classifier = classifier
         self.num_classes = num_classes
@@ -98,6 +115,8 @@ class ImageClassifier(TaskModel):
     def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
                 mode: str = 'tensor'):
         if mode == 'tensor':
+            if not len(inputs):  # the same empty logits whatever the backbone does with no image
+                return inputs.new_zeros((0, self.num_classes), dtype=torch.float32)
             return self.classifier(inputs)
         if mode == 'loss':
             return self.loss(inputs, data_samples)
@@ -105,11 +124,37 @@ class ImageClassifier(TaskModel):
             return self.predict(inputs, data_samples)
         raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
+    def train_step(self, data, optim_wrapper):
+        # The labels are still on the CPU here (the data preprocessor moves them): checked without a device sync.
+        self._check_labels(data.get('data_samples') if isinstance(data, dict) else None)
+        return super().train_step(data, optim_wrapper)
+
+    def _check_labels(self, data_samples: Optional[Sequence[BaseDataElement]]) -> None:
+        """A label outside 0..num_classes-1 fails in the loss as "Target 7 is out of bounds" (a device-side assert on
+        GPUs): name the option instead. Only labels on the CPU are read (no device sync)."""
+        labels = [s.gt_label for s in data_samples or () if 'gt_label' in s and s.gt_label.device.type == 'cpu']
+        if not labels:
+            return
+        labels = torch.stack([label.reshape(-1)[0] for label in labels])
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.num_classes:
+            bad = high if high >= self.num_classes else low
+            raise ValueError(f'a label of this batch is {bad}, but the classifier has model.num_classes='
+                             f'{self.num_classes} (labels 0..{self.num_classes - 1}): set model.num_classes to the '
+                             "dataset's number of classes")
+
     @staticmethod
     def _labels(inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> torch.Tensor:
         return torch.stack([s.gt_label for s in data_samples]).to(inputs.device).view(-1)
 
     def loss(self, inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> Dict[str, torch.Tensor]:
+        if not len(inputs) or not data_samples:
+            raise ValueError(f'ImageClassifier.loss got an empty batch ({len(inputs)} images, '
+                             f'{len(data_samples or ())} data samples): there is no loss to take (its mean would be '
+                             'NaN); drop empty batches before the model')
+        if len(data_samples) != len(inputs):
+            raise ValueError(f'ImageClassifier.loss got {len(inputs)} images and {len(data_samples)} data samples')
+        self._check_labels(data_samples)
         labels = self._labels(inputs, data_samples)
         if self.mixup is not None:
             if len(labels) % 2:
@@ -119,7 +164,7 @@ class ImageClassifier(TaskModel):
         return {'loss': F.cross_entropy(self.classifier(inputs), labels, label_smoothing=self.label_smoothing)}
 
     def predict(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None):
-        scores = self.classifier(inputs).float().softmax(dim=-1)
+        scores = self.forward(inputs).float().softmax(dim=-1)
         if data_samples is None:
             data_samples = [BaseDataElement() for _ in range(len(scores))]
         for sample, score in zip(data_samples, scores):

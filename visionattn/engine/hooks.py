@@ -34,6 +34,12 @@ def _set_rng_state(state: Dict) -> None:
         torch.cuda.set_rng_state(state['cuda'].cpu())
 
 
+def _scalar(value) -> float:
+    """A logged value as a float; a loss that still carries its graph is detached first (float() of a tensor that
+    requires grad warns)."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
 def _remove_checkpoint(backend, path: str) -> None:
     if backend.isfile(path):
         backend.remove(path)
@@ -209,7 +215,7 @@ class ProgressBarHook(Hook):
     def _step(self, outputs=None) -> None:
         if self._bar is not None:
             if isinstance(outputs, dict) and 'loss' in outputs:
-                self._bar.set_postfix(loss=f'{float(outputs["loss"]):.4f}', refresh=False)
+                self._bar.set_postfix(loss=f'{_scalar(outputs["loss"]):.4f}', refresh=False)
             self._bar.update()
 
     def _close(self) -> None:
@@ -271,7 +277,7 @@ class TrainingCurveHook(Hook):
             lr = runner.optim_wrapper.get_lr()
             lr = next(iter(lr.values()))[0] if isinstance(lr, dict) else lr
             self.history['train'].append({'iter': runner.iter + 1, 'epoch': runner.epoch + 1,
-                                          'loss': float(outputs['loss']), 'lr': float(lr)})
+                                          'loss': _scalar(outputs['loss']), 'lr': float(lr)})
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         if metrics:

@@ -1,33 +1,57 @@
 """visionattn's registries: children of mmengine's, so configs may name classes by string in scope 'visionattn'
-as well as by the class itself (the pure-Python configs do the latter)."""
-from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
-from mmengine.registry import DATASETS as MMENGINE_DATASETS
-from mmengine.registry import FUNCTIONS as MMENGINE_FUNCTIONS
-from mmengine.registry import HOOKS as MMENGINE_HOOKS
-from mmengine.registry import METRICS as MMENGINE_METRICS
-from mmengine.registry import MODELS as MMENGINE_MODELS
+as well as by the class itself (the pure-Python configs do the latter).
+
+Every mmengine root registry has a child in scope 'visionattn', as in mmdetection's ``registry.py``: with
+``default_scope = 'visionattn'`` the runner builds its optimizer, schedulers, visualizer, log processor and the rest
+through them (they fall back to mmengine's classes), instead of warning "Failed to search registry with scope
+visionattn" once for each.
+"""
+from mmengine import registry as mmengine_registry
 from mmengine.registry import Registry
 
-__all__ = ['MODELS', 'DATASETS', 'DATA_SAMPLERS', 'METRICS', 'HOOKS', 'FUNCTIONS']
+__all__ = [
+    'MODELS', 'DATASETS', 'DATA_SAMPLERS', 'METRICS', 'HOOKS', 'FUNCTIONS', 'RUNNERS', 'RUNNER_CONSTRUCTORS', 'LOOPS',
+    'TRANSFORMS', 'MODEL_WRAPPERS', 'WEIGHT_INITIALIZERS', 'OPTIMIZERS', 'OPTIM_WRAPPERS',
+    'OPTIM_WRAPPER_CONSTRUCTORS', 'PARAM_SCHEDULERS', 'EVALUATOR', 'TASK_UTILS', 'VISUALIZERS', 'VISBACKENDS',
+    'LOG_PROCESSORS', 'INFERENCERS', 'STRATEGIES',
+]
 
-MODELS = Registry('model', parent=MMENGINE_MODELS, scope='visionattn',
-                  locations=['visionattn.engine.classification', 'visionattn.engine.segmentation',
-                             'visionattn.engine.medical', 'visionattn.engine.reid', 'visionattn.engine.diffusion',
+SCOPE = 'visionattn'
+
+
+def _child(name: str, locations=()) -> Registry:
+    parent = getattr(mmengine_registry, name)
+    return Registry(parent.name, parent=parent, scope=SCOPE, locations=list(locations))
+
+
+MODELS = _child('MODELS', ['visionattn.engine.classification', 'visionattn.engine.segmentation',
+                           'visionattn.engine.medical', 'visionattn.engine.reid', 'visionattn.engine.diffusion',
+                           'visionattn.engine.compression', 'visionattn.engine.detection'])
+DATASETS = _child('DATASETS', ['visionattn.engine.datasets', 'visionattn.engine.medical', 'visionattn.engine.reid_eval',
+                               'visionattn.engine.diffusion', 'visionattn.engine.compression'])
+DATA_SAMPLERS = _child('DATA_SAMPLERS', ['visionattn.engine.reid_eval', 'visionattn.engine.samplers'])
+OPTIM_WRAPPERS = _child('OPTIM_WRAPPERS', ['visionattn.engine.optim'])
+METRICS = _child('METRICS', ['visionattn.engine.metrics', 'visionattn.engine.segmentation', 'visionattn.engine.medical',
+                             'visionattn.engine.reid_eval', 'visionattn.engine.diffusion',
                              'visionattn.engine.compression', 'visionattn.engine.detection'])
-DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='visionattn',
-                    locations=['visionattn.engine.datasets', 'visionattn.engine.medical',
-                               'visionattn.engine.reid_eval', 'visionattn.engine.diffusion',
-                               'visionattn.engine.compression'])
-DATA_SAMPLERS = Registry('data sampler', parent=MMENGINE_DATA_SAMPLERS, scope='visionattn',
-                         locations=['visionattn.engine.reid_eval'])
-METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='visionattn',
-                   locations=['visionattn.engine.metrics', 'visionattn.engine.segmentation',
-                               'visionattn.engine.medical', 'visionattn.engine.reid_eval',
-                               'visionattn.engine.diffusion', 'visionattn.engine.compression',
-                               'visionattn.engine.detection'])
-HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='visionattn',
-                 locations=['visionattn.engine.hooks', 'visionattn.engine.reid', 'visionattn.engine.detection'])
-FUNCTIONS = Registry('function', parent=MMENGINE_FUNCTIONS, scope='visionattn',
-                     locations=['visionattn.engine.classification', 'visionattn.engine.segmentation',
-                                'visionattn.engine.reid_eval', 'visionattn.engine.diffusion',
-                                'visionattn.engine.compression', 'visionattn.engine.detection'])
+HOOKS = _child('HOOKS', ['visionattn.engine.hooks', 'visionattn.engine.reid', 'visionattn.engine.detection'])
+FUNCTIONS = _child('FUNCTIONS', ['visionattn.engine.classification', 'visionattn.engine.segmentation',
+                                 'visionattn.engine.reid_eval', 'visionattn.engine.diffusion',
+                                 'visionattn.engine.compression', 'visionattn.engine.detection'])
+# What the runner builds from mmengine's own classes: children without classes of their own.
+RUNNERS = _child('RUNNERS')
+RUNNER_CONSTRUCTORS = _child('RUNNER_CONSTRUCTORS')
+LOOPS = _child('LOOPS')
+TRANSFORMS = _child('TRANSFORMS')
+MODEL_WRAPPERS = _child('MODEL_WRAPPERS')
+WEIGHT_INITIALIZERS = _child('WEIGHT_INITIALIZERS')
+OPTIMIZERS = _child('OPTIMIZERS')
+OPTIM_WRAPPER_CONSTRUCTORS = _child('OPTIM_WRAPPER_CONSTRUCTORS')
+PARAM_SCHEDULERS = _child('PARAM_SCHEDULERS')
+EVALUATOR = _child('EVALUATOR')
+TASK_UTILS = _child('TASK_UTILS')
+VISUALIZERS = _child('VISUALIZERS')
+VISBACKENDS = _child('VISBACKENDS')
+LOG_PROCESSORS = _child('LOG_PROCESSORS')
+INFERENCERS = _child('INFERENCERS')
+STRATEGIES = _child('STRATEGIES')

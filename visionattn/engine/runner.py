@@ -8,7 +8,7 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 from mmengine.dist import is_main_process
@@ -18,9 +18,11 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from visionattn.hub import CheckpointMismatchError, load_checkpoint_file
 
-__all__ = ['VisionRunner', 'load_training_checkpoint', 'find_resume_checkpoint', 'read_last_checkpoint',
-           'write_last_checkpoint', 'atomic_write_text', 'lock_work_dir', 'WorkDirInUseError', 'check_config',
-           'load_tool_config']
+from .config_checks import check_batches
+
+__all__ = ['VisionRunner', 'load_training_checkpoint', 'plain_checkpoint', 'restore_checkpoint',
+           'find_resume_checkpoint', 'read_last_checkpoint', 'write_last_checkpoint', 'atomic_write_text',
+           'lock_work_dir', 'WorkDirInUseError', 'check_config', 'load_tool_config']
 
 TMP_SUFFIX = '.tmp'
 LAST_CHECKPOINT = 'last_checkpoint'
@@ -41,6 +43,7 @@ def _training_checkpoint_globals():
 
 
 _BUFFER_TAG = '__mmengine_history_buffer__'
+_ARRAY_TAG = '__numpy_array__'
 
 
 def _plain_message_hub(checkpoint: Dict) -> None:
@@ -55,23 +58,98 @@ def _plain_message_hub(checkpoint: Dict) -> None:
                             'max_length': buffer.max_length}
 
 
+def _without_numpy(obj):
+    """``obj`` with every numpy scalar made a Python number and every numpy array a tagged dict holding its bytes as
+    a uint8 tensor (exact, whatever the dtype); containers are copied only where something inside changed, so a
+    state dict (and its ``_metadata``) is passed through as it is. Object arrays are left alone."""
+    import numpy as np
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            return obj
+        raw = np.ascontiguousarray(obj).tobytes()
+        data = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.zeros(0, dtype=torch.uint8)
+        return {_ARRAY_TAG: np.lib.format.dtype_to_descr(obj.dtype), 'shape': list(obj.shape), 'data': data}
+    if isinstance(obj, dict):
+        items = {k: _without_numpy(v) for k, v in obj.items()}
+        if all(items[k] is v for k, v in obj.items()):
+            return obj
+        out = obj.copy()
+        out.update(items)
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [_without_numpy(v) for v in obj]
+        if all(a is b for a, b in zip(items, obj)):
+            return obj
+        if isinstance(obj, list):
+            return items
+        return type(obj)(*items) if hasattr(obj, '_fields') else tuple(items)  # a namedtuple keeps its type
+    return obj
+
+
+def _with_numpy(obj):
+    """Undo :func:`_without_numpy`'s arrays (numbers stay Python numbers)."""
+    import numpy as np
+    if isinstance(obj, dict):
+        if _ARRAY_TAG in obj:
+            dtype = np.lib.format.descr_to_dtype(obj[_ARRAY_TAG])
+            return np.frombuffer(obj['data'].numpy().tobytes(), dtype=dtype).reshape(obj['shape']).copy()
+        for key, value in obj.items():
+            restored = _with_numpy(value)
+            if restored is not value:
+                obj[key] = restored
+        return obj
+    if isinstance(obj, list):
+        for i, value in enumerate(obj):
+            obj[i] = _with_numpy(value)
+        return obj
+    if isinstance(obj, tuple):
+        items = [_with_numpy(v) for v in obj]
+        return type(obj)(*items) if hasattr(obj, '_fields') else tuple(items)
+    return obj
+
+
+def plain_checkpoint(checkpoint: Dict) -> None:
+    """Make what the engine is about to save plain data, in place: tensors, Python numbers, strings and containers.
+
+    mmengine's message hub keeps its history in HistoryBuffers of numpy arrays and its ETA as a numpy float, and the
+    random states hold numpy's generator state; pickled as they are, ``torch.load(weights_only=True)`` refuses the
+    file, and with it timm and every other safe loader. :func:`load_training_checkpoint` restores them for resume.
+    """
+    _plain_message_hub(checkpoint)
+    for key in list(checkpoint):
+        checkpoint[key] = _without_numpy(checkpoint[key])
+
+
+def restore_checkpoint(checkpoint: Dict) -> Dict:
+    """Undo :func:`plain_checkpoint` in place (numpy arrays and HistoryBuffers back) and return the checkpoint."""
+    _with_numpy(checkpoint)
+    _restore_message_hub(checkpoint)
+    return checkpoint
+
+
 def _restore_message_hub(checkpoint: Dict) -> None:
+    import numpy as np
     from mmengine.logging.history_buffer import HistoryBuffer
     scalars = checkpoint.get('message_hub', {}).get('log_scalars', {})
     for key, value in scalars.items():
-        if isinstance(value, dict) and value.get(_BUFFER_TAG):
+        # (a history read by the hub's loader, which skips numpy objects, stays a dict of placeholders)
+        if isinstance(value, dict) and value.get(_BUFFER_TAG) and isinstance(value['log_history'], np.ndarray):
             scalars[key] = HistoryBuffer(value['log_history'], value['count_history'], value['max_length'])
 
 
 def load_training_checkpoint(path: str, map_location='cpu') -> Dict:
     """Load a checkpoint that this engine wrote (to resume, or to test).
 
-    torch's ``weights_only`` unpickler stays on; besides tensors only the few plain-data classes that an mmengine
-    training checkpoint holds are allowed (``_training_checkpoint_globals``), so a work dir never runs pickled code.
+    torch's ``weights_only`` unpickler stays on. Checkpoints of this engine hold plain data only
+    (:func:`plain_checkpoint`); for those of older visionattn versions, which pickled numpy arrays, the few plain-data
+    numpy classes an mmengine training checkpoint holds are allowed (``_training_checkpoint_globals``), so a work dir
+    never runs pickled code.
     """
-    checkpoint = load_checkpoint_file(path, extra_globals=_training_checkpoint_globals(), map_location=map_location)
-    _restore_message_hub(checkpoint)
-    return checkpoint
+    checkpoint = load_checkpoint_file(path, extra_globals=_training_checkpoint_globals(), map_location=map_location,
+                                      skip_numpy=False)
+    return restore_checkpoint(checkpoint)
 
 
 def _fsync_file(path: Union[str, Path]) -> None:
@@ -231,18 +309,23 @@ def _check_shapes(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], p
     raise CheckpointMismatchError('\n'.join(lines))
 
 
-def load_tool_config(config: str, cfg_options: Optional[Dict] = None, work_dir: Optional[str] = None,
+def load_tool_config(config: str, cfg_options: Union[None, Dict, Sequence[str]] = None, work_dir: Optional[str] = None,
                      launcher: str = 'none'):
-    """A config as tools/train.py and tools/test.py see it: ``--cfg-options`` merged, the work dir by
-    mmdetection's precedence (--work-dir, else the config's, else ./work_dirs/<config name>), the launcher set, and
-    gloo instead of NCCL where there is no GPU."""
-    from mmengine.config import Config
+    """A config as tools/train.py and tools/test.py see it: ``--cfg-options`` (``KEY=VALUE`` strings or a dict)
+    checked and merged, the work dir by mmdetection's precedence (--work-dir, else the config's, else
+    ./work_dirs/<config name>), the launcher set, and gloo instead of NCCL where there is no GPU.
+
+    Raises:
+        ConfigError: A syntax or other error in the config or a base config it reads (naming the file and line), or
+            a ``--cfg-options`` entry that is malformed, names a key the config does not have, or gives a value of
+            another kind than the config's (naming the key); see :func:`~.config_checks.apply_cfg_options`.
+    """
+    from .config_checks import apply_cfg_options, read_config
     if not osp.isfile(config):
         raise SystemExit(f'config file {config} does not exist')
-    cfg = Config.fromfile(config)
+    cfg = read_config(config)
     cfg.launcher = launcher
-    if cfg_options is not None:
-        cfg.merge_from_dict(cfg_options)
+    apply_cfg_options(cfg, cfg_options)
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
@@ -252,9 +335,19 @@ def load_tool_config(config: str, cfg_options: Optional[Dict] = None, work_dir: 
     return cfg
 
 
-def check_config(cfg) -> None:
-    """Fail early, naming the problem, for what would otherwise fail late or silently."""
+def check_config(cfg, mode: Optional[str] = None) -> None:
+    """Fail early, naming the problem, for what would otherwise fail late or silently.
+
+    Args:
+        cfg: The config, as :func:`load_tool_config` gives it.
+        mode: 'train' or 'test' to check that the sections that mode needs are there too.
+    """
     from .classification import check_model_name
+    from .config_checks import check_num_classes, check_paths, check_sections, check_train_cfg, check_types
+    check_sections(cfg, mode)
+    check_types(cfg)
+    check_paths(cfg)
+    check_train_cfg(cfg)
     model_cfg = cfg.get('model', {})
     if isinstance(model_cfg, dict) and 'backbone' in model_cfg and isinstance(model_cfg['backbone'], str):
         check_model_name(model_cfg['backbone'])
@@ -263,6 +356,26 @@ def check_config(cfg) -> None:
         root = dataset.get('data_root') if isinstance(dataset, dict) else None
         if root is not None and not osp.isdir(osp.expanduser(root)):
             raise FileNotFoundError(f'{loader}.dataset.data_root={root!r} does not exist')
+    _check_ema_begin(cfg)
+    check_num_classes(cfg)
+
+
+def _check_ema_begin(cfg) -> None:
+    """An EMAHook must start within the run: mmengine asserts it only once training starts, after the model and the
+    data are built, and its message names neither the option nor the way out."""
+    from mmengine.hooks import EMAHook
+    train_cfg = cfg.get('train_cfg') or {}
+    for i, hook in enumerate(cfg.get('custom_hooks') or []):
+        kind = hook.get('type') if isinstance(hook, dict) else None
+        if not (kind == 'EMAHook' or (isinstance(kind, type) and issubclass(kind, EMAHook))):
+            continue
+        for begin, limit in (('begin_epoch', 'max_epochs'), ('begin_iter', 'max_iters')):
+            start, end = hook.get(begin, 0), train_cfg.get(limit)
+            if end is not None and start > end:
+                raise ValueError(
+                    f'custom_hooks.{i}.{begin}={start} (EMAHook) is beyond train_cfg.{limit}={end}: the EMA would '
+                    f'never start. Start it within the run with --cfg-options custom_hooks.{i}.{begin}=N, '
+                    f'N <= {end} (0: from the start), or train longer')
 
 
 class VisionRunner(Runner):
@@ -282,7 +395,22 @@ class VisionRunner(Runner):
     def call_hook(self, fn_name: str, **kwargs) -> None:
         super().call_hook(fn_name, **kwargs)
         if fn_name == 'before_save_checkpoint':
-            _plain_message_hub(kwargs['checkpoint'])
+            plain_checkpoint(kwargs['checkpoint'])
+
+    def build_train_loop(self, loop):
+        loop = super().build_train_loop(loop)
+        check_batches(loop, 'train_dataloader')
+        return loop
+
+    def build_val_loop(self, loop):
+        loop = super().build_val_loop(loop)
+        check_batches(loop, 'val_dataloader')
+        return loop
+
+    def build_test_loop(self, loop):
+        loop = super().build_test_loop(loop)
+        check_batches(loop, 'test_dataloader')
+        return loop
 
     def load_or_resume(self) -> None:
         if self._resume and self._load_from is None and not self._has_loaded:

@@ -148,9 +148,29 @@ class Segmentor(TaskModel):
             return self.predict(inputs, data_samples)
         raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
+    def train_step(self, data, optim_wrapper):
+        # The masks are still on the CPU here (the data preprocessor moves them): checked without a device sync.
+        self._check_labels(data.get('data_samples') if isinstance(data, dict) else None)
+        return super().train_step(data, optim_wrapper)
+
+    def _check_labels(self, data_samples: Optional[List[BaseDataElement]]) -> None:
+        """A mask label outside 0..num_classes-1 (other than ignore_index) fails in the loss as "Target 3 is out of
+        bounds" (a device-side assert on GPUs): name the option instead. Only masks on the CPU are read."""
+        for sample in data_samples or ():
+            gt = sample.get('gt_sem_seg') if isinstance(sample, BaseDataElement) else None
+            if not torch.is_tensor(gt) or gt.device.type != 'cpu' or not gt.numel():
+                continue
+            labels = gt[gt != self.ignore_index]
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                bad = int(labels.max()) if int(labels.max()) >= self.num_classes else int(labels.min())
+                raise ValueError(f'a mask of this batch holds label {bad}, but model.num_classes={self.num_classes} '
+                                 f'(labels 0..{self.num_classes - 1}, {self.ignore_index} ignored): set num_classes '
+                                 "of the model, its network and its loss to the dataset's number of classes")
+
     def _targets(self, inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> torch.Tensor:
         if not data_samples or any(s.get('gt_sem_seg') is None for s in data_samples):
             raise ValueError("mode='loss' needs a gt_sem_seg in every data sample")
+        self._check_labels(data_samples)
         height, width = inputs.shape[-2:]
         targets = []
         for sample in data_samples:

@@ -50,6 +50,15 @@ def _check_two_positions(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+@torch.fx.wrap
+def _mean_std(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean and std over the positions side by side: (B, C, 1, 2), the layout the (1, 2) kernel reads."""
+    flat = x.flatten(2)
+    if flat.shape[0] == 0:  # no image: no std of nothing (torch warns about its degrees of freedom)
+        return flat.new_zeros(0, flat.shape[1], 1, 2)
+    return torch.stack((flat.mean(-1, keepdim=True), flat.std(-1, keepdim=True)), dim=-1)
+
+
 class PartialConv(nn.Module):
     """A k×k convolution on the first ``dim // n_div`` channels; the remaining channels pass through untouched.
 
@@ -121,9 +130,7 @@ class GaussianChannelAttention(nn.Module):
         self.gate = nn.Hardsigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = _check_two_positions(x).flatten(2)
-        # mean and std side by side: (B, C, 1, 2), the layout the (1, 2) kernel reads
-        stats = torch.stack((flat.mean(-1, keepdim=True), flat.std(-1, keepdim=True)), dim=-1)
+        stats = _mean_std(_check_two_positions(x))
         bn = self.bn
         z = _pooled_batch_norm(
             self.fc(stats), bn.weight, bn.bias, bn.running_mean, bn.running_var, self.training, bn.momentum, bn.eps)

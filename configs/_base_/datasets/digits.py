@@ -13,7 +13,7 @@ train_dataloader = dict(
     collate_fn=dict(type=cls_collate),
     dataset=dict(type=DigitsDataset, split='train',
                  pipeline=dict(type=classification_transforms, train=True, img_size=img_size, scale=(0.6, 1.0),
-                               hflip=0.0, auto_augment=None, interpolation='bilinear')),
+                               hflip=0.0, interpolation='bilinear')),
 )
 val_dataloader = dict(
     batch_size=64, num_workers=0,

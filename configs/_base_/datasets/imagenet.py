@@ -1,9 +1,12 @@
 # ImageNet-1k in the ImageFolder layout: <data_root>/train/<wnid>/*.JPEG and <data_root>/val/<wnid>/*.JPEG.
-# Training augmentation as the DeiT/Swin recipes: random resized crop, flip, TrivialAugment-like ops, random
-# erasing 0.25 (Mixup/CutMix and label smoothing live in the model config); evaluation resizes and centre-crops.
+# The pipelines are timm's own (timm.data.create_transform, through visionattn.data.TimmTransforms): training crops
+# at random scale and aspect, flips, and adds what each recipe's `train_augment` names (RandAugment string, colour
+# jitter, interpolation, multi-scale); evaluation resizes the shorter side to img_size / crop_pct and centre-crops.
+# Random erasing, Mixup/CutMix and label smoothing live in the model config (timm's random erasing runs on the
+# normalised batch on the device, as timm's train.py does it with its prefetcher), the sampler in `train_sampler`.
 from mmengine.dataset import DefaultSampler
 
-from visionattn.data import ImageFolderDataset, classification_transforms
+from visionattn.data import ImageFolderDataset, TimmTransforms
 from visionattn.engine import Accuracy, cls_collate
 
 data_root = 'data/imagenet'
@@ -14,15 +17,15 @@ train_dataloader = dict(
     sampler=dict(type=DefaultSampler, shuffle=True),
     collate_fn=dict(type=cls_collate),
     dataset=dict(type=ImageFolderDataset, data_root=data_root, split='train',
-                 pipeline=dict(type=classification_transforms, train=True, img_size=img_size,
-                               random_erasing=0.25)),
+                 pipeline=dict(type=TimmTransforms, train=True, img_size=img_size, interpolation='bicubic')),
 )
 val_dataloader = dict(
     batch_size=128, num_workers=8, persistent_workers=True, pin_memory=True,
     sampler=dict(type=DefaultSampler, shuffle=False),
     collate_fn=dict(type=cls_collate),
     dataset=dict(type=ImageFolderDataset, data_root=data_root, split='val',
-                 pipeline=dict(type=classification_transforms, train=False, img_size=img_size, crop_pct=0.875)),
+                 pipeline=dict(type=TimmTransforms, train=False, img_size=img_size, crop_pct=0.875,
+                               interpolation='bicubic')),
 )
 test_dataloader = val_dataloader
 val_evaluator = dict(type=Accuracy, topk=(1, 5))

@@ -8,10 +8,19 @@
 # count) and models/model_api.py (pl_bolts LinearWarmupCosineAnnealingLR stepped once per epoch, no lr scaling).
 # Quirk kept: model_api.py hands timm's create_optimizer `self.parameters()`, not the module, so weight decay
 # applies to every parameter, norms and biases included: no paramwise_cfg here.
-# Not available in this engine:
-# - the multi-scale schedule (cfg `multi_scale: 192_280`: 192x192 crops before epoch 280, 224 after): 224 throughout;
-# - RandAugment (rand-m3/m5/m7-mstd0.5-inc1 per variant): the TrivialAugment-like ops stand in, without magnitudes.
+# Data as the official run: timm's create_transform (data/custom_imagenet_data.py build_imagenet_transform, timm
+# 0.6.5: per-variant RandAugment string, colour jitter 0, bicubic, no random erasing), the multi-scale schedule of
+# the YAMLs (`multi_scale: 192_280`: 192x192 crops before epoch 280, img_size from it) and Lightning's
+# DistributedSampler (plain shuffling); the classification code never calls seed_everything, so every process draws
+# its own random stream (diff_rank_seed here).
+# Still different:
+# - as released, Lightning 1.6.5 builds the train dataloader once (reload_dataloaders_every_n_epochs is not set), so
+#   a run started from epoch 0 keeps the 192 dataset for all 300 epochs; these configs follow the YAMLs' stated
+#   schedule (192, then 224 from epoch 280); set multi_scale=None in train_augment for 224 throughout;
+# - precision 16 (fp16 autocast) is --amp, which picks bf16 where the GPU has it (tools/train.py);
+# - timm 1.0 in place of 0.6.5.
 # The variant configs set the per-variant values; these defaults are T0's.
+from mmengine.dataset import DefaultSampler
 from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
 from torch.optim import AdamW
 
@@ -34,5 +43,8 @@ auto_scale_lr = dict(base_batch_size=4096, enable=False)
 # Recipe parts that the variant configs put into the model and the pipelines.
 label_smoothing = 0.1
 mixup = dict(mixup_alpha=0.05, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch')
-train_augment = dict(auto_augment=None, random_erasing=0.0, interpolation='bicubic')
+train_augment = dict(auto_augment=None, color_jitter=0, interpolation='bicubic', multi_scale=(192, 280))
+random_erasing = None  # reprob 0
+train_sampler = dict(type=DefaultSampler, shuffle=True)
 eval_crop_pct = 0.9
+randomness = dict(seed=0, deterministic=False, diff_rank_seed=True)  # unseeded: one stream per process

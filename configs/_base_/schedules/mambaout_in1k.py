@@ -10,8 +10,13 @@
 # Here 8 GPUs x 512 make the 4096 without accumulation (MambaOut has no BatchNorm, so the gradient is the same);
 # with less memory, set optim_wrapper.accumulative_counts and lower the batch (auto_scale_lr then does not count
 # the accumulation, so leave --auto-scale-lr off).
-# Not available in this engine: RandAugment (TrivialAugment-like ops stand in), timm's random erasing (one
-# uniform-noise rectangle stands in) and the 'random' train interpolation (bicubic only).
+# Data as the official run (train.py, timm 0.6.11): timm's create_loader transforms (rand-m9-mstd0.5-inc1, train
+# interpolation 'random', colour jitter 0.4, off under RandAugment), random erasing 0.25 'pixel' x1 on the
+# normalised batch on the device (timm's prefetcher), no repeated augmentation, one seed per process
+# (random_seed(seed, rank)). The scripts pass no --amp: train.py runs in fp32, so leave --amp off to match.
+# Still different: timm 1.0 in place of 0.6.11; at 8 x 512 without accumulation Mixup/CutMix draws one lambda per
+# 512 images, the official run one per 128-image micro-batch.
+from mmengine.dataset import DefaultSampler
 from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
 from torch.optim import AdamW
 
@@ -35,5 +40,8 @@ auto_scale_lr = dict(base_batch_size=4096, enable=False)
 # Recipe parts that the variant configs put into the model and the pipelines.
 label_smoothing = 0.1
 mixup = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch')
-train_augment = dict(auto_augment='trivial', random_erasing=0.25, interpolation='bicubic')
+train_augment = dict(auto_augment='rand-m9-mstd0.5-inc1', color_jitter=0.4, interpolation='random')
+random_erasing = dict(probability=0.25, mode='pixel', max_count=1)
+train_sampler = dict(type=DefaultSampler, shuffle=True)
 eval_crop_pct = 1.0
+randomness = dict(seed=0, deterministic=False, diff_rank_seed=True)  # timm's random_seed(seed, rank)

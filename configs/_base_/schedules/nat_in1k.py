@@ -9,14 +9,17 @@
 # weights (lr 5e-5, linear schedule, batch 64 per GPU, no mixup/cutmix), not an ImageNet-1k recipe.
 # The script does not rescale the lr: 1e-3 is for 128 x the GPU count. 8 GPUs (batch 1024, Swin's) is the paper's
 # setting and is not written in the repo: unverified here.
-# Differences from the official run, all for lack of an engine feature:
-# - RandAugment is not available: the TrivialAugment-like ops of visionattn.data stand in for it.
-# - Random erasing is one rectangle filled with uniform noise (timm: area 2-33%, per-pixel Gaussian noise).
-# - Train interpolation is bicubic only (timm's 'random' draws bilinear or bicubic per image).
+# Data as the official run (train.py with timm @9d6aad4, requirements.txt): timm's create_loader transforms
+# (rand-m9-mstd0.5-inc1, train interpolation 'random': bilinear or bicubic per image, colour jitter 0.4, off under
+# RandAugment), random erasing 0.25 'pixel' x1 on the normalised batch on the device (timm's prefetcher, on by
+# default), no repeated augmentation (--aug-repeats 0), one seed per process (random_seed(seed, rank)).
+# Still different: timm 1.0 in place of that commit; fp16 autocast (yml `amp: True`) is --amp, which picks bf16
+# where the GPU has it (tools/train.py).
 # Schedule: as timm's, the cosine runs from step 0 under the linear warm-up (mmengine chains the two), so after
 # the warm-up the lr is timm's to 4e-5 x lr; during it, mmengine's ramp is up to 5% ahead of timm's.
 # Weight decay follows the official run: timm 0.5's optimizer ignores NAT's no_weight_decay_keywords, so the
 # relative position biases (attn.rpb) are decayed; only 1-D parameters (norms, biases, layer scales) are not.
+from mmengine.dataset import DefaultSampler
 from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
 from torch.optim import AdamW
 
@@ -41,5 +44,8 @@ auto_scale_lr = dict(base_batch_size=1024, enable=False)
 # Recipe parts that the variant configs put into the model and the pipelines.
 label_smoothing = 0.1
 mixup = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch')
-train_augment = dict(auto_augment='trivial', random_erasing=0.25, interpolation='bicubic')
+train_augment = dict(auto_augment='rand-m9-mstd0.5-inc1', color_jitter=0.4, interpolation='random')
+random_erasing = dict(probability=0.25, mode='pixel', max_count=1)
+train_sampler = dict(type=DefaultSampler, shuffle=True)
 eval_crop_pct = 0.875
+randomness = dict(seed=0, deterministic=False, diff_rank_seed=True)  # timm's random_seed(seed, rank)

@@ -12,10 +12,15 @@
 # use 8 GPUs x 512 (T0-S) or x 256 (M, L) at the same lr, without --auto-scale-lr.
 # Quirk kept: model_api.py hands timm's create_optimizer `self.parameters()`, not the module, so weight decay
 # applies to every parameter, norms, biases and iRPE tables included: no paramwise_cfg here.
-# Everything else, including what this engine cannot reproduce, is FasterNet's: see fasternet_in1k.py.
+# Data: timm's create_transform as FasterNet's (data/custom_imagenet_data.py build_transform; requirements.txt pins
+# neither timm nor Lightning), with the same multi-scale schedule and the same Lightning reading (fasternet_in1k.py).
+# Seeds: train_test.py calls seed_everything(42) in every process, so all processes share one random stream
+# (Mixup/CutMix and drop-path draws alike): diff_rank_seed off here, unlike FasterNet.
+# Everything else, including what still differs, is FasterNet's: see fasternet_in1k.py.
 from mmengine.config import read_base
 
 with read_base():
     from .fasternet_in1k import *
 
 auto_scale_lr = dict(base_batch_size=256, enable=False)  # the lrs below are for the released code's batch of 256
+randomness = dict(seed=0, deterministic=False, diff_rank_seed=False)  # seed_everything(42) on every rank
