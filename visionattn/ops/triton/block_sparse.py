@@ -47,6 +47,14 @@ MAX_FUSED_ROUTING_REGIONS = 64
 
 
 @triton.jit
+def _check_tiles(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_QK: tl.constexpr, D_V: tl.constexpr,
+                 BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    # What the attention kernels assume of their constexprs: the padded head dims hold the real ones.
+    tl.static_assert(BLOCK_DQK >= D_QK, 'BLOCK_DQK below the q/k head dim')
+    tl.static_assert(BLOCK_DV >= D_V, 'BLOCK_DV below the value head dim')
+
+
+@triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
     # IEEE: 1 = exact float32 products (float32 inputs), 2 = upcast bfloat16 operands first (Triton's CPU
     # interpreter computes bfloat16 dots wrongly; bfloat16 products are exact in float32, so nothing changes)
@@ -103,6 +111,7 @@ def _bsa_fwd_kernel(Q, K, V, ATT, OUT, LSE, IDX, CNT, LW, LB,
                     D_QK: tl.constexpr, D_V: tl.constexpr, HAS_COUNT: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                     IEEE: tl.constexpr, CAUSAL: tl.constexpr, LEPE_K: tl.constexpr, STORE_O: tl.constexpr):
+    _check_tiles(BLOCK_M, BLOCK_N, D_QK, D_V, BLOCK_DQK, BLOCK_DV)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
@@ -186,6 +195,7 @@ def _bsa_bwd_dq_kernel(Q, K, V, ATT, DO, LSE, DQ, IDX, CNT,
                        KV_BLK_W: tl.constexpr, D_QK: tl.constexpr, D_V: tl.constexpr, HAS_COUNT: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
                        BLOCK_DV: tl.constexpr, IEEE: tl.constexpr, CAUSAL: tl.constexpr):
+    _check_tiles(BLOCK_M, BLOCK_N, D_QK, D_V, BLOCK_DQK, BLOCK_DV)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
@@ -259,6 +269,7 @@ def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DK, DV, QLIST, OFFS, LW,
                         KV_BLK_W: tl.constexpr, ENTRY_DIV: tl.constexpr, D_QK: tl.constexpr, D_V: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
                         BLOCK_DV: tl.constexpr, IEEE: tl.constexpr, CAUSAL: tl.constexpr, LEPE_K: tl.constexpr):
+    _check_tiles(BLOCK_M, BLOCK_N, D_QK, D_V, BLOCK_DQK, BLOCK_DV)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
