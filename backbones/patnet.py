@@ -27,6 +27,7 @@ from torch import nn
 
 from visionattn._timm_compat import resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
+from visionattn.layers.inputs import check_images
 from visionattn.layers.partial import PartialChannelAttention, PartialSelfAttention, PartialSpatialAttention
 from visionattn.zoo import PaperFacts, register_paper_facts
 
@@ -37,8 +38,7 @@ MIN_INPUT_SIZE = 32  # stride 32 to the last stage; the stage-2 channel attentio
 
 @torch.fx.wrap
 def _check_input(x: torch.Tensor, in_chans: int, min_size: int = MIN_INPUT_SIZE) -> torch.Tensor:
-    if x.dim() != 4 or x.shape[1] != in_chans:
-        raise ValueError(f'PATNet expects images of shape (B, {in_chans}, H, W), got {x.shape}')
+    check_images(x, in_chans, 'PATNet')
     if x.shape[-2] < min_size or x.shape[-1] < min_size:
         raise ValueError(
             f'PATNet needs images of at least {min_size}x{min_size} (total stride 32, and the channel '
@@ -160,9 +160,11 @@ class PatnetStage(nn.Module):
 class PATNet(nn.Module):
     """PATNet backbone and classifier (timm API).
 
-    ``num_classes=0`` (at creation or through :meth:`reset_classifier`) returns the pooled last-stage features,
-    ``num_features`` wide: the 1×1 pre-logits conv to ``feature_dim`` belongs to the classifier and is skipped
-    (its weights stay, so checkpoints still load). ``global_pool=''`` returns the unpooled map.
+    The head is timm's FasterNet head: pool → 1×1 ``conv_head`` to ``feature_dim`` → activation → classifier.
+    ``num_features`` is the last stage's width (what :meth:`forward_features` returns) and ``head_hidden_size`` the
+    pre-logits width (``feature_dim``): ``num_classes=0`` (at creation or through :meth:`reset_classifier`) and
+    ``forward_head(x, pre_logits=True)`` both return the ``head_hidden_size``-wide output of the conv head.
+    :meth:`prune_intermediate_layers` drops the conv head too, after which both are ``num_features`` wide.
 
     Args:
         in_chans: Input channels.
@@ -220,8 +222,7 @@ class PATNet(nn.Module):
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
         self.num_features = embed_dim * 2 ** (self.num_stages - 1)
-        self.feature_dim = feature_dim
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+        self.feature_dim = self.head_hidden_size = feature_dim
         self.conv_head = nn.Conv2d(self.num_features, feature_dim, 1, bias=False, **dd)
         self.act = act_layer()
         self._set_classifier(num_classes, global_pool, **dd)
@@ -229,12 +230,15 @@ class PATNet(nn.Module):
 
     def _set_classifier(self, num_classes: int, global_pool: str, device=None, dtype=None) -> None:
         self.num_classes = num_classes
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+        pool = SelectAdaptivePool2d(pool_type=global_pool)
+        if pool.feat_mult() != 1 and isinstance(self.conv_head, nn.Conv2d):
+            raise ValueError(f'PATNet: the conv head reads {self.num_features} channels; global_pool={global_pool!r} '
+                             f'changes the pooled width')
+        self.global_pool = pool
         self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
-        self.use_conv_head = num_classes > 0
-        self.head_hidden_size = self.feature_dim if self.use_conv_head else self.num_features
         self.classifier = (
-            nn.Linear(self.feature_dim, num_classes, device=device, dtype=dtype) if num_classes > 0 else nn.Identity())
+            nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype) if num_classes > 0
+            else nn.Identity())
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -270,8 +274,9 @@ class PATNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, device=None, dtype=None) -> None:
         if global_pool is None:
             global_pool = self.global_pool.pool_type
-        if device is None:
-            device = self.conv_head.weight.device if isinstance(self.conv_head, nn.Conv2d) else None
+        weight = self.patch_embed.proj.weight  # still there after the head is pruned
+        device = weight.device if device is None else device
+        dtype = weight.dtype if dtype is None else dtype
         self._set_classifier(num_classes, global_pool, device=device, dtype=dtype)
         for module in (self.global_pool, self.flatten, self.classifier):
             module.train(self.training)
@@ -318,8 +323,10 @@ class PATNet(nn.Module):
         if last < self.num_stages - 1:
             self.num_features = self.feature_info[last]['num_chs']
         if prune_head or last < self.num_stages - 1:
+            # the pre-logits conv belongs to the head and is sized for the last stage, so it goes too (timm FasterNet)
             self.conv_head = nn.Identity()
             self.act = nn.Identity()
+            self.head_hidden_size = self.num_features
             self.reset_classifier(0, '')
         return take
 
@@ -329,8 +336,7 @@ class PATNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
-        if self.use_conv_head:
-            x = self.act(self.conv_head(x))
+        x = self.act(self.conv_head(x))
         x = self.flatten(x)
         if self.drop_rate > 0.:
             x = F.dropout(x, p=self.drop_rate, training=self.training)

@@ -143,11 +143,20 @@ def test_reset_classifier_and_headless(name):
     headless = _create(name, num_classes=0, global_pool='').eval()
     classifier = model.pretrained_cfg['classifier'] + '.'
     headless.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(classifier)})
+    # timm's rule: without a classifier the model returns the pre-logits, head_hidden_size wide (num_features unless
+    # a conv head sits before the classifier, as in FasterNet and PATNet, where it still runs on the unpooled map).
+    width = getattr(model, 'head_hidden_size', None) or model.num_features
     with torch.no_grad():
         features = model.forward_features(x)
         model.reset_classifier(0)
-        assert model(x).shape == (2, model.num_features)
-        torch.testing.assert_close(headless(x), features)
+        pre_logits = model(x)
+        assert pre_logits.shape == (2, width)
+        torch.testing.assert_close(pre_logits, model.forward_head(features, pre_logits=True))
+        out = headless(x)
+        if width == model.num_features:
+            torch.testing.assert_close(out, features)
+        else:
+            assert out.shape == (2, width, *features.shape[-2:])
 
 
 @pytest.mark.parametrize('name', OWN_MODELS)

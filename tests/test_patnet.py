@@ -22,7 +22,13 @@ from visionattn.layers.partial import euclidean_rpe_index
 
 pytestmark = pytest.mark.backbones
 
-PATNETS = ['patnet_t0', 'patnet_t1', 'patnet_t2', 'patnet_s', 'patnet_m', 'patnet_l']
+PATNETS = visionattn.list_models('patnet*')  # the registry, not a hand list
+BIG_PARAMS = 50e6  # variants above this run their forward passes under the `slow` marker, as in test_backbones
+
+
+def _by_size(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if visionattn.paper_facts(n).reference_params > BIG_PARAMS
+            else n for n in names]
 
 
 def _randomise_norms(module):
@@ -188,8 +194,8 @@ def test_variant_blocks():
 
 
 @pytest.mark.parametrize('shape, message', [
-    ((2, 1, 64, 64), r'shape \(B, 3, H, W\)'),
-    ((3, 64, 64), r'shape \(B, 3, H, W\)'),
+    ((2, 1, 64, 64), r'PATNet expects images of shape \[batch, 3, height, width\]'),
+    ((3, 64, 64), r'PATNet expects images of shape \[batch, 3, height, width\]'),
     ((2, 3, 31, 64), 'at least 32x32'),
 ])
 def test_bad_input(shape, message):
@@ -281,13 +287,73 @@ def test_features_only_feeds_a_segmentation_head():
     assert not missing, f'no gradient reaches {missing}'
 
 
-def test_pooled_features_for_a_classification_head():
-    model = timm.create_model('patnet_t0', num_classes=0).eval()
+def test_registry_has_every_variant():
+    assert PATNETS == sorted(['patnet_t0', 'patnet_t1', 'patnet_t2', 'patnet_s', 'patnet_m', 'patnet_l'])
+
+
+@pytest.mark.parametrize('name', _by_size(PATNETS))
+def test_head_follows_timm_classifier_contract(name):
+    """timm's FasterNet contract: the 1×1 conv head is pre-logits, so ``reset_classifier(0)`` keeps it."""
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    assert model.num_features == model.feature_info[-1]['num_chs'] == model.conv_head.in_channels
+    assert model.head_hidden_size == model.conv_head.out_channels == model.classifier.in_features == 1280
+    x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        pooled = model(torch.randn(2, 3, 64, 64))
-    assert pooled.shape == (2, model.num_features) and model.head_hidden_size == model.num_features
-    classifier = timm.create_model('patnet_t0').eval()
+        features = model.forward_features(x)
+        assert features.shape == (2, model.num_features, 2, 2)
+        pre_logits = model.forward_head(features, pre_logits=True)
+        assert pre_logits.shape == (2, model.head_hidden_size)
+        torch.testing.assert_close(model.classifier(pre_logits), model(x), rtol=0, atol=0)
+        model.reset_classifier(0)
+        assert model.num_classes == 0 and model.head_hidden_size == 1280
+        torch.testing.assert_close(model(x), pre_logits, rtol=0, atol=0)
+        torch.testing.assert_close(model.forward_head(features, pre_logits=True), pre_logits, rtol=0, atol=0)
+        model.reset_classifier(0, '')  # no pooling: the conv head runs on the map
+        assert model(x).shape == (2, model.head_hidden_size, 2, 2)
+        model.reset_classifier(7, 'avg')
+        assert model(x).shape == (2, 7) and model.classifier.in_features == model.head_hidden_size
+        # created without a classifier: the same widths and the same pre-logits
+        headless = timm.create_model(name, num_classes=0).eval()
+        headless.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith('classifier.')})
+        assert (headless.num_features, headless.head_hidden_size) == (model.num_features, model.head_hidden_size)
+        torch.testing.assert_close(headless(x), pre_logits, rtol=0, atol=0)
+
+
+def test_head_refuses_pooling_that_changes_width():
+    with pytest.raises(ValueError, match='changes the pooled width'):
+        timm.create_model('patnet_t0', global_pool='catavgmax')
+
+
+@pytest.mark.parametrize('prune_head', [True, False])
+def test_pruned_head_widths(prune_head):
+    """Pruning drops the conv head with the classifier (timm FasterNet): both widths are then the last tap's."""
+    model = timm.create_model('patnet_t0').eval()
+    x = torch.randn(2, 3, 64, 64)
+    model.prune_intermediate_layers([3] if not prune_head else [1], prune_head=prune_head)
+    if not prune_head:  # keeps every stage and the head
+        assert (model.num_features, model.head_hidden_size) == (256, 1280)
+        return
+    assert model.num_features == model.head_hidden_size == model.feature_info[1]['num_chs'] == 64
     with torch.no_grad():
-        assert classifier.forward_head(classifier.forward_features(torch.randn(2, 3, 64, 64)),
-                                       pre_logits=True).shape == (2, 1280)
-    assert classifier.head_hidden_size == 1280
+        torch.testing.assert_close(model(x), model.forward_features(x))
+        model.reset_classifier(0, 'avg')
+        assert model(x).shape == (2, model.head_hidden_size)
+        model.reset_classifier(5)
+        assert model(x).shape == (2, 5)
+
+
+@pytest.mark.slow
+def test_compiles_for_a_training_step():
+    """torch.compile (inductor, CPU) through a channels-last training step: forward, backward, every gradient.
+
+    Issue 27's ``(*bias): last dimension must be contiguous`` came from CUDA's memory-efficient SDPA kernel; it
+    does not reproduce on CPU, so this guards the CPU compile path only.
+    """
+    torch.manual_seed(0)
+    model = timm.create_model('patnet_t0', num_classes=5).train().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(model)
+    F.cross_entropy(compiled(x), torch.tensor([0, 3])).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f'no finite gradient for {missing}'
