@@ -9,9 +9,10 @@
   (``launch.Kernel``).
 """
 import torch
+import triton
 import triton.language as tl
 
-__all__ = ['LOG2E', 'LOG2E_C', 'unit_last', 'pow2_clamp', 'contiguous_strides', 'flat_grid']
+__all__ = ['LOG2E', 'LOG2E_C', 'unit_last', 'pow2_clamp', 'contiguous_strides', 'flat_grid', 'check_head_dims']
 
 LOG2E = 1.4426950408889634
 LOG2E_C = tl.constexpr(LOG2E)
@@ -45,3 +46,11 @@ def flat_grid(programs: int, op: str) -> tuple:
         raise ValueError(f'{op}: {programs} programs exceed the CUDA grid; split the batch')
     return (programs, 1, 1)
 
+
+
+@triton.jit
+def check_head_dims(D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """What the attention kernels assume of their constexprs: the padded head dims hold the real ones. (Tiles may
+    be below tl.dot's 16 rows under the interpreter, where tests shrink them: nothing is asserted about those.)"""
+    tl.static_assert(BLOCK_DQK >= D_QK, 'the padded q/k head dim is below the real one')
+    tl.static_assert(BLOCK_DV >= D_V, 'the padded value head dim is below the real one')

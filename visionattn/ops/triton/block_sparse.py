@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from ..checks import _interpreting
-from ._common import LOG2E, pow2_clamp, unit_last
+from ._common import LOG2E, check_head_dims, pow2_clamp, unit_last
 from .launch import Kernel
 from .launch import aligned as _aligned
 
@@ -44,14 +44,6 @@ __all__ = ['block_sparse_attention_triton', 'bra_map_triton', 'bra_regions_trito
 # The routing kernel keeps a [regions, regions] affinity tile in registers: up to 64 regions (n_win <= 8). Beyond
 # it the routing runs as PyTorch ops (same results) and the attention kernels are unchanged.
 MAX_FUSED_ROUTING_REGIONS = 64
-
-
-@triton.jit
-def _check_tiles(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_QK: tl.constexpr, D_V: tl.constexpr,
-                 BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
-    # What the attention kernels assume of their constexprs: the padded head dims hold the real ones.
-    tl.static_assert(BLOCK_DQK >= D_QK, 'BLOCK_DQK below the q/k head dim')
-    tl.static_assert(BLOCK_DV >= D_V, 'BLOCK_DV below the value head dim')
 
 
 @triton.jit
@@ -111,7 +103,7 @@ def _bsa_fwd_kernel(Q, K, V, ATT, OUT, LSE, IDX, CNT, LW, LB,
                     D_QK: tl.constexpr, D_V: tl.constexpr, HAS_COUNT: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                     IEEE: tl.constexpr, CAUSAL: tl.constexpr, LEPE_K: tl.constexpr, STORE_O: tl.constexpr):
-    _check_tiles(BLOCK_M, BLOCK_N, D_QK, D_V, BLOCK_DQK, BLOCK_DV)
+    check_head_dims(D_QK, D_V, BLOCK_DQK, BLOCK_DV)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
@@ -195,7 +187,7 @@ def _bsa_bwd_dq_kernel(Q, K, V, ATT, DO, LSE, DQ, IDX, CNT,
                        KV_BLK_W: tl.constexpr, D_QK: tl.constexpr, D_V: tl.constexpr, HAS_COUNT: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
                        BLOCK_DV: tl.constexpr, IEEE: tl.constexpr, CAUSAL: tl.constexpr):
-    _check_tiles(BLOCK_M, BLOCK_N, D_QK, D_V, BLOCK_DQK, BLOCK_DV)
+    check_head_dims(D_QK, D_V, BLOCK_DQK, BLOCK_DV)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
@@ -269,7 +261,7 @@ def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DK, DV, QLIST, OFFS, LW,
                         KV_BLK_W: tl.constexpr, ENTRY_DIV: tl.constexpr, D_QK: tl.constexpr, D_V: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
                         BLOCK_DV: tl.constexpr, IEEE: tl.constexpr, CAUSAL: tl.constexpr, LEPE_K: tl.constexpr):
-    _check_tiles(BLOCK_M, BLOCK_N, D_QK, D_V, BLOCK_DQK, BLOCK_DV)
+    check_head_dims(D_QK, D_V, BLOCK_DQK, BLOCK_DV)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads

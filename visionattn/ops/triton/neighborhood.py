@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ..reference.neighborhood import axis_windows, neighbor_table
-from ._common import LOG2E, LOG2E_C, contiguous_strides, flat_grid, pow2_clamp, unit_last
+from ._common import LOG2E, LOG2E_C, check_head_dims, contiguous_strides, flat_grid, pow2_clamp, unit_last
 from .launch import Kernel, aligned
 
 __all__ = ['neighborhood_attention_triton', 'na_configs']
@@ -52,15 +52,6 @@ def _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM: tl.constexpr):
     if N_DIM >= 3:
         inside = inside & (kc0[None, :] >= st0[:, None]) & (kc0[None, :] < en0[:, None])
     return inside
-
-
-@triton.jit
-def _check_tiles(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
-                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    # What every NA kernel assumes of its constexprs: the padded head dims hold the real ones. (Tiles may be below
-    # tl.dot's 16 rows only under the interpreter, where the tests shrink them: no assert on BLOCK_M / BLOCK_N.)
-    tl.static_assert(BLOCK_D >= HEAD_DIM, 'BLOCK_D below the head dim')
-    tl.static_assert(BLOCK_DV >= HEAD_DIM_V, 'BLOCK_DV below the value head dim')
 
 
 @triton.jit
@@ -114,7 +105,7 @@ def _na_fwd_kernel(
         U2: tl.constexpr, HAS_RPB: tl.constexpr, N_DIM: tl.constexpr, PRECISION: tl.constexpr):
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
-    _check_tiles(BLOCK_M, BLOCK_N, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV)
+    check_head_dims(HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV)
     pid_t, b, h, g0, g1, g2, lg0, lg1, lg2 = _program(NT, H, L0, L1, L2, D0, D1, D2)
     a2 = (pid_t % NT2) * T2
     a1 = ((pid_t // NT2) % NT1) * T1
@@ -205,7 +196,7 @@ def _na_bwd_dkdv_kernel(
     # Programs own key tiles of shape U; the inner loop walks query tiles of shape T.
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
-    _check_tiles(BLOCK_M, BLOCK_N, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV)
+    check_head_dims(HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV)
     pid_t, b, h, g0, g1, g2, lg0, lg1, lg2 = _program(NT0 * NT1 * NT2, H, L0, L1, L2, D0, D1, D2)
     t2 = pid_t % NT2
     t1 = (pid_t // NT2) % NT1
@@ -302,7 +293,7 @@ def _na_bwd_dq_kernel(
     # (for rpbs much larger than a window, 3-D). Both sum over the batch with atomics: DSN stays small enough for L2.
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
-    _check_tiles(BLOCK_M, BLOCK_N, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV)
+    check_head_dims(HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV)
     pid_t, b, h, g0, g1, g2, lg0, lg1, lg2 = _program(NT, H, L0, L1, L2, D0, D1, D2)
     a2 = (pid_t % NT2) * T2
     a1 = ((pid_t // NT2) % NT1) * T1
