@@ -38,7 +38,7 @@ from visionattn.layers import BiLevelRoutingAttention
 from visionattn.layers.inputs import check_images
 from visionattn.zoo import PaperFacts, register_paper_facts
 
-__all__ = []  # models are reached through timm.create_model
+__all__ = ['BiFormer']  # models are reached through timm.create_model
 
 
 torch.fx.wrap('check_images')  # one FX node; TorchScript calls back into Python

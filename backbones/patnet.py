@@ -11,10 +11,9 @@ untouched channels, ``x + MLP(mix(x))``), the last stage PAT_sf (partial conv + 
 relative-position bias, ``x + mix(x)`` then ``x + MLP(x)``); PAT_sp appends a partial spatial attention to the
 MLP where a variant enables it. The head is pool → 1×1 conv to 1280 → activation → linear, as in FasterNet.
 
-Variant settings: the paper's per-variant table could not be read from any stored copy of the paper (see
-shared/reference/backbones.md §2), so dims, depths, activations and the PAT_sp switch follow the authors'
-cfg/PartialNet_*.yaml, which is also what the code trains. Where the code and its YAMLs disagree the YAML wins
-(see the note above the variants).
+Variant settings: the paper's per-variant table could not be read from any stored copy of the paper, so dims, depths,
+activations and the PAT_sp switch follow the authors' cfg/PartialNet_*.yaml (github.com/haiduo/PartialNet), which is
+also what the code trains. Where the code and its YAMLs disagree the YAML wins (see the note above the variants).
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 

@@ -14,9 +14,9 @@ Two routes put a zoo model in an mmdet/mmseg config:
    MODELS registry; it is also always registered in mmengine's root MODELS registry, which every OpenMMLab
    registry falls back to.
 
-Both toolboxes need a full mmcv build with its compiled ops (``mmcv._ext``); mmcv-lite is not enough, and mmcv 2.1
-only builds from source on the project's machines (about 15 minutes; shared/reference/deps.md), so CI does not build
-it: the tests exercise the registration where the toolbox imports (and against a stand-in registry), and otherwise
+Both toolboxes need a full mmcv build with its compiled ops (``mmcv._ext``); mmcv-lite is not enough, and mmcv 2.1 only
+builds from source on the project's machines (about 15 minutes, with setuptools < 81 and -std=c++20), so CI does not
+build it: the tests exercise the registration where the toolbox imports (and against a stand-in registry), and otherwise
 the error, which names the module that is actually missing (``mmcv._ext``, ``ftfy``, the toolbox itself, ...).
 """
 import importlib

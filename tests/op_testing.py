@@ -1,6 +1,7 @@
-"""The numerical rule for kernels (style.md §7): the kernel's error against an fp32 reference is at most twice the
-error of the same-dtype PyTorch reference, plus atol; for the output and for every gradient. An fp32 kernel needs a
-higher-precision reference (fp64), else the same-dtype error is zero by construction."""
+"""The numerical rule for kernels (the project's standard for every Triton kernel): the kernel's error against an fp32
+reference is at most twice the error of the same-dtype PyTorch reference, plus atol; for the output and for every
+gradient. An fp32 kernel needs a higher-precision reference (fp64), else the same-dtype error is zero by
+construction."""
 import os
 from typing import Dict, Optional, Sequence
 

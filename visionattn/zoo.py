@@ -16,7 +16,7 @@ __all__ = [
     'weight_source', 'zoo_rows', 'render_markdown',
 ]
 
-# timm families the zoo adopts instead of re-implementing (DESIGN.md): pattern -> family name.
+# timm families the zoo adopts instead of re-implementing (timm's code is kept as it is): pattern -> family name.
 ADOPTED = {
     'efficientvit_m*': 'EfficientViT-M (timm)',
     'mambaout_*': 'MambaOut (timm)',

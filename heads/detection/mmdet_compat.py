@@ -10,7 +10,7 @@ An mmdetection config then names any zoo backbone in its own detectors (DINO, De
 Focus-DETR itself is not registered as a subclass of mmdet's DINO: ours is built on visionattn's deformable
 attention and trains through visionattn's own Detector and tools, and a DINO subclass on mmcv's ops could not be
 built or tested on the project's machines (no mmcv build); its foreground token selector would need a new mmdet
-encoder layer, which is the integration plan of shared/reference/heads.md §1, left for a machine with mmcv.
+encoder layer (the selector scoring the encoder's tokens before each layer), left for a machine with mmcv.
 """
 from ..mm_compat import ZooBackbone, register_zoo_backbone
 

@@ -19,7 +19,8 @@ import torch
 from .common import Row, measure
 
 SUITE = 'block_sparse'
-# (name, regions, tokens per region, channels, heads, topk): BiFormer-S (backbones.md §1), head dim 32 in BRA
+# (name, regions, tokens per region, channels, heads, topk): BiFormer-S (Zhu et al., CVPR 2023, Table 1), head dim
+# 32 in BRA
 STAGES_224 = [('s1', 49, 64, 64, 2, 1), ('s2', 49, 16, 128, 4, 4), ('s3', 49, 4, 256, 8, 16),
               ('s4-global', 1, 49, 512, 8, 1)]  # stage 4: AttentionLePE, global MHSA with its default 8 heads
 STAGES_512 = [('s1', 64, 256, 64, 2, 1), ('s2', 64, 64, 128, 4, 4), ('s3', 64, 16, 256, 8, 16),
