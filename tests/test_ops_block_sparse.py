@@ -695,3 +695,15 @@ def test_bra_2d_fast_launch_matches_the_jit_cuda(monkeypatch):
     # launcher takes the compiled-handle path (else every launch re-binds its arguments through the JIT)
     for a, b in zip(results[0], results[2]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('backend', ['reference', 'triton'])
+def test_bra_2d_batch_of_no_image_gives_empty_outputs(backend):
+    # Issue 21: the op takes an empty batch (every caller then does): empty output and routing, gradients flow.
+    qkv = torch.randn(0, 6, 6, 3 * 16).requires_grad_()
+    weight, bias = torch.randn(16, 1, 3, 3), torch.randn(16)
+    out, routing = bi_level_routing_attention_2d(qkv, 2, 3, 3, 16, None, weight, bias, backend=backend,
+                                                 return_routing=True)
+    assert out.shape == (0, 6, 6, 16) and routing.shape == (0, 9, 3) and routing.dtype == torch.long
+    out.sum().backward()
+    assert qkv.grad is not None and qkv.grad.shape == qkv.shape

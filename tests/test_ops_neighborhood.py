@@ -416,3 +416,16 @@ def test_reference_half_inputs_of_large_magnitude_stay_finite(dtype):
     ref = neighborhood_attention_ref(q.float(), k.float(), v.float(), 3, rpb=rpb.float())
     assert torch.isfinite(out).all()
     assert (out.float() - ref).norm() / ref.norm() < 2e-2
+
+
+@pytest.mark.parametrize('backend', ['reference', 'triton'])
+def test_a_batch_of_no_sample_gives_the_empty_output(backend):
+    # Issue 21: empty batches behave alike in every family; the op itself takes them, so every caller does (layers,
+    # the NATTEN drop-in). An empty spatial axis is still refused.
+    q, k, v, rpb = (t.requires_grad_() for t in _inputs((6, 7), dim=8, dim_v=4, batch=0, rpb_kernel=(3, 3)))
+    out = neighborhood_attention(q, k, v, 3, rpb=rpb, backend=backend)
+    assert out.shape == (0, 6, 7, 2, 4)
+    out.sum().backward()
+    assert v.grad is not None and v.grad.shape == v.shape
+    with pytest.raises(ValueError, match='empty input'):
+        neighborhood_attention(*(t[:, :0] for t in _inputs((6, 7), batch=1)[:3]), 3)

@@ -56,24 +56,12 @@ def _crop(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x[:, :like.shape[1], :like.shape[2]].contiguous()
 
 
-def _routing_attention(qkv: torch.Tensor, num_heads: int, n_win: int, topk: int, qk_dim: int, scale: float,
-                       lepe_weight: Optional[torch.Tensor], lepe_bias: Optional[torch.Tensor],
-                       backend: Optional[str] = None, return_routing: bool = False):
-    """The op; for a batch of no image, which the op refuses, the empty output (v's channels of ``qkv``: still a
-    function of the parameters for autograd) and no routing."""
-    if qkv.shape[0] == 0:
-        out = qkv[..., 2 * qk_dim:]
-        return (out, None) if return_routing else out
-    return bi_level_routing_attention_2d(qkv, num_heads, n_win, topk, qk_dim, scale, lepe_weight, lepe_bias,
-                                         backend=backend, return_routing=return_routing)
-
-
 # The padding and the op (its checks and backend choice) depend on the input at run time:
 # torch.fx keeps them as opaque calls, so a traced model still takes any input size.
 torch.fx.wrap('_check_input')
 torch.fx.wrap('_pad_to_regions')
 torch.fx.wrap('_crop')
-torch.fx.wrap('_routing_attention')
+torch.fx.wrap('bi_level_routing_attention_2d')
 
 
 class _QKVLinear(nn.Module):
@@ -162,10 +150,10 @@ class BiLevelRoutingAttention(nn.Module):
         lepe = self.lepe
         lepe_weight, lepe_bias = (None, None) if lepe is None else (lepe.weight, lepe.bias)
         if self.keep_routing:
-            out, self.last_routing = _routing_attention(
+            out, self.last_routing = bi_level_routing_attention_2d(
                 qkv, self.num_heads, self.n_win, self.topk, self.qk_dim, self.scale, lepe_weight, lepe_bias,
                 backend=self.backend, return_routing=True)
         else:
-            out = _routing_attention(qkv, self.num_heads, self.n_win, self.topk, self.qk_dim, self.scale, lepe_weight,
-                                     lepe_bias, backend=self.backend)
+            out = bi_level_routing_attention_2d(qkv, self.num_heads, self.n_win, self.topk, self.qk_dim, self.scale,
+                                                lepe_weight, lepe_bias, backend=self.backend)
         return _crop(self.wo(out), x)

@@ -49,8 +49,6 @@ def _padded_neighborhood_attention(
     The pad rows/columns hold what ``qkv`` gives for a zero input, i.e. its bias (zeros without bias).
     """
     batch, height, width, channels3 = qkv.shape
-    if batch == 0:  # no image: the empty output (the op refuses empty tensors); still a function of qkv for autograd
-        return qkv[..., :channels3 // 3]
     window = kernel_size * dilation
     pad_h, pad_w = max(0, window - height), max(0, window - width)
     if pad_h or pad_w:

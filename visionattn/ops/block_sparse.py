@@ -278,6 +278,11 @@ def bi_level_routing_attention_2d(qkv: torch.Tensor, num_heads: int, n_win: int,
         if lepe_bias is not None and lepe_bias.shape != (c_v,):
             raise ValueError(f'lepe_bias must be [{c_v}], got {list(lepe_bias.shape)}')
     scale = _resolve_scale('bi_level_routing_attention_2d', scale, qk_dim)
+    if batch == 0:
+        # No image: the empty output (v's channels of qkv, a function of qkv for autograd) and an empty routing.
+        out = qkv[..., 2 * qk_dim:].clone()
+        routing = torch.empty(0, n_win * n_win, topk, dtype=torch.long, device=qkv.device)
+        return (out, routing) if return_routing else out
     chosen = choose_backend('bi_level_routing_attention', backend, (qkv, lepe_weight, lepe_bias),
                             _head_checks(qk_dim // num_heads, c_v // num_heads))
     if chosen == 'reference':

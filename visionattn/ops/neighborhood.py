@@ -79,7 +79,7 @@ def normalize_na_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_
     if not (k.device == device and v.device == device):
         raise ValueError(f'neighborhood_attention: q, k, v are on different devices ({q.device}, {k.device}, '
                          f'{v.device})')
-    if 0 in q_shape or v_shape[-1] == 0:
+    if 0 in q_shape[1:] or v_shape[-1] == 0:  # a batch of 0 is fine: its output is empty
         raise ValueError(f'neighborhood_attention: empty input, q shape {tuple(q_shape)}, v shape {tuple(v_shape)}')
     n_dim = rank - 3
     spatial = q_shape[1:1 + n_dim]
@@ -183,6 +183,9 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
         return neighborhood_attention_triton(q, k, v, *checked, rpb)
     kernel, dil, strides, causal, scale = normalize_na_args(q, k, v, kernel_size, dilation, stride, is_causal, rpb,
                                                             scale)
+    if q.shape[0] == 0:
+        # No sample: the empty output, [0, *spatial, heads, head_dim_v] like v (and a function of v for autograd).
+        return v * 0
     chosen = choose_backend('neighborhood_attention', backend, [q, k, v, rpb], na_triton_checks(q, v))
     if chosen == 'triton':
         if key is not None:
