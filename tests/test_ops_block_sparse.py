@@ -678,13 +678,14 @@ def test_bra_2d_biformer_shapes_cuda(stage, dtype):
 def test_bra_2d_fast_launch_matches_the_jit_cuda(monkeypatch):
     """From its second call a plan launches its kernels through their compiled handles: same results as the JIT."""
     from visionattn.ops.triton import block_sparse as tk
+    from visionattn.ops.triton import launch
     torch.manual_seed(0)
     qkv = torch.randn(4, 28, 28, 3 * 128, device='cuda', dtype=torch.bfloat16, requires_grad=True)
     weight = torch.randn(128, 1, 5, 5, device='cuda', requires_grad=True)
     bias = torch.randn(128, device='cuda', requires_grad=True)
     results = []
     for fast in (False, True, True):
-        monkeypatch.setattr(tk, 'FAST_LAUNCH', fast)
+        monkeypatch.setattr(launch, 'FAST_LAUNCH', fast)  # the switch the shared launcher reads
         if not fast:
             monkeypatch.setattr(tk, '_PLANS', {})
         out = bi_level_routing_attention_2d(qkv, 4, 7, 4, 128, None, weight, bias, backend='triton')
@@ -707,3 +708,35 @@ def test_bra_2d_batch_of_no_image_gives_empty_outputs(backend):
     assert out.shape == (0, 6, 6, 16) and routing.shape == (0, 9, 3) and routing.dtype == torch.long
     out.sum().backward()
     assert qkv.grad is not None and qkv.grad.shape == qkv.shape
+
+
+def test_kernel_grids_are_one_flat_axis_for_large_batches():
+    # Issue 24: CUDA caps grid axes 1 and 2 at 65535; batch * heads of a video MoBA call or of BRA at a large batch
+    # outgrows it, so every attention kernel puts all its programs on axis 0 (the NA kernels' policy).
+    from visionattn.ops.triton.block_sparse import _BraPlan, _SeqPlan
+    q = torch.empty(4096, 32, 64, 16, device='meta')
+    index = torch.empty(4096, 32, 4, 2, dtype=torch.int32, device='meta')
+    seq = _SeqPlan(q, q, q, index, None, 16, 16, False)
+    qkv = torch.empty(8192, 14, 14, 3 * 256, device='meta')
+    bra = _BraPlan(qkv, None, None, None, None, 7, 8, 4, 256)
+    for plan, per_image in ((seq, 4096 * 32), (bra, 8192 * 8)):
+        for grid, tiles in ((plan.fwd_grid, plan.tiles.q_tiles[0]), (plan.dq_grid, plan.tiles.q_tiles[1]),
+                            (plan.dkv_grid, plan.tiles.kv_tiles)):
+            blocks = 4 if plan is seq else 49
+            assert grid == (blocks * tiles * per_image, 1, 1)
+
+
+@pytest.mark.cuda
+def test_more_than_65535_batch_heads_cuda():
+    # The flat grid decodes (batch, head) from the program index: the last images are right, forward and backward.
+    (q, k, v), index, count = _problem(8193, 8, 2, 2, 16, 16, 1, 16, 16, dtype=torch.float16, device='cuda')
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    out = block_sparse_attention(*leaves, index, count, 16, 16, backend='triton')
+    grad = _grad_like(out)
+    got = torch.autograd.grad(out, leaves, grad)
+    tail = [t[-3:].detach().float().requires_grad_() for t in (q, k, v)]
+    want_out = block_sparse_attention(*tail, index[-3:], count[-3:], 16, 16, backend='reference')
+    want = torch.autograd.grad(want_out, tail, grad[-3:].float())
+    torch.testing.assert_close(out[-3:].float(), want_out, rtol=2e-2, atol=2e-2)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g[-3:].float(), w, rtol=2e-2, atol=2e-2)

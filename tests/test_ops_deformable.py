@@ -398,3 +398,15 @@ def test_layer_backend_parity(box):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     got.sum().backward()
     assert all(p.grad is not None for p in layer.parameters())
+
+
+def test_kernel_grid_is_one_flat_axis_for_large_batches():
+    # Issue 24: every program on axis 0, query blocks fastest (CUDA caps the second axis at 65535 < batch * heads).
+    from visionattn.ops.triton.deformable import _cached_launch
+    launch = _cached_launch(8200, 1100, 8, 32, ())
+    assert launch.grid == (math.ceil(1100 / launch.block_q) * 8200 * 8, 1, 1)
+
+
+@pytest.mark.cuda
+def test_more_than_65535_batch_heads_cuda():
+    _check_kernel(8200, 3, 8, 8, ((3, 4), (2, 2)), 2, torch.float32, device='cuda')

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from ..checks import _interpreting
-from ._common import LOG2E, check_head_dims, pow2_clamp, unit_last
+from ._common import LOG2E, check_head_dims, flat_grid, pow2_clamp, unit_last
 from .launch import Kernel
 from .launch import aligned as _aligned
 
@@ -104,9 +104,11 @@ def _bsa_fwd_kernel(Q, K, V, ATT, OUT, LSE, IDX, CNT, LW, LB,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                     IEEE: tl.constexpr, CAUSAL: tl.constexpr, LEPE_K: tl.constexpr, STORE_O: tl.constexpr):
     check_head_dims(D_QK, D_V, BLOCK_DQK, BLOCK_DV)
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // n_heads
+    # one flat grid axis, query tiles fastest (batch * heads can outgrow CUDA's 65535 on the second axis)
+    m_programs = (n_q_tokens // Q_BLOCK) * Q_TILES
+    pid_m = tl.program_id(0) % m_programs
+    pid_bh = tl.program_id(0) // m_programs
+    b = (pid_bh // n_heads).to(tl.int64)
     h = pid_bh % n_heads
     q_blk = pid_m // Q_TILES
     offs_m = (pid_m % Q_TILES) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -188,9 +190,11 @@ def _bsa_bwd_dq_kernel(Q, K, V, ATT, DO, LSE, DQ, IDX, CNT,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
                        BLOCK_DV: tl.constexpr, IEEE: tl.constexpr, CAUSAL: tl.constexpr):
     check_head_dims(D_QK, D_V, BLOCK_DQK, BLOCK_DV)
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // n_heads
+    # one flat grid axis, query tiles fastest (batch * heads can outgrow CUDA's 65535 on the second axis)
+    m_programs = (n_q_tokens // Q_BLOCK) * Q_TILES
+    pid_m = tl.program_id(0) % m_programs
+    pid_bh = tl.program_id(0) // m_programs
+    b = (pid_bh // n_heads).to(tl.int64)
     h = pid_bh % n_heads
     q_blk = pid_m // Q_TILES
     offs_m = (pid_m % Q_TILES) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -262,9 +266,10 @@ def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DK, DV, QLIST, OFFS, LW,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
                         BLOCK_DV: tl.constexpr, IEEE: tl.constexpr, CAUSAL: tl.constexpr, LEPE_K: tl.constexpr):
     check_head_dims(D_QK, D_V, BLOCK_DQK, BLOCK_DV)
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // n_heads
+    n_programs = n_kv_blocks * KV_TILES  # one flat grid axis, as the forward's
+    pid_n = tl.program_id(0) % n_programs
+    pid_bh = tl.program_id(0) // n_programs
+    b = (pid_bh // n_heads).to(tl.int64)
     h = pid_bh % n_heads
     kv_blk = pid_n // KV_TILES
     offs_n = (pid_n % KV_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -528,13 +533,13 @@ class _SeqPlan:
         bm, bn, _, _ = tiles.fwd
         self.fwd_consts = dict(common, Q_TILES=tiles.q_tiles[0], HAS_COUNT=self.has_count, BLOCK_M=bm, BLOCK_N=bn,
                                LEPE_K=0, STORE_O=False)
-        self.fwd_grid = (n_q // q_block * tiles.q_tiles[0], batch * heads, 1)
+        self.fwd_grid = flat_grid(n_q // q_block * tiles.q_tiles[0] * batch * heads, 'block_sparse_attention')
         bm, bn, _, _ = tiles.dq
         self.dq_consts = dict(common, Q_TILES=tiles.q_tiles[1], HAS_COUNT=self.has_count, BLOCK_M=bm, BLOCK_N=bn)
-        self.dq_grid = (n_q // q_block * tiles.q_tiles[1], batch * heads, 1)
+        self.dq_grid = flat_grid(n_q // q_block * tiles.q_tiles[1] * batch * heads, 'block_sparse_attention')
         bm, bn, _, _ = tiles.dkv
         self.dkv_consts = dict(common, KV_TILES=tiles.kv_tiles, ENTRY_DIV=max_kv, BLOCK_M=bm, BLOCK_N=bn, LEPE_K=0)
-        self.dkv_grid = (self.n_kv_blocks * tiles.kv_tiles, batch * heads, 1)
+        self.dkv_grid = flat_grid(self.n_kv_blocks * tiles.kv_tiles * batch * heads, 'block_sparse_attention')
         self.slots = {name: [None, None] for name in ('fwd', 'dq', 'dkv')}
         self.bwd_slots: Dict[tuple, Dict[str, list]] = {}
 
@@ -709,7 +714,6 @@ def block_sparse_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     Returns:
         [B, Nq, H, Dv] (note the layout: heads after tokens).
     """
-    _check_grid(q.shape[0] * q.shape[1])
     if index.dtype not in (torch.int32, torch.int64):
         index = index.to(torch.int32)
     index = index.contiguous()
@@ -719,12 +723,6 @@ def block_sparse_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     # eager: the same kernels through a plain autograd.Function, which costs less host time than the custom op
     # dispatch (BRA at 224 is a few tens of microseconds of GPU work per call)
     return _BlockSparseFn.apply(q, k, v, index, count, q_block, kv_block, float(scale), bool(causal))
-
-
-def _check_grid(batch_heads: int) -> None:
-    if batch_heads > 65535:  # batch * heads runs on the second grid axis, which CUDA caps at 65535
-        raise ValueError(f'block-sparse attention (triton): batch * heads = {batch_heads} exceeds CUDA\'s grid '
-                         "limit of 65535; split the batch or use backend='reference'")
 
 
 class _BlockSparseFn(torch.autograd.Function):
@@ -803,14 +801,14 @@ class _BraPlan:
         bm, bn, _, _ = tiles.fwd
         self.fwd_consts = {store: dict(common, Q_TILES=tiles.q_tiles[0], HAS_COUNT=False, BLOCK_M=bm, BLOCK_N=bn,
                                        LEPE_K=self.lepe_k, STORE_O=store) for store in (False, True)}
-        self.fwd_grid = (regions * tiles.q_tiles[0], batch * heads, 1)
+        self.fwd_grid = flat_grid(regions * tiles.q_tiles[0] * batch * heads, 'bi_level_routing_attention')
         bm, bn, _, _ = tiles.dq
         self.dq_consts = dict(common, Q_TILES=tiles.q_tiles[1], HAS_COUNT=False, BLOCK_M=bm, BLOCK_N=bn)
-        self.dq_grid = (regions * tiles.q_tiles[1], batch * heads, 1)
+        self.dq_grid = flat_grid(regions * tiles.q_tiles[1] * batch * heads, 'bi_level_routing_attention')
         bm, bn, _, _ = tiles.dkv
         self.dkv_consts = dict(common, KV_TILES=tiles.kv_tiles, ENTRY_DIV=1, BLOCK_M=bm, BLOCK_N=bn,
                                LEPE_K=self.lepe_k)
-        self.dkv_grid = (regions * tiles.kv_tiles, batch * heads, 1)
+        self.dkv_grid = flat_grid(regions * tiles.kv_tiles * batch * heads, 'bi_level_routing_attention')
         # routing: int32 buffer = routing [B, R, topk] | inverted lists [B, R * topk] | their starts [B, R + 1]
         self.qlist_off, self.offs_off = batch * regions * topk, 2 * batch * regions * topk
         self.ibuf_size = self.offs_off + batch * (regions + 1)
@@ -1043,7 +1041,6 @@ class _BraFn(torch.autograd.Function):
 
 def _bra_triton(q, k, v, lepe_weight, lepe_bias, n_win: int, heads: int, topk: int, c_qk: int, scale: float
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    _check_grid(q.shape[0] * heads)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (q, k, v, lepe_weight, lepe_bias))
     if torch.compiler.is_compiling():  # opaque to the compiler through the custom op

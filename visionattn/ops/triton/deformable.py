@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import flat_grid
+
 # Elements of one [queries, head_dim] tile; larger tiles mean fewer programs but more registers.
 TILE_ELEMENTS = 1024
 # Overrides for tests (larger blocks are faster in the interpreter) and benchmark sweeps: block_q, num_warps.
@@ -61,8 +63,10 @@ def _corner(xi, yi, height, width, start, q_ok, d, d_ok, row_stride):
 def _msda_fwd_kernel(VALUE, SHAPES, STARTS, LOC, ATTN, OUT, n_pos, n_queries, n_heads, head_dim,
                      NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
                      BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
-    q_block = tl.program_id(0)
-    bh = tl.program_id(1)
+    # one flat grid axis, query blocks fastest (batch * heads can outgrow CUDA's 65535 on the second axis)
+    q_blocks = tl.cdiv(n_queries, BLOCK_Q)
+    q_block = tl.program_id(0) % q_blocks
+    bh = tl.program_id(0) // q_blocks
     b = (bh // n_heads).to(tl.int64)
     h = bh % n_heads
     q = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -103,8 +107,10 @@ def _msda_fwd_kernel(VALUE, SHAPES, STARTS, LOC, ATTN, OUT, n_pos, n_queries, n_
 def _msda_bwd_kernel(VALUE, SHAPES, STARTS, LOC, ATTN, DOUT, DVALUE, DLOC, DATTN, n_pos, n_queries, n_heads,
                      head_dim, NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
                      BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
-    q_block = tl.program_id(0)
-    bh = tl.program_id(1)
+    # one flat grid axis, query blocks fastest (batch * heads can outgrow CUDA's 65535 on the second axis)
+    q_blocks = tl.cdiv(n_queries, BLOCK_Q)
+    q_block = tl.program_id(0) % q_blocks
+    bh = tl.program_id(0) // q_blocks
     b = (bh // n_heads).to(tl.int64)
     h = bh % n_heads
     q = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -173,7 +179,8 @@ def _cached_launch(batch: int, queries: int, heads: int, head_dim: int, override
     block_q = TILE_OVERRIDES.get('block_q', max(1, TILE_ELEMENTS // block_d))
     block_q = max(1, min(block_q, triton.next_power_of_2(queries)))
     num_warps = TILE_OVERRIDES.get('num_warps', 4 if block_q * block_d >= 1024 else 2)
-    return _Launch((triton.cdiv(queries, block_q), batch * heads), block_q, block_d, num_warps)
+    return _Launch(flat_grid(triton.cdiv(queries, block_q) * batch * heads, 'multi_scale_deformable_attention'),
+                   block_q, block_d, num_warps)
 
 
 def _launch_config(value: torch.Tensor, loc: torch.Tensor) -> _Launch:
