@@ -310,6 +310,7 @@ MAP_CASES = [  # batch, height, width, n_win, heads, qk_dim, c_v, topk, lepe ker
     (1, 6, 9, 3, 2, 16, 16, 3, 3),  # 2x3 regions (6 tokens, not a power of two), qk_dim == c_v
     (2, 4, 4, 2, 2, 24, 16, 2, 5),  # a 5x5 conv wider than the regions, qk_dim != c_v, two images
     (1, 8, 4, 2, 1, 16, 32, 4, 0),  # no LCE, routing to every region
+    (1, 4, 132, 2, 1, 8, 8, 1, 3),  # a map wider than the LCE gradient's 128-pixel tiles
 ]
 
 

@@ -332,44 +332,45 @@ def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DK, DV, QLIST, OFFS, LW,
 @triton.jit
 def _lepe_grad_kernel(DO, V, PART, v_off,
                       do_sb, do_sy, do_sx, v_sb, v_sy, v_sx,
-                      n_pixels, pixels_per_chunk, map_h, map_w, channels,
-                      KS: tl.constexpr, TAPS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Partial sums of the LCE conv's weight and bias gradients over one chunk of pixels (all images).
+                      n_tiles, tiles_per_chunk, map_h, map_w, channels,
+                      KS: tl.constexpr, TAPS: tl.constexpr, ROWS: tl.constexpr, BLOCK_X: tl.constexpr,
+                      BLOCK_C: tl.constexpr):
+    """Partial sums of the LCE conv's weight and bias gradients over one chunk of pixel tiles (all images).
 
     PART [chunks, channels * (KS * KS + 1)]: the weight gradient [channels, KS * KS] flat, then the bias gradient.
-    Each tile of output-gradient pixels is loaded once and meets all KS * KS shifted tiles of v at once, as a
-    [TAPS, BLOCK_P, BLOCK_C] gather (the shifted tiles overlap: mostly cache hits).
+    A tile is ROWS x BLOCK_X pixels of one image (whole rows of maps up to 128 wide) and BLOCK_C channels. Its
+    output gradient stays in registers while the KS * KS taps, unrolled, each load the tile of v shifted by the tap
+    (a plain [pixels, channels] tile; the shifted tiles overlap, so most loads hit the cache) and reduce their
+    product over the pixels.
     """
     chunk = tl.program_id(0)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < channels
     taps = tl.arange(0, TAPS)
-    tap_ok = taps < KS * KS
-    dy = taps // KS - KS // 2
-    dx = taps % KS - KS // 2
-    first = chunk * pixels_per_chunk
-    last = tl.minimum(first + pixels_per_chunk, n_pixels)
-    hw = map_h * map_w
+    pix = tl.arange(0, ROWS * BLOCK_X)
+    row_tiles = tl.cdiv(map_h, ROWS)
+    col_tiles = tl.cdiv(map_w, BLOCK_X)
     acc = tl.zeros([TAPS, BLOCK_C], dtype=tl.float32)
     bias = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for p0 in range(first, last, BLOCK_P):
-        pix = p0 + tl.arange(0, BLOCK_P)
-        p_ok = pix < last
-        img = pix // hw
-        y = (pix % hw) // map_w
-        x = pix % map_w
-        g = tl.load(DO + img[:, None] * do_sb + y[:, None] * do_sy + x[:, None] * do_sx + offs_c[None, :],
+    first = chunk * tiles_per_chunk
+    for tile in range(first, tl.minimum(first + tiles_per_chunk, n_tiles)):
+        img = (tile // (row_tiles * col_tiles)).to(tl.int64)
+        y = (tile // col_tiles) % row_tiles * ROWS + pix // BLOCK_X
+        x = tile % col_tiles * BLOCK_X + pix % BLOCK_X
+        p_ok = (y < map_h) & (x < map_w)
+        g = tl.load(DO + img * do_sb + y[:, None] * do_sy + x[:, None] * do_sx + offs_c[None, :],
                     mask=p_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
         bias += tl.sum(g, 0)
-        yy = y[None, :] + dy[:, None]  # [TAPS, BLOCK_P]
-        xx = x[None, :] + dx[:, None]
-        ok = tap_ok[:, None] & p_ok[None, :] & (yy >= 0) & (yy < map_h) & (xx >= 0) & (xx < map_w)
-        rows = img[None, :] * v_sb + yy * v_sy + xx * v_sx
-        val = tl.load(V + v_off + rows[:, :, None] + offs_c[None, None, :],
-                      mask=ok[:, :, None] & c_ok[None, None, :], other=0.0).to(tl.float32)
-        acc += tl.sum(val * g[None, :, :], 1)
+        v_rows = V + v_off + img * v_sb + y * v_sy + x * v_sx
+        for tap in tl.static_range(KS * KS):
+            dy = tap // KS - KS // 2
+            dx = tap % KS - KS // 2
+            ok = p_ok & (y + dy >= 0) & (y + dy < map_h) & (x + dx >= 0) & (x + dx < map_w)
+            val = tl.load((v_rows + (dy * v_sy + dx * v_sx))[:, None] + offs_c[None, :],
+                          mask=ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+            acc += tl.where(taps[:, None] == tap, tl.sum(val * g, 0)[None, :], 0.0)
     row = PART + chunk * (channels * (KS * KS + 1))
-    tl.store(row + offs_c[None, :] * (KS * KS) + taps[:, None], acc, mask=tap_ok[:, None] & c_ok[None, :])
+    tl.store(row + offs_c[None, :] * (KS * KS) + taps[:, None], acc, mask=(taps < KS * KS)[:, None] & c_ok[None, :])
     tl.store(row + channels * (KS * KS) + offs_c, bias, mask=c_ok)
 
 
@@ -819,17 +820,17 @@ class _BraPlan:
                                  T_STEP=min(4, triton.next_power_of_2(tokens)), BLOCK_C=32, IEEE=tiles.ieee)
         self.route_launch = (4 if r_pad <= 32 else 8, 3)
         self.route_grid = (batch, 1, 1)
-        if self.lepe_k:  # the conv's weight/bias gradients: about four programs per SM, partial sums per chunk
-            n_pixels = batch * map_h * map_w
+        if self.lepe_k:  # the conv's weight/bias gradients: about eight programs per SM, partial sums per chunk
             self.lepe_taps = triton.next_power_of_2(self.lepe_k * self.lepe_k)
             self.lepe_block_c = 32
-            self.lepe_block_p = max(2, 256 // self.lepe_taps)  # a [taps, pixels, channels] tile of 8K values
+            self.lepe_block_x = min(128, triton.next_power_of_2(map_w))
+            self.lepe_rows = min(128 // self.lepe_block_x, triton.next_power_of_2(map_h))  # tiles of ~128 pixels
             c_blocks = triton.cdiv(c_v, self.lepe_block_c)
-            chunks = max(1, min(triton.cdiv(n_pixels, 64), triton.cdiv(512, c_blocks)))
-            self.lepe_pixels_per_chunk = triton.cdiv(n_pixels, chunks)
-            self.lepe_chunks = triton.cdiv(n_pixels, self.lepe_pixels_per_chunk)
+            self.lepe_tiles = batch * triton.cdiv(map_h, self.lepe_rows) * triton.cdiv(map_w, self.lepe_block_x)
+            chunks = max(1, min(self.lepe_tiles, triton.cdiv(1024, c_blocks)))
+            self.lepe_tiles_per_chunk = triton.cdiv(self.lepe_tiles, chunks)
+            self.lepe_chunks = triton.cdiv(self.lepe_tiles, self.lepe_tiles_per_chunk)
             self.lepe_grid = (self.lepe_chunks, c_blocks, 1)
-            self.n_pixels = n_pixels
         self.slots = {name: [None, None] for name in ('route', 'fwd0', 'fwd1')}
         self.bwd_slots: Dict[tuple, Dict[str, list]] = {}
 
@@ -932,8 +933,9 @@ def _bra_backward(plan: _BraPlan, dout, q, k, v, lepe_weight, o, lse, ibuf, scal
     part = torch.empty((plan.lepe_chunks, plan.c_v * (kk + 1)), device=q.device, dtype=torch.float32)
     _LEPE_GRAD.launch(slots['lepe'], plan.lepe_grid, (
         dout, v_arg, part, v_off, do_str[0], do_str[4], do_str[5], plan.v_str[0], plan.v_str[4], plan.v_str[5],
-        plan.n_pixels, plan.lepe_pixels_per_chunk, plan.map_h, plan.map_w, plan.c_v),
-        dict(KS=plan.lepe_k, TAPS=plan.lepe_taps, BLOCK_P=plan.lepe_block_p, BLOCK_C=plan.lepe_block_c), 8, 2)
+        plan.lepe_tiles, plan.lepe_tiles_per_chunk, plan.map_h, plan.map_w, plan.c_v),
+        dict(KS=plan.lepe_k, TAPS=plan.lepe_taps, ROWS=plan.lepe_rows, BLOCK_X=plan.lepe_block_x,
+             BLOCK_C=plan.lepe_block_c), 4, 2)
     total = part.sum(0)
     dweight = total[:plan.c_v * kk].view(lepe_weight.shape)
     dbias = total[plan.c_v * kk:]
