@@ -15,9 +15,11 @@ Two routes put a zoo model in an mmdet/mmseg config:
    registry falls back to.
 
 Both toolboxes need a full mmcv build with its compiled ops (``mmcv._ext``); mmcv-lite is not enough, and mmcv 2.1 only
-builds from source on the project's machines (about 15 minutes, with setuptools < 81 and -std=c++20), so CI does not
+builds from source on the project's machines (15-25 minutes, with setuptools < 81 and -std=c++20), so CI does not
 build it: the tests exercise the registration where the toolbox imports (and against a stand-in registry), and otherwise
-the error, which names the module that is actually missing (``mmcv._ext``, ``ftfy``, the toolbox itself, ...).
+the error, which names the module that is actually missing (``mmcv._ext``, ``ftfy``, the toolbox itself, ...). Where
+mmdet/mmseg import, the tests also train and run their RetinaNet and UPerNet on ZooBackbone; ``tools/mm_smoke.py``
+runs both through mmengine's Runner (docs/mm_toolboxes.md: the build, and what a CPU run gave).
 """
 import importlib
 import logging
@@ -62,7 +64,9 @@ class ZooBackbone(BaseModule):
 
     Args:
         model_name: timm or visionattn model name, e.g. 'biformer_s'.
-        out_indices: Feature levels; default the last four of stride >= 4.
+        out_indices: Feature levels as timm numbers them (``feature_info``); default the last four of stride >= 4.
+            The zoo families' levels 0..3 are strides 4..32, as in mmdet's backbones, but a timm ResNet's level 0
+            is its stride-2 stem, so its layer1..4 are 1..4.
         pretrained: Load the model's pretrained (ImageNet) weights through timm (exclusive with a Pretrained
             ``init_cfg``).
         frozen_stages: Freeze the stem (0) and also the first ``frozen_stages`` stages: no gradients, kept in eval

@@ -45,7 +45,8 @@ def test_zoo_backbone_registration(toolbox):
                     'does not make): checked the error only')
     getattr(importlib.import_module(module_name), function)(force=True)
     registry = importlib.import_module(f'{toolbox}.registry').MODELS
-    backbone = registry.build(dict(type='ZooBackbone', model_name='resnet18', out_indices=(1, 2, 3)))
+    # out_indices are timm's feature indices: 0 is ResNet's stride-2 stem, so layer2..4 are 2..4
+    backbone = registry.build(dict(type='ZooBackbone', model_name='resnet18', out_indices=(2, 3, 4)))
     features = backbone(torch.randn(1, 3, 64, 64))
     assert [f.shape[1] for f in features] == list(backbone.channels) == [128, 256, 512]
 
@@ -57,9 +58,19 @@ def test_unknown_toolbox_is_named():
 
 # --- the plugins' import against stand-in toolboxes ---------------------------------------------------------------
 
+def _toolbox_module(name: str) -> bool:
+    return any(name == m or name.startswith(m + '.') for m in [*REGISTER, *(v[0] for v in REGISTER.values())])
+
+
 @pytest.fixture
 def standin(tmp_path, monkeypatch):
-    """Make ``import <toolbox>`` find a stand-in package whose models module runs ``models_source``."""
+    """Make ``import <toolbox>`` find a stand-in package whose models module runs ``models_source``.
+
+    Where the real toolbox is installed, its modules are put back afterwards (monkeypatch restores what it removed):
+    importing mmdet.registry or mmseg.registry a second time would register the scope with mmengine twice.
+    """
+    before = set(sys.modules)
+
     def make(toolbox: str, models_source: str = ''):
         root = tmp_path / toolbox
         (root / 'models').mkdir(parents=True)
@@ -74,10 +85,8 @@ def standin(tmp_path, monkeypatch):
         importlib.invalidate_caches()
         return root
     yield make
-    for toolbox in REGISTER:  # drop what the stand-ins imported
-        for name in [m for m in sys.modules if m == toolbox or m.startswith(toolbox + '.')]:
-            sys.modules.pop(name)
-        sys.modules.pop(REGISTER[toolbox][0], None)
+    for name in [m for m in sys.modules if m not in before and _toolbox_module(m)]:  # what only the stand-ins imported
+        sys.modules.pop(name)
 
 
 @pytest.mark.parametrize('toolbox', sorted(REGISTER))
@@ -249,3 +258,145 @@ def test_toolbox_timm_backbone_builds_zoo_model(toolbox, registry_module, models
                                    out_indices=(1, 2, 3)))
     features = backbone(torch.randn(1, 3, 64, 64))
     assert len(features) == 3 and all(f.ndim == 4 for f in features)
+
+
+# --- the real toolboxes, where they import (they need a full mmcv build: see docs/mm_toolboxes.md) ---------------
+
+def _real_registry(toolbox: str):
+    """The toolbox's MODELS registry with ZooBackbone registered by its plugin, as a config's custom_imports does;
+    skip where the toolbox is not installed or its models do not import (mmcv without compiled ops)."""
+    pytest.importorskip(toolbox)
+    error = _import_error(f'{toolbox}.models')
+    if error is not None:
+        pytest.skip(f'{toolbox}.models does not import here (missing {error.name!r})')
+    importlib.import_module(REGISTER[toolbox][0])
+    return importlib.import_module(f'{toolbox}.registry').MODELS
+
+
+def _images(count: int = 2, size: int = 64):
+    torch.manual_seed(5)
+    return [torch.randint(0, 256, (3, size, size), dtype=torch.uint8) for _ in range(count)]
+
+
+def test_real_mmdet_retinanet_with_zoo_backbone(tmp_path):
+    """RetinaNet from mmdet's registry on ZooBackbone: Pretrained init_cfg with a detector prefix through mmengine's
+    init_weights, frozen stages and norm_eval under the detector's train(), one loss step, and predictions."""
+    models = _real_registry('mmdet')
+    from mmdet.structures import DetDataSample
+    from mmengine.config import ConfigDict
+    from mmengine.registry import DefaultScope
+    from mmengine.structures import InstanceData
+
+    torch.manual_seed(0)
+    source = ZooBackbone('patnet_t0')
+    path = tmp_path / 'retinanet.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in source.state_dict().items()}, 'meta': {}}, path)
+    torch.manual_seed(1)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        detector = models.build(ConfigDict(  # as from a config file: the heads read test_cfg by attribute
+            type='RetinaNet',
+            data_preprocessor=dict(type='DetDataPreprocessor', pad_size_divisor=32),
+            backbone=dict(type='ZooBackbone', model_name='patnet_t0', frozen_stages=1, norm_eval=True,
+                          init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='backbone.')),
+            neck=dict(type='FPN', in_channels=source.channels, out_channels=32, start_level=1,
+                      add_extra_convs='on_input', num_outs=5),
+            bbox_head=dict(type='RetinaHead', num_classes=2, in_channels=32, stacked_convs=1, feat_channels=32,
+                           anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4, scales_per_octave=1,
+                                                 ratios=[1.0], strides=[8, 16, 32, 64, 128]),
+                           bbox_coder=dict(type='DeltaXYWHBBoxCoder'),
+                           loss_cls=dict(type='FocalLoss', use_sigmoid=True), loss_bbox=dict(type='L1Loss')),
+            train_cfg=dict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0),
+                           sampler=dict(type='PseudoSampler'), allowed_border=-1, pos_weight=-1, debug=False),
+            test_cfg=dict(nms_pre=100, score_thr=0.0, nms=dict(type='nms', iou_threshold=0.5), max_per_img=10)))
+    assert isinstance(detector.backbone, ZooBackbone)
+    detector.init_weights()
+    reference = source.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in detector.backbone.state_dict().items())
+
+    detector.train()
+    frozen = set(detector.backbone.frozen_parameter_names())
+    assert frozen and all(not p.requires_grad for n, p in detector.backbone.named_parameters() if n in frozen)
+    batchnorms = [m for m in detector.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert batchnorms and not any(m.training for m in batchnorms)
+
+    samples = []
+    for box, label in (([8., 8., 40., 40.], 0), ([20., 4., 60., 30.], 1)):
+        sample = DetDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), scale_factor=(1.0, 1.0)))
+        sample.gt_instances = InstanceData(bboxes=torch.tensor([box]), labels=torch.tensor([label]))
+        samples.append(sample)
+    data = detector.data_preprocessor(dict(inputs=_images(), data_samples=samples), True)
+    loss, log_vars = detector.parse_losses(detector(**data, mode='loss'))
+    assert {'loss_cls', 'loss_bbox'} <= set(log_vars) and torch.isfinite(loss)
+    loss.backward()
+    params = dict(detector.backbone.named_parameters())
+    assert all(params[n].grad is None for n in frozen)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in params.items() if n not in frozen)
+
+    detector.eval()
+    with torch.no_grad():
+        results = detector(**detector.data_preprocessor(dict(inputs=_images(), data_samples=samples), False),
+                           mode='predict')
+    assert len(results) == 2
+    for result in results:
+        assert result.pred_instances.bboxes.shape[1] == 4 and len(result.pred_instances.bboxes) > 0
+
+
+def test_real_mmseg_upernet_with_zoo_backbone():
+    """EncoderDecoder with UPerHead and an auxiliary FCNHead from mmseg's registry on ZooBackbone: one loss step
+    reaching the backbone, and full-size predictions."""
+    models = _real_registry('mmseg')
+    from mmengine.config import ConfigDict
+    from mmengine.registry import DefaultScope
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    channels = [32, 64, 128, 256]  # patnet_t0
+    norm_cfg = dict(type='BN', requires_grad=True)
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        segmentor = models.build(ConfigDict(
+            type='EncoderDecoder',
+            data_preprocessor=dict(type='SegDataPreProcessor', size=(64, 64)),
+            backbone=dict(type='ZooBackbone', model_name='patnet_t0'),
+            decode_head=dict(type='UPerHead', in_channels=channels, in_index=[0, 1, 2, 3], channels=16,
+                             num_classes=3, norm_cfg=norm_cfg, loss_decode=dict(type='CrossEntropyLoss')),
+            auxiliary_head=dict(type='FCNHead', in_channels=channels[2], in_index=2, channels=16, num_convs=1,
+                                num_classes=3, norm_cfg=norm_cfg,
+                                loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4)),
+            test_cfg=dict(mode='whole')))
+    assert isinstance(segmentor.backbone, ZooBackbone) and segmentor.backbone.channels == channels
+    segmentor.init_weights()
+    segmentor.train()
+    samples = []
+    for _ in range(2):
+        sample = SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 3, (1, 64, 64)))
+        samples.append(sample)
+    data = segmentor.data_preprocessor(dict(inputs=_images(), data_samples=samples), True)
+    loss, log_vars = segmentor.parse_losses(segmentor(**data, mode='loss'))
+    assert {'decode.loss_ce', 'aux.loss_ce'} <= set(log_vars) and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in segmentor.backbone.parameters())
+
+    segmentor.eval()
+    with torch.no_grad():
+        results = segmentor(**segmentor.data_preprocessor(dict(inputs=_images(), data_samples=samples), False),
+                            mode='predict')
+    assert [tuple(r.pred_sem_seg.data.shape) for r in results] == [(1, 64, 64)] * 2
+
+
+def test_mm_smoke_tool_trains_and_tests_both_toolboxes(tmp_path):
+    """tools/mm_smoke.py end to end at its smallest: the Runner, the datasets, CocoMetric and IoUMetric."""
+    _real_registry('mmdet')
+    _real_registry('mmseg')
+    from conftest import load_tool
+
+    summary = load_tool('mm_smoke').main([
+        '--model', 'patnet_t0', '--iters', '2', '--size', '64', '--train-images', '2', '--val-images', '2',
+        '--work-dir', str(tmp_path), '--out', str(tmp_path / 'summary.json')])
+    det, seg = summary['parts']['det'], summary['parts']['seg']
+    for part, loss_keys in ((det, {'loss_cls', 'loss_bbox'}), (seg, {'decode.loss_ce', 'aux.loss_ce'})):
+        assert len(part['losses']) == 2
+        assert all(loss_keys <= set(step) and all(v == v for v in step.values()) for step in part['losses'])
+    assert 'coco/bbox_mAP' in det['metrics'] and {'aAcc', 'mIoU', 'mAcc'} <= set(seg['metrics'])
+    assert (tmp_path / 'summary.json').is_file()

@@ -5,12 +5,15 @@ An mmdetection config then names any zoo backbone in its own detectors (DINO, De
 
     custom_imports = dict(imports=['visionattn.heads.detection.mmdet_compat'])  # registers on import
     model = dict(type='DINO', backbone=dict(type='ZooBackbone', model_name='nat_tiny', out_indices=(1, 2, 3)),
-                 neck=dict(type='ChannelMapper', in_channels=[192, 384, 768], ...), ...)
+                 neck=dict(type='ChannelMapper', in_channels=[128, 256, 512], ...), ...)
+
+(``ZooBackbone(name).channels`` gives the neck's in_channels.) ``tools/mm_smoke.py`` trains mmdet's RetinaNet this
+way, with the FPN neck, for a few iterations and scores it with CocoMetric (docs/mm_toolboxes.md).
 
 Focus-DETR itself is not registered as a subclass of mmdet's DINO: ours is built on visionattn's deformable
-attention and trains through visionattn's own Detector and tools, and a DINO subclass on mmcv's ops could not be
-built or tested on the project's machines (no mmcv build); its foreground token selector would need a new mmdet
-encoder layer (the selector scoring the encoder's tokens before each layer), left for a machine with mmcv.
+attention and trains through visionattn's own Detector and tools; a DINO subclass on mmcv's ops is not written (mmcv
+was built here for the CPU only, docs/mm_toolboxes.md): its foreground token selector would need a new mmdet encoder
+layer (the selector scoring the encoder's tokens before each layer).
 """
 from ..mm_compat import ZooBackbone, register_zoo_backbone
 

@@ -11,8 +11,9 @@ An mmsegmentation config names any zoo backbone in its own segmentors; importing
                  decode_head=dict(type='UPerHead', in_channels=[64, 128, 256, 512], ...), ...)
 
 or, without this module, mmseg's own ``backbone=dict(type='TIMMBackbone', model_name='nat_tiny', pretrained=False)``
-with ``custom_imports = dict(imports=['visionattn'])``. Without mmsegmentation importing, the import raises an
-ImportError naming the module that is missing.
+with ``custom_imports = dict(imports=['visionattn'])``. ``tools/mm_smoke.py`` trains and tests a UPerNet through
+either route (docs/mm_toolboxes.md). Without mmsegmentation importing, the import raises an ImportError naming the
+module that is missing.
 """
 from ..mm_compat import ZooBackbone, register_zoo_backbone
 
