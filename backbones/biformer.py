@@ -34,7 +34,7 @@ from torch import nn
 
 from visionattn._timm_compat import resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
-from visionattn.layers import BiLevelRoutingAttention
+from visionattn.layers import BiLevelRoutingAttention, LayerNorm
 from visionattn.layers.inputs import check_images
 from visionattn.zoo import PaperFacts, register_paper_facts
 
@@ -101,7 +101,7 @@ class BiFormerBlock(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        self.norm1 = LayerNorm(dim, eps=1e-6, **dd)
         if topk > 0:
             self.attn = BiLevelRoutingAttention(
                 dim, num_heads=num_heads, n_win=n_win, topk=topk, side_dwconv=side_dwconv, auto_pad=auto_pad,
@@ -110,7 +110,7 @@ class BiFormerBlock(nn.Module):
             self.attn = GlobalAttentionLePE(dim, num_heads=global_attn_heads, side_dwconv=side_dwconv, **dd)
         else:  # the official -1 (plain attention) and 0 (conv) modes belong to no released model
             raise ValueError(f'topk must be positive (routing) or -2 (global attention with LePE), got {topk}')
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        self.norm2 = LayerNorm(dim, eps=1e-6, **dd)
         self.mlp = Mlp(dim, int(mlp_ratio * dim), **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 

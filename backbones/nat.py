@@ -28,7 +28,7 @@ from torch import nn
 
 from visionattn._timm_compat import resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
-from visionattn.layers import NeighborhoodAttention2d
+from visionattn.layers import LayerNorm, NeighborhoodAttention2d
 from visionattn.layers.inputs import check_images
 from visionattn.zoo import PaperFacts, register_paper_facts
 
@@ -50,7 +50,7 @@ class ConvTokenizer(nn.Module):
             nn.Conv2d(in_chans, embed_dim // 2, kernel_size=3, stride=2, padding=1, **dd),
             nn.Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=2, padding=1, **dd),
         )
-        self.norm = nn.LayerNorm(embed_dim, **dd)
+        self.norm = LayerNorm(embed_dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
@@ -63,7 +63,7 @@ class ConvDownsampler(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.reduction = nn.Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1, bias=False, **dd)
-        self.norm = nn.LayerNorm(2 * dim, **dd)
+        self.norm = LayerNorm(2 * dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
@@ -94,12 +94,12 @@ class NATBlock(nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.norm1 = nn.LayerNorm(dim, **dd)
+        self.norm1 = LayerNorm(dim, **dd)
         self.attn = NeighborhoodAttention2d(
             dim, num_heads, kernel_size=kernel_size, dilation=dilation, qkv_bias=qkv_bias, qk_scale=qk_scale,
             attn_drop=attn_drop, proj_drop=proj_drop, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, **dd)
+        self.norm2 = LayerNorm(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
         if layer_scale is not None:
             self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale), **dd))
@@ -249,8 +249,8 @@ class NAT(nn.Module):
                 layer_scale=layer_scale, **dd))
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f'levels.{i}'))
         self.feature_norms = nn.ModuleList(
-            [nn.LayerNorm(info['num_chs'], **dd) for info in self.feature_info]) if feature_norms else None
-        self.norm = nn.LayerNorm(self.num_features, **dd)
+            [LayerNorm(info['num_chs'], **dd) for info in self.feature_info]) if feature_norms else None
+        self.norm = LayerNorm(self.num_features, **dd)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)

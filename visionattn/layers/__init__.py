@@ -4,6 +4,7 @@ from .deformable_attention import MultiScaleDeformableAttention
 from .ela import ELA_VERSIONS, EfficientLocalAttention, ElaVersion
 from .moba import MoBAAttention, VMoBAAttention
 from .neighborhood_attention import NeighborhoodAttention2d
+from .norm import LayerNorm
 from .partial import (
     EuclideanRelPosSelfAttention2d,
     GaussianChannelAttention,
@@ -15,7 +16,8 @@ from .partial import (
 from .ss2d import SS2D, ShiftedWindowAttention
 
 __all__ = [
-    'BiLevelRoutingAttention', 'EfficientLocalAttention', 'ElaVersion', 'ELA_VERSIONS', 'NeighborhoodAttention2d',
+    'BiLevelRoutingAttention', 'LayerNorm', 'EfficientLocalAttention', 'ElaVersion', 'ELA_VERSIONS',
+    'NeighborhoodAttention2d',
     'PartialConv', 'GaussianChannelAttention', 'PartialChannelAttention', 'PartialSpatialAttention',
     'EuclideanRelPosSelfAttention2d', 'PartialSelfAttention', 'MoBAAttention', 'VMoBAAttention',
     'SS2D', 'ShiftedWindowAttention', 'MultiScaleDeformableAttention',

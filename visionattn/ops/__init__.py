@@ -3,6 +3,7 @@ path) and Triton kernels (``triton/<op>.py``), chosen by ``backend=`` (see ``che
 from .block_sparse import bi_level_routing_attention, bi_level_routing_attention_2d, block_sparse_attention, bra_routing
 from .checks import BACKENDS, BackendUnavailableError, choose_backend, explain_backend
 from .deformable import ms_deform_attn
+from .layer_norm import layer_norm
 from .moba import moba_attention, vmoba_attention
 from .neighborhood import neighborhood_attention
 from .selective_scan import cross_merge, cross_scan, selective_scan
@@ -11,4 +12,5 @@ __all__ = [
     'BACKENDS', 'BackendUnavailableError', 'choose_backend', 'explain_backend', 'neighborhood_attention',
     'block_sparse_attention', 'bi_level_routing_attention', 'bi_level_routing_attention_2d', 'bra_routing',
     'selective_scan', 'cross_scan', 'cross_merge', 'vmoba_attention', 'moba_attention', 'ms_deform_attn',
+    'layer_norm',
 ]

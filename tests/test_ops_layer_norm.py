@@ -1,0 +1,136 @@
+"""The LayerNorm op (Triton forward, PyTorch's backward on its statistics) against ``torch.nn.functional.layer_norm``."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from op_testing import assert_kernel_close, grads, leaf_copies
+
+from visionattn.layers import LayerNorm
+from visionattn.ops import BackendUnavailableError, layer_norm
+
+pytestmark = pytest.mark.ops
+
+CASES = [  # input shape, affine (weight, bias)
+    ((2, 5, 7, 64), (True, True)),  # NHWC rows of BiFormer's first stage width
+    ((3, 48), (True, False)),  # features not a power of two, no bias
+    ((2, 3, 130), (False, False)),  # no affine parameters, rows wider than a power of two
+    ((1, 300, 16), (True, True)),  # more rows than one tile
+]
+
+
+def _problem(shape, affine, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n = shape[-1]
+    x = 3 * torch.randn(shape, generator=gen, dtype=torch.float64) + 0.5
+    weight = 1 + 0.2 * torch.randn(n, generator=gen, dtype=torch.float64) if affine[0] else None
+    bias = 0.2 * torch.randn(n, generator=gen, dtype=torch.float64) if affine[1] else None
+    return [None if t is None else t.requires_grad_() for t in (x, weight, bias)]
+
+
+@pytest.mark.parametrize('shape, affine', CASES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])
+def test_kernel_matches_reference(shape, affine, dtype):
+    x, weight, bias = _problem(shape, affine)
+    n = shape[-1]
+    kernel_in, same_in = leaf_copies([x, weight, bias], dtype), leaf_copies([x, weight, bias], dtype)
+    ref_in = leaf_copies([x, weight, bias], torch.float64)
+    out = layer_norm(kernel_in[0], n, kernel_in[1], kernel_in[2], 1e-6, backend='triton')
+    same = F.layer_norm(same_in[0], (n,), *same_in[1:], 1e-6)
+    ref = F.layer_norm(ref_in[0], (n,), *ref_in[1:], 1e-6)
+    assert out.dtype == same.dtype == dtype
+    assert_kernel_close(out, same, ref, f'out {shape} {dtype}')
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    g_kernel = grads(out, kernel_in, grad_out.to(dtype))
+    g_same = grads(same, same_in, grad_out.to(dtype))
+    g_ref = grads(ref, ref_in, grad_out)
+    assert g_kernel.keys() == g_ref.keys()
+    for i in g_ref:
+        assert g_kernel[i].dtype == kernel_in[i].dtype
+        # the parameter gradients sum over every row: compare them relative to their size
+        atol = None if i == 0 else 1e-5 * max(1.0, g_ref[i].abs().max().item())
+        assert_kernel_close(g_kernel[i], g_same[i], g_ref[i], f'grad {i} {shape} {dtype}', atol=atol)
+
+
+def test_strided_input_no_grad_and_partial_gradients():
+    # An NHWC view of an NCHW tensor (not row-major: copied to rows), a no-grad call, and gradients of x alone and of
+    # the weight alone.
+    nchw = torch.randn(2, 24, 3, 5)
+    x = nchw.permute(0, 2, 3, 1)
+    norm = nn.LayerNorm(24)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    expected = norm(x)
+    with torch.no_grad():
+        torch.testing.assert_close(layer_norm(x, 24, norm.weight, norm.bias, backend='triton'), expected)
+    leaf = x.detach().requires_grad_()
+    (dx,) = torch.autograd.grad(layer_norm(leaf, 24, norm.weight.detach(), norm.bias.detach(), backend='triton').sum(),
+                                [leaf])
+    (want,) = torch.autograd.grad(F.layer_norm(leaf, (24,), norm.weight.detach(), norm.bias.detach()).sum(), [leaf])
+    torch.testing.assert_close(dx, want, rtol=1e-5, atol=1e-5)
+    (dw,) = torch.autograd.grad(layer_norm(x, 24, norm.weight, norm.bias, backend='triton').square().sum(),
+                                [norm.weight])
+    (want,) = torch.autograd.grad(norm(x).square().sum(), [norm.weight])
+    torch.testing.assert_close(dw, want, rtol=1e-5, atol=1e-4)
+
+
+def test_mixed_dtypes_and_autocast_casts_take_pytorchs_op():
+    # The kernel takes one dtype for input, parameters and output; anything else is PyTorch's op (which casts under
+    # autocast, with a policy per device) and, asked for by name, a clear error.
+    x, weight, bias = torch.randn(4, 32, dtype=torch.bfloat16), torch.randn(32), torch.randn(32)
+    torch.testing.assert_close(layer_norm(x, 32, weight, bias), F.layer_norm(x, (32,), weight, bias))
+    with pytest.raises(ValueError, match='share one dtype; got input torch.bfloat16, weight torch.float32'):
+        layer_norm(x, 32, weight, bias, backend='triton')
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        same = layer_norm(x, 32, weight.bfloat16(), bias.bfloat16(), backend='triton')
+        want = F.layer_norm(x, (32,), weight.bfloat16(), bias.bfloat16())
+    assert same.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(same, want, rtol=1e-2, atol=2e-2)
+
+
+def test_empty_batch_and_backend_choice():
+    x = torch.randn(0, 7, 16, requires_grad=True)
+    weight = torch.ones(16, requires_grad=True)
+    out = layer_norm(x, 16, weight, None, backend='triton')
+    assert out.shape == (0, 7, 16)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(weight.grad, torch.zeros(16))
+    with pytest.raises(BackendUnavailableError, match='5000 features > 4096'):
+        layer_norm(torch.randn(2, 5000), 5000, backend='triton')
+    with pytest.raises(ValueError, match='normalizes the last axis only'):
+        layer_norm(torch.randn(2, 3, 4), (3, 4), backend='triton')
+    with pytest.raises(RuntimeError, match='expected input with shape'):  # PyTorch's own error on the reference path
+        layer_norm(torch.randn(2, 3), 4)
+
+
+def test_layer_is_a_layernorm_with_the_same_state_and_traces():
+    torch.manual_seed(0)
+    ours, theirs = LayerNorm(32, eps=1e-6), nn.LayerNorm(32, eps=1e-6)
+    nn.init.normal_(theirs.weight)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    assert isinstance(ours, nn.LayerNorm) and ours.state_dict().keys() == theirs.state_dict().keys()
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(ours(x), theirs(x))
+    traced = torch.fx.symbolic_trace(ours)
+    torch.testing.assert_close(traced(x), theirs(x))
+    torch.testing.assert_close(torch.jit.script(traced)(x), theirs(x))
+    torch.testing.assert_close(torch.jit.script(ours)(x), theirs(x))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('shape', [(64, 56, 56, 64), (64, 14, 14, 256), (8, 7, 7, 512), (3, 1000, 96)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_kernel_matches_reference_cuda(shape, dtype):
+    x, weight, bias = (t.detach().cuda().requires_grad_() for t in _problem(shape, (True, True)))
+    n = shape[-1]
+    kernel_in, same_in = leaf_copies([x, weight, bias], dtype), leaf_copies([x, weight, bias], dtype)
+    ref_in = leaf_copies([x, weight, bias], torch.float64)
+    out = layer_norm(kernel_in[0], n, kernel_in[1], kernel_in[2], 1e-6)
+    same = F.layer_norm(same_in[0], (n,), *same_in[1:], 1e-6)
+    ref = F.layer_norm(ref_in[0], (n,), *ref_in[1:], 1e-6)
+    assert_kernel_close(out, same, ref, f'out {shape}')
+    grad_out = torch.randn(shape, dtype=torch.float64, device='cuda')
+    g_kernel, g_same = grads(out, kernel_in, grad_out.to(dtype)), grads(same, same_in, grad_out.to(dtype))
+    g_ref = grads(ref, ref_in, grad_out)
+    for i in g_ref:
+        atol = None if i == 0 else 1e-5 * g_ref[i].abs().max().item()
+        assert_kernel_close(g_kernel[i], g_same[i], g_ref[i], f'grad {i} {shape}', atol=atol)

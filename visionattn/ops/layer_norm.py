@@ -1,0 +1,120 @@
+"""LayerNorm over the last axis: ``torch.nn.functional.layer_norm`` (the reference, and the path on the CPU, under
+``torch.compile``, ``torch.fx`` and TorchScript) or Triton kernels on CUDA tensors (``triton/layer_norm.py``).
+
+The Triton path takes inputs whose weight, bias and output share the input's dtype (under CUDA autocast: float32
+inputs, as the backbones' residual streams are); mixed dtypes, and inputs autocast would cast, take the reference.
+Same results as the reference up to float32 rounding (statistics in float32, biased variance); the backward is
+PyTorch's own kernel on the forward's statistics. Under ``torch.compile`` the reference is used on purpose: Inductor
+fuses it with its neighbours, which an opaque kernel would prevent.
+"""
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from .checks import choose_backend, env_signature
+
+__all__ = ['layer_norm']
+
+_MAX_FEATURES = 4096  # triton/layer_norm.py's MAX_TRITON_FEATURES (not imported: triton may be absent)
+
+
+def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]], weight: Optional[torch.Tensor] = None,
+               bias: Optional[torch.Tensor] = None, eps: float = 1e-5, backend: Optional[str] = None) -> torch.Tensor:
+    """``torch.nn.functional.layer_norm`` with the same arguments, on Triton kernels where they apply.
+
+    Args:
+        x: [..., N].
+        normalized_shape: N (an int or a one-element sequence; longer shapes take the reference).
+        weight: [N] scale, or None.
+        bias: [N] shift, or None.
+        eps: Added to the variance.
+        backend: None (automatic: Triton for CUDA tensors of up to 4096 features), 'reference' or 'triton'.
+    """
+    normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling():
+        return F.layer_norm(x, normalized_shape, weight, bias, eps)
+    if x.device.type == 'meta':  # shape propagation (FLOP counts): no kernel, no autocast state to read
+        return F.layer_norm(x, normalized_shape, weight, bias, eps)
+    autocast = torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type)
+    key = (x.shape[-1:], normalized_shape, x.dtype, x.device, weight is None or (weight.shape, weight.dtype),
+           bias is None or (bias.shape, bias.dtype), autocast, backend, env_signature()) if x.dim() else None
+    choice = _CHOICES.get(key) if key is not None else None
+    if choice is None:
+        choice = _choose(x, normalized_shape, weight, bias, eps, backend)
+        if key is not None:
+            if len(_CHOICES) >= 1024:
+                _CHOICES.clear()
+            _CHOICES[key] = choice
+    chosen, stats_dtype = choice
+    if chosen == 'reference':
+        return F.layer_norm(x, normalized_shape, weight, bias, eps)
+    if torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)
+                                    or (bias is not None and bias.requires_grad)):
+        return _LayerNormFn.apply(x, weight, bias, float(eps), stats_dtype)
+    from .triton.layer_norm import layer_norm_fwd
+    y, _, _ = layer_norm_fwd(_rows(x), weight, bias, eps, x.dtype, False)
+    return y.view(x.shape)
+
+
+# (backend, dtype of PyTorch's saved statistics) for each call signature (shapes, dtypes, devices, autocast state,
+# the backend argument, the environment): a model's repeated calls skip the checks.
+_CHOICES = {}
+
+
+def _choose(x, normalized_shape, weight, bias, eps, backend) -> tuple:
+    n = normalized_shape[-1] if len(normalized_shape) == 1 else -1
+    fits = x.dim() >= 1 and x.shape[-1] == n and all(t is None or t.shape == (n,) for t in (weight, bias))
+    if not fits:  # what the kernel does not cover (and wrong shapes): PyTorch's own op, and its own error
+        if backend == 'triton':
+            raise ValueError(f'layer_norm (triton): normalizes the last axis only, with [N] weight and bias; got '
+                             f'input {tuple(x.shape)}, normalized_shape {normalized_shape}, weight '
+                             f'{None if weight is None else tuple(weight.shape)}, bias '
+                             f'{None if bias is None else tuple(bias.shape)}')
+        return 'reference', None
+    # PyTorch's own op on an empty input: the output dtype it gives here (autocast's policy for layer_norm differs by
+    # device: CUDA runs it in float32, the CPU in the input's dtype) and the dtype of the statistics its backward reads.
+    with torch.no_grad():
+        empty = x.new_empty((0, n))
+        y = F.layer_norm(empty, (n,), weight, bias, eps)
+        with torch.autocast(x.device.type, enabled=False):
+            stats_dtype = torch.ops.aten.native_layer_norm(empty, [n], weight, bias, eps)[1].dtype
+    same = y.dtype == x.dtype and all(t is None or t.dtype == x.dtype for t in (weight, bias))
+    if not same:  # mixed dtypes, or autocast casting the input: PyTorch's op casts (or refuses) as it does
+        if backend == 'triton':
+            raise ValueError(f'layer_norm (triton): input, weight, bias and output share one dtype; got input '
+                             f'{x.dtype}, weight {None if weight is None else weight.dtype}, bias '
+                             f'{None if bias is None else bias.dtype}, output {y.dtype}')
+        return 'reference', None
+    chosen = choose_backend('layer_norm', backend, (x, weight, bias),
+                            [(n <= _MAX_FEATURES, '' if n <= _MAX_FEATURES else f'{n} features > {_MAX_FEATURES}')])
+    return chosen, stats_dtype
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as [rows, N] with a unit-stride last axis (a view when its layout allows)."""
+    rows = x.reshape(-1, x.shape[-1])
+    return rows if rows.stride(-1) == 1 or rows.shape[-1] == 1 else rows.contiguous()
+
+
+class _LayerNormFn(torch.autograd.Function):
+    """The Triton forward; the backward is PyTorch's kernel (``native_layer_norm_backward``) on the forward's
+    statistics, as PyTorch's own LayerNorm backward runs it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, stats_dtype):
+        from .triton.layer_norm import layer_norm_fwd
+        rows = _rows(x)
+        y, mean, rstd = layer_norm_fwd(rows, weight, bias, eps, x.dtype, True)
+        mean, rstd = mean.to(stats_dtype).unsqueeze(1), rstd.to(stats_dtype).unsqueeze(1)  # [rows, 1], as PyTorch's
+        ctx.save_for_backward(rows, weight, bias, mean, rstd)
+        ctx.shape = x.shape
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        rows, weight, bias, mean, rstd = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        dx, dw, db = torch.ops.aten.native_layer_norm_backward(
+            _rows(dy), rows, [rows.shape[-1]], mean, rstd, weight, bias, [needs[0], needs[1], needs[2]])
+        return None if dx is None else dx.view(ctx.shape), dw, db, None, None
