@@ -1,4 +1,4 @@
-"""The LayerNorm op (Triton forward, PyTorch's backward on its statistics) against ``torch.nn.functional.layer_norm``."""
+"""The LayerNorm op (Triton forward, PyTorch's backward on its statistics) against F.layer_norm."""
 import pytest
 import torch
 import torch.nn as nn
