@@ -186,7 +186,7 @@ mmengine = pytest.importorskip('mmengine')
 
 @pytest.fixture(scope='module')
 def target_model():
-    from visionattn.engine import CoreReIDTargetModel
+    from visionattn.heads.reid.task import CoreReIDTargetModel
     torch.manual_seed(0)
     return CoreReIDTargetModel(backbone='resnet18', num_classes=4, last_stride=1)
 
@@ -221,9 +221,9 @@ def test_teacher_is_an_ema_with_warm_up(target_model):
 
 def test_clustering_hook_sets_labels_and_classifier_from_centroids(target_model):
     from torch.utils.data import DataLoader
-
-    from visionattn.data.reid import SyntheticPedestrians
-    from visionattn.engine import ClusteringHook, reid_collate
+    from visionattn.heads.reid.data import SyntheticPedestrians
+    from visionattn.heads.reid.evaluation import reid_collate
+    from visionattn.heads.reid.task import ClusteringHook
     model = target_model
     train = SyntheticPedestrians(num_ids=4, num_cams=2, per_cam=2, domain='target', split='train')
     extraction = SyntheticPedestrians(num_ids=4, num_cams=2, per_cam=2, domain='target', split='train')
@@ -251,7 +251,7 @@ def test_clustering_hook_sets_labels_and_classifier_from_centroids(target_model)
     torch.testing.assert_close(model.teacher.head.classifier.weight, expected)
     # the fused features are BMFN outputs (unit norm) and the loss looks the labels up by index
     assert np.allclose(np.linalg.norm(features[0], axis=1), 1.0, atol=1e-5)
-    from visionattn.engine.reid import BaseDataElement
+    from visionattn.heads.reid.task import BaseDataElement
     samples = [BaseDataElement(metainfo={'index': i}) for i in (3, 7, 8)]
     got = model._labels(samples, 'cpu')
     torch.testing.assert_close(got['lower'], labels['lower'][[3, 7, 8]])
@@ -260,8 +260,8 @@ def test_clustering_hook_sets_labels_and_classifier_from_centroids(target_model)
 
 
 def test_camera_style_transfer_moves_colour_statistics():
-    from visionattn.data.reid import SyntheticPedestrians
-    from visionattn.engine.reid import CameraStyleTransfer, camera_style_transfer, estimate_camera_statistics
+    from visionattn.heads.reid.data import SyntheticPedestrians
+    from visionattn.heads.reid.task import CameraStyleTransfer, camera_style_transfer, estimate_camera_statistics
     stats = estimate_camera_statistics(SyntheticPedestrians(num_ids=4, num_cams=2, per_cam=2, split='train'))
     assert sorted(stats) == [0, 1] and stats[0].shape == (2, 3)
     rng = np.random.default_rng(0)

@@ -2,15 +2,14 @@
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from visionattn.heads.reid.data import SyntheticPedestrians, reid_transforms
 
 from visionattn.data import (
     DigitsDataset,
-    SyntheticPedestrians,
     SyntheticShapesDataset,
     SyntheticSlicesDataset,
     classification_transforms,
     medical_transforms,
-    reid_transforms,
     segmentation_transforms,
 )
 

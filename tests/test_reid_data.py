@@ -7,10 +7,9 @@ import pytest
 import torch
 
 pytest.importorskip('mmengine')
+import visionattn.heads.reid.evaluation as reid_eval  # noqa: E402
 from mmengine.structures import BaseDataElement  # noqa: E402
-
-import visionattn.engine.reid_eval as reid_eval  # noqa: E402
-from visionattn.data import (  # noqa: E402
+from visionattn.heads.reid.data import (  # noqa: E402
     CUHK03,
     MSMT17,
     DukeMTMC,
@@ -19,7 +18,13 @@ from visionattn.data import (  # noqa: E402
     SyntheticPedestrians,
     reid_transforms,
 )
-from visionattn.engine import PKSampler, ReIDMetric, evaluate_rank, k_reciprocal_rerank, reid_collate  # noqa: E402
+from visionattn.heads.reid.evaluation import (  # noqa: E402
+    PKSampler,
+    ReIDMetric,
+    evaluate_rank,
+    k_reciprocal_rerank,
+    reid_collate,
+)
 
 pytestmark = pytest.mark.heads
 

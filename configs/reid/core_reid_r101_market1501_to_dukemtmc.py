@@ -5,9 +5,9 @@
 #   python tools/train.py configs/reid/source_r101_market1501.py
 #   python tools/train.py configs/reid/core_reid_r101_market1501_to_dukemtmc.py
 from mmengine.config import read_base
-
-from visionattn.data.reid import ReIDTestDataset
-from visionattn.engine import ClusteringHook, CoreReIDTargetModel, reid_collate
+from visionattn.heads.reid.data import ReIDTestDataset
+from visionattn.heads.reid.evaluation import reid_collate
+from visionattn.heads.reid.task import ClusteringHook, CoreReIDTargetModel
 
 with read_base():
     from .._base_.datasets.dukemtmc import *

@@ -6,9 +6,9 @@
 #   python tools/train.py configs/reid/core_reid_r18_synthetic.py
 from mmengine.config import read_base
 from mmengine.dataset import DefaultSampler
-
-from visionattn.data.reid import ReIDTestDataset, reid_transforms
-from visionattn.engine import ClusteringHook, CoreReIDTargetModel, PKSampler, reid_collate
+from visionattn.heads.reid.data import ReIDTestDataset, reid_transforms
+from visionattn.heads.reid.evaluation import PKSampler, reid_collate
+from visionattn.heads.reid.task import ClusteringHook, CoreReIDTargetModel
 
 with read_base():
     from .._base_.datasets.synthetic_pedestrians import *

@@ -3,9 +3,9 @@
 # triplet, PK batches of 64, 120 epochs. Validated and tested on the CUHK03-np query/gallery; the checkpoint
 # initialises the core_reid_r101_cuhk03_to_* configs.
 from mmengine.config import read_base
-
-from visionattn.data.reid import ReIDTestDataset
-from visionattn.engine import ReIDSourceModel, reid_collate
+from visionattn.heads.reid.data import ReIDTestDataset
+from visionattn.heads.reid.evaluation import reid_collate
+from visionattn.heads.reid.task import ReIDSourceModel
 
 with read_base():
     from .._base_.datasets.cuhk03 import *

@@ -6,9 +6,9 @@
 from mmengine.config import read_base
 from mmengine.dataset import DefaultSampler
 from mmengine.optim import LinearLR
-
-from visionattn.data.reid import ReIDTestDataset, reid_transforms
-from visionattn.engine import PKSampler, ReIDSourceModel, reid_collate
+from visionattn.heads.reid.data import ReIDTestDataset, reid_transforms
+from visionattn.heads.reid.evaluation import PKSampler, reid_collate
+from visionattn.heads.reid.task import ReIDSourceModel
 
 with read_base():
     from .._base_.datasets.synthetic_pedestrians import *

@@ -4,9 +4,9 @@
 # run a core_reid_r101_market1501_to_* config with --cfg-options model.backbone=resnet50
 # model.source_checkpoint=work_dirs/source_r50_market1501/epoch_120.pth.
 from mmengine.config import read_base
-
-from visionattn.data.reid import ReIDTestDataset
-from visionattn.engine import ReIDSourceModel, reid_collate
+from visionattn.heads.reid.data import ReIDTestDataset
+from visionattn.heads.reid.evaluation import reid_collate
+from visionattn.heads.reid.task import ReIDSourceModel
 
 with read_base():
     from .._base_.datasets.market1501 import *

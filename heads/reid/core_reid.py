@@ -3,8 +3,8 @@ zoo or timm backbone: the multi-view head (global, upper and lower halves), the 
 (ECAB), the Ensemble Fusion features used for clustering, Bidirectional Mean Feature Normalization (BMFN) and the
 source-domain baseline network.
 
-Plain ``nn.Module`` s: the mmengine task models that train them live in ``visionattn.engine.reid``. Every width is
-taken from the backbone (the official code hard-codes ResNet-50's 2048 channels).
+Plain ``nn.Module`` s: the mmengine task models that train them live in ``visionattn.heads.reid.task``. Every width
+is taken from the backbone (the official code hard-codes ResNet-50's 2048 channels).
 """
 from typing import Callable, Dict, List, Sequence
 

@@ -22,8 +22,6 @@ from .medical import DiceHD95Metric, MedicalSegmentor
 from .metrics import Accuracy
 from .optim import AGCOptimWrapper
 from .registry import DATA_SAMPLERS, DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
-from .reid import ClusteringHook, CoreReIDTargetModel, ReIDDataPreprocessor, ReIDSourceModel
-from .reid_eval import PKSampler, ReIDMetric, evaluate_rank, k_reciprocal_rerank, reid_collate
 from .runner import (
     VisionRunner,
     WorkDirInUseError,
@@ -52,8 +50,6 @@ __all__ = [
     'DATASETS', 'FUNCTIONS', 'HOOKS', 'METRICS', 'MODELS', 'VisionRunner', 'check_config', 'find_resume_checkpoint',
     'load_tool_config', 'load_training_checkpoint', 'lock_work_dir', 'plain_checkpoint', 'WorkDirInUseError',
     'DiceHD95Metric', 'MedicalSegmentor',
-    'ClusteringHook', 'CoreReIDTargetModel', 'ReIDDataPreprocessor', 'ReIDSourceModel',
-    'PKSampler', 'ReIDMetric', 'evaluate_rank', 'k_reciprocal_rerank', 'reid_collate',
     'CocoMetric', 'DetDataPreprocessor', 'DetPredictionImagesHook', 'Detector', 'det_collate',
     'IoUMetric', 'SegCrossEntropyLoss', 'SegDataPreprocessor', 'SegPredictionImagesHook', 'Segmentor', 'seg_collate',
 ]

@@ -1,6 +1,6 @@
-# CUHK03 under the new protocol (cuhk03-np, detected boxes; visionattn.data.reid.CUHK03): 767 training identities,
+# CUHK03 under the new protocol (cuhk03-np, detected boxes; visionattn.heads.reid.data.CUHK03): 767 training identities,
 # 700 test identities, 2 cameras.
-from visionattn.data.reid import CUHK03
+from visionattn.heads.reid.data import CUHK03
 
 cuhk03_root = 'data/reid/cuhk03'
 cuhk03_num_pids = 767

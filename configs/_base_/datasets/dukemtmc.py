@@ -1,6 +1,6 @@
-# DukeMTMC-reID (visionattn.data.reid.DukeMTMC): 702 training identities (16,522 images), 8 cameras; query 2,228,
+# DukeMTMC-reID (visionattn.heads.reid.data.DukeMTMC): 702 training identities (16,522 images), 8 cameras; query 2,228,
 # gallery 17,661. The Market-1501 folder layout.
-from visionattn.data.reid import DukeMTMC
+from visionattn.heads.reid.data import DukeMTMC
 
 dukemtmc_root = 'data/reid/dukemtmc-reid'
 dukemtmc_num_pids = 702

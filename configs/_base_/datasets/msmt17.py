@@ -1,6 +1,6 @@
-# MSMT17 (visionattn.data.reid.MSMT17): 1,041 training identities (list_train.txt), 3,060 test identities, 15
+# MSMT17 (visionattn.heads.reid.data.MSMT17): 1,041 training identities (list_train.txt), 3,060 test identities, 15
 # cameras; the folder with train/, test/ and the list_*.txt files.
-from visionattn.data.reid import MSMT17
+from visionattn.heads.reid.data import MSMT17
 
 msmt17_root = 'data/reid/msmt17'
 msmt17_num_pids = 1041

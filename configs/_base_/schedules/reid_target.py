@@ -5,9 +5,8 @@
 from mmengine.dataset import DefaultSampler
 from mmengine.optim import OptimWrapper
 from torch.optim import Adam
-
-from visionattn.data.reid import reid_transforms
-from visionattn.engine import PKSampler, ReIDMetric, reid_collate
+from visionattn.heads.reid.data import reid_transforms
+from visionattn.heads.reid.evaluation import PKSampler, ReIDMetric, reid_collate
 
 max_epochs = 80
 iters_per_epoch = 400

@@ -1,4 +1,4 @@
-"""Person re-identification in the engine: the batch collate, the P x K identity sampler, the standard retrieval
+"""Person re-identification with the engine: the batch collate, the P x K identity sampler, the standard retrieval
 evaluation (CMC and mAP, Market-1501 protocol), k-reciprocal re-ranking, and the metric that runs them.
 
 The evaluation protocol (Zheng et al., ICCV 2015, as open-reid and torchreid implement it): the gallery is ranked by
@@ -17,9 +17,9 @@ from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement
 from torch.utils.data import Sampler
 
-from visionattn.data.reid import CUHK03, MSMT17, DukeMTMC, Market1501, ReIDTestDataset, SyntheticPedestrians
+from visionattn.engine.registry import DATA_SAMPLERS, DATASETS, FUNCTIONS, METRICS
 
-from .registry import DATA_SAMPLERS, DATASETS, FUNCTIONS, METRICS
+from .data import CUHK03, MSMT17, DukeMTMC, Market1501, ReIDTestDataset, SyntheticPedestrians
 
 __all__ = ['reid_collate', 'PKSampler', 'evaluate_rank', 'k_reciprocal_rerank', 'ReIDMetric',
            'pairwise_distance']
@@ -31,7 +31,7 @@ for _dataset in (Market1501, DukeMTMC, CUHK03, MSMT17, SyntheticPedestrians, ReI
 @FUNCTIONS.register_module()
 def reid_collate(batch: Sequence[Dict]) -> Dict:
     """Stack a batch of ReID items; one data sample per item with ``gt_label`` = pid and its camera, index and path
-    (and ``is_query`` from :class:`~visionattn.data.reid.ReIDTestDataset`) in the metainfo."""
+    (and ``is_query`` from :class:`~visionattn.heads.reid.data.ReIDTestDataset`) in the metainfo."""
     if not batch:
         raise ValueError('reid_collate got an empty batch')
     shapes = {tuple(item['img'].shape) for item in batch}
@@ -295,7 +295,7 @@ def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
 
 @METRICS.register_module()
 class ReIDMetric(BaseMetric):
-    """mAP and CMC rank-1/5/10 (%) of a query + gallery test set (:class:`~visionattn.data.reid.ReIDTestDataset`).
+    """mAP and CMC rank-1/5/10 (%) of a query + gallery test set (:class:`~visionattn.heads.reid.data.ReIDTestDataset`).
 
     Each data sample must carry ``pred_feature`` (a 1-D float tensor, the task model's predict output),
     ``gt_label`` (pid), and ``camid`` and ``is_query`` in its metainfo. Features are L2-normalised, then compared by

@@ -1,8 +1,8 @@
 """Person re-identification with CORE-ReID as mmengine models: source pre-training, target-domain fine-tuning with a
 mean teacher and per-epoch multi-level clustering, BMFN retrieval features, and the camera-style substitute.
 
-The networks live in ``visionattn.heads.reid``; the data and the retrieval metric in ``visionattn.data.reid`` and
-``visionattn.engine.reid_eval``.
+The networks live in ``visionattn.heads.reid.core_reid`` and ``.losses``; the data and the retrieval metric in
+``visionattn.heads.reid.data`` and ``visionattn.heads.reid.evaluation``.
 """
 import copy
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -14,12 +14,12 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.structures import BaseDataElement
 
-from visionattn.heads.reid.core_reid import CoreReID, EnsembleFusion, SourceReIDNet, bmfn
-from visionattn.heads.reid.losses import CoreReIDLoss, CrossEntropyLabelSmooth, SoftTripletLoss
+from visionattn.engine.base import TaskModel
+from visionattn.engine.classification import ClsDataPreprocessor
+from visionattn.engine.registry import HOOKS, MODELS
 
-from .base import TaskModel
-from .classification import ClsDataPreprocessor
-from .registry import HOOKS, MODELS
+from .core_reid import CoreReID, EnsembleFusion, SourceReIDNet, bmfn
+from .losses import CoreReIDLoss, CrossEntropyLabelSmooth, SoftTripletLoss
 
 __all__ = ['ReIDDataPreprocessor', 'ReIDSourceModel', 'CoreReIDTargetModel', 'ClusteringHook',
            'CameraStyleTransfer', 'camera_style_transfer', 'estimate_camera_statistics']
@@ -158,9 +158,8 @@ class CoreReIDTargetModel(TaskModel):
         backbone tensor must be there with its shape)."""
         import os.path as osp
 
+        from visionattn.engine.runner import load_training_checkpoint
         from visionattn.hub import CheckpointMismatchError
-
-        from .runner import load_training_checkpoint
         if not osp.isfile(path):
             raise FileNotFoundError(f'source_checkpoint {path!r} does not exist: run the source pre-training first')
         state = load_training_checkpoint(path).get('state_dict')

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .base import SeededDataset, to_rgb
+from visionattn.data.base import SeededDataset, to_rgb
 
 __all__ = ['ReIDDataset', 'Market1501', 'DukeMTMC', 'CUHK03', 'MSMT17', 'SyntheticPedestrians', 'ReIDTestDataset',
            'reid_transforms', 'ReIDRandomErasing', 'GrayscalePatchReplacement']
@@ -106,7 +106,7 @@ class ReIDDataset(SeededDataset):
 
         Args:
             labels: One integer label per item (len(dataset) of them); a negative label marks an outlier, which
-                :class:`~visionattn.engine.reid_eval.PKSampler` does not draw.
+                :class:`~visionattn.heads.reid.evaluation.PKSampler` does not draw.
         """
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) != len(self):
@@ -460,8 +460,8 @@ def _build_dataset(spec: Union[Dataset, Mapping]) -> Dataset:
 
 class ReIDTestDataset(Dataset):
     """A retrieval test set: the query set followed by the gallery; items gain ``'is_query'`` (bool), which
-    :class:`~visionattn.engine.reid_eval.ReIDMetric` uses to split the features again. ``index`` is the position in
-    the concatenation.
+    :class:`~visionattn.heads.reid.evaluation.ReIDMetric` uses to split the features again. ``index`` is the
+    position in the concatenation.
 
     Args:
         query: The query dataset, or a config dict with the class as ``type``.
