@@ -3,15 +3,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 from visionattn.heads.reid.data import SyntheticPedestrians, reid_transforms
+from visionattn.heads.segmentation.medical_data import SyntheticSlicesDataset, medical_transforms
 
-from visionattn.data import (
-    DigitsDataset,
-    SyntheticShapesDataset,
-    SyntheticSlicesDataset,
-    classification_transforms,
-    medical_transforms,
-    segmentation_transforms,
-)
+from visionattn.data import DigitsDataset, SyntheticShapesDataset, classification_transforms, segmentation_transforms
 
 DATASETS = {
     'digits': lambda: DigitsDataset('train', classification_transforms(True, 32, scale=(0.3, 1.0), hflip=0.5),

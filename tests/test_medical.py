@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.distance import cdist
 from visionattn.heads.segmentation.losses import CEDiceLoss, DiceLoss
-
-from visionattn.data.medical import (
+from visionattn.heads.segmentation.medical_data import (
     AVTDataset,
     SynapseDataset,
     SyntheticSlicesDataset,
@@ -23,7 +22,12 @@ from visionattn.data.medical import (
 )
 
 pytest.importorskip('mmengine')
-from visionattn.engine.medical import DiceHD95Metric, MedicalSegmentor, hd95, metric_percase  # noqa: E402
+from visionattn.heads.segmentation.medical_task import (  # noqa: E402
+    DiceHD95Metric,
+    MedicalSegmentor,
+    hd95,
+    metric_percase,
+)
 
 pytestmark = pytest.mark.heads
 

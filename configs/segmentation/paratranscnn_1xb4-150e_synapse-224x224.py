@@ -4,9 +4,10 @@
 # Official result: DSC 83.86%, HD95 15.86 (the model after 146 epochs).
 from mmengine.config import read_base
 from visionattn.heads.segmentation.losses import CEDiceLoss
+from visionattn.heads.segmentation.medical_task import MedicalSegmentor
 from visionattn.heads.segmentation.paratranscnn import ParaTransCNN
 
-from visionattn.engine import MedicalSegmentor, SegDataPreprocessor
+from visionattn.engine import SegDataPreprocessor
 
 with read_base():
     from .._base_.datasets.synapse import *

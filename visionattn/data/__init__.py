@@ -2,7 +2,6 @@
 from .base import SeededDataset, SharedEpoch, build_pipeline
 from .classification import DigitsDataset, ImageFolderDataset
 from .detection import CocoDetection, SyntheticCocoDetection, detection_transforms, make_synthetic_coco
-from .medical import AVTDataset, SynapseDataset, SyntheticSlicesDataset, ct_window, medical_transforms
 from .seg_transforms import segmentation_transforms
 from .segmentation import ADE20KDataset, SegFolderDataset, SyntheticShapesDataset
 from .transforms import TimmTransforms, classification_transforms
@@ -10,5 +9,4 @@ from .transforms import TimmTransforms, classification_transforms
 __all__ = ['SeededDataset', 'SharedEpoch', 'build_pipeline']
 __all__ += ['DigitsDataset', 'ImageFolderDataset', 'TimmTransforms', 'classification_transforms']
 __all__ += ['ADE20KDataset', 'SegFolderDataset', 'SyntheticShapesDataset', 'segmentation_transforms']
-__all__ += ['AVTDataset', 'SynapseDataset', 'SyntheticSlicesDataset', 'ct_window', 'medical_transforms']
 __all__ += ['CocoDetection', 'SyntheticCocoDetection', 'detection_transforms', 'make_synthetic_coco']

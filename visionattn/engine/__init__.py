@@ -18,7 +18,6 @@ from .hooks import (
     SafeCheckpointHook,
     TrainingCurveHook,
 )
-from .medical import DiceHD95Metric, MedicalSegmentor
 from .metrics import Accuracy
 from .optim import AGCOptimWrapper
 from .registry import DATA_SAMPLERS, DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
@@ -49,7 +48,6 @@ __all__ = [
     'Accuracy', 'AGCOptimWrapper', 'RepeatAugSampler', 'DATA_SAMPLERS',
     'DATASETS', 'FUNCTIONS', 'HOOKS', 'METRICS', 'MODELS', 'VisionRunner', 'check_config', 'find_resume_checkpoint',
     'load_tool_config', 'load_training_checkpoint', 'lock_work_dir', 'plain_checkpoint', 'WorkDirInUseError',
-    'DiceHD95Metric', 'MedicalSegmentor',
     'CocoMetric', 'DetDataPreprocessor', 'DetPredictionImagesHook', 'Detector', 'det_collate',
     'IoUMetric', 'SegCrossEntropyLoss', 'SegDataPreprocessor', 'SegPredictionImagesHook', 'Segmentor', 'seg_collate',
 ]

@@ -25,16 +25,18 @@ def _child(name: str, locations=()) -> Registry:
 
 
 MODELS = _child('MODELS', ['visionattn.engine.classification', 'visionattn.engine.segmentation',
-                           'visionattn.engine.medical', 'visionattn.heads.reid.task', 'visionattn.engine.diffusion',
-                           'visionattn.engine.compression', 'visionattn.engine.detection'])
-DATASETS = _child('DATASETS', ['visionattn.engine.datasets', 'visionattn.engine.medical',
+                           'visionattn.heads.segmentation.medical_task', 'visionattn.heads.reid.task',
+                           'visionattn.engine.diffusion', 'visionattn.engine.compression',
+                           'visionattn.engine.detection'])
+DATASETS = _child('DATASETS', ['visionattn.engine.datasets', 'visionattn.heads.segmentation.medical_task',
                                'visionattn.heads.reid.evaluation', 'visionattn.engine.diffusion',
                                'visionattn.engine.compression'])
 DATA_SAMPLERS = _child('DATA_SAMPLERS', ['visionattn.heads.reid.evaluation', 'visionattn.engine.samplers'])
 OPTIM_WRAPPERS = _child('OPTIM_WRAPPERS', ['visionattn.engine.optim'])
-METRICS = _child('METRICS', ['visionattn.engine.metrics', 'visionattn.engine.segmentation', 'visionattn.engine.medical',
-                             'visionattn.heads.reid.evaluation', 'visionattn.engine.diffusion',
-                             'visionattn.engine.compression', 'visionattn.engine.detection'])
+METRICS = _child('METRICS', ['visionattn.engine.metrics', 'visionattn.engine.segmentation',
+                             'visionattn.heads.segmentation.medical_task', 'visionattn.heads.reid.evaluation',
+                             'visionattn.engine.diffusion', 'visionattn.engine.compression',
+                             'visionattn.engine.detection'])
 HOOKS = _child('HOOKS', ['visionattn.engine.hooks', 'visionattn.heads.reid.task', 'visionattn.engine.detection'])
 FUNCTIONS = _child('FUNCTIONS', ['visionattn.engine.classification', 'visionattn.engine.segmentation',
                                  'visionattn.heads.reid.evaluation', 'visionattn.engine.diffusion',

@@ -3,9 +3,10 @@
 # <data_root>/lists/lists_Synapse/{train,test_vol}.txt. Official augmentation (rot90+flip or a +-20 degree rotation)
 # and 224x224 input; test slices are resized for the network and scored at 512x512 per volume (Dice, HD95).
 from mmengine.dataset import DefaultSampler
+from visionattn.heads.segmentation.medical_data import SynapseDataset, medical_transforms
+from visionattn.heads.segmentation.medical_task import DiceHD95Metric
 
-from visionattn.data import SynapseDataset, medical_transforms
-from visionattn.engine import DiceHD95Metric, seg_collate
+from visionattn.engine import seg_collate
 
 data_root = 'data/Synapse'
 img_size = 224

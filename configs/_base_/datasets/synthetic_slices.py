@@ -1,10 +1,12 @@
-# Synthetic CT-like volumes (visionattn.data.SyntheticSlicesDataset): an organ (ellipsoid) and a vessel (thin
-# curved tube) on noisy 1-channel 64x64 slices, 8 slices per volume; nothing to download. Training volumes come from
-# seed 0, test volumes from seed 1. The official augmentations; scored per volume with Dice and HD95.
+# Synthetic CT-like volumes (visionattn.heads.segmentation.medical_data.SyntheticSlicesDataset): an organ
+# (ellipsoid) and a vessel (thin curved tube) on noisy 1-channel 64x64 slices, 8 slices per volume; nothing to
+# download. Training volumes come from seed 0, test volumes from seed 1. The official augmentations; scored per volume
+# with Dice and HD95.
 from mmengine.dataset import DefaultSampler
+from visionattn.heads.segmentation.medical_data import SyntheticSlicesDataset, medical_transforms
+from visionattn.heads.segmentation.medical_task import DiceHD95Metric
 
-from visionattn.data import SyntheticSlicesDataset, medical_transforms
-from visionattn.engine import DiceHD95Metric, seg_collate
+from visionattn.engine import seg_collate
 
 img_size = 64
 num_classes = 3

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import torch
 
-from .base import SeededDataset
+from visionattn.data.base import SeededDataset
 
 __all__ = ['SynapseDataset', 'AVTDataset', 'SyntheticSlicesDataset', 'ct_window', 'unit_to_uint8',
            'medical_transforms', 'SYNAPSE_CLASSES', 'AVT_CLASSES']

@@ -16,12 +16,12 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 from scipy import ndimage
 
-from visionattn.data.medical import AVTDataset, SynapseDataset, SyntheticSlicesDataset
-from visionattn.heads.segmentation.losses import CEDiceLoss, DiceLoss
-from visionattn.heads.segmentation.paratranscnn import ParaTransCNN
+from visionattn.engine.registry import DATASETS, METRICS, MODELS
+from visionattn.engine.segmentation import Segmentor, metric_num_classes
 
-from .registry import DATASETS, METRICS, MODELS
-from .segmentation import Segmentor, metric_num_classes
+from .losses import CEDiceLoss, DiceLoss
+from .medical_data import AVTDataset, SynapseDataset, SyntheticSlicesDataset
+from .paratranscnn import ParaTransCNN
 
 __all__ = ['MedicalSegmentor', 'DiceHD95Metric', 'dice_coefficient', 'hd95', 'metric_percase']
 
