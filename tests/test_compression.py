@@ -84,9 +84,9 @@ def test_codec_file_round_trip_and_rejects_bad_files(codec_model, image):
         decode_bytes(codec_model, 's2lic-small', data)
 
 
-# -- engine and data integration (visionattn.engine.compression, visionattn.data.compression) --------------------
+# -- the task: model, metric, baselines, data (visionattn.heads.compression.{task,evaluation,baselines,data}) --------
 def _compressor(**kwargs):
-    from visionattn.engine.compression import ImageCompressor
+    from visionattn.heads.compression.task import ImageCompressor
 
     torch.manual_seed(0)
     return ImageCompressor(codec=dict(type=build_s2lic, size='tiny'), **kwargs)
@@ -128,7 +128,7 @@ def test_task_model_loss_and_real_bitstream_predict(image):
 
 
 def to_uint8_batch(images):
-    from visionattn.engine.compression import to_uint8
+    from visionattn.heads.compression.measures import to_uint8
 
     return to_uint8(images)
 
@@ -145,8 +145,7 @@ def test_msssim_loss_variant_and_bad_arguments():
 
 def test_two_optimizers_step_main_and_aux_separately():
     from mmengine.optim import OptimWrapper
-
-    from visionattn.engine.compression import CompressionOptimWrapperConstructor
+    from visionattn.heads.compression.task import CompressionOptimWrapperConstructor
 
     model = _compressor()
     cfg = dict(main=dict(type=OptimWrapper, optimizer=dict(type=torch.optim.Adam, lr=1e-3)),
@@ -168,7 +167,8 @@ def test_two_optimizers_step_main_and_aux_separately():
 
 
 def test_metric_on_a_known_pair():
-    from visionattn.engine.compression import RateDistortionMetric, psnr
+    from visionattn.heads.compression.evaluation import RateDistortionMetric
+    from visionattn.heads.compression.measures import psnr
 
     torch.manual_seed(0)
     reference = torch.randint(20, 236, (3, 192, 192), dtype=torch.uint8)
@@ -191,7 +191,7 @@ def test_metric_on_a_known_pair():
 
 
 def test_ms_ssim_rejects_small_images():
-    from visionattn.engine.compression import ms_ssim_value
+    from visionattn.heads.compression.measures import ms_ssim_value
 
     image = torch.zeros(3, 128, 200, dtype=torch.uint8)
     with pytest.raises(ValueError, match='161'):
@@ -199,7 +199,7 @@ def test_ms_ssim_rejects_small_images():
 
 
 def test_bjontegaard_deltas_on_synthetic_curves():
-    from visionattn.engine.compression import bd_psnr, bd_rate
+    from visionattn.heads.compression.rate_distortion import bd_psnr, bd_rate
 
     rates = [0.1, 0.2, 0.4, 0.8, 1.6]
     psnrs = [28 + 4 * math.log(r) / math.log(2) + 0.1 * math.log(r) ** 2 for r in rates]
@@ -218,7 +218,7 @@ def test_bjontegaard_deltas_on_synthetic_curves():
 
 
 def test_dataset_split_and_determinism():
-    from visionattn.data.compression import (
+    from visionattn.heads.compression.data import (
         HELD_OUT_PHOTOS,
         TRAIN_PHOTOS,
         CompressionCropDataset,
@@ -250,8 +250,7 @@ def test_dataset_split_and_determinism():
 
 def test_image_folder_dataset(tmp_path):
     from PIL import Image
-
-    from visionattn.data.compression import CompressionCropDataset, CompressionEvalDataset
+    from visionattn.heads.compression.data import CompressionCropDataset, CompressionEvalDataset
 
     Image.fromarray((torch.rand(80, 100, 3) * 255).byte().numpy()).save(tmp_path / 'a.png')
     assert CompressionCropDataset(data_root=str(tmp_path), crop_size=64, length=2)[0]['meta']['name'] == 'a.png'
@@ -299,7 +298,7 @@ def test_s2lic_quick_joins_runs_into_one_curve(tmp_path):
 
 
 def test_avif_baseline_points_rise_with_quality():
-    from visionattn.engine.compression import baseline_rd_points
+    from visionattn.heads.compression.baselines import baseline_rd_points
 
     image = torch.from_numpy(__import__('skimage.data', fromlist=['astronaut']).astronaut()[:192, :200].copy())
     points = baseline_rd_points([image.permute(2, 0, 1).contiguous()], 'avif', qualities=(20, 60, 90))
@@ -313,7 +312,7 @@ def _served_zoo_checkpoint(server, root, architecture, quality):
     """A CompressAI zoo checkpoint (random weights) saved under torch hub's name rule: '<name>-<sha256 prefix>.'"""
     import hashlib
 
-    from visionattn.engine.compression import compressai_zoo_codec
+    from visionattn.heads.compression.baselines import compressai_zoo_codec
 
     torch.manual_seed(quality)
     source = compressai_zoo_codec(architecture, quality, pretrained=False)
@@ -326,7 +325,8 @@ def _served_zoo_checkpoint(server, root, architecture, quality):
 
 
 def test_compressai_zoo_baseline_loads_safely_and_codes_real_bitstreams(weight_server, tmp_path):
-    from visionattn.engine.compression import compressai_zoo_codec, learned_rd_points
+    from visionattn.heads.compression.baselines import compressai_zoo_codec, learned_rd_points
+
     from visionattn.hub import CheckpointError, CheckpointMismatchError
 
     root = tmp_path / 'served'  # the loopback server's folder

@@ -10,10 +10,10 @@ import torch
 pytest.importorskip('mmengine')
 from mmengine.config import Config  # noqa: E402
 from mmengine.structures import BaseDataElement  # noqa: E402
+from visionattn.heads.compression.task import ImageCompressor  # noqa: E402
 from visionattn.heads.reid.task import CoreReIDTargetModel, ReIDSourceModel  # noqa: E402
 
 from visionattn.engine import MODELS, Detector, Segmentor, det_collate  # noqa: E402
-from visionattn.engine.compression import ImageCompressor  # noqa: E402
 from visionattn.engine.diffusion import DiffusionModel  # noqa: E402
 
 pytestmark = pytest.mark.tools

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from visionattn.engine.compression import bd_psnr, bd_rate, plot_rd_curves
+from visionattn.heads.compression.rate_distortion import bd_psnr, bd_rate, plot_rd_curves
 
 
 def compare(paths, label: str = 'model', png=None) -> dict:

@@ -22,18 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from compressai.losses import RateDistortionLoss
+from visionattn.heads.compression.baselines import pillow_rd_points
+from visionattn.heads.compression.data import HELD_OUT_PHOTOS, CompressionCropDataset, CompressionEvalDataset
+from visionattn.heads.compression.measures import codec_round_trip, ms_ssim_value, psnr, to_uint8
+from visionattn.heads.compression.rate_distortion import plot_rd_curves, psnr_at_rate
 from visionattn.heads.compression.s2lic import build_s2lic
-
-from visionattn.data.compression import HELD_OUT_PHOTOS, CompressionCropDataset, CompressionEvalDataset
-from visionattn.engine.compression import (
-    codec_round_trip,
-    ms_ssim_value,
-    pillow_rd_points,
-    plot_rd_curves,
-    psnr,
-    psnr_at_rate,
-    to_uint8,
-)
 
 # Pillow qualities; 1-3 reach JPEG's lowest rates (about 0.19 bpp on the held-out photos), for low-rate points.
 QUALITIES = (1, 2, 3, 5, 10, 20, 30, 50, 75, 90)

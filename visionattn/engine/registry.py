@@ -26,21 +26,22 @@ def _child(name: str, locations=()) -> Registry:
 
 MODELS = _child('MODELS', ['visionattn.engine.classification', 'visionattn.engine.segmentation',
                            'visionattn.heads.segmentation.medical_task', 'visionattn.heads.reid.task',
-                           'visionattn.engine.diffusion', 'visionattn.engine.compression',
+                           'visionattn.engine.diffusion', 'visionattn.heads.compression.task',
                            'visionattn.engine.detection'])
 DATASETS = _child('DATASETS', ['visionattn.engine.datasets', 'visionattn.heads.segmentation.medical_task',
                                'visionattn.heads.reid.evaluation', 'visionattn.engine.diffusion',
-                               'visionattn.engine.compression'])
+                               'visionattn.heads.compression.task'])
 DATA_SAMPLERS = _child('DATA_SAMPLERS', ['visionattn.heads.reid.evaluation', 'visionattn.engine.samplers'])
 OPTIM_WRAPPERS = _child('OPTIM_WRAPPERS', ['visionattn.engine.optim'])
+OPTIM_WRAPPER_CONSTRUCTORS = _child('OPTIM_WRAPPER_CONSTRUCTORS', ['visionattn.heads.compression.task'])
 METRICS = _child('METRICS', ['visionattn.engine.metrics', 'visionattn.engine.segmentation',
                              'visionattn.heads.segmentation.medical_task', 'visionattn.heads.reid.evaluation',
-                             'visionattn.engine.diffusion', 'visionattn.engine.compression',
+                             'visionattn.engine.diffusion', 'visionattn.heads.compression.evaluation',
                              'visionattn.engine.detection'])
 HOOKS = _child('HOOKS', ['visionattn.engine.hooks', 'visionattn.heads.reid.task', 'visionattn.engine.detection'])
 FUNCTIONS = _child('FUNCTIONS', ['visionattn.engine.classification', 'visionattn.engine.segmentation',
                                  'visionattn.heads.reid.evaluation', 'visionattn.engine.diffusion',
-                                 'visionattn.engine.compression', 'visionattn.engine.detection'])
+                                 'visionattn.heads.compression.task', 'visionattn.engine.detection'])
 # What the runner builds from mmengine's own classes: children without classes of their own.
 RUNNERS = _child('RUNNERS')
 RUNNER_CONSTRUCTORS = _child('RUNNER_CONSTRUCTORS')
@@ -49,7 +50,6 @@ TRANSFORMS = _child('TRANSFORMS')
 MODEL_WRAPPERS = _child('MODEL_WRAPPERS')
 WEIGHT_INITIALIZERS = _child('WEIGHT_INITIALIZERS')
 OPTIMIZERS = _child('OPTIMIZERS')
-OPTIM_WRAPPER_CONSTRUCTORS = _child('OPTIM_WRAPPER_CONSTRUCTORS')
 PARAM_SCHEDULERS = _child('PARAM_SCHEDULERS')
 EVALUATOR = _child('EVALUATOR')
 TASK_UTILS = _child('TASK_UTILS')

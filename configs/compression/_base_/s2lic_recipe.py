@@ -7,8 +7,7 @@ from mmengine.optim import MultiStepLR, OptimWrapper
 from mmengine.runner import IterBasedTrainLoop, TestLoop, ValLoop
 from torch.optim import Adam
 from visionattn.heads.compression.s2lic import build_s2lic
-
-from visionattn.engine.compression import CompressionOptimWrapperConstructor, ImageCompressor
+from visionattn.heads.compression.task import CompressionOptimWrapperConstructor, ImageCompressor
 
 with read_base():
     from ..._base_.default_runtime import *

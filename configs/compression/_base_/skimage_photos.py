@@ -1,12 +1,12 @@
 # Compression data: random crops for training, whole held-out photos (centre-cropped to multiples of 64) for
-# evaluation. Default: scikit-image's shipped colour photos with the fixed split of visionattn.data.compression
+# evaluation. Default: scikit-image's shipped colour photos with the fixed split of visionattn.heads.compression.data
 # (train: rocket, hubble_deep_field, immunohistochemistry, retina, stereo_motorcycle, colorwheel; held out:
 # astronaut, chelsea, coffee). For a real run point the sets at image folders:
 #   --cfg-options train_dataloader.dataset.data_root=DIR val_dataloader.dataset.data_root=KODAK_DIR
 from mmengine.dataset import DefaultSampler, InfiniteSampler
-
-from visionattn.data.compression import CompressionCropDataset, CompressionEvalDataset
-from visionattn.engine.compression import RateDistortionMetric, compression_collate
+from visionattn.heads.compression.data import CompressionCropDataset, CompressionEvalDataset
+from visionattn.heads.compression.evaluation import RateDistortionMetric
+from visionattn.heads.compression.task import compression_collate
 
 crop_size = 256
 train_dataloader = dict(

@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import torch
 
-from .base import SeededDataset, to_rgb
+from visionattn.data.base import SeededDataset, to_rgb
 
 __all__ = ['TRAIN_PHOTOS', 'HELD_OUT_PHOTOS', 'load_photo', 'load_images', 'CompressionCropDataset',
            'CompressionEvalDataset']

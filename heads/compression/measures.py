@@ -1,0 +1,108 @@
+"""How learned image compression is measured: the codec round trip through real bitstreams and the quality measures
+of its output.
+
+Rates are always measured from real bitstreams (``compress`` output length, no container header), distortion on the
+uint8 images: PSNR with peak 255, MS-SSIM with pytorch-msssim (data range 1, five scales).
+"""
+import contextlib
+import math
+import time
+from typing import Dict
+
+import torch
+import torch.nn as nn
+
+__all__ = ['codec_round_trip', 'psnr', 'ms_ssim_value', 'to_uint8']
+
+MSSSIM_MIN_SIDE = 161  # pytorch-msssim's 5 scales with an 11-tap window need sides > (11 - 1) * 2**4
+
+
+# -- quality measures ---------------------------------------------------------------------------------------------
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] to uint8 (clamped, rounded): what a decoder would write to a file."""
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def psnr(reference: torch.Tensor, decoded: torch.Tensor) -> float:
+    """PSNR in dB (peak 255) between two uint8 images of one shape; identical images give ``inf``."""
+    if reference.shape != decoded.shape:
+        raise ValueError(f'PSNR of images of different shapes {tuple(reference.shape)} and {tuple(decoded.shape)}')
+    mse = (reference.double() - decoded.double()).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+
+
+def ms_ssim_value(reference: torch.Tensor, decoded: torch.Tensor) -> float:
+    """MS-SSIM (pytorch-msssim, data range 1) of two uint8 (3, H, W) images; sides must exceed 160 pixels."""
+    from pytorch_msssim import ms_ssim
+
+    if reference.shape != decoded.shape:
+        raise ValueError(f'MS-SSIM of images of different shapes {tuple(reference.shape)} and {tuple(decoded.shape)}')
+    if min(reference.shape[-2:]) < MSSSIM_MIN_SIDE:
+        raise ValueError(f'MS-SSIM needs both sides >= {MSSSIM_MIN_SIDE} pixels (5 scales), got '
+                         f'{tuple(reference.shape[-2:])}')
+    return ms_ssim(reference[None].double() / 255, decoded[None].double() / 255, data_range=1.0).item()
+
+
+# -- the codec round trip -----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _bit_exact_kernels():
+    """Encoder and decoder must compute bit-identical entropy parameters: no TF32, no autotuned convolutions.
+    The previous settings come back afterwards, so training keeps its fast kernels."""
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = saved
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def codec_round_trip(codec: nn.Module, images: torch.Tensor, estimate: bool = True) -> Dict:
+    """Compress and decompress a batch with real bitstreams.
+
+    The entropy models' CDF tables are rebuilt first (``update(force=True)``), so weights changed since the last
+    update are coded correctly.
+
+    Args:
+        codec: A CompressAI ``CompressionModel`` (``compress`` returns ``{'strings': [per-image lists], 'shape'}``).
+        images: (B, 3, H, W) floats in [0, 1].
+        estimate: Also run the forward pass and return the likelihood-estimated bits per image.
+
+    Returns:
+        ``x_hat`` (B, 3, H, W) clamped to [0, 1]; ``num_bytes`` (per image, all strings); ``encode_s`` and
+        ``decode_s`` (the batch's wall-clock divided by B); ``estimated_bits`` (per image, or None).
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f'codec_round_trip expects (B, 3, H, W) images, got shape {tuple(images.shape)}')
+    was_training = codec.training
+    codec.eval()
+    try:
+        with _bit_exact_kernels():
+            codec.update(force=True)
+            batch = images.shape[0]
+            _sync(images.device)
+            start = time.perf_counter()
+            encoded = codec.compress(images)
+            _sync(images.device)
+            encode_s = (time.perf_counter() - start) / batch
+            start = time.perf_counter()
+            x_hat = codec.decompress(encoded['strings'], encoded['shape'])['x_hat'].clamp(0, 1)
+            _sync(images.device)
+            decode_s = (time.perf_counter() - start) / batch
+            num_bytes = [sum(len(strings[b]) for strings in encoded['strings']) for b in range(batch)]
+            estimated = None
+            if estimate:
+                likelihoods = codec(images)['likelihoods'].values()
+                estimated = [sum(float(-torch.log2(v[b]).sum()) for v in likelihoods) for b in range(batch)]
+    finally:
+        codec.train(was_training)
+    return {'x_hat': x_hat, 'num_bytes': num_bytes, 'encode_s': encode_s, 'decode_s': decode_s,
+            'estimated_bits': estimated}
