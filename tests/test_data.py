@@ -2,10 +2,11 @@
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from visionattn.heads.classification.data import DigitsDataset
 from visionattn.heads.reid.data import SyntheticPedestrians, reid_transforms
 from visionattn.heads.segmentation.medical_data import SyntheticSlicesDataset, medical_transforms
 
-from visionattn.data import DigitsDataset, SyntheticShapesDataset, classification_transforms, segmentation_transforms
+from visionattn.data import SyntheticShapesDataset, classification_transforms, segmentation_transforms
 
 DATASETS = {
     'digits': lambda: DigitsDataset('train', classification_transforms(True, 32, scale=(0.3, 1.0), hflip=0.5),
@@ -44,8 +45,7 @@ def test_image_folder_scales_16_bit_greyscale(tmp_path):
     # Issue 21: PIL's convert('RGB') clipped a 16-bit PNG at 255, so the image came out saturated.
     import numpy as np
     from PIL import Image
-
-    from visionattn.data import ImageFolderDataset
+    from visionattn.heads.classification.data import ImageFolderDataset
     ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
     (tmp_path / 'a').mkdir()
     Image.fromarray(ramp).save(tmp_path / 'a' / 'ramp.png')

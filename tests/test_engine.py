@@ -6,8 +6,9 @@ import torch
 
 pytest.importorskip('mmengine')
 from mmengine.config import Config  # noqa: E402
+from visionattn.heads.classification.task import ImageClassifier  # noqa: E402
 
-from visionattn.engine import Accuracy, ImageClassifier, check_config, find_resume_checkpoint, load_training_checkpoint  # noqa: E402
+from visionattn.engine import Accuracy, check_config, find_resume_checkpoint, load_training_checkpoint  # noqa: E402
 from visionattn.hub import CheckpointError  # noqa: E402
 
 pytestmark = pytest.mark.tools

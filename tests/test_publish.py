@@ -104,7 +104,8 @@ def test_published_digits_model_equals_the_engine_model(digits_run, publish_tool
         card = (out / 'README.md').read_text()
         from visionattn.integrity import sha256_file
         assert sha256_file(out / 'model.safetensors') in card
-        assert 'license: mit' in card and 'accuracy/top1' in card and "type='visionattn.engine.ImageClassifier'" in card
+        assert 'license: mit' in card and 'accuracy/top1' in card
+        assert "type='visionattn.heads.classification.task.ImageClassifier'" in card
     assert not torch.allclose(outputs[False], outputs[True]), '--ema published the same weights'
 
 

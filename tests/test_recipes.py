@@ -18,16 +18,16 @@ from timm.data.random_erasing import RandomErasing  # noqa: E402
 from timm.data.transforms import RandomResizedCropAndInterpolation  # noqa: E402
 from timm.utils import adaptive_clip_grad  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
+from visionattn.heads.classification.data import ImageFolderDataset  # noqa: E402
+from visionattn.heads.classification.task import ImageClassifier, cls_collate  # noqa: E402
 
-from visionattn.data import ImageFolderDataset, TimmTransforms, build_pipeline  # noqa: E402
+from visionattn.data import TimmTransforms, build_pipeline  # noqa: E402
 from visionattn.engine import (  # noqa: E402
     DATA_SAMPLERS,
     DATASETS,
     AGCOptimWrapper,
     ClsDataPreprocessor,
-    ImageClassifier,
     RepeatAugSampler,
-    cls_collate,
 )
 
 pytestmark = pytest.mark.tools

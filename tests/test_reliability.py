@@ -10,8 +10,9 @@ import torch
 pytest.importorskip('mmengine')
 from mmengine.registry import DefaultScope  # noqa: E402
 from mmengine.structures import BaseDataElement  # noqa: E402
+from visionattn.heads.classification.task import ImageClassifier  # noqa: E402
 
-from visionattn.engine import MODELS, ConfigError, ImageClassifier, check_config, load_tool_config  # noqa: E402
+from visionattn.engine import MODELS, ConfigError, check_config, load_tool_config  # noqa: E402
 
 pytestmark = pytest.mark.tools
 

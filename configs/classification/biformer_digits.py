@@ -1,7 +1,6 @@
 # Smoke run of the BiFormer family on the embedded digits: biformer_t from scratch at 32x32 on the CPU.
 from mmengine.config import read_base
-
-from visionattn.engine import ImageClassifier
+from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
     from .._base_.datasets.digits import *

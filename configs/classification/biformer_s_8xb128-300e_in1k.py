@@ -1,8 +1,7 @@
 # BiFormer-S on ImageNet-1k at the official recipe: see configs/_base_/schedules/biformer_in1k.py for the
 # sources and the gaps. Drop path 0.15, from the official README.md.
 from mmengine.config import read_base
-
-from visionattn.engine import ImageClassifier
+from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
     from .._base_.datasets.imagenet import *

@@ -1,8 +1,7 @@
 # DiNAT-Tiny on ImageNet-1k at the official NAT recipe: see configs/_base_/schedules/nat_in1k.py for
 # the sources and the gaps. Drop path 0.2, as classification/dinat.py of the official repo sets it.
 from mmengine.config import read_base
-
-from visionattn.engine import ImageClassifier
+from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
     from .._base_.datasets.imagenet import *

@@ -8,8 +8,7 @@
 # 8 x 32 here computes them over 32 (use 4 x 64 to match).
 from mmengine.config import read_base
 from mmengine.dataset import DefaultSampler
-
-from visionattn.engine import ImageClassifier
+from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
     from .._base_.datasets.imagenet import *

@@ -2,8 +2,7 @@
 # configs/_base_/schedules/efficientvit_in1k.py for the sources and the gaps. Fixed 224 input; the released
 # weights reach 70.8% top-1 (EfficientViT/classification/README.md).
 from mmengine.config import read_base
-
-from visionattn.engine import ImageClassifier
+from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
     from .._base_.datasets.imagenet import *

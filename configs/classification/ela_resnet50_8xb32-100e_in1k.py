@@ -4,8 +4,7 @@
 # timm's crop + flip, bilinear), the standard ResNet recipe that attention-in-ResNet papers compare under.
 from mmengine.config import read_base
 from mmengine.dataset import DefaultSampler
-
-from visionattn.engine import ImageClassifier
+from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
     from .._base_.datasets.imagenet import *

@@ -2,8 +2,7 @@
 # the sources and the gaps. From cfg/fasternet_l.yaml: wd 0.05, drop path 0.3, mixup 0.7,
 # rand-m7-mstd0.5-inc1, grad norm clipped at 0.01, lr 0.002 at batch 2048.
 from mmengine.config import read_base
-
-from visionattn.engine import ImageClassifier
+from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
     from .._base_.datasets.imagenet import *

@@ -2,8 +2,7 @@
 # the sources and the gaps. From cfg/fasternet_t1.yaml: wd 0.01, drop path 0.02, mixup 0.1,
 # rand-m3-mstd0.5-inc1, no clipping, lr 0.004 at batch 4096.
 from mmengine.config import read_base
-
-from visionattn.engine import ImageClassifier
+from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
     from .._base_.datasets.imagenet import *

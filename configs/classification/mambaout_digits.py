@@ -1,8 +1,7 @@
 # Smoke run of the adopted MambaOut family on the embedded digits: mambaout_femto from scratch at 32x32 on the CPU.
 # MambaOut has no BatchNorm, so a data-parallel run computes exactly the single-process loss (tests use that).
 from mmengine.config import read_base
-
-from visionattn.engine import ImageClassifier
+from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
     from .._base_.datasets.digits import *

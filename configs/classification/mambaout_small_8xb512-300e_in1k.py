@@ -2,8 +2,7 @@
 # the sources and the gaps. Drop path 0.4, from scripts/train_mambaout_small.sh;
 # the released weights reach 84.1% top-1 (README.md).
 from mmengine.config import read_base
-
-from visionattn.engine import ImageClassifier
+from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
     from .._base_.datasets.imagenet import *

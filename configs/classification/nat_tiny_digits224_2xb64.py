@@ -4,8 +4,7 @@
 # shuffled indices round-robin and augmentations are seeded per sample, the same images in every step.
 #   torchrun --nproc_per_node 2 tools/train.py CONFIG --launcher pytorch --amp
 from mmengine.config import read_base
-
-from visionattn.engine import ImageClassifier
+from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
     from .._base_.datasets.digits import *

@@ -2,8 +2,7 @@
 # the sources and the gaps. From cfg/PartialNet_t0.yaml: wd 0.005, drop path 0.0, mixup 0.05,
 # no RandAugment, no clipping, lr 0.004 at batch 256.
 from mmengine.config import read_base
-
-from visionattn.engine import ImageClassifier
+from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
     from .._base_.datasets.imagenet import *

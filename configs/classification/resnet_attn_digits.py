@@ -2,8 +2,7 @@
 # a few minutes. The README's main job.
 from mmengine.config import read_base
 from mmengine.hooks import EMAHook
-
-from visionattn.engine import ImageClassifier
+from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
     from .._base_.datasets.digits import *

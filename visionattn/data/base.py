@@ -6,7 +6,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ['SeededDataset', 'SharedEpoch', 'build_pipeline', 'to_rgb']
+__all__ = ['SeededDataset', 'SharedEpoch', 'build_pipeline', 'to_rgb', 'IMAGE_EXTENSIONS']
+
+# The suffixes of the image files that the folder datasets read (case-insensitive).
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def build_pipeline(pipeline: Union[None, Callable, Mapping]) -> Optional[Callable]:

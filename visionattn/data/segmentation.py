@@ -15,8 +15,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import torch
 
-from .base import SeededDataset
-from .classification import IMAGE_EXTENSIONS
+from .base import IMAGE_EXTENSIONS, SeededDataset
 
 __all__ = ['SegFolderDataset', 'ADE20KDataset', 'SyntheticShapesDataset', 'ADE20K_CLASSES', 'SHAPE_KINDS']
 

@@ -1,7 +1,7 @@
 """The glue between visionattn and mmengine: registries, task models, data preprocessing, metrics, hooks and the
 runner the tools use. The only library package that imports mmengine (the ``[train]`` extra)."""
 from . import datasets  # noqa: F401  (registers the data package's datasets)
-from .classification import ClsDataPreprocessor, ImageClassifier, check_model_name, cls_collate
+from .classification import ClsDataPreprocessor, check_model_name
 from .config_checks import ConfigError, apply_cfg_options, read_config
 from .detection import (
     CocoMetric,
@@ -43,7 +43,7 @@ from .segmentation import (
 
 __all__ = [
     'ConfigError', 'apply_cfg_options', 'read_config',
-    'ClsDataPreprocessor', 'ImageClassifier', 'check_model_name', 'cls_collate', 'DatasetEpochHook',
+    'ClsDataPreprocessor', 'check_model_name', 'DatasetEpochHook',
     'PredictionImagesHook', 'ProgressBarHook', 'RandomStateHook', 'SafeCheckpointHook', 'TrainingCurveHook',
     'Accuracy', 'AGCOptimWrapper', 'RepeatAugSampler', 'DATA_SAMPLERS',
     'DATASETS', 'FUNCTIONS', 'HOOKS', 'METRICS', 'MODELS', 'VisionRunner', 'check_config', 'find_resume_checkpoint',

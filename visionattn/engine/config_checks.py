@@ -432,8 +432,9 @@ def dataset_classes(dataset_cfg) -> Optional[int]:
     own = inspect.getattr_static(kind, 'classes', None)
     if isinstance(own, (tuple, list)) and own:  # (an empty tuple: a base's placeholder)
         return len(own)
-    from visionattn.data import ImageFolderDataset
-    if issubclass(kind, ImageFolderDataset) and dataset_cfg.get('data_root') is not None:
+    from .registry import DATASETS
+    folder = DATASETS.get('ImageFolderDataset')  # (heads/classification, which engine/ does not import)
+    if folder is not None and issubclass(kind, folder) and dataset_cfg.get('data_root') is not None:
         root = osp.join(osp.expanduser(str(dataset_cfg['data_root'])), str(dataset_cfg.get('split', '')))
         if osp.isdir(root):
             return sum(1 for entry in os.scandir(root) if entry.is_dir())
@@ -448,11 +449,13 @@ def check_num_classes(cfg) -> None:
     Raises:
         ConfigError: Naming both numbers and the option to set.
     """
-    from .classification import ImageClassifier
+    from .registry import MODELS
     from .segmentation import Segmentor
     model = cfg.get('model')
     kind = _resolve_type(model.get('type')) if isinstance(model, dict) else None
-    if not (isinstance(kind, type) and issubclass(kind, (ImageClassifier, Segmentor))):
+    classifier = MODELS.get('ImageClassifier')  # (heads/classification, which engine/ does not import)
+    checked = (Segmentor,) if classifier is None else (classifier, Segmentor)
+    if not (isinstance(kind, type) and issubclass(kind, checked)):
         return
     default = inspect.signature(kind).parameters['num_classes'].default
     num_classes = model.get('num_classes', None if default is inspect.Parameter.empty else default)

@@ -2,8 +2,6 @@
 from visionattn.data import (
     ADE20KDataset,
     CocoDetection,
-    DigitsDataset,
-    ImageFolderDataset,
     SegFolderDataset,
     SyntheticCocoDetection,
     SyntheticShapesDataset,
@@ -11,8 +9,6 @@ from visionattn.data import (
 
 from .registry import DATASETS
 
-DATASETS.register_module(module=DigitsDataset)
-DATASETS.register_module(module=ImageFolderDataset)
 DATASETS.register_module(module=ADE20KDataset)
 DATASETS.register_module(module=SegFolderDataset)
 DATASETS.register_module(module=SyntheticShapesDataset)

@@ -24,11 +24,13 @@ def _child(name: str, locations=()) -> Registry:
     return Registry(parent.name, parent=parent, scope=SCOPE, locations=list(locations))
 
 
-MODELS = _child('MODELS', ['visionattn.engine.classification', 'visionattn.engine.segmentation',
+MODELS = _child('MODELS', ['visionattn.engine.classification', 'visionattn.heads.classification.task',
+                           'visionattn.engine.segmentation',
                            'visionattn.heads.segmentation.medical_task', 'visionattn.heads.reid.task',
                            'visionattn.engine.diffusion', 'visionattn.heads.compression.task',
                            'visionattn.engine.detection'])
-DATASETS = _child('DATASETS', ['visionattn.engine.datasets', 'visionattn.heads.segmentation.medical_task',
+DATASETS = _child('DATASETS', ['visionattn.engine.datasets', 'visionattn.heads.classification.task',
+                               'visionattn.heads.segmentation.medical_task',
                                'visionattn.heads.reid.evaluation', 'visionattn.engine.diffusion',
                                'visionattn.heads.compression.task'])
 DATA_SAMPLERS = _child('DATA_SAMPLERS', ['visionattn.heads.reid.evaluation', 'visionattn.engine.samplers'])
@@ -39,7 +41,7 @@ METRICS = _child('METRICS', ['visionattn.engine.metrics', 'visionattn.engine.seg
                              'visionattn.engine.diffusion', 'visionattn.heads.compression.evaluation',
                              'visionattn.engine.detection'])
 HOOKS = _child('HOOKS', ['visionattn.engine.hooks', 'visionattn.heads.reid.task', 'visionattn.engine.detection'])
-FUNCTIONS = _child('FUNCTIONS', ['visionattn.engine.classification', 'visionattn.engine.segmentation',
+FUNCTIONS = _child('FUNCTIONS', ['visionattn.heads.classification.task', 'visionattn.engine.segmentation',
                                  'visionattn.heads.reid.evaluation', 'visionattn.engine.diffusion',
                                  'visionattn.heads.compression.task', 'visionattn.engine.detection'])
 # What the runner builds from mmengine's own classes: children without classes of their own.

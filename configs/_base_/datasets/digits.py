@@ -1,9 +1,11 @@
 # scikit-learn's handwritten digits (1,797 real 8x8 scans, 10 classes), shipped with scikit-learn: the embedded
 # default that needs no download. Images are upscaled to img_size; no flips (digits are not mirror-symmetric).
 from mmengine.dataset import DefaultSampler
+from visionattn.heads.classification.data import DigitsDataset
+from visionattn.heads.classification.task import cls_collate
 
-from visionattn.data import DigitsDataset, classification_transforms
-from visionattn.engine import Accuracy, cls_collate
+from visionattn.data import classification_transforms
+from visionattn.engine import Accuracy
 
 img_size = 32
 num_classes = 10

@@ -5,9 +5,11 @@
 # Random erasing, Mixup/CutMix and label smoothing live in the model config (timm's random erasing runs on the
 # normalised batch on the device, as timm's train.py does it with its prefetcher), the sampler in `train_sampler`.
 from mmengine.dataset import DefaultSampler
+from visionattn.heads.classification.data import ImageFolderDataset
+from visionattn.heads.classification.task import cls_collate
 
-from visionattn.data import ImageFolderDataset, TimmTransforms
-from visionattn.engine import Accuracy, cls_collate
+from visionattn.data import TimmTransforms
+from visionattn.engine import Accuracy
 
 data_root = 'data/imagenet'
 img_size = 224

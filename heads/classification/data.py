@@ -10,11 +10,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .base import SeededDataset, to_rgb
+from visionattn.data.base import IMAGE_EXTENSIONS, SeededDataset, to_rgb
 
 __all__ = ['DigitsDataset', 'ImageFolderDataset']
-
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
 class _ClassificationDataset(SeededDataset):
