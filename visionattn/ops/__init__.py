@@ -1,5 +1,6 @@
 """visionattn's functional ops: each has a pure-PyTorch reference (``reference/<op>.py``: the oracle and the CPU
-path) and Triton kernels (``triton/<op>.py``), chosen by ``backend=`` (see ``checks.py``)."""
+path; for ``layer_norm``, PyTorch's own op) and Triton kernels (``triton/<op>.py``), chosen by ``backend=`` (see
+``checks.py``)."""
 from .block_sparse import bi_level_routing_attention, bi_level_routing_attention_2d, block_sparse_attention, bra_routing
 from .checks import BACKENDS, BackendUnavailableError, choose_backend, explain_backend
 from .deformable import ms_deform_attn

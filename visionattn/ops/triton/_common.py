@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ['LOG2E', 'LOG2E_C', 'unit_last', 'pow2_clamp', 'contiguous_strides', 'flat_grid', 'check_head_dims']
+__all__ = ['LOG2E', 'LOG2E_C', 'unit_last', 'pow2_clamp', 'contiguous_strides', 'flat_grid', 'cached_plan',
+           'check_head_dims']
 
 LOG2E = 1.4426950408889634
 LOG2E_C = tl.constexpr(LOG2E)
@@ -45,6 +46,17 @@ def flat_grid(programs: int, op: str) -> tuple:
     if programs > MAX_GRID_X:
         raise ValueError(f'{op}: {programs} programs exceed the CUDA grid; split the batch')
     return (programs, 1, 1)
+
+
+def cached_plan(plans: dict, key: tuple, build, limit: int = 512):
+    """``plans[key]``, built by ``build()`` on a miss; the cache is emptied when it holds ``limit`` plans (a model
+    has a few dozen shapes; a stream of new shapes must not grow it without bound)."""
+    plan = plans.get(key)
+    if plan is None:
+        if len(plans) >= limit:
+            plans.clear()
+        plan = plans[key] = build()
+    return plan
 
 
 

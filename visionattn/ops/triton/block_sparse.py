@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from ..checks import _interpreting
-from ._common import LOG2E, check_head_dims, flat_grid, pow2_clamp, unit_last
+from ._common import LOG2E, cached_plan, check_head_dims, flat_grid, pow2_clamp, unit_last
 from .launch import Kernel
 from .launch import aligned as _aligned
 
@@ -546,16 +546,10 @@ class _SeqPlan:
 
 
 _PLANS: Dict[tuple, object] = {}
-_MAX_PLANS = 512
 
 
 def _cached(key: tuple, build):
-    plan = _PLANS.get(key)
-    if plan is None:
-        if len(_PLANS) >= _MAX_PLANS:
-            _PLANS.clear()
-        plan = _PLANS[key] = build()
-    return plan
+    return cached_plan(_PLANS, key, build)
 
 
 def _seq_plan(q, k, v, index, count, q_block, kv_block, causal, configs=(None, None, None)) -> _SeqPlan:

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import cached_plan
 from .launch import Kernel
 from .launch import aligned as _aligned
 
@@ -54,32 +55,17 @@ _FWD = Kernel(_ln_fwd_kernel)
 
 
 class _Plan:
-    """Tile sizes, grids and launch slots of one problem shape (rows, features, dtypes, strides, alignment)."""
+    """Tile sizes, grid and launch slot of one problem shape (rows, features, dtypes, strides, alignment)."""
 
     def __init__(self, n_rows: int, n_cols: int):
         self.block_n = max(16, triton.next_power_of_2(n_cols))
         self.block_m = max(1, min(TILE_ELEMENTS // self.block_n, triton.next_power_of_2(max(n_rows, 1))))
         self.num_warps = 8 if self.block_m * self.block_n >= 4096 else 4
-        self.fwd_grid = (max(triton.cdiv(n_rows, self.block_m), 1), 1, 1)
-        self.slots: Dict[str, list] = {}
-
-    def slot(self, name: str) -> list:
-        slot = self.slots.get(name)
-        if slot is None:
-            slot = self.slots[name] = [None, None]
-        return slot
+        self.grid = (max(triton.cdiv(n_rows, self.block_m), 1), 1, 1)
+        self.slot = [None, None]
 
 
 _PLANS: Dict[tuple, _Plan] = {}
-
-
-def _plan(n_rows: int, n_cols: int, key: tuple) -> _Plan:
-    plan = _PLANS.get(key)
-    if plan is None:
-        if len(_PLANS) >= 512:
-            _PLANS.clear()
-        plan = _PLANS[key] = _Plan(n_rows, n_cols)
-    return plan
 
 
 def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
@@ -87,10 +73,10 @@ def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Option
                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """LayerNorm of ``x`` [rows, N] (unit stride along N, validated by the caller): (y, mean, rstd)."""
     n_rows, n_cols = x.shape
-    key = ('fwd', n_rows, n_cols, x.stride(0), x.dtype, out_dtype, x.device, _aligned(x),
+    key = (n_rows, n_cols, x.stride(0), x.dtype, out_dtype, x.device, _aligned(x),
            None if weight is None else (weight.dtype, _aligned(weight)),
            None if bias is None else (bias.dtype, _aligned(bias)), keep_stats)
-    plan = _plan(n_rows, n_cols, key)
+    plan = cached_plan(_PLANS, key, lambda: _Plan(n_rows, n_cols))
     y = torch.empty((n_rows, n_cols), device=x.device, dtype=out_dtype)
     if keep_stats:
         mean = torch.empty(n_rows, device=x.device, dtype=torch.float32)
@@ -99,7 +85,7 @@ def layer_norm_fwd(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Option
         mean = rstd = None
     if n_rows == 0:
         return y, mean, rstd
-    _FWD.launch(plan.slot('fwd'), plan.fwd_grid, (
+    _FWD.launch(plan.slot, plan.grid, (
         x, x if weight is None else weight, x if bias is None else bias, y, y if mean is None else mean,
         y if rstd is None else rstd, n_rows, n_cols, x.stride(0), n_cols, float(eps)),
         dict(HAS_W=weight is not None, HAS_B=bias is not None, STORE_STATS=keep_stats, BLOCK_M=plan.block_m,
