@@ -1,4 +1,5 @@
-"""The LayerNorm op (Triton forward, PyTorch's backward on its statistics) against F.layer_norm."""
+"""The LayerNorm op (Triton forward, PyTorch's backward on its statistics) against F.layer_norm, and when the automatic
+choice takes it."""
 import pytest
 import torch
 import torch.nn as nn
@@ -102,6 +103,35 @@ def test_empty_batch_and_backend_choice():
         layer_norm(torch.randn(2, 3), 4)
 
 
+def test_automatic_choice_runs_the_kernel_only_for_large_no_grad_calls(monkeypatch):
+    # The choice a CUDA tensor gets, simulated on the CPU (the kernel under the interpreter): a no-grad call of at
+    # least AUTO_MIN_ROWS rows runs the kernel; smaller calls and calls that need a gradient run PyTorch's op, unless
+    # 'triton' is named.
+    import sys
+    module = sys.modules['visionattn.ops.layer_norm']  # the package's attribute of that name is the function
+    from visionattn.ops.triton import layer_norm as kernels
+    launched, real = [], kernels.layer_norm_fwd
+    monkeypatch.setattr(kernels, 'layer_norm_fwd', lambda rows, *rest: launched.append(rows.shape[0]) or
+                        real(rows, *rest))
+    named = [False]
+    monkeypatch.setattr(module, '_choose', lambda *args: ('triton', torch.float32, named[0]))
+    monkeypatch.setattr(module, '_CHOICES', {})
+    monkeypatch.setattr(module, 'AUTO_MIN_ROWS', 12)
+    weight, bias = torch.randn(16), torch.randn(16)
+    small, large = torch.randn(2, 5, 16), torch.randn(3, 4, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(layer_norm(small, 16, weight, bias), F.layer_norm(small, (16,), weight, bias))
+        assert launched == []
+        torch.testing.assert_close(layer_norm(large, 16, weight, bias), F.layer_norm(large, (16,), weight, bias))
+        assert launched == [12]
+    out = layer_norm(large.requires_grad_(), 16, weight, bias)
+    assert type(out.grad_fn).__name__ == 'NativeLayerNormBackward0' and launched == [12]
+    named[0] = True
+    monkeypatch.setattr(module, '_CHOICES', {})
+    out = layer_norm(small.requires_grad_(), 16, weight, bias)
+    assert type(out.grad_fn).__name__ == '_LayerNormFnBackward' and launched == [12, 10]
+
+
 def test_layer_is_a_layernorm_with_the_same_state_and_traces():
     torch.manual_seed(0)
     ours, theirs = LayerNorm(32, eps=1e-6), nn.LayerNorm(32, eps=1e-6)
@@ -124,10 +154,14 @@ def test_kernel_matches_reference_cuda(shape, dtype):
     n = shape[-1]
     kernel_in, same_in = leaf_copies([x, weight, bias], dtype), leaf_copies([x, weight, bias], dtype)
     ref_in = leaf_copies([x, weight, bias], torch.float64)
-    out = layer_norm(kernel_in[0], n, kernel_in[1], kernel_in[2], 1e-6)
+    out = layer_norm(kernel_in[0], n, kernel_in[1], kernel_in[2], 1e-6, backend='triton')
+    assert type(out.grad_fn).__name__ == '_LayerNormFnBackward'
     same = F.layer_norm(same_in[0], (n,), *same_in[1:], 1e-6)
     ref = F.layer_norm(ref_in[0], (n,), *ref_in[1:], 1e-6)
     assert_kernel_close(out, same, ref, f'out {shape}')
+    with torch.no_grad():  # the automatic choice's no-grad path (the kernel from AUTO_MIN_ROWS rows up)
+        assert_kernel_close(layer_norm(kernel_in[0], n, kernel_in[1], kernel_in[2], 1e-6), same, ref,
+                            f'no-grad out {shape}')
     grad_out = torch.randn(shape, dtype=torch.float64, device='cuda')
     g_kernel, g_same = grads(out, kernel_in, grad_out.to(dtype)), grads(same, same_in, grad_out.to(dtype))
     g_ref = grads(ref, ref_in, grad_out)

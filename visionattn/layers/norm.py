@@ -14,10 +14,12 @@ def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
 
 
 class LayerNorm(nn.LayerNorm):
-    """``torch.nn.LayerNorm`` (same arguments, parameters and results) whose CUDA forward and backward run on
-    Triton kernels that normalise many narrow rows per program; PyTorch's kernel gives each row a thread block and
-    is slow at the 64-512 channels of the attention backbones' blocks. TorchScript, ``torch.fx`` and
-    ``torch.compile`` see PyTorch's own op (Inductor then fuses it)."""
+    """``torch.nn.LayerNorm`` (same arguments, parameters and results) on visionattn's LayerNorm op: large no-grad
+    CUDA calls (inference on big maps) run a Triton kernel that normalises many narrow rows per program, where
+    PyTorch's gives each row a thread block and is slow at the 64-512 channels of the attention backbones' blocks;
+    other calls (training, small maps) run PyTorch's op, which costs less host time (``ops/layer_norm.py`` says
+    what was measured). TorchScript, ``torch.fx`` and ``torch.compile`` see PyTorch's own op (Inductor then fuses
+    it)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():

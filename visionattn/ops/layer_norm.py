@@ -1,7 +1,9 @@
 """LayerNorm over the last axis: ``torch.nn.functional.layer_norm`` (the reference, and the path on the CPU, under
 ``torch.compile``, ``torch.fx`` and TorchScript) or Triton kernels on CUDA tensors (``triton/layer_norm.py``).
 
-The Triton path takes inputs whose weight, bias and output share the input's dtype (under CUDA autocast: float32
+The automatic choice takes the Triton kernel for large no-grad calls only (``AUTO_MIN_ROWS``); naming the 'triton'
+backend (or ``VISIONATTN_BACKEND=triton``) takes it for every call it covers, with gradients too. The
+Triton path takes inputs whose weight, bias and output share the input's dtype (under CUDA autocast: float32
 inputs, as the backbones' residual streams are); mixed dtypes, and inputs autocast would cast, take the reference.
 Same results as the reference up to float32 rounding (statistics in float32, biased variance); the backward is
 PyTorch's own kernel on the forward's statistics. Under ``torch.compile`` the reference is used on purpose: Inductor
@@ -12,11 +14,22 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from .checks import choose_backend, env_signature
+from .checks import choose_backend, env_backend, env_signature
 
 __all__ = ['layer_norm']
 
 _MAX_FEATURES = 4096  # triton/layer_norm.py's MAX_TRITON_FEATURES (not imported: triton may be absent)
+
+# The automatic choice (no backend named, VISIONATTN_BACKEND unset) takes the Triton kernel only where it pays on a
+# CUDA GPU (H100, torch 2.11; docs/benchmarks/speed_h100.md, fourth session):
+# - no gradient needed, and at least AUTO_MIN_ROWS rows: a call costs about 54 us of host time against PyTorch's 13,
+#   and PyTorch's forward is slow only on many rows (64 x 56^2 x 64: 300 us against 40; 64 x 14^2 x 256: 28 against
+#   15). Below that (batch-8 inference, the late stages) PyTorch's op is as fast and cheaper to call.
+# - a gradient needed: never. The forward saves device time (nat_tiny's batch-64 training step: 1.9 ms of 47), but
+#   the autograd.Function costs 184-214 us of host time per forward+backward against PyTorch's 94-140, and the
+#   models' training steps are host-bound in their small late stages: nat_tiny trained at 1282 img/s with it and at
+#   1696 with PyTorch's op (same run).
+AUTO_MIN_ROWS = 1 << 15
 
 
 def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]], weight: Optional[torch.Tensor] = None,
@@ -29,7 +42,8 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]], wei
         weight: [N] scale, or None.
         bias: [N] shift, or None.
         eps: Added to the variance.
-        backend: None (automatic: Triton for CUDA tensors of up to 4096 features), 'reference' or 'triton'.
+        backend: None (automatic: Triton for no-grad CUDA calls of at least ``AUTO_MIN_ROWS`` rows and up to 4096
+            features), 'reference' or 'triton' (every call it covers, gradients too).
     """
     normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling():
@@ -46,19 +60,22 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]], wei
             if len(_CHOICES) >= 1024:
                 _CHOICES.clear()
             _CHOICES[key] = choice
-    chosen, stats_dtype = choice
+    chosen, stats_dtype, named = choice
     if chosen == 'reference':
         return F.layer_norm(x, normalized_shape, weight, bias, eps)
-    if torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)
-                                    or (bias is not None and bias.requires_grad)):
+    grad = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)
+                                        or (bias is not None and bias.requires_grad))
+    if not named and (grad or x.numel() < AUTO_MIN_ROWS * x.shape[-1]):
+        return F.layer_norm(x, normalized_shape, weight, bias, eps)
+    if grad:
         return _LayerNormFn.apply(x, weight, bias, float(eps), stats_dtype)
     from .triton.layer_norm import layer_norm_fwd
     y, _, _ = layer_norm_fwd(_rows(x), weight, bias, eps, x.dtype, False)
     return y.view(x.shape)
 
 
-# (backend, dtype of PyTorch's saved statistics) for each call signature (shapes, dtypes, devices, autocast state,
-# the backend argument, the environment): a model's repeated calls skip the checks.
+# (backend, dtype of PyTorch's saved statistics, whether 'triton' was named) for each call signature (shapes,
+# dtypes, devices, autocast state, the backend argument, the environment): a model's repeated calls skip the checks.
 _CHOICES = {}
 
 
@@ -71,7 +88,7 @@ def _choose(x, normalized_shape, weight, bias, eps, backend) -> tuple:
                              f'input {tuple(x.shape)}, normalized_shape {normalized_shape}, weight '
                              f'{None if weight is None else tuple(weight.shape)}, bias '
                              f'{None if bias is None else tuple(bias.shape)}')
-        return 'reference', None
+        return 'reference', None, False
     # PyTorch's own op on an empty input: the output dtype it gives here (autocast's policy for layer_norm differs by
     # device: CUDA runs it in float32, the CPU in the input's dtype) and the dtype of the statistics its backward reads.
     with torch.no_grad():
@@ -85,10 +102,10 @@ def _choose(x, normalized_shape, weight, bias, eps, backend) -> tuple:
             raise ValueError(f'layer_norm (triton): input, weight, bias and output share one dtype; got input '
                              f'{x.dtype}, weight {None if weight is None else weight.dtype}, bias '
                              f'{None if bias is None else bias.dtype}, output {y.dtype}')
-        return 'reference', None
+        return 'reference', None, False
     chosen = choose_backend('layer_norm', backend, (x, weight, bias),
                             [(n <= _MAX_FEATURES, '' if n <= _MAX_FEATURES else f'{n} features > {_MAX_FEATURES}')])
-    return chosen, stats_dtype
+    return chosen, stats_dtype, (backend or env_backend()) == 'triton'
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
