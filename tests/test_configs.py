@@ -11,10 +11,12 @@ pytest.importorskip('mmengine')
 from mmengine.config import Config  # noqa: E402
 from mmengine.structures import BaseDataElement  # noqa: E402
 from visionattn.heads.compression.task import ImageCompressor  # noqa: E402
+from visionattn.heads.detection.task import Detector, det_collate  # noqa: E402
+from visionattn.heads.diffusion.task import DiffusionModel  # noqa: E402
 from visionattn.heads.reid.task import CoreReIDTargetModel, ReIDSourceModel  # noqa: E402
+from visionattn.heads.segmentation.task import Segmentor  # noqa: E402
 
-from visionattn.engine import MODELS, Detector, Segmentor, det_collate  # noqa: E402
-from visionattn.engine.diffusion import DiffusionModel  # noqa: E402
+from visionattn.engine import MODELS  # noqa: E402
 
 pytestmark = pytest.mark.tools
 
@@ -148,8 +150,8 @@ def _check_diffusion(model: DiffusionModel) -> None:
     """Diffusion: loss and a 2-step predict on two items. Latent models get 64-pixel images (8x8 latents: the
     denoisers take sizes other than their training size), pixel models their input size, video models random
     clips; controlled models read the synthetic pairs' Canny maps."""
-    from visionattn.data.diffusion import SyntheticDiffusionPairs
-    from visionattn.engine.diffusion import diffusion_collate
+    from visionattn.heads.diffusion.data import SyntheticDiffusionPairs
+    from visionattn.heads.diffusion.task import diffusion_collate
     denoiser = model.denoiser
     model.num_inference_steps = 2
     if isinstance(denoiser.input_size, int):

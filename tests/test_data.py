@@ -4,9 +4,11 @@ import torch
 from torch.utils.data import DataLoader
 from visionattn.heads.classification.data import DigitsDataset
 from visionattn.heads.reid.data import SyntheticPedestrians, reid_transforms
+from visionattn.heads.segmentation.data import SyntheticShapesDataset
 from visionattn.heads.segmentation.medical_data import SyntheticSlicesDataset, medical_transforms
+from visionattn.heads.segmentation.transforms import segmentation_transforms
 
-from visionattn.data import SyntheticShapesDataset, classification_transforms, segmentation_transforms
+from visionattn.data import classification_transforms
 
 DATASETS = {
     'digits': lambda: DigitsDataset('train', classification_transforms(True, 32, scale=(0.3, 1.0), hflip=0.5),

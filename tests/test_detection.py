@@ -18,11 +18,15 @@ pytest.importorskip('pycocotools')
 from mmengine.structures import BaseDataElement, InstanceData  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
-
-from visionattn.data import CocoDetection, SyntheticCocoDetection, detection_transforms, make_synthetic_coco  # noqa
-from visionattn.data.detection import shortest_edge_size  # noqa: E402
-from visionattn.engine import (  # noqa: E402
-    CocoMetric,
+from visionattn.heads.detection.data import (  # noqa: E402
+    CocoDetection,
+    SyntheticCocoDetection,
+    detection_transforms,
+    make_synthetic_coco,
+    shortest_edge_size,
+)
+from visionattn.heads.detection.evaluation import CocoMetric  # noqa: E402
+from visionattn.heads.detection.task import (  # noqa: E402
     DetDataPreprocessor,
     Detector,
     DetPredictionImagesHook,

@@ -1,4 +1,4 @@
-"""DiT / PixArt denoisers, RelaCtrl, the diffusion engine (loss, samplers, metrics), the paired data and the
+"""DiT / PixArt denoisers, RelaCtrl, the diffusion task model (loss, samplers), its metrics, the paired data and the
 relevance-score tool, on tiny models on CPU."""
 import importlib.util
 import math
@@ -14,6 +14,8 @@ pytest.importorskip('mmengine')
 from mmengine.config import Config  # noqa: E402
 from mmengine.structures import BaseDataElement  # noqa: E402
 from visionattn.heads.diffusion import dit  # noqa: E402
+from visionattn.heads.diffusion.data import ImageFolderCannyDataset, SyntheticDiffusionPairs, canny_edges  # noqa: E402
+from visionattn.heads.diffusion.evaluation import ControlFidelityMetric, SampleQualityMetric, edge_f1  # noqa: E402
 from visionattn.heads.diffusion.relactrl import (  # noqa: E402
     RELACTRL_CONTROL_INDICES,
     RELACTRL_GROUP_COUNTS,
@@ -22,18 +24,14 @@ from visionattn.heads.diffusion.relactrl import (  # noqa: E402
     distribute_group_widths,
     load_denoiser_checkpoint,
 )
-
-from visionattn.data.diffusion import ImageFolderCannyDataset, SyntheticDiffusionPairs, canny_edges  # noqa: E402
-from visionattn.engine import MODELS  # noqa: E402
-from visionattn.engine.diffusion import (  # noqa: E402
-    ControlFidelityMetric,
+from visionattn.heads.diffusion.task import (  # noqa: E402
     ControlledDiffusionModel,
     DiffusionModel,
     DiffusionSamplesHook,
-    SampleQualityMetric,
     diffusion_collate,
-    edge_f1,
 )
+
+from visionattn.engine import MODELS  # noqa: E402
 
 pytestmark = pytest.mark.heads
 ROOT = Path(__file__).resolve().parents[1]

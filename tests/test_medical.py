@@ -209,8 +209,9 @@ def test_evaluation_pipeline_keeps_the_mask_size():
 
 def test_synapse_config_pipelines_on_the_official_layout(tmp_path):
     from mmengine.config import Config
+    from visionattn.heads.segmentation.task import seg_collate
 
-    from visionattn.engine import DATASETS, seg_collate
+    from visionattn.engine import DATASETS
     _write_synapse(tmp_path, '.npz')
     cfg = Config.fromfile(ROOT / 'configs/segmentation/paratranscnn_1xb4-150e_synapse-224x224.py')
     cfg.train_dataloader.dataset.data_root = str(tmp_path)
@@ -302,8 +303,7 @@ def test_metric_joins_volumes_without_num_slices():
 def test_medical_segmentor_zooms_labels_as_the_official_test():
     from mmengine.structures import BaseDataElement
     from scipy import ndimage
-
-    from visionattn.engine import SegDataPreprocessor
+    from visionattn.heads.segmentation.task import SegDataPreprocessor
     torch.manual_seed(0)
     network = torch.nn.Conv2d(3, 3, 3, padding=1)
     model = MedicalSegmentor(network, num_classes=3, data_preprocessor=dict(type=SegDataPreprocessor,

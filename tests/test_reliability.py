@@ -269,8 +269,8 @@ def test_task_models_take_an_empty_batch_alike(config):
 
 def _collates():
     import visionattn.heads.compression.task  # noqa: F401  (registers their collates)
+    import visionattn.heads.diffusion.task  # noqa: F401
 
-    import visionattn.engine.diffusion  # noqa: F401
     from visionattn.engine import FUNCTIONS
     return sorted(name for name in FUNCTIONS.module_dict if name.endswith('collate'))
 

@@ -14,17 +14,17 @@ import torch.nn as nn
 
 pytest.importorskip('mmengine')
 from mmengine.structures import BaseDataElement  # noqa: E402
+from visionattn.heads.segmentation.data import ADE20KDataset, SegFolderDataset, SyntheticShapesDataset  # noqa: E402
 from visionattn.heads.segmentation.decoders import SemanticFPN, UPerNet  # noqa: E402
-
-from visionattn.data import ADE20KDataset, SegFolderDataset, SyntheticShapesDataset  # noqa: E402
-from visionattn.data.seg_transforms import segmentation_transforms  # noqa: E402
-from visionattn.engine import (  # noqa: E402
-    IoUMetric,
+from visionattn.heads.segmentation.evaluation import IoUMetric  # noqa: E402
+from visionattn.heads.segmentation.task import (  # noqa: E402
     SegDataPreprocessor,
     Segmentor,
     SegPredictionImagesHook,
     seg_collate,
 )
+from visionattn.heads.segmentation.transforms import segmentation_transforms  # noqa: E402
+
 from visionattn.zoo import family, list_models, paper_facts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

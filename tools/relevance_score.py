@@ -47,8 +47,7 @@ def evaluate(model, batches, metrics_factory) -> dict:
 def relevance_scores(model, batches, progress=True) -> dict:
     """{'full': metrics, 'blocks': [{'block', 'f1', 'psnr', 'relevance'}...], 'ranking': [block indices]}."""
     from tqdm import tqdm
-
-    from visionattn.engine.diffusion import ControlFidelityMetric, SampleQualityMetric
+    from visionattn.heads.diffusion.evaluation import ControlFidelityMetric, SampleQualityMetric
 
     denoiser = model.denoiser
     if not hasattr(denoiser, 'skip_blocks') or not hasattr(denoiser, 'controlnet'):
@@ -80,9 +79,9 @@ def main(argv=None):
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint file {args.checkpoint} does not exist')
     import torch
+    from visionattn.heads.diffusion.task import diffusion_collate
 
     from visionattn.engine import MODELS, ConfigError, apply_cfg_options, load_training_checkpoint, read_config
-    from visionattn.engine.diffusion import diffusion_collate
 
     try:
         cfg = read_config(args.config)

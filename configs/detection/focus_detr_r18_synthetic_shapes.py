@@ -10,8 +10,7 @@ from mmengine.optim import MultiStepLR, OptimWrapper
 from mmengine.runner import EpochBasedTrainLoop, TestLoop, ValLoop
 from torch.optim import AdamW
 from visionattn.heads.detection import FocusDETR
-
-from visionattn.engine import DetDataPreprocessor, Detector
+from visionattn.heads.detection.task import DetDataPreprocessor, Detector
 
 with read_base():
     from .._base_.default_runtime import *

@@ -8,8 +8,7 @@ from mmengine.optim import LinearLR, OptimWrapper
 from mmengine.runner import IterBasedTrainLoop, TestLoop, ValLoop
 from torch.optim import AdamW
 from visionattn.heads.diffusion.lamamba_diff import LaMambaDiff
-
-from visionattn.engine.diffusion import DiffusionModel
+from visionattn.heads.diffusion.task import DiffusionModel
 
 with read_base():
     from .._base_.default_runtime import *

@@ -11,16 +11,11 @@ from mmengine.dataset import DefaultSampler, InfiniteSampler
 from mmengine.optim import OptimWrapper
 from mmengine.runner import IterBasedTrainLoop, TestLoop, ValLoop
 from torch.optim import AdamW
+from visionattn.heads.diffusion.data import ImageFolderCannyDataset
 from visionattn.heads.diffusion.dit import pixart_ms_xl_2
+from visionattn.heads.diffusion.evaluation import ControlFidelityMetric, SampleQualityMetric
 from visionattn.heads.diffusion.relactrl import RelaCtrlPixArt
-
-from visionattn.data.diffusion import ImageFolderCannyDataset
-from visionattn.engine.diffusion import (
-    ControlFidelityMetric,
-    ControlledDiffusionModel,
-    SampleQualityMetric,
-    diffusion_collate,
-)
+from visionattn.heads.diffusion.task import ControlledDiffusionModel, diffusion_collate
 
 with read_base():
     from .._base_.default_runtime import *

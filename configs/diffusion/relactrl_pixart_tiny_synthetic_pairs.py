@@ -10,8 +10,7 @@ from mmengine.runner import IterBasedTrainLoop, TestLoop, ValLoop
 from torch.optim import AdamW
 from visionattn.heads.diffusion.dit import PixArt
 from visionattn.heads.diffusion.relactrl import RELACTRL_CONTROL_INDICES, RELACTRL_GROUP_COUNTS, RelaCtrlPixArt
-
-from visionattn.engine.diffusion import ControlledDiffusionModel
+from visionattn.heads.diffusion.task import ControlledDiffusionModel
 
 with read_base():
     from .._base_.default_runtime import *

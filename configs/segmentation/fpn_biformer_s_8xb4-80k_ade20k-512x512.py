@@ -5,8 +5,7 @@
 # to a multiple of 32 instead. The model has 29.3M parameters.
 from mmengine.config import read_base
 from visionattn.heads.segmentation.decoders import SemanticFPN
-
-from visionattn.engine import SegDataPreprocessor, Segmentor
+from visionattn.heads.segmentation.task import SegDataPreprocessor, Segmentor
 
 with read_base():
     from .._base_.datasets.ade20k import *

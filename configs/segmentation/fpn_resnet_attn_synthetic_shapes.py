@@ -5,8 +5,7 @@ from mmengine.optim import LinearLR, OptimWrapper, PolyLR
 from mmengine.runner import IterBasedTrainLoop, TestLoop, ValLoop
 from torch.optim import AdamW
 from visionattn.heads.segmentation.decoders import SemanticFPN
-
-from visionattn.engine import Segmentor
+from visionattn.heads.segmentation.task import Segmentor
 
 with read_base():
     from .._base_.datasets.synthetic_shapes import *

@@ -6,8 +6,7 @@ from mmengine.config import read_base
 from visionattn.heads.segmentation.losses import CEDiceLoss
 from visionattn.heads.segmentation.medical_task import MedicalSegmentor
 from visionattn.heads.segmentation.paratranscnn import ParaTransCNN
-
-from visionattn.engine import SegDataPreprocessor
+from visionattn.heads.segmentation.task import SegDataPreprocessor
 
 with read_base():
     from .._base_.datasets.synapse import *

@@ -4,8 +4,7 @@
 # single-scale and 50.8 multi-scale with flip. The model has 55.3M parameters (auxiliary head included).
 from mmengine.config import read_base
 from visionattn.heads.segmentation.decoders import UPerNet
-
-from visionattn.engine import Segmentor
+from visionattn.heads.segmentation.task import Segmentor
 
 with read_base():
     from .._base_.datasets.ade20k import *

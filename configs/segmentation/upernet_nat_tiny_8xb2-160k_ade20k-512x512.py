@@ -5,8 +5,7 @@
 # parameters; this model has 57.7M (auxiliary head included).
 from mmengine.config import read_base
 from visionattn.heads.segmentation.decoders import UPerNet
-
-from visionattn.engine import Segmentor
+from visionattn.heads.segmentation.task import Segmentor
 
 with read_base():
     from .._base_.datasets.ade20k import *

@@ -1,4 +1,12 @@
-"""Object detection heads: Focus-DETR (ICCV 2023) on any zoo backbone, its Hungarian matcher and set criterion."""
+"""Object detection: Focus-DETR (ICCV 2023) on any zoo backbone, the whole task.
+
+Modules: ``focus_detr`` (the network), ``criterion`` (its set criterion and foreground supervision), ``matcher`` (the
+Hungarian matcher, SciPy), ``convert`` and ``weights`` (the official checkpoints) need PyTorch, timm and SciPy only
+and are imported here; ``data`` (COCO-format and synthetic datasets, DETR's augmentation), ``task`` (collate,
+preprocessor, the mmengine task model, the ``--show-dir`` hook and the datasets' registrations) and ``evaluation``
+(COCO box AP through pycocotools) need the ``[train]`` extra; all of it is the ``[detection]`` extra;
+``mmdet_compat`` needs mmdetection. This file imports none of the last four.
+"""
 from .convert import convert_focus_detr_official
 from .criterion import FocusDETRCriterion, foreground_targets
 from .focus_detr import FOCUS_DETR_R50_PARAMS, FocusDETR, prepare_for_cdn

@@ -7,11 +7,11 @@ maps the timestep embedding to 6 vectors, each block adds its learned ``scale_sh
 caption tokens projected by ``y_embedder.y_proj``, a ``T2IFinalLayer``. Parameter names follow the official code so
 their checkpoints load without renaming.
 
-The denoisers follow the interface of ``visionattn.engine.diffusion``: attributes ``in_channels``, ``out_channels``,
-``input_size``, ``num_classes``; ``forward(x, t, y=None, **cond)``. The video variants cut 3-D patches (pt, p, p)
-into spatio-temporal tokens (Latte/OpenSora-style). The self-attention core of every block is pluggable: pass
-``attention_core=factory``, ``factory(block_index)`` returning a module ``core(q, k, v, grid_size)`` with q, k, v
-[B, heads, N, head_dim] and ``grid_size`` the token grid ((h, w) or (t, h, w)); the default is
+The denoisers follow the interface of ``visionattn.heads.diffusion.task``: attributes ``in_channels``,
+``out_channels``, ``input_size``, ``num_classes``; ``forward(x, t, y=None, **cond)``. The video variants cut 3-D
+patches (pt, p, p) into spatio-temporal tokens (Latte/OpenSora-style). The self-attention core of every block is
+pluggable: pass ``attention_core=factory``, ``factory(block_index)`` returning a module ``core(q, k, v, grid_size)``
+with q, k, v [B, heads, N, head_dim] and ``grid_size`` the token grid ((h, w) or (t, h, w)); the default is
 :class:`SDPAttentionCore` (``F.scaled_dot_product_attention``).
 """
 import math

@@ -17,11 +17,12 @@ from mmengine.logging import print_log
 from scipy import ndimage
 
 from visionattn.engine.registry import DATASETS, METRICS, MODELS
-from visionattn.engine.segmentation import Segmentor, metric_num_classes
 
+from .evaluation import metric_num_classes
 from .losses import CEDiceLoss, DiceLoss
 from .medical_data import AVTDataset, SynapseDataset, SyntheticSlicesDataset
 from .paratranscnn import ParaTransCNN
+from .task import Segmentor
 
 __all__ = ['MedicalSegmentor', 'DiceHD95Metric', 'dice_coefficient', 'hd95', 'metric_percase']
 

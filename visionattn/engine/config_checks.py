@@ -450,11 +450,10 @@ def check_num_classes(cfg) -> None:
         ConfigError: Naming both numbers and the option to set.
     """
     from .registry import MODELS
-    from .segmentation import Segmentor
     model = cfg.get('model')
     kind = _resolve_type(model.get('type')) if isinstance(model, dict) else None
-    classifier = MODELS.get('ImageClassifier')  # (heads/classification, which engine/ does not import)
-    checked = (Segmentor,) if classifier is None else (classifier, Segmentor)
+    # (heads/classification and heads/segmentation, which engine/ does not import)
+    checked = tuple(task for task in (MODELS.get('ImageClassifier'), MODELS.get('Segmentor')) if task is not None)
     if not (isinstance(kind, type) and issubclass(kind, checked)):
         return
     default = inspect.signature(kind).parameters['num_classes'].default

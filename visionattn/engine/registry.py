@@ -25,25 +25,26 @@ def _child(name: str, locations=()) -> Registry:
 
 
 MODELS = _child('MODELS', ['visionattn.engine.classification', 'visionattn.heads.classification.task',
-                           'visionattn.engine.segmentation',
+                           'visionattn.heads.segmentation.task',
                            'visionattn.heads.segmentation.medical_task', 'visionattn.heads.reid.task',
-                           'visionattn.engine.diffusion', 'visionattn.heads.compression.task',
-                           'visionattn.engine.detection'])
-DATASETS = _child('DATASETS', ['visionattn.engine.datasets', 'visionattn.heads.classification.task',
-                               'visionattn.heads.segmentation.medical_task',
-                               'visionattn.heads.reid.evaluation', 'visionattn.engine.diffusion',
-                               'visionattn.heads.compression.task'])
+                           'visionattn.heads.diffusion.task', 'visionattn.heads.compression.task',
+                           'visionattn.heads.detection.task'])
+DATASETS = _child('DATASETS', ['visionattn.heads.classification.task',
+                               'visionattn.heads.segmentation.task', 'visionattn.heads.segmentation.medical_task',
+                               'visionattn.heads.reid.evaluation', 'visionattn.heads.diffusion.task',
+                               'visionattn.heads.compression.task', 'visionattn.heads.detection.task'])
 DATA_SAMPLERS = _child('DATA_SAMPLERS', ['visionattn.heads.reid.evaluation', 'visionattn.engine.samplers'])
 OPTIM_WRAPPERS = _child('OPTIM_WRAPPERS', ['visionattn.engine.optim'])
 OPTIM_WRAPPER_CONSTRUCTORS = _child('OPTIM_WRAPPER_CONSTRUCTORS', ['visionattn.heads.compression.task'])
-METRICS = _child('METRICS', ['visionattn.engine.metrics', 'visionattn.engine.segmentation',
+METRICS = _child('METRICS', ['visionattn.engine.metrics', 'visionattn.heads.segmentation.evaluation',
                              'visionattn.heads.segmentation.medical_task', 'visionattn.heads.reid.evaluation',
-                             'visionattn.engine.diffusion', 'visionattn.heads.compression.evaluation',
-                             'visionattn.engine.detection'])
-HOOKS = _child('HOOKS', ['visionattn.engine.hooks', 'visionattn.heads.reid.task', 'visionattn.engine.detection'])
-FUNCTIONS = _child('FUNCTIONS', ['visionattn.heads.classification.task', 'visionattn.engine.segmentation',
-                                 'visionattn.heads.reid.evaluation', 'visionattn.engine.diffusion',
-                                 'visionattn.heads.compression.task', 'visionattn.engine.detection'])
+                             'visionattn.heads.diffusion.evaluation', 'visionattn.heads.compression.evaluation',
+                             'visionattn.heads.detection.evaluation'])
+HOOKS = _child('HOOKS', ['visionattn.engine.hooks', 'visionattn.heads.segmentation.task', 'visionattn.heads.reid.task',
+                         'visionattn.heads.diffusion.task', 'visionattn.heads.detection.task'])
+FUNCTIONS = _child('FUNCTIONS', ['visionattn.heads.classification.task', 'visionattn.heads.segmentation.task',
+                                 'visionattn.heads.reid.evaluation', 'visionattn.heads.diffusion.task',
+                                 'visionattn.heads.compression.task', 'visionattn.heads.detection.task'])
 # What the runner builds from mmengine's own classes: children without classes of their own.
 RUNNERS = _child('RUNNERS')
 RUNNER_CONSTRUCTORS = _child('RUNNER_CONSTRUCTORS')

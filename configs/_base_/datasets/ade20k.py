@@ -4,9 +4,10 @@
 # resize to (2048, 512) x 0.5-2.0 keeping the aspect ratio, 512x512 crop with cat_max_ratio 0.75, flip,
 # photometric distortion; single-scale test at (2048, 512), evaluated at the annotation's own resolution.
 from mmengine.dataset import DefaultSampler, InfiniteSampler
-
-from visionattn.data import ADE20KDataset, segmentation_transforms
-from visionattn.engine import IoUMetric, seg_collate
+from visionattn.heads.segmentation.data import ADE20KDataset
+from visionattn.heads.segmentation.evaluation import IoUMetric
+from visionattn.heads.segmentation.task import seg_collate
+from visionattn.heads.segmentation.transforms import segmentation_transforms
 
 data_root = 'data/ade/ADEChallengeData2016'
 crop_size = (512, 512)

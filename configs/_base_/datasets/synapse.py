@@ -5,8 +5,7 @@
 from mmengine.dataset import DefaultSampler
 from visionattn.heads.segmentation.medical_data import SynapseDataset, medical_transforms
 from visionattn.heads.segmentation.medical_task import DiceHD95Metric
-
-from visionattn.engine import seg_collate
+from visionattn.heads.segmentation.task import seg_collate
 
 data_root = 'data/Synapse'
 img_size = 224

@@ -1,11 +1,12 @@
-# Synthetic shapes (visionattn.data.SyntheticShapesDataset): disks, rotated rectangles and triangles of random colour
-# on smooth RGB noise, 64x64, 4 classes with the background; generated on the fly, nothing to download. Training
-# uses mmseg's ADE20K augmentation scaled to 64 pixels, with a milder resize range for short runs (random resize
-# 0.75-1.5, crop, flip, photometric distortion).
+# Synthetic shapes (visionattn.heads.segmentation.data.SyntheticShapesDataset): disks, rotated rectangles and
+# triangles of random colour on smooth RGB noise, 64x64, 4 classes with the background; generated on the fly, nothing
+# to download. Training uses mmseg's ADE20K augmentation scaled to 64 pixels, with a milder resize range for short
+# runs (random resize 0.75-1.5, crop, flip, photometric distortion).
 from mmengine.dataset import DefaultSampler, InfiniteSampler
-
-from visionattn.data import SyntheticShapesDataset, segmentation_transforms
-from visionattn.engine import IoUMetric, seg_collate
+from visionattn.heads.segmentation.data import SyntheticShapesDataset
+from visionattn.heads.segmentation.evaluation import IoUMetric
+from visionattn.heads.segmentation.task import seg_collate
+from visionattn.heads.segmentation.transforms import segmentation_transforms
 
 img_size = 64
 num_classes = 4

@@ -5,9 +5,9 @@
 # non-crowd box are left out of training (detectron2's filter_empty). Test: shorter side 800, longer <= 1333.
 # 2 images a GPU; box AP from pycocotools on val2017.
 from mmengine.dataset import DefaultSampler
-
-from visionattn.data import CocoDetection, detection_transforms
-from visionattn.engine import CocoMetric, det_collate
+from visionattn.heads.detection.data import CocoDetection, detection_transforms
+from visionattn.heads.detection.evaluation import CocoMetric
+from visionattn.heads.detection.task import det_collate
 
 data_root = 'data/coco'
 num_classes = 80

@@ -5,8 +5,7 @@
 # denoising queries (label noise 0.5, box noise 1.0), foreground keep ratio 0.5 with cascade ratios 1.0-0.2, dual
 # attention on the top 300 tokens, top-300 outputs; focal/L1/GIoU weights 1/5/2 and the foreground loss 1.5.
 from visionattn.heads.detection import FocusDETR
-
-from visionattn.engine import DetDataPreprocessor, Detector
+from visionattn.heads.detection.task import DetDataPreprocessor, Detector
 
 num_classes = 80
 model = dict(

@@ -1,12 +1,12 @@
-# Synthetic COCO shapes (visionattn.data.SyntheticCocoDetection): 1-5 rectangles, ellipses and triangles of random
-# colour and size on textured backgrounds, 128x128, written in COCO format under data/synthetic_coco_shapes on first
-# use (nothing to download). DETR's augmentation scaled to the image: flip, then the shorter side to 96-160 (longer
-# <= 213), or to 96/112/128, a 72-112 crop and the multi-scale resize; test at 128. Box AP from pycocotools on the
-# generated annotation file.
+# Synthetic COCO shapes (visionattn.heads.detection.data.SyntheticCocoDetection): 1-5 rectangles, ellipses and
+# triangles of random colour and size on textured backgrounds, 128x128, written in COCO format under
+# data/synthetic_coco_shapes on first use (nothing to download). DETR's augmentation scaled to the image: flip, then
+# the shorter side to 96-160 (longer <= 213), or to 96/112/128, a 72-112 crop and the multi-scale resize; test at 128.
+# Box AP from pycocotools on the generated annotation file.
 from mmengine.dataset import DefaultSampler
-
-from visionattn.data import SyntheticCocoDetection, detection_transforms
-from visionattn.engine import CocoMetric, det_collate
+from visionattn.heads.detection.data import SyntheticCocoDetection, detection_transforms
+from visionattn.heads.detection.evaluation import CocoMetric
+from visionattn.heads.detection.task import det_collate
 
 synthetic_root = 'data/synthetic_coco_shapes'
 img_size = 128

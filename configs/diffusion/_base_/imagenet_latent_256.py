@@ -7,9 +7,9 @@ from mmengine.config import read_base
 from mmengine.dataset import DefaultSampler, InfiniteSampler
 from mmengine.hooks import EMAHook
 from mmengine.runner import IterBasedTrainLoop, TestLoop, ValLoop
-
-from visionattn.data.diffusion import ImageFolderCannyDataset
-from visionattn.engine.diffusion import DiffusionModel, SampleQualityMetric, diffusion_collate
+from visionattn.heads.diffusion.data import ImageFolderCannyDataset
+from visionattn.heads.diffusion.evaluation import SampleQualityMetric
+from visionattn.heads.diffusion.task import DiffusionModel, diffusion_collate
 
 with read_base():
     from ..._base_.default_runtime import *

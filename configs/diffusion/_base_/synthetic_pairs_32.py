@@ -1,10 +1,10 @@
-# Synthetic paired data for diffusion smoke runs (visionattn.data.diffusion.SyntheticDiffusionPairs): one filled
+# Synthetic paired data for diffusion smoke runs (visionattn.heads.diffusion.data.SyntheticDiffusionPairs): one filled
 # disk / square / triangle (the class) on a colour gradient, 32x32 RGB, with its Canny edge map as the control.
 # Generated on the fly and deterministic per index; nothing to download. Diffusion runs in pixel space.
 from mmengine.dataset import DefaultSampler, InfiniteSampler
-
-from visionattn.data.diffusion import SyntheticDiffusionPairs
-from visionattn.engine.diffusion import ControlFidelityMetric, SampleQualityMetric, diffusion_collate
+from visionattn.heads.diffusion.data import SyntheticDiffusionPairs
+from visionattn.heads.diffusion.evaluation import ControlFidelityMetric, SampleQualityMetric
+from visionattn.heads.diffusion.task import diffusion_collate
 
 img_size = 32
 num_classes = 3

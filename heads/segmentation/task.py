@@ -1,25 +1,29 @@
-"""Semantic segmentation as an mmengine model: collate, data preprocessor, the Segmentor task model, the
-IoU metric and the ``--show-dir`` overlay hook. Networks are plain modules (heads/segmentation) mapping float
-images to class logits; the Segmentor adds the loss, resizing, padding and prediction API."""
+"""Semantic segmentation as an mmengine model: collate, data preprocessor, the default loss, the Segmentor task
+model and the ``--show-dir`` overlay hook; the segmentation datasets are registered here. Networks are plain modules
+(:mod:`.decoders`, :mod:`.paratranscnn`) mapping float images to class logits; the Segmentor adds the loss, resizing,
+padding and prediction API."""
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.evaluator import BaseMetric
-from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement
 
-from .base import NormalizePadPreprocessor, TaskModel, batch_canvas, pad_to, parse_total_loss
-from .hooks import ShowDirHook
-from .registry import FUNCTIONS, HOOKS, METRICS, MODELS
+from visionattn.engine.base import NormalizePadPreprocessor, TaskModel, batch_canvas, pad_to, parse_total_loss
+from visionattn.engine.hooks import ShowDirHook
+from visionattn.engine.registry import DATASETS, FUNCTIONS, HOOKS, MODELS
 
-__all__ = ['seg_collate', 'SegDataPreprocessor', 'SegCrossEntropyLoss', 'Segmentor', 'IoUMetric',
-           'SegPredictionImagesHook', 'AUX_LOSS_WEIGHT']
+from .data import IGNORE_INDEX, ADE20KDataset, SegFolderDataset, SyntheticShapesDataset
 
-IGNORE_INDEX = 255
+__all__ = ['seg_collate', 'SegDataPreprocessor', 'SegCrossEntropyLoss', 'Segmentor', 'SegPredictionImagesHook',
+           'AUX_LOSS_WEIGHT']
+
 AUX_LOSS_WEIGHT = 0.4  # mmseg's UPerNet configs weigh the FCN auxiliary head's cross-entropy by 0.4
+
+DATASETS.register_module(module=ADE20KDataset)
+DATASETS.register_module(module=SegFolderDataset)
+DATASETS.register_module(module=SyntheticShapesDataset)
 
 
 @FUNCTIONS.register_module()
@@ -235,85 +239,6 @@ class Segmentor(TaskModel):
     def parse_losses(self, losses: Dict[str, torch.Tensor]):
         """Back-propagates ``losses['loss']`` only; see :func:`parse_total_loss`."""
         return parse_total_loss(losses)
-
-
-def metric_num_classes(metric: BaseMetric, sample: Dict) -> int:
-    """A segmentation metric's class count: its ``num_classes``, else the dataset's classes, else the logits'."""
-    if metric.num_classes is not None:
-        return metric.num_classes
-    classes = (metric.dataset_meta or {}).get('classes')
-    if classes:
-        return len(classes)
-    if 'seg_logits' in sample:
-        return int(sample['seg_logits'].shape[0])
-    raise ValueError(f'{type(metric).__name__} needs num_classes, a dataset with classes, or seg_logits in the '
-                     'predictions')
-
-
-@METRICS.register_module()
-class IoUMetric(BaseMetric):
-    """mIoU, mAcc and aAcc (%), and per-class IoU, from a confusion matrix summed over the dataset (exact).
-
-    Each batch adds a ``num_classes x num_classes`` count matrix (``torch.bincount`` of true x predicted) over the
-    pixels whose label is not ``ignore_index``. IoU = TP / (TP + FP + FN) per class; mIoU and mAcc average over the
-    classes that occur in the ground truth or the predictions (mmseg's nanmean); aAcc = correct / labelled pixels.
-    Keys: 'mIoU', 'mAcc', 'aAcc', and with ``classwise`` 'IoU.<class name>' per class (names from the dataset's
-    ``classes``, else the index). A per-class table goes to the log either way.
-
-    Args:
-        num_classes: Classes; default the dataset's ``classes`` count, else the predictions' logit channels.
-        ignore_index: Label that is not evaluated.
-        classwise: Return the per-class IoU too.
-    """
-    default_prefix = ''
-
-    def __init__(self, num_classes: Optional[int] = None, ignore_index: int = IGNORE_INDEX, classwise: bool = True,
-                 collect_device: str = 'cpu', prefix: Optional[str] = None):
-        super().__init__(collect_device=collect_device, prefix=prefix)
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.classwise = classwise
-
-    def _classes(self, sample: Dict) -> int:
-        return metric_num_classes(self, sample)
-
-    def process(self, data_batch, data_samples: Sequence[Dict]) -> None:
-        confusion = None
-        for sample in data_samples:
-            k = self._classes(sample)
-            pred = sample['pred_sem_seg']
-            pred = (pred['data'] if isinstance(pred, dict) else pred).reshape(-1).long().cpu()
-            gt = sample['gt_sem_seg']
-            gt = (gt['data'] if isinstance(gt, dict) else gt).reshape(-1).long().cpu()
-            if pred.numel() != gt.numel():
-                raise ValueError(f'pred_sem_seg has {pred.numel()} pixels, gt_sem_seg {gt.numel()}')
-            valid = gt != self.ignore_index
-            if bool(((gt[valid] < 0) | (gt[valid] >= k)).any()):
-                raise ValueError(f'gt_sem_seg holds labels outside 0..{k - 1} besides ignore_index '
-                                 f'{self.ignore_index}: {sorted(set(gt[valid].tolist()) - set(range(k)))[:10]}')
-            counts = torch.bincount(gt[valid] * k + pred[valid].clamp(0, k - 1), minlength=k * k).view(k, k)
-            confusion = counts if confusion is None else confusion + counts
-        if confusion is not None:
-            self.results.append(confusion)
-
-    def compute_metrics(self, results: List[torch.Tensor]) -> Dict[str, float]:
-        confusion = torch.stack(results).sum(0).double()
-        true_positive = confusion.diag()
-        labelled = confusion.sum(1)
-        union = labelled + confusion.sum(0) - true_positive
-        iou = true_positive / union  # NaN for classes absent from both ground truth and predictions
-        acc = true_positive / labelled
-        metrics = {'aAcc': 100.0 * (true_positive.sum() / labelled.sum().clamp(min=1)).item(),
-                   'mIoU': 100.0 * float(np.nanmean(iou.numpy())) if union.gt(0).any() else float('nan'),
-                   'mAcc': 100.0 * float(np.nanmean(acc.numpy())) if labelled.gt(0).any() else float('nan')}
-        names = list((self.dataset_meta or {}).get('classes') or [])
-        names = [str(names[i]) if i < len(names) else str(i) for i in range(len(iou))]
-        rows = '\n'.join(f'{n:>20} {100 * a:8.2f} {100 * b:8.2f}' for n, a, b in zip(names, iou.tolist(),
-                                                                                  acc.tolist()))
-        print_log(f'per-class results:\n{"class":>20} {"IoU":>8} {"Acc":>8}\n{rows}', logger='current')
-        if self.classwise:
-            metrics.update({f'IoU.{n}': 100.0 * v for n, v in zip(names, iou.tolist())})
-        return metrics
 
 
 def _palette(num_classes: int) -> np.ndarray:

@@ -1,33 +1,28 @@
-"""Object detection as an mmengine model: collate, data preprocessor, the Detector task model, COCO box AP through
-pycocotools and the ``--show-dir`` box-drawing hook.
+"""Object detection as an mmengine model: collate, data preprocessor, the Detector task model and the
+``--show-dir`` box-drawing hook; the detection datasets are registered here.
 
-Networks are plain modules (heads/detection, e.g. Focus-DETR) with ``loss(images, pad_mask, targets)`` and
-``predict(images, pad_mask, image_sizes)``; targets hold labels and cxcywh boxes normalised by each image's
-unpadded size. The Detector converts the data samples' boxes (x1y1x2y2 in input pixels) to that form and maps
-predictions back to the original images.
+Networks are plain modules (e.g. :class:`~visionattn.heads.detection.focus_detr.FocusDETR`) with ``loss(images,
+pad_mask, targets)`` and ``predict(images, pad_mask, image_sizes)``; targets hold labels and cxcywh boxes normalised
+by each image's unpadded size. The Detector converts the data samples' boxes (x1y1x2y2 in input pixels) to that form
+and maps predictions back to the original images. COCO box AP is in :mod:`.evaluation`.
 """
-import contextlib
-import io
-import json
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
-from mmengine.evaluator import BaseMetric
-from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement, InstanceData
 
-from .base import NormalizePadPreprocessor, TaskModel, batch_canvas, pad_to, parse_total_loss
-from .hooks import ShowDirHook
-from .registry import FUNCTIONS, HOOKS, METRICS, MODELS
+from visionattn.engine.base import NormalizePadPreprocessor, TaskModel, batch_canvas, pad_to, parse_total_loss
+from visionattn.engine.hooks import ShowDirHook
+from visionattn.engine.registry import DATASETS, FUNCTIONS, HOOKS, MODELS
 
-__all__ = ['det_collate', 'DetDataPreprocessor', 'Detector', 'CocoMetric', 'DetPredictionImagesHook',
-           'make_pad_mask', 'COCO_METRIC_KEYS']
+from .data import CocoDetection, SyntheticCocoDetection
 
-# COCOeval's first six statistics, under mmdet's names (with the metric's 'coco' prefix: 'coco/bbox_mAP', ...).
-COCO_METRIC_KEYS = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m', 'bbox_mAP_l')
+__all__ = ['det_collate', 'DetDataPreprocessor', 'Detector', 'DetPredictionImagesHook', 'make_pad_mask']
+
+DATASETS.register_module(module=CocoDetection)
+DATASETS.register_module(module=SyntheticCocoDetection)
 
 
 @FUNCTIONS.register_module()
@@ -35,7 +30,7 @@ def det_collate(batch: Sequence[Dict]) -> Dict:
     """Pad a batch of detection items to the largest image (bottom/right, 0) and make one data sample per item.
 
     Items are ``{'img': uint8 [C, H, W], 'gt_bboxes': [n, 4] x1y1x2y2 pixels, 'gt_labels': [n], 'meta': dict}``
-    (:class:`visionattn.data.detection.CocoDetection`). Each sample holds ``gt_instances`` (InstanceData with
+    (:class:`~visionattn.heads.detection.data.CocoDetection`). Each sample holds ``gt_instances`` (InstanceData with
     ``bboxes`` float32 and ``labels`` int64) and the meta as metainfo: 'img_shape' (the image's size before
     padding), 'ori_shape', 'scale_factor' (w, h), 'img_id', 'index', 'instances' (original annotations).
     """
@@ -202,168 +197,6 @@ class Detector(TaskModel):
     def parse_losses(self, losses: Dict[str, torch.Tensor]):
         """Back-propagates ``losses['loss']`` only; see :func:`parse_total_loss`."""
         return parse_total_loss(losses)
-
-
-def _tensor(value) -> np.ndarray:
-    if isinstance(value, dict):  # InstanceData fields after BaseDataElement.to_dict()
-        value = value['data'] if 'data' in value else value
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def _field(sample: Dict, name: str) -> Dict:
-    value = sample.get(name)
-    if value is None:
-        return {}
-    if isinstance(value, BaseDataElement):
-        return value.to_dict()
-    return dict(value)
-
-
-@METRICS.register_module()
-class CocoMetric(BaseMetric):
-    """COCO box AP with pycocotools' COCOeval: 'coco/bbox_mAP' (AP at IoU .50:.95), 'coco/bbox_mAP_50',
-    'coco/bbox_mAP_75', 'coco/bbox_mAP_s', 'coco/bbox_mAP_m', 'coco/bbox_mAP_l' (0..1, mmdet's keys).
-
-    The ground truth is the annotation file (``ann_file``, else the dataset's, from its metainfo) restricted to
-    the images evaluated, or, with ``use_ann_file=False`` or no file, the original annotations the samples carry
-    (``instances`` in the metainfo, crowd boxes flagged). Predicted labels are mapped back to category ids with
-    the dataset's ``cat_ids``.
-
-    Args:
-        ann_file: COCO annotation JSON; default the dataset's.
-        use_ann_file: Evaluate against the annotation file when one is known.
-        classwise: Also report the AP of each class ('coco/<name>_precision').
-        proposal_nums: COCOeval's maxDets (the last one counts for AP).
-        outfile_prefix: Write the detections in COCO's results format to ``<prefix>.bbox.json``.
-        format_only: Only write the results file, return no metrics.
-        collect_device: Device results are gathered on across processes.
-        prefix: Key prefix, 'coco' by default.
-    """
-    default_prefix = 'coco'
-
-    def __init__(self, ann_file: Optional[str] = None, use_ann_file: bool = True, classwise: bool = False,
-                 proposal_nums: Sequence[int] = (1, 10, 100), outfile_prefix: Optional[str] = None,
-                 format_only: bool = False, collect_device: str = 'cpu', prefix: Optional[str] = None):
-        super().__init__(collect_device=collect_device, prefix=prefix)
-        if format_only and outfile_prefix is None:
-            raise ValueError('format_only needs an outfile_prefix to write the results to')
-        self.ann_file = ann_file
-        self.use_ann_file = use_ann_file
-        self.classwise = classwise
-        self.proposal_nums = tuple(int(n) for n in proposal_nums)
-        self.outfile_prefix = outfile_prefix
-        self.format_only = format_only
-
-    def process(self, data_batch, data_samples: Sequence[Dict]) -> None:
-        for sample in data_samples:
-            pred = _field(sample, 'pred_instances')
-            if not pred:
-                raise ValueError('CocoMetric needs pred_instances (bboxes, scores, labels) in the predictions')
-            meta = sample.get('metainfo', sample)
-            img_id = meta.get('img_id', meta.get('index'))
-            if img_id is None:
-                raise ValueError('CocoMetric needs an img_id (or index) in each sample\'s metainfo')
-            ori_h, ori_w = meta.get('ori_shape', meta.get('img_shape'))
-            self.results.append({
-                'img_id': int(img_id), 'height': int(ori_h), 'width': int(ori_w),
-                'bboxes': _tensor(pred['bboxes']).astype(np.float64).reshape(-1, 4),
-                'scores': _tensor(pred['scores']).astype(np.float64).reshape(-1),
-                'labels': _tensor(pred['labels']).astype(np.int64).reshape(-1),
-                'instances': meta.get('instances'),
-            })
-
-    def _cat_ids(self, coco_gt=None) -> List[int]:
-        cat_ids = (self.dataset_meta or {}).get('cat_ids')
-        if cat_ids:
-            return [int(c) for c in cat_ids]
-        if coco_gt is not None:
-            return sorted(coco_gt.getCatIds())
-        raise ValueError('CocoMetric needs the dataset\'s cat_ids (its metainfo) or an annotation file')
-
-    def _gt_from_samples(self, results: List[Dict], cat_ids: Sequence[int]) -> Dict:
-        names = list((self.dataset_meta or {}).get('classes') or [])
-        images, annotations = [], []
-        for result in results:
-            images.append({'id': result['img_id'], 'width': result['width'], 'height': result['height']})
-            if result['instances'] is None:
-                raise ValueError('CocoMetric without an annotation file needs the original annotations in the '
-                                 "samples ('instances' in the metainfo, as CocoDetection gives)")
-            for inst in result['instances']:
-                x1, y1, x2, y2 = (float(v) for v in inst['bbox'])
-                annotations.append({'id': len(annotations) + 1, 'image_id': result['img_id'],
-                                    'category_id': int(cat_ids[int(inst['bbox_label'])]),
-                                    'bbox': [x1, y1, x2 - x1, y2 - y1],
-                                    'area': float(inst.get('area', (x2 - x1) * (y2 - y1))),
-                                    'iscrowd': int(inst.get('ignore_flag', 0))})
-        categories = [{'id': int(c), 'name': names[i] if i < len(names) else str(c)} for i, c in enumerate(cat_ids)]
-        return {'images': images, 'annotations': annotations, 'categories': categories}
-
-    @staticmethod
-    def _detections(results: List[Dict], cat_ids: Sequence[int]) -> List[Dict]:
-        detections = []
-        for result in results:
-            for box, score, label in zip(result['bboxes'], result['scores'], result['labels']):
-                if not 0 <= label < len(cat_ids):
-                    raise ValueError(f'predicted label {label} is outside the {len(cat_ids)} categories')
-                x1, y1, x2, y2 = (float(v) for v in box)
-                detections.append({'image_id': result['img_id'], 'category_id': int(cat_ids[label]),
-                                   'bbox': [x1, y1, x2 - x1, y2 - y1], 'score': float(score)})
-        return detections
-
-    def compute_metrics(self, results: List[Dict]) -> Dict[str, float]:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-        ann_file = self.ann_file or (self.dataset_meta or {}).get('ann_file')
-        quiet = io.StringIO()
-        if self.use_ann_file and ann_file:
-            with contextlib.redirect_stdout(quiet):
-                coco_gt = COCO(str(ann_file))
-            cat_ids = self._cat_ids(coco_gt)
-        else:
-            cat_ids = self._cat_ids()
-            coco_gt = COCO()
-            coco_gt.dataset = self._gt_from_samples(results, cat_ids)
-            with contextlib.redirect_stdout(quiet):
-                coco_gt.createIndex()
-        img_ids = sorted({r['img_id'] for r in results})
-        missing = [i for i in img_ids if i not in coco_gt.imgs]
-        if missing:
-            raise ValueError(f'{len(missing)} evaluated images are not in the ground truth, e.g. ids {missing[:5]}')
-        detections = self._detections(results, cat_ids)
-        if self.outfile_prefix is not None:
-            out = Path(f'{self.outfile_prefix}.bbox.json')
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(detections))
-            print_log(f'detections written to {out}', logger='current')
-        if self.format_only:
-            return {}
-        if not detections:
-            print_log('CocoMetric: no detections at all, every AP is 0', logger='current', level=30)
-            return {key: 0.0 for key in COCO_METRIC_KEYS}
-        with contextlib.redirect_stdout(quiet):
-            coco_dt = coco_gt.loadRes(detections)
-            evaluator = COCOeval(coco_gt, coco_dt, 'bbox')
-            evaluator.params.imgIds = img_ids
-            evaluator.params.catIds = list(cat_ids)
-            evaluator.params.maxDets = list(self.proposal_nums)
-            evaluator.evaluate()
-            evaluator.accumulate()
-        summary = io.StringIO()
-        with contextlib.redirect_stdout(summary):
-            evaluator.summarize()
-        print_log('\n' + summary.getvalue(), logger='current')
-        metrics = {key: float(value) for key, value in zip(COCO_METRIC_KEYS, evaluator.stats[:6])}
-        if self.classwise:
-            names = list((self.dataset_meta or {}).get('classes') or [])
-            precision = evaluator.eval['precision']  # [iou, recall, class, area, max dets]
-            for k, cat in enumerate(cat_ids):
-                values = precision[:, :, k, 0, -1]
-                values = values[values > -1]
-                name = names[k] if k < len(names) else str(cat)
-                metrics[f'{name}_precision'] = float(values.mean()) if values.size else float('nan')
-        return metrics
 
 
 def _colour(label: int) -> Tuple[int, int, int]:

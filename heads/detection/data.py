@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from albumentations.augmentations.crops.transforms import BaseCrop
 
-from .base import SeededDataset, to_rgb
+from visionattn.data.base import SeededDataset, to_rgb
 
 __all__ = ['CocoDetection', 'SyntheticCocoDetection', 'make_synthetic_coco', 'detection_transforms',
            'ResizeShortestEdge', 'AbsoluteRangeCrop', 'DETR_TRAIN_SCALES', 'SYNTHETIC_SHAPE_KINDS']

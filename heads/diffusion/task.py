@@ -1,16 +1,12 @@
-"""Diffusion as an mmengine model: collate, data preprocessor, the DiffusionModel task model (epsilon-prediction
-training with diffusers' DDPMScheduler, sampling with DPM-Solver++ / DDIM / DDPM and classifier-free guidance), the
-ControlledDiffusionModel for control nets such as RelaCtrl, and offline metrics.
+"""Diffusion as an mmengine model: collate, data preprocessor, the :class:`DiffusionModel` task model
+(epsilon-prediction training with diffusers' DDPMScheduler, sampling with DPM-Solver++ / DDIM / DDPM and
+classifier-free guidance), the :class:`ControlledDiffusionModel` for control nets such as RelaCtrl, the
+``tools/test.py --show-dir`` drawing (:class:`DiffusionSamplesHook`); the diffusion datasets are registered here.
 
 The denoiser is any module of the interface in heads/diffusion/dit.py: attributes in_channels, out_channels,
 input_size, num_classes; ``forward(x, t, y=None, **cond)``. Diffusion runs in pixel space (images scaled to [-1, 1])
-unless a VAE is given (diffusers' AutoencoderKL: latents = scaling_factor x the posterior sample).
-
-Metrics (offline proxies; the RelaCtrl paper reports FID for quality and a Hausdorff-distance control score, and
-DiT FID-50K): :class:`ControlFidelityMetric` is the F1 between the control edges and the Canny edges of the
-generated image, matched within a pixel tolerance; :class:`SampleQualityMetric` is PSNR / SSIM of the generated
-image against the real image of the same (label, control) pair, which only makes sense where the condition pins
-the image down, as in the synthetic pairs.
+unless a VAE is given (diffusers' AutoencoderKL: latents = scaling_factor x the posterior sample). The metrics are in
+:mod:`visionattn.heads.diffusion.evaluation`.
 """
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -18,18 +14,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseDataPreprocessor
 from mmengine.structures import BaseDataElement
 
-from visionattn.data.diffusion import ImageFolderCannyDataset, SyntheticDiffusionPairs, canny_edges
+from visionattn.engine.base import TaskModel
+from visionattn.engine.hooks import ShowDirHook
+from visionattn.engine.registry import DATASETS, FUNCTIONS, HOOKS, MODELS
 
-from .base import TaskModel
-from .hooks import ShowDirHook
-from .registry import DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
+from .data import ImageFolderCannyDataset, SyntheticDiffusionPairs
+from .evaluation import as_numpy
 
 __all__ = ['diffusion_collate', 'DiffusionDataPreprocessor', 'DiffusionModel', 'ControlledDiffusionModel',
-           'ControlFidelityMetric', 'SampleQualityMetric', 'DiffusionSamplesHook', 'edge_f1']
+           'DiffusionSamplesHook']
 
 SAMPLERS = ('dpm_solver', 'ddim', 'ddpm')
 DATASETS.register_module(module=SyntheticDiffusionPairs)
@@ -305,7 +301,7 @@ class ControlledDiffusionModel(DiffusionModel):
     def init_weights(self) -> None:
         """Loads the trained base into the control net (its ``load_base``) before training, then the init_cfg."""
         if hasattr(self.denoiser, 'load_base'):
-            from .runner import load_training_checkpoint
+            from visionattn.engine.runner import load_training_checkpoint
             self.denoiser.load_base(loader=load_training_checkpoint)
         super().init_weights()
 
@@ -350,7 +346,7 @@ class DiffusionSamplesHook(ShowDirHook):
 
     @staticmethod
     def _rgb(image) -> np.ndarray:
-        image = _as_numpy(image)
+        image = as_numpy(image)
         if image.ndim == 4:  # [C, T, H, W]
             image = image[:, image.shape[1] // 2]
         image = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image[:3]
@@ -371,94 +367,3 @@ class DiffusionSamplesHook(ShowDirHook):
 
 
 DiffusionModel.show_hook = DiffusionSamplesHook
-
-
-def edge_f1(pred_edges: np.ndarray, gt_edges: np.ndarray, tolerance: int = 1) -> Dict[str, float]:
-    """Precision / recall / F1 of binary edge maps, a pixel counting as matched within ``tolerance`` pixels
-    (chessboard distance) of an edge of the other map. Two empty maps score 1; one empty map scores 0."""
-    from scipy.ndimage import binary_dilation
-    pred_edges, gt_edges = np.asarray(pred_edges, bool), np.asarray(gt_edges, bool)
-    if pred_edges.shape != gt_edges.shape:
-        raise ValueError(f'edge maps differ in shape: {pred_edges.shape} vs {gt_edges.shape}')
-    if not pred_edges.any() and not gt_edges.any():
-        return {'precision': 1.0, 'recall': 1.0, 'f1': 1.0}
-    structure = np.ones((2 * tolerance + 1,) * 2, bool)
-    near_gt = binary_dilation(gt_edges, structure) if tolerance > 0 else gt_edges
-    near_pred = binary_dilation(pred_edges, structure) if tolerance > 0 else pred_edges
-    precision = float((pred_edges & near_gt).sum() / max(pred_edges.sum(), 1))
-    recall = float((gt_edges & near_pred).sum() / max(gt_edges.sum(), 1))
-    f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-    return {'precision': precision, 'recall': recall, 'f1': f1}
-
-
-def _as_numpy(x) -> np.ndarray:
-    """A data sample's field as a NumPy array: tensors from the GPU (or needing grad) are detached and copied first."""
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-@METRICS.register_module()
-class ControlFidelityMetric(BaseMetric):
-    """Edge-map F1 between each sample's control edges and the Canny edges of its generated image (``pred_img``),
-    and of the uncontrolled ``base_img`` where present (``base_*`` keys): the control fidelity proxy.
-
-    Args:
-        tolerance: Matching tolerance in pixels.
-        canny_sigma: Canny sigma for the generated images (that of the dataset's control maps).
-    """
-    default_prefix = 'diffusion'
-
-    def __init__(self, tolerance: int = 1, canny_sigma: float = 1.0, collect_device: str = 'cpu',
-                 prefix: Optional[str] = None):
-        super().__init__(collect_device=collect_device, prefix=prefix)
-        self.tolerance, self.canny_sigma = tolerance, canny_sigma
-
-    def process(self, data_batch, data_samples: Sequence) -> None:
-        for sample in data_samples:
-            sample = sample.to_dict() if hasattr(sample, 'to_dict') else sample
-            if sample.get('control') is None:
-                raise KeyError('ControlFidelityMetric needs the control map in each data sample')
-            control = _as_numpy(sample['control'])
-            control = control.reshape(control.shape[-2:]) > 0
-            result = {}
-            for key, prefix in (('pred_img', ''), ('base_img', 'base_')):
-                if sample.get(key) is None:
-                    continue
-                image = _as_numpy(sample[key]).transpose(1, 2, 0)
-                scores = edge_f1(canny_edges(image, self.canny_sigma), control, self.tolerance)
-                result.update({prefix + k: v for k, v in scores.items()})
-            self.results.append(result)
-
-    def compute_metrics(self, results: List[Dict]) -> Dict[str, float]:
-        keys = sorted({k for r in results for k in r})
-        renamed = {'f1': 'control_f1', 'precision': 'control_precision', 'recall': 'control_recall',
-                   'base_f1': 'base_control_f1', 'base_precision': 'base_control_precision',
-                   'base_recall': 'base_control_recall'}
-        return {renamed[k]: float(np.mean([r[k] for r in results if k in r])) for k in keys}
-
-
-@METRICS.register_module()
-class SampleQualityMetric(BaseMetric):
-    """Reconstruction-style quality proxy: PSNR (dB) and SSIM of ``pred_img`` (and ``base_img``) against the real
-    image ``gt_img`` of the same condition."""
-    default_prefix = 'diffusion'
-
-    def process(self, data_batch, data_samples: Sequence) -> None:
-        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-        for sample in data_samples:
-            sample = sample.to_dict() if hasattr(sample, 'to_dict') else sample
-            real = _as_numpy(sample['gt_img'])
-            result = {}
-            for key, prefix in (('pred_img', ''), ('base_img', 'base_')):
-                if sample.get(key) is None:
-                    continue
-                fake = _as_numpy(sample[key])
-                result[prefix + 'psnr'] = float(peak_signal_noise_ratio(real, fake, data_range=255))
-                if real.ndim == 3 and min(real.shape[-2:]) >= 7:
-                    result[prefix + 'ssim'] = float(structural_similarity(real, fake, channel_axis=0,
-                                                                          data_range=255))
-            self.results.append(result)
-
-    def compute_metrics(self, results: List[Dict]) -> Dict[str, float]:
-        keys = sorted({k for r in results for k in r})
-        return {k: float(np.mean([r[k] for r in results if k in r])) for k in keys}
-

@@ -15,9 +15,10 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import torch
 
-from .base import IMAGE_EXTENSIONS, SeededDataset
+from visionattn.data.base import IMAGE_EXTENSIONS, SeededDataset
 
-__all__ = ['SegFolderDataset', 'ADE20KDataset', 'SyntheticShapesDataset', 'ADE20K_CLASSES', 'SHAPE_KINDS']
+__all__ = ['SegFolderDataset', 'ADE20KDataset', 'SyntheticShapesDataset', 'ADE20K_CLASSES', 'SHAPE_KINDS',
+           'IGNORE_INDEX']
 
 IGNORE_INDEX = 255
 

@@ -5,7 +5,8 @@ aspect ratio to ``img_scale`` times a ratio drawn from ``scale`` (0.5-2), random
 than ``cat_max_ratio`` of the labelled pixels (up to 10 tries), horizontal flip, photometric distortion, and padding
 to the crop size (image with the mean colour, i.e. 0 once normalised as mmseg pads; mask with 255). The test
 pipeline resizes keeping the aspect ratio to ``img_scale``. Outputs are uint8 HWC images and integer masks;
-normalisation happens on the device in the engine's data preprocessor.
+normalisation happens on the device in the data preprocessor
+(:class:`~visionattn.heads.segmentation.task.SegDataPreprocessor`).
 """
 from typing import Any, Dict, Optional, Sequence, Tuple
 

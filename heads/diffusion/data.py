@@ -1,6 +1,7 @@
 """Paired data for (controlled) diffusion: an image, its class and its Canny edge map (RelaCtrl's canny control).
 
 Items are ``{'img': uint8 [3, H, W], 'gt_label': int, 'control': uint8 [1, H, W] (0/255 edges), 'meta': dict}``.
+The datasets are registered by :mod:`visionattn.heads.diffusion.task`.
 """
 from pathlib import Path
 from typing import Dict, Sequence, Tuple, Union
@@ -10,7 +11,7 @@ import torch
 from skimage.draw import disk, polygon
 from skimage.feature import canny
 
-from .base import SeededDataset, to_rgb
+from visionattn.data.base import SeededDataset, to_rgb
 
 __all__ = ['canny_edges', 'SyntheticDiffusionPairs', 'ImageFolderCannyDataset']
 
