@@ -97,6 +97,76 @@ def xyxy_to_cxcywh_normalised(boxes: torch.Tensor, size: Tuple[int, int]) -> tor
     return out / out.new_tensor([w, h, w, h])
 
 
+def _colour(label: int) -> Tuple[int, int, int]:
+    rng = np.random.default_rng(label + 7)
+    return tuple(int(c) for c in rng.integers(60, 256, size=3))
+
+
+@HOOKS.register_module()
+class DetPredictionImagesHook(ShowDirHook):
+    """Saves, per test image, its predicted boxes above ``score_thr`` (class name and score beside each) next to
+    its ground-truth boxes, at the original image size, to ``out_dir`` (tools/test.py --show-dir).
+
+    Args:
+        out_dir: Folder to write PNGs to.
+        max_images: Stop after this many images.
+        score_thr: Draw predictions scoring at least this.
+    """
+
+    def __init__(self, out_dir: str, max_images: int = 64, score_thr: float = 0.3):
+        super().__init__(out_dir, max_images)
+        self.score_thr = score_thr
+
+    @staticmethod
+    def _draw(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: Optional[np.ndarray],
+              names: Sequence[str]) -> np.ndarray:
+        from PIL import Image, ImageDraw
+        canvas = Image.fromarray(image)
+        draw = ImageDraw.Draw(canvas)
+        for i, (box, label) in enumerate(zip(boxes, labels)):
+            colour = _colour(int(label))
+            x1, y1, x2, y2 = (float(v) for v in box)
+            draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=colour, width=2)
+            text = names[label] if 0 <= label < len(names) else str(int(label))
+            if scores is not None:
+                text = f'{text} {scores[i]:.2f}'
+            draw.text((x1 + 2, max(0.0, y1 - 11)), text, fill=colour)
+        return np.asarray(canvas)
+
+    def draw(self, runner, img, sample):
+        from PIL import Image
+        names = tuple(runner.test_dataloader.dataset.metainfo.get('classes', ()))
+        h, w = sample.metainfo.get('img_shape', img.shape[-2:])
+        image = img[:3, :h, :w].cpu()
+        image = image.expand(3, -1, -1) if image.shape[0] == 1 else image
+        image = image.permute(1, 2, 0).numpy().astype(np.uint8)
+        ori_h, ori_w = sample.metainfo.get('ori_shape', (h, w))
+        if (ori_h, ori_w) != (h, w):  # predictions are in the original image's pixels: show it there
+            image = np.asarray(Image.fromarray(image).resize((ori_w, ori_h), Image.BILINEAR))
+        pred = sample.pred_instances
+        keep = (pred.scores >= self.score_thr).cpu().numpy()
+        panels = [self._draw(image, pred.bboxes.cpu().numpy()[keep], pred.labels.cpu().numpy()[keep],
+                             pred.scores.cpu().numpy()[keep], names)]
+        instances = sample.metainfo.get('instances')
+        if instances is not None:
+            gt_boxes = np.asarray([i['bbox'] for i in instances], np.float32).reshape(-1, 4)
+            gt_labels = np.asarray([i['bbox_label'] for i in instances], np.int64)
+        elif sample.get('gt_instances') is not None:
+            scale_w, scale_h = sample.metainfo.get('scale_factor', (1.0, 1.0))
+            gt_boxes = sample.gt_instances.bboxes.cpu().numpy() / np.array([scale_w, scale_h] * 2)
+            gt_labels = sample.gt_instances.labels.cpu().numpy()
+        else:
+            gt_boxes = None
+        if gt_boxes is not None:
+            panels.append(self._draw(image, gt_boxes, gt_labels, None, names))
+        gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
+        canvas = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+        return canvas, f"img-{sample.metainfo.get('img_id', sample.metainfo.get('index', self._written))}"
+
+
+# tools/test.py --show-dir asks the model which hook draws its predictions.
+
+
 @MODELS.register_module()
 class Detector(TaskModel):
     """A DETR-style detection network behind mmengine's ``forward(inputs, data_samples, mode)``.
@@ -111,6 +181,8 @@ class Detector(TaskModel):
         init_cfg: mmengine initialisation config. Without one the network keeps its own initialisation (and
             pretrained backbone): ``init_weights`` does nothing.
     """
+
+    show_hook = DetPredictionImagesHook
 
     def __init__(self, network: Union[Dict, nn.Module], data_preprocessor: Optional[Dict] = None,
                  init_cfg: Optional[Dict] = None):
@@ -197,74 +269,3 @@ class Detector(TaskModel):
     def parse_losses(self, losses: Dict[str, torch.Tensor]):
         """Back-propagates ``losses['loss']`` only; see :func:`parse_total_loss`."""
         return parse_total_loss(losses)
-
-
-def _colour(label: int) -> Tuple[int, int, int]:
-    rng = np.random.default_rng(label + 7)
-    return tuple(int(c) for c in rng.integers(60, 256, size=3))
-
-
-@HOOKS.register_module()
-class DetPredictionImagesHook(ShowDirHook):
-    """Saves, per test image, its predicted boxes above ``score_thr`` (class name and score beside each) next to
-    its ground-truth boxes, at the original image size, to ``out_dir`` (tools/test.py --show-dir).
-
-    Args:
-        out_dir: Folder to write PNGs to.
-        max_images: Stop after this many images.
-        score_thr: Draw predictions scoring at least this.
-    """
-
-    def __init__(self, out_dir: str, max_images: int = 64, score_thr: float = 0.3):
-        super().__init__(out_dir, max_images)
-        self.score_thr = score_thr
-
-    @staticmethod
-    def _draw(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: Optional[np.ndarray],
-              names: Sequence[str]) -> np.ndarray:
-        from PIL import Image, ImageDraw
-        canvas = Image.fromarray(image)
-        draw = ImageDraw.Draw(canvas)
-        for i, (box, label) in enumerate(zip(boxes, labels)):
-            colour = _colour(int(label))
-            x1, y1, x2, y2 = (float(v) for v in box)
-            draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=colour, width=2)
-            text = names[label] if 0 <= label < len(names) else str(int(label))
-            if scores is not None:
-                text = f'{text} {scores[i]:.2f}'
-            draw.text((x1 + 2, max(0.0, y1 - 11)), text, fill=colour)
-        return np.asarray(canvas)
-
-    def draw(self, runner, img, sample):
-        from PIL import Image
-        names = tuple(runner.test_dataloader.dataset.metainfo.get('classes', ()))
-        h, w = sample.metainfo.get('img_shape', img.shape[-2:])
-        image = img[:3, :h, :w].cpu()
-        image = image.expand(3, -1, -1) if image.shape[0] == 1 else image
-        image = image.permute(1, 2, 0).numpy().astype(np.uint8)
-        ori_h, ori_w = sample.metainfo.get('ori_shape', (h, w))
-        if (ori_h, ori_w) != (h, w):  # predictions are in the original image's pixels: show it there
-            image = np.asarray(Image.fromarray(image).resize((ori_w, ori_h), Image.BILINEAR))
-        pred = sample.pred_instances
-        keep = (pred.scores >= self.score_thr).cpu().numpy()
-        panels = [self._draw(image, pred.bboxes.cpu().numpy()[keep], pred.labels.cpu().numpy()[keep],
-                             pred.scores.cpu().numpy()[keep], names)]
-        instances = sample.metainfo.get('instances')
-        if instances is not None:
-            gt_boxes = np.asarray([i['bbox'] for i in instances], np.float32).reshape(-1, 4)
-            gt_labels = np.asarray([i['bbox_label'] for i in instances], np.int64)
-        elif sample.get('gt_instances') is not None:
-            scale_w, scale_h = sample.metainfo.get('scale_factor', (1.0, 1.0))
-            gt_boxes = sample.gt_instances.bboxes.cpu().numpy() / np.array([scale_w, scale_h] * 2)
-            gt_labels = sample.gt_instances.labels.cpu().numpy()
-        else:
-            gt_boxes = None
-        if gt_boxes is not None:
-            panels.append(self._draw(image, gt_boxes, gt_labels, None, names))
-        gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
-        canvas = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
-        return canvas, f"img-{sample.metainfo.get('img_id', sample.metainfo.get('index', self._written))}"
-
-
-# tools/test.py --show-dir asks the model which hook draws its predictions.
-Detector.show_hook = DetPredictionImagesHook

@@ -91,6 +91,45 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
+@HOOKS.register_module()
+class DiffusionSamplesHook(ShowDirHook):
+    """Saves, per test sample, a strip of panels to ``out_dir`` (tools/test.py --show-dir): the control map, the
+    base's sample without the control (``compare_base``), the generated sample and the real image, whichever exist,
+    each enlarged ``scale`` times with its name above. Videos show their middle frame.
+
+    Args:
+        out_dir: Folder to write PNGs to.
+        max_images: Stop after this many samples.
+        scale: Nearest-neighbour enlargement of each panel (the smoke runs' images are 32 pixels).
+    """
+    PANELS = (('control', 'control'), ('base_img', 'base alone'), ('pred_img', 'generated'), ('gt_img', 'real'))
+
+    def __init__(self, out_dir: str, max_images: int = 64, scale: int = 4):
+        super().__init__(out_dir, max_images)
+        self.scale = scale
+
+    @staticmethod
+    def _rgb(image) -> np.ndarray:
+        image = as_numpy(image)
+        if image.ndim == 4:  # [C, T, H, W]
+            image = image[:, image.shape[1] // 2]
+        image = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image[:3]
+        return np.ascontiguousarray(image.transpose(1, 2, 0)).astype(np.uint8)
+
+    def draw(self, runner, image, sample):
+        from PIL import Image, ImageDraw
+        panels = [(title, self._rgb(sample.get(key))) for key, title in self.PANELS if sample.get(key) is not None]
+        height, width = (s * self.scale for s in panels[0][1].shape[:2])
+        canvas = Image.new('RGB', (len(panels) * (width + 4) - 4, height + 16), 'white')
+        for i, (title, panel) in enumerate(panels):
+            x = i * (width + 4)
+            canvas.paste(Image.fromarray(panel).resize((width, height), Image.NEAREST), (x, 16))
+            ImageDraw.Draw(canvas).text((x + 2, 2), title, fill='black')
+        label = sample.get('gt_label')
+        return canvas, (f"index-{sample.metainfo.get('index', self._written)}" if label is None
+                        else f'label-{int(label)}')
+
+
 @MODELS.register_module()
 class DiffusionModel(TaskModel):
     """A denoiser trained to predict the noise, behind mmengine's ``forward(inputs, data_samples, mode)``.
@@ -116,6 +155,8 @@ class DiffusionModel(TaskModel):
         data_preprocessor: Config; default :class:`DiffusionDataPreprocessor`.
         init_cfg: mmengine initialisation config (none: the denoiser keeps its own initialisation).
     """
+
+    show_hook = DiffusionSamplesHook
 
     def __init__(self, denoiser: Union[Dict, nn.Module], num_train_timesteps: int = 1000,
                  beta_schedule: str = 'linear', beta_start: float = 1e-4, beta_end: float = 0.02,
@@ -325,45 +366,3 @@ class ControlledDiffusionModel(DiffusionModel):
             for sample, image in zip(data_samples, _to_uint8(self.decode(x0))):
                 sample.set_data({'base_img': image})
         return data_samples
-
-
-@HOOKS.register_module()
-class DiffusionSamplesHook(ShowDirHook):
-    """Saves, per test sample, a strip of panels to ``out_dir`` (tools/test.py --show-dir): the control map, the
-    base's sample without the control (``compare_base``), the generated sample and the real image, whichever exist,
-    each enlarged ``scale`` times with its name above. Videos show their middle frame.
-
-    Args:
-        out_dir: Folder to write PNGs to.
-        max_images: Stop after this many samples.
-        scale: Nearest-neighbour enlargement of each panel (the smoke runs' images are 32 pixels).
-    """
-    PANELS = (('control', 'control'), ('base_img', 'base alone'), ('pred_img', 'generated'), ('gt_img', 'real'))
-
-    def __init__(self, out_dir: str, max_images: int = 64, scale: int = 4):
-        super().__init__(out_dir, max_images)
-        self.scale = scale
-
-    @staticmethod
-    def _rgb(image) -> np.ndarray:
-        image = as_numpy(image)
-        if image.ndim == 4:  # [C, T, H, W]
-            image = image[:, image.shape[1] // 2]
-        image = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image[:3]
-        return np.ascontiguousarray(image.transpose(1, 2, 0)).astype(np.uint8)
-
-    def draw(self, runner, image, sample):
-        from PIL import Image, ImageDraw
-        panels = [(title, self._rgb(sample.get(key))) for key, title in self.PANELS if sample.get(key) is not None]
-        height, width = (s * self.scale for s in panels[0][1].shape[:2])
-        canvas = Image.new('RGB', (len(panels) * (width + 4) - 4, height + 16), 'white')
-        for i, (title, panel) in enumerate(panels):
-            x = i * (width + 4)
-            canvas.paste(Image.fromarray(panel).resize((width, height), Image.NEAREST), (x, 16))
-            ImageDraw.Draw(canvas).text((x + 2, 2), title, fill='black')
-        label = sample.get('gt_label')
-        return canvas, (f"index-{sample.metainfo.get('index', self._written)}" if label is None
-                        else f'label-{int(label)}')
-
-
-DiffusionModel.show_hook = DiffusionSamplesHook

@@ -94,6 +94,57 @@ def _build(cfg: Union[Dict, nn.Module, Callable], what: str):
     raise TypeError(f'{what} must be a config dict, an nn.Module or a callable, got {type(cfg).__name__}')
 
 
+def _palette(num_classes: int) -> np.ndarray:
+    """A fixed colour per class, none of them dark, so every class shows on the overlay."""
+    rng = np.random.default_rng(12345)
+    return rng.integers(40, 256, size=(max(num_classes, 1), 3), dtype=np.uint8)
+
+
+@HOOKS.register_module()
+class SegPredictionImagesHook(ShowDirHook):
+    """Saves, per test image, the image blended with the predicted mask beside the image blended with the
+    ground truth (ignored pixels left unblended) to ``out_dir`` (tools/test.py --show-dir).
+
+    Args:
+        out_dir: Folder to write PNGs to.
+        max_images: Stop after this many images.
+        alpha: Weight of the mask colour in the blend.
+    """
+
+    def __init__(self, out_dir: str, max_images: int = 64, alpha: float = 0.5):
+        super().__init__(out_dir, max_images)
+        self.alpha = alpha
+
+    def _blend(self, image: np.ndarray, mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
+        valid = (mask >= 0) & (mask < len(palette))
+        colour = palette[np.clip(mask, 0, len(palette) - 1)]
+        out = image.astype(np.float32)
+        out[valid] = (1 - self.alpha) * out[valid] + self.alpha * colour[valid]
+        return out.round().astype(np.uint8)
+
+    def draw(self, runner, img, sample):
+        from PIL import Image
+        pred = sample.pred_sem_seg.cpu().numpy().astype(np.int64)
+        palette = _palette(int(sample.seg_logits.shape[0]) if 'seg_logits' in sample else int(pred.max()) + 1)
+        h, w = sample.metainfo.get('img_shape', img.shape[-2:])
+        image = img[:, :h, :w].cpu()
+        image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+        image = image.permute(1, 2, 0).numpy().astype(np.uint8)
+        if image.shape[:2] != pred.shape:  # predictions at the original resolution: show the image there
+            image = np.asarray(Image.fromarray(image).resize(pred.shape[::-1], Image.BILINEAR))
+        panels = [self._blend(image, pred, palette)]
+        gt = sample.get('gt_sem_seg')
+        if gt is not None and tuple(gt.shape[-2:]) == pred.shape:
+            gt = gt.cpu().numpy().reshape(pred.shape).astype(np.int64)
+            panels.append(self._blend(image, np.where(gt == IGNORE_INDEX, -1, gt), palette))
+        gap = np.full((pred.shape[0], 4, 3), 255, np.uint8)
+        canvas = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+        return canvas, f"index-{sample.metainfo.get('index', self._written)}"
+
+
+# tools/test.py --show-dir asks the model which hook draws its predictions.
+
+
 @MODELS.register_module()
 class Segmentor(TaskModel):
     """A semantic segmentation network with its loss behind mmengine's ``forward(inputs, data_samples, mode)``.
@@ -111,6 +162,8 @@ class Segmentor(TaskModel):
         init_cfg: mmengine initialisation config. Without one the network keeps its own initialisation (and
             pretrained weights): ``init_weights`` does nothing.
     """
+
+    show_hook = SegPredictionImagesHook
 
     def __init__(self, network: Union[Dict, nn.Module], num_classes: int, loss: Union[None, Dict, nn.Module,
                  Callable] = None, ignore_index: int = IGNORE_INDEX, data_preprocessor: Optional[Dict] = None,
@@ -239,55 +292,3 @@ class Segmentor(TaskModel):
     def parse_losses(self, losses: Dict[str, torch.Tensor]):
         """Back-propagates ``losses['loss']`` only; see :func:`parse_total_loss`."""
         return parse_total_loss(losses)
-
-
-def _palette(num_classes: int) -> np.ndarray:
-    """A fixed colour per class, none of them dark, so every class shows on the overlay."""
-    rng = np.random.default_rng(12345)
-    return rng.integers(40, 256, size=(max(num_classes, 1), 3), dtype=np.uint8)
-
-
-@HOOKS.register_module()
-class SegPredictionImagesHook(ShowDirHook):
-    """Saves, per test image, the image blended with the predicted mask beside the image blended with the
-    ground truth (ignored pixels left unblended) to ``out_dir`` (tools/test.py --show-dir).
-
-    Args:
-        out_dir: Folder to write PNGs to.
-        max_images: Stop after this many images.
-        alpha: Weight of the mask colour in the blend.
-    """
-
-    def __init__(self, out_dir: str, max_images: int = 64, alpha: float = 0.5):
-        super().__init__(out_dir, max_images)
-        self.alpha = alpha
-
-    def _blend(self, image: np.ndarray, mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
-        valid = (mask >= 0) & (mask < len(palette))
-        colour = palette[np.clip(mask, 0, len(palette) - 1)]
-        out = image.astype(np.float32)
-        out[valid] = (1 - self.alpha) * out[valid] + self.alpha * colour[valid]
-        return out.round().astype(np.uint8)
-
-    def draw(self, runner, img, sample):
-        from PIL import Image
-        pred = sample.pred_sem_seg.cpu().numpy().astype(np.int64)
-        palette = _palette(int(sample.seg_logits.shape[0]) if 'seg_logits' in sample else int(pred.max()) + 1)
-        h, w = sample.metainfo.get('img_shape', img.shape[-2:])
-        image = img[:, :h, :w].cpu()
-        image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
-        image = image.permute(1, 2, 0).numpy().astype(np.uint8)
-        if image.shape[:2] != pred.shape:  # predictions at the original resolution: show the image there
-            image = np.asarray(Image.fromarray(image).resize(pred.shape[::-1], Image.BILINEAR))
-        panels = [self._blend(image, pred, palette)]
-        gt = sample.get('gt_sem_seg')
-        if gt is not None and tuple(gt.shape[-2:]) == pred.shape:
-            gt = gt.cpu().numpy().reshape(pred.shape).astype(np.int64)
-            panels.append(self._blend(image, np.where(gt == IGNORE_INDEX, -1, gt), palette))
-        gap = np.full((pred.shape[0], 4, 3), 255, np.uint8)
-        canvas = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
-        return canvas, f"index-{sample.metainfo.get('index', self._written)}"
-
-
-# tools/test.py --show-dir asks the model which hook draws its predictions.
-Segmentor.show_hook = SegPredictionImagesHook
