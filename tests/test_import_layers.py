@@ -1,4 +1,4 @@
-"""The import direction of DESIGN.md (ops -> layers -> backbones -> engine / data -> heads), enforced by import-linter.
+"""The import direction (ops -> layers -> backbones -> engine / data -> heads), enforced by import-linter.
 
 The contracts live in pyproject.toml. backbones/ and heads/ are installed as visionattn.backbones and
 visionattn.heads (a package-dir mapping that import-linter's graph builder does not follow), so the test lays the
