@@ -22,7 +22,7 @@ def test_unknown_model_name_is_named_with_suggestions():
 
 
 def test_check_config_names_a_missing_dataset(tmp_path):
-    cfg = Config.fromfile('configs/_base_/datasets/imagenet.py')
+    cfg = Config.fromfile('configs/classification/_base_/imagenet.py')
     cfg.train_dataloader.dataset.data_root = str(tmp_path / 'nowhere')
     with pytest.raises(FileNotFoundError, match='train_dataloader.dataset.data_root=.*nowhere.* does not exist'):
         check_config(cfg)

@@ -3,9 +3,9 @@ from mmengine.config import read_base
 from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
-    from .._base_.datasets.digits import *
     from .._base_.default_runtime import *
-    from .._base_.schedules.adamw_cosine_digits import *
+    from ._base_.adamw_cosine_digits import *
+    from ._base_.digits import *
 
 model = dict(type=ImageClassifier, backbone='biformer_t', num_classes=num_classes, label_smoothing=0.1)
 default_hooks.checkpoint.update(interval=2)

@@ -11,9 +11,9 @@ from mmengine.dataset import DefaultSampler
 from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
-    from .._base_.datasets.imagenet import *
     from .._base_.default_runtime import *
-    from .._base_.schedules.sgd_step_100e import *
+    from ._base_.imagenet import *
+    from ._base_.sgd_step_100e import *
 
 model = dict(type=ImageClassifier, backbone='eca_resnet50', num_classes=num_classes)
 train_dataloader.update(batch_size=32, sampler=dict(type=DefaultSampler, shuffle=True))

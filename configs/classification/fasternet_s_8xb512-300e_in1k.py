@@ -1,19 +1,12 @@
-# FasterNet-S on ImageNet-1k at the official recipe: see configs/_base_/schedules/fasternet_in1k.py for
+# FasterNet-S on ImageNet-1k at the official recipe: see configs/classification/_base_/fasternet_in1k.py for
 # the sources and the gaps. From cfg/fasternet_s.yaml: wd 0.03, drop path 0.1, mixup 0.3,
 # rand-m7-mstd0.5-inc1, no clipping, lr 0.004 at batch 4096.
 from mmengine.config import read_base
-from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
-    from .._base_.datasets.imagenet import *
-    from .._base_.default_runtime import *
-    from .._base_.schedules.fasternet_in1k import *
+    from ._base_.fasternet_in1k import *
 
-model = dict(type=ImageClassifier, backbone='fasternet_s', num_classes=num_classes, label_smoothing=label_smoothing,
-             mixup=dict(mixup, mixup_alpha=0.3),
-             random_erasing=random_erasing, backbone_kwargs=dict(drop_path_rate=0.1))
+model.update(backbone='fasternet_s', mixup=dict(mixup, mixup_alpha=0.3), backbone_kwargs=dict(drop_path_rate=0.1))
 optim_wrapper.optimizer.update(weight_decay=0.03)
-train_dataloader.update(batch_size=512, sampler=train_sampler)
-train_dataloader.dataset.pipeline.update(train_augment, auto_augment='rand-m7-mstd0.5-inc1')
-val_dataloader.dataset.pipeline.update(crop_pct=eval_crop_pct)
-test_dataloader = val_dataloader
+train_dataloader.update(batch_size=512)
+train_dataloader.dataset.pipeline.update(auto_augment='rand-m7-mstd0.5-inc1')

@@ -1,21 +1,14 @@
-# PATNet-M on ImageNet-1k at the authors' PartialNet recipe: see configs/_base_/schedules/patnet_in1k.py for
+# PATNet-M on ImageNet-1k at the authors' PartialNet recipe: see configs/classification/_base_/patnet_in1k.py for
 # the sources and the gaps. From cfg/PartialNet_m.yaml: wd 0.05, drop path 0.2, mixup 0.5,
 # rand-m7-mstd0.5-inc1, grad norm clipped at 1.0, lr 0.002 at batch 256.
 from mmengine.config import read_base
-from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
-    from .._base_.datasets.imagenet import *
-    from .._base_.default_runtime import *
-    from .._base_.schedules.patnet_in1k import *
+    from ._base_.patnet_in1k import *
 
-model = dict(type=ImageClassifier, backbone='patnet_m', num_classes=num_classes, label_smoothing=label_smoothing,
-             mixup=dict(mixup, mixup_alpha=0.5),
-             random_erasing=random_erasing, backbone_kwargs=dict(drop_path_rate=0.2))
+model.update(backbone='patnet_m', mixup=dict(mixup, mixup_alpha=0.5), backbone_kwargs=dict(drop_path_rate=0.2))
 optim_wrapper.optimizer.update(lr=0.002, weight_decay=0.05)
 param_scheduler[0].update(start_factor=0.0005)  # warm-up from 1e-6
 optim_wrapper.update(clip_grad=dict(max_norm=1.0))
-train_dataloader.update(batch_size=64, sampler=train_sampler)
-train_dataloader.dataset.pipeline.update(train_augment, auto_augment='rand-m7-mstd0.5-inc1')
-val_dataloader.dataset.pipeline.update(crop_pct=eval_crop_pct)
-test_dataloader = val_dataloader
+train_dataloader.update(batch_size=64)
+train_dataloader.dataset.pipeline.update(auto_augment='rand-m7-mstd0.5-inc1')

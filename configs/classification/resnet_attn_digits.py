@@ -5,9 +5,9 @@ from mmengine.hooks import EMAHook
 from visionattn.heads.classification.task import ImageClassifier
 
 with read_base():
-    from .._base_.datasets.digits import *
     from .._base_.default_runtime import *
-    from .._base_.schedules.adamw_cosine_digits import *
+    from ._base_.adamw_cosine_digits import *
+    from ._base_.digits import *
 
 model = dict(type=ImageClassifier, backbone='eca_resnet18', num_classes=num_classes, label_smoothing=0.1)
 optim_wrapper.optimizer.update(lr=2e-3, weight_decay=0.05)

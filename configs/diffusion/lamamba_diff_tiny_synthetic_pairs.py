@@ -4,15 +4,11 @@
 # samples' edge-F1 against the dataset's edges and PSNR/SSIM against the paired images.
 #   python tools/train.py configs/diffusion/lamamba_diff_tiny_synthetic_pairs.py
 from mmengine.config import read_base
-from mmengine.optim import LinearLR, OptimWrapper
-from mmengine.runner import IterBasedTrainLoop, TestLoop, ValLoop
-from torch.optim import AdamW
 from visionattn.heads.diffusion.lamamba_diff import LaMambaDiff
 from visionattn.heads.diffusion.task import DiffusionModel
 
 with read_base():
-    from .._base_.default_runtime import *
-    from ._base_.synthetic_pairs_32 import *
+    from ._base_.synthetic_pairs_smoke import *
 
 denoiser = dict(type=LaMambaDiff, input_size=img_size, patch_size=4, in_channels=3, embed_dim=32,
                 depths=(1, 1, 1, 1), bottleneck_depth=1, num_heads=4, window_size=4, num_classes=num_classes,
@@ -20,12 +16,4 @@ denoiser = dict(type=LaMambaDiff, input_size=img_size, patch_size=4, in_channels
 model = dict(type=DiffusionModel, denoiser=denoiser, sampler='dpm_solver', num_inference_steps=20,
              clip_sample=True, guidance_scale=1.0)  # pixel space: x0 clipped to [-1, 1] as in DDPM
 max_iters = 4000
-optim_wrapper = dict(type=OptimWrapper, optimizer=dict(type=AdamW, lr=3e-4, weight_decay=0.0),
-                     clip_grad=dict(max_norm=1.0))
-param_scheduler = [dict(type=LinearLR, start_factor=0.01, by_epoch=False, begin=0, end=200)]
-train_cfg = dict(type=IterBasedTrainLoop, max_iters=max_iters, val_interval=max_iters)
-val_cfg = dict(type=ValLoop)
-test_cfg = dict(type=TestLoop)
-default_hooks.checkpoint.update(by_epoch=False, interval=1000, max_keep_ckpts=1)
-default_hooks.logger.update(interval=50)
-log_processor.update(by_epoch=False)
+train_cfg.update(max_iters=max_iters, val_interval=max_iters)

@@ -4,27 +4,15 @@
 # the dataset's control edges (the uncontrolled baseline) and PSNR/SSIM against the paired images.
 #   python tools/train.py configs/diffusion/pixart_tiny_synthetic_pairs.py      (H200: a few minutes)
 from mmengine.config import read_base
-from mmengine.optim import LinearLR, OptimWrapper
-from mmengine.runner import IterBasedTrainLoop, TestLoop, ValLoop
-from torch.optim import AdamW
 from visionattn.heads.diffusion.dit import PixArt
 from visionattn.heads.diffusion.task import DiffusionModel
 
 with read_base():
-    from .._base_.default_runtime import *
-    from ._base_.synthetic_pairs_32 import *
+    from ._base_.synthetic_pairs_smoke import *
 
 denoiser = dict(type=PixArt, input_size=img_size, patch_size=2, in_channels=3, hidden_size=192, depth=28,
                 num_heads=6, caption_channels=0, num_classes=num_classes, class_dropout_prob=0.1, pred_sigma=False)
 model = dict(type=DiffusionModel, denoiser=denoiser, sampler='dpm_solver', num_inference_steps=20,
              clip_sample=True, guidance_scale=1.0)  # pixel space: x0 clipped to [-1, 1] as in DDPM
 max_iters = 3000
-optim_wrapper = dict(type=OptimWrapper, optimizer=dict(type=AdamW, lr=3e-4, weight_decay=0.0),
-                     clip_grad=dict(max_norm=1.0))
-param_scheduler = [dict(type=LinearLR, start_factor=0.01, by_epoch=False, begin=0, end=200)]
-train_cfg = dict(type=IterBasedTrainLoop, max_iters=max_iters, val_interval=max_iters)
-val_cfg = dict(type=ValLoop)
-test_cfg = dict(type=TestLoop)
-default_hooks.checkpoint.update(by_epoch=False, interval=1000, max_keep_ckpts=1)
-default_hooks.logger.update(interval=50)
-log_processor.update(by_epoch=False)
+train_cfg.update(max_iters=max_iters, val_interval=max_iters)

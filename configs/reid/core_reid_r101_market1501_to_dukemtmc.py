@@ -1,6 +1,6 @@
 # CORE-ReID target fine-tuning Market-1501 -> DukeMTMC-reID with ResNet-101 (the official scripts' backbone for the
 # ECAB/BMFN runs), K = 700 clusters per view (scripts/run_market2duke_ECAB_BFMN.sh; 500 and 900 tried), from the
-# checkpoint of source_r101_market1501.py; the official schedule (configs/_base_/schedules/reid_target.py): 80 epochs
+# checkpoint of source_r101_market1501.py; the official schedule (configs/reid/_base_/reid_target.py): 80 epochs
 # x 400 PK batches of 128, mean teacher, clustering every epoch.
 #   python tools/train.py configs/reid/source_r101_market1501.py
 #   python tools/train.py configs/reid/core_reid_r101_market1501_to_dukemtmc.py
@@ -10,9 +10,9 @@ from visionattn.heads.reid.evaluation import reid_collate
 from visionattn.heads.reid.task import ClusteringHook, CoreReIDTargetModel
 
 with read_base():
-    from .._base_.datasets.dukemtmc import *
     from .._base_.default_runtime import *
-    from .._base_.schedules.reid_target import *
+    from ._base_.dukemtmc import *
+    from ._base_.reid_target import *
 
 num_clusters = 700
 model = dict(type=CoreReIDTargetModel, backbone='resnet101', num_classes=num_clusters, last_stride=1,

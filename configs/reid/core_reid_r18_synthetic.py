@@ -11,9 +11,9 @@ from visionattn.heads.reid.evaluation import PKSampler, reid_collate
 from visionattn.heads.reid.task import ClusteringHook, CoreReIDTargetModel
 
 with read_base():
-    from .._base_.datasets.synthetic_pedestrians import *
     from .._base_.default_runtime import *
-    from .._base_.schedules.reid_target import *
+    from ._base_.reid_target import *
+    from ._base_.synthetic_pedestrians import *
 
 max_epochs = 4
 iters_per_epoch = 8

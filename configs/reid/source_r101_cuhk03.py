@@ -1,5 +1,5 @@
 # CORE-ReID source pre-training of ResNet-101 (last stride 1, torchvision's ImageNet weights as the official code) on
-# CUHK03-np at the official schedule (configs/_base_/schedules/reid_source.py): label-smoothed CE + soft-margin
+# CUHK03-np at the official schedule (configs/reid/_base_/reid_source.py): label-smoothed CE + soft-margin
 # triplet, PK batches of 64, 120 epochs. Validated and tested on the CUHK03-np query/gallery; the checkpoint
 # initialises the core_reid_r101_cuhk03_to_* configs.
 from mmengine.config import read_base
@@ -8,9 +8,9 @@ from visionattn.heads.reid.evaluation import reid_collate
 from visionattn.heads.reid.task import ReIDSourceModel
 
 with read_base():
-    from .._base_.datasets.cuhk03 import *
     from .._base_.default_runtime import *
-    from .._base_.schedules.reid_source import *
+    from ._base_.cuhk03 import *
+    from ._base_.reid_source import *
 
 model = dict(type=ReIDSourceModel, backbone='resnet101.tv_in1k', num_classes=cuhk03_num_pids,
              pretrained=True, last_stride=1)

@@ -1,5 +1,5 @@
 # CORE-ReID source pre-training of ResNet-101 (last stride 1, torchvision's ImageNet weights as the official code) on
-# Market-1501 at the official schedule (configs/_base_/schedules/reid_source.py): label-smoothed CE + soft-margin
+# Market-1501 at the official schedule (configs/reid/_base_/reid_source.py): label-smoothed CE + soft-margin
 # triplet, PK batches of 64, 120 epochs. Validated and tested on the Market-1501 query/gallery; the checkpoint
 # initialises the core_reid_r101_market1501_to_* configs.
 from mmengine.config import read_base
@@ -8,9 +8,9 @@ from visionattn.heads.reid.evaluation import reid_collate
 from visionattn.heads.reid.task import ReIDSourceModel
 
 with read_base():
-    from .._base_.datasets.market1501 import *
     from .._base_.default_runtime import *
-    from .._base_.schedules.reid_source import *
+    from ._base_.market1501 import *
+    from ._base_.reid_source import *
 
 model = dict(type=ReIDSourceModel, backbone='resnet101.tv_in1k', num_classes=market1501_num_pids,
              pretrained=True, last_stride=1)

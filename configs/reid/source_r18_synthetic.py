@@ -11,9 +11,9 @@ from visionattn.heads.reid.evaluation import PKSampler, reid_collate
 from visionattn.heads.reid.task import ReIDSourceModel
 
 with read_base():
-    from .._base_.datasets.synthetic_pedestrians import *
     from .._base_.default_runtime import *
-    from .._base_.schedules.reid_source import *
+    from ._base_.reid_source import *
+    from ._base_.synthetic_pedestrians import *
 
 max_epochs = 6
 iters_per_epoch = 8

@@ -1,24 +1,10 @@
-# CORE-ReID source pre-training of ResNet-50 (last stride 1, torchvision's ImageNet weights as the official code) on
-# CUHK03-np at the official schedule (configs/_base_/schedules/reid_source.py): label-smoothed CE + soft-margin
-# triplet, PK batches of 64, 120 epochs. Validated and tested on the CUHK03-np query/gallery; to fine-tune from it,
-# run a core_reid_r101_cuhk03_to_* config with --cfg-options model.backbone=resnet50
+# CORE-ReID source pre-training of ResNet-50 on CUHK03-np: source_r101_cuhk03.py (last stride 1, torchvision's
+# ImageNet weights, the official schedule of configs/reid/_base_/reid_source.py) with the other backbone.
+# To fine-tune from it, run a core_reid_r101_cuhk03_to_* config with --cfg-options model.backbone=resnet50
 # model.source_checkpoint=work_dirs/source_r50_cuhk03/epoch_120.pth.
 from mmengine.config import read_base
-from visionattn.heads.reid.data import ReIDTestDataset
-from visionattn.heads.reid.evaluation import reid_collate
-from visionattn.heads.reid.task import ReIDSourceModel
 
 with read_base():
-    from .._base_.datasets.cuhk03 import *
-    from .._base_.default_runtime import *
-    from .._base_.schedules.reid_source import *
+    from .source_r101_cuhk03 import *
 
-model = dict(type=ReIDSourceModel, backbone='resnet50.tv_in1k', num_classes=cuhk03_num_pids,
-             pretrained=True, last_stride=1)
-train_dataloader = dict(batch_size=batch_size, num_workers=4, persistent_workers=True, sampler=pk_sampler,
-                        collate_fn=dict(type=reid_collate), dataset=dict(**cuhk03_train, pipeline=train_pipeline))
-test_dataloader = dict(**test_loader_base,
-                       dataset=dict(type=ReIDTestDataset, query=dict(**cuhk03_query, pipeline=test_pipeline),
-                                    gallery=dict(**cuhk03_gallery, pipeline=test_pipeline)))
-val_dataloader = test_dataloader
-default_hooks.checkpoint.update(interval=5)
+model.update(backbone='resnet50.tv_in1k')

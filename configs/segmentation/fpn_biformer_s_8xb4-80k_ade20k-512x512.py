@@ -8,9 +8,9 @@ from visionattn.heads.segmentation.decoders import SemanticFPN
 from visionattn.heads.segmentation.task import SegDataPreprocessor, Segmentor
 
 with read_base():
-    from .._base_.datasets.ade20k import *
     from .._base_.default_runtime import *
-    from .._base_.schedules.adamw_cosine_80k import *
+    from ._base_.adamw_cosine_80k import *
+    from ._base_.ade20k import *
 
 model = dict(type=Segmentor, num_classes=num_classes,
              data_preprocessor=dict(type=SegDataPreprocessor, size_divisor=32),

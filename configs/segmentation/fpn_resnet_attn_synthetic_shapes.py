@@ -8,8 +8,8 @@ from visionattn.heads.segmentation.decoders import SemanticFPN
 from visionattn.heads.segmentation.task import Segmentor
 
 with read_base():
-    from .._base_.datasets.synthetic_shapes import *
     from .._base_.default_runtime import *
+    from ._base_.synthetic_shapes import *
 
 model = dict(type=Segmentor, num_classes=num_classes,
              network=dict(type=SemanticFPN, backbone='eca_resnet18', num_classes=num_classes))

@@ -9,9 +9,9 @@ from visionattn.heads.segmentation.paratranscnn import ParaTransCNN
 from visionattn.heads.segmentation.task import SegDataPreprocessor
 
 with read_base():
-    from .._base_.datasets.synapse import *
     from .._base_.default_runtime import *
-    from .._base_.schedules.sgd_poly_medical import *
+    from ._base_.sgd_poly_medical import *
+    from ._base_.synapse import *
 
 model = dict(
     type=MedicalSegmentor,

@@ -7,9 +7,9 @@ from visionattn.heads.segmentation.decoders import UPerNet
 from visionattn.heads.segmentation.task import Segmentor
 
 with read_base():
-    from .._base_.datasets.ade20k import *
     from .._base_.default_runtime import *
-    from .._base_.schedules.adamw_poly_160k import *
+    from ._base_.adamw_poly_160k import *
+    from ._base_.ade20k import *
 
 model = dict(type=Segmentor, num_classes=num_classes,
              network=dict(type=UPerNet, backbone='biformer_s', num_classes=num_classes, pretrained=True,

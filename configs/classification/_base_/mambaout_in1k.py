@@ -16,9 +16,15 @@
 # (random_seed(seed, rank)). The scripts pass no --amp: train.py runs in fp32, so leave --amp off to match.
 # Still different: timm 1.0 in place of 0.6.11; at 8 x 512 without accumulation Mixup/CutMix draws one lambda per
 # 512 images, the official run one per 128-image micro-batch.
+from mmengine.config import read_base
 from mmengine.dataset import DefaultSampler
 from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
 from torch.optim import AdamW
+from visionattn.heads.classification.task import ImageClassifier
+
+with read_base():
+    from ..._base_.default_runtime import *
+    from .imagenet import *
 
 warmup_epochs = 20
 cosine_epochs = 300
@@ -37,7 +43,7 @@ val_cfg = dict()
 test_cfg = dict()
 auto_scale_lr = dict(base_batch_size=4096, enable=False)
 
-# Recipe parts that the variant configs put into the model and the pipelines.
+# Recipe parts, put into the model and the pipelines at the end of this file.
 label_smoothing = 0.1
 mixup = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch')
 train_augment = dict(auto_augment='rand-m9-mstd0.5-inc1', color_jitter=0.4, interpolation='random')
@@ -45,3 +51,12 @@ random_erasing = dict(probability=0.25, mode='pixel', max_count=1)
 train_sampler = dict(type=DefaultSampler, shuffle=True)
 eval_crop_pct = 1.0
 randomness = dict(seed=0, deterministic=False, diff_rank_seed=True)  # timm's random_seed(seed, rank)
+
+# The recipe parts in the model and the pipelines; each variant config names its backbone and batch size and edits
+# what its variant changes.
+model = dict(type=ImageClassifier, num_classes=num_classes, label_smoothing=label_smoothing, mixup=mixup,
+             random_erasing=random_erasing)
+train_dataloader.update(sampler=train_sampler)
+train_dataloader.dataset.pipeline.update(train_augment)
+val_dataloader.dataset.pipeline.update(crop_pct=eval_crop_pct)
+test_dataloader = val_dataloader

@@ -19,10 +19,16 @@
 # (samplers.py: 3 repeats, per-epoch count rounded down to 256; timm's RepeatAugSampler is that sampler) and one
 # seed per process (main.py: seed + rank).
 # Still different: timm 1.0 in place of the official timm 0.8.15.dev0 (environment.yaml).
+from mmengine.config import read_base
 from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
 from torch.optim import AdamW
+from visionattn.heads.classification.task import ImageClassifier
 
 from visionattn.engine import RepeatAugSampler
+
+with read_base():
+    from ..._base_.default_runtime import *
+    from .imagenet import *
 
 warmup_epochs = 5
 max_epochs = 300
@@ -41,7 +47,7 @@ val_cfg = dict()
 test_cfg = dict()
 auto_scale_lr = dict(base_batch_size=1024, enable=False)
 
-# Recipe parts that the variant configs put into the model and the pipelines.
+# Recipe parts, put into the model and the pipelines at the end of this file.
 label_smoothing = 0.1
 mixup = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch')
 train_augment = dict(auto_augment='rand-m9-mstd0.5-inc1', color_jitter=0.4, interpolation='bicubic')
@@ -49,3 +55,12 @@ random_erasing = dict(probability=0.25, mode='pixel', max_count=1)
 train_sampler = dict(type=RepeatAugSampler, shuffle=True, num_repeats=3, selected_round=256)
 eval_crop_pct = 0.875
 randomness = dict(seed=0, deterministic=False, diff_rank_seed=True)
+
+# The recipe parts in the model and the pipelines; each variant config names its backbone and batch size and edits
+# what its variant changes.
+model = dict(type=ImageClassifier, num_classes=num_classes, label_smoothing=label_smoothing, mixup=mixup,
+             random_erasing=random_erasing)
+train_dataloader.update(sampler=train_sampler)
+train_dataloader.dataset.pipeline.update(train_augment)
+val_dataloader.dataset.pipeline.update(crop_pct=eval_crop_pct)
+test_dataloader = val_dataloader

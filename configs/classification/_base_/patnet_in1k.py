@@ -1,5 +1,5 @@
 # PATNet (Huang et al., arXiv 2503.03148) on ImageNet-1k at the recipe of the authors' code, haiduo/PartialNet
-# @679cfc0 (PyTorch Lightning + timm), which is FasterNet's recipe (configs/_base_/schedules/fasternet_in1k.py).
+# @679cfc0 (PyTorch Lightning + timm), which is FasterNet's recipe (configs/classification/_base_/fasternet_in1k.py).
 # Source: cfg/PartialNet_{t0,t1,t2,s,m,l}.yaml (AdamW, 300 epochs, cosine with 20 warm-up epochs from 1e-6 and
 # min_lr 1e-5, batch_size 256, lr 4e-3 (T0-S) or 2e-3 (M, L), and per variant: weight decay, drop path,
 # RandAugment magnitude, mixup alpha, gradient clipping; cutmix 1.0, switch 0.5, smoothing 0.1, reprob 0, no colour

@@ -17,10 +17,16 @@
 # engine.py trains in fp32 (its autocast is commented out): leave --amp off to match.
 # main.py also keeps a model EMA (0.99996) but evaluates the raw weights, so there is no EMAHook here; add
 # dict(type=EMAHook, momentum=4e-5) to custom_hooks to keep one.
+from mmengine.config import read_base
 from mmengine.optim import CosineAnnealingLR, LinearLR
 from torch.optim import AdamW
+from visionattn.heads.classification.task import ImageClassifier
 
 from visionattn.engine import AGCOptimWrapper, RepeatAugSampler
+
+with read_base():
+    from ..._base_.default_runtime import *
+    from .imagenet import *
 
 warmup_epochs = 5
 max_epochs = 300
@@ -41,7 +47,7 @@ val_cfg = dict()
 test_cfg = dict()
 auto_scale_lr = dict(base_batch_size=2048, enable=False)
 
-# Recipe parts that the variant configs put into the model and the pipelines.
+# Recipe parts, put into the model and the pipelines at the end of this file.
 label_smoothing = 0.1
 mixup = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch')
 train_augment = dict(auto_augment='rand-m9-mstd0.5-inc1', color_jitter=0.4, interpolation='bicubic')
@@ -49,3 +55,12 @@ random_erasing = dict(probability=0.25, mode='pixel', max_count=1)
 train_sampler = dict(type=RepeatAugSampler, shuffle=True, num_repeats=3, selected_round=256)
 eval_crop_pct = 0.875
 randomness = dict(seed=0, deterministic=False, diff_rank_seed=True)  # main.py: seed + rank
+
+# The recipe parts in the model and the pipelines; each variant config names its backbone and batch size and edits
+# what its variant changes.
+model = dict(type=ImageClassifier, num_classes=num_classes, label_smoothing=label_smoothing, mixup=mixup,
+             random_erasing=random_erasing)
+train_dataloader.update(sampler=train_sampler)
+train_dataloader.dataset.pipeline.update(train_augment)
+val_dataloader.dataset.pipeline.update(crop_pct=eval_crop_pct)
+test_dataloader = val_dataloader

@@ -20,9 +20,15 @@
 # - precision 16 (fp16 autocast) is --amp, which picks bf16 where the GPU has it (tools/train.py);
 # - timm 1.0 in place of 0.6.5.
 # The variant configs set the per-variant values; these defaults are T0's.
+from mmengine.config import read_base
 from mmengine.dataset import DefaultSampler
 from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
 from torch.optim import AdamW
+from visionattn.heads.classification.task import ImageClassifier
+
+with read_base():
+    from ..._base_.default_runtime import *
+    from .imagenet import *
 
 warmup_epochs = 20
 max_epochs = 300
@@ -40,7 +46,7 @@ val_cfg = dict()
 test_cfg = dict()
 auto_scale_lr = dict(base_batch_size=4096, enable=False)
 
-# Recipe parts that the variant configs put into the model and the pipelines.
+# Recipe parts, put into the model and the pipelines at the end of this file.
 label_smoothing = 0.1
 mixup = dict(mixup_alpha=0.05, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch')
 train_augment = dict(auto_augment=None, color_jitter=0, interpolation='bicubic', multi_scale=(192, 280))
@@ -48,3 +54,12 @@ random_erasing = None  # reprob 0
 train_sampler = dict(type=DefaultSampler, shuffle=True)
 eval_crop_pct = 0.9
 randomness = dict(seed=0, deterministic=False, diff_rank_seed=True)  # unseeded: one stream per process
+
+# The recipe parts in the model and the pipelines; each variant config names its backbone and batch size and edits
+# what its variant changes.
+model = dict(type=ImageClassifier, num_classes=num_classes, label_smoothing=label_smoothing, mixup=mixup,
+             random_erasing=random_erasing)
+train_dataloader.update(sampler=train_sampler)
+train_dataloader.dataset.pipeline.update(train_augment)
+val_dataloader.dataset.pipeline.update(crop_pct=eval_crop_pct)
+test_dataloader = val_dataloader

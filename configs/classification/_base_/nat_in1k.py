@@ -19,9 +19,15 @@
 # the warm-up the lr is timm's to 4e-5 x lr; during it, mmengine's ramp is up to 5% ahead of timm's.
 # Weight decay follows the official run: timm 0.5's optimizer ignores NAT's no_weight_decay_keywords, so the
 # relative position biases (attn.rpb) are decayed; only 1-D parameters (norms, biases, layer scales) are not.
+from mmengine.config import read_base
 from mmengine.dataset import DefaultSampler
 from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
 from torch.optim import AdamW
+from visionattn.heads.classification.task import ImageClassifier
+
+with read_base():
+    from ..._base_.default_runtime import *
+    from .imagenet import *
 
 warmup_epochs = 20
 cosine_epochs = 300
@@ -41,7 +47,7 @@ val_cfg = dict()
 test_cfg = dict()
 auto_scale_lr = dict(base_batch_size=1024, enable=False)
 
-# Recipe parts that the variant configs put into the model and the pipelines.
+# Recipe parts, put into the model and the pipelines at the end of this file.
 label_smoothing = 0.1
 mixup = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch')
 train_augment = dict(auto_augment='rand-m9-mstd0.5-inc1', color_jitter=0.4, interpolation='random')
@@ -49,3 +55,12 @@ random_erasing = dict(probability=0.25, mode='pixel', max_count=1)
 train_sampler = dict(type=DefaultSampler, shuffle=True)
 eval_crop_pct = 0.875
 randomness = dict(seed=0, deterministic=False, diff_rank_seed=True)  # timm's random_seed(seed, rank)
+
+# The recipe parts in the model and the pipelines; each variant config names its backbone and batch size and edits
+# what its variant changes.
+model = dict(type=ImageClassifier, num_classes=num_classes, label_smoothing=label_smoothing, mixup=mixup,
+             random_erasing=random_erasing)
+train_dataloader.update(sampler=train_sampler)
+train_dataloader.dataset.pipeline.update(train_augment)
+val_dataloader.dataset.pipeline.update(crop_pct=eval_crop_pct)
+test_dataloader = val_dataloader

@@ -1,0 +1,23 @@
+# The smoke-run recipe of the diffusion stack on the 32x32 synthetic pairs (synthetic_pairs_32.py), in pixel space:
+# AdamW lr 3e-4 without weight decay, gradient norm clipped at 1.0, a linear warm-up from 1% over 200 iterations,
+# an iteration-based loop that validates once at the end, checkpoints every 1000 iterations (the last one kept).
+# Each config sets its own max_iters and the loop's length with it.
+from mmengine.config import read_base
+from mmengine.optim import LinearLR, OptimWrapper
+from mmengine.runner import IterBasedTrainLoop, TestLoop, ValLoop
+from torch.optim import AdamW
+
+with read_base():
+    from ..._base_.default_runtime import *
+    from .synthetic_pairs_32 import *
+
+max_iters = 3000
+optim_wrapper = dict(type=OptimWrapper, optimizer=dict(type=AdamW, lr=3e-4, weight_decay=0.0),
+                     clip_grad=dict(max_norm=1.0))
+param_scheduler = [dict(type=LinearLR, start_factor=0.01, by_epoch=False, begin=0, end=200)]
+train_cfg = dict(type=IterBasedTrainLoop, max_iters=max_iters, val_interval=max_iters)
+val_cfg = dict(type=ValLoop)
+test_cfg = dict(type=TestLoop)
+default_hooks.checkpoint.update(by_epoch=False, interval=1000, max_keep_ckpts=1)
+default_hooks.logger.update(interval=50)
+log_processor.update(by_epoch=False)
