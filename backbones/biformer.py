@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model, register_model_deprecations
 from torch import nn
 
@@ -36,6 +36,12 @@ from visionattn._timm_compat import resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
 from visionattn.layers import BiLevelRoutingAttention, LayerNorm
 from visionattn.layers.inputs import check_images
+from visionattn.layers.stages import (
+    forward_intermediates_downsample_first,
+    init_trunc_normal_,
+    resolve_intermediates,
+    stage_group_matcher,
+)
 from visionattn.zoo import PaperFacts, register_paper_facts
 
 __all__ = ['BiFormer']  # models are reached through timm.create_model
@@ -229,23 +235,11 @@ class BiFormer(nn.Module):
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         # The official init: truncated-normal linear weights (std 0.02) with zero bias; convs keep torch's default.
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        init_trunc_normal_(module)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm', (99999,)),
-            ])
+        return stage_group_matcher(coarse, stem='stem', stages='stages', head='norm', downsample_first=True)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -285,28 +279,11 @@ class BiFormer(nn.Module):
         Returns:
             The intermediates, or (final features as ``forward_features`` gives them, intermediates).
         """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = resolve_take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
-        stages = self.stages[:max_index + 1] if stop_early else self.stages
-        intermediates = []
+        take_indices, max_index = resolve_intermediates(len(self.stages), indices, output_fmt)
         x = self.stem(check_images(x, self.stem[0].in_channels, 'BiFormer'))
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                if self.extra_norms is not None:
-                    feature = self.extra_norms[i](x)
-                elif norm and i == last:
-                    feature = self.norm(x)
-                else:
-                    feature = x
-                intermediates.append(feature.permute(0, 2, 3, 1) if output_fmt == 'NHWC' else feature)
-        if intermediates_only:
-            return intermediates
-        if len(stages) == last + 1:
-            x = self.norm(x)
-        return x, intermediates
+        return forward_intermediates_downsample_first(
+            x, self.stages, take_indices, max_index, stop_early=stop_early, output_fmt=output_fmt,
+            intermediates_only=intermediates_only, final_norm=self.norm, norm=norm, stage_norms=self.extra_norms)
 
     def prune_intermediate_layers(
             self,

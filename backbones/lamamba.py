@@ -23,14 +23,22 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
-from visionattn._timm_compat import resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
 from visionattn.layers.inputs import check_images
 from visionattn.layers.ss2d import SS2D, ShiftedWindowAttention
+from visionattn.layers.stages import (
+    check_global_pool,
+    forward_intermediates_downsample_last,
+    init_trunc_normal_,
+    prune_stages_downsample_last,
+    reset_linear_classifier,
+    resolve_intermediates,
+    stage_group_matcher,
+)
 from visionattn.zoo import PaperFacts, register_paper_facts
 
 __all__ = ['LaMamba', 'LaMambaBlock', 'PatchEmbed', 'PatchMerging']
@@ -183,8 +191,7 @@ class LaMamba(nn.Module):
         if len(dims) != num_stages or len(num_heads) != num_stages:
             raise ValueError(f'LaMamba: depths {list(depths)}, dims {list(dims)} and num_heads {list(num_heads)} '
                              'must have one entry per stage')
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"LaMamba: global_pool must be 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool, 'LaMamba')
         for dim, heads in zip(dims, num_heads):
             if dim % heads:
                 raise ValueError(f'LaMamba: {heads} heads do not divide {dim} channels')
@@ -212,15 +219,7 @@ class LaMamba(nn.Module):
     def _init_weights(module: nn.Module) -> None:
         # VMamba's _init_weights: truncated-normal Linear weights, zero biases, unit LayerNorms; SS2D's own
         # parameters (x_proj, dt_proj, A, D) keep their S4D / Mamba initialisation.
-        if any(p.is_meta for p in module.parameters(recurse=False)):
-            return
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        init_trunc_normal_(module)
 
     @torch.jit.ignore
     def no_weight_decay_keywords(self):
@@ -228,13 +227,7 @@ class LaMamba(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^patch_embed',
-            blocks=r'^layers\.(\d+)' if coarse else [
-                (r'^layers\.(\d+)\.blocks\.(\d+)', None),
-                (r'^layers\.(\d+)\.downsample', (0,)),
-                (r'^norm', (99999,)),
-            ])
+        return stage_group_matcher(coarse, stem='patch_embed', stages='layers', head='norm', downsample_first=False)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -247,12 +240,7 @@ class LaMamba(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ('avg', ''):
-                raise ValueError(f"LaMamba: global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        reset_linear_classifier(self, num_classes, global_pool, 'LaMamba')
 
     def forward_intermediates(
             self,
@@ -273,23 +261,11 @@ class LaMamba(nn.Module):
             output_fmt: 'NCHW' or 'NHWC'.
             intermediates_only: Return only the intermediates.
         """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = resolve_take_indices(len(self.layers), indices)
-        last = len(self.layers) - 1
+        take_indices, max_index = resolve_intermediates(len(self.layers), indices, output_fmt)
         x = self.patch_embed(x)
-        stages = self.layers[:max_index + 1] if stop_early else self.layers
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage.forward_blocks(x)
-            if i in take_indices:
-                y = self.norm(x) if norm and i == last else x
-                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else y)
-            x = stage.downsample(x)
-        if intermediates_only:
-            return intermediates
-        x = self.norm(x)
-        return (x.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else x), intermediates
+        return forward_intermediates_downsample_last(
+            x, self.layers, take_indices, max_index, final_norm=self.norm, norm=norm, stop_early=stop_early,
+            output_fmt=output_fmt, intermediates_only=intermediates_only)
 
     def prune_intermediate_layers(
             self,
@@ -298,14 +274,7 @@ class LaMamba(nn.Module):
             prune_head: bool = True,
     ) -> List[int]:
         """Drop the stages (and the patch merging) after the last intermediate asked for; optionally norm and head."""
-        take_indices, max_index = resolve_take_indices(len(self.layers), indices)
-        self.layers = self.layers[:max_index + 1]
-        self.layers[-1].downsample = nn.Identity()  # intermediates are taken before it
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return prune_stages_downsample_last(self, 'layers', indices, prune_norm, prune_head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> final normed feature map [B, C', H/32, W/32] (NCHW)."""

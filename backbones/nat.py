@@ -22,14 +22,22 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
-from visionattn._timm_compat import resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
 from visionattn.layers import LayerNorm, NeighborhoodAttention2d
 from visionattn.layers.inputs import check_images
+from visionattn.layers.stages import (
+    check_global_pool,
+    forward_intermediates_downsample_last,
+    init_trunc_normal_,
+    prune_stages_downsample_last,
+    reset_linear_classifier,
+    resolve_intermediates,
+    stage_group_matcher,
+)
 from visionattn.zoo import PaperFacts, register_paper_facts
 
 __all__ = ['NAT']  # models are reached through timm.create_model
@@ -225,8 +233,7 @@ class NAT(nn.Module):
             raise ValueError(f'NAT: {num_levels} levels (depths {list(depths)}) but {len(num_heads)} num_heads')
         if dilations is not None and len(dilations) != num_levels:
             raise ValueError(f'NAT: {num_levels} levels but dilations for {len(dilations)}')
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"NAT: global_pool must be 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool, 'NAT')
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.embed_dim = embed_dim
@@ -258,15 +265,7 @@ class NAT(nn.Module):
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         # Official NAT._init_weights: truncated-normal Linear weights, zero biases; convs keep PyTorch's init.
-        if any(p.is_meta for p in module.parameters(recurse=False)):
-            return  # meta tensors hold no values (profile.measure builds models on the meta device)
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        init_trunc_normal_(module)
 
     @torch.jit.ignore
     def no_weight_decay_keywords(self):
@@ -274,13 +273,7 @@ class NAT(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^patch_embed',
-            blocks=r'^levels\.(\d+)' if coarse else [
-                (r'^levels\.(\d+)\.blocks\.(\d+)', None),
-                (r'^levels\.(\d+)\.downsample', (0,)),
-                (r'^norm', (99999,)),
-            ])
+        return stage_group_matcher(coarse, stem='patch_embed', stages='levels', head='norm', downsample_first=False)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -293,12 +286,7 @@ class NAT(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is not None:
-            if global_pool not in ('avg', ''):
-                raise ValueError(f"NAT: global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        reset_linear_classifier(self, num_classes, global_pool, 'NAT')
 
     def forward_intermediates(
             self,
@@ -321,28 +309,11 @@ class NAT(nn.Module):
 
         Intermediates go through the per-level ``feature_norms`` where the model has them (``features_only``).
         """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = resolve_take_indices(len(self.levels), indices)
-        last = len(self.levels) - 1
+        take_indices, max_index = resolve_intermediates(len(self.levels), indices, output_fmt)
         x = self.pos_drop(self.patch_embed(check_images(x, self.in_chans, 'NAT')))
-        levels = self.levels[:max_index + 1] if stop_early else self.levels
-        intermediates = []
-        for i, level in enumerate(levels):
-            x = level.forward_blocks(x)
-            if i in take_indices:
-                if self.feature_norms is not None:
-                    y = self.feature_norms[i](x)
-                elif norm and i == last:
-                    y = self.norm(x)
-                else:
-                    y = x
-                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else y)
-            x = level.downsample(x)
-        if intermediates_only:
-            return intermediates
-        x = self.norm(x)
-        return (x.permute(0, 3, 1, 2) if output_fmt == 'NCHW' else x), intermediates
+        return forward_intermediates_downsample_last(
+            x, self.levels, take_indices, max_index, final_norm=self.norm, norm=norm, stop_early=stop_early,
+            output_fmt=output_fmt, intermediates_only=intermediates_only, stage_norms=self.feature_norms)
 
     def prune_intermediate_layers(
             self,
@@ -351,16 +322,8 @@ class NAT(nn.Module):
             prune_head: bool = True,
     ) -> List[int]:
         """Drop the levels (and the downsampler) after the last intermediate asked for; optionally norm and head."""
-        take_indices, max_index = resolve_take_indices(len(self.levels), indices)
-        self.levels = self.levels[:max_index + 1]
-        self.levels[-1].downsample = nn.Identity()  # intermediates are taken before it
-        if self.feature_norms is not None:
-            self.feature_norms = self.feature_norms[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return prune_stages_downsample_last(
+            self, 'levels', indices, prune_norm, prune_head, stage_norms='feature_norms')
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> final normed feature map [B, C', H/32, W/32] (NCHW)."""

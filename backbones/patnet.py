@@ -28,6 +28,7 @@ from visionattn._timm_compat import resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
 from visionattn.layers.inputs import check_images
 from visionattn.layers.partial import PartialChannelAttention, PartialSelfAttention, PartialSpatialAttention
+from visionattn.layers.stages import forward_intermediates_downsample_first, stage_group_matcher
 from visionattn.zoo import PaperFacts, register_paper_facts
 
 __all__ = ['PATNet']
@@ -249,13 +250,8 @@ class PATNet(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^patch_embed',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^conv_head', (99999,)),
-            ])
+        return stage_group_matcher(
+            coarse, stem='patch_embed', stages='stages', head='conv_head', downsample_first=True)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -303,15 +299,9 @@ class PATNet(nn.Module):
             raise ValueError(f"PATNet returns NCHW features; output_fmt={output_fmt!r} is not supported")
         take, last = resolve_take_indices(len(self.stages), indices)
         x = self.patch_embed(_check_input(x, self.in_chans))
-        stages = self.stages[:last + 1] if stop_early else self.stages
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        return forward_intermediates_downsample_first(
+            x, self.stages, take, last, stop_early=stop_early, output_fmt=output_fmt,
+            intermediates_only=intermediates_only)
 
     def prune_intermediate_layers(
             self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True,
