@@ -22,8 +22,9 @@ pytestmark = pytest.mark.tools
 ROOT = Path(__file__).resolve().parents[1]
 # official-layout sizes and the matching FocusDETR arguments (R50 backbone as official, a small transformer)
 LAYOUT = dict(num_classes=3, embed=64, ffn=128, enc_layers=2, dec_layers=2, queries=20)
-MODEL = dict(num_classes=3, embed_dims=64, ffn_dims=128, num_encoder_layers=2, num_decoder_layers=2, num_queries=20,
-             cascade_ratios=(1.0, 0.5))
+MODEL = dict(num_classes=3, embed_dims=64, num_queries=20,
+             encoder=dict(num_layers=2, ffn_dims=128, cascade_ratios=(1.0, 0.5)),
+             decoder=dict(num_layers=2, ffn_dims=128))
 
 
 def _tool():
@@ -73,7 +74,8 @@ def test_tool_converts_the_official_layout_and_the_result_loads_strictly(tmp_pat
     official = official_file(tmp_path / 'model_final.pth')
     out = tmp_path / 'out' / f'focus_detr{suffix}'
     summary = _tool().main(['focus_detr', str(tmp_path / 'model_final.pth'), str(out)])
-    assert "FocusDETR('resnet50', num_classes=3" in summary['model'] and 'num_encoder_layers=2' in summary['model']
+    assert "FocusDETR('resnet50', num_classes=3" in summary['model']
+    assert "encoder={'num_layers': 2" in summary['model'] and "decoder={'num_layers': 2" in summary['model']
     assert summary['format'] == ('safetensors' if suffix == '.safetensors' else 'torch.save state dict')
     assert summary['renamed'] == sum(k.startswith('backbone.') for k in official)
     assert summary['dropped'] == sum(k.startswith(('transformer.decoder.class_embed', 'transformer.decoder.bbox_embed',

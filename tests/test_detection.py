@@ -48,9 +48,9 @@ def synthetic(tmp_path_factory):
 
 def _tiny_focus_detr(num_classes=3):
     from visionattn.heads.detection import FocusDETR
-    return FocusDETR(backbone='resnet18', num_classes=num_classes, pretrained=False, num_queries=20,
-                     num_encoder_layers=2, num_decoder_layers=2, embed_dims=64, ffn_dims=128, dn_number=4,
-                     cascade_ratios=(1.0, 0.8), topk_sa=16, num_select=20)
+    return FocusDETR(backbone='resnet18', num_classes=num_classes, pretrained=False, num_queries=20, embed_dims=64,
+                     encoder=dict(num_layers=2, ffn_dims=128, cascade_ratios=(1.0, 0.8), topk_sa=16),
+                     decoder=dict(num_layers=2, ffn_dims=128), dn_number=4, num_select=20)
 
 
 # --- transforms --------------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from visionattn.heads.detection import FocusDETR
 pytestmark = pytest.mark.tools
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(num_classes=3, num_queries=20, num_encoder_layers=2, num_decoder_layers=2, embed_dims=64, ffn_dims=128,
-            topk_sa=16)
+TINY = dict(num_classes=3, num_queries=20, embed_dims=64, decoder=dict(num_layers=2, ffn_dims=128))
+ENCODER = dict(num_layers=2, ffn_dims=128, topk_sa=16)
 
 
 def _tool():
@@ -24,8 +24,10 @@ def _tool():
 def test_counts_add_up_and_sparsification_saves():
     tool = _tool()
     torch.manual_seed(0)
-    focus = tool.count_focus_detr(FocusDETR('resnet18', cascade_ratios=(1.0, 0.5), **TINY), 64, 96)
-    dense = tool.count_focus_detr(FocusDETR('resnet18', focus_rho=1.0, cascade_ratios=(1.0, 1.0), **TINY), 64, 96)
+    focus = tool.count_focus_detr(FocusDETR('resnet18', encoder=dict(ENCODER, cascade_ratios=(1.0, 0.5)), **TINY),
+                                  64, 96)
+    dense = tool.count_focus_detr(FocusDETR('resnet18', encoder=dict(ENCODER, focus_rho=1.0, cascade_ratios=(1.0, 1.0)),
+                                            **TINY), 64, 96)
     tokens = 8 * 12 + 4 * 6 + 2 * 3 + 1 * 2
     assert focus['tokens'] == dense['tokens'] == tokens
     keep = int(tokens * 0.5) + 1

@@ -11,6 +11,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from visionattn.heads.detection import (
     FOCUS_DETR_R50_PARAMS,
     FocusDETR,
+    FocusDETRCriterion,
+    FocusDETRDecoder,
     HungarianMatcher,
     convert_focus_detr_official,
     foreground_targets,
@@ -19,15 +21,19 @@ from visionattn.heads.detection import (
 from visionattn.heads.detection.criterion import default_fg_ranges
 from visionattn.heads.detection.focus_detr import FocusDETREncoder, FocusDETREncoderLayer
 
+from visionattn.layers import ChannelMapper
+
 pytestmark = pytest.mark.heads
 
-TINY = dict(num_classes=3, num_queries=20, num_encoder_layers=2, num_decoder_layers=2, embed_dims=64, ffn_dims=128,
-            dn_number=4, cascade_ratios=(1.0, 0.5), topk_sa=16, num_select=10)
+TINY = dict(num_classes=3, num_queries=20, embed_dims=64, dn_number=4, num_select=10,
+            encoder=dict(num_layers=2, ffn_dims=128, cascade_ratios=(1.0, 0.5), topk_sa=16),
+            decoder=dict(num_layers=2, ffn_dims=128))
 
 
-def _tiny(**kw):
+def _tiny(encoder=None, **kw):
+    """The tiny model; ``encoder`` entries update TINY's encoder dict."""
     torch.manual_seed(0)
-    return FocusDETR('resnet18', **{**TINY, **kw})
+    return FocusDETR('resnet18', **{**TINY, 'encoder': {**TINY['encoder'], **(encoder or {})}, **kw})
 
 
 def _batch():
@@ -104,7 +110,7 @@ def test_empty_targets():
 
 
 def test_foreground_selection_follows_the_cascade():
-    model = _tiny(cascade_ratios=(1.0, 0.6), focus_rho=0.5)
+    model = _tiny(encoder=dict(cascade_ratios=(1.0, 0.6), focus_rho=0.5))
     images, pad, _ = _batch()
     model.eval()
     with torch.no_grad():
@@ -138,7 +144,8 @@ def test_dual_attention_keeps_unselected_tokens():
         assert not torch.allclose(out[b, chosen], query[b, chosen])
 
     # the encoder writes back only each image's first focus_token_nums[b] selected tokens of each layer
-    enc = FocusDETREncoder(2, embed_dims=32, num_heads=4, ffn_dims=64, num_levels=2, topk_sa=3)
+    enc = FocusDETREncoder(2, cascade_ratios=(1.0, 1.0), embed_dims=32, num_heads=4, ffn_dims=64, num_levels=2,
+                           topk_sa=3)
     shapes = torch.tensor([[2, 4], [1, 4]])
     start = torch.tensor([0, 8])
     src = torch.randn(2, 12, 32)
@@ -384,6 +391,59 @@ def test_bad_inputs_name_the_problem(tiny):
     with pytest.raises(ValueError, match='fewer than num_queries'):
         _tiny(num_queries=200)(images, pad)
     with pytest.raises(ValueError, match='cascade_ratios'):
-        _tiny(cascade_ratios=(1.0,))
+        _tiny(encoder=dict(cascade_ratios=(1.0,)))
     with pytest.raises(ValueError, match='divisible by 32'):
         _tiny(embed_dims=48)
+
+
+def _same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_parts_compose_from_dicts_and_modules():
+    default = _tiny()
+    assert isinstance(default.neck, ChannelMapper) and isinstance(default.transformer.decoder, FocusDETRDecoder)
+    assert default.criterion.matcher.cost_class == 2.0 and default.criterion.weight_dict['loss_foreground'] == 1.5
+    # the explicit official dicts are the defaults, parameter for parameter
+    explicit = _tiny(encoder=dict(type=FocusDETREncoder, focus_rho=0.5, num_heads=8, num_points=4, dropout=0.0),
+                     neck=dict(type=ChannelMapper, kernel_size=1, num_groups=32),
+                     matcher=dict(type=HungarianMatcher, cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
+                     criterion=dict(type=FocusDETRCriterion, class_weight=1.0, bbox_weight=5.0, giou_weight=2.0,
+                                    foreground_weight=1.5))
+    assert _same_state(default, explicit) and repr(default) == repr(explicit)
+    swapped = _tiny(matcher=dict(cost_class=1.0), criterion=dict(foreground_weight=3.0, giou_weight=1.0))
+    assert swapped.criterion.matcher.cost_class == 1.0 and swapped.criterion.weight_dict['loss_foreground'] == 3.0
+    assert swapped.criterion.weight_dict['loss_giou_dn_0'] == 1.0
+    # modules are used as they are (the transformer re-initialises the encoder's and decoder's matrices)
+    encoder = FocusDETREncoder(2, cascade_ratios=(1.0, 0.5), embed_dims=64, ffn_dims=128, num_levels=4, topk_sa=16)
+    decoder = FocusDETRDecoder(2, 64, ffn_dims=128, num_levels=4)
+    criterion = FocusDETRCriterion(3, HungarianMatcher(1.0, 5.0, 2.0), num_decoder_layers=2)
+    built = FocusDETR('resnet18', **{**TINY, 'encoder': encoder, 'decoder': decoder, 'criterion': criterion})
+    assert built.transformer.encoder is encoder and built.transformer.decoder is decoder
+    assert built.criterion is criterion and len(built.class_embed) == 3
+    assert list(built.state_dict()) == list(default.state_dict())
+    images, pad, targets = _batch()
+    assert set(built.loss(images, pad, targets)) == set(default.loss(images, pad, targets))
+
+
+def test_part_configs_name_their_problems():
+    with pytest.raises(ValueError, match='neck: out_channels=32 contradicts the detector\'s out_channels=64'):
+        _tiny(neck=dict(out_channels=32))
+    with pytest.raises(ValueError, match='encoder: embed_dims=32 contradicts'):
+        _tiny(encoder=dict(embed_dims=32))
+    with pytest.raises(ValueError, match='brings its own matcher'):
+        _tiny(matcher=dict(cost_class=1.0), criterion=FocusDETRCriterion(3))
+    with pytest.raises(TypeError, match='decoder must be a config dict or an nn.Module'):
+        _tiny(decoder=[2])
+    with pytest.raises(TypeError, match='unexpected keyword'):
+        _tiny(num_encoder_layers=2)  # the flat keywords are gone: the encoder dict has num_layers
+
+
+def test_parts_by_registry_name():
+    pytest.importorskip('mmengine')
+    named = _tiny(encoder=dict(type='FocusDETREncoder'), decoder=dict(type='FocusDETRDecoder', num_layers=2,
+                                                                      ffn_dims=128),
+                  neck=dict(type='ChannelMapper'), matcher=dict(type='HungarianMatcher', cost_class=2.0),
+                  criterion=dict(type='FocusDETRCriterion'))
+    assert _same_state(named, _tiny())

@@ -118,14 +118,15 @@ def _focus_detr_build(checkpoint: Dict[str, Any], args: argparse.Namespace) -> T
         raise CheckpointError(f'{heads_points} sampling points x heads per level do not split into '
                               f'--num-heads {args.num_heads}')
     official = (1.0, 0.8, 0.6, 0.6, 0.4, 0.2)
-    kwargs = dict(num_classes=num_classes, num_queries=shape('transformer.tgt_embed.weight')[0],
-                  num_encoder_layers=enc, num_decoder_layers=dec, embed_dims=embed, num_feature_levels=levels,
-                  ffn_dims=shape('transformer.encoder.layers.0.ffns.0.layers.0.0.weight')[0],
-                  num_heads=args.num_heads, num_points=heads_points // args.num_heads,
-                  cascade_ratios=official if enc == len(official) else (1.0,) * enc)
+    layer = dict(num_heads=args.num_heads, num_points=heads_points // args.num_heads,
+                 ffn_dims=shape('transformer.encoder.layers.0.ffns.0.layers.0.0.weight')[0])
+    kwargs = dict(num_classes=num_classes, num_queries=shape('transformer.tgt_embed.weight')[0], embed_dims=embed,
+                  num_feature_levels=levels, encoder=dict(num_layers=enc, **layer),
+                  decoder=dict(num_layers=dec, **layer))
     with torch.device('meta'):
-        model = FocusDETR(depths[res4], **kwargs)
-    shown = ', '.join(f'{k}={v}' for k, v in kwargs.items() if k != 'cascade_ratios')
+        model = FocusDETR(depths[res4], **dict(kwargs, encoder=dict(
+            kwargs['encoder'], cascade_ratios=official if enc == len(official) else (1.0,) * enc)))
+    shown = ', '.join(f'{k}={v}' for k, v in kwargs.items())
     return model, f'FocusDETR({depths[res4]!r}, {shown})'
 
 

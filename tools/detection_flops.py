@@ -39,7 +39,7 @@ from visionattn.layers import deformable_attention
 
 __all__ = ['VARIANTS', 'count_focus_detr', 'msda_macs', 'main']
 
-VARIANTS = {
+VARIANTS = {  # each variant's FocusDETR encoder settings (the rest is the official R50)
     'focus': dict(focus_rho=0.5, cascade_ratios=(1.0, 0.8, 0.6, 0.6, 0.4, 0.2)),
     'rho03': dict(focus_rho=0.3, cascade_ratios=(1.0, 0.8, 0.6, 0.6, 0.4, 0.2)),
     'dense': dict(focus_rho=1.0, cascade_ratios=(1.0,) * 6),
@@ -147,7 +147,7 @@ def run(sizes: Sequence[str], variants: Sequence[str]) -> Tuple[Dict[str, Dict[s
     results, params = {}, {}
     for variant in variants:
         torch.manual_seed(0)
-        model = FocusDETR('resnet50', num_classes=80, **VARIANTS[variant])
+        model = FocusDETR('resnet50', num_classes=80, encoder=VARIANTS[variant])
         params[variant] = sum(p.numel() for p in model.parameters())
         results[variant] = {}
         for size in sizes:

@@ -9,7 +9,7 @@ from mmengine.config import read_base
 from mmengine.optim import MultiStepLR, OptimWrapper
 from mmengine.runner import EpochBasedTrainLoop, TestLoop, ValLoop
 from torch.optim import AdamW
-from visionattn.heads.detection import FocusDETR
+from visionattn.heads.detection import FocusDETR, FocusDETRDecoder, FocusDETREncoder
 from visionattn.heads.detection.task import DetDataPreprocessor, Detector
 
 with read_base():
@@ -19,10 +19,13 @@ with read_base():
 model = dict(
     type=Detector,
     data_preprocessor=dict(type=DetDataPreprocessor, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
-    network=dict(type=FocusDETR, backbone='resnet18', num_classes=num_classes, pretrained=False, num_queries=30,
-                 num_encoder_layers=2, num_decoder_layers=2, embed_dims=64, num_feature_levels=4, ffn_dims=128,
-                 dn_number=4, focus_rho=0.5, cascade_ratios=(1.0, 0.8), topk_sa=32, num_select=30,
-                 freeze_bn=False),
+    network=dict(
+        type=FocusDETR, backbone='resnet18', num_classes=num_classes, pretrained=False, freeze_bn=False,
+        embed_dims=64, num_feature_levels=4,
+        encoder=dict(type=FocusDETREncoder, num_layers=2, focus_rho=0.5, cascade_ratios=(1.0, 0.8), topk_sa=32,
+                     ffn_dims=128),
+        decoder=dict(type=FocusDETRDecoder, num_layers=2, ffn_dims=128),
+        num_queries=30, dn_number=4, num_select=30),
 )
 max_epochs = 40
 # The backbone is trained from scratch here, so it keeps the full learning rate.

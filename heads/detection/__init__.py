@@ -9,10 +9,11 @@ preprocessor, the mmengine task model, the ``--show-dir`` hook and the datasets'
 """
 from .convert import convert_focus_detr_official
 from .criterion import FocusDETRCriterion, foreground_targets
-from .focus_detr import FOCUS_DETR_R50_PARAMS, FocusDETR, prepare_for_cdn
+from .focus_detr import FOCUS_DETR_R50_PARAMS, FocusDETR, FocusDETRDecoder, FocusDETREncoder, prepare_for_cdn
 from .matcher import HungarianMatcher
 from .weights import FOCUS_DETR_WEIGHTS, create_focus_detr_official, load_focus_detr_official
 
-__all__ = ['FocusDETR', 'FocusDETRCriterion', 'HungarianMatcher', 'foreground_targets', 'prepare_for_cdn',
+__all__ = ['FocusDETR', 'FocusDETREncoder', 'FocusDETRDecoder', 'FocusDETRCriterion', 'HungarianMatcher',
+           'foreground_targets', 'prepare_for_cdn',
            'convert_focus_detr_official', 'FOCUS_DETR_R50_PARAMS', 'FOCUS_DETR_WEIGHTS',
            'load_focus_detr_official', 'create_focus_detr_official']

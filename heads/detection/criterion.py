@@ -103,19 +103,29 @@ class FocusDETRCriterion(nn.Module):
     Args:
         num_classes: Foreground classes K (no background logit).
         matcher: The Hungarian matcher (default: costs 2/5/2).
-        weight_dict: Loss weights (default :func:`make_weight_dict`).
+        weight_dict: Loss weights (default :func:`make_weight_dict` of ``num_decoder_layers`` and the weights below).
         alpha: Focal alpha of the class and foreground losses.
         gamma: Focal gamma of the class and foreground losses.
         fg_ranges: Per-level (lo, hi] max-ltrb ranges of the foreground targets (default the official ones).
+        num_decoder_layers: Decoder layers, for the default ``weight_dict``.
+        class_weight: Focal class loss weight of the default ``weight_dict`` (every layer, proposals, denoising).
+        bbox_weight: L1 box loss weight of the default ``weight_dict``.
+        giou_weight: GIoU loss weight of the default ``weight_dict``.
+        foreground_weight: Foreground (token selector) loss weight of the default ``weight_dict``.
     """
 
     def __init__(self, num_classes: int, matcher: Optional[HungarianMatcher] = None,
                  weight_dict: Optional[Dict[str, float]] = None, alpha: float = 0.25, gamma: float = 2.0,
-                 fg_ranges: Optional[Sequence[Tuple[float, float]]] = None, num_decoder_layers: int = 6):
+                 fg_ranges: Optional[Sequence[Tuple[float, float]]] = None, num_decoder_layers: int = 6,
+                 class_weight: float = 1.0, bbox_weight: float = 5.0, giou_weight: float = 2.0,
+                 foreground_weight: float = 1.5):
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher if matcher is not None else HungarianMatcher()
-        self.weight_dict = dict(weight_dict) if weight_dict is not None else make_weight_dict(num_decoder_layers)
+        if weight_dict is None:
+            weight_dict = make_weight_dict(num_decoder_layers, class_weight, bbox_weight, giou_weight,
+                                           foreground_weight)
+        self.weight_dict = dict(weight_dict)
         self.alpha, self.gamma = alpha, gamma
         self.fg_ranges = None if fg_ranges is None else [tuple(r) for r in fg_ranges]
 

@@ -50,8 +50,9 @@ counts), 49,330,512 trainable; 49,362,525 with 91 classes (``FOCUS_DETR_R50_PARA
 derived in tests/test_focus_detr.py from the official module structure (detectron2 ResNet-50, detrex's layers and
 the Focus-DETR modules; the aliased ``class_embed``/``bbox_embed``/``enhance_MCSP`` modules counted once).
 """
+import copy
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -69,15 +70,61 @@ from visionattn.layers import (
 )
 
 from ..segmentation.decoders import FeatureBackbone
-from .criterion import FocusDETRCriterion, make_weight_dict
+from .criterion import FocusDETRCriterion
 from .matcher import HungarianMatcher
 
 __all__ = ['FocusDETR', 'FocusDETRTransformer', 'FocusDETREncoder', 'FocusDETREncoderLayer', 'FocusDETRDecoder',
            'FocusDETRDecoderLayer', 'MaskPredictor', 'prepare_for_cdn', 'get_sine_pos_embed', 'inverse_sigmoid',
-           'FOCUS_DETR_R50_PARAMS']
+           'build_part', 'FOCUS_DETR_R50_PARAMS', 'OFFICIAL_CASCADE_RATIOS']
 
 # sum(p.numel() for p in FocusDETR('resnet50', num_classes=80).parameters()); see the module docstring.
 FOCUS_DETR_R50_PARAMS = {80: 49_339_920, 91: 49_362_525}
+# The official per-encoder-layer fractions of the kept tokens that each layer updates.
+OFFICIAL_CASCADE_RATIOS = (1.0, 0.8, 0.6, 0.6, 0.4, 0.2)
+
+PartConfig = Union[Mapping[str, Any], nn.Module, None]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def build_part(cfg: PartConfig, what: str, default_type: type, registry: str = 'MODELS', **given) -> nn.Module:
+    """A sub-module of :class:`FocusDETR` from its config, mmdet style.
+
+    Args:
+        cfg: An ``nn.Module`` (used as it is), or a dict of keyword arguments with an optional ``type``: a class
+            (the pure-Python configs) or a name registered in visionattn's ``registry`` (looked up, importing
+            mmengine, only then); without ``type``, ``default_type``. None is an empty dict.
+        what: The part's name, for error messages.
+        default_type: The class built when ``cfg`` has no ``type``.
+        registry: The visionattn registry of string types (``MODELS`` or ``TASK_UTILS``).
+        given: Arguments the detector fixes (e.g. ``embed_dims``): added to the dict; a dict that sets one to
+            another value is an error.
+    """
+    if isinstance(cfg, nn.Module):
+        return cfg
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f'{what} must be a config dict or an nn.Module, got {type(cfg).__name__}')
+    kwargs = dict(cfg)
+    for key, value in given.items():
+        if key in kwargs and not _same(kwargs[key], value):
+            raise ValueError(f'{what}: {key}={kwargs[key]!r} contradicts the detector\'s {key}={value!r}; set it '
+                             f'on FocusDETR (or leave it out of {what})')
+        kwargs[key] = value
+    kind = kwargs.pop('type', default_type)
+    if isinstance(kind, str):  # a registry name: needs mmengine; task registers the detection classes
+        from visionattn.engine import registry as registries
+
+        from . import task  # noqa: F401
+        return getattr(registries, registry).build(dict(kwargs, type=kind))
+    if not callable(kind):
+        raise TypeError(f'{what}["type"] must be a class or a registry name, got {kind!r}')
+    return kind(**kwargs)
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -170,12 +217,40 @@ class FocusDETREncoderLayer(nn.Module):
 
 class FocusDETREncoder(nn.Module):
     """The encoder: each layer gathers its selected tokens, runs, and writes back each image's first
-    ``focus_token_nums[b]`` of them; unselected tokens keep their values."""
+    ``focus_token_nums[b]`` of them; unselected tokens keep their values.
 
-    def __init__(self, num_layers: int = 6, **layer_kwargs):
+    Args:
+        num_layers: Encoder layers (= len(cascade_ratios)).
+        focus_rho: Fraction of each image's valid tokens kept by the foreground selector.
+        cascade_ratios: Per layer fraction of the kept tokens it updates.
+        layer_kwargs: :class:`FocusDETREncoderLayer` arguments (``embed_dims``, ``num_heads``, ``ffn_dims``,
+            ``num_levels``, ``num_points``, ``dropout``, ``topk_sa``).
+    """
+
+    def __init__(self, num_layers: int = 6, focus_rho: float = 0.5,
+                 cascade_ratios: Sequence[float] = OFFICIAL_CASCADE_RATIOS, **layer_kwargs):
         super().__init__()
+        if len(cascade_ratios) != num_layers:
+            raise ValueError(f'cascade_ratios has {len(cascade_ratios)} entries for {num_layers} encoder '
+                             'layers: give one keep ratio per encoder layer')
+        if not 0 < focus_rho <= 1:
+            raise ValueError(f'focus_rho must be in (0, 1], got {focus_rho}')
         self.num_layers = num_layers
+        self.focus_rho = focus_rho
+        self.cascade_ratios = tuple(float(r) for r in cascade_ratios)
         self.layers = nn.ModuleList(FocusDETREncoderLayer(**layer_kwargs) for _ in range(num_layers))
+
+    def select_tokens(self, fg_logits: torch.Tensor, mask: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Per encoder layer the top ``int(cascade[l] * max_b keep_b)`` token indices, and keep_b =
+        ``int(valid_b * rho) + 1``."""
+        valid = (~mask).sum(-1)
+        focus_token_nums = (valid * self.focus_rho).int() + 1
+        top = min(int(focus_token_nums.max()), fg_logits.shape[1])
+        score = fg_logits.masked_fill(mask, fg_logits.min())
+        # float32 products truncated, as the official float tensor ``cascade_set * foreground_topk``
+        counts = (torch.tensor(self.cascade_ratios, dtype=torch.float32) * top).int().tolist()
+        counts = [min(max(k, 1), fg_logits.shape[1]) for k in counts]
+        return [score.topk(k, dim=1).indices for k in counts], focus_token_nums
 
     def forward(self, query: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor,
                 spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, key_padding_mask: torch.Tensor,
@@ -227,7 +302,14 @@ class FocusDETRDecoderLayer(nn.Module):
 
 
 class FocusDETRDecoder(nn.Module):
-    """DINO's decoder with iterative box refinement and look-forward-twice."""
+    """DINO's decoder with iterative box refinement and look-forward-twice.
+
+    Args:
+        num_layers: Decoder layers.
+        embed_dims: Model width.
+        layer_kwargs: :class:`FocusDETRDecoderLayer` arguments (``num_heads``, ``ffn_dims``, ``num_levels``,
+            ``num_points``, ``dropout``).
+    """
 
     def __init__(self, num_layers: int = 6, embed_dims: int = 256, **layer_kwargs):
         super().__init__()
@@ -261,37 +343,20 @@ class FocusDETRTransformer(nn.Module):
     """Flattening, foreground token selection, encoder, two-stage proposals and decoder.
 
     Args:
+        encoder: The encoder (:class:`FocusDETREncoder` or one with its ``select_tokens`` and ``forward``).
+        decoder: The decoder (:class:`FocusDETRDecoder` or one with its ``num_layers`` and ``forward``).
         embed_dims: Model width C.
-        num_heads: Attention heads.
-        num_encoder_layers: Encoder layers (= len(cascade_ratios)).
-        num_decoder_layers: Decoder layers.
-        ffn_dims: FFN hidden width.
         num_feature_levels: Levels L.
-        num_points: Deformable sampling points per head and level.
         num_queries: Two-stage proposals / learned content queries.
-        focus_rho: Fraction of each image's valid tokens kept by the selector.
-        cascade_ratios: Per encoder layer fraction of the kept tokens it updates.
-        topk_sa: Tokens of the dual (self-)attention.
-        dropout: Dropout of attention and FFN (0, as official).
+
+    Every matrix of the encoder and decoder is re-initialised here (:meth:`init_weights`, the official order).
     """
 
-    def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_encoder_layers: int = 6,
-                 num_decoder_layers: int = 6, ffn_dims: int = 2048, num_feature_levels: int = 4, num_points: int = 4,
-                 num_queries: int = 900, focus_rho: float = 0.5,
-                 cascade_ratios: Sequence[float] = (1.0, 0.8, 0.6, 0.6, 0.4, 0.2), topk_sa: int = 300,
-                 dropout: float = 0.0):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, embed_dims: int = 256, num_feature_levels: int = 4,
+                 num_queries: int = 900):
         super().__init__()
-        if len(cascade_ratios) != num_encoder_layers:
-            raise ValueError(f'cascade_ratios has {len(cascade_ratios)} entries for {num_encoder_layers} encoder '
-                             'layers: give one keep ratio per encoder layer')
-        if not 0 < focus_rho <= 1:
-            raise ValueError(f'focus_rho must be in (0, 1], got {focus_rho}')
-        layer_kwargs = dict(embed_dims=embed_dims, num_heads=num_heads, ffn_dims=ffn_dims,
-                            num_levels=num_feature_levels, num_points=num_points, dropout=dropout)
-        self.encoder = FocusDETREncoder(num_encoder_layers, topk_sa=topk_sa, **layer_kwargs)
-        self.decoder = FocusDETRDecoder(num_decoder_layers, **layer_kwargs)
-        self.focus_rho = focus_rho
-        self.cascade_ratios = tuple(float(r) for r in cascade_ratios)
+        self.encoder = encoder
+        self.decoder = decoder
         self.alpha = nn.Parameter(torch.empty(num_feature_levels - 1))
         self.num_feature_levels = num_feature_levels
         self.num_queries = num_queries
@@ -377,18 +442,6 @@ class FocusDETRTransformer(nn.Module):
             scores[lvl] = prev.flatten(1)
         return torch.cat(scores, 1)
 
-    def select_tokens(self, fg_logits: torch.Tensor, mask: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
-        """Per encoder layer the top ``int(cascade[l] * max_b keep_b)`` token indices, and keep_b =
-        ``int(valid_b * rho) + 1``."""
-        valid = (~mask).sum(-1)
-        focus_token_nums = (valid * self.focus_rho).int() + 1
-        top = min(int(focus_token_nums.max()), fg_logits.shape[1])
-        score = fg_logits.masked_fill(mask, fg_logits.min())
-        # float32 products truncated, as the official float tensor ``cascade_set * foreground_topk``
-        counts = (torch.tensor(self.cascade_ratios, dtype=torch.float32) * top).int().tolist()
-        counts = [min(max(k, 1), fg_logits.shape[1]) for k in counts]
-        return [score.topk(k, dim=1).indices for k in counts], focus_token_nums
-
     def forward(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], pos_embeds: Sequence[torch.Tensor],
                 class_embed: nn.ModuleList, bbox_embed: nn.ModuleList, dn_label: Optional[torch.Tensor] = None,
                 dn_bbox: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None) -> Dict:
@@ -407,7 +460,7 @@ class FocusDETRTransformer(nn.Module):
         # foreground token selection
         tokens, _ = self.encoder_output_proposals(feat_flat + pos_flat, mask_flat, spatial)
         fg_logits = self.foreground_scores(tokens, spatial, starts)
-        foreground_inds, focus_token_nums = self.select_tokens(fg_logits, mask_flat)
+        foreground_inds, focus_token_nums = self.encoder.select_tokens(fg_logits, mask_flat)
         fg_score = fg_logits.masked_fill(mask_flat, fg_logits.min())
 
         score_head = class_embed[self.decoder.num_layers]
@@ -499,56 +552,56 @@ def prepare_for_cdn(targets: Sequence[Dict], dn_number: int, label_noise_ratio: 
 
 
 class FocusDETR(nn.Module):
-    """Focus-DETR on any zoo/timm backbone (ResNet-50 as the paper).
+    """Focus-DETR on any zoo/timm backbone (ResNet-50 as the paper), composed mmdet style.
 
     The official R50 starts from torchvision's ImageNet weights: ``backbone='resnet50.tv_in1k', pretrained=True``.
+    The neck, encoder, decoder, matcher and criterion are each an ``nn.Module`` or a config dict built by
+    :func:`build_part`: ``type`` a class or a visionattn registry name, the default class without it, e.g.
+    ``encoder=dict(num_layers=6, focus_rho=0.5, cascade_ratios=(1.0, 0.8, 0.6, 0.6, 0.4, 0.2), topk_sa=300)``.
+    The detector fills in what it fixes itself (a dict may repeat it only with the same value): the neck's
+    ``in_channels`` (the backbone's), ``out_channels`` (``embed_dims``) and ``num_outs`` (``num_feature_levels``);
+    the encoder's and decoder's ``embed_dims`` and ``num_levels``; the criterion's ``num_classes``, ``matcher`` and
+    ``num_decoder_layers``. The defaults are the official R50 model.
 
     Args:
         backbone: timm model name (features_only) or a feature module with ``feature_info``.
         num_classes: Foreground classes (80 in the official COCO config).
         pretrained: Load the backbone's pretrained weights.
+        neck: The level mapper to ``embed_dims`` (default :class:`~visionattn.layers.ChannelMapper`, 1x1 conv + GN
+            per backbone level, 3x3/s2 conv + GN extra levels).
+        encoder: The Focus-DETR encoder (default :class:`FocusDETREncoder`: 6 layers, ``focus_rho`` 0.5, the
+            official cascade, ``topk_sa`` 300, 8 heads, FFN 2048, 4 points, dropout 0).
+        decoder: The DINO decoder (default :class:`FocusDETRDecoder`: 6 layers, 8 heads, FFN 2048, 4 points).
+        matcher: The Hungarian matcher of the criterion (default :class:`HungarianMatcher`, costs 2/5/2); only
+            with a criterion dict (a criterion module brings its own).
+        criterion: The losses (default :class:`FocusDETRCriterion`, weights 1/5/2 and 1.5 for the foreground).
         num_queries: Decoder queries / two-stage proposals.
-        num_encoder_layers: Encoder layers.
-        num_decoder_layers: Decoder layers.
-        embed_dims: Transformer width (divisible by 32 for the GroupNorms and by num_heads).
+        embed_dims: Transformer width (divisible by 32 for the GroupNorms and by the heads).
         num_feature_levels: Levels fed to the transformer: the last ``num_backbone_levels`` backbone levels of stride
             >= 8 plus stride-2 extra levels.
-        ffn_dims: FFN hidden width.
         dn_number: Denoising queries budget (groups = dn_number // max_gt).
         label_noise_ratio: Label-flip probability x2 of the denoising queries.
         box_noise_scale: Box-noise scale of the denoising queries.
-        focus_rho: Fraction of valid tokens kept by the foreground selector.
-        cascade_ratios: Per encoder layer fraction of the kept tokens updated.
-        topk_sa: Tokens of the dual self-attention.
         num_select: Detections per image at inference.
         backbone_kwargs: Extra ``timm.create_model`` keyword arguments.
         freeze_bn: Turn every BatchNorm of the backbone into a FrozenBatchNorm2d (official R50).
         freeze_at: detectron2's freeze_at for ResNet-style backbones: 0 nothing, 1 the stem (official), k >= 2 also
             ``layer1``..``layer{k-1}``; other backbones are trained in full (as the official Swin configs).
-        num_heads: Attention heads.
-        num_points: Deformable sampling points.
         num_backbone_levels: Backbone levels used (3: strides 8, 16, 32).
-        dropout: Attention and FFN dropout (0 as official).
-        matcher_costs: (class, L1, GIoU) matching costs.
-        loss_weights: (class, L1, GIoU, foreground) loss weights.
-        fg_ranges: Per-level (lo, hi] ranges of the foreground targets (default: the official four).
     """
 
     def __init__(self, backbone: Union[str, nn.Module] = 'resnet50', num_classes: int = 80, pretrained: bool = False,
-                 num_queries: int = 900, num_encoder_layers: int = 6, num_decoder_layers: int = 6,
-                 embed_dims: int = 256, num_feature_levels: int = 4, ffn_dims: int = 2048, dn_number: int = 100,
-                 label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0, focus_rho: float = 0.5,
-                 cascade_ratios: Sequence[float] = (1.0, 0.8, 0.6, 0.6, 0.4, 0.2), topk_sa: int = 300,
-                 num_select: int = 300, backbone_kwargs: Optional[Dict] = None, freeze_bn: bool = True,
-                 freeze_at: int = 1, num_heads: int = 8, num_points: int = 4, num_backbone_levels: int = 3,
-                 dropout: float = 0.0, matcher_costs: Sequence[float] = (2.0, 5.0, 2.0),
-                 loss_weights: Sequence[float] = (1.0, 5.0, 2.0, 1.5),
-                 fg_ranges: Optional[Sequence[Tuple[float, float]]] = None):
+                 neck: PartConfig = None, encoder: PartConfig = None, decoder: PartConfig = None,
+                 matcher: PartConfig = None, criterion: PartConfig = None, num_queries: int = 900,
+                 embed_dims: int = 256, num_feature_levels: int = 4, dn_number: int = 100,
+                 label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0, num_select: int = 300,
+                 backbone_kwargs: Optional[Dict] = None, freeze_bn: bool = True, freeze_at: int = 1,
+                 num_backbone_levels: int = 3):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f'num_classes must be positive, got {num_classes}')
-        if embed_dims % num_heads:
-            raise ValueError(f'embed_dims={embed_dims} must be divisible by num_heads={num_heads}')
+        if isinstance(criterion, nn.Module) and matcher is not None:
+            raise ValueError('a criterion module brings its own matcher: give matcher only with a criterion dict')
         self.backbone = FeatureBackbone(backbone, None, pretrained, num_levels=num_backbone_levels, min_reduction=8,
                                         backbone_kwargs=backbone_kwargs)
         if len(self.backbone.channels) > num_feature_levels:
@@ -563,10 +616,12 @@ class FocusDETR(nn.Module):
             strides.append(strides[-1] * 2)
         self.strides = strides
         self.position_embedding = PositionEmbeddingSine(embed_dims // 2, 10000, True, offset=-0.5)
-        self.neck = ChannelMapper(self.backbone.channels, embed_dims, num_feature_levels)
-        self.transformer = FocusDETRTransformer(embed_dims, num_heads, num_encoder_layers, num_decoder_layers,
-                                                ffn_dims, num_feature_levels, num_points, num_queries, focus_rho,
-                                                cascade_ratios, topk_sa, dropout)
+        # built in the official order (the random initialisation depends on it): neck, encoder, decoder, the rest
+        self.neck = build_part(neck, 'neck', ChannelMapper, in_channels=list(self.backbone.channels),
+                               out_channels=embed_dims, num_outs=num_feature_levels)
+        encoder = build_part(encoder, 'encoder', FocusDETREncoder, embed_dims=embed_dims, num_levels=num_feature_levels)
+        decoder = build_part(decoder, 'decoder', FocusDETRDecoder, embed_dims=embed_dims, num_levels=num_feature_levels)
+        self.transformer = FocusDETRTransformer(encoder, decoder, embed_dims, num_feature_levels, num_queries)
         self.num_classes, self.num_queries, self.embed_dims = num_classes, num_queries, embed_dims
         self.dn_number, self.label_noise_ratio, self.box_noise_scale = dn_number, label_noise_ratio, box_noise_scale
         self.num_select = num_select
@@ -576,14 +631,16 @@ class FocusDETR(nn.Module):
         bbox_embed = MLP(embed_dims, embed_dims, 4, 3)
         nn.init.constant_(bbox_embed.layers[-1].weight, 0)
         nn.init.constant_(bbox_embed.layers[-1].bias, 0)
-        num_pred = num_decoder_layers + 1  # the last pair scores the two-stage proposals
-        self.class_embed = nn.ModuleList(_copy(class_embed) for _ in range(num_pred))
-        self.bbox_embed = nn.ModuleList(_copy(bbox_embed) for _ in range(num_pred))
+        num_pred = decoder.num_layers + 1  # the last pair scores the two-stage proposals
+        self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_pred))
+        self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_pred))
         self.label_enc = nn.Embedding(num_classes, embed_dims)
 
-        weights = make_weight_dict(num_decoder_layers, *loss_weights)
-        self.criterion = FocusDETRCriterion(num_classes, HungarianMatcher(*matcher_costs), weights,
-                                            fg_ranges=fg_ranges)
+        if not isinstance(criterion, nn.Module):
+            matcher = build_part(matcher, 'matcher', HungarianMatcher, 'TASK_UTILS')
+            criterion = build_part(criterion, 'criterion', FocusDETRCriterion, num_classes=num_classes,
+                                   matcher=matcher, num_decoder_layers=decoder.num_layers)
+        self.criterion = criterion
 
     def _freeze_stages(self, freeze_at: int) -> None:
         """detectron2's ``ResNet.freeze``: 1 = the stem (conv1, bn1), k >= 2 also res2..res_k (layer1..layer_k-1).
@@ -723,8 +780,3 @@ class FocusDETR(nn.Module):
         """Per image ``scores`` [K], ``labels`` long [K] and ``boxes`` [K, 4] xyxy in pixels of ``image_sizes``
         ((h, w) of the unpadded input)."""
         return self.postprocess(self(images, pad_mask), image_sizes)
-
-
-def _copy(module: nn.Module) -> nn.Module:
-    import copy
-    return copy.deepcopy(module)

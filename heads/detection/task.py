@@ -15,14 +15,22 @@ from mmengine.structures import BaseDataElement, InstanceData
 
 from visionattn.engine.base import NormalizePadPreprocessor, TaskModel, batch_canvas, pad_to, parse_total_loss
 from visionattn.engine.hooks import ShowDirHook
-from visionattn.engine.registry import DATASETS, FUNCTIONS, HOOKS, MODELS
+from visionattn.engine.registry import DATASETS, FUNCTIONS, HOOKS, MODELS, TASK_UTILS
+from visionattn.layers import ChannelMapper
 
+from .criterion import FocusDETRCriterion
 from .data import CocoDetection, SyntheticCocoDetection
+from .focus_detr import FocusDETR, FocusDETRDecoder, FocusDETREncoder
+from .matcher import HungarianMatcher
 
 __all__ = ['det_collate', 'DetDataPreprocessor', 'Detector', 'DetPredictionImagesHook', 'make_pad_mask']
 
 DATASETS.register_module(module=CocoDetection)
 DATASETS.register_module(module=SyntheticCocoDetection)
+# Focus-DETR and its parts, for configs that name them by string (``type='FocusDETREncoder'``)
+for _part in (FocusDETR, FocusDETREncoder, FocusDETRDecoder, FocusDETRCriterion, ChannelMapper):
+    MODELS.register_module(module=_part)
+TASK_UTILS.register_module(module=HungarianMatcher)
 
 
 @FUNCTIONS.register_module()

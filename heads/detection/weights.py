@@ -196,8 +196,9 @@ def create_focus_detr_official(name: str, cache_dir: Optional[Union[str, Path]] 
                                **kwargs) -> nn.Module:
     """A :class:`FocusDETR` built as the official release ``name`` (its backbone, 80 classes) with its weights.
 
-    ``kwargs`` go to :class:`FocusDETR` (inference settings such as ``num_select`` or ``focus_rho``; anything that
-    changes a parameter shape makes the load fail with the keys named).
+    ``kwargs`` go to :class:`FocusDETR` (inference settings such as ``num_select`` or
+    ``encoder=dict(focus_rho=0.3)``; anything that changes a parameter shape makes the load fail with the keys
+    named).
     """
     from .focus_detr import FocusDETR
     if name not in FOCUS_DETR_WEIGHTS:
