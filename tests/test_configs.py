@@ -147,15 +147,19 @@ def _check_reid(model) -> None:
 
 
 def _check_diffusion(model: DiffusionModel) -> None:
-    """Diffusion: loss and a 2-step predict on two items. Latent models get 64-pixel images (8x8 latents: the
-    denoisers take sizes other than their training size), pixel models their input size, video models random
-    clips; controlled models read the synthetic pairs' Canny maps."""
+    """Diffusion: loss and a 2-step predict on two items. Latent models get 64-pixel images (8x8 latents: DiT and
+    PixArt take sizes other than their training size) except LaMamba-Diff, whose positional embedding is learned at
+    one latent size (it gets 8x that many pixels, the SD VAE's factor); pixel models their input size, video models
+    random clips; controlled models read the synthetic pairs' Canny maps."""
     from visionattn.heads.diffusion.data import SyntheticDiffusionPairs
+    from visionattn.heads.diffusion.lamamba_diff import LaMambaDiff
     from visionattn.heads.diffusion.task import diffusion_collate
     denoiser = model.denoiser
     model.num_inference_steps = 2
     if isinstance(denoiser.input_size, int):
-        size = 64 if model.vae is not None else denoiser.input_size
+        size = denoiser.input_size
+        if model.vae is not None:
+            size = 8 * denoiser.input_size if isinstance(denoiser, LaMambaDiff) else 64
         batch = diffusion_collate([SyntheticDiffusionPairs(2, size, seed=1)[i] for i in range(2)])
         if model.vae is None and denoiser.in_channels != 3:
             batch['inputs'] = batch['inputs'][:, :1].expand(-1, denoiser.in_channels, -1, -1)
