@@ -45,6 +45,7 @@ HOOKS = _child('HOOKS', ['visionattn.engine.hooks', 'visionattn.heads.segmentati
 FUNCTIONS = _child('FUNCTIONS', ['visionattn.heads.classification.task', 'visionattn.heads.segmentation.task',
                                  'visionattn.heads.reid.evaluation', 'visionattn.heads.diffusion.task',
                                  'visionattn.heads.compression.task', 'visionattn.heads.detection.task'])
+TASK_UTILS = _child('TASK_UTILS', ['visionattn.heads.detection.task'])  # Focus-DETR's matcher
 # What the runner builds from mmengine's own classes: children without classes of their own.
 RUNNERS = _child('RUNNERS')
 RUNNER_CONSTRUCTORS = _child('RUNNER_CONSTRUCTORS')
@@ -55,7 +56,6 @@ WEIGHT_INITIALIZERS = _child('WEIGHT_INITIALIZERS')
 OPTIMIZERS = _child('OPTIMIZERS')
 PARAM_SCHEDULERS = _child('PARAM_SCHEDULERS')
 EVALUATOR = _child('EVALUATOR')
-TASK_UTILS = _child('TASK_UTILS')
 VISUALIZERS = _child('VISUALIZERS')
 VISBACKENDS = _child('VISBACKENDS')
 LOG_PROCESSORS = _child('LOG_PROCESSORS')
