@@ -2,6 +2,8 @@
 
 The checks follow the task of the built model: classifiers (labels, scores), segmentors (masks), detectors (boxes).
 Configs that load pretrained weights are built without them: no test downloads anything."""
+import re
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,31 @@ def test_digits_configs_build_their_data(path):
     item = dataset[0]
     assert item['img'].dtype == torch.uint8 and item['img'].shape[0] == 3
     assert 0 <= item['gt_label'] < cfg.model.num_classes
+
+
+_RELATIVE_IMPORT = re.compile(r'^\s*from (\.+)([\w.]*) import', re.M)
+
+
+def test_bases_follow_one_convention():
+    """configs/_base_/ holds only what several tasks share; a task's own bases live in configs/<task>/_base_/, and no
+    config reads another task's files (issue 24)."""
+    configs = ROOT / 'configs'
+    users = defaultdict(set)
+    for path in sorted(configs.rglob('*.py')):
+        rel = path.relative_to(configs)
+        for dots, module in _RELATIVE_IMPORT.findall(path.read_text()):
+            folder = path.parent
+            for _ in range(len(dots) - 1):
+                folder = folder.parent
+            target = (folder / module.replace('.', '/')).with_suffix('.py').resolve()
+            assert target.is_file(), f'{rel} imports {dots}{module}, which does not exist'
+            where = target.relative_to(configs).parts
+            if where[0] == '_base_':
+                users[where[-1]].add(rel.parts[0])
+            else:
+                assert where[0] == rel.parts[0], f'{rel} reads {"/".join(where)}, a file of another task'
+    shared = sorted(p.name for p in (configs / '_base_').glob('*.py'))
+    assert shared and not list((configs / '_base_').glob('*/*.py')), 'configs/_base_/ is flat: shared files only'
+    for name in shared:
+        assert len(users[name] - {'_base_'}) >= 2, (f'configs/_base_/{name} serves {sorted(users[name])} only: a '
+                                                    "task's own base belongs in configs/<task>/_base_/")
