@@ -113,8 +113,7 @@ def test_automatic_choice_runs_the_kernel_only_for_large_no_grad_calls(monkeypat
     launched, real = [], kernels.layer_norm_fwd
     monkeypatch.setattr(kernels, 'layer_norm_fwd', lambda rows, *rest: launched.append(rows.shape[0]) or
                         real(rows, *rest))
-    named = [False]
-    monkeypatch.setattr(module, '_choose', lambda *args: ('triton', torch.float32, named[0]))
+    monkeypatch.setattr(module, '_choose', lambda *args: ('triton', torch.float32))
     monkeypatch.setattr(module, '_CHOICES', {})
     monkeypatch.setattr(module, 'AUTO_MIN_ROWS', 12)
     weight, bias = torch.randn(16), torch.randn(16)
@@ -126,10 +125,11 @@ def test_automatic_choice_runs_the_kernel_only_for_large_no_grad_calls(monkeypat
         assert launched == [12]
     out = layer_norm(large.requires_grad_(), 16, weight, bias)
     assert type(out.grad_fn).__name__ == 'NativeLayerNormBackward0' and launched == [12]
-    named[0] = True
-    monkeypatch.setattr(module, '_CHOICES', {})
-    out = layer_norm(small.requires_grad_(), 16, weight, bias)
+    out = layer_norm(small.requires_grad_(), 16, weight, bias, backend='triton')
     assert type(out.grad_fn).__name__ == '_LayerNormFnBackward' and launched == [12, 10]
+    monkeypatch.setenv('VISIONATTN_BACKEND', 'triton')  # the environment names it as the argument does
+    out = layer_norm(small, 16, weight, bias)
+    assert type(out.grad_fn).__name__ == '_LayerNormFnBackward' and launched == [12, 10, 10]
 
 
 def test_layer_is_a_layernorm_with_the_same_state_and_traces():

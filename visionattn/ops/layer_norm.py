@@ -50,6 +50,12 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]], wei
         return F.layer_norm(x, normalized_shape, weight, bias, eps)
     if x.device.type == 'meta':  # shape propagation (FLOP counts): no kernel, no autocast state to read
         return F.layer_norm(x, normalized_shape, weight, bias, eps)
+    grad = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)
+                                        or (bias is not None and bias.requires_grad))
+    # The automatic choice's cheap exits first: training calls and small calls never build a key.
+    if backend is None and (grad or x.dim() == 0 or x.numel() < AUTO_MIN_ROWS * x.shape[-1]) \
+            and env_backend() is None:
+        return F.layer_norm(x, normalized_shape, weight, bias, eps)
     autocast = torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type)
     key = (x.shape[-1:], normalized_shape, x.dtype, x.device, weight is None or (weight.shape, weight.dtype),
            bias is None or (bias.shape, bias.dtype), autocast, backend, env_signature()) if x.dim() else None
@@ -60,12 +66,8 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]], wei
             if len(_CHOICES) >= 1024:
                 _CHOICES.clear()
             _CHOICES[key] = choice
-    chosen, stats_dtype, named = choice
+    chosen, stats_dtype = choice
     if chosen == 'reference':
-        return F.layer_norm(x, normalized_shape, weight, bias, eps)
-    grad = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)
-                                        or (bias is not None and bias.requires_grad))
-    if not named and (grad or x.numel() < AUTO_MIN_ROWS * x.shape[-1]):
         return F.layer_norm(x, normalized_shape, weight, bias, eps)
     if grad:
         return _LayerNormFn.apply(x, weight, bias, float(eps), stats_dtype)
@@ -74,8 +76,8 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]], wei
     return y.view(x.shape)
 
 
-# (backend, dtype of PyTorch's saved statistics, whether 'triton' was named) for each call signature (shapes,
-# dtypes, devices, autocast state, the backend argument, the environment): a model's repeated calls skip the checks.
+# (backend, dtype of PyTorch's saved statistics) for each call signature (shapes, dtypes, devices, autocast state,
+# the backend argument, the environment): a model's repeated calls skip the checks.
 _CHOICES = {}
 
 
@@ -88,7 +90,7 @@ def _choose(x, normalized_shape, weight, bias, eps, backend) -> tuple:
                              f'input {tuple(x.shape)}, normalized_shape {normalized_shape}, weight '
                              f'{None if weight is None else tuple(weight.shape)}, bias '
                              f'{None if bias is None else tuple(bias.shape)}')
-        return 'reference', None, False
+        return 'reference', None
     # PyTorch's own op on an empty input: the output dtype it gives here (autocast's policy for layer_norm differs by
     # device: CUDA runs it in float32, the CPU in the input's dtype) and the dtype of the statistics its backward reads.
     with torch.no_grad():
@@ -102,10 +104,10 @@ def _choose(x, normalized_shape, weight, bias, eps, backend) -> tuple:
             raise ValueError(f'layer_norm (triton): input, weight, bias and output share one dtype; got input '
                              f'{x.dtype}, weight {None if weight is None else weight.dtype}, bias '
                              f'{None if bias is None else bias.dtype}, output {y.dtype}')
-        return 'reference', None, False
+        return 'reference', None
     chosen = choose_backend('layer_norm', backend, (x, weight, bias),
                             [(n <= _MAX_FEATURES, '' if n <= _MAX_FEATURES else f'{n} features > {_MAX_FEATURES}')])
-    return chosen, stats_dtype, (backend or env_backend()) == 'triton'
+    return chosen, stats_dtype
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
