@@ -190,3 +190,26 @@ def test_plain_checkpoint_round_trip_is_exact(tmp_path):
     got = loaded['rng_states'][0]['numpy']
     assert got[0] == rng[0] and got[1].dtype == rng[1].dtype and np.array_equal(got[1], rng[1]) and got[2:] == rng[2:]
     assert np.array_equal(loaded['meta']['palette'], np.eye(3, 2))
+
+
+def _task_models():
+    from visionattn.engine import MODELS
+    from visionattn.engine.base import TaskModel
+    MODELS.import_from_location()
+    names = sorted(name for name, cls in MODELS.module_dict.items()
+                   if isinstance(cls, type) and issubclass(cls, TaskModel))
+    assert names, 'the MODELS registry holds no task model'
+    return names
+
+
+@pytest.mark.parametrize('name', _task_models())
+def test_task_model_names_an_unknown_mode(name):
+    # The mode dispatch lives once in TaskModel.forward; it rejects a bad mode before any network runs, so a bare
+    # module of each registered task model suffices.
+    from visionattn.engine import MODELS
+    cls = MODELS.get(name)
+    model = cls.__new__(cls)
+    torch.nn.Module.__init__(model)
+    for batch in (torch.zeros(2, 3, 8, 8), torch.zeros(0, 3, 8, 8)):  # the empty-batch rule leaves it to forward
+        with pytest.raises(ValueError, match=r"unknown mode='bogus'.*'loss', 'predict', 'tensor'"):
+            model(batch, None, mode='bogus')

@@ -75,17 +75,10 @@ class ImageClassifier(TaskModel):
         self.label_smoothing = label_smoothing
         self.mixup = Mixup(**mixup, label_smoothing=label_smoothing, num_classes=num_classes) if mixup else None
 
-    def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
-                mode: str = 'tensor'):
-        if mode == 'tensor':
-            if not len(inputs):  # the same empty logits whatever the backbone does with no image
-                return inputs.new_zeros((0, self.num_classes), dtype=torch.float32)
-            return self.classifier(inputs)
-        if mode == 'loss':
-            return self.loss(inputs, data_samples)
-        if mode == 'predict':
-            return self.predict(inputs, data_samples)
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+    def _forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None) -> torch.Tensor:
+        if not len(inputs):  # the same empty logits whatever the backbone does with no image
+            return inputs.new_zeros((0, self.num_classes), dtype=torch.float32)
+        return self.classifier(inputs)
 
     def train_step(self, data, optim_wrapper):
         # The labels are still on the CPU here (the data preprocessor moves them): checked without a device sync.

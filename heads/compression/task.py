@@ -105,17 +105,11 @@ class ImageCompressor(TaskModel):
         self.lmbda, self.metric = lmbda, metric
         self.criterion = RateDistortionLoss(lmbda=lmbda, metric=metric)
 
-    def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
-                mode: str = 'tensor'):
-        if mode == 'loss':
-            return self.loss(inputs)
-        if mode == 'predict':
-            return self.predict(inputs, data_samples)
-        if mode == 'tensor':
-            return self.codec(inputs)
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+    def _forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None) -> Dict:
+        return self.codec(inputs)
 
-    def loss(self, inputs: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def loss(self, inputs: torch.Tensor,
+             data_samples: Optional[List[BaseDataElement]] = None) -> Dict[str, torch.Tensor]:
         """The rate-distortion loss; 'bpp' and the distortion are logged under names without 'loss' so mmengine's
         ``parse_losses`` (which sums every key containing 'loss') adds only the total."""
         if self.metric == 'ms-ssim' and min(inputs.shape[-2:]) < MSSSIM_MIN_SIDE:

@@ -209,19 +209,19 @@ class Detector(TaskModel):
     def num_classes(self) -> Optional[int]:
         return getattr(self.network, 'num_classes', None)
 
-    def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
-                mode: str = 'tensor', pad_mask: Optional[torch.Tensor] = None):
+    def mode_kwargs(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]],
+                    pad_mask: Optional[torch.Tensor] = None) -> Dict:
+        """Every mode takes ``pad_mask`` [B, H, W] (True on padding): forward's own, or made from the samples'
+        metainfo."""
         if inputs.ndim != 4:
             raise ValueError(f'Detector expects inputs [B, 3, H, W], got {tuple(inputs.shape)}')
         if pad_mask is None:
             pad_mask = make_pad_mask(data_samples, inputs.shape[0], *inputs.shape[-2:], device=inputs.device)
-        if mode == 'tensor':
-            return self.network(inputs, pad_mask)
-        if mode == 'loss':
-            return self.loss(inputs, data_samples, pad_mask)
-        if mode == 'predict':
-            return self.predict(inputs, data_samples, pad_mask)
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+        return {'pad_mask': pad_mask}
+
+    def _forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]],
+                 pad_mask: torch.Tensor) -> Dict:
+        return self.network(inputs, pad_mask)
 
     @staticmethod
     def _image_size(sample: BaseDataElement, inputs: torch.Tensor) -> Tuple[int, int]:

@@ -226,18 +226,12 @@ class DiffusionModel(TaskModel):
         return {}
 
     # -- modes -------------------------------------------------------------------------------------------------
-    def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
-                mode: str = 'tensor'):
-        if mode == 'loss':
-            return self.loss(inputs, data_samples)
-        if mode == 'predict':
-            return self.predict(inputs, data_samples)
-        if mode == 'tensor':
-            x0 = self.encode(inputs)
-            t = torch.full((x0.shape[0],), self.noise_config['num_train_timesteps'] // 2, device=x0.device)
-            return self.denoiser(x0, t, self._labels(data_samples, x0.shape[0], x0.device),
-                                 **self.conditions(inputs, data_samples))
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+    def _forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None) -> torch.Tensor:
+        """The denoiser's prediction on the clean batch at the middle timestep."""
+        x0 = self.encode(inputs)
+        t = torch.full((x0.shape[0],), self.noise_config['num_train_timesteps'] // 2, device=x0.device)
+        return self.denoiser(x0, t, self._labels(data_samples, x0.shape[0], x0.device),
+                             **self.conditions(inputs, data_samples))
 
     def loss(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None) -> Dict:
         """MSE between the noise and the first in_channels channels of the prediction at uniform random t.

@@ -82,17 +82,18 @@ class ReIDSourceModel(TaskModel):
         self.ce = CrossEntropyLabelSmooth(num_classes, epsilon)
         self.triplet = SoftTripletLoss(margin=triplet_margin)
 
-    def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
-                mode: str = 'tensor'):
-        if mode == 'tensor':
-            return self.net(inputs)
-        if mode == 'loss':
-            labels = torch.stack([s.gt_label for s in data_samples]).to(inputs.device).view(-1)
-            out = self.net(inputs)
-            return {'loss_ce': self.ce(out['logits'], labels), 'loss_tri': self.triplet(out['global'], labels)}
-        if mode == 'predict':
-            return _set_features(bmfn(self.net.extract, inputs), data_samples)
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+    def _forward(self, inputs: torch.Tensor,
+                 data_samples: Optional[List[BaseDataElement]] = None) -> Dict[str, torch.Tensor]:
+        return self.net(inputs)
+
+    def loss(self, inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> Dict[str, torch.Tensor]:
+        labels = torch.stack([s.gt_label for s in data_samples]).to(inputs.device).view(-1)
+        out = self.net(inputs)
+        return {'loss_ce': self.ce(out['logits'], labels), 'loss_tri': self.triplet(out['global'], labels)}
+
+    def predict(self, inputs: torch.Tensor,
+                data_samples: Optional[List[BaseDataElement]] = None) -> List[BaseDataElement]:
+        return _set_features(bmfn(self.net.extract, inputs), data_samples)
 
 
 @MODELS.register_module()
@@ -222,15 +223,13 @@ class CoreReIDTargetModel(TaskModel):
         self.teacher.head.classifier.weight.copy_(weight.to(target))
 
     # -- forward ------------------------------------------------------------------------------------------------
-    def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
-                mode: str = 'tensor'):
-        if mode == 'tensor':
-            return self.student(inputs)
-        if mode == 'loss':
-            return self.loss(inputs, data_samples)
-        if mode == 'predict':
-            return _set_features(bmfn(self.teacher.extract, inputs), data_samples)
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+    def _forward(self, inputs: torch.Tensor,
+                 data_samples: Optional[List[BaseDataElement]] = None) -> Dict[str, torch.Tensor]:
+        return self.student(inputs)
+
+    def predict(self, inputs: torch.Tensor,
+                data_samples: Optional[List[BaseDataElement]] = None) -> List[BaseDataElement]:
+        return _set_features(bmfn(self.teacher.extract, inputs), data_samples)
 
     def loss(self, inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> Dict[str, torch.Tensor]:
         labels = self._labels(data_samples, inputs.device)

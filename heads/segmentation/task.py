@@ -195,15 +195,8 @@ class Segmentor(TaskModel):
                 outs[key] = F.interpolate(logits, size=inputs.shape[-2:], mode='bilinear', align_corners=False)
         return outs
 
-    def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
-                mode: str = 'tensor'):
-        if mode == 'tensor':
-            return self._logits(inputs)['out']
-        if mode == 'loss':
-            return self.loss(inputs, data_samples)
-        if mode == 'predict':
-            return self.predict(inputs, data_samples)
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+    def _forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None) -> torch.Tensor:
+        return self._logits(inputs)['out']
 
     def train_step(self, data, optim_wrapper):
         # The masks are still on the CPU here (the data preprocessor moves them): checked without a device sync.

@@ -52,12 +52,15 @@ def _is_empty_batch(inputs) -> bool:
     return isinstance(inputs, (list, tuple)) and len(inputs) == 0
 
 
+MODES = ('loss', 'predict', 'tensor')
+
+
 def _empty_batch_rule(forward):
     """Wrap a task model's ``forward(inputs, data_samples, mode)`` with the one rule for a batch of no image."""
 
     @functools.wraps(forward)
     def guarded(self, inputs, data_samples=None, mode: str = 'tensor', *args, **kwargs):
-        if not _is_empty_batch(inputs):
+        if mode not in MODES or not _is_empty_batch(inputs):  # an unknown mode is named by forward itself
             return forward(self, inputs, data_samples, mode, *args, **kwargs)
         name = type(self).__name__
         if mode == 'predict':
@@ -80,10 +83,14 @@ class TaskModel(BaseModel):
     and calls each one's ``init_weights``, which for timm's ResNet re-draws every weight and silently wipes a
     ``pretrained=True`` backbone. Only an explicit ``init_cfg`` is applied here.
 
-    A batch of no image gets one rule in every task (each subclass's ``forward`` is wrapped): ``mode='predict'``
-    returns no prediction (the data samples given, that is none), ``mode='loss'`` raises a ValueError naming the
-    empty batch (the mean of a loss over no sample is NaN), and ``mode='tensor'`` gives the networks' empty outputs
-    or a ValueError naming the empty batch where the networks cannot take one.
+    ``forward(inputs, data_samples, mode)`` dispatches here once for every task: ``mode='loss'`` to
+    ``loss(inputs, data_samples, **kwargs)``, ``'predict'`` to ``predict(...)`` and ``'tensor'`` to ``_forward(...)``
+    (the networks' raw outputs), the keyword arguments being those ``mode_kwargs`` makes of forward's own.
+
+    A batch of no image gets one rule in every task (this ``forward`` and any subclass's own are wrapped):
+    ``mode='predict'`` returns no prediction (the data samples given, that is none), ``mode='loss'`` raises a
+    ValueError naming the empty batch (the mean of a loss over no sample is NaN), and ``mode='tensor'`` gives the
+    networks' empty outputs or a ValueError naming the empty batch where the networks cannot take one.
     """
 
     show_hook = None  # the Hook class that draws this task's predictions for ``tools/test.py --show-dir``
@@ -92,6 +99,34 @@ class TaskModel(BaseModel):
         super().__init_subclass__(**kwargs)
         if 'forward' in cls.__dict__:
             cls.forward = _empty_batch_rule(cls.__dict__['forward'])
+
+    @_empty_batch_rule
+    def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
+                mode: str = 'tensor', **kwargs):
+        if mode not in MODES:
+            raise ValueError(f'{type(self).__name__}: unknown mode={mode!r}; the modes are '
+                             f"{', '.join(map(repr, MODES))}")
+        method = {'loss': self.loss, 'predict': self.predict, 'tensor': self._forward}[mode]
+        return method(inputs, data_samples, **self.mode_kwargs(inputs, data_samples, **kwargs))
+
+    def mode_kwargs(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]], **kwargs) -> Dict:
+        """The keyword arguments ``forward`` passes to the mode's method, from its own extra ones (checked and
+        completed by a task that takes some; none by default)."""
+        if kwargs:
+            raise TypeError(f'{type(self).__name__}.forward() got unexpected keyword arguments {sorted(kwargs)}')
+        return {}
+
+    def loss(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None) -> Dict:
+        """The loss terms of a batch (``mode='loss'``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no mode='loss'")
+
+    def predict(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None) -> List:
+        """The data samples with the predictions set (``mode='predict'``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no mode='predict'")
+
+    def _forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None):
+        """The networks' raw outputs (``mode='tensor'``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no mode='tensor'")
 
     def init_weights(self) -> None:
         if self.init_cfg:
