@@ -16,7 +16,10 @@ gives those untouched channels a cheap attention instead:
   spatial map, the other half go through a 1×1 conv.
 
 The self-attention here is plain ``scaled_dot_product_attention`` with the bias as an additive mask: visionattn
-has no shared attention op for global attention with a relative-position bias yet.
+has no shared attention op for global attention with a relative-position bias yet. The bias is gathered from its
+table by the custom op ``visionattn::patnet_rel_bias`` (issue 27): a contiguous (heads, L, L) tensor the compiler
+cannot re-lay out, given to SDPA without a batch dimension so no dense 4-D copy of it exists for inductor's
+channels-last layout optimisation to make heads-last.
 """
 import math
 from typing import Optional
@@ -29,7 +32,7 @@ from torch.jit import Final
 
 __all__ = [
     'PartialConv', 'GaussianChannelAttention', 'PartialChannelAttention', 'PartialSpatialAttention',
-    'EuclideanRelPosSelfAttention2d', 'PartialSelfAttention', 'euclidean_rpe_index',
+    'EuclideanRelPosSelfAttention2d', 'PartialSelfAttention', 'euclidean_rpe_index', 'patnet_rel_bias',
 ]
 
 
@@ -216,13 +219,56 @@ def euclidean_rpe_index(
     return bucket.long() + int(beta)
 
 
+@torch.library.custom_op('visionattn::patnet_rel_bias', mutates_args=())
+def patnet_rel_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[:, index]`` as a new contiguous tensor of shape ``(table.shape[0], *index.shape)``, in table's dtype.
+
+    The same values and gradient as the plain indexing, but opaque to torch.compile, so inductor cannot choose the
+    layout of the gathered bias (issue 27: it stored it heads-last, which CUDA's memory-efficient SDPA backward
+    refuses). The backward scatter-adds the gradient into the table's shape with ``index_add`` (fp32 on CPU: the
+    same sums, in the same order, as the indexing's own backward).
+
+    Args:
+        table: (heads, entries) bias table.
+        index: Long tensor of table entries, any shape.
+    """
+    heads = table.shape[0]
+    return torch.index_select(table, 1, index.reshape(-1)).view((heads,) + tuple(index.shape))
+
+
+@patnet_rel_bias.register_fake
+def _(table, index):
+    return table.new_empty((table.shape[0],) + tuple(index.shape))
+
+
+def _patnet_rel_bias_setup_context(ctx, inputs, output):
+    table, index = inputs
+    ctx.save_for_backward(index)
+    ctx.table_shape = tuple(table.shape)
+
+
+def _patnet_rel_bias_backward(ctx, grad):
+    (index,) = ctx.saved_tensors
+    grad_table = grad.new_zeros(ctx.table_shape).index_add(1, index.reshape(-1), grad.reshape(grad.shape[0], -1))
+    return grad_table, None
+
+
+patnet_rel_bias.register_autograd(_patnet_rel_bias_backward, setup_context=_patnet_rel_bias_setup_context)
+
+
 @torch.fx.wrap
 def _rel_pos_bias(
         table: torch.Tensor, height: int, width: int, alpha: float, beta: float, gamma: float,
 ) -> torch.Tensor:
-    """(1, heads, L, L) additive attention bias; a leaf for torch.fx because it depends on the map size."""
+    """(heads, L, L) additive attention bias, broadcast over the batch; a torch.fx leaf (it depends on the map size).
+
+    Gathered by the ``visionattn::patnet_rel_bias`` custom op on every call, eager and compiled: a contiguous tensor
+    the compiler cannot re-lay out. It stays 3-D (no batch dimension) up to SDPA: inductor's layout optimisation
+    makes dense 4-D tensors upstream of a convolution channels-last, which for a (1, heads, L, L) bias is heads-last
+    (issue 27); SDPA's own expansion to 4-D is a stride-0 view it leaves alone.
+    """
     index = euclidean_rpe_index(height, width, alpha, beta, gamma, device=table.device)
-    return table[:, index].unsqueeze(0)
+    return torch.ops.visionattn.patnet_rel_bias(table, index)
 
 
 class EuclideanRelPosSelfAttention2d(nn.Module):
