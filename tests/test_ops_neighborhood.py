@@ -262,7 +262,34 @@ def test_kernel_matches_reference_interpreter(spatial, kernel, dilation, stride,
     # bfloat16 is tested on the GPU only: the Triton interpreter's bfloat16 arithmetic is not faithful on CPU.
     from visionattn.ops.triton import neighborhood as tri
     monkeypatch.setattr(tri, 'TILE_OVERRIDE', INTERPRET_TILES)
+    monkeypatch.setattr(tri, '_PLANS', {})
     _check_kernel(spatial, kernel, dilation, stride, causal, with_rpb, dtype, heads=heads)
+    # small problems take rpb from per-call bias blocks (RPB_MODE 2)
+    assert {plan.rpb_mode for plan in tri._PLANS.values()} == {2 if with_rpb else 0}
+
+
+@pytest.mark.parametrize('spatial,kernel,dilation,stride,causal,with_rpb,dtype,heads',
+                         [case for case in KERNEL_CASES if case[5]])
+def test_kernel_gathers_rpb_past_the_bias_table_limit(spatial, kernel, dilation, stride, causal, with_rpb, dtype,
+                                                      heads, monkeypatch):
+    from visionattn.ops.triton import neighborhood as tri
+    monkeypatch.setattr(tri, 'TILE_OVERRIDE', INTERPRET_TILES)
+    monkeypatch.setattr(tri, '_PLANS', {})
+    monkeypatch.setattr(tri, 'BIAS_TABLE_LIMIT', 0)
+    _check_kernel(spatial, kernel, dilation, stride, causal, with_rpb, dtype, heads=heads)
+    assert {plan.rpb_mode for plan in tri._PLANS.values()} == {1}
+
+
+def test_bias_blocks_are_shared_by_tiles_with_the_same_windows():
+    # NAT's stage 1 (56 x 56, k7, 8 x 8 query tiles): left border, interior and right border tiles on each axis give
+    # 3 x 3 classes for 49 tiles; with dilation 8 every group is 7 x 7 and one class serves all 64 groups.
+    from visionattn.ops.triton import neighborhood as tri
+    q = torch.empty(1, 56, 56, 2, 32)
+    for dilation, want in (((1, 1), 9), ((8, 8), 1)):
+        plan = tri._Plan(q, q, q, (7, 7), dilation, (1, 1), (False, False), True)
+        classes = plan.bias_tables['classes']['fwd']
+        assert plan.rpb_mode == 2 and int(classes.max()) + 1 == want
+        assert classes.numel() == math.prod(plan.dil3) * math.prod(plan.tiles['fwd'])
 
 
 def test_kernel_odd_head_dims_and_fused_views(monkeypatch):
@@ -401,7 +428,7 @@ def test_repeated_calls_reuse_the_compiled_kernel_correctly():
             err = (g.float() - w).norm() / w.norm()
             assert err < 2e-2, f'seed {seed}, misaligned {misaligned}: {name} relative error {err:.3g}'
     # aligned and misaligned pointers are two specializations: two plans, each with its own compiled handles
-    plans = [plan for key, plan in tri._PLANS.items() if key[0] == q.shape and plan.consts['HAS_RPB']]
+    plans = [plan for key, plan in tri._PLANS.items() if key[0] == q.shape and plan.rpb_mode]
     assert len({(key[-3], key[-2], key[-1]) for key, plan in tri._PLANS.items() if plan in plans}) >= 2
     assert all(plan.slots['fwd'][0] is not None for plan in plans)
 

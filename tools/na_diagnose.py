@@ -97,6 +97,29 @@ def sweep(batch, configs=None, rpb_only=False):
     return best
 
 
+def compare_rpb_modes(batch):
+    """Per NAT stage with rpb: kernels and CUDA-graph time with the bias blocks (RPB_MODE 2, the default) against
+    the in-kernel rpb gather (RPB_MODE 1, forced by BIAS_TABLE_LIMIT = 0), and without rpb, one after the other."""
+    from triton.testing import do_bench_cudagraph
+    limit = tri.BIAS_TABLE_LIMIT
+    for size, heads in STAGES:
+        for label, with_rpb, table_limit, dtype in (
+                ('no rpb', False, limit, torch.float32), ('rpb gather', True, 0, torch.float32),
+                ('rpb blocks', True, limit, torch.float32), ('rpb blocks bf16', True, limit, torch.bfloat16)):
+            tri.BIAS_TABLE_LIMIT, tri.BIAS_TABLE_DTYPE = table_limit, dtype
+            tri._PLANS.clear()
+            fwd, both = make_case(batch, size, heads, with_rpb)
+            g_fwd = do_bench_cudagraph(fwd, rep=30, return_mode='median')
+            g_both = do_bench_cudagraph(both, rep=30, return_mode='median')
+            kt = kernel_times(both)
+            kts = ', '.join(f'{name[:24]} {ms:.3f}' for name, ms in list(kt.items())[:6])
+            modes = sorted({plan.rpb_mode for plan in tri._PLANS.values()})
+            print(f'B{batch} {size}x{size} h{heads} {label} (RPB_MODE {modes}): graph fwd {g_fwd:.3f} fwd+bwd '
+                  f'{g_both:.3f} ms | {kts}', flush=True)
+    tri.BIAS_TABLE_LIMIT, tri.BIAS_TABLE_DTYPE = limit, torch.float32
+    tri._PLANS.clear()
+
+
 def make_case(batch, size, heads, with_rpb, dim=32, kernel=7):
     gen = torch.Generator(device='cuda').manual_seed(0)
     q, k, v = (torch.randn(batch, size, size, heads, dim, device='cuda', dtype=torch.bfloat16, generator=gen)
@@ -236,7 +259,11 @@ def main():
     parser.add_argument('--sweep', action='store_true', help='time the SWEEP configs per kernel instead')
     parser.add_argument('--sweep-small', action='store_true', help='time the SMALL configs with rpb instead')
     parser.add_argument('--host', action='store_true', help='host CPU per call inside a chain of calls instead')
+    parser.add_argument('--rpb-modes', action='store_true', help='bias blocks against the in-kernel rpb gather')
     args = parser.parse_args()
+    if args.rpb_modes:
+        compare_rpb_modes(args.batch)
+        return
     if args.host:
         host_chain(args.batch)
         return
@@ -263,12 +290,12 @@ def main():
     # A bare launch of the forward kernel against a one-op torch call (host CPU per call).
     q = torch.randn(args.batch, 14, 14, 8, 32, device='cuda', dtype=torch.bfloat16)
     plan = tri._plan(q, q, q, (7, 7), (1, 1), (1, 1), (False, False), False)
-    out, lse = tri._fwd(q, q, q, None, (7, 7), (1, 1), (1, 1), (False, False), 32 ** -0.5)
+    out, lse, _ = tri._fwd(q, q, q, None, (7, 7), (1, 1), (1, 1), (False, False), 32 ** -0.5)
     consts, warps, stages = plan.launch['fwd']
 
     def bare():
-        tri._na_fwd_kernel[plan.grid('fwd')](q, q, q, out, lse, lse, *plan.windows, *plan.fwd_ints, 0.1, **consts,
-                                             num_warps=warps, num_stages=stages)
+        tri._na_fwd_kernel[plan.grid('fwd')](q, q, q, out, lse, lse, lse, lse, *plan.windows, *plan.fwd_ints, 0.1,
+                                             **consts, num_warps=warps, num_stages=stages)
 
     def cached():
         tri._fwd(q, q, q, None, (7, 7), (1, 1), (1, 1), (False, False), 32 ** -0.5)

@@ -7,7 +7,13 @@ nothing of borders, stride leaders or causality beyond "key inside the query's w
 
 - Forward: a spatial tile of queries (``T0 x T1 x T2``, flattened to BLOCK_M rows) loops over key tiles covering the
   union of its windows (windows are monotone in the query coordinate, so the union is a box), masks pairs outside
-  each query's window, adds rpb by index and runs an online softmax; it saves the log-sum-exp (base 2).
+  each query's window, adds rpb and runs an online softmax; it saves the log-sum-exp (base 2).
+- rpb (RPB_MODE 2): a gather of rpb by relative offset for every [BLOCK_M, BLOCK_N] pair costs more than the tile's
+  matmuls at NAT's head dim 32 (and the registers to index it). Tiles whose windows have the same shape (all interior
+  tiles) see the same offsets in every inner iteration, so the host keeps, per class of tiles, the flat rpb index of
+  each pair (static), and each call gathers them once into blocks of rpb * log2(e), -inf outside the windows; the
+  kernels add a block with one contiguous load, mask included. Problems whose blocks outgrow BIAS_TABLE_LIMIT (big
+  3-D windows) gather rpb in the kernels (RPB_MODE 1).
 - Backward: a dQ pass like the forward, which also computes delta = rowsum(dO * O), then a dK/dV pass over key tiles
   whose loop covers the box of queries that can see the tile (host table). With an rpb that needs a gradient the dQ
   pass adds dS into fp32 bins [heads, N, (2k-1)^d] by relative offset with atomics (small enough for L2; 3-D
@@ -71,7 +77,16 @@ def _program(NT, H, L0, L1, L2, D0, D1, D2):
     lg0 = (L0 - g0 + D0 - 1) // D0
     lg1 = (L1 - g1 + D1 - 1) // D1
     lg2 = (L2 - g2 + D2 - 1) // D2
-    return pid_t, b, h, g0, g1, g2, lg0, lg1, lg2
+    return pid_t, b, h, g, g0, g1, g2, lg0, lg1, lg2
+
+
+@triton.jit
+def _bias_blocks(TAB, CLS, tab_off, tab_head, tab_cls, g, n_tiles, pid_t, h, offs_m, offs_n, BLOCK_N: tl.constexpr):
+    # Pointers to this program's [BLOCK_M, BLOCK_N] bias blocks, one per inner-loop tile (RPB_MODE 2): the host
+    # gathers rpb * log2(e) for every (query, key) pair inside a window and -inf elsewhere, once per call, for each
+    # class of tiles that share their windows' shape (all interior tiles are one class).
+    cls = tl.load(CLS + g * n_tiles + pid_t)
+    return TAB + tab_off + h * tab_head + cls * tab_cls + offs_m[:, None] * BLOCK_N + offs_n[None, :]
 
 
 @triton.jit
@@ -95,18 +110,18 @@ def _add_rpb(s, RPB, h, r_idx, n_rel, inside):
 
 @triton.jit
 def _na_fwd_kernel(
-        Q, K, V, Out, LSE, RPB,
+        Q, K, V, Out, LSE, RPB, TAB, CLS,
         ST0, EN0, ST1, EN1, ST2, EN2,
         sqb, sq0, sq1, sq2, sqh, skb, sk0, sk1, sk2, skh, svb, sv0, sv1, sv2, svh,
         sob, so0, so1, so2, soh,
-        H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT, NT1, NT2, KS0, KS1, KS2, qk_scale,
+        H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT, NT1, NT2, KS0, KS1, KS2, tab_off, tab_head, tab_cls, qk_scale,
         HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, U0: tl.constexpr, U1: tl.constexpr,
-        U2: tl.constexpr, HAS_RPB: tl.constexpr, N_DIM: tl.constexpr, PRECISION: tl.constexpr):
+        U2: tl.constexpr, RPB_MODE: tl.constexpr, N_DIM: tl.constexpr, PRECISION: tl.constexpr):
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
     check_head_dims(HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV)
-    pid_t, b, h, g0, g1, g2, lg0, lg1, lg2 = _program(NT, H, L0, L1, L2, D0, D1, D2)
+    pid_t, b, h, g, g0, g1, g2, lg0, lg1, lg2 = _program(NT, H, L0, L1, L2, D0, D1, D2)
     a2 = (pid_t % NT2) * T2
     a1 = ((pid_t // NT2) % NT1) * T1
     a0 = (pid_t // (NT1 * NT2)) * T0
@@ -143,6 +158,8 @@ def _na_fwd_kernel(
     m_i = tl.full([BLOCK_M], float('-inf'), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    if RPB_MODE == 2:
+        bias = _bias_blocks(TAB, CLS, tab_off, tab_head, tab_cls, g, NT, pid_t, h, offs_m, offs_n, BLOCK_N)
     nb1 = (hi1 - lo1 + U1 - 1) // U1
     nb2 = (hi2 - lo2 + U2 - 1) // U2
     n_iter = ((hi0 - lo0 + U0 - 1) // U0) * nb1 * nb2
@@ -162,11 +179,14 @@ def _na_fwd_kernel(
         vv = tl.load(V + (b * svb + h * svh + v_sp)[:, None] + offs_dv[None, :],
                      mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-        inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM)
-        if HAS_RPB:
-            r_idx, n_rel = _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2)
-            s = _add_rpb(s, RPB, h, r_idx, n_rel, inside)
-        s = tl.where(inside, s, float('-inf'))
+        if RPB_MODE == 2:
+            s = s + tl.load(bias + it * (BLOCK_M * BLOCK_N))
+        else:
+            inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM)
+            if RPB_MODE == 1:
+                r_idx, n_rel = _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2)
+                s = _add_rpb(s, RPB, h, r_idx, n_rel, inside)
+            s = tl.where(inside, s, float('-inf'))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)
         p = tl.math.exp2(s - m_safe[:, None])
@@ -185,19 +205,19 @@ def _na_fwd_kernel(
 
 @triton.jit
 def _na_bwd_dkdv_kernel(
-        Q, K, V, DO, LSE, DELTA, DK, DV, RPB,
+        Q, K, V, DO, LSE, DELTA, DK, DV, RPB, TAB, CLS,
         ST0, EN0, ST1, EN1, ST2, EN2, QLO0, QHI0, QLO1, QHI1, QLO2, QHI2,
         sqb, sq0, sq1, sq2, sqh, skb, sk0, sk1, sk2, skh, svb, sv0, sv1, sv2, svh,
         sdob, sdo0, sdo1, sdo2, sdoh, sdkb, sdk0, sdk1, sdk2, sdkh, sdvb, sdv0, sdv1, sdv2, sdvh,
-        H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT0, NT1, NT2, KS0, KS1, KS2, qk_scale, scale,
-        HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT0, NT1, NT2, KS0, KS1, KS2, tab_off, tab_head, tab_cls, qk_scale,
+        scale, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, U0: tl.constexpr, U1: tl.constexpr,
-        U2: tl.constexpr, HAS_RPB: tl.constexpr, N_DIM: tl.constexpr, PRECISION: tl.constexpr):
+        U2: tl.constexpr, RPB_MODE: tl.constexpr, N_DIM: tl.constexpr, PRECISION: tl.constexpr):
     # Programs own key tiles of shape U; the inner loop walks query tiles of shape T.
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
     check_head_dims(HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV)
-    pid_t, b, h, g0, g1, g2, lg0, lg1, lg2 = _program(NT0 * NT1 * NT2, H, L0, L1, L2, D0, D1, D2)
+    pid_t, b, h, g, g0, g1, g2, lg0, lg1, lg2 = _program(NT0 * NT1 * NT2, H, L0, L1, L2, D0, D1, D2)
     t2 = pid_t % NT2
     t1 = (pid_t // NT2) % NT1
     t0 = pid_t // (NT1 * NT2)
@@ -235,6 +255,9 @@ def _na_bwd_dkdv_kernel(
     n_tok = L0 * L1 * L2
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    if RPB_MODE == 2:
+        bias = _bias_blocks(TAB, CLS, tab_off, tab_head, tab_cls, g, NT0 * NT1 * NT2, pid_t, h, offs_m, offs_n,
+                            BLOCK_N)
     nb1 = (hi1 - lo1 + T1 - 1) // T1
     nb2 = (hi2 - lo2 + T2 - 1) // T2
     n_iter = ((hi0 - lo0 + T0 - 1) // T0) * nb1 * nb2
@@ -246,9 +269,6 @@ def _na_bwd_dkdv_kernel(
         p1 = q1 + m1
         p2 = q2 + m2
         m_ok = (p0 < hi0) & (p1 < hi1) & (p2 < hi2)
-        st0, en0 = _window_rows(ST0, EN0, g0, W0, p0, m_ok)
-        st1, en1 = _window_rows(ST1, EN1, g1, W1, p1, m_ok)
-        st2, en2 = _window_rows(ST2, EN2, g2, W2, p2, m_ok)
         c0 = g0 + p0 * D0
         c1 = g1 + p1 * D1
         c2 = g2 + p2 * D2
@@ -260,11 +280,18 @@ def _na_bwd_dkdv_kernel(
         lse = tl.load(LSE + tok, mask=m_ok, other=0.0)
         delta = tl.load(DELTA + tok, mask=m_ok, other=0.0)
         s = tl.dot(q, tl.trans(kk), input_precision=PRECISION) * qk_scale
-        inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM)
-        if HAS_RPB:
-            r_idx, n_rel = _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2)
-            s = _add_rpb(s, RPB, h, r_idx, n_rel, inside)
-        p = tl.where(inside, tl.math.exp2(s - lse[:, None]), 0.0)
+        if RPB_MODE == 2:
+            # -inf outside the windows (and for rows past the query box) makes p exactly 0 there
+            p = tl.math.exp2(s + tl.load(bias + it * (BLOCK_M * BLOCK_N)) - lse[:, None])
+        else:
+            st0, en0 = _window_rows(ST0, EN0, g0, W0, p0, m_ok)
+            st1, en1 = _window_rows(ST1, EN1, g1, W1, p1, m_ok)
+            st2, en2 = _window_rows(ST2, EN2, g2, W2, p2, m_ok)
+            inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM)
+            if RPB_MODE == 1:
+                r_idx, n_rel = _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2)
+                s = _add_rpb(s, RPB, h, r_idx, n_rel, inside)
+            p = tl.where(inside, tl.math.exp2(s - lse[:, None]), 0.0)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(vv), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
@@ -280,21 +307,21 @@ def _na_bwd_dkdv_kernel(
 
 @triton.jit
 def _na_bwd_dq_kernel(
-        Q, K, V, Out, DO, LSE, DELTA, DQ, RPB, DSN,
+        Q, K, V, Out, DO, LSE, DELTA, DQ, RPB, TAB, CLS, DSN,
         ST0, EN0, ST1, EN1, ST2, EN2,
         sqb, sq0, sq1, sq2, sqh, skb, sk0, sk1, sk2, skh, svb, sv0, sv1, sv2, svh,
         sob, so0, so1, so2, soh, sdob, sdo0, sdo1, sdo2, sdoh, sdqb, sdq0, sdq1, sdq2, sdqh,
-        H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT, NT1, NT2, KS0, KS1, KS2, qk_scale, scale,
-        HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT, NT1, NT2, KS0, KS1, KS2, tab_off, tab_head, tab_cls, qk_scale,
+        scale, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, U0: tl.constexpr, U1: tl.constexpr,
-        U2: tl.constexpr, HAS_RPB: tl.constexpr, BIAS_GRAD: tl.constexpr, N_DIM: tl.constexpr,
+        U2: tl.constexpr, RPB_MODE: tl.constexpr, BIAS_GRAD: tl.constexpr, N_DIM: tl.constexpr,
         PRECISION: tl.constexpr):
     # BIAS_GRAD: 0 none; 1 accumulate dS into DSN[head, query, rpb offset]; 2 into DSN[head, query, window slot]
     # (for rpbs much larger than a window, 3-D). Both sum over the batch with atomics: DSN stays small enough for L2.
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
     check_head_dims(HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV)
-    pid_t, b, h, g0, g1, g2, lg0, lg1, lg2 = _program(NT, H, L0, L1, L2, D0, D1, D2)
+    pid_t, b, h, g, g0, g1, g2, lg0, lg1, lg2 = _program(NT, H, L0, L1, L2, D0, D1, D2)
     a2 = (pid_t % NT2) * T2
     a1 = ((pid_t // NT2) % NT1) * T1
     a0 = (pid_t // (NT1 * NT2)) * T0
@@ -342,6 +369,8 @@ def _na_bwd_dq_kernel(
     n1 = (offs_n // U2) % U1
     n2 = offs_n % U2
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if RPB_MODE == 2:
+        bias = _bias_blocks(TAB, CLS, tab_off, tab_head, tab_cls, g, NT, pid_t, h, offs_m, offs_n, BLOCK_N)
     nb1 = (hi1 - lo1 + U1 - 1) // U1
     nb2 = (hi2 - lo2 + U2 - 1) // U2
     n_iter = ((hi0 - lo0 + U0 - 1) // U0) * nb1 * nb2
@@ -361,16 +390,23 @@ def _na_bwd_dq_kernel(
         vt = tl.load(V + (b * svb + h * svh + v_sp)[None, :] + offs_dv[:, None],
                      mask=n_ok[None, :] & dv_ok[:, None], other=0.0)
         s = tl.dot(q, tl.trans(kk), input_precision=PRECISION) * qk_scale
-        inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM)
-        if HAS_RPB:
-            r_idx, n_rel = _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2)
-            s = _add_rpb(s, RPB, h, r_idx, n_rel, inside)
-        p = tl.where(inside, tl.math.exp2(s - lse[:, None]), 0.0)
+        if RPB_MODE == 2:
+            block = tl.load(bias + it * (BLOCK_M * BLOCK_N))
+            p = tl.math.exp2(s + block - lse[:, None])
+            if BIAS_GRAD != 0:
+                inside = block > float('-inf')
+        else:
+            inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM)
+            if RPB_MODE == 1:
+                s = _add_rpb(s, RPB, h, _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2)[0],
+                             (2 * KS0 - 1) * (2 * KS1 - 1) * (2 * KS2 - 1), inside)
+            p = tl.where(inside, tl.math.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, vt, input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(kk.dtype), kk, input_precision=PRECISION)
         if BIAS_GRAD == 1:
-            # The rpb gradient: dS of each (query, neighbour) pair, binned by its relative offset (r_idx above).
+            # The rpb gradient: dS of each (query, neighbour) pair, binned by its relative offset.
+            r_idx, n_rel = _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2)
             dsn_rows = (h * n_tok + img_tok).to(tl.int64) * n_rel + (n_rel - 1) // 2
             tl.atomic_add(DSN + dsn_rows[:, None] + r_idx, ds, mask=inside, sem='relaxed')
         if BIAS_GRAD == 2:
@@ -452,9 +488,129 @@ def _axis_tables(length: int, kernel: int, dilation: int, stride: int, causal: b
     return tuple(t.to(torch.int32).contiguous() for t in (start, end, q_lo, q_hi))
 
 
+@triton.jit
+def _na_bias_table_kernel(RPB, IDX, TAB, start, n, row, n_rel, BLOCK: tl.constexpr):
+    # TAB[head, i] = rpb[head, IDX[i]] * log2(e), or -inf where IDX[i] == n_rel (a pair outside the windows), for i in
+    # [start, start + n) of rows of ``row`` entries.
+    offs = start + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    h = tl.program_id(1)
+    ok = offs < start + n
+    idx = tl.load(IDX + offs, mask=ok, other=0)
+    inside = idx < n_rel
+    val = tl.load(RPB + h * n_rel + idx, mask=ok & inside, other=0.0)
+    tl.store(TAB + h * row + offs, tl.where(inside, val * LOG2E_C, float('-inf')), mask=ok)
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_bias_classes(length: int, kernel: int, dilation: int, stride: int, causal: bool, outer: int, inner: int,
+                       key_outer: bool):
+    """One axis's share of the bias blocks (RPB_MODE 2): for each (group, outer tile), the class of its pattern.
+
+    A program owns an outer tile (queries, or keys when ``key_outer``) and walks inner tiles over its box, exactly as
+    the kernels do. The pattern is ``rel[j, m, n]``: ``key - query + kernel - 1`` on this axis for query m and key n of
+    the j-th inner tile, or -1 where the pair is outside the query's window (or either is past its range). Equal
+    patterns (every interior tile) share a class. Returns (classes [dilation, tiles] long, list of patterns).
+    """
+    start, end, q_lo, q_hi = _axis_tables(length, kernel, dilation, stride, causal, outer if key_outer else 1)
+    width = start.shape[1]
+    n_tiles = triton.cdiv(width, outer)
+    classes = torch.zeros(dilation, n_tiles, dtype=torch.long)
+    patterns, seen = [], {}
+    for g in range(dilation):
+        lg = (length - g + dilation - 1) // dilation
+        st, en = start[g, :lg].long(), end[g, :lg].long()
+        for t in range(n_tiles):
+            a = t * outer
+            if a >= lg:
+                continue  # the program returns before its loop
+            if key_outer:
+                keys = a + torch.arange(outer)
+                lo, hi = int(q_lo[g, t]), int(q_hi[g, t])
+                queries = lo + torch.arange(max(0, -(-(hi - lo) // inner)))[:, None] * inner + torch.arange(inner)
+                q_ok = queries < hi
+                qc = queries.clamp(max=lg - 1)
+                rel = keys[None, None, :] - queries[:, :, None] + kernel - 1  # [j, m (query), n (key)]
+                ok = (q_ok[:, :, None] & (keys < lg)[None, None, :]
+                      & (keys[None, None, :] >= st[qc][:, :, None]) & (keys[None, None, :] < en[qc][:, :, None]))
+            else:
+                queries = a + torch.arange(outer)
+                lo, hi = int(st[a]), int(en[min(a + outer, lg) - 1])
+                keys = lo + torch.arange(-(-(hi - lo) // inner))[:, None] * inner + torch.arange(inner)[None, :]
+                qc = queries.clamp(max=lg - 1)
+                rel = keys[:, None, :] - queries[None, :, None] + kernel - 1  # [j, m (query), n (key)]
+                ok = ((queries < lg)[None, :, None] & (keys[:, None, :] >= st[qc][None, :, None])
+                      & (keys[:, None, :] < en[qc][None, :, None]))
+            rel = torch.where(ok, rel, -1)
+            key = (rel.shape, rel.numpy().tobytes())
+            if key not in seen:
+                seen[key] = len(patterns)
+                patterns.append(rel)
+            classes[g, t] = seen[key]
+    return classes, patterns
+
+
+def _bias_layout(plan, name: str, limit: int):
+    """(class of each program [groups * tiles] int32, index blocks [classes, iterations, BLOCK_M, BLOCK_N] int32)
+    for kernel ``name``: the flat rpb index of each pair of each inner-loop tile, ``n_rel`` outside the windows; None
+    when the blocks would hold more than ``limit`` entries."""
+    inner_tile, outer_tile = (plan.configs[name][0], plan.configs[name][1]) if name == 'dkdv' else \
+        (plan.configs[name][1], plan.configs[name][0])
+    key_outer = name == 'dkdv'
+    axes = [_axis_bias_classes(length, kernel, dil, stride, causal, outer, inner, key_outer) for
+            length, kernel, dil, stride, causal, outer, inner in zip(
+                plan.spatial3, plan.kernel3, plan.dil3, plan.stride3, plan.causal3, outer_tile, inner_tile)]
+    # Class of each (group, tile) program: the combination of its three axes' classes, renumbered densely.
+    combo = torch.zeros((), dtype=torch.long)
+    for classes, patterns in axes:
+        combo = combo[..., None, None] * len(patterns) + classes  # -> [g0, t0, g1, t1, g2, t2]
+    combo = combo.permute(0, 2, 4, 1, 3, 5).reshape(-1)  # [(g0, g1, g2), (t0, t1, t2)]: the kernels' order
+    used, program_class = torch.unique(combo, return_inverse=True)
+    n_iter = max(math.prod(axes[i][1][c].shape[0] for i, c in enumerate(_digits(code, axes))) for code in used.tolist())
+    m, n = math.prod(inner_tile if key_outer else outer_tile), math.prod(outer_tile if key_outer else inner_tile)
+    if len(used) * n_iter * m * n > limit:
+        return None
+    blocks = []
+    for code in used.tolist():
+        r0, r1, r2 = (axes[i][1][c] for i, c in enumerate(_digits(code, axes)))  # [j, m, n] per axis
+        n_it = (r0.shape[0], r1.shape[0], r2.shape[0])
+        flat = ((r0[:, None, None, :, None, None, :, None, None] * (2 * plan.kernel3[1] - 1)
+                 + r1[None, :, None, None, :, None, None, :, None]) * (2 * plan.kernel3[2] - 1)
+                + r2[None, None, :, None, None, :, None, None, :])
+        ok = ((r0 >= 0)[:, None, None, :, None, None, :, None, None]
+              & (r1 >= 0)[None, :, None, None, :, None, None, :, None]
+              & (r2 >= 0)[None, None, :, None, None, :, None, None, :])
+        blocks.append(torch.where(ok, flat, plan.n_rel).reshape(math.prod(n_it), m, n))
+    index = torch.full((len(blocks), n_iter, m, n), plan.n_rel, dtype=torch.int32)
+    for i, b in enumerate(blocks):
+        index[i, :b.shape[0]] = b
+    return program_class.to(torch.int32), index
+
+
+def _digits(code: int, axes) -> tuple:
+    # The per-axis classes of a combined class code (axis 0 most significant).
+    digits = []
+    for _, patterns in reversed(axes):
+        digits.append(code % len(patterns))
+        code //= len(patterns)
+    return tuple(reversed(digits))
+
+
+# Bias blocks (RPB_MODE 2) are used while a call's table, over every head, stays below this many entries; larger
+# problems (big 3-D windows) gather rpb inside the kernels (RPB_MODE 1).
+BIAS_TABLE_LIMIT = 1 << 23
+# The blocks' dtype (fp32 keeps rpb exact; tools/na_diagnose.py --rpb-modes also times bfloat16).
+BIAS_TABLE_DTYPE = torch.float32
+
+
 # The rpb gradient is binned by relative offset (BIAS_GRAD 1: a plain sum over queries afterwards) unless the rpb is
 # much larger than a window (3-D), where it is binned by window slot (BIAS_GRAD 2) and scattered to offsets after.
 _BINS_PER_SLOT_LIMIT = 4
+
+
+# Triton 3.6 pipelines the dK/dV loop wrongly at head dim 128 (bf16, H100): dK came out wrong (64 x 64, k9, rpb,
+# with the gather and with the bias blocks; the interpreter and num_stages=1 give it right, head dim 64 is right),
+# so larger head dims run that loop unpipelined.
+_DKDV_PIPELINE_MAX_HEAD_DIM = 64
 
 
 class _Plan:
@@ -475,6 +631,8 @@ class _Plan:
         self.spatial3 = (1,) * pad + tuple(q_shape[1:1 + n_dim])
         self.kernel3 = (1,) * pad + tuple(kernel)
         self.dil3 = (1,) * pad + tuple(dilation)
+        self.stride3 = (1,) * pad + tuple(stride)
+        self.causal3 = (False,) * pad + tuple(bool(c) for c in causal)
         self.problem_args = (tuple(q_shape[1:1 + n_dim]), tuple(kernel), tuple(dilation), tuple(stride),
                              tuple(bool(c) for c in causal))
         self.n_tok = math.prod(self.spatial3)
@@ -482,8 +640,7 @@ class _Plan:
         self.configs = configs
         key_tiles = configs['dkdv'][1]
         tables = [[t.to(device) for t in _axis_tables(*args)] for args in zip(
-            self.spatial3, self.kernel3, self.dil3, (1,) * pad + tuple(stride),
-            (False,) * pad + tuple(bool(c) for c in causal), key_tiles)]
+            self.spatial3, self.kernel3, self.dil3, self.stride3, self.causal3, key_tiles)]
         self.windows = tuple(t for axis in tables for t in axis[:2])
         self.query_boxes = tuple(t for axis in tables for t in axis[2:])
         self.widths = tuple(axis[0].shape[1] for axis in tables)
@@ -491,12 +648,14 @@ class _Plan:
         self.bhg = self.batch * self.heads * groups
         self.tiles = {name: tuple(triton.cdiv(w, t) for w, t in zip(self.widths, cfg[1 if name == 'dkdv' else 0]))
                       for name, cfg in configs.items()}
-        self.consts = dict(HEAD_DIM=self.dim, HEAD_DIM_V=dim_v, BLOCK_D=pow2_clamp(self.dim, 16, 256),
-                           BLOCK_DV=pow2_clamp(dim_v, 16, 256),
-                           HAS_RPB=has_rpb, N_DIM=n_dim, PRECISION='ieee' if dtype == torch.float32 else 'tf32')
         self.problem = (*self.spatial3[:3], *self.dil3, *self.widths)
         self.n_slots = math.prod(self.kernel3)
         self.n_rel = math.prod(2 * k - 1 for k in self.kernel3)
+        self.bias_tables = self._bias_tables() if has_rpb else None
+        self.rpb_mode = 0 if not has_rpb else (2 if self.bias_tables else 1)
+        self.consts = dict(HEAD_DIM=self.dim, HEAD_DIM_V=dim_v, BLOCK_D=pow2_clamp(self.dim, 16, 256),
+                           BLOCK_DV=pow2_clamp(dim_v, 16, 256),
+                           RPB_MODE=self.rpb_mode, N_DIM=n_dim, PRECISION='ieee' if dtype == torch.float32 else 'tf32')
         self.bias_grad = 1 if self.n_rel <= _BINS_PER_SLOT_LIMIT * self.n_slots else 2
         self._bias_index = None
         # Outputs and gradients are allocated contiguous: [B, *spatial, H, D] like the inputs, lse/delta [B, H, N].
@@ -507,7 +666,7 @@ class _Plan:
         self.grad_strides = (*_strides(contiguous_strides(q_shape), n_dim),
                              *_strides(contiguous_strides(tuple(k.shape)), n_dim), *self.out_strides)
         self.fwd_ints = (*self.qkv_strides, *self.out_strides, self.heads, *self.problem,
-                         math.prod(self.tiles['fwd']), *self.tiles['fwd'][1:], *self.kernel3)
+                         math.prod(self.tiles['fwd']), *self.tiles['fwd'][1:], *self.kernel3, *self.table_ints('fwd'))
         self.launch = {name: self._launch_args(name) for name in configs}
         self.grids = {name: self._grid(name) for name in configs}
         self.slots = {'fwd': [None, None]}
@@ -515,6 +674,8 @@ class _Plan:
 
     def _launch_args(self, name):
         query_tile, key_tile, warps, stages = self.configs[name]
+        if name == 'dkdv' and max(self.dim, self.dim_v) > _DKDV_PIPELINE_MAX_HEAD_DIM:
+            stages = 1
         return dict(T0=query_tile[0], T1=query_tile[1], T2=query_tile[2], U0=key_tile[0], U1=key_tile[1],
                     U2=key_tile[2], **self.consts), warps, stages
 
@@ -532,11 +693,50 @@ class _Plan:
             do_strides = _strides(grad_out.stride(), self.n_dim)
             dq_strides, dk_strides, dv_strides = (self.grad_strides[i:i + 5] for i in (0, 5, 10))
             dq = (*self.qkv_strides, *self.out_strides, *do_strides, *dq_strides, self.heads, *self.problem,
-                  math.prod(self.tiles['dq']), *self.tiles['dq'][1:], *self.kernel3)
+                  math.prod(self.tiles['dq']), *self.tiles['dq'][1:], *self.kernel3, *self.table_ints('dq'))
             dkdv = (*self.qkv_strides, *do_strides, *dk_strides, *dv_strides, self.heads, *self.problem,
-                    *self.tiles['dkdv'], *self.kernel3)
+                    *self.tiles['dkdv'], *self.kernel3, *self.table_ints('dkdv'))
             entry = self.bwd[key] = (dq, dkdv, {'dq': {}, 'dkdv': [None, None]})
         return entry
+
+    def _bias_tables(self):
+        """RPB_MODE 2's static half, or None past BIAS_TABLE_LIMIT: ``{'index': the int32 index blocks of the fwd,
+        dq and dkdv kernels, flat, 'classes': {kernel: program classes}, 'ints': {kernel: (offset into a table row,
+        entries per row (head), entries per class)}, 'ranges': {pass: (start, entries)}}``. A call's table has one row
+        per head; the forward fills the 'fwd' range ('all' when a backward will follow), a backward without the
+        forward's table the 'bwd' range (dq and dkdv)."""
+        layouts, left = {}, BIAS_TABLE_LIMIT // self.heads
+        for name in ('fwd', 'dq', 'dkdv'):
+            layouts[name] = _bias_layout(self, name, left)
+            if layouts[name] is None:
+                return None
+            left -= layouts[name][1].numel()
+        total = sum(index.numel() for _, index in layouts.values())
+        tables = {'classes': {}, 'ints': {}}
+        offset = 0
+        for name, (classes, index) in layouts.items():
+            tables['classes'][name] = classes.to(self.device)
+            tables['ints'][name] = (offset, total, index[0].numel())
+            offset += index.numel()
+        n_fwd = layouts['fwd'][1].numel()
+        tables['ranges'] = {'fwd': (0, n_fwd), 'all': (0, total), 'bwd': (n_fwd, total - n_fwd)}
+        tables['index'] = torch.cat([index.reshape(-1) for _, index in layouts.values()]).to(self.device)
+        return tables
+
+    def table_ints(self, name: str) -> tuple:
+        """(offset, per-head stride, per-class stride) of kernel ``name``'s blocks in a call's table."""
+        return self.bias_tables['ints'][name] if self.rpb_mode == 2 else (0, 0, 0)
+
+    def bias_table(self, rpb: torch.Tensor, pass_name: str) -> torch.Tensor:
+        """A call's bias blocks ([heads, entries] fp32, see ``_na_bias_table_kernel``), the pass's range filled."""
+        index = self.bias_tables['index']
+        start, count = self.bias_tables['ranges'][pass_name]
+        table = torch.empty(self.heads, index.numel(), device=index.device, dtype=BIAS_TABLE_DTYPE)
+        slot = self.slots.setdefault('table_' + pass_name, [None, None])
+        grid = (triton.cdiv(count, _TABLE_BLOCK), self.heads, 1)
+        _BIAS_TABLE.launch(slot, grid, (rpb, index, table, start, count, index.numel(), self.n_rel),
+                           dict(BLOCK=_TABLE_BLOCK), 4, 1)
+        return table
 
     def bias_index(self):
         """[heads, N * window] rpb offset of each (query, window slot), for BIAS_GRAD 2 (built on first use)."""
@@ -555,6 +755,8 @@ def _strides(st: tuple, n_dim: int) -> tuple:
 _PLANS = {}
 _MAX_PLANS = 512
 _FWD, _BWD_DQ, _BWD_DKDV = Kernel(_na_fwd_kernel), Kernel(_na_bwd_dq_kernel), Kernel(_na_bwd_dkdv_kernel)
+_BIAS_TABLE = Kernel(_na_bias_table_kernel)
+_TABLE_BLOCK = 1024
 
 
 def _plan(q, k, v, kernel, dilation, stride, causal, has_rpb) -> _Plan:
@@ -582,19 +784,22 @@ def _launch(kernel: Kernel, slot: list, plan: _Plan, name: str, args: tuple, con
     kernel.launch(slot, plan.grids[name], args, launch_consts if consts is None else consts, warps, stages)
 
 
-def _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale):
-    """Output and log-sum-exp (base 2)."""
+def _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale, for_backward=False):
+    """Output, log-sum-exp (base 2) and the call's bias blocks (RPB_MODE 2, else None), built for the backward too
+    when ``for_backward``."""
     q, k, v = unit_last(q), unit_last(k), unit_last(v)
     plan = _plan(q, k, v, kernel, dilation, stride, causal, rpb is not None)
     out = torch.empty(plan.out_shape, device=q.device, dtype=q.dtype)
     lse = torch.empty(plan.lse_shape, device=q.device, dtype=torch.float32)
     rpb_arg = _rpb_arg(rpb) if rpb is not None else lse
-    _launch(_FWD, plan.slots['fwd'], plan, 'fwd',
-            (q, k, v, out, lse, rpb_arg, *plan.windows, *plan.fwd_ints, scale * LOG2E))
-    return out, lse
+    table = plan.bias_table(rpb_arg, 'all' if for_backward else 'fwd') if plan.rpb_mode == 2 else None
+    classes = plan.bias_tables['classes']['fwd'] if plan.rpb_mode == 2 else lse
+    _launch(_FWD, plan.slots['fwd'], plan, 'fwd', (q, k, v, out, lse, rpb_arg, lse if table is None else table,
+                                                   classes, *plan.windows, *plan.fwd_ints, scale * LOG2E))
+    return out, lse, table
 
 
-def _bwd(grad_out, q, k, v, out, lse, rpb, kernel, dilation, stride, causal, scale, rpb_grad):
+def _bwd(grad_out, q, k, v, out, lse, rpb, kernel, dilation, stride, causal, scale, rpb_grad, table=None):
     q, k, v, grad_out = unit_last(q), unit_last(k), unit_last(v), unit_last(grad_out)
     plan = _plan(q, k, v, kernel, dilation, stride, causal, rpb is not None)
     dq_ints, dkdv_ints, slots = plan.backward_args(grad_out)
@@ -611,16 +816,22 @@ def _bwd(grad_out, q, k, v, out, lse, rpb, kernel, dilation, stride, causal, sca
     else:
         dsn = lse
     rpb_arg = _rpb_arg(rpb) if rpb is not None else lse
+    if plan.rpb_mode == 2:
+        table = plan.bias_table(rpb_arg, 'bwd') if table is None else table
+        dq_classes, dkdv_classes = plan.bias_tables['classes']['dq'], plan.bias_tables['classes']['dkdv']
+    else:
+        table = dq_classes = dkdv_classes = lse
     scales = (scale * LOG2E, scale)
     # The dQ pass first: it also writes delta, which the dK/dV pass reads.
     dq_slot = slots['dq'].get(bias_grad)
     if dq_slot is None:
         dq_slot = slots['dq'][bias_grad] = [None, None]
     dq_consts = dict(plan.launch['dq'][0], BIAS_GRAD=bias_grad)
-    _launch(_BWD_DQ, dq_slot, plan, 'dq', (q, k, v, out, grad_out, lse, delta, dq, rpb_arg, dsn, *plan.windows,
-                                           *dq_ints, *scales), dq_consts)
-    _launch(_BWD_DKDV, slots['dkdv'], plan, 'dkdv', (q, k, v, grad_out, lse, delta, dk, dv, rpb_arg, *plan.windows,
-                                                     *plan.query_boxes, *dkdv_ints, *scales))
+    _launch(_BWD_DQ, dq_slot, plan, 'dq', (q, k, v, out, grad_out, lse, delta, dq, rpb_arg, table, dq_classes, dsn,
+                                           *plan.windows, *dq_ints, *scales), dq_consts)
+    _launch(_BWD_DKDV, slots['dkdv'], plan, 'dkdv', (q, k, v, grad_out, lse, delta, dk, dv, rpb_arg, table,
+                                                     dkdv_classes, *plan.windows, *plan.query_boxes, *dkdv_ints,
+                                                     *scales))
     if bias_grad == 1:
         drpb = dsn.sum(1).reshape(rpb.shape).to(rpb.dtype)
     elif bias_grad == 2:
@@ -639,7 +850,7 @@ def _bwd(grad_out, q, k, v, out, lse, rpb, kernel, dilation, stride, causal, sca
 class _NeighborhoodAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, rpb, kernel, dilation, stride, causal, scale):
-        out, lse = _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale)
+        out, lse, ctx.table = _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale, for_backward=True)
         ctx.save_for_backward(q, k, v, rpb, out, lse)
         ctx.args = (kernel, dilation, stride, causal, scale)
         ctx.has_rpb = rpb is not None
@@ -649,7 +860,8 @@ class _NeighborhoodAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, rpb, out, lse = ctx.saved_tensors
         rpb_grad = ctx.has_rpb and ctx.needs_input_grad[3]
-        dq, dk, dv, drpb = _bwd(grad_out, q, k, v, out, lse, rpb, *ctx.args, rpb_grad)
+        dq, dk, dv, drpb = _bwd(grad_out, q, k, v, out, lse, rpb, *ctx.args, rpb_grad, ctx.table)
+        ctx.table = None
         return dq, dk, dv, (drpb if rpb_grad else None), None, None, None, None, None
 
 
@@ -657,7 +869,7 @@ class _NeighborhoodAttention(torch.autograd.Function):
 def _na_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor], kernel: List[int],
                dilation: List[int], stride: List[int], causal: List[bool], scale: float
                ) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale)
+    return _fwd(q, k, v, rpb, kernel, dilation, stride, causal, scale)[:2]
 
 
 @_na_fwd_op.register_fake
