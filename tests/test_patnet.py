@@ -214,6 +214,22 @@ def test_rel_bias_op_leaves_the_model_exact(monkeypatch, fused):
         torch.testing.assert_close(grads[name], grad, rtol=0, atol=0, msg=name)
 
 
+def test_rpe_index_is_built_once_per_map_size_and_trains_after_inference():
+    # The bucket table is cached per (map size, device); a first call under inference_mode must not leave an
+    # inference tensor that a later training step saves for its backward.
+    partial._cached_rpe_index.cache_clear()
+    model = timm.create_model('patnet_t0', num_classes=5)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        model.eval()(x)
+    misses = partial._cached_rpe_index.cache_info().misses
+    F.cross_entropy(model.train()(x), torch.tensor([0, 1])).backward()
+    assert partial._cached_rpe_index.cache_info().misses == misses  # the training step reused the table
+    assert all(m.rpe_table.grad is not None for m in model.modules() if isinstance(m, EuclideanRelPosSelfAttention2d))
+    cached = partial._cached_rpe_index(2, 2, 20., 40., 160., torch.device('cpu'))
+    assert not cached.is_inference() and torch.equal(cached, partial.euclidean_rpe_index(2, 2, 20., 40., 160.))
+
+
 def test_compiles_a_tiny_patnet_training_step_like_eager():
     """Issue 27 on CPU: torch.compile through a channels-last training step of a tiny PATNet gives eager's gradients;
     the graph gathers the bias with the custom op and hands SDPA a 3-D contiguous bias, so there is no dense 4-D bias
