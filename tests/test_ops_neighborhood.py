@@ -314,6 +314,17 @@ def test_kernel_rpb_without_grad_and_no_grad_inputs(monkeypatch):
     torch.testing.assert_close(dq, want, rtol=1e-4, atol=1e-5)
 
 
+def test_kernel_names_a_sample_too_large_for_int32_offsets():
+    # The kernels address one sample with int32 offsets: a sample spanning 2^31 elements or more gets a clear error
+    # instead of wrapped offsets (a meta tensor: no memory is allocated).
+    from visionattn.ops.triton.neighborhood import _plan
+    big = torch.empty(2, 2 ** 13, 2 ** 13, 2, 16, device='meta')
+    ok = torch.empty(2, 8, 8, 1, 16)
+    with pytest.raises(ValueError, match='one sample of k spans'):
+        _plan(ok, big, ok, (3, 3), (1, 1), (1, 1), (False, False), False)
+    _plan(ok, ok, ok, (3, 3), (1, 1), (1, 1), (False, False), False)
+
+
 def test_kernel_grid_is_one_flat_axis_for_large_batches():
     # CUDA caps grid axes 1 and 2 at 65535; DiNAT-B at batch 256 has 256 * 4 heads * 64 dilation groups = 65536
     # (head, group) pairs in stage 1, so every program index lives on axis 0.

@@ -49,6 +49,43 @@ def _window_rows(st_ptr, en_ptr, g, width, p, valid):
 
 
 @triton.jit
+def _windows(ST0, EN0, ST1, EN1, ST2, EN2, g0, g1, g2, W0, W1, W2, p0, p1, p2, valid):
+    # [start, end) per axis of each query's window (group coordinates); the empty window for a masked query.
+    st0, en0 = _window_rows(ST0, EN0, g0, W0, p0, valid)
+    st1, en1 = _window_rows(ST1, EN1, g1, W1, p1, valid)
+    st2, en2 = _window_rows(ST2, EN2, g2, W2, p2, valid)
+    return st0, en0, st1, en1, st2, en2
+
+
+@triton.jit
+def _tile_rows(a0, a1, a2, S1: tl.constexpr, S2: tl.constexpr, ROWS: tl.constexpr):
+    # Row index and per-axis coordinates of the rows of a (., S1, S2) tile at (a0, a1, a2), flattened row-major.
+    offs = tl.arange(0, ROWS)
+    return offs, a0 + offs // (S1 * S2), a1 + (offs // S2) % S1, a2 + offs % S2
+
+
+@triton.jit
+def _key_box(ST0, EN0, ST1, EN1, ST2, EN2, g0, g1, g2, W0, W1, W2, a0, a1, a2, lg0, lg1, lg2,
+             T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr):
+    # The box [lo, hi) of keys that any query of the (T0, T1, T2) tile at (a0, a1, a2) can see: windows are
+    # monotone in the query coordinate, so it runs from the first query's start to the last query's end.
+    lo0 = tl.load(ST0 + g0 * W0 + a0)
+    lo1 = tl.load(ST1 + g1 * W1 + a1)
+    lo2 = tl.load(ST2 + g2 * W2 + a2)
+    hi0 = tl.load(EN0 + g0 * W0 + tl.minimum(a0 + T0, lg0) - 1)
+    hi1 = tl.load(EN1 + g1 * W1 + tl.minimum(a1 + T1, lg1) - 1)
+    hi2 = tl.load(EN2 + g2 * W2 + tl.minimum(a2 + T2, lg2) - 1)
+    return lo0, lo1, lo2, hi0, hi1, hi2
+
+
+@triton.jit
+def _offsets(b, h, c0, c1, c2, sb, s0, s1, s2, sh):
+    # Element offset of token (c0, c1, c2) (image coordinates) of batch b and head h in a [B, *spatial, H, D] layout;
+    # the spatial part is summed in int32 before the int64 batch offset joins it (fewer 64-bit ops per row).
+    return b * sb + h * sh + (c0 * s0 + c1 * s1 + c2 * s2)
+
+
+@triton.jit
 def _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM: tl.constexpr):
     # [M, N] pairs whose key lies in the query's window on every real axis (lifted axes are skipped). No key bound is
     # needed: every window ends at or before its group's length, and a masked-out query has the empty window [0, 0).
@@ -128,33 +165,18 @@ def _na_fwd_kernel(
     if (a0 >= lg0) | (a1 >= lg1) | (a2 >= lg2):
         return
 
-    offs_m = tl.arange(0, BLOCK_M)
-    p0 = a0 + offs_m // (T1 * T2)
-    p1 = a1 + (offs_m // T2) % T1
-    p2 = a2 + offs_m % T2
+    offs_m, p0, p1, p2 = _tile_rows(a0, a1, a2, T1, T2, BLOCK_M)
     m_ok = (p0 < lg0) & (p1 < lg1) & (p2 < lg2)
-    st0, en0 = _window_rows(ST0, EN0, g0, W0, p0, m_ok)
-    st1, en1 = _window_rows(ST1, EN1, g1, W1, p1, m_ok)
-    st2, en2 = _window_rows(ST2, EN2, g2, W2, p2, m_ok)
+    st0, en0, st1, en1, st2, en2 = _windows(ST0, EN0, ST1, EN1, ST2, EN2, g0, g1, g2, W0, W1, W2, p0, p1, p2, m_ok)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     d_ok = offs_d < HEAD_DIM
     dv_ok = offs_dv < HEAD_DIM_V
-    q_rows = b * sqb + (g0 + p0 * D0) * sq0 + (g1 + p1 * D1) * sq1 + (g2 + p2 * D2) * sq2 + h * sqh
+    q_rows = _offsets(b, h, g0 + p0 * D0, g1 + p1 * D1, g2 + p2 * D2, sqb, sq0, sq1, sq2, sqh)
     q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-
-    # The box of keys that any query of the tile can see (windows are monotone in the query coordinate).
-    lo0 = tl.load(ST0 + g0 * W0 + a0)
-    lo1 = tl.load(ST1 + g1 * W1 + a1)
-    lo2 = tl.load(ST2 + g2 * W2 + a2)
-    hi0 = tl.load(EN0 + g0 * W0 + tl.minimum(a0 + T0, lg0) - 1)
-    hi1 = tl.load(EN1 + g1 * W1 + tl.minimum(a1 + T1, lg1) - 1)
-    hi2 = tl.load(EN2 + g2 * W2 + tl.minimum(a2 + T2, lg2) - 1)
-
-    offs_n = tl.arange(0, BLOCK_N)
-    n0 = offs_n // (U1 * U2)
-    n1 = (offs_n // U2) % U1
-    n2 = offs_n % U2
+    lo0, lo1, lo2, hi0, hi1, hi2 = _key_box(ST0, EN0, ST1, EN1, ST2, EN2, g0, g1, g2, W0, W1, W2, a0, a1, a2,
+                                            lg0, lg1, lg2, T0, T1, T2)
+    offs_n, n0, n1, n2 = _tile_rows(0, 0, 0, U1, U2, BLOCK_N)
     m_i = tl.full([BLOCK_M], float('-inf'), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
@@ -172,12 +194,10 @@ def _na_fwd_kernel(
         kc1 = k1 + n1
         kc2 = k2 + n2
         n_ok = (kc0 < hi0) & (kc1 < hi1) & (kc2 < hi2)
-        k_sp = (g0 + kc0 * D0) * sk0 + (g1 + kc1 * D1) * sk1 + (g2 + kc2 * D2) * sk2
-        kt = tl.load(K + (b * skb + h * skh + k_sp)[None, :] + offs_d[:, None],
-                     mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        v_sp = (g0 + kc0 * D0) * sv0 + (g1 + kc1 * D1) * sv1 + (g2 + kc2 * D2) * sv2
-        vv = tl.load(V + (b * svb + h * svh + v_sp)[:, None] + offs_dv[None, :],
-                     mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+        k_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, skb, sk0, sk1, sk2, skh)
+        kt = tl.load(K + k_rows[None, :] + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        v_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, svb, sv0, sv1, sv2, svh)
+        vv = tl.load(V + v_rows[:, None] + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         if RPB_MODE == 2:
             s = s + tl.load(bias + it * (BLOCK_M * BLOCK_N))
@@ -196,7 +216,7 @@ def _na_fwd_kernel(
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    o_rows = b * sob + (g0 + p0 * D0) * so0 + (g1 + p1 * D1) * so1 + (g2 + p2 * D2) * so2 + h * soh
+    o_rows = _offsets(b, h, g0 + p0 * D0, g1 + p1 * D1, g2 + p2 * D2, sob, so0, so1, so2, soh)
     tl.store(Out + o_rows[:, None] + offs_dv[None, :], out.to(Out.dtype.element_ty),
              mask=m_ok[:, None] & dv_ok[None, :])
     tok = ((g0 + p0 * D0) * L1 + (g1 + p1 * D1)) * L2 + (g2 + p2 * D2)
@@ -227,17 +247,14 @@ def _na_bwd_dkdv_kernel(
     if (a0 >= lg0) | (a1 >= lg1) | (a2 >= lg2):
         return
 
-    offs_n = tl.arange(0, BLOCK_N)
-    kc0 = a0 + offs_n // (U1 * U2)
-    kc1 = a1 + (offs_n // U2) % U1
-    kc2 = a2 + offs_n % U2
+    offs_n, kc0, kc1, kc2 = _tile_rows(a0, a1, a2, U1, U2, BLOCK_N)
     n_ok = (kc0 < lg0) & (kc1 < lg1) & (kc2 < lg2)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     d_ok = offs_d < HEAD_DIM
     dv_ok = offs_dv < HEAD_DIM_V
-    k_rows = b * skb + (g0 + kc0 * D0) * sk0 + (g1 + kc1 * D1) * sk1 + (g2 + kc2 * D2) * sk2 + h * skh
-    v_rows = b * svb + (g0 + kc0 * D0) * sv0 + (g1 + kc1 * D1) * sv1 + (g2 + kc2 * D2) * sv2 + h * svh
+    k_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, skb, sk0, sk1, sk2, skh)
+    v_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, svb, sv0, sv1, sv2, svh)
     kk = tl.load(K + k_rows[:, None] + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
     vv = tl.load(V + v_rows[:, None] + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
 
@@ -248,10 +265,7 @@ def _na_bwd_dkdv_kernel(
     hi1 = tl.load(QHI1 + g1 * NT1 + t1)
     hi2 = tl.load(QHI2 + g2 * NT2 + t2)
 
-    offs_m = tl.arange(0, BLOCK_M)
-    m0 = offs_m // (T1 * T2)
-    m1 = (offs_m // T2) % T1
-    m2 = offs_m % T2
+    offs_m, m0, m1, m2 = _tile_rows(0, 0, 0, T1, T2, BLOCK_M)
     n_tok = L0 * L1 * L2
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
@@ -272,10 +286,10 @@ def _na_bwd_dkdv_kernel(
         c0 = g0 + p0 * D0
         c1 = g1 + p1 * D1
         c2 = g2 + p2 * D2
-        q_rows = b * sqb + c0 * sq0 + c1 * sq1 + c2 * sq2 + h * sqh
+        q_rows = _offsets(b, h, c0, c1, c2, sqb, sq0, sq1, sq2, sqh)
         q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
         tok = (b * H + h) * n_tok + (c0 * L1 + c1) * L2 + c2
-        do_rows = b * sdob + c0 * sdo0 + c1 * sdo1 + c2 * sdo2 + h * sdoh
+        do_rows = _offsets(b, h, c0, c1, c2, sdob, sdo0, sdo1, sdo2, sdoh)
         do = tl.load(DO + do_rows[:, None] + offs_dv[None, :], mask=m_ok[:, None] & dv_ok[None, :], other=0.0)
         lse = tl.load(LSE + tok, mask=m_ok, other=0.0)
         delta = tl.load(DELTA + tok, mask=m_ok, other=0.0)
@@ -284,9 +298,8 @@ def _na_bwd_dkdv_kernel(
             # -inf outside the windows (and for rows past the query box) makes p exactly 0 there
             p = tl.math.exp2(s + tl.load(bias + it * (BLOCK_M * BLOCK_N)) - lse[:, None])
         else:
-            st0, en0 = _window_rows(ST0, EN0, g0, W0, p0, m_ok)
-            st1, en1 = _window_rows(ST1, EN1, g1, W1, p1, m_ok)
-            st2, en2 = _window_rows(ST2, EN2, g2, W2, p2, m_ok)
+            st0, en0, st1, en1, st2, en2 = _windows(ST0, EN0, ST1, EN1, ST2, EN2, g0, g1, g2, W0, W1, W2, p0, p1, p2,
+                                                    m_ok)
             inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM)
             if RPB_MODE == 1:
                 r_idx, n_rel = _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2)
@@ -297,8 +310,8 @@ def _na_bwd_dkdv_kernel(
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
     dk = dk * scale
-    dk_rows = b * sdkb + (g0 + kc0 * D0) * sdk0 + (g1 + kc1 * D1) * sdk1 + (g2 + kc2 * D2) * sdk2 + h * sdkh
-    dv_rows = b * sdvb + (g0 + kc0 * D0) * sdv0 + (g1 + kc1 * D1) * sdv1 + (g2 + kc2 * D2) * sdv2 + h * sdvh
+    dk_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, sdkb, sdk0, sdk1, sdk2, sdkh)
+    dv_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, sdvb, sdv0, sdv1, sdv2, sdvh)
     tl.store(DK + dk_rows[:, None] + offs_d[None, :], dk.to(DK.dtype.element_ty),
              mask=n_ok[:, None] & d_ok[None, :])
     tl.store(DV + dv_rows[:, None] + offs_dv[None, :], dv.to(DV.dtype.element_ty),
@@ -328,14 +341,9 @@ def _na_bwd_dq_kernel(
     if (a0 >= lg0) | (a1 >= lg1) | (a2 >= lg2):
         return
 
-    offs_m = tl.arange(0, BLOCK_M)
-    p0 = a0 + offs_m // (T1 * T2)
-    p1 = a1 + (offs_m // T2) % T1
-    p2 = a2 + offs_m % T2
+    offs_m, p0, p1, p2 = _tile_rows(a0, a1, a2, T1, T2, BLOCK_M)
     m_ok = (p0 < lg0) & (p1 < lg1) & (p2 < lg2)
-    st0, en0 = _window_rows(ST0, EN0, g0, W0, p0, m_ok)
-    st1, en1 = _window_rows(ST1, EN1, g1, W1, p1, m_ok)
-    st2, en2 = _window_rows(ST2, EN2, g2, W2, p2, m_ok)
+    st0, en0, st1, en1, st2, en2 = _windows(ST0, EN0, ST1, EN1, ST2, EN2, g0, g1, g2, W0, W1, W2, p0, p1, p2, m_ok)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     d_ok = offs_d < HEAD_DIM
@@ -343,31 +351,23 @@ def _na_bwd_dq_kernel(
     c0 = g0 + p0 * D0
     c1 = g1 + p1 * D1
     c2 = g2 + p2 * D2
-    q_rows = b * sqb + c0 * sq0 + c1 * sq1 + c2 * sq2 + h * sqh
+    q_rows = _offsets(b, h, c0, c1, c2, sqb, sq0, sq1, sq2, sqh)
     q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
     n_tok = L0 * L1 * L2
     img_tok = (c0 * L1 + c1) * L2 + c2
     tok = (b * H + h) * n_tok + img_tok
-    do_rows = b * sdob + c0 * sdo0 + c1 * sdo1 + c2 * sdo2 + h * sdoh
+    do_rows = _offsets(b, h, c0, c1, c2, sdob, sdo0, sdo1, sdo2, sdoh)
     do = tl.load(DO + do_rows[:, None] + offs_dv[None, :], mask=m_ok[:, None] & dv_ok[None, :], other=0.0)
-    o_rows = b * sob + c0 * so0 + c1 * so1 + c2 * so2 + h * soh
+    o_rows = _offsets(b, h, c0, c1, c2, sob, so0, so1, so2, soh)
     o = tl.load(Out + o_rows[:, None] + offs_dv[None, :], mask=m_ok[:, None] & dv_ok[None, :], other=0.0)
     lse = tl.load(LSE + tok, mask=m_ok, other=0.0)
     # delta = rowsum(dO * O), here once per query; the dK/dV pass (launched after this one) reads it back.
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     tl.store(DELTA + tok, delta, mask=m_ok)
 
-    lo0 = tl.load(ST0 + g0 * W0 + a0)
-    lo1 = tl.load(ST1 + g1 * W1 + a1)
-    lo2 = tl.load(ST2 + g2 * W2 + a2)
-    hi0 = tl.load(EN0 + g0 * W0 + tl.minimum(a0 + T0, lg0) - 1)
-    hi1 = tl.load(EN1 + g1 * W1 + tl.minimum(a1 + T1, lg1) - 1)
-    hi2 = tl.load(EN2 + g2 * W2 + tl.minimum(a2 + T2, lg2) - 1)
-
-    offs_n = tl.arange(0, BLOCK_N)
-    n0 = offs_n // (U1 * U2)
-    n1 = (offs_n // U2) % U1
-    n2 = offs_n % U2
+    lo0, lo1, lo2, hi0, hi1, hi2 = _key_box(ST0, EN0, ST1, EN1, ST2, EN2, g0, g1, g2, W0, W1, W2, a0, a1, a2,
+                                            lg0, lg1, lg2, T0, T1, T2)
+    offs_n, n0, n1, n2 = _tile_rows(0, 0, 0, U1, U2, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if RPB_MODE == 2:
         bias = _bias_blocks(TAB, CLS, tab_off, tab_head, tab_cls, g, NT, pid_t, h, offs_m, offs_n, BLOCK_N)
@@ -383,12 +383,10 @@ def _na_bwd_dq_kernel(
         kc1 = k1 + n1
         kc2 = k2 + n2
         n_ok = (kc0 < hi0) & (kc1 < hi1) & (kc2 < hi2)
-        k_sp = (g0 + kc0 * D0) * sk0 + (g1 + kc1 * D1) * sk1 + (g2 + kc2 * D2) * sk2
-        kk = tl.load(K + (b * skb + h * skh + k_sp)[:, None] + offs_d[None, :],
-                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        v_sp = (g0 + kc0 * D0) * sv0 + (g1 + kc1 * D1) * sv1 + (g2 + kc2 * D2) * sv2
-        vt = tl.load(V + (b * svb + h * svh + v_sp)[None, :] + offs_dv[:, None],
-                     mask=n_ok[None, :] & dv_ok[:, None], other=0.0)
+        k_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, skb, sk0, sk1, sk2, skh)
+        kk = tl.load(K + k_rows[:, None] + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        v_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, svb, sv0, sv1, sv2, svh)
+        vt = tl.load(V + v_rows[None, :] + offs_dv[:, None], mask=n_ok[None, :] & dv_ok[:, None], other=0.0)
         s = tl.dot(q, tl.trans(kk), input_precision=PRECISION) * qk_scale
         if RPB_MODE == 2:
             block = tl.load(bias + it * (BLOCK_M * BLOCK_N))
@@ -415,7 +413,7 @@ def _na_bwd_dq_kernel(
             dsn_rows = (h * n_tok + img_tok).to(tl.int64) * (KS0 * KS1 * KS2)
             tl.atomic_add(DSN + dsn_rows[:, None] + slot, ds, mask=inside, sem='relaxed')
     dq = dq * scale
-    dq_rows = b * sdqb + c0 * sdq0 + c1 * sdq1 + c2 * sdq2 + h * sdqh
+    dq_rows = _offsets(b, h, c0, c1, c2, sdqb, sdq0, sdq1, sdq2, sdqh)
     tl.store(DQ + dq_rows[:, None] + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=m_ok[:, None] & d_ok[None, :])
 
@@ -623,6 +621,8 @@ class _Plan:
 
     def __init__(self, q, k, v, kernel, dilation, stride, causal, has_rpb):
         q_shape, dtype, device, dim_v = tuple(q.shape), q.dtype, q.device, v.shape[-1]
+        for name, t in (('q', q), ('k', k), ('v', v)):
+            _check_sample_span(name, t)
         n_dim = len(q_shape) - 3
         pad = 3 - n_dim
         self.n_dim = n_dim
@@ -690,6 +690,7 @@ class _Plan:
         key = (grad_out.stride(), aligned(grad_out))
         entry = self.bwd.get(key)
         if entry is None:
+            _check_sample_span('the output gradient', grad_out)
             do_strides = _strides(grad_out.stride(), self.n_dim)
             dq_strides, dk_strides, dv_strides = (self.grad_strides[i:i + 5] for i in (0, 5, 10))
             dq = (*self.qkv_strides, *self.out_strides, *do_strides, *dq_strides, self.heads, *self.problem,
@@ -745,6 +746,15 @@ class _Plan:
                 table = neighbor_table(*self.problem_args)
                 self._bias_index = table.bias_index.to(self.device).reshape(1, -1).expand(self.heads, -1)
         return self._bias_index
+
+
+def _check_sample_span(name: str, t: torch.Tensor) -> None:
+    # The kernels address the elements of one sample with int32 offsets (the batch offset is int64).
+    span = 1 + sum((size - 1) * abs(st) for size, st in zip(t.shape[1:], t.stride()[1:]))
+    if span >= 2 ** 31:
+        raise ValueError(f'neighborhood_attention: one sample of {name} spans {span} elements (shape '
+                         f'{tuple(t.shape)}, strides {t.stride()}); the Triton kernels take at most 2^31 - 1 per '
+                         "sample: split the spatial axes or the heads, or use backend='reference'")
 
 
 def _strides(st: tuple, n_dim: int) -> tuple:
