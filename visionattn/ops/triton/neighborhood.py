@@ -247,14 +247,17 @@ def _na_bwd_dkdv_kernel(
     if (a0 >= lg0) | (a1 >= lg1) | (a2 >= lg2):
         return
 
-    offs_n, kc0, kc1, kc2 = _tile_rows(a0, a1, a2, U1, U2, BLOCK_N)
+    offs_n = tl.arange(0, BLOCK_N)
+    kc0 = a0 + offs_n // (U1 * U2)
+    kc1 = a1 + (offs_n // U2) % U1
+    kc2 = a2 + offs_n % U2
     n_ok = (kc0 < lg0) & (kc1 < lg1) & (kc2 < lg2)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     d_ok = offs_d < HEAD_DIM
     dv_ok = offs_dv < HEAD_DIM_V
-    k_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, skb, sk0, sk1, sk2, skh)
-    v_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, svb, sv0, sv1, sv2, svh)
+    k_rows = b * skb + (g0 + kc0 * D0) * sk0 + (g1 + kc1 * D1) * sk1 + (g2 + kc2 * D2) * sk2 + h * skh
+    v_rows = b * svb + (g0 + kc0 * D0) * sv0 + (g1 + kc1 * D1) * sv1 + (g2 + kc2 * D2) * sv2 + h * svh
     kk = tl.load(K + k_rows[:, None] + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
     vv = tl.load(V + v_rows[:, None] + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
 
@@ -265,10 +268,15 @@ def _na_bwd_dkdv_kernel(
     hi1 = tl.load(QHI1 + g1 * NT1 + t1)
     hi2 = tl.load(QHI2 + g2 * NT2 + t2)
 
-    offs_m, m0, m1, m2 = _tile_rows(0, 0, 0, T1, T2, BLOCK_M)
+    offs_m = tl.arange(0, BLOCK_M)
+    m0 = offs_m // (T1 * T2)
+    m1 = (offs_m // T2) % T1
+    m2 = offs_m % T2
     n_tok = L0 * L1 * L2
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    # (Row offsets and tile coordinates are written out in this kernel: with the shared helpers its rpb-blocks
+    # variant measured 0.205 against 0.182 ms at 56^2 on an H100, in two calls on different machines.)
     if RPB_MODE == 2:
         bias = _bias_blocks(TAB, CLS, tab_off, tab_head, tab_cls, g, NT0 * NT1 * NT2, pid_t, h, offs_m, offs_n,
                             BLOCK_N)
@@ -286,10 +294,10 @@ def _na_bwd_dkdv_kernel(
         c0 = g0 + p0 * D0
         c1 = g1 + p1 * D1
         c2 = g2 + p2 * D2
-        q_rows = _offsets(b, h, c0, c1, c2, sqb, sq0, sq1, sq2, sqh)
+        q_rows = b * sqb + c0 * sq0 + c1 * sq1 + c2 * sq2 + h * sqh
         q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
         tok = (b * H + h) * n_tok + (c0 * L1 + c1) * L2 + c2
-        do_rows = _offsets(b, h, c0, c1, c2, sdob, sdo0, sdo1, sdo2, sdoh)
+        do_rows = b * sdob + c0 * sdo0 + c1 * sdo1 + c2 * sdo2 + h * sdoh
         do = tl.load(DO + do_rows[:, None] + offs_dv[None, :], mask=m_ok[:, None] & dv_ok[None, :], other=0.0)
         lse = tl.load(LSE + tok, mask=m_ok, other=0.0)
         delta = tl.load(DELTA + tok, mask=m_ok, other=0.0)
@@ -310,8 +318,8 @@ def _na_bwd_dkdv_kernel(
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
     dk = dk * scale
-    dk_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, sdkb, sdk0, sdk1, sdk2, sdkh)
-    dv_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, sdvb, sdv0, sdv1, sdv2, sdvh)
+    dk_rows = b * sdkb + (g0 + kc0 * D0) * sdk0 + (g1 + kc1 * D1) * sdk1 + (g2 + kc2 * D2) * sdk2 + h * sdkh
+    dv_rows = b * sdvb + (g0 + kc0 * D0) * sdv0 + (g1 + kc1 * D1) * sdv1 + (g2 + kc2 * D2) * sdv2 + h * sdvh
     tl.store(DK + dk_rows[:, None] + offs_d[None, :], dk.to(DK.dtype.element_ty),
              mask=n_ok[:, None] & d_ok[None, :])
     tl.store(DV + dv_rows[:, None] + offs_dv[None, :], dv.to(DV.dtype.element_ty),
