@@ -268,7 +268,7 @@ def _rel_pos_bias(
     makes dense 4-D tensors upstream of a convolution channels-last, which for a (1, heads, L, L) bias is heads-last
     (issue 27); SDPA's own expansion to 4-D is a stride-0 view it leaves alone.
     """
-    if torch.jit.is_scripting():
+    if torch.jit.is_scripting():  # its own branch: TorchScript compiles neither the cache nor is_compiling()
         index = euclidean_rpe_index(height, width, alpha, beta, gamma, device=table.device)
     elif torch.compiler.is_compiling():  # traced into the graph, where it folds to a constant
         index = euclidean_rpe_index(height, width, alpha, beta, gamma, device=table.device)

@@ -396,6 +396,8 @@ def _na_bwd_dq_kernel(
         v_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, svb, sv0, sv1, sv2, svh)
         vt = tl.load(V + v_rows[None, :] + offs_dv[:, None], mask=n_ok[None, :] & dv_ok[:, None], other=0.0)
         s = tl.dot(q, tl.trans(kk), input_precision=PRECISION) * qk_scale
+        if RPB_MODE == 1 or BIAS_GRAD == 1:
+            r_idx, n_rel = _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2)
         if RPB_MODE == 2:
             block = tl.load(bias + it * (BLOCK_M * BLOCK_N))
             p = tl.math.exp2(s + block - lse[:, None])
@@ -404,15 +406,13 @@ def _na_bwd_dq_kernel(
         else:
             inside = _inside(kc0, kc1, kc2, st0, en0, st1, en1, st2, en2, N_DIM)
             if RPB_MODE == 1:
-                s = _add_rpb(s, RPB, h, _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2)[0],
-                             (2 * KS0 - 1) * (2 * KS1 - 1) * (2 * KS2 - 1), inside)
+                s = _add_rpb(s, RPB, h, r_idx, n_rel, inside)
             p = tl.where(inside, tl.math.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, vt, input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(kk.dtype), kk, input_precision=PRECISION)
         if BIAS_GRAD == 1:
-            # The rpb gradient: dS of each (query, neighbour) pair, binned by its relative offset.
-            r_idx, n_rel = _rpb_index(kc0, kc1, kc2, p0, p1, p2, KS0, KS1, KS2)
+            # The rpb gradient: dS of each (query, neighbour) pair, binned by its relative offset (r_idx).
             dsn_rows = (h * n_tok + img_tok).to(tl.int64) * n_rel + (n_rel - 1) // 2
             tl.atomic_add(DSN + dsn_rows[:, None] + r_idx, ds, mask=inside, sem='relaxed')
         if BIAS_GRAD == 2:
@@ -517,7 +517,10 @@ def _axis_bias_classes(length: int, kernel: int, dilation: int, stride: int, cau
     the j-th inner tile, or -1 where the pair is outside the query's window (or either is past its range). Equal
     patterns (every interior tile) share a class. Returns (classes [dilation, tiles] long, list of patterns).
     """
-    start, end, q_lo, q_hi = _axis_tables(length, kernel, dilation, stride, causal, outer if key_outer else 1)
+    if key_outer:  # the query box of each key tile, as the dK/dV kernel reads it
+        start, end, q_lo, q_hi = _axis_tables(length, kernel, dilation, stride, causal, outer)
+    else:
+        start, end = axis_windows(length, kernel, dilation, stride, causal)
     width = start.shape[1]
     n_tiles = triton.cdiv(width, outer)
     classes = torch.zeros(dilation, n_tiles, dtype=torch.long)
