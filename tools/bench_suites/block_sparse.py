@@ -128,6 +128,7 @@ def _sweep(case: str, q, k, v, heads, topk, scale) -> List[Row]:
 
     from visionattn.ops import bra_routing
     from visionattn.ops.triton import block_sparse as tk
+    from visionattn.ops.triton._common import TileConfig
     batch, regions, tokens, channels = q.shape
     hf = lambda x: x.detach().reshape(batch, regions * tokens, heads, -1).transpose(1, 2)  # noqa: E731
     qh, kh, vh = hf(q), hf(k), hf(v)
@@ -142,7 +143,7 @@ def _sweep(case: str, q, k, v, heads, topk, scale) -> List[Row]:
     for block_m, block_n, warps, stages in configs:
         if time.perf_counter() > deadline:
             break
-        cfg = tk.KernelConfig(block_m, block_n, warps, stages)
+        cfg = TileConfig(block_m, block_n, warps, stages)
         note = f'BM={block_m} BN={block_n} w={warps} s={stages}'
         bench = lambda f: do_bench(f, warmup=5, rep=20, return_mode='median')  # noqa: E731
         if block_m is None or block_m <= max(16, triton_next_pow2(tokens)):

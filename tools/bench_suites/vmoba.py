@@ -239,6 +239,7 @@ def _sweep(case: str, routed: List[torch.Tensor], index, count, block: int, scal
 
     from visionattn.ops.block_sparse import dedup_block_index
     from visionattn.ops.triton import block_sparse as tk
+    from visionattn.ops.triton._common import TileConfig
     q, k, v = (t.detach() for t in routed)
     index, count = dedup_block_index(index, count)
     out, lse = tk._fwd(q, k, v, index, count, block, block, scale)
@@ -251,7 +252,7 @@ def _sweep(case: str, routed: List[torch.Tensor], index, count, block: int, scal
     for block_m, block_n, warps, stages in configs:
         if time.perf_counter() > deadline:
             break
-        cfg = tk.KernelConfig(block_m, block_n, warps, stages)
+        cfg = TileConfig(block_m, block_n, warps, stages)
         note = f'BM={block_m} BN={block_n} w={warps} s={stages}'
         bench = lambda f: do_bench(f, warmup=5, rep=20, return_mode='median')  # noqa: E731
         try:

@@ -1,4 +1,5 @@
-"""What the Triton kernel files share: constants, size helpers, the inputs' layout rule and the grid policy.
+"""What the Triton kernel files share: constants, size helpers, the tile-config type (``TileConfig``), the inputs'
+layout rule and the grid policy.
 
 - Softmax kernels work in base 2 (``exp2``): scores are scaled by ``LOG2E`` (host side, folded into the softmax
   scale) and so is anything added to them in a kernel (``LOG2E_C``, a constexpr).
@@ -8,18 +9,40 @@
   (``flat_grid``), and the plan keys hold every integer, dtype and pointer alignment the JIT specialises on
   (``launch.Kernel``).
 """
+from typing import NamedTuple, Optional, Tuple, Union
+
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ['LOG2E', 'LOG2E_C', 'unit_last', 'pow2_clamp', 'contiguous_strides', 'flat_grid', 'cached_plan',
-           'check_head_dims']
+__all__ = ['LOG2E', 'LOG2E_C', 'TileConfig', 'unit_last', 'pow2_clamp', 'contiguous_strides', 'flat_grid',
+           'cached_plan', 'check_head_dims']
 
 LOG2E = 1.4426950408889634
 LOG2E_C = tl.constexpr(LOG2E)
 
 # CUDA's launch limits: 2^31 - 1 programs on the first grid axis, 65535 on the second and third.
 MAX_GRID_X = 2 ** 31 - 1
+
+_Block = Union[int, Tuple[int, int, int]]
+
+
+class TileConfig(NamedTuple):
+    """The tile of one kernel launch, as chosen by a file's heuristic or given as an override.
+
+    - block_m: the tile's rows: queries (attention kernels) or the channels a program owns; for neighborhood
+      attention a 3-D spatial tile (its dK/dV kernel: the query tile of the inner loop).
+    - block_n: the tile's columns: keys, or the inner axis (head dim, states); a 3-D tile for neighborhood
+      attention (its dK/dV kernel: the key tile each program owns).
+    - num_warps, num_stages: Triton's launch parameters.
+
+    ``None`` in an override leaves the field to the file's heuristic (neighborhood's ``TILE_OVERRIDE`` entries give
+    every field); in a chosen tile, only num_stages may be None: left to Triton (deformable, selective_scan).
+    """
+    block_m: Optional[_Block] = None
+    block_n: Optional[_Block] = None
+    num_warps: Optional[int] = None
+    num_stages: Optional[int] = None
 
 
 def unit_last(t: torch.Tensor) -> torch.Tensor:

@@ -34,12 +34,12 @@ import triton
 import triton.language as tl
 
 from ..checks import _interpreting
-from ._common import LOG2E, cached_plan, check_head_dims, flat_grid, pow2_clamp, unit_last
+from ._common import LOG2E, TileConfig, cached_plan, check_head_dims, flat_grid, pow2_clamp, unit_last
 from .launch import Kernel
 from .launch import aligned as _aligned
 
 __all__ = ['block_sparse_attention_triton', 'bra_map_triton', 'bra_regions_triton', 'inverted_block_index',
-           'KernelConfig', 'MAX_FUSED_ROUTING_REGIONS']
+           'MAX_FUSED_ROUTING_REGIONS']
 
 # The routing kernel keeps a [regions, regions] affinity tile in registers: up to 64 regions (n_win <= 8). Beyond
 # it the routing runs as PyTorch ops (same results) and the attention kernels are unchanged.
@@ -445,17 +445,6 @@ _LEPE_GRAD = Kernel(_lepe_grad_kernel)
 _ROUTE = Kernel(_bra_route_kernel)
 
 
-class KernelConfig:
-    """Tile sizes and launch parameters of one kernel; ``None`` fields are chosen by the heuristics below."""
-
-    def __init__(self, block_m: Optional[int] = None, block_n: Optional[int] = None, num_warps: Optional[int] = None,
-                 num_stages: Optional[int] = None):
-        self.block_m, self.block_n, self.num_warps, self.num_stages = block_m, block_n, num_warps, num_stages
-
-    def key(self) -> tuple:
-        return self.block_m, self.block_n, self.num_warps, self.num_stages
-
-
 def _dot_mode(dtype: torch.dtype) -> int:
     if dtype == torch.float32:
         return 1
@@ -463,19 +452,21 @@ def _dot_mode(dtype: torch.dtype) -> int:
 
 
 class _Tiles:
-    """Tile sizes and grids of the attention kernels for one problem shape."""
+    """Tile sizes and grids of the attention kernels for one problem shape; ``fwd``, ``dq`` and ``dkv`` override
+    the heuristics below field by field (``None`` fields are chosen by them)."""
 
     def __init__(self, q_block: int, kv_block: int, max_kv: int, n_q_blocks: int, n_kv_blocks: int, d_qk: int,
-                 d_v: int, dtype: torch.dtype, fwd: Optional[KernelConfig] = None, dq: Optional[KernelConfig] = None,
-                 dkv: Optional[KernelConfig] = None):
+                 d_v: int, dtype: torch.dtype, fwd: Optional[TileConfig] = None, dq: Optional[TileConfig] = None,
+                 dkv: Optional[TileConfig] = None):
         d_max = max(d_qk, d_v)
         self.fwd = self._q_side(q_block, kv_block, max_kv, d_max, fwd)
         self.dq = self._q_side(q_block, kv_block, max_kv, d_max, dq)
-        dkv = dkv or KernelConfig()
+        dkv = dkv or TileConfig()
         block_n = dkv.block_n or pow2_clamp(kv_block, 16, 64)
         routed_rows = max(1, n_q_blocks * max_kv * q_block // n_kv_blocks)  # mean query rows per KV block
         block_m = dkv.block_m or pow2_clamp(routed_rows, 16, 64 if d_max > 64 else 128)
-        self.dkv = (block_m, block_n, dkv.num_warps or (4 if block_m * block_n >= 64 * 64 else 2), dkv.num_stages or 2)
+        self.dkv = TileConfig(block_m, block_n, dkv.num_warps or (4 if block_m * block_n >= 64 * 64 else 2),
+                              dkv.num_stages or 2)
         self.q_tiles = [triton.cdiv(q_block, cfg[0]) for cfg in (self.fwd, self.dq)]
         self.kv_tiles = triton.cdiv(kv_block, block_n)
         self.block_dqk, self.block_dv = pow2_clamp(d_qk, 16, 256), pow2_clamp(d_v, 16, 256)
@@ -483,11 +474,11 @@ class _Tiles:
 
     @staticmethod
     def _q_side(q_block, kv_block, max_kv, d_max, config):
-        config = config or KernelConfig()
+        config = config or TileConfig()
         block_m = config.block_m or pow2_clamp(q_block, 16, 64)
         block_n = config.block_n or pow2_clamp(max_kv * kv_block, 16, 64 if d_max > 64 else 128)
         num_warps = config.num_warps or (4 if block_m * block_n >= 64 * 64 else 2)
-        return block_m, block_n, num_warps, config.num_stages or 2
+        return TileConfig(block_m, block_n, num_warps, config.num_stages or 2)
 
 
 def _seq_strides(x: torch.Tensor, block: int) -> tuple:
@@ -509,7 +500,7 @@ class _SeqPlan:
     """Everything about a block-sparse call that depends only on shapes, strides and dtypes."""
 
     def __init__(self, q, k, v, index, count, q_block: int, kv_block: int, causal: bool,
-                 configs: Tuple[Optional[KernelConfig], ...] = (None, None, None)):
+                 configs: Tuple[Optional[TileConfig], ...] = (None, None, None)):
         batch, heads, n_q, d_qk = q.shape
         n_k, d_v = k.shape[2], v.shape[-1]
         max_kv = index.shape[-1]
@@ -556,12 +547,12 @@ def _seq_plan(q, k, v, index, count, q_block, kv_block, causal, configs=(None, N
     key = ('seq', q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, q.device, index.shape,
            index.stride(), index.dtype, None if count is None else (count.shape, count.stride(), count.dtype),
            q_block, kv_block, causal, _aligned(q), _aligned(k), _aligned(v), _aligned(index),
-           count is None or _aligned(count), tuple(None if c is None else c.key() for c in configs))
+           count is None or _aligned(count), tuple(None if c is None else tuple(c) for c in configs))
     return _cached(key, lambda: _SeqPlan(q, k, v, index, count, q_block, kv_block, causal, configs))
 
 
 def _fwd(q, k, v, index, count, q_block: int, kv_block: int, scale: float,
-         config: Optional[KernelConfig] = None, causal: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+         config: Optional[TileConfig] = None, causal: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward kernel: ([B, Nq, H, Dv] output, [2, B, H, Nq] float32 log-sum-exp and room for the backward)."""
     q, k, v = unit_last(q), unit_last(k), unit_last(v)
     plan = _seq_plan(q, k, v, index, count, q_block, kv_block, causal, (config, None, None))
@@ -610,7 +601,7 @@ def inverted_block_index(index: torch.Tensor, count: Optional[torch.Tensor], n_k
 
 
 def _bwd(dout, q, k, v, out, lse, index, count, q_block: int, kv_block: int, scale: float,
-         dq_config: Optional[KernelConfig] = None, dkv_config: Optional[KernelConfig] = None, causal: bool = False):
+         dq_config: Optional[TileConfig] = None, dkv_config: Optional[TileConfig] = None, causal: bool = False):
     """Backward kernels; ``dout`` is the [B, Nq, H, Dv] output's gradient, ``lse`` the forward's."""
     q, k, v, out, dout = map(unit_last, (q, k, v, out, dout))
     plan = _seq_plan(q, k, v, index, count, q_block, kv_block, causal, (None, dq_config, dkv_config))

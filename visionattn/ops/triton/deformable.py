@@ -24,11 +24,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import flat_grid
+from ._common import TileConfig, flat_grid
 
 # Elements of one [queries, head_dim] tile; larger tiles mean fewer programs but more registers.
 TILE_ELEMENTS = 1024
-# Overrides for tests (larger blocks are faster in the interpreter) and benchmark sweeps: block_q, num_warps.
+# Overrides for tests (larger blocks are faster in the interpreter) and benchmark sweeps, by TileConfig field:
+# block_m (queries per tile) and num_warps; block_n is always the whole head dim.
 TILE_OVERRIDES: dict = {}
 
 
@@ -164,23 +165,22 @@ def _msda_bwd_kernel(VALUE, SHAPES, STARTS, LOC, ATTN, DOUT, DVALUE, DLOC, DATTN
 
 
 class _Launch(NamedTuple):
-    """What a launch needs that depends only on the problem's shape."""
+    """What a launch needs that depends only on the problem's shape: the grid and the tile (block_m queries by
+    block_n channels, num_warps; num_stages is left to Triton)."""
     grid: tuple
-    block_q: int
-    block_d: int
-    num_warps: int
+    tiles: TileConfig
 
 
 @functools.lru_cache(maxsize=512)
 def _cached_launch(batch: int, queries: int, heads: int, head_dim: int, overrides: tuple) -> _Launch:
-    """BLOCK_Q, BLOCK_D and num_warps: the whole head dim, as many queries as fit the tile."""
+    """The grid and the tile: the whole head dim (block_n), as many queries as fit the tile (block_m)."""
     del overrides  # part of the key only: read from TILE_OVERRIDES below
     block_d = max(2, triton.next_power_of_2(head_dim))
-    block_q = TILE_OVERRIDES.get('block_q', max(1, TILE_ELEMENTS // block_d))
+    block_q = TILE_OVERRIDES.get('block_m', max(1, TILE_ELEMENTS // block_d))
     block_q = max(1, min(block_q, triton.next_power_of_2(queries)))
     num_warps = TILE_OVERRIDES.get('num_warps', 4 if block_q * block_d >= 1024 else 2)
     return _Launch(flat_grid(triton.cdiv(queries, block_q) * batch * heads, 'multi_scale_deformable_attention'),
-                   block_q, block_d, num_warps)
+                   TileConfig(block_q, block_d, num_warps))
 
 
 def _launch_config(value: torch.Tensor, loc: torch.Tensor) -> _Launch:
@@ -202,8 +202,8 @@ def _launch_fwd(value, spatial_shapes, level_start_index, loc, attn):
     launch = _launch_config(value, loc)
     out = value.new_empty((batch, queries, heads * head_dim))  # every element stored by the kernel
     _msda_fwd_kernel[launch.grid](value, spatial_shapes, level_start_index, loc, attn, out, n_pos, queries, heads,
-                                  head_dim, NUM_LEVELS=levels, NUM_POINTS=points, BLOCK_Q=launch.block_q,
-                                  BLOCK_D=launch.block_d, num_warps=launch.num_warps)
+                                  head_dim, NUM_LEVELS=levels, NUM_POINTS=points, BLOCK_Q=launch.tiles.block_m,
+                                  BLOCK_D=launch.tiles.block_n, num_warps=launch.tiles.num_warps)
     return out
 
 
@@ -218,7 +218,8 @@ def _launch_bwd(dout, value, spatial_shapes, level_start_index, loc, attn):
     dloc, dattn = torch.empty_like(loc), torch.empty_like(attn)  # one program owns each: stored, not added
     _msda_bwd_kernel[launch.grid](value, spatial_shapes, level_start_index, loc, attn, dout, dvalue, dloc, dattn,
                                   n_pos, queries, heads, head_dim, NUM_LEVELS=levels, NUM_POINTS=points,
-                                  BLOCK_Q=launch.block_q, BLOCK_D=launch.block_d, num_warps=launch.num_warps)
+                                  BLOCK_Q=launch.tiles.block_m, BLOCK_D=launch.tiles.block_n,
+                                  num_warps=launch.tiles.num_warps)
     return dvalue.to(value.dtype), dloc, dattn
 
 

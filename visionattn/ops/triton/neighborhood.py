@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from ..reference.neighborhood import axis_windows, neighbor_table
-from ._common import LOG2E, LOG2E_C, check_head_dims, contiguous_strides, flat_grid, pow2_clamp, unit_last
+from ._common import LOG2E, LOG2E_C, TileConfig, check_head_dims, contiguous_strides, flat_grid, pow2_clamp, unit_last
 from .launch import Kernel, aligned
 
 __all__ = ['neighborhood_attention_triton', 'na_configs']
@@ -429,18 +429,17 @@ def _na_bwd_dq_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 # Host side: tiling, window tables, launchers.
 
-# A kernel config: query tile, key tile (3-D shapes, flattened to BLOCK_M / BLOCK_N rows), num_warps, num_stages.
-Config = Tuple[Tuple[int, int, int], Tuple[int, int, int], int, int]
-
-# Tests and benchmarks may force configs: {n_dim: {'fwd': Config, 'dkdv': Config, 'dq': Config}}. For 'dkdv' the
-# first shape is the query tile of the inner loop and the second the key tile each program owns.
+# A kernel config is a TileConfig: query tile, key tile (3-D shapes, flattened to BLOCK_M / BLOCK_N rows), num_warps,
+# num_stages. Tests and benchmarks may force configs: {n_dim: {'fwd': cfg, 'dkdv': cfg, 'dq': cfg}}, each a TileConfig
+# or a plain 4-tuple with every field given. For 'dkdv' the first shape is the query tile of the inner loop and the
+# second the key tile each program owns.
 TILE_OVERRIDE = {}
 
 
 # 2-D configs by the width of a dilation group's map, from a per-kernel sweep on an H100 (bf16, d32, k7, batch 64;
 # tools/na_diagnose.py --sweep, docs/benchmarks/na_h100.md). Smaller key tiles win with rpb: the bias gather and
 # the rpb-gradient atomics add live [M, N] tensors, and 64 x 64 tiles spill there.
-_NA2D_CONFIGS = (
+_NA2D_CONFIGS = tuple((case, *(TileConfig(*cfg) for cfg in cfgs)) for case, *cfgs in (
     # (widest map, rpb): fwd, dq, dkdv
     ((9, False), ((1, 8, 8), (1, 8, 8), 4, 2), ((1, 8, 8), (1, 8, 8), 4, 2), ((1, 8, 8), (1, 8, 8), 4, 2)),
     ((9, True), ((1, 8, 8), (1, 8, 8), 4, 2), ((1, 8, 8), (1, 1, 16), 4, 2), ((1, 4, 8), (1, 8, 8), 4, 2)),
@@ -450,20 +449,20 @@ _NA2D_CONFIGS = (
     ((40, True), ((1, 8, 8), (1, 2, 16), 4, 2), ((1, 8, 8), (1, 1, 16), 4, 2), ((1, 4, 8), (1, 8, 8), 4, 2)),
     ((None, False), ((1, 8, 8), (1, 4, 16), 4, 2), ((1, 8, 8), (1, 4, 16), 4, 2), ((1, 8, 8), (1, 8, 8), 4, 3)),
     ((None, True), ((1, 8, 8), (1, 2, 16), 4, 2), ((1, 8, 8), (1, 1, 16), 4, 2), ((1, 4, 8), (1, 8, 8), 4, 2)),
-)
+))
 
 
 def na_configs(n_dim: int, spatial: Sequence[int], kernel: Sequence[int], head_dim: int, has_rpb: bool,
                dilation: Sequence[int] = ()) -> dict:
     """Kernel configs for a problem with ``n_dim`` real axes (``TILE_OVERRIDE`` first).
 
-    Returns ``{'fwd': Config, 'dq': Config, 'dkdv': Config}``; for 'dkdv' the first tile is the query tile of the inner
-    loop and the second the key tile each program owns.
+    Returns ``{'fwd': TileConfig, 'dq': TileConfig, 'dkdv': TileConfig}``; for 'dkdv' the first tile is the query
+    tile of the inner loop and the second the key tile each program owns.
     """
     if n_dim in TILE_OVERRIDE:
-        return TILE_OVERRIDE[n_dim]
+        return {name: TileConfig(*cfg) for name, cfg in TILE_OVERRIDE[n_dim].items()}
     if n_dim == 1:
-        tile = ((1, 1, 64), (1, 1, 64), 4, 2)
+        tile = TileConfig((1, 1, 64), (1, 1, 64), 4, 2)
         return {'fwd': tile, 'dkdv': tile, 'dq': tile}
     if n_dim == 2:
         dil = tuple(dilation) or (1, 1)
@@ -471,7 +470,7 @@ def na_configs(n_dim: int, spatial: Sequence[int], kernel: Sequence[int], head_d
         for (limit, rpb), fwd, dq, dkdv in _NA2D_CONFIGS:
             if rpb == has_rpb and (limit is None or width <= limit):
                 return {'fwd': fwd, 'dq': dq, 'dkdv': dkdv}
-    tile = ((4, 4, 4), (4, 4, 4), 4, 2)
+    tile = TileConfig((4, 4, 4), (4, 4, 4), 4, 2)
     return {'fwd': tile, 'dkdv': tile, 'dq': tile}
 
 

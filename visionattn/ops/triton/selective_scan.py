@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E_C
+from ._common import LOG2E_C, TileConfig
 
 # Elements of one [channels, states, time] register tile: large enough to keep the scan busy, small enough not to spill.
 TILE_ELEMENTS = 4096
@@ -203,8 +203,9 @@ def _ss_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, DOUT, HSTART,
 # launchers
 
 
-# Tile overrides for benchmark sweeps (tools/bench_suites/selective_scan.py --ss-sweep): keys tile_elements, chunk,
-# num_warps, min_block_n; empty means the defaults below.
+# Tile overrides for benchmark sweeps (tools/bench_suites/selective_scan.py --ss-sweep); empty means the defaults
+# below. num_warps is a TileConfig field; tile_elements, chunk and min_block_n are not: they steer how the tile's
+# block_m / block_n and the time chunk are derived.
 TILE_OVERRIDES: dict = {}
 
 
@@ -214,13 +215,14 @@ def _setting(name: str, n_state: int, default):
     return SINGLE_STATE_TILES[name] if n_state == 1 else default
 
 
-def _tiles(n_state: int, dim_per_group: int, seq_len: int) -> Tuple[int, int, int]:
-    """BLOCK_D, BLOCK_N, CHUNK for a problem: the whole state, a time chunk, and as many channels as fit the tile."""
+def _tiles(n_state: int, dim_per_group: int, seq_len: int) -> Tuple[TileConfig, int]:
+    """The tile (block_m channels = BLOCK_D, block_n states = BLOCK_N, num_warps) and CHUNK for a problem: the whole
+    state, a time chunk, and as many channels as fit the tile."""
     block_n = max(_setting('min_block_n', n_state, 2), triton.next_power_of_2(n_state))
     chunk = min(_setting('chunk', n_state, 64), max(16, triton.next_power_of_2(seq_len)))
     elements = _setting('tile_elements', n_state, TILE_ELEMENTS)
     block_d = max(2, min(elements // (block_n * chunk), triton.next_power_of_2(dim_per_group)))
-    return block_d, block_n, chunk
+    return TileConfig(block_d, block_n, _num_warps(block_d, block_n, chunk, n_state)), chunk
 
 
 def _num_warps(block_d: int, block_n: int, chunk: int, n_state: int) -> int:
@@ -232,20 +234,17 @@ class _Plan(NamedTuple):
     grid: Tuple[int]
     n_dblocks: int
     n_chunks: int
-    block_d: int
-    block_n: int
+    tiles: TileConfig  # num_stages is left to Triton
     chunk: int
-    num_warps: int
 
 
 @functools.lru_cache(maxsize=512)
 def _cached_plan(batch: int, dim: int, seq_len: int, n_state: int, groups: int, overrides: tuple) -> _Plan:
     del overrides  # part of the key only: _tiles reads TILE_OVERRIDES
     dim_per_group = dim // groups
-    block_d, block_n, chunk = _tiles(n_state, dim_per_group, seq_len)
-    n_dblocks = triton.cdiv(dim_per_group, block_d)
-    return _Plan((batch * groups * n_dblocks,), n_dblocks, triton.cdiv(seq_len, chunk), block_d, block_n, chunk,
-                 _num_warps(block_d, block_n, chunk, n_state))
+    tiles, chunk = _tiles(n_state, dim_per_group, seq_len)
+    n_dblocks = triton.cdiv(dim_per_group, tiles.block_m)
+    return _Plan((batch * groups * n_dblocks,), n_dblocks, triton.cdiv(seq_len, chunk), tiles, chunk)
 
 
 def _plan(u: torch.Tensor, A: torch.Tensor, groups: int) -> _Plan:
@@ -264,7 +263,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_states: bool 
     plan = _plan(u, A, groups)
     out = torch.empty_like(u)
     last = torch.empty((batch, dim, n_state), device=u.device, dtype=torch.float32)
-    shape = (batch, dim, plan.n_chunks, plan.block_n) if save_states else (0,)
+    shape = (batch, dim, plan.n_chunks, plan.tiles.block_n) if save_states else (0,)
     hstart = torch.empty(shape, device=u.device, dtype=torch.float32)
     z_arg = z if z is not None else u
     _ss_fwd_kernel[plan.grid](
@@ -273,8 +272,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_states: bool 
         *u.stride(), *delta.stride(), *z_arg.stride(), *out.stride(), *B.stride(), *C.stride(),
         seq_len, dim, n_state, dim // groups, groups, plan.n_dblocks, plan.n_chunks,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-        SAVE_STATES=save_states, BLOCK_D=plan.block_d, BLOCK_N=plan.block_n, CHUNK=plan.chunk,
-        num_warps=plan.num_warps)
+        SAVE_STATES=save_states, BLOCK_D=plan.tiles.block_m, BLOCK_N=plan.tiles.block_n, CHUNK=plan.chunk,
+        num_warps=plan.tiles.num_warps)
     return out, last, hstart
 
 
@@ -307,7 +306,7 @@ def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, hstart, softplus: bool):
         *u.stride(), *delta.stride(), *z_arg.stride(), *dout.stride(), *B.stride(), *C.stride(), *du.stride(),
         small_row, d_off, bias_off, seq_len, dim, n_state, dim // groups, groups, plan.n_dblocks, plan.n_chunks,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-        BLOCK_D=plan.block_d, BLOCK_N=plan.block_n, CHUNK=plan.chunk, num_warps=plan.num_warps)
+        BLOCK_D=plan.tiles.block_m, BLOCK_N=plan.tiles.block_n, CHUNK=plan.chunk, num_warps=plan.tiles.num_warps)
     if B.dtype == C.dtype and B.dtype != torch.float32:
         dbc = dbc.to(B.dtype)  # one cast for both
     return du, ddelta, dz, dbc, small.sum(0)
@@ -329,7 +328,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, softplus, save_states):
     batch, dim, seq_len = u.shape
     plan = _plan(u, A, B.shape[1])
     f32 = dict(dtype=torch.float32)
-    shape = (batch, dim, plan.n_chunks, plan.block_n) if save_states else (0,)
+    shape = (batch, dim, plan.n_chunks, plan.tiles.block_n) if save_states else (0,)
     return torch.empty_like(u), u.new_empty((batch, dim, A.shape[1]), **f32), u.new_empty(shape, **f32)
 
 
