@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..ops.strip_gate import strip_gate
+
 __all__ = ['EfficientLocalAttention', 'ElaVersion', 'ELA_VERSIONS']
 
 
@@ -62,6 +64,14 @@ class EfficientLocalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The same conv and norm serve both axes (paper Fig. 3), so one weight sees rows and columns alike.
-        gate_h = self._gate(x.mean(dim=3)).unsqueeze(3)  # B, C, H, 1
-        gate_w = self._gate(x.mean(dim=2)).unsqueeze(2)  # B, C, 1, W
-        return x * gate_h * gate_w
+        if torch.jit.is_scripting():  # ops/reference/strip_gate.py's expression (a callable argument does not script)
+            gate_h = self._gate(x.mean(dim=3)).unsqueeze(3).to(x.dtype)  # B, C, H, 1
+            gate_w = self._gate(x.mean(dim=2)).unsqueeze(2).to(x.dtype)  # B, C, 1, W
+            return x * gate_h * gate_w
+        return _strip_gate(x, self)
+
+
+@torch.jit.ignore
+def _strip_gate(x: torch.Tensor, layer: EfficientLocalAttention) -> torch.Tensor:
+    # On CUDA: Triton kernels for the strip means and the gated product (one pass each way, issue 27).
+    return strip_gate(x, layer._gate, tuple(layer.parameters()))

@@ -1,0 +1,121 @@
+"""The strip gate of ELA (Xu & Wan, arXiv:2403.01123): ``x * g_h * g_w``, each gate computed from a strip mean of the
+map (over W for ``g_h``, over H for ``g_w``) by a small per-image network the caller gives.
+
+Reference: ``reference/strip_gate.py`` (PyTorch ops; the CPU path and the path under ``torch.compile``, ``torch.fx``
+and TorchScript). Triton (``triton/strip_gate.py``): one pass over the map for both strip means and one for the
+product; in training the backward pass is one pass for both gate gradients and one for the input gradient, and only
+the input map is saved (the PyTorch ops save a full-size product and take five to eight passes; issue 27). The gate
+network itself (ELA's Conv1d, GroupNorm and sigmoid on [B, C, L] strips) stays PyTorch modules under autograd.
+"""
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .checks import choose_backend
+from .reference.strip_gate import strip_gate_ref
+
+__all__ = ['strip_gate']
+
+_MAX_WIDTH = 2048  # triton/strip_gate.py's MAX_TRITON_WIDTH (not imported: triton may be absent)
+
+GateFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def strip_gate(x: torch.Tensor, gate_fn: GateFn, params: Sequence[torch.Tensor] = (),
+               backend: Optional[str] = None) -> torch.Tensor:
+    """``x * gate_fn(x.mean(3))[..., None] * gate_fn(x.mean(2))[..., None, :]``, in ``x``'s dtype.
+
+    Args:
+        x: [B, C, H, W] map, any strides (channels-last too).
+        gate_fn: The gate network: [N, C, L] strips to [N, C, L] gates, each image on its own (the Triton path may
+            stack both axes' strips on the batch axis when H == W, and calls it once then).
+        params: The tensors ``gate_fn`` uses that may need gradients (its parameters): the Triton backward returns
+            their gradients.
+        backend: None (automatic: Triton on CUDA), 'reference' or 'triton'.
+    """
+    if isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling():
+        return strip_gate_ref(x, gate_fn)
+    if x.dim() != 4:
+        raise ValueError(f'strip_gate takes a [B, C, H, W] map, got shape {tuple(x.shape)}')
+    if x.device.type == 'meta' or x.numel() == 0:
+        return strip_gate_ref(x, gate_fn)
+    width = x.shape[3]
+    chosen = choose_backend('strip_gate', backend, (x,),
+                            [(width <= _MAX_WIDTH, f'width {width} > {_MAX_WIDTH}'),
+                             (x.is_floating_point(), f'dtype {x.dtype} is not floating point')])
+    if chosen == 'reference':
+        return strip_gate_ref(x, gate_fn)
+    params = tuple(params)
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return _StripGateFn.apply(x, gate_fn, *params)
+    with torch.no_grad():
+        gate_h, gate_w = _gates(x, gate_fn, grad=False)[2:]
+        return _apply(x, gate_h, gate_w)
+
+
+def _gates(x: torch.Tensor, gate_fn: GateFn, grad: bool):
+    """(strip leaves, gate outputs, gate_h view, gate_w view). Both axes' strips share one [2B, C, L] tensor (one gate
+    call) when H == W. Strips are contiguous, as the reference's means are: cuDNN picks its conv algorithm by layout,
+    and on a transposed strip it took a TF32 one for the fp32 grouped conv (ELA-S/L) that the reference did not."""
+    from .triton.strip_gate import strip_sums
+    batch, channels, height, width = x.shape
+    if height == width:
+        strips = [x.new_empty((2 * batch, channels, height))]
+        rows, cols = strips[0][:batch], strips[0][batch:]
+    else:
+        strips = [x.new_empty((batch, channels, length)) for length in (height, width)]
+        rows, cols = strips
+    strip_sums(x, rows, cols)
+    if grad:
+        strips = [s.detach().requires_grad_() for s in strips]  # leaves of the gate network's own graph
+    with torch.set_grad_enabled(grad):
+        gates = [gate_fn(s) for s in strips]
+    for strip, gate in zip(strips, gates):
+        if gate.shape != strip.shape:
+            raise ValueError(f'strip_gate: gate_fn must keep the strip shape {tuple(strip.shape)}, '
+                             f'got {tuple(gate.shape)}')
+    gate_h, gate_w = (gates[0][:batch], gates[0][batch:]) if len(gates) == 1 else gates
+    return strips, gates, gate_h, gate_w
+
+
+def _apply(x: torch.Tensor, gate_h: torch.Tensor, gate_w: torch.Tensor) -> torch.Tensor:
+    from .triton.strip_gate import strip_apply
+    out = torch.empty_like(x)  # x's strides where x is dense (channels-last stays channels-last)
+    strip_apply(x, gate_h, gate_w, out)
+    return out
+
+
+class _StripGateFn(torch.autograd.Function):
+    """Forward: strip means (kernel), the gate network under autograd on detached strips (its small graph is kept),
+    the product (kernel). Backward: both gate gradients (kernel), the gate network's backward (autograd: the strips'
+    and the parameters' gradients), the input gradient (kernel). Saved: x and the strip-sized graph."""
+
+    @staticmethod
+    def forward(ctx, x, gate_fn, *params):
+        strips, gates, gate_h, gate_w = _gates(x, gate_fn, grad=True)
+        ctx.save_for_backward(x)
+        ctx.graph = (strips, gates, gate_h, gate_w, params)
+        return _apply(x, gate_h, gate_w)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        from .triton.strip_gate import strip_apply, strip_sums
+        (x,) = ctx.saved_tensors
+        strips, gates, gate_h, gate_w, params = ctx.graph
+        batch, channels, height, width = x.shape
+        d_gates = [torch.empty_like(g) for g in gates]
+        d_h, d_w = (d_gates[0][:batch], d_gates[0][batch:]) if len(d_gates) == 1 else d_gates
+        strip_sums(x, d_h, d_w, dy=dy, gate_h=gate_h, gate_w=gate_w)
+        wanted = [p for p, need in zip(params, ctx.needs_input_grad[2:]) if need]
+        found = torch.autograd.grad(gates, strips + wanted, d_gates, allow_unused=True)
+        d_strips, d_wanted = found[:len(strips)], iter(found[len(strips):])
+        d_params = [next(d_wanted) if need else None for need in ctx.needs_input_grad[2:]]
+        ctx.graph = None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            d_rows, d_cols = (d_strips[0][:batch], d_strips[0][batch:]) if len(d_strips) == 1 else d_strips
+            dx = torch.empty_like(x)
+            # the means spread their gradient evenly over the axis they pooled
+            strip_apply(dy, gate_h, gate_w, dx, d_rows, d_cols, 1.0 / width, 1.0 / height)
+        return (dx, None, *d_params)
