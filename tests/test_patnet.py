@@ -106,6 +106,23 @@ def test_partial_channel_attention_splits_channels():
     torch.testing.assert_close(out[:, 4:], _bn_eval(layer.attn(x[:, 4:]), layer.norm))
 
 
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_partial_channel_attention_inference_fold_equals_the_layers(channels_last):
+    # Without autograd an eval-mode PAT_ch folds BN(x * gate) into x * (gate * scale) + shift, written into the
+    # output's channels (issue 27): the same values as the layers it replaces, in the input's layout.
+    torch.manual_seed(0)
+    layer = PartialChannelAttention(32, n_div=4).double().eval()
+    _randomise_norms(layer)
+    x = torch.randn(2, 32, 5, 7, dtype=torch.double)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    expected = layer(x)  # grad mode on: the plain layers
+    with torch.no_grad():
+        folded = layer(x)
+    torch.testing.assert_close(folded, expected)
+    assert folded.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
 def test_partial_spatial_attention_matches_definition():
     torch.manual_seed(0)
     layer = PartialSpatialAttention(10).double().eval()

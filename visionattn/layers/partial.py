@@ -60,7 +60,8 @@ def _mean_std(x: torch.Tensor) -> torch.Tensor:
     flat = x.flatten(2)
     if flat.shape[0] == 0:  # no image: no std of nothing (torch warns about its degrees of freedom)
         return flat.new_zeros(0, flat.shape[1], 1, 2)
-    return torch.stack((flat.mean(-1, keepdim=True), flat.std(-1, keepdim=True)), dim=-1)
+    std, mean = torch.std_mean(flat, -1, keepdim=True)  # one pass over the map for both (issue 27)
+    return torch.stack((mean, std), dim=-1)
 
 
 class PartialConv(nn.Module):
@@ -94,6 +95,10 @@ class PartialConv(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_and_mix(x)
+
+    def conv_and_mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolved channels, then the untouched ones after :meth:`mix_untouched`, concatenated."""
         convolved, untouched = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
         return torch.cat((self.conv(convolved), self.mix_untouched(untouched)), dim=1)
 
@@ -133,12 +138,16 @@ class GaussianChannelAttention(nn.Module):
         self.bn = nn.BatchNorm2d(channels, device=device, dtype=dtype)
         self.gate = nn.Hardsigmoid()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def gate_values(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate [B, C, 1, 1] that :meth:`forward` multiplies ``x`` by."""
         stats = _mean_std(_check_two_positions(x))
         bn = self.bn
         z = _pooled_batch_norm(
             self.fc(stats), bn.weight, bn.bias, bn.running_mean, bn.running_var, self.training, bn.momentum, bn.eps)
-        return x * self.gate(z)
+        return self.gate(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate_values(x)
 
 
 class PartialChannelAttention(PartialConv):
@@ -158,6 +167,23 @@ class PartialChannelAttention(PartialConv):
 
     def mix_untouched(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.attn(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or torch.is_grad_enabled() or torch.jit.is_scripting() or torch.compiler.is_compiling() \
+                or self.norm.running_var is None:
+            return self.conv_and_mix(x)
+        # Inference: the BatchNorm of x * gate is one affine map per (image, channel), x * (gate * scale) + shift,
+        # written straight into the output's channels: one pass over the untouched channels where BN(x * gate) and
+        # the concatenation take three (issue 27). Same values up to rounding; Inductor fuses the plain path itself.
+        convolved, untouched = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
+        norm = self.norm
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
+        gate = self.attn.gate_values(untouched) * scale[:, None, None]
+        out = torch.empty_like(x)
+        torch.addcmul(shift[:, None, None].to(x.dtype), untouched, gate.to(x.dtype), out=out[:, self.dim_conv:])
+        out[:, :self.dim_conv].copy_(self.conv(convolved))
+        return out
 
 
 class PartialSpatialAttention(nn.Module):
