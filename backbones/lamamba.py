@@ -29,6 +29,7 @@ from torch import nn
 
 from visionattn.hub import build_model, unwrap_state_dict
 from visionattn.layers.inputs import check_images
+from visionattn.layers.norm import LayerNorm
 from visionattn.layers.ss2d import SS2D, ShiftedWindowAttention
 from visionattn.layers.stages import (
     check_global_pool,
@@ -53,7 +54,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int, device=None, dtype=None):
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, device=device, dtype=dtype)
-        self.norm = nn.LayerNorm(embed_dim, device=device, dtype=dtype)
+        self.norm = LayerNorm(embed_dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(check_images(x, self.proj.in_channels, 'LaMamba')).permute(0, 2, 3, 1))
@@ -64,7 +65,7 @@ class PatchMerging(nn.Module):
 
     def __init__(self, dim: int, out_dim: int, device=None, dtype=None):
         super().__init__()
-        self.norm = nn.LayerNorm(4 * dim, device=device, dtype=dtype)
+        self.norm = LayerNorm(4 * dim, device=device, dtype=dtype)
         self.reduction = nn.Linear(4 * dim, out_dim, bias=False, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,11 +103,11 @@ class LaMambaBlock(nn.Module):
                  drop_path: float = 0., proj_drop: float = 0., device=None, dtype=None, **ssm_kwargs):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.norm = nn.LayerNorm(dim, **dd)
+        self.norm = LayerNorm(dim, **dd)
         self.op = SS2D(dim, **ssm_kwargs, **dd)
-        self.norm_swin = nn.LayerNorm(dim, **dd)
+        self.norm_swin = LayerNorm(dim, **dd)
         self.attn = ShiftedWindowAttention(dim, num_heads, window_size, shift_size, proj_drop=proj_drop, **dd)
-        self.norm2 = nn.LayerNorm(dim, **dd)
+        self.norm2 = LayerNorm(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -210,7 +211,7 @@ class LaMamba(nn.Module):
                 dims[i], dims[i + 1] if i < num_stages - 1 else None, depths[i], num_heads[i], window_size,
                 dpr[sum(depths[:i]):sum(depths[:i + 1])], mlp_ratio=mlp_ratio, proj_drop=proj_drop_rate, **ssm, **dd))
             self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'layers.{i}'))
-        self.norm = nn.LayerNorm(self.num_features, **dd)
+        self.norm = LayerNorm(self.num_features, **dd)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)

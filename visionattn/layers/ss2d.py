@@ -14,8 +14,9 @@ defined for any H x W (identical for H == W).
 Shifted-window attention: Liu et al., "Swin Transformer", ICCV 2021, arXiv:2103.14030 (github.com/microsoft/
 Swin-Transformer, MIT), with LaMamba-Diff's parameter names (``qkv``, ``proj``, ``relative_position_bias_table``).
 """
+import functools
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,8 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from visionattn.ops import cross_merge, cross_scan, selective_scan
+
+from .norm import LayerNorm
 
 __all__ = ['SS2D', 'ShiftedWindowAttention', 'continuous_scan_paths', 'selective_scan_flops']
 
@@ -81,7 +84,10 @@ def _ss2d_core(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: to
     dts = dts.reshape(batch, n_dirs * dim, seq_len)
     As = -torch.exp(A_logs.float())
     if force_fp32:  # official forward_type 'v2' runs the scan in fp32 (no 'no32' postfix)
-        xs, dts, Bs, Cs = xs.float(), dts.float(), Bs.float(), Cs.float()
+        # Not dts: the kernels and the reference read delta in fp32 whatever its dtype (a bf16 -> fp32 cast is exact)
+        # and give its gradient in its own dtype, rounded once as the cast's backward would: a cast here would only
+        # copy the largest input (issue 27). u stays cast: its dtype is the output's.
+        xs, Bs, Cs = xs.float(), Bs.float(), Cs.float()
     if xs.is_meta:  # shapes only (profile.measure): skip the reference's step-by-step loop, which computes nothing
         ys = torch.empty(xs.shape, dtype=torch.float32 if force_fp32 else xs.dtype, device=xs.device)
     else:
@@ -148,7 +154,7 @@ class SS2D(nn.Module):
         self.Ds = nn.Parameter(torch.empty(k * d_inner, device=device, dtype=torch.float32))
         self.A_logs._no_weight_decay = True
         self.Ds._no_weight_decay = True
-        self.out_norm = nn.LayerNorm(d_inner, **dd)
+        self.out_norm = LayerNorm(d_inner, **dd)
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias, **dd)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_ssm_parameters(dt_min, dt_max, dt_init_floor)
@@ -216,6 +222,23 @@ def _shift_mask(height: int, width: int, win_h: int, win_w: int, shift_h: int, s
     return torch.zeros_like(diff).masked_fill(diff != 0, -100.)
 
 
+def _window_tables(hp: int, wp: int, win_h: int, win_w: int, shift_h: int, shift_w: int, window: int,
+                   device) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The flat relative-position index and the shift mask (None without a shift) of a padded map."""
+    index = _relative_position_index(win_h, win_w, window, device).flatten()
+    mask = _shift_mask(hp, wp, win_h, win_w, shift_h, shift_w, device) if shift_h or shift_w else None
+    return index, mask
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_window_tables(hp: int, wp: int, win_h: int, win_w: int, shift_h: int, shift_w: int, window: int,
+                          device: torch.device) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    # They depend only on the sizes: eager calls build them once instead of about 25 small kernels per block (issue
+    # 27). Built outside inference mode so that a training step may reuse them.
+    with torch.inference_mode(False), torch.no_grad():
+        return _window_tables(hp, wp, win_h, win_w, shift_h, shift_w, window, device)
+
+
 def _shifted_window_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias, proj_weight: torch.Tensor,
                               proj_bias, bias_table: torch.Tensor, num_heads: int, window: int, shift: int,
                               scale: float) -> torch.Tensor:
@@ -235,10 +258,12 @@ def _shifted_window_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bia
     qkv = F.linear(windows, qkv_weight, qkv_bias).view(-1, n_tokens, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
     attn = (q * scale) @ k.transpose(-2, -1)
-    index = _relative_position_index(win_h, win_w, window, x.device)
-    attn = attn + bias_table[index.flatten()].view(n_tokens, n_tokens, num_heads).permute(2, 0, 1).unsqueeze(0)
-    if shift_h or shift_w:
-        mask = _shift_mask(hp, wp, win_h, win_w, shift_h, shift_w, x.device).to(attn.dtype)
+    sizes = (hp, wp, win_h, win_w, shift_h, shift_w, window, x.device)
+    # under torch.compile the tables are traced into the graph, where they fold to constants
+    index, mask = _window_tables(*sizes) if torch.compiler.is_compiling() else _cached_window_tables(*sizes)
+    attn = attn + bias_table[index].view(n_tokens, n_tokens, num_heads).permute(2, 0, 1).unsqueeze(0)
+    if mask is not None:
+        mask = mask.to(attn.dtype)
         n_win = mask.shape[0]
         attn = (attn.view(batch, n_win, num_heads, n_tokens, n_tokens) + mask[None, :, None]).view(
             -1, num_heads, n_tokens, n_tokens)
