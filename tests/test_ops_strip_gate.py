@@ -15,6 +15,7 @@ SHAPES = [  # B, C, H, W; channels-last
     ((2, 32, 6, 9), True),  # H != W: two gate calls
     ((1, 64, 3, 70), False),  # width above one power of two, fewer channels than a tile
     ((3, 96, 7, 7), True),  # channels over one block
+    ((2, 32, 1, 5), False),  # a one-row map: GroupNorm and the mean over H see one position
 ]
 
 
@@ -39,9 +40,17 @@ def _run(layer, x, grad_out, backend):
 
 @pytest.mark.parametrize('version', sorted(ELA_VERSIONS))
 @pytest.mark.parametrize('shape, channels_last', SHAPES)
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
-def test_kernel_matches_reference(version, shape, channels_last, dtype):
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])
+def test_kernel_matches_reference(version, shape, channels_last, dtype, monkeypatch):
     device = kernel_device()
+    # The gate network is PyTorch's Conv1d, for which cuDNN may pick a TF32 algorithm in float32 (PyTorch's default)
+    # by batch and layout: the kernel path stacks both axes' strips into one call, the reference makes two. Compared
+    # here without TF32, so the test measures the kernels, not cuDNN's choice (a GPU run failed ELA-S/L fp32 so).
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    if shape[2] == 1 and dtype == torch.bfloat16:
+        # GroupNorm of a one-position strip normalises one or two values: the conv weight's gradient is so
+        # ill-conditioned that PyTorch's own bf16 error is 5 % of its size; fp32 and fp16 check this map
+        pytest.skip('a one-row map in bf16: the gate network itself is ill-conditioned')
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(shape, generator=gen, dtype=torch.float64).to(device)
     if channels_last:
@@ -122,9 +131,10 @@ def test_automatic_choice_on_the_cpu_is_the_reference():
 @pytest.mark.cuda
 @pytest.mark.parametrize('shape', [(32, 256, 56, 56), (32, 512, 28, 28), (64, 2048, 7, 7), (4, 256, 50, 76)])
 @pytest.mark.parametrize('autocast', [False, True])
-def test_kernel_matches_reference_cuda(shape, autocast):
+def test_kernel_matches_reference_cuda(shape, autocast, monkeypatch):
     # ELA-ResNet50's stage shapes (and a detection-like H != W map), channels-last; under bf16 autocast the gates
     # come out of GroupNorm in float32 and the product keeps the input's dtype.
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)  # as in test_kernel_matches_reference
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen, dtype=torch.float64).cuda().to(memory_format=torch.channels_last)
     grad_out = torch.randn(shape, generator=gen, dtype=torch.float64).cuda()
