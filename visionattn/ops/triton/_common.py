@@ -85,7 +85,10 @@ def cached_plan(plans: dict, key: tuple, build, limit: int = 512):
 
 @triton.jit
 def check_head_dims(D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """What the attention kernels assume of their constexprs: the padded head dims hold the real ones. (Tiles may
-    be below tl.dot's 16 rows under the interpreter, where tests shrink them: nothing is asserted about those.)"""
+    """What the attention kernels assume of their constexprs: the padded head dims are powers of two that hold the
+    real ones. (Tiles may be below tl.dot's 16 rows under the interpreter, where tests shrink them: nothing is
+    asserted about their size.)"""
     tl.static_assert(BLOCK_DQK >= D_QK, 'the padded q/k head dim is below the real one')
     tl.static_assert(BLOCK_DV >= D_V, 'the padded value head dim is below the real one')
+    tl.static_assert(BLOCK_DQK & (BLOCK_DQK - 1) == 0, 'the padded q/k head dim must be a power of two')
+    tl.static_assert(BLOCK_DV & (BLOCK_DV - 1) == 0, 'the padded value head dim must be a power of two')

@@ -69,6 +69,7 @@ def _dwconv_tile(base, w_base, y, x, row_ok, offs_c, c_ok, map_h, map_w, s_y, s_
     """Depthwise KS x KS conv (zero padding KS // 2) of the map at ``base`` for the pixels (y, x) of a tile.
 
     TRANSPOSED gives the conv's input gradient (the map is the output gradient): the taps mirror."""
+    tl.static_assert(KS % 2 == 1, 'the LCE conv size must be odd')
     acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
     for dy in tl.static_range(KS):
         if TRANSPOSED:
@@ -92,11 +93,11 @@ def _dwconv_tile(base, w_base, y, x, row_ok, offs_c, c_ok, map_h, map_w, s_y, s_
 @triton.jit
 def _bsa_fwd_kernel(Q, K, V, ATT, OUT, LSE, IDX, CNT, LW, LB,
                     q_off, k_off, v_off,
-                    q_sb, q_sh, q_sgy, q_sgx, q_sty, q_stx,
-                    k_sb, k_sh, k_sgy, k_sgx, k_sty, k_stx,
-                    v_sb, v_sh, v_sgy, v_sgx, v_sty, v_stx,
-                    o_sb, o_sh, o_sgy, o_sgx, o_sty, o_stx,
-                    i_sb, i_sh, i_sq, c_sb, c_sh,
+                    sq_b, sq_h, sq_gy, sq_gx, sq_ty, sq_tx,
+                    sk_b, sk_h, sk_gy, sk_gx, sk_ty, sk_tx,
+                    sv_b, sv_h, sv_gy, sv_gx, sv_ty, sv_tx,
+                    so_b, so_h, so_gy, so_gx, so_ty, so_tx,
+                    sidx_b, sidx_h, sidx_q, scnt_b, scnt_h,
                     n_heads, n_q_tokens, max_kv, map_h, map_w, qk_scale,
                     Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, Q_TILES: tl.constexpr,
                     Q_GRID_W: tl.constexpr, Q_BLK_W: tl.constexpr, KV_GRID_W: tl.constexpr, KV_BLK_W: tl.constexpr,
@@ -104,6 +105,9 @@ def _bsa_fwd_kernel(Q, K, V, ATT, OUT, LSE, IDX, CNT, LW, LB,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                     IEEE: tl.constexpr, CAUSAL: tl.constexpr, LEPE_K: tl.constexpr, STORE_O: tl.constexpr):
     check_head_dims(D_QK, D_V, BLOCK_DQK, BLOCK_DV)
+    tl.static_assert(Q_TILES * BLOCK_M >= Q_BLOCK, 'the query tiles must cover a block')
+    tl.static_assert(Q_BLOCK % Q_BLK_W == 0, 'a query block must be whole rows')
+    tl.static_assert(KV_BLOCK % KV_BLK_W == 0, 'a KV block must be whole rows')
     # one flat grid axis, query tiles fastest (batch * heads can outgrow CUDA's 65535 on the second axis)
     m_programs = (n_q_tokens // Q_BLOCK) * Q_TILES
     pid_m = tl.program_id(0) % m_programs
@@ -119,17 +123,17 @@ def _bsa_fwd_kernel(Q, K, V, ATT, OUT, LSE, IDX, CNT, LW, LB,
     d_ok = offs_d < D_QK
     dv_ok = offs_dv < D_V
 
-    q_rows = _token_offsets(q_blk, offs_m, q_sgy, q_sgx, q_sty, q_stx, Q_GRID_W, Q_BLK_W)
-    q = tl.load(Q + q_off + b * q_sb + h * q_sh + q_rows[:, None] + offs_d[None, :],
+    q_rows = _token_offsets(q_blk, offs_m, sq_gy, sq_gx, sq_ty, sq_tx, Q_GRID_W, Q_BLK_W)
+    q = tl.load(Q + q_off + b * sq_b + h * sq_h + q_rows[:, None] + offs_d[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    idx_row = IDX + b * i_sb + h * i_sh + q_blk * i_sq
+    idx_row = IDX + b * sidx_b + h * sidx_h + q_blk * sidx_q
     if HAS_COUNT:
-        n_blocks = tl.load(CNT + b * c_sb + h * c_sh + q_blk)
+        n_blocks = tl.load(CNT + b * scnt_b + h * scnt_h + q_blk)
     else:
         n_blocks = max_kv
     length = n_blocks * KV_BLOCK
-    k_base = K + k_off + b * k_sb + h * k_sh
-    v_base = V + v_off + b * v_sb + h * v_sh
+    k_base = K + k_off + b * sk_b + h * sk_h
+    v_base = V + v_off + b * sv_b + h * sv_h
 
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: fully masked tiles give exp2(-inf) = 0, not NaN
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -139,7 +143,7 @@ def _bsa_fwd_kernel(Q, K, V, ATT, OUT, LSE, IDX, CNT, LW, LB,
         n_ok = offs_n < length
         blk = tl.load(idx_row + offs_n // KV_BLOCK, mask=n_ok, other=0)
         tok = offs_n % KV_BLOCK
-        k = tl.load(k_base + _token_offsets(blk, tok, k_sgy, k_sgx, k_sty, k_stx, KV_GRID_W, KV_BLK_W)[:, None]
+        k = tl.load(k_base + _token_offsets(blk, tok, sk_gy, sk_gx, sk_ty, sk_tx, KV_GRID_W, KV_BLK_W)[:, None]
                     + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         s = _dot(q, tl.trans(k), IEEE) * qk_scale
         keep = n_ok[None, :]
@@ -150,15 +154,15 @@ def _bsa_fwd_kernel(Q, K, V, ATT, OUT, LSE, IDX, CNT, LW, LB,
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + _token_offsets(blk, tok, v_sgy, v_sgx, v_sty, v_stx, KV_GRID_W, KV_BLK_W)[:, None]
+        v = tl.load(v_base + _token_offsets(blk, tok, sv_gy, sv_gx, sv_ty, sv_tx, KV_GRID_W, KV_BLK_W)[:, None]
                     + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
     has_keys = l_i > 0.0
     safe_l = tl.where(has_keys, l_i, 1.0)
     out = acc / safe_l[:, None]
-    o_rows = _token_offsets(q_blk, offs_m, o_sgy, o_sgx, o_sty, o_stx, Q_GRID_W, Q_BLK_W)
-    o_ptrs = b * o_sb + h * o_sh + o_rows[:, None] + offs_dv[None, :]
+    o_rows = _token_offsets(q_blk, offs_m, so_gy, so_gx, so_ty, so_tx, Q_GRID_W, Q_BLK_W)
+    o_ptrs = b * so_b + h * so_h + o_rows[:, None] + offs_dv[None, :]
     o_mask = row_ok[:, None] & dv_ok[None, :]
     if STORE_O:  # the attention alone, for the backward (OUT also holds the LCE)
         tl.store(ATT + o_ptrs, out.to(ATT.dtype.element_ty), mask=o_mask)
@@ -166,7 +170,7 @@ def _bsa_fwd_kernel(Q, K, V, ATT, OUT, LSE, IDX, CNT, LW, LB,
         y = (q_blk // Q_GRID_W) * (Q_BLOCK // Q_BLK_W) + offs_m // Q_BLK_W
         x = (q_blk % Q_GRID_W) * Q_BLK_W + offs_m % Q_BLK_W
         out += _dwconv_tile(v_base, LW + h * D_V * (LEPE_K * LEPE_K), y, x, row_ok, offs_dv, dv_ok, map_h, map_w,
-                            v_sty, v_stx, LEPE_K, False, BLOCK_M, BLOCK_DV)
+                            sv_ty, sv_tx, LEPE_K, False, BLOCK_M, BLOCK_DV)
         out += tl.load(LB + h * D_V + offs_dv, mask=dv_ok, other=0.0).to(tl.float32)[None, :]
     tl.store(OUT + o_ptrs, out.to(OUT.dtype.element_ty), mask=o_mask)
     lse = tl.where(has_keys, m_i + tl.log2(safe_l), float('inf'))  # +inf: an empty row's p is 0 in backward
@@ -176,13 +180,13 @@ def _bsa_fwd_kernel(Q, K, V, ATT, OUT, LSE, IDX, CNT, LW, LB,
 @triton.jit
 def _bsa_bwd_dq_kernel(Q, K, V, ATT, DO, LSE, DQ, IDX, CNT,
                        q_off, k_off, v_off, dq_off, delta_off,
-                       q_sb, q_sh, q_sgy, q_sgx, q_sty, q_stx,
-                       k_sb, k_sh, k_sgy, k_sgx, k_sty, k_stx,
-                       v_sb, v_sh, v_sgy, v_sgx, v_sty, v_stx,
-                       o_sb, o_sh, o_sgy, o_sgx, o_sty, o_stx,
-                       do_sb, do_sh, do_sgy, do_sgx, do_sty, do_stx,
-                       dq_sb, dq_sh, dq_sgy, dq_sgx, dq_sty, dq_stx,
-                       i_sb, i_sh, i_sq, c_sb, c_sh,
+                       sq_b, sq_h, sq_gy, sq_gx, sq_ty, sq_tx,
+                       sk_b, sk_h, sk_gy, sk_gx, sk_ty, sk_tx,
+                       sv_b, sv_h, sv_gy, sv_gx, sv_ty, sv_tx,
+                       so_b, so_h, so_gy, so_gx, so_ty, so_tx,
+                       sdo_b, sdo_h, sdo_gy, sdo_gx, sdo_ty, sdo_tx,
+                       sdq_b, sdq_h, sdq_gy, sdq_gx, sdq_ty, sdq_tx,
+                       sidx_b, sidx_h, sidx_q, scnt_b, scnt_h,
                        n_heads, n_q_tokens, max_kv, qk_scale, scale,
                        Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, Q_TILES: tl.constexpr,
                        Q_GRID_W: tl.constexpr, Q_BLK_W: tl.constexpr, KV_GRID_W: tl.constexpr,
@@ -190,6 +194,9 @@ def _bsa_bwd_dq_kernel(Q, K, V, ATT, DO, LSE, DQ, IDX, CNT,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
                        BLOCK_DV: tl.constexpr, IEEE: tl.constexpr, CAUSAL: tl.constexpr):
     check_head_dims(D_QK, D_V, BLOCK_DQK, BLOCK_DV)
+    tl.static_assert(Q_TILES * BLOCK_M >= Q_BLOCK, 'the query tiles must cover a block')
+    tl.static_assert(Q_BLOCK % Q_BLK_W == 0, 'a query block must be whole rows')
+    tl.static_assert(KV_BLOCK % KV_BLK_W == 0, 'a KV block must be whole rows')
     # one flat grid axis, query tiles fastest (batch * heads can outgrow CUDA's 65535 on the second axis)
     m_programs = (n_q_tokens // Q_BLOCK) * Q_TILES
     pid_m = tl.program_id(0) % m_programs
@@ -205,26 +212,26 @@ def _bsa_bwd_dq_kernel(Q, K, V, ATT, DO, LSE, DQ, IDX, CNT,
     d_ok = offs_d < D_QK
     dv_ok = offs_dv < D_V
 
-    q = tl.load(Q + q_off + b * q_sb + h * q_sh
-                + _token_offsets(q_blk, offs_m, q_sgy, q_sgx, q_sty, q_stx, Q_GRID_W, Q_BLK_W)[:, None]
+    q = tl.load(Q + q_off + b * sq_b + h * sq_h
+                + _token_offsets(q_blk, offs_m, sq_gy, sq_gx, sq_ty, sq_tx, Q_GRID_W, Q_BLK_W)[:, None]
                 + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    do = tl.load(DO + b * do_sb + h * do_sh
-                 + _token_offsets(q_blk, offs_m, do_sgy, do_sgx, do_sty, do_stx, Q_GRID_W, Q_BLK_W)[:, None]
+    do = tl.load(DO + b * sdo_b + h * sdo_h
+                 + _token_offsets(q_blk, offs_m, sdo_gy, sdo_gx, sdo_ty, sdo_tx, Q_GRID_W, Q_BLK_W)[:, None]
                  + offs_dv[None, :], mask=row_ok[:, None] & dv_ok[None, :], other=0.0)
-    out = tl.load(ATT + b * o_sb + h * o_sh
-                  + _token_offsets(q_blk, offs_m, o_sgy, o_sgx, o_sty, o_stx, Q_GRID_W, Q_BLK_W)[:, None]
+    out = tl.load(ATT + b * so_b + h * so_h
+                  + _token_offsets(q_blk, offs_m, so_gy, so_gx, so_ty, so_tx, Q_GRID_W, Q_BLK_W)[:, None]
                   + offs_dv[None, :], mask=row_ok[:, None] & dv_ok[None, :], other=0.0)
     lse = tl.load(LSE + pid_bh * n_q_tokens + q_tok, mask=row_ok, other=float('inf'))
     delta = tl.sum(do.to(tl.float32) * out.to(tl.float32), 1)  # softmax backward's rowsum(dO * O)
     tl.store(LSE + delta_off + pid_bh * n_q_tokens + q_tok, delta, mask=row_ok)  # for the dK/dV kernel
-    idx_row = IDX + b * i_sb + h * i_sh + q_blk * i_sq
+    idx_row = IDX + b * sidx_b + h * sidx_h + q_blk * sidx_q
     if HAS_COUNT:
-        n_blocks = tl.load(CNT + b * c_sb + h * c_sh + q_blk)
+        n_blocks = tl.load(CNT + b * scnt_b + h * scnt_h + q_blk)
     else:
         n_blocks = max_kv
     length = n_blocks * KV_BLOCK
-    k_base = K + k_off + b * k_sb + h * k_sh
-    v_base = V + v_off + b * v_sb + h * v_sh
+    k_base = K + k_off + b * sk_b + h * sk_h
+    v_base = V + v_off + b * sv_b + h * sv_h
 
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
     for start in range(0, length, BLOCK_N):
@@ -232,9 +239,9 @@ def _bsa_bwd_dq_kernel(Q, K, V, ATT, DO, LSE, DQ, IDX, CNT,
         n_ok = offs_n < length
         blk = tl.load(idx_row + offs_n // KV_BLOCK, mask=n_ok, other=0)
         tok = offs_n % KV_BLOCK
-        k = tl.load(k_base + _token_offsets(blk, tok, k_sgy, k_sgx, k_sty, k_stx, KV_GRID_W, KV_BLK_W)[:, None]
+        k = tl.load(k_base + _token_offsets(blk, tok, sk_gy, sk_gx, sk_ty, sk_tx, KV_GRID_W, KV_BLK_W)[:, None]
                     + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        v = tl.load(v_base + _token_offsets(blk, tok, v_sgy, v_sgx, v_sty, v_stx, KV_GRID_W, KV_BLK_W)[:, None]
+        v = tl.load(v_base + _token_offsets(blk, tok, sv_gy, sv_gx, sv_ty, sv_tx, KV_GRID_W, KV_BLK_W)[:, None]
                     + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
         s = _dot(q, tl.trans(k), IEEE) * qk_scale
         keep = n_ok[None, :]
@@ -245,20 +252,20 @@ def _bsa_bwd_dq_kernel(Q, K, V, ATT, DO, LSE, DQ, IDX, CNT,
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, IEEE)
     dq = dq * scale
-    tl.store(DQ + dq_off + b * dq_sb + h * dq_sh
-             + _token_offsets(q_blk, offs_m, dq_sgy, dq_sgx, dq_sty, dq_stx, Q_GRID_W, Q_BLK_W)[:, None]
+    tl.store(DQ + dq_off + b * sdq_b + h * sdq_h
+             + _token_offsets(q_blk, offs_m, sdq_gy, sdq_gx, sdq_ty, sdq_tx, Q_GRID_W, Q_BLK_W)[:, None]
              + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
 def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DK, DV, QLIST, OFFS, LW,
                         q_off, k_off, v_off, dk_off, dv_off, delta_off, qlist_off, offs_off,
-                        q_sb, q_sh, q_sgy, q_sgx, q_sty, q_stx,
-                        k_sb, k_sh, k_sgy, k_sgx, k_sty, k_stx,
-                        v_sb, v_sh, v_sgy, v_sgx, v_sty, v_stx,
-                        do_sb, do_sh, do_sgy, do_sgx, do_sty, do_stx,
-                        dk_sb, dk_sh, dk_sgy, dk_sgx, dk_sty, dk_stx,
-                        dv_sb, dv_sh, dv_sgy, dv_sgx, dv_sty, dv_stx,
+                        sq_b, sq_h, sq_gy, sq_gx, sq_ty, sq_tx,
+                        sk_b, sk_h, sk_gy, sk_gx, sk_ty, sk_tx,
+                        sv_b, sv_h, sv_gy, sv_gx, sv_ty, sv_tx,
+                        sdo_b, sdo_h, sdo_gy, sdo_gx, sdo_ty, sdo_tx,
+                        sdk_b, sdk_h, sdk_gy, sdk_gx, sdk_ty, sdk_tx,
+                        sdv_b, sdv_h, sdv_gy, sdv_gx, sdv_ty, sdv_tx,
                         n_heads, list_heads, n_q_tokens, n_kv_blocks, map_h, map_w, qk_scale, scale,
                         Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, KV_TILES: tl.constexpr,
                         Q_GRID_W: tl.constexpr, Q_BLK_W: tl.constexpr, KV_GRID_W: tl.constexpr,
@@ -266,6 +273,9 @@ def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DK, DV, QLIST, OFFS, LW,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
                         BLOCK_DV: tl.constexpr, IEEE: tl.constexpr, CAUSAL: tl.constexpr, LEPE_K: tl.constexpr):
     check_head_dims(D_QK, D_V, BLOCK_DQK, BLOCK_DV)
+    tl.static_assert(KV_TILES * BLOCK_N >= KV_BLOCK, 'the key tiles must cover a block')
+    tl.static_assert(Q_BLOCK % Q_BLK_W == 0, 'a query block must be whole rows')
+    tl.static_assert(KV_BLOCK % KV_BLK_W == 0, 'a KV block must be whole rows')
     n_programs = n_kv_blocks * KV_TILES  # one flat grid axis, as the forward's
     pid_n = tl.program_id(0) % n_programs
     pid_bh = tl.program_id(0) // n_programs
@@ -280,17 +290,17 @@ def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DK, DV, QLIST, OFFS, LW,
     d_ok = offs_d < D_QK
     dv_ok = offs_dv < D_V
 
-    k = tl.load(K + k_off + b * k_sb + h * k_sh
-                + _token_offsets(kv_blk, offs_n, k_sgy, k_sgx, k_sty, k_stx, KV_GRID_W, KV_BLK_W)[:, None]
+    k = tl.load(K + k_off + b * sk_b + h * sk_h
+                + _token_offsets(kv_blk, offs_n, sk_gy, sk_gx, sk_ty, sk_tx, KV_GRID_W, KV_BLK_W)[:, None]
                 + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    v = tl.load(V + v_off + b * v_sb + h * v_sh
-                + _token_offsets(kv_blk, offs_n, v_sgy, v_sgx, v_sty, v_stx, KV_GRID_W, KV_BLK_W)[:, None]
+    v = tl.load(V + v_off + b * sv_b + h * sv_h
+                + _token_offsets(kv_blk, offs_n, sv_gy, sv_gx, sv_ty, sv_tx, KV_GRID_W, KV_BLK_W)[:, None]
                 + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
     group = (b * list_heads + h % list_heads) * (n_kv_blocks + 1) + kv_blk  # see inverted_block_index
     first = tl.load(OFFS + offs_off + group)
     length = (tl.load(OFFS + offs_off + group + 1) - first) * Q_BLOCK
-    q_base = Q + q_off + b * q_sb + h * q_sh
-    do_base = DO + b * do_sb + h * do_sh
+    q_base = Q + q_off + b * sq_b + h * sq_h
+    do_base = DO + b * sdo_b + h * sdo_h
 
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
@@ -300,9 +310,9 @@ def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DK, DV, QLIST, OFFS, LW,
         q_blk = tl.load(QLIST + qlist_off + first + offs_m // Q_BLOCK, mask=m_ok, other=0) // ENTRY_DIV
         tok = offs_m % Q_BLOCK
         q_tok = q_blk * Q_BLOCK + tok
-        q = tl.load(q_base + _token_offsets(q_blk, tok, q_sgy, q_sgx, q_sty, q_stx, Q_GRID_W, Q_BLK_W)[:, None]
+        q = tl.load(q_base + _token_offsets(q_blk, tok, sq_gy, sq_gx, sq_ty, sq_tx, Q_GRID_W, Q_BLK_W)[:, None]
                     + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-        do = tl.load(do_base + _token_offsets(q_blk, tok, do_sgy, do_sgx, do_sty, do_stx, Q_GRID_W, Q_BLK_W)[:, None]
+        do = tl.load(do_base + _token_offsets(q_blk, tok, sdo_gy, sdo_gx, sdo_ty, sdo_tx, Q_GRID_W, Q_BLK_W)[:, None]
                      + offs_dv[None, :], mask=m_ok[:, None] & dv_ok[None, :], other=0.0)
         lse = tl.load(LSE + pid_bh * n_q_tokens + q_tok, mask=m_ok, other=float('inf'))
         delta = tl.load(LSE + delta_off + pid_bh * n_q_tokens + q_tok, mask=m_ok, other=0.0)
@@ -320,18 +330,18 @@ def _bsa_bwd_dkv_kernel(Q, K, V, DO, LSE, DK, DV, QLIST, OFFS, LW,
         y = (kv_blk // KV_GRID_W) * (KV_BLOCK // KV_BLK_W) + offs_n // KV_BLK_W
         x = (kv_blk % KV_GRID_W) * KV_BLK_W + offs_n % KV_BLK_W
         dv += _dwconv_tile(do_base, LW + h * D_V * (LEPE_K * LEPE_K), y, x, n_ok, offs_dv, dv_ok, map_h, map_w,
-                           do_sty, do_stx, LEPE_K, True, BLOCK_N, BLOCK_DV)
-    tl.store(DK + dk_off + b * dk_sb + h * dk_sh
-             + _token_offsets(kv_blk, offs_n, dk_sgy, dk_sgx, dk_sty, dk_stx, KV_GRID_W, KV_BLK_W)[:, None]
+                           sdo_ty, sdo_tx, LEPE_K, True, BLOCK_N, BLOCK_DV)
+    tl.store(DK + dk_off + b * sdk_b + h * sdk_h
+             + _token_offsets(kv_blk, offs_n, sdk_gy, sdk_gx, sdk_ty, sdk_tx, KV_GRID_W, KV_BLK_W)[:, None]
              + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
-    tl.store(DV + dv_off + b * dv_sb + h * dv_sh
-             + _token_offsets(kv_blk, offs_n, dv_sgy, dv_sgx, dv_sty, dv_stx, KV_GRID_W, KV_BLK_W)[:, None]
+    tl.store(DV + dv_off + b * sdv_b + h * sdv_h
+             + _token_offsets(kv_blk, offs_n, sdv_gy, sdv_gx, sdv_ty, sdv_tx, KV_GRID_W, KV_BLK_W)[:, None]
              + offs_dv[None, :], dv.to(DV.dtype.element_ty), mask=n_ok[:, None] & dv_ok[None, :])
 
 
 @triton.jit
 def _lepe_grad_kernel(DO, V, PART, v_off,
-                      do_sb, do_sy, do_sx, v_sb, v_sy, v_sx,
+                      sdo_b, sdo_y, sdo_x, sv_b, sv_y, sv_x,
                       n_tiles, tiles_per_chunk, map_h, map_w, channels,
                       KS: tl.constexpr, TAPS: tl.constexpr, ROWS: tl.constexpr, BLOCK_X: tl.constexpr,
                       BLOCK_C: tl.constexpr):
@@ -343,6 +353,8 @@ def _lepe_grad_kernel(DO, V, PART, v_off,
     (a plain [pixels, channels] tile; the shifted tiles overlap, so most loads hit the cache) and reduce their
     product over the pixels.
     """
+    tl.static_assert(KS % 2 == 1, 'the LCE conv size must be odd')
+    tl.static_assert(TAPS >= KS * KS, 'the taps must hold the conv')
     chunk = tl.program_id(0)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < channels
@@ -358,15 +370,15 @@ def _lepe_grad_kernel(DO, V, PART, v_off,
         y = (tile // col_tiles) % row_tiles * ROWS + pix // BLOCK_X
         x = tile % col_tiles * BLOCK_X + pix % BLOCK_X
         p_ok = (y < map_h) & (x < map_w)
-        g = tl.load(DO + img * do_sb + y[:, None] * do_sy + x[:, None] * do_sx + offs_c[None, :],
+        g = tl.load(DO + img * sdo_b + y[:, None] * sdo_y + x[:, None] * sdo_x + offs_c[None, :],
                     mask=p_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
         bias += tl.sum(g, 0)
-        v_rows = V + v_off + img * v_sb + y * v_sy + x * v_sx
+        v_rows = V + v_off + img * sv_b + y * sv_y + x * sv_x
         for tap in tl.static_range(KS * KS):
             dy = tap // KS - KS // 2
             dx = tap % KS - KS // 2
             ok = p_ok & (y + dy >= 0) & (y + dy < map_h) & (x + dx >= 0) & (x + dx < map_w)
-            val = tl.load((v_rows + (dy * v_sy + dx * v_sx))[:, None] + offs_c[None, :],
+            val = tl.load((v_rows + (dy * sv_y + dx * sv_x))[:, None] + offs_c[None, :],
                           mask=ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
             acc += tl.where(taps[:, None] == tap, tl.sum(val * g, 0)[None, :], 0.0)
     row = PART + chunk * (channels * (KS * KS + 1))
@@ -376,7 +388,7 @@ def _lepe_grad_kernel(DO, V, PART, v_off,
 
 @triton.jit
 def _bra_route_kernel(Q, K, IBUF, q_off, k_off,
-                      q_sb, q_sgy, q_sgx, q_sty, q_stx, k_sb, k_sgy, k_sgx, k_sty, k_stx,
+                      sq_b, sq_gy, sq_gx, sq_ty, sq_tx, sk_b, sk_gy, sk_gx, sk_ty, sk_tx,
                       scale, qlist_off, offs_off,
                       R: tl.constexpr, T: tl.constexpr, TOPK: tl.constexpr, GRID_W: tl.constexpr,
                       BLK_W: tl.constexpr, C_QK: tl.constexpr, R_PAD: tl.constexpr, T_STEP: tl.constexpr,
@@ -390,11 +402,13 @@ def _bra_route_kernel(Q, K, IBUF, q_off, k_off,
     grouped by key region (ascending within a group), ``R * TOPK`` per image; from ``offs_off`` the groups' starts
     [B, R + 1] (positions in that list).
     """
+    tl.static_assert(R <= R_PAD, 'the padded regions must hold the regions')
+    tl.static_assert(TOPK <= R, 'top-k is at most the regions')
     b = tl.program_id(0)
     offs_r = tl.arange(0, R_PAD)
     r_ok = offs_r < R
-    q_base = Q + q_off + b * q_sb + (offs_r // GRID_W) * q_sgy + (offs_r % GRID_W) * q_sgx
-    k_base = K + k_off + b * k_sb + (offs_r // GRID_W) * k_sgy + (offs_r % GRID_W) * k_sgx
+    q_base = Q + q_off + b * sq_b + (offs_r // GRID_W) * sq_gy + (offs_r % GRID_W) * sq_gx
+    k_base = K + k_off + b * sk_b + (offs_r // GRID_W) * sk_gy + (offs_r % GRID_W) * sk_gx
     dtype = Q.dtype.element_ty
     logits = tl.zeros([R_PAD, R_PAD], dtype=tl.float32)
     for c0 in tl.static_range(0, C_QK, BLOCK_C):
@@ -405,8 +419,8 @@ def _bra_route_kernel(Q, K, IBUF, q_off, k_off,
         for t0 in range(0, T, T_STEP):  # T_STEP tokens of every region at once: [R_PAD, T_STEP, BLOCK_C] loads
             t = t0 + tl.arange(0, T_STEP)
             mask = r_ok[:, None, None] & (t < T)[None, :, None] & c_ok[None, None, :]
-            q_tok = ((t // BLK_W) * q_sty + (t % BLK_W) * q_stx)[None, :, None] + offs_c[None, None, :]
-            k_tok = ((t // BLK_W) * k_sty + (t % BLK_W) * k_stx)[None, :, None] + offs_c[None, None, :]
+            q_tok = ((t // BLK_W) * sq_ty + (t % BLK_W) * sq_tx)[None, :, None] + offs_c[None, None, :]
+            k_tok = ((t // BLK_W) * sk_ty + (t % BLK_W) * sk_tx)[None, :, None] + offs_c[None, None, :]
             sum_q += tl.sum(tl.load(q_base[:, None, None] + q_tok, mask=mask, other=0.0).to(tl.float32), 1)
             sum_k += tl.sum(tl.load(k_base[:, None, None] + k_tok, mask=mask, other=0.0).to(tl.float32), 1)
         q_mean = ((sum_q / T).to(dtype).to(tl.float32) * scale).to(dtype)

@@ -64,6 +64,8 @@ def _corner(xi, yi, height, width, start, q_ok, d, d_ok, row_stride):
 def _msda_fwd_kernel(VALUE, SHAPES, STARTS, LOC, ATTN, OUT, n_pos, n_queries, n_heads, head_dim,
                      NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
                      BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+    tl.static_assert(BLOCK_Q & (BLOCK_Q - 1) == 0, 'BLOCK_Q must be a power of two')
+    tl.static_assert(BLOCK_D & (BLOCK_D - 1) == 0, 'BLOCK_D must be a power of two')
     # one flat grid axis, query blocks fastest (batch * heads can outgrow CUDA's 65535 on the second axis)
     q_blocks = tl.cdiv(n_queries, BLOCK_Q)
     q_block = tl.program_id(0) % q_blocks
@@ -108,6 +110,8 @@ def _msda_fwd_kernel(VALUE, SHAPES, STARTS, LOC, ATTN, OUT, n_pos, n_queries, n_
 def _msda_bwd_kernel(VALUE, SHAPES, STARTS, LOC, ATTN, DOUT, DVALUE, DLOC, DATTN, n_pos, n_queries, n_heads,
                      head_dim, NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
                      BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+    tl.static_assert(BLOCK_Q & (BLOCK_Q - 1) == 0, 'BLOCK_Q must be a power of two')
+    tl.static_assert(BLOCK_D & (BLOCK_D - 1) == 0, 'BLOCK_D must be a power of two')
     # one flat grid axis, query blocks fastest (batch * heads can outgrow CUDA's 65535 on the second axis)
     q_blocks = tl.cdiv(n_queries, BLOCK_Q)
     q_block = tl.program_id(0) % q_blocks

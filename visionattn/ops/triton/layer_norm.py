@@ -27,16 +27,18 @@ TILE_ELEMENTS = 4096
 
 
 @triton.jit
-def _ln_fwd_kernel(X, W, B, Y, MEAN, RSTD, n_rows, n_cols, x_stride, y_stride, eps,
+def _ln_fwd_kernel(X, W, B, Y, MEAN, RSTD, n_rows, n_cols, sx_row, sy_row, eps,
                    HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_STATS: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    tl.static_assert(BLOCK_M & (BLOCK_M - 1) == 0, 'BLOCK_M must be a power of two')
+    tl.static_assert(BLOCK_N & (BLOCK_N - 1) == 0, 'BLOCK_N must be a power of two')
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
     col_ok = cols < n_cols
     mask = row_ok[:, None] & col_ok[None, :]
     rows64 = rows.to(tl.int64)
-    x = tl.load(X + rows64[:, None] * x_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + rows64[:, None] * sx_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, 1) / n_cols
     centred = tl.where(mask, x - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, 1) / n_cols + eps)
@@ -45,7 +47,7 @@ def _ln_fwd_kernel(X, W, B, Y, MEAN, RSTD, n_rows, n_cols, x_stride, y_stride, e
         y = y * tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if HAS_B:
         y = y + tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(Y + rows64[:, None] * y_stride + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + rows64[:, None] * sy_row + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
     if STORE_STATS:
         tl.store(MEAN + rows, mean, mask=row_ok)
         tl.store(RSTD + rows, rstd, mask=row_ok)

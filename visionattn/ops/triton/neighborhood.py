@@ -79,10 +79,10 @@ def _key_box(ST0, EN0, ST1, EN1, ST2, EN2, g0, g1, g2, W0, W1, W2, a0, a1, a2, l
 
 
 @triton.jit
-def _offsets(b, h, c0, c1, c2, sb, s0, s1, s2, sh):
+def _offsets(b, h, c0, c1, c2, s_b, s_0, s_1, s_2, s_h):
     # Element offset of token (c0, c1, c2) (image coordinates) of batch b and head h in a [B, *spatial, H, D] layout;
     # the spatial part is summed in int32 before the int64 batch offset joins it (fewer 64-bit ops per row).
-    return b * sb + h * sh + (c0 * s0 + c1 * s1 + c2 * s2)
+    return b * s_b + h * s_h + (c0 * s_0 + c1 * s_1 + c2 * s_2)
 
 
 @triton.jit
@@ -149,8 +149,8 @@ def _add_rpb(s, RPB, h, r_idx, n_rel, inside):
 def _na_fwd_kernel(
         Q, K, V, Out, LSE, RPB, TAB, CLS,
         ST0, EN0, ST1, EN1, ST2, EN2,
-        sqb, sq0, sq1, sq2, sqh, skb, sk0, sk1, sk2, skh, svb, sv0, sv1, sv2, svh,
-        sob, so0, so1, so2, soh,
+        sq_b, sq_0, sq_1, sq_2, sq_h, sk_b, sk_0, sk_1, sk_2, sk_h, sv_b, sv_0, sv_1, sv_2, sv_h,
+        so_b, so_0, so_1, so_2, so_h,
         H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT, NT1, NT2, KS0, KS1, KS2, tab_off, tab_head, tab_cls, qk_scale,
         HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, U0: tl.constexpr, U1: tl.constexpr,
@@ -158,6 +158,8 @@ def _na_fwd_kernel(
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
     check_head_dims(HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV)
+    tl.static_assert(BLOCK_M & (BLOCK_M - 1) == 0, 'the query tile must be a power of two')
+    tl.static_assert(BLOCK_N & (BLOCK_N - 1) == 0, 'the key tile must be a power of two')
     pid_t, b, h, g, g0, g1, g2, lg0, lg1, lg2 = _program(NT, H, L0, L1, L2, D0, D1, D2)
     a2 = (pid_t % NT2) * T2
     a1 = ((pid_t // NT2) % NT1) * T1
@@ -172,7 +174,7 @@ def _na_fwd_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     d_ok = offs_d < HEAD_DIM
     dv_ok = offs_dv < HEAD_DIM_V
-    q_rows = _offsets(b, h, g0 + p0 * D0, g1 + p1 * D1, g2 + p2 * D2, sqb, sq0, sq1, sq2, sqh)
+    q_rows = _offsets(b, h, g0 + p0 * D0, g1 + p1 * D1, g2 + p2 * D2, sq_b, sq_0, sq_1, sq_2, sq_h)
     q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
     lo0, lo1, lo2, hi0, hi1, hi2 = _key_box(ST0, EN0, ST1, EN1, ST2, EN2, g0, g1, g2, W0, W1, W2, a0, a1, a2,
                                             lg0, lg1, lg2, T0, T1, T2)
@@ -194,9 +196,9 @@ def _na_fwd_kernel(
         kc1 = k1 + n1
         kc2 = k2 + n2
         n_ok = (kc0 < hi0) & (kc1 < hi1) & (kc2 < hi2)
-        k_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, skb, sk0, sk1, sk2, skh)
+        k_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, sk_b, sk_0, sk_1, sk_2, sk_h)
         kt = tl.load(K + k_rows[None, :] + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        v_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, svb, sv0, sv1, sv2, svh)
+        v_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, sv_b, sv_0, sv_1, sv_2, sv_h)
         vv = tl.load(V + v_rows[:, None] + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         if RPB_MODE == 2:
@@ -216,7 +218,7 @@ def _na_fwd_kernel(
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    o_rows = _offsets(b, h, g0 + p0 * D0, g1 + p1 * D1, g2 + p2 * D2, sob, so0, so1, so2, soh)
+    o_rows = _offsets(b, h, g0 + p0 * D0, g1 + p1 * D1, g2 + p2 * D2, so_b, so_0, so_1, so_2, so_h)
     tl.store(Out + o_rows[:, None] + offs_dv[None, :], out.to(Out.dtype.element_ty),
              mask=m_ok[:, None] & dv_ok[None, :])
     tok = ((g0 + p0 * D0) * L1 + (g1 + p1 * D1)) * L2 + (g2 + p2 * D2)
@@ -227,8 +229,8 @@ def _na_fwd_kernel(
 def _na_bwd_dkdv_kernel(
         Q, K, V, DO, LSE, DELTA, DK, DV, RPB, TAB, CLS,
         ST0, EN0, ST1, EN1, ST2, EN2, QLO0, QHI0, QLO1, QHI1, QLO2, QHI2,
-        sqb, sq0, sq1, sq2, sqh, skb, sk0, sk1, sk2, skh, svb, sv0, sv1, sv2, svh,
-        sdob, sdo0, sdo1, sdo2, sdoh, sdkb, sdk0, sdk1, sdk2, sdkh, sdvb, sdv0, sdv1, sdv2, sdvh,
+        sq_b, sq_0, sq_1, sq_2, sq_h, sk_b, sk_0, sk_1, sk_2, sk_h, sv_b, sv_0, sv_1, sv_2, sv_h,
+        sdo_b, sdo_0, sdo_1, sdo_2, sdo_h, sdk_b, sdk_0, sdk_1, sdk_2, sdk_h, sdv_b, sdv_0, sdv_1, sdv_2, sdv_h,
         H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT0, NT1, NT2, KS0, KS1, KS2, tab_off, tab_head, tab_cls, qk_scale,
         scale, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, U0: tl.constexpr, U1: tl.constexpr,
@@ -237,6 +239,8 @@ def _na_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
     check_head_dims(HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV)
+    tl.static_assert(BLOCK_M & (BLOCK_M - 1) == 0, 'the query tile must be a power of two')
+    tl.static_assert(BLOCK_N & (BLOCK_N - 1) == 0, 'the key tile must be a power of two')
     pid_t, b, h, g, g0, g1, g2, lg0, lg1, lg2 = _program(NT0 * NT1 * NT2, H, L0, L1, L2, D0, D1, D2)
     t2 = pid_t % NT2
     t1 = (pid_t // NT2) % NT1
@@ -256,8 +260,8 @@ def _na_bwd_dkdv_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     d_ok = offs_d < HEAD_DIM
     dv_ok = offs_dv < HEAD_DIM_V
-    k_rows = b * skb + (g0 + kc0 * D0) * sk0 + (g1 + kc1 * D1) * sk1 + (g2 + kc2 * D2) * sk2 + h * skh
-    v_rows = b * svb + (g0 + kc0 * D0) * sv0 + (g1 + kc1 * D1) * sv1 + (g2 + kc2 * D2) * sv2 + h * svh
+    k_rows = b * sk_b + (g0 + kc0 * D0) * sk_0 + (g1 + kc1 * D1) * sk_1 + (g2 + kc2 * D2) * sk_2 + h * sk_h
+    v_rows = b * sv_b + (g0 + kc0 * D0) * sv_0 + (g1 + kc1 * D1) * sv_1 + (g2 + kc2 * D2) * sv_2 + h * sv_h
     kk = tl.load(K + k_rows[:, None] + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
     vv = tl.load(V + v_rows[:, None] + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
 
@@ -294,10 +298,10 @@ def _na_bwd_dkdv_kernel(
         c0 = g0 + p0 * D0
         c1 = g1 + p1 * D1
         c2 = g2 + p2 * D2
-        q_rows = b * sqb + c0 * sq0 + c1 * sq1 + c2 * sq2 + h * sqh
+        q_rows = b * sq_b + c0 * sq_0 + c1 * sq_1 + c2 * sq_2 + h * sq_h
         q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
         tok = (b * H + h) * n_tok + (c0 * L1 + c1) * L2 + c2
-        do_rows = b * sdob + c0 * sdo0 + c1 * sdo1 + c2 * sdo2 + h * sdoh
+        do_rows = b * sdo_b + c0 * sdo_0 + c1 * sdo_1 + c2 * sdo_2 + h * sdo_h
         do = tl.load(DO + do_rows[:, None] + offs_dv[None, :], mask=m_ok[:, None] & dv_ok[None, :], other=0.0)
         lse = tl.load(LSE + tok, mask=m_ok, other=0.0)
         delta = tl.load(DELTA + tok, mask=m_ok, other=0.0)
@@ -318,8 +322,8 @@ def _na_bwd_dkdv_kernel(
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
     dk = dk * scale
-    dk_rows = b * sdkb + (g0 + kc0 * D0) * sdk0 + (g1 + kc1 * D1) * sdk1 + (g2 + kc2 * D2) * sdk2 + h * sdkh
-    dv_rows = b * sdvb + (g0 + kc0 * D0) * sdv0 + (g1 + kc1 * D1) * sdv1 + (g2 + kc2 * D2) * sdv2 + h * sdvh
+    dk_rows = b * sdk_b + (g0 + kc0 * D0) * sdk_0 + (g1 + kc1 * D1) * sdk_1 + (g2 + kc2 * D2) * sdk_2 + h * sdk_h
+    dv_rows = b * sdv_b + (g0 + kc0 * D0) * sdv_0 + (g1 + kc1 * D1) * sdv_1 + (g2 + kc2 * D2) * sdv_2 + h * sdv_h
     tl.store(DK + dk_rows[:, None] + offs_d[None, :], dk.to(DK.dtype.element_ty),
              mask=n_ok[:, None] & d_ok[None, :])
     tl.store(DV + dv_rows[:, None] + offs_dv[None, :], dv.to(DV.dtype.element_ty),
@@ -330,8 +334,8 @@ def _na_bwd_dkdv_kernel(
 def _na_bwd_dq_kernel(
         Q, K, V, Out, DO, LSE, DELTA, DQ, RPB, TAB, CLS, DSN,
         ST0, EN0, ST1, EN1, ST2, EN2,
-        sqb, sq0, sq1, sq2, sqh, skb, sk0, sk1, sk2, skh, svb, sv0, sv1, sv2, svh,
-        sob, so0, so1, so2, soh, sdob, sdo0, sdo1, sdo2, sdoh, sdqb, sdq0, sdq1, sdq2, sdqh,
+        sq_b, sq_0, sq_1, sq_2, sq_h, sk_b, sk_0, sk_1, sk_2, sk_h, sv_b, sv_0, sv_1, sv_2, sv_h,
+        so_b, so_0, so_1, so_2, so_h, sdo_b, sdo_0, sdo_1, sdo_2, sdo_h, sdq_b, sdq_0, sdq_1, sdq_2, sdq_h,
         H, L0, L1, L2, D0, D1, D2, W0, W1, W2, NT, NT1, NT2, KS0, KS1, KS2, tab_off, tab_head, tab_cls, qk_scale,
         scale, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr, U0: tl.constexpr, U1: tl.constexpr,
@@ -342,6 +346,8 @@ def _na_bwd_dq_kernel(
     BLOCK_M: tl.constexpr = T0 * T1 * T2
     BLOCK_N: tl.constexpr = U0 * U1 * U2
     check_head_dims(HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV)
+    tl.static_assert(BLOCK_M & (BLOCK_M - 1) == 0, 'the query tile must be a power of two')
+    tl.static_assert(BLOCK_N & (BLOCK_N - 1) == 0, 'the key tile must be a power of two')
     pid_t, b, h, g, g0, g1, g2, lg0, lg1, lg2 = _program(NT, H, L0, L1, L2, D0, D1, D2)
     a2 = (pid_t % NT2) * T2
     a1 = ((pid_t // NT2) % NT1) * T1
@@ -359,14 +365,14 @@ def _na_bwd_dq_kernel(
     c0 = g0 + p0 * D0
     c1 = g1 + p1 * D1
     c2 = g2 + p2 * D2
-    q_rows = _offsets(b, h, c0, c1, c2, sqb, sq0, sq1, sq2, sqh)
+    q_rows = _offsets(b, h, c0, c1, c2, sq_b, sq_0, sq_1, sq_2, sq_h)
     q = tl.load(Q + q_rows[:, None] + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
     n_tok = L0 * L1 * L2
     img_tok = (c0 * L1 + c1) * L2 + c2
     tok = (b * H + h) * n_tok + img_tok
-    do_rows = _offsets(b, h, c0, c1, c2, sdob, sdo0, sdo1, sdo2, sdoh)
+    do_rows = _offsets(b, h, c0, c1, c2, sdo_b, sdo_0, sdo_1, sdo_2, sdo_h)
     do = tl.load(DO + do_rows[:, None] + offs_dv[None, :], mask=m_ok[:, None] & dv_ok[None, :], other=0.0)
-    o_rows = _offsets(b, h, c0, c1, c2, sob, so0, so1, so2, soh)
+    o_rows = _offsets(b, h, c0, c1, c2, so_b, so_0, so_1, so_2, so_h)
     o = tl.load(Out + o_rows[:, None] + offs_dv[None, :], mask=m_ok[:, None] & dv_ok[None, :], other=0.0)
     lse = tl.load(LSE + tok, mask=m_ok, other=0.0)
     # delta = rowsum(dO * O), here once per query; the dK/dV pass (launched after this one) reads it back.
@@ -391,9 +397,9 @@ def _na_bwd_dq_kernel(
         kc1 = k1 + n1
         kc2 = k2 + n2
         n_ok = (kc0 < hi0) & (kc1 < hi1) & (kc2 < hi2)
-        k_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, skb, sk0, sk1, sk2, skh)
+        k_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, sk_b, sk_0, sk_1, sk_2, sk_h)
         kk = tl.load(K + k_rows[:, None] + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        v_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, svb, sv0, sv1, sv2, svh)
+        v_rows = _offsets(b, h, g0 + kc0 * D0, g1 + kc1 * D1, g2 + kc2 * D2, sv_b, sv_0, sv_1, sv_2, sv_h)
         vt = tl.load(V + v_rows[None, :] + offs_dv[:, None], mask=n_ok[None, :] & dv_ok[:, None], other=0.0)
         s = tl.dot(q, tl.trans(kk), input_precision=PRECISION) * qk_scale
         if RPB_MODE == 1 or BIAS_GRAD == 1:
@@ -421,7 +427,7 @@ def _na_bwd_dq_kernel(
             dsn_rows = (h * n_tok + img_tok).to(tl.int64) * (KS0 * KS1 * KS2)
             tl.atomic_add(DSN + dsn_rows[:, None] + slot, ds, mask=inside, sem='relaxed')
     dq = dq * scale
-    dq_rows = _offsets(b, h, c0, c1, c2, sdqb, sdq0, sdq1, sdq2, sdqh)
+    dq_rows = _offsets(b, h, c0, c1, c2, sdq_b, sdq_0, sdq_1, sdq_2, sdq_h)
     tl.store(DQ + dq_rows[:, None] + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=m_ok[:, None] & d_ok[None, :])
 

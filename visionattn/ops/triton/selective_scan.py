@@ -57,6 +57,9 @@ def _ss_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, OUT, HSTART, LAST,
                    seq_len, dim, n_state, dim_per_group, n_groups, n_dblocks, n_chunks,
                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                    SAVE_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+    tl.static_assert(BLOCK_D & (BLOCK_D - 1) == 0, 'BLOCK_D must be a power of two')
+    tl.static_assert(BLOCK_N & (BLOCK_N - 1) == 0, 'BLOCK_N must be a power of two')
+    tl.static_assert(CHUNK & (CHUNK - 1) == 0, 'CHUNK must be a power of two')
     pid = tl.program_id(0)
     d_block = pid % n_dblocks
     g = (pid // n_dblocks) % n_groups
@@ -110,6 +113,9 @@ def _ss_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, DOUT, HSTART,
                    seq_len, dim, n_state, dim_per_group, n_groups, n_dblocks, n_chunks,
                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+    tl.static_assert(BLOCK_D & (BLOCK_D - 1) == 0, 'BLOCK_D must be a power of two')
+    tl.static_assert(BLOCK_N & (BLOCK_N - 1) == 0, 'BLOCK_N must be a power of two')
+    tl.static_assert(CHUNK & (CHUNK - 1) == 0, 'CHUNK must be a power of two')
     pid = tl.program_id(0)
     d_block = pid % n_dblocks
     g = (pid // n_dblocks) % n_groups

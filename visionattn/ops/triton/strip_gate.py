@@ -36,11 +36,13 @@ APPLY_ROWS = 8
 
 @triton.jit
 def _strip_sums_kernel(X, DY, GH, GW, ROWS, COLS,
-                       sx_b, sx_c, sx_h, sx_w, sd_b, sd_c, sd_h, sd_w,
+                       sx_b, sx_c, sx_h, sx_w, sdy_b, sdy_c, sdy_h, sdy_w,
                        sgh_b, sgh_c, sgh_l, sgw_b, sgw_c, sgw_l, sr_b, sr_c, sr_l, sc_b, sc_c, sc_l,
                        channels, height, width, n_cblocks, row_scale, col_scale,
                        WITH_GRAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr):
     tl.static_assert(BLOCK_C * BLOCK_W <= 8192, 'a row tile must stay in registers')
+    tl.static_assert(BLOCK_C & (BLOCK_C - 1) == 0, 'BLOCK_C must be a power of two')
+    tl.static_assert(BLOCK_W & (BLOCK_W - 1) == 0, 'BLOCK_W must be a power of two')
     pid = tl.program_id(0)
     b = (pid // n_cblocks).to(tl.int64)
     c = (pid % n_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -50,7 +52,7 @@ def _strip_sums_kernel(X, DY, GH, GW, ROWS, COLS,
     # int32 offsets inside an image (the plan checks its span), the image's own in int64
     x_tile = X + b * sx_b + w[:, None] * sx_w + c[None, :] * sx_c
     if WITH_GRAD:
-        dy_tile = DY + b * sd_b + w[:, None] * sd_w + c[None, :] * sd_c
+        dy_tile = DY + b * sdy_b + w[:, None] * sdy_w + c[None, :] * sdy_c
         gate_w = tl.load(GW + b * sgw_b + w[:, None] * sgw_l + c[None, :] * sgw_c, mask=mask, other=0.)
         gate_w = gate_w.to(tl.float32)
         gh_row = GH + b * sgh_b + c * sgh_c
@@ -59,7 +61,7 @@ def _strip_sums_kernel(X, DY, GH, GW, ROWS, COLS,
     for h in range(height):
         term = tl.load(x_tile + h * sx_h, mask=mask, other=0.).to(tl.float32)
         if WITH_GRAD:
-            term *= tl.load(dy_tile + h * sd_h, mask=mask, other=0.).to(tl.float32)
+            term *= tl.load(dy_tile + h * sdy_h, mask=mask, other=0.).to(tl.float32)
             row = tl.sum(term * gate_w, 0)
             col_sums += term * tl.load(gh_row + h * sgh_l, mask=c_ok, other=0.).to(tl.float32)[None, :]
         else:
@@ -77,6 +79,8 @@ def _strip_apply_kernel(A, GH, GW, ADD_H, ADD_W, OUT,
                         channels, height, width, n_cblocks, n_hblocks, scale_h, scale_w,
                         WITH_ADD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, ROWS: tl.constexpr):
     tl.static_assert(BLOCK_C * BLOCK_W <= 8192, 'a row tile must stay in registers')
+    tl.static_assert(BLOCK_C & (BLOCK_C - 1) == 0, 'BLOCK_C must be a power of two')
+    tl.static_assert(BLOCK_W & (BLOCK_W - 1) == 0, 'BLOCK_W must be a power of two')
     pid = tl.program_id(0)
     h_block = pid % n_hblocks
     c_block = (pid // n_hblocks) % n_cblocks
