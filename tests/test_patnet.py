@@ -121,6 +121,12 @@ def test_partial_channel_attention_inference_fold_equals_the_layers(channels_las
         folded = layer(x)
     torch.testing.assert_close(folded, expected)
     assert folded.is_contiguous(memory_format=torch.channels_last) == channels_last
+    # an fx trace, even without autograd, keeps the plain layers: its graph then runs with gradients too
+    with torch.no_grad():
+        traced = torch.fx.symbolic_trace(layer)
+    leaf = x.detach().clone().requires_grad_()
+    traced(leaf).sum().backward()
+    torch.testing.assert_close(traced(x), expected)
 
 
 def test_partial_spatial_attention_matches_definition():

@@ -169,12 +169,19 @@ class PartialChannelAttention(PartialConv):
         return self.norm(self.attn(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled() or torch.jit.is_scripting() or torch.compiler.is_compiling() \
-                or self.norm.running_var is None:
-            return self.conv_and_mix(x)
-        # Inference: the BatchNorm of x * gate is one affine map per (image, channel), x * (gate * scale) + shift,
-        # written straight into the output's channels: one pass over the untouched channels where BN(x * gate) and
-        # the concatenation take three (issue 27). Same values up to rounding; Inductor fuses the plain path itself.
+        if not torch.jit.is_scripting():
+            # not traced (an fx graph would keep the fold for calls with autograd) nor compiled (Inductor fuses the
+            # plain layers itself)
+            if not (self.training or torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy)
+                    or torch.compiler.is_compiling() or self.norm.running_var is None):
+                return self._inference_fold(x)
+        return self.conv_and_mix(x)
+
+    @torch.jit.unused
+    def _inference_fold(self, x: torch.Tensor) -> torch.Tensor:
+        # The BatchNorm of x * gate is one affine map per (image, channel), x * (gate * scale) + shift, written
+        # straight into the output's channels: one pass over the untouched channels where BN(x * gate) and the
+        # concatenation take three (issue 27). Same values up to rounding.
         convolved, untouched = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
         norm = self.norm
         scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
