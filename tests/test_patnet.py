@@ -127,6 +127,12 @@ def test_partial_channel_attention_inference_fold_equals_the_layers(channels_las
     leaf = x.detach().clone().requires_grad_()
     traced(leaf).sum().backward()
     torch.testing.assert_close(traced(x), expected)
+    # the fold reads the BatchNorm's current statistics and parameters (changed in place, one through .data)
+    layer.norm.running_var.mul_(2)
+    layer.norm.bias.data.add_(0.5)
+    expected = layer(x)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected)
 
 
 def test_partial_spatial_attention_matches_definition():

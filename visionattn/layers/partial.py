@@ -173,7 +173,7 @@ class PartialChannelAttention(PartialConv):
             # not traced (an fx graph would keep the fold for calls with autograd) nor compiled (Inductor fuses the
             # plain layers itself)
             if not (self.training or torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy)
-                    or torch.compiler.is_compiling() or self.norm.running_var is None):
+                    or torch.compiler.is_compiling() or self.norm.running_var is None or self.norm.weight is None):
                 return self._inference_fold(x)
         return self.conv_and_mix(x)
 
@@ -184,11 +184,14 @@ class PartialChannelAttention(PartialConv):
         # concatenation take three (issue 27). Same values up to rounding.
         convolved, untouched = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
         norm = self.norm
+        # recomputed on every call (four small kernels): a cache keyed on version counters would miss edits made
+        # through .data and silently keep old statistics
         scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        shift = norm.bias - norm.running_mean * scale
+        shift = torch.addcmul(norm.bias, norm.running_mean, scale, value=-1.)
         gate = self.attn.gate_values(untouched) * scale[:, None, None]
         out = torch.empty_like(x)
-        torch.addcmul(shift[:, None, None].to(x.dtype), untouched, gate.to(x.dtype), out=out[:, self.dim_conv:])
+        # computed in the promoted dtype (float32 under autocast), written in x's
+        torch.addcmul(shift[:, None, None], untouched, gate, out=out[:, self.dim_conv:])
         out[:, :self.dim_conv].copy_(self.conv(convolved))
         return out
 
