@@ -79,9 +79,9 @@ def test_no_grad_and_partial_gradients_take_the_same_values():
         torch.testing.assert_close(strip_gate(x, layer._gate, tuple(layer.parameters()), backend='triton'), want)
     # only x needs a gradient (a frozen layer), then only the parameters (a frozen input)
     leaf = x.clone().requires_grad_()
-    frozen = [p.detach() for p in layer.parameters()]
-    (dx,) = torch.autograd.grad(strip_gate(leaf, layer._gate, frozen, backend='triton').square().sum(), [leaf])
-    (want_dx,) = torch.autograd.grad(strip_gate_ref(leaf, layer._gate).square().sum(), [leaf])
+    frozen = _layer(32, 'B', torch.float32).to(device).requires_grad_(False)
+    (dx,) = torch.autograd.grad(strip_gate(leaf, frozen._gate, (), backend='triton').square().sum(), [leaf])
+    (want_dx,) = torch.autograd.grad(strip_gate_ref(leaf, frozen._gate).square().sum(), [leaf])
     torch.testing.assert_close(dx, want_dx, rtol=1e-5, atol=1e-5)
     params = list(layer.parameters())
     got = torch.autograd.grad(strip_gate(x, layer._gate, params, backend='triton').sum(), params)
@@ -114,6 +114,23 @@ def test_bad_input_names_the_problem():
     if kernel_device() == 'cpu':
         with pytest.raises(ValueError, match='keep the strip shape'):
             strip_gate(torch.randn(1, 32, 4, 4), lambda s: s[..., :2], backend='triton')
+
+
+def test_a_parameter_missing_from_params_is_named():
+    # The Triton backward returns gradients for the tensors in params only: one the gate network uses and params
+    # leaves out would lose its gradient, so the call refuses it.
+    kernel_device()
+    layer = _layer(32, 'B', torch.float32)
+    extra = torch.ones(32, 1, requires_grad=True)
+    x = torch.randn(2, 32, 4, 4, requires_grad=True)
+    with pytest.raises(ValueError, match=r'1 tensor\(s\).*\(32, 1\)'):
+        strip_gate(x, lambda s: layer._gate(s) * extra, tuple(layer.parameters()), backend='triton')
+    with pytest.raises(ValueError, match=r'3 tensor\(s\)'):  # the layer's own parameters, left out
+        strip_gate(x, layer._gate, (), backend='triton')
+    out = strip_gate(x, lambda s: layer._gate(s) * extra, (*layer.parameters(), extra), backend='triton')
+    (d_extra,) = torch.autograd.grad(out.sum(), [extra])
+    (want,) = torch.autograd.grad(strip_gate_ref(x, lambda s: layer._gate(s) * extra).sum(), [extra])
+    torch.testing.assert_close(d_extra, want, rtol=1e-4, atol=1e-4)
 
 
 def test_automatic_choice_on_the_cpu_is_the_reference():

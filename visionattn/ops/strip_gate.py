@@ -29,8 +29,9 @@ def strip_gate(x: torch.Tensor, gate_fn: GateFn, params: Sequence[torch.Tensor] 
         x: [B, C, H, W] map, any strides (channels-last too).
         gate_fn: The gate network: [N, C, L] strips to [N, C, L] gates, each image on its own (the Triton path may
             stack both axes' strips on the batch axis when H == W, and calls it once then).
-        params: The tensors ``gate_fn`` uses that may need gradients (its parameters): the Triton backward returns
-            their gradients.
+        params: Every tensor ``gate_fn`` uses that may need a gradient (its parameters): the Triton backward returns
+            their gradients, and refuses, naming it, a tensor that needs one and is missing here (its gradient would
+            be lost).
         backend: None (automatic: Triton on CUDA), 'reference' or 'triton'.
     """
     if isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling():
@@ -85,6 +86,25 @@ def _apply(x: torch.Tensor, gate_h: torch.Tensor, gate_w: torch.Tensor) -> torch
     return out
 
 
+def _check_leaves(gates, strips, params) -> None:
+    """Every tensor the gate network's graph needs a gradient for is a strip or one of ``params``; else its gradient
+    would be lost without a word (the Function returns gradients for its inputs only)."""
+    known = {id(t) for t in (*strips, *params)}
+    seen, stack, missing = set(), [g.grad_fn for g in gates], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, 'variable', None)  # an AccumulateGrad node: a leaf that requires grad
+        if variable is not None and id(variable) not in known:
+            missing.append(tuple(variable.shape))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    if missing:
+        raise ValueError(f'strip_gate: gate_fn uses {len(missing)} tensor(s) that need a gradient but are not in '
+                         f'params (shapes {missing}); pass them in params, or their gradients would be lost')
+
+
 class _StripGateFn(torch.autograd.Function):
     """Forward: strip means (kernel), the gate network under autograd on detached strips (its small graph is kept),
     the product (kernel). Backward: both gate gradients (kernel), the gate network's backward (autograd: the strips'
@@ -93,6 +113,7 @@ class _StripGateFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gate_fn, *params):
         strips, gates, gate_h, gate_w = _gates(x, gate_fn, grad=True)
+        _check_leaves(gates, strips, params)
         ctx.save_for_backward(x)
         ctx.graph = (strips, gates, gate_h, gate_w, params)
         return _apply(x, gate_h, gate_w)
