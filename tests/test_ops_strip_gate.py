@@ -47,10 +47,10 @@ def test_kernel_matches_reference(version, shape, channels_last, dtype, monkeypa
     # by batch and layout: the kernel path stacks both axes' strips into one call, the reference makes two. Compared
     # here without TF32, so the test measures the kernels, not cuDNN's choice (a GPU run failed ELA-S/L fp32 so).
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
-    if shape[2] == 1 and dtype == torch.bfloat16:
-        # GroupNorm of a one-position strip normalises one or two values: the conv weight's gradient is so
-        # ill-conditioned that PyTorch's own bf16 error is 5 % of its size; fp32 and fp16 check this map
-        pytest.skip('a one-row map in bf16: the gate network itself is ill-conditioned')
+    # GroupNorm of a one-position strip normalises one or two values: in bf16 the parameters' gradients are so
+    # ill-conditioned there that PyTorch's own error is 5 % of their size. Output and input gradient are checked in
+    # every dtype; the parameters' gradients of a one-row map in fp32 and fp16 only.
+    params_conditioned = not (shape[2] == 1 and dtype == torch.bfloat16)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(shape, generator=gen, dtype=torch.float64).to(device)
     if channels_last:
@@ -64,6 +64,8 @@ def test_kernel_matches_reference(version, shape, channels_last, dtype, monkeypa
     assert out.dtype == dtype and out.stride() == x.stride()
     assert_kernel_close(out, same, ref, f'out {shape} {dtype}')
     for i, (g, g_same, g_ref) in enumerate(zip(grads, same_grads, ref_grads)):
+        if i > 0 and not params_conditioned:
+            continue
         # parameter gradients sum over the batch and the strips: their tolerance scales with their size
         atol = None if i == 0 else 2e-5 * max(1.0, g_ref.abs().max().item()) * (1 if dtype == torch.float32 else 400)
         assert g.dtype == g_same.dtype

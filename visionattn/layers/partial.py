@@ -21,7 +21,6 @@ table by the custom op ``visionattn::patnet_rel_bias`` (issue 27): a contiguous 
 cannot re-lay out, given to SDPA without a batch dimension so no dense 4-D copy of it exists for inductor's
 channels-last layout optimisation to make heads-last.
 """
-import functools
 import math
 from typing import Optional
 
@@ -30,6 +29,8 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d, use_fused_attn
 from torch import nn
 from torch.jit import Final
+
+from .cache import size_cached
 
 __all__ = [
     'PartialConv', 'GaussianChannelAttention', 'PartialChannelAttention', 'PartialSpatialAttention',
@@ -313,13 +314,9 @@ def _rel_pos_bias(
     return torch.ops.visionattn.patnet_rel_bias(table, index)
 
 
-@functools.lru_cache(maxsize=32)
-def _cached_rpe_index(height: int, width: int, alpha: float, beta: float, gamma: float,
-                      device: torch.device) -> torch.Tensor:
-    # The bucket table depends only on the map size: eager calls build it once (about 10 small ops, 0.65 ms per
-    # attention block at 7 x 7 on a CPU core). Built outside inference mode so a training step may reuse it.
-    with torch.inference_mode(False), torch.no_grad():
-        return euclidean_rpe_index(height, width, alpha, beta, gamma, device=device)
+# The bucket table depends only on the map size: eager calls build it once (about 10 small ops, 0.65 ms per attention
+# block at 7 x 7 on a CPU core).
+_cached_rpe_index = size_cached(32)(euclidean_rpe_index)
 
 
 class EuclideanRelPosSelfAttention2d(nn.Module):

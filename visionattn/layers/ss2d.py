@@ -14,7 +14,6 @@ defined for any H x W (identical for H == W).
 Shifted-window attention: Liu et al., "Swin Transformer", ICCV 2021, arXiv:2103.14030 (github.com/microsoft/
 Swin-Transformer, MIT), with LaMamba-Diff's parameter names (``qkv``, ``proj``, ``relative_position_bias_table``).
 """
-import functools
 import math
 from typing import Optional, Tuple
 
@@ -25,6 +24,7 @@ from torch import nn
 
 from visionattn.ops import cross_merge, cross_scan, selective_scan
 
+from .cache import size_cached
 from .norm import LayerNorm
 
 __all__ = ['SS2D', 'ShiftedWindowAttention', 'continuous_scan_paths', 'selective_scan_flops']
@@ -230,13 +230,8 @@ def _window_tables(hp: int, wp: int, win_h: int, win_w: int, shift_h: int, shift
     return index, mask
 
 
-@functools.lru_cache(maxsize=64)
-def _cached_window_tables(hp: int, wp: int, win_h: int, win_w: int, shift_h: int, shift_w: int, window: int,
-                          device: torch.device) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    # They depend only on the sizes: eager calls build them once instead of about 25 small kernels per block (issue
-    # 27). Built outside inference mode so that a training step may reuse them.
-    with torch.inference_mode(False), torch.no_grad():
-        return _window_tables(hp, wp, win_h, win_w, shift_h, shift_w, window, device)
+# Built once per size instead of about 25 small kernels per block on every call (issue 27).
+_cached_window_tables = size_cached(64)(_window_tables)
 
 
 def _shifted_window_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias, proj_weight: torch.Tensor,

@@ -56,8 +56,9 @@ def strip_gate(x: torch.Tensor, gate_fn: GateFn, params: Sequence[torch.Tensor] 
 
 def _gates(x: torch.Tensor, gate_fn: GateFn, grad: bool):
     """(strip leaves, gate outputs, gate_h view, gate_w view). Both axes' strips share one [2B, C, L] tensor (one gate
-    call) when H == W. Strips are contiguous, as the reference's means are: cuDNN picks its conv algorithm by layout,
-    and on a transposed strip it took a TF32 one for the fp32 grouped conv (ELA-S/L) that the reference did not."""
+    call) when H == W. Strips are contiguous, as the reference's means are: cuDNN picks its conv algorithm by layout
+    and batch, and with transposed strips one GPU run gave the fp32 grouped conv (ELA-S/L) an error of TF32's size
+    where the reference had none (PyTorch allows TF32 for float32 convolutions by default)."""
     from .triton.strip_gate import strip_sums
     batch, channels, height, width = x.shape
     if height == width:
