@@ -86,6 +86,28 @@ def test_ss2d_matches_direction_by_direction_scan(continuous):
     torch.testing.assert_close(module(x), _ss2d_by_paths(module, x, paths), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('continuous', [False, True])
+def test_ss2d_on_the_kernels_matches_the_reference(monkeypatch, continuous):
+    """SS2D through the Triton path (interpreter on CPU) as through the reference: the scan's strided inputs (slices
+    of the projections, the channels-last map) reach the kernels as they are; output and every gradient."""
+    from op_testing import kernel_device
+    device = kernel_device()
+    torch.manual_seed(0)
+    module = SS2D(8, d_state=2, ssm_ratio=2.0, continuous_scan=continuous).to(device)
+    x = torch.randn(2, 5, 3, 8, device=device)
+    results = []
+    for backend in ('reference', 'triton'):
+        monkeypatch.setenv('VISIONATTN_BACKEND', backend)
+        module.zero_grad()
+        x_leaf = x.clone().requires_grad_()
+        y = module(x_leaf)
+        y.square().sum().backward()
+        results.append([y, x_leaf.grad] + [p.grad.clone() for p in module.parameters()])
+    names = ['y', 'x'] + [name for name, _ in module.named_parameters()]
+    for name, want, got in zip(names, *results):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_ss2d_parameters_initialisation_and_gradients():
     d_model, d_state = 20, 3
     module = SS2D(d_model, d_state=d_state, ssm_ratio=2.0, conv_bias=False)

@@ -402,9 +402,9 @@ def test_layer_backend_parity(box):
 
 def test_kernel_grid_is_one_flat_axis_for_large_batches():
     # Issue 24: every program on axis 0, query blocks fastest (CUDA caps the second axis at 65535 < batch * heads).
-    from visionattn.ops.triton.deformable import _cached_launch
-    launch = _cached_launch(8200, 1100, 8, 32, ())
-    assert launch.grid == (math.ceil(1100 / launch.tiles.block_m) * 8200 * 8, 1, 1)
+    from visionattn.ops.triton.deformable import _Plan
+    plan = _Plan(8200, 1100, 8, 32)
+    assert plan.grid == (math.ceil(1100 / plan.tiles.block_m) * 8200 * 8, 1, 1)
 
 
 @pytest.mark.cuda

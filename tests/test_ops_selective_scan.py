@@ -5,7 +5,7 @@ import pytest
 import torch
 from op_testing import assert_kernel_close, grads, kernel_device
 
-from visionattn.ops import cross_merge, cross_scan, selective_scan
+from visionattn.ops import cross_merge, cross_scan, cross_selective_scan, scan_orders, selective_scan
 from visionattn.ops.reference.selective_scan import selective_scan_ref
 
 pytestmark = pytest.mark.ops
@@ -238,3 +238,182 @@ def test_cross_scan_orders_and_merge():
     torch.testing.assert_close(x.grad, torch.full_like(x, 4.0))
     with pytest.raises(ValueError, match='cross_merge takes'):
         cross_merge(scans, 5, 5)
+
+
+# --------------------------------------------------------------------------------------------- scans along orders
+CROSS_NAMES = ('x', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')
+
+
+def make_cross_inputs(batch, height, width, dim, n_state, with_d=True, with_bias=True, channels_first=False,
+                      softplus=True, device='cpu', seed=0):
+    """fp32 inputs of SS2D's scan: the map [batch, H, W, dim] (channels-last memory, or channels-first with
+    ``channels_first``), per-order delta [batch, L, 4, dim] and B, C [batch, L, 4, N] at the map's positions."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen)
+    seq_len = height * width
+    x = randn(batch, height, width, dim)
+    if channels_first:
+        x = x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    delta = randn(batch, seq_len, 4, dim) * 0.5 - 1.0 if softplus else \
+        torch.rand(batch, seq_len, 4, dim, generator=gen) * 0.2
+    A = -torch.exp(randn(4 * dim, n_state) * 0.5)
+    B, C = randn(batch, seq_len, 4, n_state), randn(batch, seq_len, 4, n_state)
+    D = randn(4 * dim) if with_d else None
+    bias = randn(4 * dim) * 0.3 if with_bias else None
+    return [None if t is None else t.to(device) for t in (x, delta, A, B, C, D, bias)]
+
+
+def _scan_order_by_order(x, delta, A, B, C, D, bias, softplus, orders):
+    """The oracle: each order's sequence gathered by explicit indexing, scanned on its own (selective_scan_ref),
+    its outputs added back at their positions."""
+    batch, height, width, dim = x.shape
+    flat = x.reshape(batch, height * width, dim)
+    y = torch.zeros_like(flat)
+    for k, path in enumerate(orders):
+        part = slice(k * dim, (k + 1) * dim)
+        out = selective_scan_ref(flat[:, path].transpose(1, 2), delta[:, path, k].transpose(1, 2), A[part],
+                                 B[:, path, k].transpose(1, 2), C[:, path, k].transpose(1, 2),
+                                 None if D is None else D[part], None, None if bias is None else bias[part], softplus)
+        y[:, path] += out.transpose(1, 2)
+    return y.view(x.shape)
+
+
+def test_scan_orders():
+    height, width = 3, 4
+    grid = torch.arange(height * width).view(height, width)
+    cross = scan_orders(height, width, 'cross')
+    assert torch.equal(cross[0], grid.flatten()) and torch.equal(cross[1], grid.t().flatten())
+    assert torch.equal(cross[2], cross[0].flip(0)) and torch.equal(cross[3], cross[1].flip(0))
+    snake = scan_orders(height, width, 'continuous')
+    for path in snake:  # a permutation whose steps never jump: each step moves to a 4-neighbour
+        assert torch.equal(path.sort().values, torch.arange(height * width))
+        rows, cols = path // width, path % width
+        assert ((rows.diff().abs() + cols.diff().abs()) == 1).all()
+    assert snake[0, 0] == 0 and snake[1, 0] == (height - 1) * width  # top-left, bottom-left corners
+    with pytest.raises(ValueError, match="'cross' or 'continuous'"):
+        scan_orders(2, 2, 'zigzag')
+
+
+@pytest.mark.parametrize('orders', ['cross', 'continuous'])
+def test_cross_reference_matches_order_by_order_scan(orders):
+    inputs = make_cross_inputs(2, 3, 5, 4, 2, seed=3)
+    got = cross_selective_scan(*inputs, delta_softplus=True, orders=orders, backend='reference')
+    expected = _scan_order_by_order(*inputs, True, scan_orders(3, 5, orders))
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)  # fp32 both, summed in another order
+
+
+def _check_cross_kernel(batch, height, width, dim, n_state, dtype, orders, with_d=True, with_bias=True,
+                        softplus=True, channels_first=False, out_dtype=None, device='cpu'):
+    base = make_cross_inputs(batch, height, width, dim, n_state, with_d, with_bias, channels_first, softplus, device)
+    # A, D and the bias stay fp32 as in VMamba; the map and the projections take the tested dtype
+    low = [None if t is None else (t.to(dtype) if i not in (2, 5, 6) else t) for i, t in enumerate(base)]
+    if channels_first:  # .to() of a channels-first map keeps its memory layout only for a dtype change
+        low[0] = low[0].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    ref_inputs, same_inputs, kernel_inputs = _leaves(base), _leaves(low), _leaves(low)
+    kwargs = dict(delta_softplus=softplus, orders=orders, out_dtype=out_dtype)
+    y_ref = cross_selective_scan(*ref_inputs, **kwargs, backend='reference')
+    y_same = cross_selective_scan(*same_inputs, **kwargs, backend='reference')
+    y_kernel = cross_selective_scan(*kernel_inputs, **kwargs, backend='triton')
+    assert y_kernel.dtype == (out_dtype or dtype) and y_kernel.shape == (batch, height, width, dim)
+    assert_kernel_close(y_kernel, y_same, y_ref, 'y')
+    with torch.no_grad():  # inference: no saved chunk states, same values
+        torch.testing.assert_close(cross_selective_scan(*kernel_inputs, **kwargs, backend='triton'), y_kernel,
+                                   rtol=0, atol=0)
+    grad_out = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    g_ref = grads(y_ref, ref_inputs, grad_out)
+    g_same = grads(y_same, same_inputs, grad_out.to(y_same.dtype))
+    g_kernel = grads(y_kernel, kernel_inputs, grad_out.to(y_kernel.dtype))
+    assert g_kernel.keys() == g_ref.keys()
+    for i in g_ref:
+        assert g_kernel[i].dtype == kernel_inputs[i].dtype and g_kernel[i].shape == kernel_inputs[i].shape
+        atol = None if dtype != torch.float32 else 1e-5 * max(1.0, g_ref[i].abs().max().item())
+        assert_kernel_close(g_kernel[i], g_same[i], g_ref[i], f'grad {CROSS_NAMES[i]}', atol=atol)
+
+
+CROSS_CASES = [
+    # batch, H, W, dim, N, dtype, orders, with_d, with_bias, softplus, channels_first, out_dtype
+    (2, 3, 5, 6, 2, torch.float32, 'cross', True, True, True, False, None),
+    (1, 6, 7, 5, 1, torch.float32, 'continuous', False, False, False, True, None),  # 42 steps: 2 chunks of 32
+    (1, 4, 4, 8, 1, torch.bfloat16, 'cross', True, True, True, False, torch.float32),  # VMamba's force_fp32
+    (2, 1, 9, 3, 3, torch.float16, 'continuous', True, False, True, False, None),  # one row
+]
+
+
+@pytest.mark.parametrize('batch,height,width,dim,n_state,dtype,orders,with_d,with_bias,softplus,channels_first,'
+                         'out_dtype', CROSS_CASES)
+def test_cross_kernel_matches_reference(batch, height, width, dim, n_state, dtype, orders, with_d, with_bias, softplus,
+                                        channels_first, out_dtype):
+    _check_cross_kernel(batch, height, width, dim, n_state, dtype, orders, with_d, with_bias, softplus,
+                        channels_first, out_dtype)
+
+
+CROSS_CUDA_CASES = [
+    # LaMamba-Tiny's first stage (56x56, d_inner 192, N=1) as SS2D runs it, and a non-square continuous map
+    (2, 56, 56, 192, 1, torch.bfloat16, 'cross', True, True, True, False, torch.float32),
+    (2, 24, 40, 96, 4, torch.float32, 'continuous', True, True, True, True, None),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('batch,height,width,dim,n_state,dtype,orders,with_d,with_bias,softplus,channels_first,'
+                         'out_dtype', CROSS_CUDA_CASES)
+def test_cross_kernel_matches_reference_cuda(batch, height, width, dim, n_state, dtype, orders, with_d, with_bias,
+                                             softplus, channels_first, out_dtype):
+    _check_cross_kernel(batch, height, width, dim, n_state, dtype, orders, with_d, with_bias, softplus,
+                        channels_first, out_dtype, device='cuda')
+
+
+def test_cross_custom_ops_registration():
+    kernels = _kernels()
+    device = kernel_device()
+    x, delta, A, B, C, D, bias = _leaves(make_cross_inputs(1, 3, 4, 4, 2, device=device))
+    order = scan_orders(3, 4, 'cross', device)
+    args = (x, delta, A, B, C, D, bias, order, True, torch.float32, True)
+    torch.library.opcheck(kernels._cross_fwd_op, args,
+                          test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
+    _, hstart = kernels._cross_fwd_op(*args)
+    dy = torch.randn(x.shape, device=device)
+    for D_, bias_, B_ in ((D, bias, B), (None, None, B.to(torch.bfloat16))):
+        torch.library.opcheck(kernels._cross_bwd_op, (dy, x, delta, A, B_, C, D_, bias_, order, hstart, True),
+                              test_utils=('test_schema', 'test_faketensor'))
+
+
+def test_cross_public_op_compiles_fullgraph(monkeypatch):
+    import importlib
+    module = importlib.import_module('visionattn.ops.selective_scan')
+    monkeypatch.setattr(module, 'choose_backend', lambda op, backend, tensors, extra=(): 'triton')
+    device = kernel_device()
+    inputs = _leaves(make_cross_inputs(2, 3, 5, 4, 2, device=device))
+    torch._dynamo.reset()
+    compiled = torch.compile(module.cross_selective_scan, backend='aot_eager', fullgraph=True)
+    y = compiled(*inputs, delta_softplus=True, orders='continuous')
+    ref_inputs = _leaves(inputs)
+    expected = module.cross_selective_scan_ref(*ref_inputs, True, scan_orders(3, 5, 'continuous', device),
+                                               torch.float32)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(device)
+    got, want = grads(y, inputs, grad_out), grads(expected, ref_inputs, grad_out)
+    assert got.keys() == want.keys()
+    for i in want:
+        torch.testing.assert_close(got[i], want[i], rtol=1e-4, atol=1e-4, msg=CROSS_NAMES[i])
+
+
+@pytest.mark.parametrize('bad,error,match', [
+    (dict(x=torch.zeros(1, 2, 3)), ValueError, r'x as \[batch, H, W, dim\]'),
+    (dict(orders='zigzag'), ValueError, 'orders must be one of'),
+    (dict(delta=torch.zeros(1, 6, 4, 3)), ValueError, r'delta must be \[batch=1, H\*W=6, K=4, dim=2\]'),
+    (dict(A=-torch.ones(4, 2)), ValueError, r'A must be \[K\*dim=8, N\]'),
+    (dict(B=torch.zeros(1, 6, 4, 3)), ValueError, r'B must be \[batch=1, H\*W=6, K=4, N=2\]'),
+    (dict(D=torch.zeros(2)), ValueError, r'D must be \[K\*dim=8\]'),
+    (dict(out_dtype=torch.int32), TypeError, 'out_dtype must be a floating-point dtype'),
+    (dict(x=torch.zeros(1, 0, 3, 2), delta=torch.zeros(1, 0, 4, 2), B=torch.zeros(1, 0, 4, 2),
+          C=torch.zeros(1, 0, 4, 2)), ValueError, 'the map is empty'),
+])
+def test_cross_bad_arguments(bad, error, match):
+    args = dict(x=torch.zeros(1, 2, 3, 2), delta=torch.zeros(1, 6, 4, 2), A=-torch.ones(8, 2),
+                B=torch.zeros(1, 6, 4, 2), C=torch.zeros(1, 6, 4, 2))
+    args.update(bad)
+    with pytest.raises(error, match=match):
+        cross_selective_scan(**args)

@@ -28,6 +28,13 @@ CASES = [
 ]
 
 
+# SS2D's whole scan as LaMamba-Tiny runs it (bf16 map, fp32 output as force_fp32 asks): name, batch, H, W, d_inner
+SS2D_CASES = [
+    ('SS2D LaMamba-T stage 1 (56x56, 4 orders x 192 ch, N=1)', 64, 56, 56, 192),
+    ('SS2D LaMamba-T stage 3 (14x14, 4 orders x 768 ch, N=1)', 64, 14, 14, 768),
+]
+
+
 def add_arguments(parser):
     parser.add_argument('--ss-reference', action='store_true',
                         help='also time the step-by-step reference (seconds per call at these lengths)')
@@ -66,20 +73,28 @@ def _sweep(selective_scan) -> List[Row]:
     """Forward and forward+backward time of each tile configuration (TILE_OVERRIDES) at two cases."""
     import itertools
 
+    from visionattn.ops import cross_selective_scan
     from visionattn.ops.triton import selective_scan as kernels
     rows = []
+    problems = []
+    name, batch, height, width, dim = SS2D_CASES[0]
+    ss2d = _ss2d_inputs(batch, height, width, dim)
+    problems.append((name + ' fused orders', ss2d, torch.randn(batch, height, width, dim, device='cuda'),
+                     lambda inputs: cross_selective_scan(*inputs, True, 'cross', torch.float32), 1,
+                     9 * batch * height * width * 4 * dim))
     for name, batch, dim, seq_len, n_state, groups, with_z in (CASES[0], CASES[-1]):
-        inputs = _inputs(batch, dim, seq_len, n_state, groups, with_z)
-        grad_out = torch.randn(batch, dim, seq_len, device='cuda', dtype=torch.bfloat16)
-        flops = 9 * batch * seq_len * dim * n_state
+        problems.append((name, _inputs(batch, dim, seq_len, n_state, groups, with_z),
+                         torch.randn(batch, dim, seq_len, device='cuda', dtype=torch.bfloat16),
+                         lambda inputs: selective_scan(*inputs, delta_softplus=True, backend='triton'), n_state,
+                         9 * batch * seq_len * dim * n_state))
+    for name, inputs, grad_out, call, n_state, flops in problems:
+        def forward(inputs=inputs, call=call):
+            return call(inputs)
 
-        def forward():
-            return selective_scan(*inputs, delta_softplus=True, backend='triton')
-
-        def train_step():
+        def train_step(inputs=inputs, grad_out=grad_out, forward=forward):
             torch.autograd.grad(forward(), [t for t in inputs if t is not None], grad_out)
         for tile, chunk, warps, min_n in itertools.product((1024, 2048, 4096), (32, 64, 128), (2, 4), (1, 2)):
-            if min_n == 1 and n_state > 1:
+            if (min_n == 1) != (n_state == 1):  # d_state 1 is swept unpadded only (padding lost in the first sweep)
                 continue
             kernels.TILE_OVERRIDES.clear()
             kernels.TILE_OVERRIDES.update(tile_elements=tile, chunk=chunk, num_warps=warps, min_block_n=min_n)
@@ -93,11 +108,65 @@ def _sweep(selective_scan) -> List[Row]:
     return rows
 
 
+def _ss2d_inputs(batch, height, width, dim, n_orders=4):
+    """SS2D's scan inputs with d_state 1: the bf16 map, delta, B, C at its positions; fp32 A, D and the bias."""
+    dev, bf16 = 'cuda', torch.bfloat16
+    seq_len = height * width
+    x = torch.randn(batch, height, width, dim, device=dev, dtype=bf16, requires_grad=True)
+    delta = (torch.randn(batch, seq_len, n_orders, dim, device=dev) * 0.5 - 4).to(bf16).requires_grad_()
+    A = (-torch.rand(n_orders * dim, 1, device=dev)).requires_grad_()
+    B = torch.randn(batch, seq_len, n_orders, 1, device=dev, dtype=bf16, requires_grad=True)
+    C = torch.randn(batch, seq_len, n_orders, 1, device=dev, dtype=bf16, requires_grad=True)
+    D = torch.ones(n_orders * dim, device=dev, requires_grad=True)
+    bias = torch.randn(n_orders * dim, device=dev, requires_grad=True)
+    return [x, delta, A, B, C, D, bias]
+
+
+def _ss2d_rows() -> List[Row]:
+    """SS2D's scan along four orders: the fused op (each order's steps read from the map, outputs summed once)
+    against what SS2D ran before it (issue 27): CrossScan copies, the scan with the orders as groups (inputs cast to
+    fp32 as force_fp32 asked), CrossMerge."""
+    from visionattn.ops import cross_merge, cross_scan, cross_selective_scan, selective_scan
+    rows = []
+    for name, batch, height, width, dim in SS2D_CASES:
+        seq_len, n_orders = height * width, 4
+        leaves = _ss2d_inputs(batch, height, width, dim)
+        x, delta, A, B, C, D, bias = leaves
+        grad_out = torch.randn(batch, height, width, dim, device='cuda')
+
+        def fused():
+            return cross_selective_scan(x, delta, A, B, C, D, bias, True, 'cross', torch.float32)
+
+        def copies():  # the orders made explicit as SS2D did it before (delta, B and C taken in order 0's steps)
+            xs = cross_scan(x.permute(0, 3, 1, 2)).reshape(batch, n_orders * dim, seq_len)
+            dts = delta.permute(0, 2, 3, 1).reshape(batch, n_orders * dim, seq_len)
+            ys = selective_scan(xs.float(), dts, A, B.permute(0, 2, 3, 1).float().contiguous(),
+                                C.permute(0, 2, 3, 1).float().contiguous(), D, delta_bias=bias, delta_softplus=True)
+            return cross_merge(ys.view(batch, n_orders, dim, seq_len), height, width).transpose(1, 2).reshape(
+                batch, height, width, dim)
+        flops = 9 * batch * seq_len * n_orders * dim + batch * n_orders * dim * seq_len
+        # read the map once (bf16), delta (bf16), B and C; write the merged output once (fp32)
+        min_bytes = batch * seq_len * (dim * 2 + n_orders * dim * 2 + 2 * n_orders * 2 + dim * 4)
+        for impl, forward in (('fused orders', fused), ('copies + scan + merge', copies)):
+            def infer(forward=forward):
+                with torch.no_grad():
+                    return forward()
+
+            def train_step(forward=forward):
+                torch.autograd.grad(forward(), leaves, grad_out)
+            for mode, step, mode_flops, mode_bytes in (('fwd no-grad', infer, flops, min_bytes),
+                                                       ('fwd', forward, flops, min_bytes),
+                                                       ('fwd+bwd', train_step, 3 * flops, 3 * min_bytes)):
+                rows.append(measure(SUITE, name, impl, mode, step, mode_flops, mode_bytes))
+                print(rows[-1], flush=True)
+    return rows
+
+
 def run(args) -> List[Row]:
     from visionattn.ops import selective_scan
     if args.ss_sweep:
         return _sweep(selective_scan)
-    rows = []
+    rows = _ss2d_rows()
     impls = ['triton'] + (['reference'] if args.ss_reference else [])
     for name, batch, dim, seq_len, n_state, groups, with_z in CASES:
         inputs = _inputs(batch, dim, seq_len, n_state, groups, with_z)

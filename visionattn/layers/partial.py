@@ -30,7 +30,7 @@ from timm.layers import LayerNorm2d, use_fused_attn
 from torch import nn
 from torch.jit import Final
 
-from .cache import size_cached
+from visionattn.ops.cache import size_cached
 
 __all__ = [
     'PartialConv', 'GaussianChannelAttention', 'PartialChannelAttention', 'PartialSpatialAttention',

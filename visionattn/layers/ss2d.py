@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
-from visionattn.ops import cross_merge, cross_scan, selective_scan
+from visionattn.ops import cross_selective_scan, scan_orders
+from visionattn.ops.cache import size_cached
 
-from .cache import size_cached
 from .norm import LayerNorm
 
 __all__ = ['SS2D', 'ShiftedWindowAttention', 'continuous_scan_paths', 'selective_scan_flops']
@@ -44,63 +44,38 @@ def selective_scan_flops(batch: int, seq_len: int, dim: int, d_state: int, with_
 
 
 def continuous_scan_paths(height: int, width: int, device=None) -> torch.Tensor:
-    """LaMamba-Diff's four snake scan orders: [4, H*W] flat (row-major) indices, in scan order.
-
-    Paths 0-1 run along rows (starting at the top-left, then the bottom-left corner), turning at every row end;
-    paths 2-3 run along columns, starting at the bottom-left and the bottom-right corner, turning at every column end
-    (model/continuous_scan.py ``get_continuous_paths``; its N is generalised to H and W).
+    """LaMamba-Diff's four snake scan orders: [4, H*W] flat (row-major) indices, in scan order (model/
+    continuous_scan.py ``get_continuous_paths``, its N generalised to H and W; see :func:`visionattn.ops.scan_orders`).
     """
-    rows = torch.arange(height, device=device)[:, None]
-    cols = torch.arange(width, device=device)[None, :]
-    snake_cols = torch.where(rows % 2 == 0, cols, width - 1 - cols)  # [H, W]: column visited at step (row, j)
-    path_top = rows * width + snake_cols
-    path_bottom = (height - 1 - rows) * width + snake_cols
-    cols_t = torch.arange(width, device=device)[:, None]
-    rows_t = torch.arange(height, device=device)[None, :]
-    snake_rows = torch.where(cols_t % 2 == 0, rows_t, height - 1 - rows_t)  # [W, H]: row visited at step (col, i)
-    path_left = (height - 1 - snake_rows) * width + cols_t
-    path_right = (height - 1 - snake_rows) * width + (width - 1 - cols_t)
-    return torch.stack([path_top.flatten(), path_bottom.flatten(), path_left.flatten(), path_right.flatten()])
+    return scan_orders(height, width, 'continuous', device)
 
 
 def _ss2d_core(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
                dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor, continuous: bool,
                force_fp32: bool) -> torch.Tensor:
-    """Four-direction selective scan of x [B, D, H, W] -> merged [B, H, W, D] (fp32 when ``force_fp32``)."""
-    batch, dim, height, width = x.shape
-    seq_len = height * width
-    n_dirs, _, dt_rank = dt_projs_weight.shape
+    """Four-order selective scan of a channels-last map x [B, H, W, D] -> merged [B, H, W, D] (fp32 when
+    ``force_fp32``).
+
+    The official code projects the four reordered copies of x (CrossScan) and merges the four outputs back
+    (CrossMerge). Projections act on each position alone, so here they run once over the map in its own order, and
+    the scan reads each order's steps from there (:func:`visionattn.ops.cross_selective_scan`): the same values
+    without the copies (issue 27).
+    """
+    batch, height, width, dim = x.shape
+    dt_rank = dt_projs_weight.shape[2]
     d_state = A_logs.shape[1]
-    if continuous:
-        paths = continuous_scan_paths(height, width, x.device)
-        xs = x.flatten(2)[:, None].expand(batch, n_dirs, dim, seq_len).gather(
-            3, paths[None, :, None, :].expand(batch, n_dirs, dim, seq_len))
-    else:
-        xs = cross_scan(x)  # [B, 4, D, L]
-    x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, x_proj_weight)
-    dts, Bs, Cs = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=2)
-    dts = torch.einsum('bkrl,kdr->bkdl', dts, dt_projs_weight)
-    xs = xs.reshape(batch, n_dirs * dim, seq_len)
-    dts = dts.reshape(batch, n_dirs * dim, seq_len)
-    As = -torch.exp(A_logs.float())
-    if force_fp32:  # official forward_type 'v2' runs the scan in fp32 (no 'no32' postfix)
-        # Not dts: the kernels and the reference read delta in fp32 whatever its dtype (a bf16 -> fp32 cast is exact)
-        # and give its gradient in its own dtype, rounded once as the cast's backward would: a cast here would only
-        # copy the largest input (issue 27). u stays cast: its dtype is the output's.
-        xs, Bs, Cs = xs.float(), Bs.float(), Cs.float()
-    if xs.is_meta:  # shapes only (profile.measure): skip the reference's step-by-step loop, which computes nothing
-        ys = torch.empty(xs.shape, dtype=torch.float32 if force_fp32 else xs.dtype, device=xs.device)
-    else:
-        ys = selective_scan(xs, dts, As, Bs.contiguous(), Cs.contiguous(), Ds.float(),
-                            delta_bias=dt_projs_bias.reshape(-1).float(), delta_softplus=True)
-    ys = ys.view(batch, n_dirs, dim, seq_len)
-    if continuous:
-        # Each direction's output goes back to its row-major position; the four are summed.
-        inverse = torch.argsort(paths, dim=1)
-        y = ys.gather(3, inverse[None, :, None, :].expand(batch, n_dirs, dim, seq_len)).sum(1)
-    else:
-        y = cross_merge(ys, height, width)
-    return y.transpose(1, 2).reshape(batch, height, width, dim)
+    # [B, L, K, dt_rank + 2 N]: every order's projections at every position, one matmul
+    x_dbl = torch.einsum('bld,kcd->blkc', x.reshape(batch, height * width, dim), x_proj_weight)
+    dts, Bs, Cs = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=3)
+    dts = torch.einsum('blkr,kdr->blkd', dts, dt_projs_weight)
+    # official forward_type 'v2' runs the scan in fp32 (no 'no32' postfix): its inputs are cast to fp32 (exact, and
+    # done by the kernels as they read) and its output and the merge are fp32
+    out_dtype = torch.float32 if force_fp32 else x.dtype
+    if x.is_meta:  # shapes only (profile.measure): skip the reference's step-by-step loop, which computes nothing
+        return torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    return cross_selective_scan(x, dts, -torch.exp(A_logs.float()), Bs, Cs, Ds.float(),
+                                delta_bias=dt_projs_bias.reshape(-1).float(), delta_softplus=True,
+                                orders='continuous' if continuous else 'cross', out_dtype=out_dtype)
 
 
 # Opaque to torch.fx: the scan orders depend on the input size and the op chooses its backend at run time.
@@ -180,9 +155,10 @@ class SS2D(nn.Module):
         """x [B, H, W, C] -> [B, H, W, C]."""
         x, z = self.in_proj(x).chunk(2, dim=-1)
         z = self.act(z)
-        x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
-        y = _ss2d_core(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
-                       self.continuous_scan, True)
+        # the depthwise conv in channels-last, so that the map stays [B, H, W, C] in memory for the scan
+        x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)))
+        y = _ss2d_core(x.permute(0, 2, 3, 1), self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias,
+                       self.A_logs, self.Ds, self.continuous_scan, True)
         y = self.out_norm(y).to(z.dtype)
         return self.dropout(self.out_proj(y * z))
 
@@ -251,19 +227,20 @@ def _shifted_window_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bia
         -1, n_tokens, channels)
     head_dim = channels // num_heads
     qkv = F.linear(windows, qkv_weight, qkv_bias).view(-1, n_tokens, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    attn = (q * scale) @ k.transpose(-2, -1)
+    q, k, v = qkv.unbind(0)
     sizes = (hp, wp, win_h, win_w, shift_h, shift_w, window, x.device)
     # under torch.compile the tables are traced into the graph, where they fold to constants
     index, mask = _window_tables(*sizes) if torch.compiler.is_compiling() else _cached_window_tables(*sizes)
-    attn = attn + bias_table[index].view(n_tokens, n_tokens, num_heads).permute(2, 0, 1).unsqueeze(0)
+    bias = bias_table[index].view(n_tokens, n_tokens, num_heads).permute(2, 0, 1).unsqueeze(0)  # [1, heads, N, N]
     if mask is not None:
-        mask = mask.to(attn.dtype)
+        # the fused kernels take 4-D inputs: the windows' masks are repeated over the batch, as timm's Swin does
         n_win = mask.shape[0]
-        attn = (attn.view(batch, n_win, num_heads, n_tokens, n_tokens) + mask[None, :, None]).view(
-            -1, num_heads, n_tokens, n_tokens)
-    attn = attn.softmax(dim=-1)
-    out = (attn @ v).transpose(1, 2).reshape(-1, n_tokens, channels)
+        bias = (bias + mask[:, None].to(bias.dtype)).unsqueeze(0).expand(batch, -1, -1, -1, -1).reshape(
+            batch * n_win, num_heads, n_tokens, n_tokens)
+    # softmax(q k^T * scale + bias) v in one fused kernel (SDPA), as timm's Swin runs it; the official code scales q
+    # before the product: the same up to rounding
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale)
+    out = out.transpose(1, 2).reshape(-1, n_tokens, channels)
     out = F.linear(out, proj_weight, proj_bias)
     out = out.view(batch, hp // win_h, wp // win_w, win_h, win_w, channels).transpose(2, 3).reshape(
         batch, hp, wp, channels)

@@ -2,15 +2,24 @@
 
 ``selective_scan`` has mamba-ssm's ``selective_scan_fn`` semantics for real A, with Triton kernels instead of a CUDA
 build (``triton/selective_scan.py``) and a step-by-step PyTorch reference (``reference/selective_scan.py``).
+``cross_selective_scan`` is SS2D's scan of a map along four orders in one call: the kernels read each order's steps
+straight from the map, so neither the four reordered copies of the input nor the merge of the outputs is materialised.
 """
 from typing import Optional, Tuple, Union
 
 import torch
 
+from .cache import size_cached
 from .checks import choose_backend
-from .reference.selective_scan import cross_merge_ref, cross_scan_ref, selective_scan_ref
+from .reference.selective_scan import (
+    cross_merge_ref,
+    cross_scan_ref,
+    cross_selective_scan_ref,
+    scan_orders,
+    selective_scan_ref,
+)
 
-__all__ = ['selective_scan', 'cross_scan', 'cross_merge']
+__all__ = ['selective_scan', 'cross_selective_scan', 'scan_orders', 'cross_scan', 'cross_merge']
 
 
 def _check_bc(name: str, bc: torch.Tensor, batch: int, dim: int, n_state: int, seq_len: int) -> torch.Tensor:
@@ -24,9 +33,17 @@ def _check_bc(name: str, bc: torch.Tensor, batch: int, dim: int, n_state: int, s
     return bc
 
 
-def _check_vector(name: str, x: Optional[torch.Tensor], dim: int) -> None:
+def _check_vector(name: str, x: Optional[torch.Tensor], dim: int, what: str = 'dim') -> None:
     if x is not None and x.shape != (dim,):
-        raise ValueError(f'{name} must be [dim={dim}], got {list(x.shape)}')
+        raise ValueError(f'{name} must be [{what}={dim}], got {list(x.shape)}')
+
+
+def _check_inputs(op: str, tensors) -> None:
+    if not all(t.is_floating_point() for t in tensors if t is not None):
+        raise TypeError(f'{op} takes floating-point tensors only')
+    devices = {t.device for t in tensors if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f'{op}: inputs are on several devices: {sorted(map(str, devices))}')
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -74,17 +91,86 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     _check_vector('D', D, dim)
     _check_vector('delta_bias', delta_bias, dim)
     tensors = (u, delta, A, B, C, D, z, delta_bias)
-    if not all(t.is_floating_point() for t in tensors if t is not None):
-        raise TypeError('selective_scan takes floating-point tensors only')
-    devices = {t.device for t in tensors if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f'inputs are on several devices: {sorted(map(str, devices))}')
+    _check_inputs('selective_scan', tensors)
     chosen = choose_backend('selective_scan', backend, tensors)
     if chosen == 'reference':
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     from .triton.selective_scan import selective_scan_triton
     y, last = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
     return (y, last) if return_last_state else y
+
+
+_ORDER_KINDS = ('cross', 'continuous')
+
+
+def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                         D: Optional[torch.Tensor] = None, delta_bias: Optional[torch.Tensor] = None,
+                         delta_softplus: bool = False, orders: str = 'cross', out_dtype: Optional[torch.dtype] = None,
+                         backend: Optional[str] = None) -> torch.Tensor:
+    """SS2D's scan (VMamba, arXiv 2401.10166): the map scanned along K = 4 orders, each order's output mapped back to
+    its positions and the four summed. Equal to ``cross_scan`` -> :func:`selective_scan` (the K orders as K groups of
+    channels) -> ``cross_merge``, without materialising the reordered copies.
+
+    Every per-position tensor is given in the map's row-major positions, as the projections of the map produce it;
+    the scan order only decides in which order the steps are taken.
+
+    Args:
+        x: [batch, H, W, dim] the map (u, shared by the orders); channels-last memory reads fastest.
+        delta: [batch, H*W, K, dim] each order's step sizes (before bias and softplus), at the map's positions.
+        A: [K*dim, N] state matrices, order k's channels at rows k*dim..(k+1)*dim.
+        B: [batch, H*W, K, N] input projections of each order, at the map's positions.
+        C: Output projections, shaped as B.
+        D: [K*dim] skip weights, or None.
+        delta_bias: [K*dim] added to delta, or None.
+        delta_softplus: Apply softplus to delta (+ bias).
+        orders: 'cross' (VMamba's raster orders: row-major, column-major, both reversed) or 'continuous'
+            (LaMamba-Diff's snake paths); see :func:`scan_orders`.
+        out_dtype: dtype of the scan's output and of the sum (default x's). VMamba's ``force_fp32`` is
+            ``out_dtype=torch.float32``: its scan then reads u in fp32, which a bf16 or fp16 x gives exactly.
+        backend: None (auto), 'reference' or 'triton'.
+
+    Returns:
+        [batch, H, W, dim] in ``out_dtype``.
+    """
+    if x.dim() != 4:
+        raise ValueError(f'cross_selective_scan takes x as [batch, H, W, dim], got {list(x.shape)}')
+    if orders not in _ORDER_KINDS:
+        raise ValueError(f'orders must be one of {_ORDER_KINDS}, got {orders!r}')
+    batch, height, width, dim = x.shape
+    seq_len, n_orders = height * width, 4
+    if seq_len == 0 or dim == 0:
+        raise ValueError(f'the map is empty: x is {list(x.shape)}')
+    if delta.shape != (batch, seq_len, n_orders, dim):
+        raise ValueError(f'delta must be [batch={batch}, H*W={seq_len}, K={n_orders}, dim={dim}], '
+                         f'got {list(delta.shape)}')
+    if A.dim() != 2 or A.shape[0] != n_orders * dim:
+        raise ValueError(f'A must be [K*dim={n_orders * dim}, N], got {list(A.shape)}')
+    if A.is_complex():
+        raise TypeError('complex A is not supported (real A, as VMamba uses)')
+    n_state = A.shape[1]
+    for name, t in (('B', B), ('C', C)):
+        if t.shape != (batch, seq_len, n_orders, n_state):
+            raise ValueError(f'{name} must be [batch={batch}, H*W={seq_len}, K={n_orders}, N={n_state}], '
+                             f'got {list(t.shape)}')
+    _check_vector('D', D, n_orders * dim, 'K*dim')
+    _check_vector('delta_bias', delta_bias, n_orders * dim, 'K*dim')
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    if not out_dtype.is_floating_point:
+        raise TypeError(f'out_dtype must be a floating-point dtype, got {out_dtype}')
+    tensors = (x, delta, A, B, C, D, delta_bias)
+    _check_inputs('cross_selective_scan', tensors)
+    chosen = choose_backend('cross_selective_scan', backend, tensors)
+    path = scan_orders(height, width, orders, x.device) if torch.compiler.is_compiling() else \
+        _cached_orders(height, width, orders, x.device)
+    if chosen == 'reference':
+        return cross_selective_scan_ref(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), path, out_dtype)
+    from .triton.selective_scan import cross_selective_scan_triton
+    return cross_selective_scan_triton(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), path, out_dtype)
+
+
+# the orders of a size, built once (eager): outside inference mode and autograd, so that an inference call's serve
+# a training step
+_cached_orders = size_cached(64)(scan_orders)
 
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:

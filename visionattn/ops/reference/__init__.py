@@ -8,12 +8,13 @@ from .block_sparse import (
 )
 from .deformable import level_sizes, ms_deform_attn_ref
 from .neighborhood import NeighborTable, axis_windows, neighbor_table, neighborhood_attention_ref
-from .selective_scan import cross_merge_ref, cross_scan_ref, selective_scan_ref
+from .selective_scan import cross_merge_ref, cross_scan_ref, cross_selective_scan_ref, scan_orders, selective_scan_ref
 from .strip_gate import strip_gate_ref
 
 __all__ = [
     'neighborhood_attention_ref', 'axis_windows', 'neighbor_table', 'NeighborTable',
     'block_sparse_attention_ref', 'bra_routing', 'bi_level_routing_attention_ref', 'bi_level_routing_attention_2d_ref',
     'ms_deform_attn_ref', 'level_sizes', 'selective_scan_ref', 'cross_scan_ref', 'cross_merge_ref',
+    'cross_selective_scan_ref', 'scan_orders',
     'strip_gate_ref',
 ]

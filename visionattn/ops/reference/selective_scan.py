@@ -1,4 +1,5 @@
-"""Pure-PyTorch selective scan (Mamba's S6, arXiv 2312.00752) and VMamba's cross-scan (arXiv 2401.10166).
+"""Pure-PyTorch selective scan (Mamba's S6, arXiv 2312.00752), VMamba's cross-scan (arXiv 2401.10166) and the scan
+of a map along several orders (VMamba's raster orders, LaMamba-Diff's continuous ones).
 
 The oracle for the Triton kernels and the CPU path. The scan runs step by step in fp32, exactly as mamba-ssm's
 ``selective_scan_ref`` defines it (state-spaces/mamba, ``mamba_ssm/ops/selective_scan_interface.py``), for real A.
@@ -61,3 +62,58 @@ def cross_merge_ref(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     batch, _, channels, _ = y.shape
     cols = forward[:, 1].reshape(batch, channels, width, height).transpose(2, 3).flatten(2)
     return forward[:, 0] + cols
+
+
+def scan_orders(height: int, width: int, kind: str, device=None) -> torch.Tensor:
+    """The four scan orders of an H x W map: [4, H*W] row-major positions, ``orders[k, t]`` visited at step t.
+
+    ``'cross'``: VMamba's CrossScan, row-major, column-major, then both reversed (the orders of
+    :func:`cross_scan_ref`). ``'continuous'``: LaMamba-Diff's snake paths (model/continuous_scan.py
+    ``get_continuous_paths``, generalised from N x N to H x W): two along rows, starting at the top-left and the
+    bottom-left corner, two along columns, starting at the bottom-left and the bottom-right corner, each turning at
+    every row or column end, so that no step jumps across the image.
+    """
+    rows = torch.arange(height, device=device)[:, None]
+    cols = torch.arange(width, device=device)[None, :]
+    if kind == 'cross':
+        row_major = torch.arange(height * width, device=device)
+        col_major = (rows * width + cols).t().flatten()
+        forward = torch.stack((row_major, col_major))
+        return torch.cat((forward, forward.flip(-1)))
+    if kind != 'continuous':
+        raise ValueError(f"scan orders are 'cross' or 'continuous', got {kind!r}")
+    snake_cols = torch.where(rows % 2 == 0, cols, width - 1 - cols)  # [H, W]: column visited at step (row, j)
+    path_top = rows * width + snake_cols
+    path_bottom = (height - 1 - rows) * width + snake_cols
+    cols_t = torch.arange(width, device=device)[:, None]
+    rows_t = torch.arange(height, device=device)[None, :]
+    snake_rows = torch.where(cols_t % 2 == 0, rows_t, height - 1 - rows_t)  # [W, H]: row visited at step (col, i)
+    path_left = (height - 1 - snake_rows) * width + cols_t
+    path_right = (height - 1 - snake_rows) * width + (width - 1 - cols_t)
+    return torch.stack([path_top.flatten(), path_bottom.flatten(), path_left.flatten(), path_right.flatten()])
+
+
+def cross_selective_scan_ref(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                             D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,
+                             orders: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """The scans of a map along K orders, summed at each position (shapes as in
+    :func:`visionattn.ops.cross_selective_scan`; ``orders`` [K, L] from :func:`scan_orders`).
+
+    Written as VMamba writes it: gather each order's sequence, scan the K sequences as K groups of channels (u cast
+    to ``out_dtype`` first, as VMamba's ``force_fp32`` casts its scan inputs), map each output back to its positions
+    and sum.
+    """
+    batch, height, width, dim = x.shape
+    seq_len = height * width
+    n_orders = orders.shape[0]
+    x = x.reshape(batch, seq_len, dim)
+
+    def along_orders(t):  # [batch, L, K, c] in positions -> [batch, K, c, L] in each order's steps
+        return torch.stack([t[:, orders[k], k] for k in range(n_orders)], dim=1).transpose(2, 3)
+    xs = along_orders(x[:, :, None].expand(batch, seq_len, n_orders, dim)).reshape(batch, n_orders * dim, seq_len)
+    deltas = along_orders(delta).reshape(batch, n_orders * dim, seq_len)
+    ys = selective_scan_ref(xs.to(out_dtype), deltas, A, along_orders(B), along_orders(C), D, None, delta_bias,
+                            delta_softplus)
+    inverse = torch.argsort(orders, dim=1)[None, :, None, :].expand(batch, n_orders, dim, seq_len)
+    ys = ys.view(batch, n_orders, dim, seq_len).gather(3, inverse)
+    return ys.sum(1).transpose(1, 2).reshape(batch, height, width, dim)

@@ -9,7 +9,8 @@ locations and attention weights of a query belong to one program and are stored 
 scattered to the corners with fp32 atomic adds (so it is not bitwise deterministic on a GPU, as in the CUDA kernels
 of Deformable DETR and mmcv), then cast to value's dtype.
 
-Host path: the launch configuration is computed once per shape (``_launch_config``); the forward allocates only its
+Host path: the launch configuration is computed once per call signature (``_plan``), and later calls launch the
+compiled kernel directly (``launch.Kernel``, without the JIT's per-call argument binding); the forward allocates only its
 output and the backward only the gradients (value's fp32 accumulator is the one zero-fill: no program owns a value
 row), so a forward is one launch and a backward two (three for a half-precision value, whose gradient is cast). In
 eager mode the kernels run under a plain ``autograd.Function`` that saves the contiguous inputs it launched with
@@ -17,14 +18,15 @@ eager mode the kernels run under a plain ``autograd.Function`` that saves the co
 they run through the ``visionattn::ms_deform_attn_*`` custom ops, whose fake implementations let
 ``fullgraph=True`` trace through.
 """
-import functools
-from typing import List, NamedTuple
+from typing import Dict, List
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import TileConfig, flat_grid
+from ._common import TileConfig, cached_plan, flat_grid
+from .launch import Kernel
+from .launch import aligned as _aligned
 
 # Elements of one [queries, head_dim] tile; larger tiles mean fewer programs but more registers.
 TILE_ELEMENTS = 1024
@@ -168,29 +170,32 @@ def _msda_bwd_kernel(VALUE, SHAPES, STARTS, LOC, ATTN, DOUT, DVALUE, DLOC, DATTN
 # launchers
 
 
-class _Launch(NamedTuple):
-    """What a launch needs that depends only on the problem's shape: the grid and the tile (block_m queries by
-    block_n channels, num_warps; num_stages is left to Triton)."""
-    grid: tuple
-    tiles: TileConfig
+class _Plan:
+    """Grid, tile (block_m queries by block_n channels, num_warps; num_stages left to Triton) and launch slot of one
+    call signature (shapes, dtypes, alignments: everything the JIT specialises on)."""
+
+    def __init__(self, batch: int, queries: int, heads: int, head_dim: int):
+        # the whole head dim (block_n), as many queries as fit the tile (block_m)
+        block_d = max(2, triton.next_power_of_2(head_dim))
+        block_q = TILE_OVERRIDES.get('block_m', max(1, TILE_ELEMENTS // block_d))
+        block_q = max(1, min(block_q, triton.next_power_of_2(queries)))
+        num_warps = TILE_OVERRIDES.get('num_warps', 4 if block_q * block_d >= 1024 else 2)
+        self.tiles = TileConfig(block_q, block_d, num_warps)
+        self.grid = flat_grid(triton.cdiv(queries, block_q) * batch * heads, 'multi_scale_deformable_attention')
+        self.slot = [None, None]
 
 
-@functools.lru_cache(maxsize=512)
-def _cached_launch(batch: int, queries: int, heads: int, head_dim: int, overrides: tuple) -> _Launch:
-    """The grid and the tile: the whole head dim (block_n), as many queries as fit the tile (block_m)."""
-    del overrides  # part of the key only: read from TILE_OVERRIDES below
-    block_d = max(2, triton.next_power_of_2(head_dim))
-    block_q = TILE_OVERRIDES.get('block_m', max(1, TILE_ELEMENTS // block_d))
-    block_q = max(1, min(block_q, triton.next_power_of_2(queries)))
-    num_warps = TILE_OVERRIDES.get('num_warps', 4 if block_q * block_d >= 1024 else 2)
-    return _Launch(flat_grid(triton.cdiv(queries, block_q) * batch * heads, 'multi_scale_deformable_attention'),
-                   TileConfig(block_q, block_d, num_warps))
+_PLANS: Dict[tuple, _Plan] = {}
+_FWD = Kernel(_msda_fwd_kernel)
+_BWD = Kernel(_msda_bwd_kernel)
 
 
-def _launch_config(value: torch.Tensor, loc: torch.Tensor) -> _Launch:
+def _plan(kind: str, value: torch.Tensor, loc: torch.Tensor, tensors) -> _Plan:
+    # the tensors are contiguous: shapes, dtypes and alignments decide how the JIT specialises
+    key = (kind, tuple((t.shape, t.dtype, _aligned(t)) for t in tensors), value.device,
+           tuple(sorted(TILE_OVERRIDES.items())) if TILE_OVERRIDES else ())
     batch, _, heads, head_dim = value.shape
-    overrides = tuple(sorted(TILE_OVERRIDES.items())) if TILE_OVERRIDES else ()
-    return _cached_launch(batch, loc.shape[1], heads, head_dim, overrides)  # real tensors only: ints
+    return cached_plan(_PLANS, key, lambda: _Plan(batch, loc.shape[1], heads, head_dim))
 
 
 def _prepare(value, spatial_shapes, level_start_index, loc, attn):
@@ -203,11 +208,12 @@ def _launch_fwd(value, spatial_shapes, level_start_index, loc, attn):
     """The forward on contiguous inputs: one launch."""
     batch, n_pos, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = loc.shape
-    launch = _launch_config(value, loc)
     out = value.new_empty((batch, queries, heads * head_dim))  # every element stored by the kernel
-    _msda_fwd_kernel[launch.grid](value, spatial_shapes, level_start_index, loc, attn, out, n_pos, queries, heads,
-                                  head_dim, NUM_LEVELS=levels, NUM_POINTS=points, BLOCK_Q=launch.tiles.block_m,
-                                  BLOCK_D=launch.tiles.block_n, num_warps=launch.tiles.num_warps)
+    args = (value, spatial_shapes, level_start_index, loc, attn, out)
+    plan = _plan('fwd', value, loc, args)
+    _FWD.launch(plan.slot, plan.grid, (*args, n_pos, queries, heads, head_dim),
+                dict(NUM_LEVELS=levels, NUM_POINTS=points, BLOCK_Q=plan.tiles.block_m, BLOCK_D=plan.tiles.block_n),
+                plan.tiles.num_warps, plan.tiles.num_stages)
     return out
 
 
@@ -216,14 +222,14 @@ def _launch_bwd(dout, value, spatial_shapes, level_start_index, loc, attn):
     half-precision value, one cast."""
     batch, n_pos, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = loc.shape
-    launch = _launch_config(value, loc)
     # corners are scattered to with atomics and a value row may be sampled by no query: zeros, in fp32
     dvalue = torch.zeros(value.shape, device=value.device, dtype=torch.float32)
     dloc, dattn = torch.empty_like(loc), torch.empty_like(attn)  # one program owns each: stored, not added
-    _msda_bwd_kernel[launch.grid](value, spatial_shapes, level_start_index, loc, attn, dout, dvalue, dloc, dattn,
-                                  n_pos, queries, heads, head_dim, NUM_LEVELS=levels, NUM_POINTS=points,
-                                  BLOCK_Q=launch.tiles.block_m, BLOCK_D=launch.tiles.block_n,
-                                  num_warps=launch.tiles.num_warps)
+    args = (value, spatial_shapes, level_start_index, loc, attn, dout, dvalue, dloc, dattn)
+    plan = _plan('bwd', value, loc, args)
+    _BWD.launch(plan.slot, plan.grid, (*args, n_pos, queries, heads, head_dim),
+                dict(NUM_LEVELS=levels, NUM_POINTS=points, BLOCK_Q=plan.tiles.block_m, BLOCK_D=plan.tiles.block_n),
+                plan.tiles.num_warps, plan.tiles.num_stages)
     return dvalue.to(value.dtype), dloc, dattn
 
 

@@ -8,20 +8,28 @@ the adjoint recurrence ``g_t = dy_t C_t + a_{t+1} g_{t+1}`` as a reverse scan. G
 channels of a group, are summed across channel blocks with atomic adds in fp32 (one zeroed buffer holds both);
 those of A, D and the delta bias per batch element (one buffer, plain stores), then over the batch in PyTorch.
 
-Host path: the tiling of a problem is computed once per shape (``_plan``); a forward without autograd (inference)
-skips saving the chunk states; the backward is one zero-fill, one kernel, one reduction over the batch and at most
+The kernels index every per-channel tensor as [batch, group, channel, position] with its own strides, and may take a
+table of the position visited at each step of each group. SS2D's scan (``cross_selective_scan``) is that: the four
+scan orders of VMamba / LaMamba-Diff are four groups reading one channels-last map (stride 0 over the groups) in their
+own orders, and writing their outputs at the map's positions, so neither CrossScan's reordered copies nor
+CrossMerge's are made; the four outputs are summed in one reduction (deterministic, unlike atomics).
+
+Host path: the tiling and grid of a call signature are computed once (``_Plan``), and later calls launch the compiled
+kernels directly (``launch.Kernel``); a forward without autograd (inference) skips saving the chunk states; the backward is one zero-fill, one kernel, one reduction over the batch and at most
 one cast for B's and C's gradients together. In eager mode the kernels run under a plain ``autograd.Function``;
 under ``torch.compile`` through the ``visionattn::selective_scan_*`` custom ops, whose fake implementations let
 ``fullgraph=True`` trace through.
 """
 import functools
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E_C, TileConfig
+from ._common import LOG2E_C, TileConfig, cached_plan, flat_grid
+from .launch import Kernel
+from .launch import aligned as _aligned
 
 # Elements of one [channels, states, time] register tile: large enough to keep the scan busy, small enough not to spill.
 TILE_ELEMENTS = 4096
@@ -29,6 +37,9 @@ TILE_ELEMENTS = 4096
 # (docs/benchmarks/selective_scan_h200.md) gave 0.81 / 4.25 ms forward / forward+backward at VMamba-T's first stage
 # against 4.31 / 26.1 ms for the general tiles below (state axis padded to 2).
 SINGLE_STATE_TILES = dict(tile_elements=1024, chunk=128, num_warps=2, min_block_n=1)
+# d_state 1 with the channels adjacent in memory (SS2D's channels-last map): 32 channels of 32 steps, so that one
+# step's load covers 64 bytes of a bf16 map and 128 of an fp32 output. Not yet swept on a GPU.
+CHANNELS_INNER_TILES = dict(tile_elements=1024, chunk=32, num_warps=2, min_block_n=1)
 
 
 @triton.jit
@@ -51,18 +62,27 @@ def _load_delta(DELTA, DBIAS, offsets, mask, d, d_ok, HAS_BIAS: tl.constexpr, SO
 
 
 @triton.jit
-def _ss_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, OUT, HSTART, LAST,
-                   su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l, so_b, so_d, so_l,
-                   sb_b, sb_g, sb_n, sb_l, sc_b, sc_g, sc_n, sc_l,
+def _steps(ORDER, g, t, t_ok, seq_len, HAS_ORDER: tl.constexpr):
+    """The positions visited at steps t of scan order g (t itself without an order table)."""
+    if HAS_ORDER:
+        return tl.load(ORDER + g * seq_len + t, mask=t_ok, other=0).to(tl.int32)
+    return t
+
+
+@triton.jit
+def _ss_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, ORDER, OUT, HSTART, LAST,
+                   su_b, su_g, su_d, su_l, sdt_b, sdt_g, sdt_d, sdt_l, sz_b, sz_g, sz_d, sz_l,
+                   so_b, so_g, so_d, so_l, sb_b, sb_g, sb_n, sb_l, sc_b, sc_g, sc_n, sc_l,
                    seq_len, dim, n_state, dim_per_group, n_groups, n_dblocks, n_chunks,
                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   SAVE_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+                   HAS_ORDER: tl.constexpr, SAVE_STATES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                   CHUNK: tl.constexpr):
     tl.static_assert(BLOCK_D & (BLOCK_D - 1) == 0, 'BLOCK_D must be a power of two')
     tl.static_assert(BLOCK_N & (BLOCK_N - 1) == 0, 'BLOCK_N must be a power of two')
     tl.static_assert(CHUNK & (CHUNK - 1) == 0, 'CHUNK must be a power of two')
     pid = tl.program_id(0)
     d_block = pid % n_dblocks
-    g = (pid // n_dblocks) % n_groups
+    g = ((pid // n_dblocks) % n_groups).to(tl.int64)
     b = (pid // (n_dblocks * n_groups)).to(tl.int64)
     d_local = d_block * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = d_local < dim_per_group
@@ -73,23 +93,28 @@ def _ss_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, OUT, HSTART, LAST,
     a_log2 = tl.load(A + d[:, None] * n_state + n[None, :], mask=dn_ok, other=0.).to(tl.float32) * LOG2E_C
     if HAS_D:
         skip = tl.load(DSKIP + d, mask=d_ok, other=0.).to(tl.float32)
+    # this program's channels of this batch element and scan order (per-position tensors are [b, g, d, position])
+    u_row = U + b * su_b + g * su_g + d_local[:, None] * su_d
+    dt_row = b * sdt_b + g * sdt_g + d_local[:, None] * sdt_d
+    z_row = Z + b * sz_b + g * sz_g + d_local[:, None] * sz_d
+    out_row = OUT + b * so_b + g * so_g + d_local[:, None] * so_d
+    b_row = BM + b * sb_b + g * sb_g + n[:, None] * sb_n
+    c_row = CM + b * sc_b + g * sc_g + n[:, None] * sc_n
     is_last = tl.arange(0, CHUNK) == CHUNK - 1
     state = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     for c in range(n_chunks):
         t = c * CHUNK + tl.arange(0, CHUNK)
         t_ok = t < seq_len
+        pos = _steps(ORDER, g, t, t_ok, seq_len, HAS_ORDER)[None, :]
         m = d_ok[:, None] & t_ok[None, :]
         if SAVE_STATES:  # the backward pass restarts each chunk from here
             tl.store(HSTART + ((b * dim + d[:, None]) * n_chunks + c) * BLOCK_N + n[None, :], state,
                      mask=d_ok[:, None])
-        u = tl.load(U + b * su_b + d[:, None] * su_d + t[None, :] * su_l, mask=m, other=0.).to(tl.float32)
-        step, _ = _load_delta(DELTA, DBIAS, b * sdt_b + d[:, None] * sdt_d + t[None, :] * sdt_l, m, d, d_ok,
-                              HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_row + pos * su_l, mask=m, other=0.).to(tl.float32)
+        step, _ = _load_delta(DELTA, DBIAS, dt_row + pos * sdt_l, m, d, d_ok, HAS_BIAS, SOFTPLUS)
         nt_ok = n_ok[:, None] & t_ok[None, :]
-        b_t = tl.load(BM + b * sb_b + g * sb_g + n[:, None] * sb_n + t[None, :] * sb_l, mask=nt_ok,
-                      other=0.).to(tl.float32)
-        c_t = tl.load(CM + b * sc_b + g * sc_g + n[:, None] * sc_n + t[None, :] * sc_l, mask=nt_ok,
-                      other=0.).to(tl.float32)
+        b_t = tl.load(b_row + pos * sb_l, mask=nt_ok, other=0.).to(tl.float32)
+        c_t = tl.load(c_row + pos * sc_l, mask=nt_ok, other=0.).to(tl.float32)
         decay = tl.exp2(step[:, None, :] * a_log2[:, :, None])  # [BLOCK_D, BLOCK_N, CHUNK]
         drive = (step * u)[:, None, :] * b_t[None, :, :]
         decay_acc, drive_acc = tl.associative_scan((decay, drive), 2, _linear_combine)
@@ -98,27 +123,28 @@ def _ss_fwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, OUT, HSTART, LAST,
         if HAS_D:
             y += skip[:, None] * u
         if HAS_Z:
-            z = tl.load(Z + b * sz_b + d[:, None] * sz_d + t[None, :] * sz_l, mask=m, other=0.).to(tl.float32)
+            z = tl.load(z_row + pos * sz_l, mask=m, other=0.).to(tl.float32)
             y = y * z * tl.sigmoid(z)
-        tl.store(OUT + b * so_b + d[:, None] * so_d + t[None, :] * so_l, y.to(OUT.dtype.element_ty), mask=m)
+        tl.store(out_row + pos * so_l, y.to(OUT.dtype.element_ty), mask=m)
         state = tl.sum(tl.where(is_last[None, None, :], states, 0.), axis=2)
     tl.store(LAST + (b * dim + d[:, None]) * n_state + n[None, :], state, mask=dn_ok)
 
 
 @triton.jit
-def _ss_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, DOUT, HSTART,
+def _ss_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, ORDER, DOUT, HSTART,
                    DU, DDELTA, DZ, SMALL, DB_ACC, DC_ACC,
-                   su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sz_b, sz_d, sz_l, sdo_b, sdo_d, sdo_l,
-                   sb_b, sb_g, sb_n, sb_l, sc_b, sc_g, sc_n, sc_l, sg_b, sg_d, sg_l, small_row, d_off, bias_off,
+                   su_b, su_g, su_d, su_l, sdt_b, sdt_g, sdt_d, sdt_l, sz_b, sz_g, sz_d, sz_l,
+                   sdo_b, sdo_g, sdo_d, sdo_l, sb_b, sb_g, sb_n, sb_l, sc_b, sc_g, sc_n, sc_l,
+                   sg_b, sg_g, sg_d, sg_l, sa_b, sa_g, sa_n, sa_l, small_row, d_off, bias_off,
                    seq_len, dim, n_state, dim_per_group, n_groups, n_dblocks, n_chunks,
                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+                   HAS_ORDER: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
     tl.static_assert(BLOCK_D & (BLOCK_D - 1) == 0, 'BLOCK_D must be a power of two')
     tl.static_assert(BLOCK_N & (BLOCK_N - 1) == 0, 'BLOCK_N must be a power of two')
     tl.static_assert(CHUNK & (CHUNK - 1) == 0, 'CHUNK must be a power of two')
     pid = tl.program_id(0)
     d_block = pid % n_dblocks
-    g = (pid // n_dblocks) % n_groups
+    g = ((pid // n_dblocks) % n_groups).to(tl.int64)
     b = (pid // (n_dblocks * n_groups)).to(tl.int64)
     d_local = d_block * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = d_local < dim_per_group
@@ -130,6 +156,14 @@ def _ss_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, DOUT, HSTART,
     a_log2 = a_nat * LOG2E_C
     if HAS_D:
         skip = tl.load(DSKIP + d, mask=d_ok, other=0.).to(tl.float32)
+    u_row = U + b * su_b + g * su_g + d_local[:, None] * su_d
+    dt_row = b * sdt_b + g * sdt_g + d_local[:, None] * sdt_d
+    z_row = Z + b * sz_b + g * sz_g + d_local[:, None] * sz_d
+    dout_row = DOUT + b * sdo_b + g * sdo_g + d_local[:, None] * sdo_d
+    grad_row = b * sg_b + g * sg_g + d_local[:, None] * sg_d  # du, ddelta and dz share one layout
+    b_row = BM + b * sb_b + g * sb_g + n[:, None] * sb_n
+    c_row = CM + b * sc_b + g * sc_g + n[:, None] * sc_n
+    acc_row = b * sa_b + g * sa_g + n[:, None] * sa_n
     local = tl.arange(0, CHUNK)
     # a_{t+1} * g_{t+1} at the first step after the current chunk, handed back from the later chunk
     carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
@@ -140,34 +174,34 @@ def _ss_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, DOUT, HSTART,
         c = n_chunks - 1 - i
         t = c * CHUNK + local
         t_ok = t < seq_len
+        pos = _steps(ORDER, g, t, t_ok, seq_len, HAS_ORDER)[None, :]
         m = d_ok[:, None] & t_ok[None, :]
         nt_ok = n_ok[:, None] & t_ok[None, :]
         state0 = tl.load(HSTART + ((b * dim + d[:, None]) * n_chunks + c) * BLOCK_N + n[None, :],
                          mask=d_ok[:, None], other=0.)
-        u = tl.load(U + b * su_b + d[:, None] * su_d + t[None, :] * su_l, mask=m, other=0.).to(tl.float32)
-        dt_offsets = b * sdt_b + d[:, None] * sdt_d + t[None, :] * sdt_l
-        step, raw = _load_delta(DELTA, DBIAS, dt_offsets, m, d, d_ok, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_row + pos * su_l, mask=m, other=0.).to(tl.float32)
+        step, raw = _load_delta(DELTA, DBIAS, dt_row + pos * sdt_l, m, d, d_ok, HAS_BIAS, SOFTPLUS)
         # the next step's decay inside this chunk; the chunk's last step takes the carry instead (decay 1)
-        m_next = m & (local < CHUNK - 1)[None, :] & (t + 1 < seq_len)[None, :]
-        step_next, _ = _load_delta(DELTA, DBIAS, dt_offsets + sdt_l, m_next, d, d_ok, HAS_BIAS, SOFTPLUS)
-        b_t = tl.load(BM + b * sb_b + g * sb_g + n[:, None] * sb_n + t[None, :] * sb_l, mask=nt_ok,
-                      other=0.).to(tl.float32)
-        c_t = tl.load(CM + b * sc_b + g * sc_g + n[:, None] * sc_n + t[None, :] * sc_l, mask=nt_ok,
-                      other=0.).to(tl.float32)
+        next_ok = (local < CHUNK - 1) & (t + 1 < seq_len)
+        pos_next = _steps(ORDER, g, t + 1, next_ok, seq_len, HAS_ORDER)[None, :]
+        step_next, _ = _load_delta(DELTA, DBIAS, dt_row + pos_next * sdt_l, m & next_ok[None, :], d, d_ok, HAS_BIAS,
+                                   SOFTPLUS)
+        b_t = tl.load(b_row + pos * sb_l, mask=nt_ok, other=0.).to(tl.float32)
+        c_t = tl.load(c_row + pos * sc_l, mask=nt_ok, other=0.).to(tl.float32)
         # recompute the chunk's states from the saved start state
         decay = tl.exp2(step[:, None, :] * a_log2[:, :, None])
         drive = (step * u)[:, None, :] * b_t[None, :, :]
         decay_acc, drive_acc = tl.associative_scan((decay, drive), 2, _linear_combine)
         states = decay_acc * state0[:, :, None] + drive_acc
-        dout = tl.load(DOUT + b * sdo_b + d[:, None] * sdo_d + t[None, :] * sdo_l, mask=m, other=0.).to(tl.float32)
+        dout = tl.load(dout_row + pos * sdo_l, mask=m, other=0.).to(tl.float32)
         if HAS_Z:
             y = tl.sum(states * c_t[None, :, :], axis=1)
             if HAS_D:
                 y += skip[:, None] * u
-            z = tl.load(Z + b * sz_b + d[:, None] * sz_d + t[None, :] * sz_l, mask=m, other=0.).to(tl.float32)
+            z = tl.load(z_row + pos * sz_l, mask=m, other=0.).to(tl.float32)
             sig = tl.sigmoid(z)
             grad_z = dout * y * sig * (1. + z * (1. - sig))
-            tl.store(DZ + b * sg_b + d[:, None] * sg_d + t[None, :] * sg_l, grad_z.to(DZ.dtype.element_ty), mask=m)
+            tl.store(DZ + grad_row + pos * sg_l, grad_z.to(DZ.dtype.element_ty), mask=m)
             dy = dout * z * sig
         else:
             dy = dout
@@ -185,15 +219,14 @@ def _ss_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, DOUT, HSTART,
         if HAS_D:
             grad_u += skip[:, None] * dy
             grad_skip += tl.sum(dy * u, axis=1)
-        tl.store(DU + b * sg_b + d[:, None] * sg_d + t[None, :] * sg_l, grad_u.to(DU.dtype.element_ty), mask=m)
+        tl.store(DU + grad_row + pos * sg_l, grad_u.to(DU.dtype.element_ty), mask=m)
         if SOFTPLUS:
             grad_step = grad_step * tl.sigmoid(raw)
         grad_step = tl.where(m, grad_step, 0.)
         grad_bias += tl.sum(grad_step, axis=1)
-        tl.store(DDELTA + b * sg_b + d[:, None] * sg_d + t[None, :] * sg_l, grad_step.to(DDELTA.dtype.element_ty),
-                 mask=m)
+        tl.store(DDELTA + grad_row + pos * sg_l, grad_step.to(DDELTA.dtype.element_ty), mask=m)
         # B and C are shared by the group's channels: partial sums over this channel block, added atomically
-        acc_offsets = ((b * n_groups + g) * n_state + n[:, None]) * seq_len + t[None, :]
+        acc_offsets = acc_row + pos * sa_l
         tl.atomic_add(DB_ACC + acc_offsets, tl.sum(adjoint * (step * u)[:, None, :], axis=0), mask=nt_ok)
         tl.atomic_add(DC_ACC + acc_offsets, tl.sum(dy[:, None, :] * states, axis=0), mask=nt_ok)
     # this batch element's share of dA [dim, N], dD [dim] and d(delta_bias) [dim], side by side in one row
@@ -215,72 +248,128 @@ def _ss_bwd_kernel(U, DELTA, A, BM, CM, DSKIP, Z, DBIAS, DOUT, HSTART,
 TILE_OVERRIDES: dict = {}
 
 
-def _setting(name: str, n_state: int, default):
+def _setting(name: str, n_state: int, channels_inner: bool, default):
     if name in TILE_OVERRIDES:
         return TILE_OVERRIDES[name]
-    return SINGLE_STATE_TILES[name] if n_state == 1 else default
+    if n_state == 1:
+        return (CHANNELS_INNER_TILES if channels_inner else SINGLE_STATE_TILES)[name]
+    return default
 
 
-def _tiles(n_state: int, dim_per_group: int, seq_len: int) -> Tuple[TileConfig, int]:
-    """The tile (block_m channels = BLOCK_D, block_n states = BLOCK_N, num_warps) and CHUNK for a problem: the whole
-    state, a time chunk, and as many channels as fit the tile."""
-    block_n = max(_setting('min_block_n', n_state, 2), triton.next_power_of_2(n_state))
-    chunk = min(_setting('chunk', n_state, 64), max(16, triton.next_power_of_2(seq_len)))
-    elements = _setting('tile_elements', n_state, TILE_ELEMENTS)
-    block_d = max(2, min(elements // (block_n * chunk), triton.next_power_of_2(dim_per_group)))
-    return TileConfig(block_d, block_n, _num_warps(block_d, block_n, chunk, n_state)), chunk
-
-
-def _num_warps(block_d: int, block_n: int, chunk: int, n_state: int) -> int:
-    return _setting('num_warps', n_state, 4 if block_d * block_n * chunk >= 2048 else 2)
-
-
-class _Plan(NamedTuple):
-    """What a launch needs that depends only on the problem's shape."""
-    grid: Tuple[int]
-    n_dblocks: int
-    n_chunks: int
+class _Tiling(NamedTuple):
+    """The tile (block_m channels = BLOCK_D, block_n states = BLOCK_N, num_warps), the time chunk and the counts
+    of channel blocks and chunks of a problem: the whole state, a time chunk, and as many channels as fit."""
     tiles: TileConfig  # num_stages is left to Triton
     chunk: int
+    n_dblocks: int
+    n_chunks: int
 
 
 @functools.lru_cache(maxsize=512)
-def _cached_plan(batch: int, dim: int, seq_len: int, n_state: int, groups: int, overrides: tuple) -> _Plan:
-    del overrides  # part of the key only: _tiles reads TILE_OVERRIDES
-    dim_per_group = dim // groups
-    tiles, chunk = _tiles(n_state, dim_per_group, seq_len)
-    n_dblocks = triton.cdiv(dim_per_group, tiles.block_m)
-    return _Plan((batch * groups * n_dblocks,), n_dblocks, triton.cdiv(seq_len, chunk), tiles, chunk)
+def _cached_tiling(dim_per_group: int, seq_len: int, n_state: int, channels_inner: bool,
+                   overrides: tuple) -> _Tiling:
+    del overrides  # part of the key only: _setting reads TILE_OVERRIDES
+    block_n = max(_setting('min_block_n', n_state, channels_inner, 2), triton.next_power_of_2(n_state))
+    chunk = min(_setting('chunk', n_state, channels_inner, 64), max(16, triton.next_power_of_2(seq_len)))
+    elements = _setting('tile_elements', n_state, channels_inner, TILE_ELEMENTS)
+    block_d = max(2, min(elements // (block_n * chunk), triton.next_power_of_2(dim_per_group)))
+    warps = _setting('num_warps', n_state, channels_inner, 4 if block_d * block_n * chunk >= 2048 else 2)
+    return _Tiling(TileConfig(block_d, block_n, warps), chunk, triton.cdiv(dim_per_group, block_d),
+                   triton.cdiv(seq_len, chunk))
 
 
-def _plan(u: torch.Tensor, A: torch.Tensor, groups: int) -> _Plan:
-    batch, dim, seq_len = u.shape
-    key = (batch, dim, seq_len, A.shape[1], groups)
-    if not all(type(k) is int for k in key):  # symbolic sizes (a fake tensor under dynamic shapes): not cached
-        return _cached_plan.__wrapped__(*key, ())
-    return _cached_plan(*key, tuple(sorted(TILE_OVERRIDES.items())) if TILE_OVERRIDES else ())
+def _tiling(dim_per_group: int, seq_len: int, n_state: int, channels_inner: bool) -> _Tiling:
+    key = (dim_per_group, seq_len, n_state, channels_inner)
+    if not all(type(k) is int for k in key[:3]):  # symbolic sizes (a fake tensor under dynamic shapes): not cached
+        return _cached_tiling.__wrapped__(*key, ())
+    return _cached_tiling(*key, tuple(sorted(TILE_OVERRIDES.items())) if TILE_OVERRIDES else ())
 
 
-def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_states: bool = True):
-    """y, the last state and (``save_states``) each chunk's start state for the backward pass (else an empty
-    tensor)."""
-    batch, dim, seq_len = u.shape
-    groups, n_state = B.shape[1], A.shape[1]
-    plan = _plan(u, A, groups)
-    out = torch.empty_like(u)
-    last = torch.empty((batch, dim, n_state), device=u.device, dtype=torch.float32)
-    shape = (batch, dim, plan.n_chunks, plan.tiles.block_n) if save_states else (0,)
-    hstart = torch.empty(shape, device=u.device, dtype=torch.float32)
-    z_arg = z if z is not None else u
-    _ss_fwd_kernel[plan.grid](
-        u, delta, A, B, C, D if D is not None else A, z_arg, delta_bias if delta_bias is not None else A,
+class _Views(NamedTuple):
+    """A scan problem as the kernels index it: per-channel tensors [batch, groups, dim_per_group, L] and B, C
+    [batch, groups, N, L] (any strides: a stride 0 over groups shares one tensor between them), the optional ones
+    None, and the position of each step of each group ([groups, L]; None: step t is position t)."""
+    u: torch.Tensor
+    delta: torch.Tensor
+    B: torch.Tensor
+    C: torch.Tensor
+    z: Optional[torch.Tensor]
+    order: Optional[torch.Tensor]
+    # the channels adjacent in memory (SS2D's channels-last map): tiles take more channels and fewer steps, so that
+    # one step's load covers whole sectors. Fixed per entry point, not read from strides, so that the fake
+    # implementations (torch.compile) know the chunk count.
+    channels_inner: bool
+
+    def tensors(self) -> tuple:
+        return self.u, self.delta, self.B, self.C, self.z, self.order
+
+
+def _span(t: torch.Tensor) -> int:
+    """The largest element offset of one batch element of a [batch, groups, rows, L] view, groups left out (the
+    kernels address rows and steps with int32 offsets, the batch and the group with int64)."""
+    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape[2:], t.stride()[2:]))
+
+
+def _check_spans(views: _Views, outputs) -> None:
+    for name, t in (('u', views.u), ('delta', views.delta), ('B', views.B), ('C', views.C), ('z', views.z),
+                    *outputs):
+        if t is not None and _span(t) >= 2 ** 31:
+            raise ValueError(f'selective_scan: {name} {tuple(t.shape)} with strides {t.stride()} spans 2^31 elements '
+                             'or more within a batch element and group; the kernels address it with int32 offsets')
+
+
+class _Plan:
+    """Tiling, grid and launch slot of one call signature (shapes, strides, dtypes, alignments, flags)."""
+
+    def __init__(self, views: _Views, outputs):
+        _check_spans(views, outputs)
+        batch, groups, dim_per_group, seq_len = views.u.shape
+        self.tiling = _tiling(dim_per_group, seq_len, views.B.shape[2], views.channels_inner)
+        self.grid = flat_grid(batch * groups * self.tiling.n_dblocks, 'selective_scan')
+        self.slot = [None, None]
+
+
+_PLANS: Dict[tuple, _Plan] = {}
+_FWD = Kernel(_ss_fwd_kernel)
+_BWD = Kernel(_ss_bwd_kernel)
+
+
+def _signature(tensors) -> tuple:
+    return tuple(None if t is None else (t.shape, t.stride(), t.dtype, _aligned(t)) for t in tensors)
+
+
+def _strides4(t: Optional[torch.Tensor]) -> tuple:
+    return (0, 0, 0, 0) if t is None else t.stride()
+
+
+def _scan_fwd(views: _Views, A, D, delta_bias, out: torch.Tensor, softplus: bool, save_states: bool):
+    """Writes y into ``out`` (a [batch, groups, dim_per_group, L] view); returns the last state [batch, dim, N] and
+    (``save_states``) each chunk's start state for the backward pass (else an empty tensor)."""
+    batch, groups, dim_per_group, seq_len = views.u.shape
+    dim, n_state = A.shape
+    key = ('fwd', _signature((*views.tensors(), A, D, delta_bias, out)), views.channels_inner, softplus,
+           save_states, views.u.device)
+    plan = cached_plan(_PLANS, key, lambda: _Plan(views, [('the output', out)]))
+    tiling = plan.tiling
+    last = torch.empty((batch, dim, n_state), device=out.device, dtype=torch.float32)
+    shape = (batch, dim, tiling.n_chunks, tiling.tiles.block_n) if save_states else (0,)
+    hstart = torch.empty(shape, device=out.device, dtype=torch.float32)
+    u = views.u
+    _FWD.launch(plan.slot, plan.grid, (
+        u, views.delta, A, views.B, views.C, _or(D, A), _or(views.z, u), _or(delta_bias, A), _or(views.order, A),
         out, hstart if save_states else last, last,
-        *u.stride(), *delta.stride(), *z_arg.stride(), *out.stride(), *B.stride(), *C.stride(),
-        seq_len, dim, n_state, dim // groups, groups, plan.n_dblocks, plan.n_chunks,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-        SAVE_STATES=save_states, BLOCK_D=plan.tiles.block_m, BLOCK_N=plan.tiles.block_n, CHUNK=plan.chunk,
-        num_warps=plan.tiles.num_warps)
-    return out, last, hstart
+        *u.stride(), *views.delta.stride(), *_strides4(views.z), *out.stride(), *views.B.stride(), *views.C.stride(),
+        seq_len, dim, n_state, dim_per_group, groups, tiling.n_dblocks, tiling.n_chunks),
+        dict(HAS_D=D is not None, HAS_Z=views.z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+             HAS_ORDER=views.order is not None, SAVE_STATES=save_states, BLOCK_D=tiling.tiles.block_m,
+             BLOCK_N=tiling.tiles.block_n, CHUNK=tiling.chunk),
+        tiling.tiles.num_warps, tiling.tiles.num_stages)
+    return last, hstart
+
+
+def _or(t: Optional[torch.Tensor], placeholder: torch.Tensor) -> torch.Tensor:
+    # an absent optional input travels as a placeholder the kernel does not read (its flag is off)
+    return placeholder if t is None else t
 
 
 def _small_layout(dim: int, n_state: int, has_d: bool, has_bias: bool) -> Tuple[int, int, int]:
@@ -290,32 +379,113 @@ def _small_layout(dim: int, n_state: int, has_d: bool, has_bias: bool) -> Tuple[
     return bias_off + (dim if has_bias else 0), d_off, bias_off
 
 
+def _scan_bwd(dout: torch.Tensor, views: _Views, A, D, delta_bias, hstart, softplus: bool, grads, acc):
+    """Writes du, ddelta and dz into ``grads`` (three [batch, groups, dim_per_group, L] views of one layout, dz None
+    without z) and adds dB, dC into ``acc`` (two zero-filled fp32 [batch, groups, N, L] views); returns the small
+    gradients summed over the batch, fp32 [dim * N (+ dim for D) (+ dim for the bias)]."""
+    batch, groups, dim_per_group, seq_len = views.u.shape
+    dim, n_state = A.shape
+    du, ddelta, dz = grads
+    key = ('bwd', _signature((*views.tensors(), A, D, delta_bias, dout, du, ddelta, dz, *acc)), views.channels_inner,
+           softplus, views.u.device)
+    plan = cached_plan(_PLANS, key, lambda: _Plan(views, [('dy', dout), ('the gradients', du), ('dB', acc[0])]))
+    tiling = plan.tiling
+    small_row, d_off, bias_off = _small_layout(dim, n_state, D is not None, delta_bias is not None)
+    small = torch.empty((batch, small_row), device=du.device, dtype=torch.float32)  # every element stored
+    u = views.u
+    _BWD.launch(plan.slot, plan.grid, (
+        u, views.delta, A, views.B, views.C, _or(D, A), _or(views.z, u), _or(delta_bias, A), _or(views.order, A),
+        dout, hstart, du, ddelta, _or(dz, du), small, acc[0], acc[1],
+        *u.stride(), *views.delta.stride(), *_strides4(views.z), *dout.stride(), *views.B.stride(), *views.C.stride(),
+        *du.stride(), *acc[0].stride(), small_row, d_off, bias_off,
+        seq_len, dim, n_state, dim_per_group, groups, tiling.n_dblocks, tiling.n_chunks),
+        dict(HAS_D=D is not None, HAS_Z=views.z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+             HAS_ORDER=views.order is not None, BLOCK_D=tiling.tiles.block_m, BLOCK_N=tiling.tiles.block_n,
+             CHUNK=tiling.chunk),
+        tiling.tiles.num_warps, tiling.tiles.num_stages)
+    return small.sum(0)
+
+
+def _plain_views(u, delta, B, C, z) -> _Views:
+    groups = B.shape[1]
+    return _Views(*(t.unflatten(1, (groups, -1)) for t in (u, delta)), B, C,
+                  None if z is None else z.unflatten(1, (groups, -1)), None, False)
+
+
+def _hstart_shape(batch: int, dim: int, dim_per_group: int, seq_len: int, n_state: int, channels_inner: bool,
+                  save_states: bool) -> tuple:
+    if not save_states:
+        return (0,)
+    tiling = _tiling(dim_per_group, seq_len, n_state, channels_inner)
+    return (batch, dim, tiling.n_chunks, tiling.tiles.block_n)
+
+
+def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_states: bool = True):
+    """y, the last state and (``save_states``) each chunk's start state for the backward pass (else an empty
+    tensor)."""
+    out = torch.empty_like(u)
+    views = _plain_views(u, delta, B, C, z)
+    last, hstart = _scan_fwd(views, A, D, delta_bias, out.unflatten(1, (B.shape[1], -1)), softplus, save_states)
+    return out, last, hstart
+
+
 def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, hstart, softplus: bool):
     """du, ddelta, dz (or None), dBC [2, batch, groups, N, L] (dB and dC; in B's dtype when C has it too, else
     fp32) and the small gradients summed over the batch, fp32 [dim * N (+ dim for D) (+ dim for the bias)]."""
     batch, dim, seq_len = u.shape
     groups, n_state = B.shape[1], A.shape[1]
-    plan = _plan(u, A, groups)
     # du, ddelta and dz come out contiguous whatever u's strides; the kernel writes every element
     du = torch.empty((batch, dim, seq_len), device=u.device, dtype=u.dtype)
     ddelta = torch.empty((batch, dim, seq_len), device=u.device, dtype=delta.dtype)
     dz = torch.empty((batch, dim, seq_len), device=u.device, dtype=z.dtype) if z is not None else None
-    f32 = dict(device=u.device, dtype=torch.float32)
     # B and C are shared by a group's channel blocks: summed with atomics, into one zero-filled buffer for both
-    dbc = torch.zeros((2, batch, groups, n_state, seq_len), **f32)
-    small_row, d_off, bias_off = _small_layout(dim, n_state, D is not None, delta_bias is not None)
-    small = torch.empty((batch, small_row), **f32)  # every element stored by the kernel
-    z_arg = z if z is not None else u
-    _ss_bwd_kernel[plan.grid](
-        u, delta, A, B, C, D if D is not None else A, z_arg, delta_bias if delta_bias is not None else A, dout,
-        hstart, du, ddelta, dz if dz is not None else du, small, dbc[0], dbc[1],
-        *u.stride(), *delta.stride(), *z_arg.stride(), *dout.stride(), *B.stride(), *C.stride(), *du.stride(),
-        small_row, d_off, bias_off, seq_len, dim, n_state, dim // groups, groups, plan.n_dblocks, plan.n_chunks,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-        BLOCK_D=plan.tiles.block_m, BLOCK_N=plan.tiles.block_n, CHUNK=plan.chunk, num_warps=plan.tiles.num_warps)
+    dbc = torch.zeros((2, batch, groups, n_state, seq_len), device=u.device, dtype=torch.float32)
+    grads = tuple(None if t is None else t.unflatten(1, (groups, -1)) for t in (du, ddelta, dz))
+    small = _scan_bwd(dout.unflatten(1, (groups, -1)), _plain_views(u, delta, B, C, z), A, D, delta_bias, hstart,
+                      softplus, grads, (dbc[0], dbc[1]))
     if B.dtype == C.dtype and B.dtype != torch.float32:
         dbc = dbc.to(B.dtype)  # one cast for both
-    return du, ddelta, dz, dbc, small.sum(0)
+    return du, ddelta, dz, dbc, small
+
+
+def _cross_views(x, delta, B, C, order) -> _Views:
+    """SS2D's scan as the kernels index it: x [batch, H, W, dim] shared by the K orders (stride 0 over them),
+    delta [batch, L, K, dim] and B, C [batch, L, K, N] at the map's positions, order [K, L]."""
+    batch, height, width, dim = x.shape
+    n_orders = delta.shape[2]
+    u = x.reshape(batch, height * width, dim).transpose(1, 2)[:, None].expand(batch, n_orders, dim, height * width)
+    return _Views(u, delta.permute(0, 2, 3, 1), B.permute(0, 2, 3, 1), C.permute(0, 2, 3, 1), None, order, True)
+
+
+def _cross_fwd(x, delta, A, B, C, D, delta_bias, order, softplus: bool, out_dtype: torch.dtype, save_states: bool):
+    """The merged output [batch, H, W, dim] and (``save_states``) the chunk start states."""
+    batch, height, width, dim = x.shape
+    n_orders = delta.shape[2]
+    # each order's output at the map's positions, [batch, L, K, dim]: the merge sums over K, adjacent in memory
+    outs = torch.empty((batch, height * width, n_orders, dim), device=x.device, dtype=out_dtype)
+    _, hstart = _scan_fwd(_cross_views(x, delta, B, C, order), A, D, delta_bias, outs.permute(0, 2, 3, 1), softplus,
+                          save_states)
+    return outs.sum(2).view(batch, height, width, dim), hstart
+
+
+def _cross_bwd(dy, x, delta, A, B, C, D, delta_bias, order, hstart, softplus: bool):
+    """dx [batch, H, W, dim] (summed over the orders), ddelta [batch, L, K, dim], dBC [2, batch, L, K, N] (in B's
+    dtype when C has it too, else fp32) and the small gradients."""
+    batch, height, width, dim = x.shape
+    n_orders, n_state = delta.shape[2], A.shape[1]
+    seq_len = height * width
+    # each order's du at the map's positions, summed below; ddelta as delta is laid out for the merge's sum
+    dus = torch.empty((batch, seq_len, n_orders, dim), device=x.device, dtype=x.dtype)
+    ddelta = torch.empty((batch, seq_len, n_orders, dim), device=x.device, dtype=delta.dtype)
+    dbc = torch.zeros((2, batch, seq_len, n_orders, n_state), device=x.device, dtype=torch.float32)
+    # the merge's gradient reaches every order unchanged: a stride-0 view, no copies
+    dout = dy.reshape(batch, seq_len, dim).transpose(1, 2)[:, None].expand(batch, n_orders, dim, seq_len)
+    small = _scan_bwd(dout, _cross_views(x, delta, B, C, order), A, D, delta_bias, hstart, softplus,
+                      (dus.permute(0, 2, 3, 1), ddelta.permute(0, 2, 3, 1), None),
+                      (dbc[0].permute(0, 2, 3, 1), dbc[1].permute(0, 2, 3, 1)))
+    if B.dtype == C.dtype and B.dtype != torch.float32:
+        dbc = dbc.to(B.dtype)
+    return dus.sum(2).view(batch, height, width, dim), ddelta, dbc, small
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -332,9 +502,8 @@ def _ss_fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.T
 @_ss_fwd_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, softplus, save_states):
     batch, dim, seq_len = u.shape
-    plan = _plan(u, A, B.shape[1])
     f32 = dict(dtype=torch.float32)
-    shape = (batch, dim, plan.n_chunks, plan.tiles.block_n) if save_states else (0,)
+    shape = _hstart_shape(batch, dim, dim // B.shape[1], seq_len, A.shape[1], False, save_states)
     return torch.empty_like(u), u.new_empty((batch, dim, A.shape[1]), **f32), u.new_empty(shape, **f32)
 
 
@@ -375,11 +544,7 @@ def _backward(ctx, dout, *_):
     du, ddelta, dz, dbc, small = backward(dout, u, delta, A, B, C, D, z, delta_bias, hstart, ctx.softplus)
     dB, dC = dbc.unbind(0)
     dB, dC = dB.to(B.dtype), dC.to(C.dtype)  # no-ops unless B and C differ in dtype
-    dim, n_state = A.shape
-    _, d_off, bias_off = _small_layout(dim, n_state, D is not None, delta_bias is not None)
-    dA = small[:d_off].view(dim, n_state).to(A.dtype)
-    dD = None if D is None else small[d_off:d_off + dim].to(D.dtype)
-    dbias = None if delta_bias is None else small[bias_off:bias_off + dim].to(delta_bias.dtype)
+    dA, dD, dbias = _small_grads(small, A, D, delta_bias)
     return du, ddelta, dA, dB, dC, dD, dz if z is not None else None, dbias, None, None
 
 
@@ -399,6 +564,95 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, _):
         return _backward(ctx, dout)[:-1]
+
+
+def _small_grads(small: torch.Tensor, A, D, delta_bias):
+    """dA, dD and d(delta_bias) (None where absent) from the summed buffer of the small gradients."""
+    dim, n_state = A.shape
+    _, d_off, bias_off = _small_layout(dim, n_state, D is not None, delta_bias is not None)
+    dA = small[:d_off].view(dim, n_state).to(A.dtype)
+    dD = None if D is None else small[d_off:d_off + dim].to(D.dtype)
+    dbias = None if delta_bias is None else small[bias_off:bias_off + dim].to(delta_bias.dtype)
+    return dA, dD, dbias
+
+
+@torch.library.custom_op('visionattn::cross_selective_scan_fwd', mutates_args=())
+def _cross_fwd_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                  D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], order: torch.Tensor, softplus: bool,
+                  out_dtype: torch.dtype, save_states: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _cross_fwd(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, save_states)
+
+
+@_cross_fwd_op.register_fake
+def _(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, save_states):
+    batch, height, width, dim = x.shape
+    n_orders, n_state = delta.shape[2], A.shape[1]
+    shape = _hstart_shape(batch, n_orders * dim, dim, height * width, n_state, True, save_states)
+    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(shape, dtype=torch.float32)
+
+
+@torch.library.custom_op('visionattn::cross_selective_scan_bwd', mutates_args=())
+def _cross_bwd_op(dy: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                  C: torch.Tensor, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], order: torch.Tensor,
+                  hstart: torch.Tensor, softplus: bool) -> List[torch.Tensor]:
+    return list(_cross_bwd(dy, x, delta, A, B, C, D, delta_bias, order, hstart, softplus))
+
+
+@_cross_bwd_op.register_fake
+def _(dy, x, delta, A, B, C, D, delta_bias, order, hstart, softplus):
+    batch, seq_len, n_orders, dim = delta.shape
+    n_state = A.shape[1]
+    small_row, _, _ = _small_layout(A.shape[0], n_state, D is not None, delta_bias is not None)
+    bc_dtype = B.dtype if B.dtype == C.dtype and B.dtype != torch.float32 else torch.float32
+    return [torch.empty_like(x), delta.new_empty(delta.shape),
+            x.new_empty((2, batch, seq_len, n_orders, n_state), dtype=bc_dtype),
+            x.new_empty((small_row,), dtype=torch.float32)]
+
+
+def _cross_setup_context(ctx, inputs, output):
+    x, delta, A, B, C, D, delta_bias, order, softplus, _, _ = inputs
+    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, order, output[1])
+    ctx.softplus, ctx.opaque = softplus, True
+    ctx.mark_non_differentiable(output[1])
+
+
+def _cross_backward(ctx, dy, *_):
+    x, delta, A, B, C, D, delta_bias, order, hstart = ctx.saved_tensors
+    backward = _cross_bwd_op if ctx.opaque else _cross_bwd
+    dx, ddelta, dbc, small = backward(dy, x, delta, A, B, C, D, delta_bias, order, hstart, ctx.softplus)
+    dB, dC = dbc.unbind(0)
+    dA, dD, dbias = _small_grads(small, A, D, delta_bias)
+    return dx, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dbias, None, None, None, None
+
+
+_cross_fwd_op.register_autograd(_cross_backward, setup_context=_cross_setup_context)
+
+
+class _CrossScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype):
+        y, hstart = _cross_fwd(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, True)
+        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, order, hstart)
+        ctx.softplus, ctx.opaque = softplus, False
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        return _cross_backward(ctx, dy)[:-1]
+
+
+def cross_selective_scan_triton(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                                C: torch.Tensor, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                                softplus: bool, order: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """SS2D's scan along the K orders of ``order`` [K, L] on the Triton kernels, summed at each position (inputs
+    validated by the caller; shapes as in :func:`visionattn.ops.cross_selective_scan`)."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias))
+    if torch.compiler.is_compiling():
+        return _cross_fwd_op(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, needs_grad)[0]
+    if not needs_grad:
+        return _cross_fwd(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, False)[0]
+    return _CrossScanFn.apply(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype)
 
 
 def selective_scan_triton(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,

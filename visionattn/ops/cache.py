@@ -1,4 +1,4 @@
-"""A cache for the constant tensors a layer builds from sizes alone (position indices, masks)."""
+"""A cache for the constant tensors an op or a layer builds from sizes alone (scan orders, position indices, masks)."""
 import functools
 from typing import Callable
 
