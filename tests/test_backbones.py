@@ -107,6 +107,21 @@ def test_features_only_refuses_bad_out_indices(name):
             _create(name, features_only=True, out_indices=bad)
 
 
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_forward_under_cpu_autocast(name):
+    # CPU autocast casts other ops than CUDA's (layer_norm and sum keep the input's dtype there): every family runs
+    # under bf16 autocast on the CPU, with mixed-dtype maps reaching its custom layers, and stays near its fp32 output.
+    model = _create(name).eval()
+    x = _input(model)
+    with torch.no_grad():
+        expected = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = model(x)
+    assert torch.isfinite(out).all()
+    scale = expected.abs().max().item()
+    assert (out.float() - expected).abs().max().item() <= 0.1 * scale + 1e-3
+
+
 @pytest.mark.parametrize('name', OWN_MODELS)
 def test_forward_intermediates(name):
     model = _create(name).eval()

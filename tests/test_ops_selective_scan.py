@@ -417,3 +417,22 @@ def test_cross_bad_arguments(bad, error, match):
     args.update(bad)
     with pytest.raises(error, match=match):
         cross_selective_scan(**args)
+
+
+def test_tile_overrides_reach_the_plans(monkeypatch):
+    """A benchmark sweep sets TILE_OVERRIDES between calls of one shape: each setting must launch its own tiles (the
+    plans are cached per call signature, and the overrides are part of the key)."""
+    kernels = _kernels()
+    inputs = make_cross_inputs(1, 5, 8, 8, 1, device=kernel_device())
+    order = scan_orders(5, 8, 'cross', inputs[0].device)
+    tiles = []
+    real = kernels._FWD.launch
+    monkeypatch.setattr(kernels._FWD, 'launch', lambda slot, grid, args, consts, *rest: tiles.append(
+        (consts['BLOCK_D'], consts['CHUNK'])) or real(slot, grid, args, consts, *rest))
+    outputs = []
+    for chunk in (16, 32):
+        monkeypatch.setattr(kernels, 'TILE_OVERRIDES', dict(chunk=chunk, tile_elements=64))
+        with torch.no_grad():
+            outputs.append(kernels._cross_fwd(*inputs, order, True, torch.float32, False)[0])
+    assert tiles == [(4, 16), (2, 32)]
+    torch.testing.assert_close(outputs[0], outputs[1])

@@ -231,15 +231,18 @@ def _shifted_window_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bia
     sizes = (hp, wp, win_h, win_w, shift_h, shift_w, window, x.device)
     # under torch.compile the tables are traced into the graph, where they fold to constants
     index, mask = _window_tables(*sizes) if torch.compiler.is_compiling() else _cached_window_tables(*sizes)
-    bias = bias_table[index].view(n_tokens, n_tokens, num_heads).permute(2, 0, 1).unsqueeze(0)  # [1, heads, N, N]
-    if mask is not None:
-        # the fused kernels take 4-D inputs: the windows' masks are repeated over the batch, as timm's Swin does
+    bias = bias_table[index].view(n_tokens, n_tokens, num_heads).permute(2, 0, 1)  # [heads, N, N]
+    # SDPA's fused kernels take a mask with a unit-stride last axis (else SDPA falls back to its float32 math path),
+    # in q's dtype, broadcastable to [batch * windows, heads, N, N]
+    if mask is None:
+        bias = bias.to(q.dtype).contiguous().unsqueeze(0)
+    else:  # each window's mask, repeated over the batch (as timm's Swin does; cheaper than reordering q, k and v)
         n_win = mask.shape[0]
-        bias = (bias + mask[:, None].to(bias.dtype)).unsqueeze(0).expand(batch, -1, -1, -1, -1).reshape(
+        bias = (bias + mask[:, None].to(bias.dtype)).to(q.dtype).unsqueeze(0).expand(batch, -1, -1, -1, -1).reshape(
             batch * n_win, num_heads, n_tokens, n_tokens)
     # softmax(q k^T * scale + bias) v in one fused kernel (SDPA), as timm's Swin runs it; the official code scales q
     # before the product: the same up to rounding
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     out = out.transpose(1, 2).reshape(-1, n_tokens, channels)
     out = F.linear(out, proj_weight, proj_bias)
     out = out.view(batch, hp // win_h, wp // win_w, win_h, win_w, channels).transpose(2, 3).reshape(

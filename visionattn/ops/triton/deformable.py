@@ -10,13 +10,13 @@ scattered to the corners with fp32 atomic adds (so it is not bitwise determinist
 of Deformable DETR and mmcv), then cast to value's dtype.
 
 Host path: the launch configuration is computed once per call signature (``_plan``), and later calls launch the
-compiled kernel directly (``launch.Kernel``, without the JIT's per-call argument binding); the forward allocates only its
-output and the backward only the gradients (value's fp32 accumulator is the one zero-fill: no program owns a value
+compiled kernel directly (``launch.Kernel``, without the JIT's per-call argument binding); the forward allocates only
+its output and the backward only the gradients (value's fp32 accumulator is the one zero-fill: no program owns a value
 row), so a forward is one launch and a backward two (three for a half-precision value, whose gradient is cast). In
-eager mode the kernels run under a plain ``autograd.Function`` that saves the contiguous inputs it launched with
-(the backward makes no second copy), and a call without autograd skips the Function; under ``torch.compile``
-they run through the ``visionattn::ms_deform_attn_*`` custom ops, whose fake implementations let
-``fullgraph=True`` trace through.
+eager mode the kernels run under a plain ``autograd.Function`` that saves the contiguous inputs it launched with (the
+backward makes no second copy), and a call without autograd skips the Function; under ``torch.compile`` they run
+through the ``visionattn::ms_deform_attn_*`` custom ops, whose fake implementations let ``fullgraph=True`` trace
+through.
 """
 from typing import Dict, List
 

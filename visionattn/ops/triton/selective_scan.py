@@ -15,10 +15,10 @@ own orders, and writing their outputs at the map's positions, so neither CrossSc
 CrossMerge's are made; the four outputs are summed in one reduction (deterministic, unlike atomics).
 
 Host path: the tiling and grid of a call signature are computed once (``_Plan``), and later calls launch the compiled
-kernels directly (``launch.Kernel``); a forward without autograd (inference) skips saving the chunk states; the backward is one zero-fill, one kernel, one reduction over the batch and at most
-one cast for B's and C's gradients together. In eager mode the kernels run under a plain ``autograd.Function``;
-under ``torch.compile`` through the ``visionattn::selective_scan_*`` custom ops, whose fake implementations let
-``fullgraph=True`` trace through.
+kernels directly (``launch.Kernel``); a forward without autograd (inference) skips saving the chunk states; the
+backward is one zero-fill, one kernel, one reduction over the batch and at most one cast for B's and C's gradients
+together. In eager mode the kernels run under a plain ``autograd.Function``; under ``torch.compile`` through the
+``visionattn::selective_scan_*`` custom ops, whose fake implementations let ``fullgraph=True`` trace through.
 """
 import functools
 from typing import Dict, List, NamedTuple, Optional, Tuple
@@ -278,11 +278,16 @@ def _cached_tiling(dim_per_group: int, seq_len: int, n_state: int, channels_inne
                    triton.cdiv(seq_len, chunk))
 
 
+def _overrides() -> tuple:
+    # part of every cache key: a sweep's overrides must reach the tiling and the plans
+    return tuple(sorted(TILE_OVERRIDES.items())) if TILE_OVERRIDES else ()
+
+
 def _tiling(dim_per_group: int, seq_len: int, n_state: int, channels_inner: bool) -> _Tiling:
     key = (dim_per_group, seq_len, n_state, channels_inner)
     if not all(type(k) is int for k in key[:3]):  # symbolic sizes (a fake tensor under dynamic shapes): not cached
         return _cached_tiling.__wrapped__(*key, ())
-    return _cached_tiling(*key, tuple(sorted(TILE_OVERRIDES.items())) if TILE_OVERRIDES else ())
+    return _cached_tiling(*key, _overrides())
 
 
 class _Views(NamedTuple):
@@ -348,7 +353,7 @@ def _scan_fwd(views: _Views, A, D, delta_bias, out: torch.Tensor, softplus: bool
     batch, groups, dim_per_group, seq_len = views.u.shape
     dim, n_state = A.shape
     key = ('fwd', _signature((*views.tensors(), A, D, delta_bias, out)), views.channels_inner, softplus,
-           save_states, views.u.device)
+           save_states, views.u.device, _overrides())
     plan = cached_plan(_PLANS, key, lambda: _Plan(views, [('the output', out)]))
     tiling = plan.tiling
     last = torch.empty((batch, dim, n_state), device=out.device, dtype=torch.float32)
@@ -387,7 +392,7 @@ def _scan_bwd(dout: torch.Tensor, views: _Views, A, D, delta_bias, hstart, softp
     dim, n_state = A.shape
     du, ddelta, dz = grads
     key = ('bwd', _signature((*views.tensors(), A, D, delta_bias, dout, du, ddelta, dz, *acc)), views.channels_inner,
-           softplus, views.u.device)
+           softplus, views.u.device, _overrides())
     plan = cached_plan(_PLANS, key, lambda: _Plan(views, [('dy', dout), ('the gradients', du), ('dB', acc[0])]))
     tiling = plan.tiling
     small_row, d_off, bias_off = _small_layout(dim, n_state, D is not None, delta_bias is not None)
@@ -469,23 +474,25 @@ def _cross_fwd(x, delta, A, B, C, D, delta_bias, order, softplus: bool, out_dtyp
 
 
 def _cross_bwd(dy, x, delta, A, B, C, D, delta_bias, order, hstart, softplus: bool):
-    """dx [batch, H, W, dim] (summed over the orders), ddelta [batch, L, K, dim], dBC [2, batch, L, K, N] (in B's
-    dtype when C has it too, else fp32) and the small gradients."""
+    """dx [batch, H, W, dim] (summed over the orders), ddelta [batch, L, K, dim] (order-major in memory), dBC
+    [2, batch, L, K, N] (in B's dtype when C has it too, else fp32) and the small gradients."""
     batch, height, width, dim = x.shape
     n_orders, n_state = delta.shape[2], A.shape[1]
     seq_len = height * width
-    # each order's du at the map's positions, summed below; ddelta as delta is laid out for the merge's sum
-    dus = torch.empty((batch, seq_len, n_orders, dim), device=x.device, dtype=x.dtype)
-    ddelta = torch.empty((batch, seq_len, n_orders, dim), device=x.device, dtype=delta.dtype)
+    # each order's du and ddelta at the map's positions, order-major [K, batch, L, dim]: du is summed over the orders
+    # below, and ddelta is in the layout a per-order projection (SS2D's einsum, a batched matmul over the orders)
+    # produces delta in, so that its backward reads it without a copy
+    dus = torch.empty((n_orders, batch, seq_len, dim), device=x.device, dtype=x.dtype)
+    ddelta = torch.empty((n_orders, batch, seq_len, dim), device=x.device, dtype=delta.dtype)
     dbc = torch.zeros((2, batch, seq_len, n_orders, n_state), device=x.device, dtype=torch.float32)
     # the merge's gradient reaches every order unchanged: a stride-0 view, no copies
     dout = dy.reshape(batch, seq_len, dim).transpose(1, 2)[:, None].expand(batch, n_orders, dim, seq_len)
     small = _scan_bwd(dout, _cross_views(x, delta, B, C, order), A, D, delta_bias, hstart, softplus,
-                      (dus.permute(0, 2, 3, 1), ddelta.permute(0, 2, 3, 1), None),
+                      (dus.permute(1, 0, 3, 2), ddelta.permute(1, 0, 3, 2), None),
                       (dbc[0].permute(0, 2, 3, 1), dbc[1].permute(0, 2, 3, 1)))
     if B.dtype == C.dtype and B.dtype != torch.float32:
         dbc = dbc.to(B.dtype)
-    return dus.sum(2).view(batch, height, width, dim), ddelta, dbc, small
+    return dus.sum(0).view(batch, height, width, dim), ddelta.permute(1, 2, 0, 3), dbc, small
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -604,7 +611,7 @@ def _(dy, x, delta, A, B, C, D, delta_bias, order, hstart, softplus):
     n_state = A.shape[1]
     small_row, _, _ = _small_layout(A.shape[0], n_state, D is not None, delta_bias is not None)
     bc_dtype = B.dtype if B.dtype == C.dtype and B.dtype != torch.float32 else torch.float32
-    return [torch.empty_like(x), delta.new_empty(delta.shape),
+    return [torch.empty_like(x), delta.new_empty((n_orders, batch, seq_len, dim)).permute(1, 2, 0, 3),
             x.new_empty((2, batch, seq_len, n_orders, n_state), dtype=bc_dtype),
             x.new_empty((small_row,), dtype=torch.float32)]
 
