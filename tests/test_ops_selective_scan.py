@@ -148,18 +148,24 @@ def test_custom_ops_registration(save_states):
                               test_utils=('test_schema', 'test_faketensor'))
 
 
+def _compiled_on_triton(monkeypatch, name):
+    """The public function ``name`` of ``visionattn.ops.selective_scan`` under torch.compile(fullgraph=True) with
+    aot_eager (which traces the backward through the fake implementations), the Triton path taken directly."""
+    import importlib
+    module = importlib.import_module('visionattn.ops.selective_scan')
+    monkeypatch.setattr(module, 'choose_backend', lambda op, backend, tensors, extra=(): 'triton')
+    torch._dynamo.reset()
+    return module, torch.compile(getattr(module, name), backend='aot_eager', fullgraph=True)
+
+
 @pytest.mark.parametrize('grad', [True, False])
 def test_public_op_compiles_fullgraph(monkeypatch, grad):
     """The public op traces with fullgraph=True (aot_eager traces the backward through the fake implementations)
     and gives the reference's output and gradients. The automatic backend choice (ops/checks.py) is outside this
     test: the Triton path is taken directly."""
-    import importlib
-    module = importlib.import_module('visionattn.ops.selective_scan')
-    monkeypatch.setattr(module, 'choose_backend', lambda op, backend, tensors, extra=(): 'triton')
     device = kernel_device()
     inputs = _leaves(make_inputs(2, 6, 37, 3, 2, device=device))
-    torch._dynamo.reset()
-    compiled = torch.compile(module.selective_scan, backend='aot_eager', fullgraph=True)
+    _, compiled = _compiled_on_triton(monkeypatch, 'selective_scan')
     with torch.set_grad_enabled(grad):
         y = compiled(*inputs, delta_softplus=True)
     ref_inputs = _leaves(inputs)
@@ -381,13 +387,9 @@ def test_cross_custom_ops_registration():
 
 
 def test_cross_public_op_compiles_fullgraph(monkeypatch):
-    import importlib
-    module = importlib.import_module('visionattn.ops.selective_scan')
-    monkeypatch.setattr(module, 'choose_backend', lambda op, backend, tensors, extra=(): 'triton')
     device = kernel_device()
     inputs = _leaves(make_cross_inputs(2, 3, 5, 4, 2, device=device))
-    torch._dynamo.reset()
-    compiled = torch.compile(module.cross_selective_scan, backend='aot_eager', fullgraph=True)
+    module, compiled = _compiled_on_triton(monkeypatch, 'cross_selective_scan')
     y = compiled(*inputs, delta_softplus=True, orders='continuous')
     ref_inputs = _leaves(inputs)
     expected = module.cross_selective_scan_ref(*ref_inputs, True, scan_orders(3, 5, 'continuous', device),
