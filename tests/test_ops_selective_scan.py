@@ -438,3 +438,15 @@ def test_tile_overrides_reach_the_plans(monkeypatch):
             outputs.append(kernels._cross_fwd(*inputs, order, True, torch.float32, False)[0])
     assert tiles == [(4, 16), (2, 32)]
     torch.testing.assert_close(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize('orders', ['cross', 'continuous'])
+def test_cross_empty_batch(orders):
+    """A batch of zero maps gives empty outputs and gradients on both paths (no kernel launch)."""
+    x, delta, A, B, C, D, bias = _leaves(make_cross_inputs(0, 3, 4, 5, 1, device=kernel_device()))
+    for backend in ('reference', 'triton'):
+        y = cross_selective_scan(x, delta, A, B, C, D, bias, True, orders, backend=backend)
+        assert y.shape == (0, 3, 4, 5)
+        y.sum().backward()
+        assert x.grad.shape == x.shape and not A.grad.abs().sum()
+        x.grad = A.grad = None

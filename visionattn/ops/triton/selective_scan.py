@@ -360,6 +360,8 @@ def _scan_fwd(views: _Views, A, D, delta_bias, out: torch.Tensor, softplus: bool
     shape = (batch, dim, tiling.n_chunks, tiling.tiles.block_n) if save_states else (0,)
     hstart = torch.empty(shape, device=out.device, dtype=torch.float32)
     u = views.u
+    if not plan.grid[0]:  # an empty batch: nothing to compute, no kernel to compile
+        return last, hstart
     _FWD.launch(plan.slot, plan.grid, (
         u, views.delta, A, views.B, views.C, _or(D, A), _or(views.z, u), _or(delta_bias, A), _or(views.order, A),
         out, hstart if save_states else last, last,
@@ -398,6 +400,8 @@ def _scan_bwd(dout: torch.Tensor, views: _Views, A, D, delta_bias, hstart, softp
     small_row, d_off, bias_off = _small_layout(dim, n_state, D is not None, delta_bias is not None)
     small = torch.empty((batch, small_row), device=du.device, dtype=torch.float32)  # every element stored
     u = views.u
+    if not plan.grid[0]:
+        return small.sum(0)
     _BWD.launch(plan.slot, plan.grid, (
         u, views.delta, A, views.B, views.C, _or(D, A), _or(views.z, u), _or(delta_bias, A), _or(views.order, A),
         dout, hstart, du, ddelta, _or(dz, du), small, acc[0], acc[1],
