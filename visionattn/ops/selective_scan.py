@@ -115,7 +115,8 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     the scan order only decides in which order the steps are taken.
 
     Args:
-        x: [batch, H, W, dim] the map (u, shared by the orders); channels-last memory reads fastest.
+        x: [batch, H, W, dim] the map (u, shared by the orders); the kernels' tiles are laid out for channels-last
+            memory (a step's channels adjacent), other strides are read as they are.
         delta: [batch, H*W, K, dim] each order's step sizes (before bias and softplus), at the map's positions.
         A: [K*dim, N] state matrices, order k's channels at rows k*dim..(k+1)*dim.
         B: [batch, H*W, K, N] input projections of each order, at the map's positions.
