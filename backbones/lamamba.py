@@ -163,7 +163,7 @@ class LaMamba(nn.Module):
         dtype: Data type for the parameters.
     """
     torchscript_unsupported = (
-        'the selective scan runs through visionattn.ops.selective_scan, a Python op that chooses its backend '
+        'the selective scan runs through visionattn.ops.cross_selective_scan, a Python op that chooses its backend '
         '(Triton or the PyTorch reference) at run time; use torch.fx or torch.compile instead')
 
     def __init__(

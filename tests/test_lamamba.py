@@ -311,3 +311,35 @@ def test_flops_tool_counts_scan_and_dense_work():
         model = lamamba_diff_tiny()
     assert tiny['scan_gmacs'] * 1e9 == pytest.approx(model.scan_flops(1))
     assert tiny['dense_gmacs'] > 0 and tiny['layer_norm_g'] > 0
+
+
+@pytest.mark.slow
+def test_small_lamamba_compiles_fullgraph_on_the_triton_path(monkeypatch):
+    """Issue 27: LaMamba compiles for inference and training with fullgraph=True, one graph each and no
+    recompilation at a fixed shape, SS2D's scan inside the graph as the Triton custom op (run by the interpreter on
+    the CPU), and two AdamW steps agree with eager mode (about 2 minutes on 2 CPU cores)."""
+    from test_compile import GraphRecorder, _check_compiled_training
+
+    from visionattn.ops.checks import _interpreting
+    if not _interpreting():
+        pytest.skip('runs the Triton custom op on CPU tensors: needs TRITON_INTERPRET=1')
+    monkeypatch.setenv('VISIONATTN_BACKEND', 'triton')
+    torch.manual_seed(0)
+    model = timm.create_model('lamamba_tiny', depths=(1, 1, 1, 1), dims=(16, 32, 32, 32), num_heads=(1, 2, 2, 2),
+                              window_size=4, num_classes=5)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    recorder = GraphRecorder('eager')
+    compiled = torch.compile(model, backend=recorder, fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        with torch.no_grad():
+            expected = model.eval()(x)
+            for _ in range(2):
+                torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-5)
+        assert len(recorder.graphs) == 1
+        torch._dynamo.reset()
+        recorder = GraphRecorder('aot_eager')
+        compiled = torch.compile(model, backend=recorder, fullgraph=True)
+        _check_compiled_training(model, compiled, x, torch.tensor([1, 3]), tol=1e-3)
+    assert len(recorder.graphs) == 1
+    assert any('cross_selective_scan' in target for target in recorder.targets())
