@@ -8,13 +8,12 @@
 - On a GPU: nat_tiny, dinat_tiny and biformer_s under ``torch.compile(fullgraph=True)`` (inductor, bf16 autocast)
   against eager mode, for inference and an AdamW step.
 """
-import copy
 import os
 
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
+from compile_testing import GraphRecorder, check_compiled_training
 from timm.layers import get_notrace_functions, get_notrace_modules, set_scriptable
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
@@ -39,22 +38,6 @@ NA_PARAMS = [n if n == SMALLEST_NAT else pytest.param(n, marks=pytest.mark.slow)
 
 def _interpreting():
     return os.environ.get('TRITON_INTERPRET') == '1'
-
-
-class GraphRecorder:
-    """A torch.compile backend that keeps the graphs Dynamo hands it and compiles them with ``inner``."""
-
-    def __init__(self, inner='aot_eager'):
-        from torch._dynamo.backends.registry import lookup_backend
-        self.inner = lookup_backend(inner)
-        self.graphs = []
-
-    def __call__(self, gm, example_inputs):
-        self.graphs.append(gm)
-        return self.inner(gm, example_inputs)
-
-    def targets(self):
-        return [str(node.target) for gm in self.graphs for node in gm.graph.nodes if node.op == 'call_function']
 
 
 @pytest.fixture(autouse=True)
@@ -166,33 +149,6 @@ def _small_nat():
                              layer_scale=1., dilations=((2,), (1,), (1,), (1,)), num_classes=5)
 
 
-def _check_compiled_training(model, compiled, x, target, steps=2, tol=1e-4, autocast=None):
-    """``steps`` AdamW steps of ``compiled`` (``model`` compiled) against a copy of ``model`` trained eagerly.
-
-    Each step's loss and gradient (all parameters as one vector, error relative to its norm) must agree within
-    ``tol``, and so must the parameters at the end.
-    """
-    eager = copy.deepcopy(model)
-    optimizers = [torch.optim.AdamW(net.parameters(), lr=1e-3) for net in (model, eager)]
-    model.train()
-    eager.train()
-    for _ in range(steps):
-        losses, grads = [], []
-        for net, params, optimizer in ((compiled, model, optimizers[0]), (eager, eager, optimizers[1])):
-            with autocast() if autocast is not None else torch.autocast('cpu', enabled=False):
-                loss = F.cross_entropy(net(x).float(), target)
-            loss.backward()
-            grads.append(torch.cat([p.grad.float().flatten() for p in params.parameters()]))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
-        assert torch.isfinite(losses[0]) and torch.isfinite(grads[0]).all()
-        torch.testing.assert_close(losses[0], losses[1], rtol=tol, atol=tol)
-        assert (grads[0] - grads[1]).norm() <= tol * grads[1].norm()
-    for (name, p), p_eager in zip(model.named_parameters(), eager.parameters()):
-        torch.testing.assert_close(p, p_eager, rtol=tol, atol=tol, msg=lambda m: f'{name}: {m}')
-
-
 @pytest.mark.backbones
 def test_small_nat_compiles_fullgraph_for_inference_and_training():
     model = _small_nat().eval()
@@ -209,7 +165,7 @@ def test_small_nat_compiles_fullgraph_for_inference_and_training():
         torch._dynamo.reset()  # training is another graph (grad mode is part of the guards)
         recorder = GraphRecorder('aot_eager')
         compiled = torch.compile(model, backend=recorder, fullgraph=True)
-        _check_compiled_training(model, compiled, x, target)
+        check_compiled_training(model, compiled, x, target)
     assert len(recorder.graphs) == 1
 
 
@@ -225,7 +181,7 @@ def test_small_nat_compiles_with_inductor_on_the_triton_path(monkeypatch):
     compiled = torch.compile(model, backend=recorder, fullgraph=True)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch._dynamo.config.patch(error_on_recompile=True):
-        _check_compiled_training(model, compiled, x, torch.tensor([1, 3]), tol=1e-3)
+        check_compiled_training(model, compiled, x, torch.tensor([1, 3]), tol=1e-3)
     assert len(recorder.graphs) == 1
     assert any('visionattn.na_fwd' in t for t in recorder.targets())
 
@@ -240,7 +196,7 @@ def test_registered_model_compiles_fullgraph(name):
     compiled = torch.compile(model, backend=recorder, fullgraph=True)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch._dynamo.config.patch(error_on_recompile=True):
-        _check_compiled_training(model, compiled, x, torch.tensor([1, 3]), tol=1e-3)
+        check_compiled_training(model, compiled, x, torch.tensor([1, 3]), tol=1e-3)
     assert len(recorder.graphs) == 1
 
 
@@ -300,4 +256,4 @@ def test_compiled_model_matches_eager_cuda(name):
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True)
     with torch._dynamo.config.patch(error_on_recompile=True):
-        _check_compiled_training(model, compiled, x, target, tol=5e-3)
+        check_compiled_training(model, compiled, x, target, tol=5e-3)

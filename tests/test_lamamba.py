@@ -5,6 +5,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from compile_testing import GraphRecorder, check_compiled_training
 from timm.models.swin_transformer import SwinTransformerBlock
 from visionattn.heads.diffusion.lamamba_diff import (
     ConditionedLaMambaBlock,
@@ -318,8 +319,6 @@ def test_small_lamamba_compiles_fullgraph_on_the_triton_path(monkeypatch):
     """Issue 27: LaMamba compiles for inference and training with fullgraph=True, one graph each and no
     recompilation at a fixed shape, SS2D's scan inside the graph as the Triton custom op (run by the interpreter on
     the CPU), and two AdamW steps agree with eager mode (about 2 minutes on 2 CPU cores)."""
-    from test_compile import GraphRecorder, _check_compiled_training
-
     from visionattn.ops.checks import _interpreting
     if not _interpreting():
         pytest.skip('runs the Triton custom op on CPU tensors: needs TRITON_INTERPRET=1')
@@ -340,6 +339,6 @@ def test_small_lamamba_compiles_fullgraph_on_the_triton_path(monkeypatch):
         torch._dynamo.reset()
         recorder = GraphRecorder('aot_eager')
         compiled = torch.compile(model, backend=recorder, fullgraph=True)
-        _check_compiled_training(model, compiled, x, torch.tensor([1, 3]), tol=1e-3)
+        check_compiled_training(model, compiled, x, torch.tensor([1, 3]), tol=1e-3)
     assert len(recorder.graphs) == 1
     assert any('cross_selective_scan' in target for target in recorder.targets())
