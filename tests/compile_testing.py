@@ -2,8 +2,17 @@
 against eager training."""
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
+
+from visionattn.ops.checks import _interpreting
+
+
+def skip_unless_interpreting() -> None:
+    """Skip a test that runs a Triton custom op on CPU tensors unless the interpreter is on."""
+    if not _interpreting():
+        pytest.skip('runs the Triton custom op on CPU tensors: needs TRITON_INTERPRET=1')
 
 
 class GraphRecorder:

@@ -8,12 +8,11 @@
 - On a GPU: nat_tiny, dinat_tiny and biformer_s under ``torch.compile(fullgraph=True)`` (inductor, bf16 autocast)
   against eager mode, for inference and an AdamW step.
 """
-import os
 
 import pytest
 import timm
 import torch
-from compile_testing import GraphRecorder, check_compiled_training
+from compile_testing import GraphRecorder, check_compiled_training, skip_unless_interpreting
 from timm.layers import get_notrace_functions, get_notrace_modules, set_scriptable
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
@@ -34,10 +33,6 @@ SMALLEST_NAT = min((n for n in NA_MODELS if family(n) == 'NAT'), key=_params_m)
 # Every registered NA model; all but the smallest NAT under `slow` (DiNAT pads its dilated windows up to 56x56 at any
 # input below 224, so even the smallest costs seconds on a CPU).
 NA_PARAMS = [n if n == SMALLEST_NAT else pytest.param(n, marks=pytest.mark.slow) for n in NA_MODELS]
-
-
-def _interpreting():
-    return os.environ.get('TRITON_INTERPRET') == '1'
 
 
 @pytest.fixture(autouse=True)
@@ -74,8 +69,8 @@ OP_CASES = {
 @pytest.mark.parametrize('path', ['reference', 'triton'])
 @pytest.mark.parametrize('case', list(OP_CASES))
 def test_op_compiles_in_one_graph_without_recompiling(path, case):
-    if path == 'triton' and not _interpreting():
-        pytest.skip('runs the Triton custom op on CPU tensors: needs TRITON_INTERPRET=1')
+    if path == 'triton':
+        skip_unless_interpreting()
     q_shape, dim_v, kwargs, with_rpb = OP_CASES[case]
     heads, n_dim = q_shape[-2], len(q_shape) - 3
     kernel = kwargs['kernel_size']
@@ -173,8 +168,7 @@ def test_small_nat_compiles_fullgraph_for_inference_and_training():
 @pytest.mark.backbones
 def test_small_nat_compiles_with_inductor_on_the_triton_path(monkeypatch):
     """The path a GPU takes (the Triton custom op inside an inductor graph), run by the interpreter on the CPU."""
-    if not _interpreting():
-        pytest.skip('runs the Triton custom op on CPU tensors: needs TRITON_INTERPRET=1')
+    skip_unless_interpreting()
     monkeypatch.setenv('VISIONATTN_BACKEND', 'triton')
     model = _small_nat()
     recorder = GraphRecorder('inductor')

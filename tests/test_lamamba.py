@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from compile_testing import GraphRecorder, check_compiled_training
+from compile_testing import GraphRecorder, check_compiled_training, skip_unless_interpreting
 from timm.models.swin_transformer import SwinTransformerBlock
 from visionattn.heads.diffusion.lamamba_diff import (
     ConditionedLaMambaBlock,
@@ -319,9 +319,7 @@ def test_small_lamamba_compiles_fullgraph_on_the_triton_path(monkeypatch):
     """Issue 27: LaMamba compiles for inference and training with fullgraph=True, one graph each and no
     recompilation at a fixed shape, SS2D's scan inside the graph as the Triton custom op (run by the interpreter on
     the CPU), and two AdamW steps agree with eager mode (about 2 minutes on 2 CPU cores)."""
-    from visionattn.ops.checks import _interpreting
-    if not _interpreting():
-        pytest.skip('runs the Triton custom op on CPU tensors: needs TRITON_INTERPRET=1')
+    skip_unless_interpreting()
     monkeypatch.setenv('VISIONATTN_BACKEND', 'triton')
     torch.manual_seed(0)
     model = timm.create_model('lamamba_tiny', depths=(1, 1, 1, 1), dims=(16, 32, 32, 32), num_heads=(1, 2, 2, 2),

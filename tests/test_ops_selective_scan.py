@@ -450,3 +450,15 @@ def test_cross_empty_batch(orders):
         y.sum().backward()
         assert x.grad.shape == x.shape and not A.grad.abs().sum()
         x.grad = A.grad = None
+
+
+def test_kernels_refuse_a_group_beyond_int32_offsets():
+    """The kernels address rows and steps inside one batch element and group with int32 offsets: a map whose strides
+    reach 2^31 elements within one is refused with its name, shape and strides before any launch (meta tensors: the
+    check needs no memory)."""
+    kernels = _kernels()
+    _, delta, A, B, C, D, bias = (t.to('meta') for t in make_cross_inputs(1, 2, 2, 4, 1))
+    x = torch.empty_strided((1, 2, 2, 4), (0, 2 ** 31, 2 ** 30, 1), device='meta')
+    order = scan_orders(2, 2, 'cross', 'meta')
+    with pytest.raises(ValueError, match=r'one batch element and group of u spans \d+ elements \(shape'):
+        kernels._cross_fwd(x, delta, A, B, C, D, bias, order, True, torch.float32, False)

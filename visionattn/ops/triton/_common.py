@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 __all__ = ['LOG2E', 'LOG2E_C', 'TileConfig', 'unit_last', 'pow2_clamp', 'contiguous_strides', 'flat_grid',
-           'cached_plan', 'check_head_dims']
+           'cached_plan', 'check_head_dims', 'check_int32_span']
 
 LOG2E = 1.4426950408889634
 LOG2E_C = tl.constexpr(LOG2E)
@@ -69,6 +69,17 @@ def flat_grid(programs: int, op: str) -> tuple:
     if programs > MAX_GRID_X:
         raise ValueError(f'{op}: {programs} programs exceed the CUDA grid; split the batch')
     return (programs, 1, 1)
+
+
+def check_int32_span(op: str, name: str, t: torch.Tensor, leading_axes: int = 1, unit: str = 'sample',
+                     hint: str = '') -> None:
+    """Refuse ``t`` when one ``unit`` of it (the axes after the first ``leading_axes``, which the kernels offset with
+    int64) spans 2^31 elements or more: inside it the kernels address elements with int32 offsets, which would wrap
+    silently."""
+    span = 1 + sum((size - 1) * abs(st) for size, st in zip(t.shape[leading_axes:], t.stride()[leading_axes:]))
+    if span >= 2 ** 31:
+        raise ValueError(f'{op}: one {unit} of {name} spans {span} elements (shape {tuple(t.shape)}, strides '
+                         f'{t.stride()}); the Triton kernels take at most 2^31 - 1 per {unit}{hint}')
 
 
 def cached_plan(plans: dict, key: tuple, build, limit: int = 512):

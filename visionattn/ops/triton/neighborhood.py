@@ -34,7 +34,17 @@ import triton
 import triton.language as tl
 
 from ..reference.neighborhood import axis_windows, neighbor_table
-from ._common import LOG2E, LOG2E_C, TileConfig, check_head_dims, contiguous_strides, flat_grid, pow2_clamp, unit_last
+from ._common import (
+    LOG2E,
+    LOG2E_C,
+    TileConfig,
+    check_head_dims,
+    check_int32_span,
+    contiguous_strides,
+    flat_grid,
+    pow2_clamp,
+    unit_last,
+)
 from .launch import Kernel, aligned
 
 __all__ = ['neighborhood_attention_triton', 'na_configs']
@@ -638,7 +648,7 @@ class _Plan:
     def __init__(self, q, k, v, kernel, dilation, stride, causal, has_rpb):
         q_shape, dtype, device, dim_v = tuple(q.shape), q.dtype, q.device, v.shape[-1]
         for name, t in (('q', q), ('k', k), ('v', v)):
-            _check_sample_span(name, t)
+            check_int32_span('neighborhood_attention', name, t, hint=_SPAN_HINT)
         n_dim = len(q_shape) - 3
         pad = 3 - n_dim
         self.n_dim = n_dim
@@ -706,7 +716,7 @@ class _Plan:
         key = (grad_out.stride(), aligned(grad_out))
         entry = self.bwd.get(key)
         if entry is None:
-            _check_sample_span('the output gradient', grad_out)
+            check_int32_span('neighborhood_attention', 'the output gradient', grad_out, hint=_SPAN_HINT)
             do_strides = _strides(grad_out.stride(), self.n_dim)
             dq_strides, dk_strides, dv_strides = (self.grad_strides[i:i + 5] for i in (0, 5, 10))
             dq = (*self.qkv_strides, *self.out_strides, *do_strides, *dq_strides, self.heads, *self.problem,
@@ -764,13 +774,8 @@ class _Plan:
         return self._bias_index
 
 
-def _check_sample_span(name: str, t: torch.Tensor) -> None:
-    # The kernels address the elements of one sample with int32 offsets (the batch offset is int64).
-    span = 1 + sum((size - 1) * abs(st) for size, st in zip(t.shape[1:], t.stride()[1:]))
-    if span >= 2 ** 31:
-        raise ValueError(f'neighborhood_attention: one sample of {name} spans {span} elements (shape '
-                         f'{tuple(t.shape)}, strides {t.stride()}); the Triton kernels take at most 2^31 - 1 per '
-                         "sample: split the spatial axes or the heads, or use backend='reference'")
+# what to do when one sample is too large for the kernels' int32 offsets
+_SPAN_HINT = ": split the spatial axes or the heads, or use backend='reference'"
 
 
 def _strides(st: tuple, n_dim: int) -> tuple:

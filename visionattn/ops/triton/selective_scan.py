@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E_C, TileConfig, cached_plan, flat_grid
+from ._common import LOG2E_C, TileConfig, cached_plan, check_int32_span, flat_grid
 from .launch import Kernel
 from .launch import aligned as _aligned
 
@@ -309,18 +309,12 @@ class _Views(NamedTuple):
         return self.u, self.delta, self.B, self.C, self.z, self.order
 
 
-def _span(t: torch.Tensor) -> int:
-    """The largest element offset of one batch element of a [batch, groups, rows, L] view, groups left out (the
-    kernels address rows and steps with int32 offsets, the batch and the group with int64)."""
-    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape[2:], t.stride()[2:]))
-
-
 def _check_spans(views: _Views, outputs) -> None:
+    # per batch element and group: the kernels offset the batch and the group with int64, rows and steps with int32
     for name, t in (('u', views.u), ('delta', views.delta), ('B', views.B), ('C', views.C), ('z', views.z),
                     *outputs):
-        if t is not None and _span(t) >= 2 ** 31:
-            raise ValueError(f'selective_scan: {name} {tuple(t.shape)} with strides {t.stride()} spans 2^31 elements '
-                             'or more within a batch element and group; the kernels address it with int32 offsets')
+        if t is not None:
+            check_int32_span('selective_scan', name, t, leading_axes=2, unit='batch element and group')
 
 
 class _Plan:

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import TileConfig, cached_plan, flat_grid, pow2_clamp
+from ._common import TileConfig, cached_plan, check_int32_span, flat_grid, pow2_clamp
 from .launch import Kernel
 from .launch import aligned as _aligned
 
@@ -111,20 +111,13 @@ _SUMS = Kernel(_strip_sums_kernel)
 _APPLY = Kernel(_strip_apply_kernel)
 
 
-def _span(t: torch.Tensor) -> int:
-    """The largest element offset inside one image of ``t`` (its first axis is the batch)."""
-    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:]))
-
-
 class _Plan:
     """Tiles (block_m: channels, block_n: the width), grid and launch slot of one call signature (shapes, strides,
     dtypes, alignments)."""
 
     def __init__(self, op: str, batch: int, channels: int, height: int, width: int, tensors, apply: bool):
         for name, t in tensors:
-            if _span(t) >= 2 ** 31:
-                raise ValueError(f'{op}: one image of {name} {tuple(t.shape)} with strides {t.stride()} spans 2^31 '
-                                 f'elements or more; the kernels address an image with int32 offsets')
+            check_int32_span(op, name, t, unit='image')
         block_w = pow2_clamp(width, 1, MAX_TRITON_WIDTH)
         block_c = pow2_clamp(min(TILE_ELEMENTS // block_w, channels), 1, MAX_BLOCK_C)
         self.tiles = TileConfig(block_m=block_c, block_n=block_w, num_warps=4, num_stages=2)
