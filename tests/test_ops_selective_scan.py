@@ -324,9 +324,10 @@ def _check_cross_kernel(batch, height, width, dim, n_state, dtype, orders, with_
     y_kernel = cross_selective_scan(*kernel_inputs, **kwargs, backend='triton')
     assert y_kernel.dtype == (out_dtype or dtype) and y_kernel.shape == (batch, height, width, dim)
     assert_kernel_close(y_kernel, y_same, y_ref, 'y')
-    with torch.no_grad():  # inference: no saved chunk states, same values
-        torch.testing.assert_close(cross_selective_scan(*kernel_inputs, **kwargs, backend='triton'), y_kernel,
-                                   rtol=0, atol=0)
+    with torch.no_grad():  # inference: with state size 1 the merged kernels (cross_scan.py), else no saved states
+        y_infer = cross_selective_scan(*kernel_inputs, **kwargs, backend='triton')
+    assert y_infer.dtype == y_kernel.dtype
+    assert_kernel_close(y_infer, y_same, y_ref, 'y (inference)')
     grad_out = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1)).to(device)
     g_ref = grads(y_ref, ref_inputs, grad_out)
     g_same = grads(y_same, same_inputs, grad_out.to(y_same.dtype))
@@ -371,6 +372,89 @@ def test_cross_kernel_matches_reference_cuda(batch, height, width, dim, n_state,
                         channels_first, out_dtype, device='cuda')
 
 
+def _low_rank(batch, seq_len, dim, rank, dtype=torch.float32, device='cpu', seed=5):
+    """SS2D's step sizes as dts [batch, L, 4, R] and dt_proj [4, dim, R], around softplus' knee."""
+    gen = torch.Generator().manual_seed(seed)
+    low = torch.randn(batch, seq_len, 4, rank, generator=gen)
+    proj = torch.randn(4, dim, rank, generator=gen) * rank ** -0.5
+    return low.to(device, dtype), proj.to(device)
+
+
+MERGED_CASES = [
+    # batch, H, W, dim, orders, low-rank steps (R), D and bias, map dtype, out_dtype, tile overrides
+    (2, 4, 4, 6, 'cross', 0, True, torch.float32, None, {}),  # one tile
+    (1, 8, 12, 5, 'continuous', 3, True, torch.float32, None, {}),  # a 12-column tile padded to 16
+    (2, 7, 7, 3, 'continuous', 2, False, torch.bfloat16, torch.float32, {}),  # force_fp32, 7 of 8 tile rows
+    (1, 8, 8, 4, 'continuous', 0, True, torch.float32, None, dict(segment_h=4, segment_w=2)),  # 2 x 4 tiles
+    (1, 12, 8, 4, 'cross', 2, True, torch.float16, None, dict(segment_h=3, segment_w=4, boundary_chunk=16)),
+]
+
+
+@pytest.mark.parametrize('batch,height,width,dim,orders,rank,with_d,dtype,out_dtype,overrides', MERGED_CASES)
+def test_merged_inference_matches_reference(monkeypatch, batch, height, width, dim, orders, rank, with_d, dtype,
+                                            out_dtype, overrides):
+    """Inference with state size 1 runs the merged kernels (boundary states along each order, then tiles that sum
+    the four orders on chip), with the step projection on chip or read in full: against the reference in fp32 and
+    in the tested dtype, over tilings where segments meet across tiles in both directions."""
+    from visionattn.ops.triton import cross_scan
+    monkeypatch.setattr(cross_scan, 'TILE_OVERRIDES', dict(overrides))
+    launches = []
+    real = cross_scan._TILE.launch
+    monkeypatch.setattr(cross_scan._TILE, 'launch', lambda *a: launches.append(a[3]['TILE_H']) or real(*a))
+    device = kernel_device()
+    x, delta, A, B, C, D, bias = make_cross_inputs(batch, height, width, dim, 1, with_d, with_d, device=device)
+    proj = None
+    if rank:
+        delta, proj = _low_rank(batch, height * width, dim, rank, device=device)
+        bias = None if bias is None else bias - 1.  # steps around softplus' knee
+    args = dict(delta_softplus=True, orders=orders, out_dtype=out_dtype, delta_proj=proj)
+    ref = cross_selective_scan(x, delta, A, B, C, D, bias, backend='reference', **args)
+    low = [t.to(dtype) for t in (x, delta, B, C)]
+    same = cross_selective_scan(low[0], low[1], A, low[2], low[3], D, bias, backend='reference', **args)
+    with torch.no_grad():
+        got = cross_selective_scan(low[0], low[1], A, low[2], low[3], D, bias, backend='triton', **args)
+    assert launches, 'the merged kernels did not run'
+    assert got.dtype == (out_dtype or dtype) and got.shape == x.shape
+    assert_kernel_close(got, same, ref, 'y')
+
+
+def test_merged_inference_falls_back_on_a_prime_side(monkeypatch):
+    """A side with no divisor from MIN_SEGMENT to MAX_SEGMENT (37, a prime) has no tiling: inference runs the orders
+    one by one, with the projection as an einsum, and gives the reference's values."""
+    from visionattn.ops.triton import cross_scan
+    assert cross_scan.tiling(2, 37, 4) is None and cross_scan.tiling(56, 56, 4).seg_h == 14
+    monkeypatch.setattr(cross_scan._TILE, 'launch', lambda *a: pytest.fail('merged kernels on an untileable map'))
+    device = kernel_device()
+    x, _, A, B, C, D, bias = make_cross_inputs(1, 2, 37, 4, 1, device=device)
+    delta, proj = _low_rank(1, 74, 4, 3, device=device)
+    args = dict(delta_softplus=True, orders='cross', delta_proj=proj)
+    with torch.no_grad():
+        got = cross_selective_scan(x, delta, A, B, C, D, bias, backend='triton', **args)
+    torch.testing.assert_close(got, cross_selective_scan(x, delta, A, B, C, D, bias, backend='reference', **args),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_low_rank_steps_train_as_the_einsum():
+    """With delta_proj and autograd, the op projects the steps as SS2D does (an einsum) and runs the training
+    kernels: gradients of the projections and of dt_proj equal the reference's."""
+    device = kernel_device()
+    x, _, A, B, C, D, bias = make_cross_inputs(2, 3, 4, 5, 1, device=device)
+    low, proj = _low_rank(2, 12, 5, 2, device=device)
+    inputs = _leaves([x, low, A, B, C, D, bias, proj])
+    ref_inputs = _leaves(inputs)
+
+    def run(t, backend):
+        return cross_selective_scan(*t[:7], delta_softplus=True, orders='continuous', backend=backend,
+                                    delta_proj=t[7])
+    y, expected = run(inputs, 'triton'), run(ref_inputs, 'reference')
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).to(device)
+    got, want = grads(y, inputs, grad_out), grads(expected, ref_inputs, grad_out)
+    assert got.keys() == want.keys() and 7 in got
+    for i in want:
+        torch.testing.assert_close(got[i], want[i], rtol=1e-4, atol=1e-4, msg=f'grad {i}')
+
+
 def test_cross_custom_ops_registration():
     kernels = _kernels()
     device = kernel_device()
@@ -410,6 +494,9 @@ def test_cross_public_op_compiles_fullgraph(monkeypatch):
     (dict(B=torch.zeros(1, 6, 4, 3)), ValueError, r'B must be \[batch=1, H\*W=6, K=4, N=2\]'),
     (dict(D=torch.zeros(2)), ValueError, r'D must be \[K\*dim=8\]'),
     (dict(out_dtype=torch.int32), TypeError, 'out_dtype must be a floating-point dtype'),
+    (dict(delta_proj=torch.zeros(4, 3, 2)), ValueError, r'delta_proj must be \[K=4, dim=2, R\]'),
+    (dict(delta_proj=torch.zeros(4, 2, 3)), ValueError,
+     r'with delta_proj, delta must be \[batch=1, H\*W=6, K=4, R=3\]'),
     (dict(x=torch.zeros(1, 0, 3, 2), delta=torch.zeros(1, 0, 4, 2), B=torch.zeros(1, 0, 4, 2),
           C=torch.zeros(1, 0, 4, 2)), ValueError, 'the map is empty'),
 ])

@@ -28,10 +28,14 @@ CASES = [
 ]
 
 
-# SS2D's whole scan as LaMamba-Tiny runs it (bf16 map, fp32 output as force_fp32 asks): name, batch, H, W, d_inner
+# SS2D's whole scan as LaMamba-Tiny runs it (bf16 map, fp32 output as force_fp32 asks, ssm_ratio 1, d_state 1,
+# dt_rank ceil(dim / 16)): name, batch, H, W, d_inner. (The seventh session's table used d_inner 192 / 768 at
+# stages 1 / 3, VMamba's ssm_ratio 2.)
 SS2D_CASES = [
-    ('SS2D LaMamba-T stage 1 (56x56, 4 orders x 192 ch, N=1)', 64, 56, 56, 192),
-    ('SS2D LaMamba-T stage 3 (14x14, 4 orders x 768 ch, N=1)', 64, 14, 14, 768),
+    ('SS2D LaMamba-T stage 1 (56x56, 4 orders x 96 ch, N=1)', 64, 56, 56, 96),
+    ('SS2D LaMamba-T stage 2 (28x28, 4 orders x 192 ch, N=1)', 64, 28, 28, 192),
+    ('SS2D LaMamba-T stage 3 (14x14, 4 orders x 384 ch, N=1)', 64, 14, 14, 384),
+    ('SS2D LaMamba-T stage 4 (7x7, 4 orders x 768 ch, N=1)', 64, 7, 7, 768),
 ]
 
 
@@ -70,17 +74,39 @@ def _measure_slow(case: str, impl: str, mode: str, fn, flops: float) -> Row:
 
 
 def _sweep(selective_scan) -> List[Row]:
-    """Forward and forward+backward time of each tile configuration (TILE_OVERRIDES) at two cases."""
+    """Time of each tile configuration: the merged SS2D inference kernels (``cross_scan.TILE_OVERRIDES``) at LaMamba-T's
+    stages 1 and 3, then the order-by-order kernels (``selective_scan.TILE_OVERRIDES``) forward and forward+backward
+    with autograd at SS2D's stage 1 and two plain cases."""
     import itertools
 
     from visionattn.ops import cross_selective_scan
+    from visionattn.ops.triton import cross_scan
     from visionattn.ops.triton import selective_scan as kernels
     rows = []
+    for name, batch, height, width, dim in (SS2D_CASES[0], SS2D_CASES[2]):
+        x, low, A, B, C, D, bias, proj = _ss2d_inputs(batch, height, width, dim)
+        flops = 9 * batch * height * width * 4 * dim
+
+        def infer(x=x, low=low, A=A, B=B, C=C, D=D, bias=bias, proj=proj):
+            with torch.no_grad():
+                return cross_selective_scan(x, low, A, B, C, D, bias, True, 'cross', torch.float32, delta_proj=proj)
+        settings = [dict(tile_elements=t, num_warps=w) for t, w in itertools.product((1024, 2048, 4096), (2, 4, 8))]
+        settings += [dict(boundary_chunk=c, boundary_channels=ch, boundary_warps=w)
+                     for c, ch, w in itertools.product((16, 32, 64, 128), (8, 16, 32), (1, 2, 4))]
+        for setting in settings:
+            cross_scan.TILE_OVERRIDES.clear()
+            cross_scan.TILE_OVERRIDES.update(setting)
+            note = ' '.join(f'{k}={v}' for k, v in setting.items())
+            rows.append(measure(SUITE, name + ' merged', 'sweep', 'fwd no-grad', infer, flops, host=False))
+            rows[-1].note = note
+            print(name, note, f'{rows[-1].ms:.3f} ms', flush=True)
+        cross_scan.TILE_OVERRIDES.clear()
     problems = []
     name, batch, height, width, dim = SS2D_CASES[0]
     ss2d = _ss2d_inputs(batch, height, width, dim)
-    problems.append((name + ' fused orders', ss2d, torch.randn(batch, height, width, dim, device='cuda'),
-                     lambda inputs: cross_selective_scan(*inputs, True, 'cross', torch.float32), 1,
+    problems.append((name + ' order by order', ss2d, torch.randn(batch, height, width, dim, device='cuda'),
+                     lambda inputs: cross_selective_scan(*inputs[:7], True, 'cross', torch.float32,
+                                                         delta_proj=inputs[7]), 1,
                      9 * batch * height * width * 4 * dim))
     for name, batch, dim, seq_len, n_state, groups, with_z in (CASES[0], CASES[-1]):
         problems.append((name, _inputs(batch, dim, seq_len, n_state, groups, with_z),
@@ -99,8 +125,7 @@ def _sweep(selective_scan) -> List[Row]:
             kernels.TILE_OVERRIDES.clear()
             kernels.TILE_OVERRIDES.update(tile_elements=tile, chunk=chunk, num_warps=warps, min_block_n=min_n)
             note = f'tile={tile} chunk={chunk} warps={warps} min_block_n={min_n}'
-            with torch.no_grad():
-                rows.append(measure(SUITE, name, 'sweep', 'fwd', forward, flops, host=False))
+            rows.append(measure(SUITE, name, 'sweep', 'fwd', forward, flops, host=False))  # with autograd
             rows.append(measure(SUITE, name, 'sweep', 'fwd+bwd', train_step, 3 * flops, host=False))
             rows[-2].note = rows[-1].note = note
             print(note, f'{rows[-2].ms:.3f} / {rows[-1].ms:.3f} ms', flush=True)
@@ -109,56 +134,72 @@ def _sweep(selective_scan) -> List[Row]:
 
 
 def _ss2d_inputs(batch, height, width, dim, n_orders=4):
-    """SS2D's scan inputs with d_state 1: the bf16 map, delta, B, C at its positions; fp32 A, D and the bias."""
+    """SS2D's scan inputs with d_state 1: the bf16 map, the step sizes' rank-R projections and B, C as strided
+    slices of one projection [batch, L, 4, R + 2] (as SS2D's x_proj makes them), dt_proj [4, dim, R]; fp32 A, D
+    and the bias."""
     dev, bf16 = 'cuda', torch.bfloat16
-    seq_len = height * width
+    seq_len, rank = height * width, -(-dim // 16)
     x = torch.randn(batch, height, width, dim, device=dev, dtype=bf16, requires_grad=True)
-    delta = (torch.randn(batch, seq_len, n_orders, dim, device=dev) * 0.5 - 4).to(bf16).requires_grad_()
+    x_dbl = (torch.randn(batch, seq_len, n_orders, rank + 2, device=dev) * 0.5).to(bf16)
+    low, B, C = (t.detach().requires_grad_() for t in x_dbl.split([rank, 1, 1], dim=3))
+    proj = (torch.randn(n_orders, dim, rank, device=dev) * rank ** -0.5).requires_grad_()
     A = (-torch.rand(n_orders * dim, 1, device=dev)).requires_grad_()
-    B = torch.randn(batch, seq_len, n_orders, 1, device=dev, dtype=bf16, requires_grad=True)
-    C = torch.randn(batch, seq_len, n_orders, 1, device=dev, dtype=bf16, requires_grad=True)
     D = torch.ones(n_orders * dim, device=dev, requires_grad=True)
-    bias = torch.randn(n_orders * dim, device=dev, requires_grad=True)
-    return [x, delta, A, B, C, D, bias]
+    bias = (torch.randn(n_orders * dim, device=dev) - 4).requires_grad_()
+    return [x, low, A, B, C, D, bias, proj]
 
 
 def _ss2d_rows() -> List[Row]:
-    """SS2D's scan along four orders: the fused op (each order's steps read from the map, outputs summed once)
-    against what SS2D ran before it (issue 27): CrossScan copies, the scan with the orders as groups (inputs cast to
-    fp32 as force_fp32 asked), CrossMerge."""
-    from visionattn.ops import cross_merge, cross_scan, cross_selective_scan, selective_scan
+    """SS2D's scan along four orders, as LaMamba-T runs it. Inference ('fwd no-grad'): the merged kernels
+    (``triton/cross_scan.py``: boundary states, then tiles that sum the orders on chip), with the step projection
+    on chip ('merged, low-rank steps') or read as [B, L, 4, dim] ('merged'), against the order-by-order kernels
+    (each order's output written, then summed). Training ('fwd', 'fwd+bwd'): the op as SS2D calls it (projection
+    einsum, then the order-by-order kernels). The bandwidth floor counts the map, the full step sizes, B and C read
+    once and the merged fp32 output written once."""
+    from visionattn.ops import cross_selective_scan, scan_orders
+    from visionattn.ops.reference.selective_scan import project_steps
+    from visionattn.ops.triton import selective_scan as kernels
     rows = []
     for name, batch, height, width, dim in SS2D_CASES:
         seq_len, n_orders = height * width, 4
         leaves = _ss2d_inputs(batch, height, width, dim)
-        x, delta, A, B, C, D, bias = leaves
+        x, low, A, B, C, D, bias, proj = leaves
+        with torch.no_grad():
+            delta = project_steps(low, proj).to(torch.bfloat16)
+        order = scan_orders(height, width, 'cross', 'cuda')
         grad_out = torch.randn(batch, height, width, dim, device='cuda')
 
-        def fused():
+        def low_rank():
+            return cross_selective_scan(x, low, A, B, C, D, bias, True, 'cross', torch.float32, delta_proj=proj)
+
+        def merged():
             return cross_selective_scan(x, delta, A, B, C, D, bias, True, 'cross', torch.float32)
 
-        def copies():  # the orders made explicit as SS2D did it before (delta, B and C taken in order 0's steps)
-            xs = cross_scan(x.permute(0, 3, 1, 2)).reshape(batch, n_orders * dim, seq_len)
-            dts = delta.permute(0, 2, 3, 1).reshape(batch, n_orders * dim, seq_len)
-            ys = selective_scan(xs.float(), dts, A, B.permute(0, 2, 3, 1).float().contiguous(),
-                                C.permute(0, 2, 3, 1).float().contiguous(), D, delta_bias=bias, delta_softplus=True)
-            return cross_merge(ys.view(batch, n_orders, dim, seq_len), height, width).transpose(1, 2).reshape(
-                batch, height, width, dim)
+        def order_by_order():
+            return kernels._cross_fwd(x, delta, A, B, C, D, bias, order, True, torch.float32, False)[0]
+
+        def train_step():
+            torch.autograd.grad(low_rank(), leaves, grad_out)
         flops = 9 * batch * seq_len * n_orders * dim + batch * n_orders * dim * seq_len
         # read the map once (bf16), delta (bf16), B and C; write the merged output once (fp32)
         min_bytes = batch * seq_len * (dim * 2 + n_orders * dim * 2 + 2 * n_orders * 2 + dim * 4)
-        for impl, forward in (('fused orders', fused), ('copies + scan + merge', copies)):
-            def infer(forward=forward):
-                with torch.no_grad():
-                    return forward()
-
-            def train_step(forward=forward):
-                torch.autograd.grad(forward(), leaves, grad_out)
-            for mode, step, mode_flops, mode_bytes in (('fwd no-grad', infer, flops, min_bytes),
-                                                       ('fwd', forward, flops, min_bytes),
-                                                       ('fwd+bwd', train_step, 3 * flops, 3 * min_bytes)):
-                rows.append(measure(SUITE, name, impl, mode, step, mode_flops, mode_bytes))
-                print(rows[-1], flush=True)
+        steps = [('merged, low-rank steps', 'fwd no-grad', low_rank, flops, min_bytes),
+                 ('merged', 'fwd no-grad', merged, flops, min_bytes),
+                 ('order by order', 'fwd no-grad', order_by_order, flops, min_bytes),
+                 ('order by order (training)', 'fwd', low_rank, flops, min_bytes),
+                 ('order by order (training)', 'fwd+bwd', train_step, 3 * flops, 3 * min_bytes)]
+        with torch.no_grad():
+            got, expected = low_rank(), order_by_order()
+        print(f'{name}: merged vs order by order, max |diff| {(got - expected).abs().max().item():.3e} '
+              f'(max |y| {expected.abs().max().item():.3e})', flush=True)
+        for impl, mode, step, mode_flops, mode_bytes in steps:
+            def run_step(step=step, mode=mode):
+                if mode == 'fwd no-grad':
+                    with torch.no_grad():
+                        return step()
+                return step()
+            rows.append(measure(SUITE, name, impl, mode, run_step, mode_flops, mode_bytes))
+            print(rows[-1], flush=True)
     return rows
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from visionattn.ops import cross_selective_scan, scan_orders
 from visionattn.ops.cache import size_cached
+from visionattn.ops.reference.selective_scan import project_steps
 
 from .norm import LayerNorm
 
@@ -67,15 +68,18 @@ def _ss2d_core(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: to
     # [B, L, K, dt_rank + 2 N]: every order's projections at every position, one matmul
     x_dbl = torch.einsum('bld,kcd->blkc', x.reshape(batch, height * width, dim), x_proj_weight)
     dts, Bs, Cs = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=3)
-    dts = torch.einsum('blkr,kdr->blkd', dts, dt_projs_weight)
     # official forward_type 'v2' runs the scan in fp32 (no 'no32' postfix): its inputs are cast to fp32 (exact, and
     # done by the kernels as they read) and its output and the merge are fp32
     out_dtype = torch.float32 if force_fp32 else x.dtype
     if x.is_meta:  # shapes only (profile.measure): skip the reference's step-by-step loop, which computes nothing
+        project_steps(dts, dt_projs_weight)  # counted where the official code runs it (the op may fuse it)
         return torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    # dt_proj ('blkr,kdr->blkd') is handed to the op: it runs it as an einsum before the scan, or for inference
+    # computes the step sizes inside the kernels, which then read R values per position and order instead of d_inner
     return cross_selective_scan(x, dts, -torch.exp(A_logs.float()), Bs, Cs, Ds.float(),
                                 delta_bias=dt_projs_bias.reshape(-1).float(), delta_softplus=True,
-                                orders='continuous' if continuous else 'cross', out_dtype=out_dtype)
+                                orders='continuous' if continuous else 'cross', out_dtype=out_dtype,
+                                delta_proj=dt_projs_weight)
 
 
 # Opaque to torch.fx: the scan orders depend on the input size and the op chooses its backend at run time.

@@ -15,6 +15,7 @@ from .reference.selective_scan import (
     cross_merge_ref,
     cross_scan_ref,
     cross_selective_scan_ref,
+    project_steps,
     scan_orders,
     selective_scan_ref,
 )
@@ -106,7 +107,7 @@ _ORDER_KINDS = ('cross', 'continuous')
 def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                          D: Optional[torch.Tensor] = None, delta_bias: Optional[torch.Tensor] = None,
                          delta_softplus: bool = False, orders: str = 'cross', out_dtype: Optional[torch.dtype] = None,
-                         backend: Optional[str] = None) -> torch.Tensor:
+                         backend: Optional[str] = None, delta_proj: Optional[torch.Tensor] = None) -> torch.Tensor:
     """SS2D's scan (VMamba, arXiv 2401.10166): the map scanned along K = 4 orders, each order's output mapped back to
     its positions and the four summed. Equal to ``cross_scan`` -> :func:`selective_scan` (the K orders as K groups of
     channels) -> ``cross_merge``, without materialising the reordered copies.
@@ -117,7 +118,8 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     Args:
         x: [batch, H, W, dim] the map (u, shared by the orders); the kernels' tiles are laid out for channels-last
             memory (a step's channels adjacent), other strides are read as they are.
-        delta: [batch, H*W, K, dim] each order's step sizes (before bias and softplus), at the map's positions.
+        delta: [batch, H*W, K, dim] each order's step sizes (before bias and softplus), at the map's positions; with
+            ``delta_proj``, [batch, H*W, K, R] their rank-R projections (SS2D's ``dts`` before ``dt_proj``).
         A: [K*dim, N] state matrices, order k's channels at rows k*dim..(k+1)*dim.
         B: [batch, H*W, K, N] input projections of each order, at the map's positions.
         C: Output projections, shaped as B.
@@ -129,6 +131,10 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
         out_dtype: dtype of the scan's output and of the sum (default x's). VMamba's ``force_fp32`` is
             ``out_dtype=torch.float32``: its scan then reads u in fp32, which a bf16 or fp16 x gives exactly.
         backend: None (auto), 'reference' or 'triton'.
+        delta_proj: [K, dim, R] SS2D's low-rank step projection (``dt_projs_weight``), or None: the step sizes are
+            then ``einsum('blkr,kdr->blkd', delta, delta_proj)``. For inference with state size 1 the kernels compute
+            them on chip (in fp32) instead of reading [batch, H*W, K, dim] of them; otherwise the einsum runs first,
+            as SS2D runs it.
 
     Returns:
         [batch, H, W, dim] in ``out_dtype``.
@@ -141,7 +147,13 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     seq_len, n_orders = height * width, 4
     if seq_len == 0 or dim == 0:
         raise ValueError(f'the map is empty: x is {list(x.shape)}')
-    if delta.shape != (batch, seq_len, n_orders, dim):
+    if delta_proj is not None:
+        if delta_proj.dim() != 3 or delta_proj.shape[:2] != (n_orders, dim):
+            raise ValueError(f'delta_proj must be [K={n_orders}, dim={dim}, R], got {list(delta_proj.shape)}')
+        if delta.shape != (batch, seq_len, n_orders, delta_proj.shape[2]):
+            raise ValueError(f'with delta_proj, delta must be [batch={batch}, H*W={seq_len}, K={n_orders}, '
+                             f'R={delta_proj.shape[2]}], got {list(delta.shape)}')
+    elif delta.shape != (batch, seq_len, n_orders, dim):
         raise ValueError(f'delta must be [batch={batch}, H*W={seq_len}, K={n_orders}, dim={dim}], '
                          f'got {list(delta.shape)}')
     if A.dim() != 2 or A.shape[0] != n_orders * dim:
@@ -158,15 +170,18 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     out_dtype = x.dtype if out_dtype is None else out_dtype
     if not out_dtype.is_floating_point:
         raise TypeError(f'out_dtype must be a floating-point dtype, got {out_dtype}')
-    tensors = (x, delta, A, B, C, D, delta_bias)
+    tensors = (x, delta, A, B, C, D, delta_bias, delta_proj)
     _check_inputs('cross_selective_scan', tensors)
     chosen = choose_backend('cross_selective_scan', backend, tensors)
     path = scan_orders(height, width, orders, x.device) if torch.compiler.is_compiling() else \
         _cached_orders(height, width, orders, x.device)
     if chosen == 'reference':
+        if delta_proj is not None:
+            delta = project_steps(delta, delta_proj)
         return cross_selective_scan_ref(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), path, out_dtype)
     from .triton.selective_scan import cross_selective_scan_triton
-    return cross_selective_scan_triton(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), path, out_dtype)
+    return cross_selective_scan_triton(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), path, out_dtype,
+                                       orders, delta_proj)
 
 
 # the orders of a size, built once (eager): outside inference mode and autograd, so that an inference call's serve

@@ -93,6 +93,12 @@ def scan_orders(height: int, width: int, kind: str, device=None) -> torch.Tensor
     return torch.stack([path_top.flatten(), path_bottom.flatten(), path_left.flatten(), path_right.flatten()])
 
 
+def project_steps(low: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """SS2D's step sizes from their rank-R projections: [batch, L, K, R] x [K, dim, R] -> [batch, L, K, dim]
+    (VMamba's ``dt_projs``, one matmul per order), in the projections' dtype as autocast would run it."""
+    return torch.einsum('blkr,kdr->blkd', low, proj.to(low.dtype))
+
+
 def cross_selective_scan_ref(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                              D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_softplus: bool,
                              orders: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
