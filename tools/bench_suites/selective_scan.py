@@ -90,16 +90,23 @@ def _sweep(selective_scan) -> List[Row]:
         def infer(x=x, low=low, A=A, B=B, C=C, D=D, bias=bias, proj=proj):
             with torch.no_grad():
                 return cross_selective_scan(x, low, A, B, C, D, bias, True, 'cross', torch.float32, delta_proj=proj)
-        settings = [dict(tile_elements=t, num_warps=w) for t, w in itertools.product((1024, 2048, 4096), (2, 4, 8))]
+        leaves = (x, low, A, B, C, D, bias, proj)
+        grad_out = torch.randn(x.shape, device='cuda')
+
+        def train_step(leaves=leaves, grad_out=grad_out):
+            torch.autograd.grad(cross_selective_scan(*leaves[:7], True, 'cross', torch.float32,
+                                                     delta_proj=leaves[7]), leaves, grad_out)
+        settings = [dict(tile_elements=t, num_warps=w) for t, w in itertools.product((1024, 2048, 4096), (4, 8))]
         settings += [dict(boundary_chunk=c, boundary_channels=ch, boundary_warps=w)
-                     for c, ch, w in itertools.product((16, 32, 64, 128), (8, 16, 32), (1, 2, 4))]
+                     for c, ch, w in itertools.product((32, 64), (16, 32), (2, 4))]
         for setting in settings:
             cross_scan.TILE_OVERRIDES.clear()
             cross_scan.TILE_OVERRIDES.update(setting)
             note = ' '.join(f'{k}={v}' for k, v in setting.items())
             rows.append(measure(SUITE, name + ' merged', 'sweep', 'fwd no-grad', infer, flops, host=False))
-            rows[-1].note = note
-            print(name, note, f'{rows[-1].ms:.3f} ms', flush=True)
+            rows.append(measure(SUITE, name + ' merged', 'sweep', 'fwd+bwd', train_step, 3 * flops, host=False))
+            rows[-2].note = rows[-1].note = note
+            print(name, note, f'{rows[-2].ms:.3f} / {rows[-1].ms:.3f} ms', flush=True)
         cross_scan.TILE_OVERRIDES.clear()
     problems = []
     name, batch, height, width, dim = SS2D_CASES[0]
@@ -153,9 +160,10 @@ def _ss2d_rows() -> List[Row]:
     """SS2D's scan along four orders, as LaMamba-T runs it. Inference ('fwd no-grad'): the merged kernels
     (``triton/cross_scan.py``: boundary states, then tiles that sum the orders on chip), with the step projection
     on chip ('merged, low-rank steps') or read as [B, L, 4, dim] ('merged'), against the order-by-order kernels
-    (each order's output written, then summed). Training ('fwd', 'fwd+bwd'): the op as SS2D calls it (projection
-    einsum, then the order-by-order kernels). The bandwidth floor counts the map, the full step sizes, B and C read
-    once and the merged fp32 output written once."""
+    (each order's output written, then summed). Training ('fwd', 'fwd+bwd' with autograd): the merged kernels and
+    their backward, against what SS2D ran before them (the projection einsum, then the order-by-order kernels). The
+    bandwidth floor counts the map, the full step sizes, B and C read once and the merged fp32 output written
+    once (three times that for forward+backward)."""
     from visionattn.ops import cross_selective_scan, scan_orders
     from visionattn.ops.reference.selective_scan import project_steps
     from visionattn.ops.triton import selective_scan as kernels
@@ -180,14 +188,23 @@ def _ss2d_rows() -> List[Row]:
 
         def train_step():
             torch.autograd.grad(low_rank(), leaves, grad_out)
+
+        def einsum_order_by_order():  # the training path before the merged backward: SS2D's einsum, then the kernels
+            return kernels._CrossScanFn.apply(x, project_steps(low, proj), A, B, C, D, bias, order, True,
+                                              torch.float32)
+
+        def einsum_train_step():
+            torch.autograd.grad(einsum_order_by_order(), leaves, grad_out)
         flops = 9 * batch * seq_len * n_orders * dim + batch * n_orders * dim * seq_len
         # read the map once (bf16), delta (bf16), B and C; write the merged output once (fp32)
         min_bytes = batch * seq_len * (dim * 2 + n_orders * dim * 2 + 2 * n_orders * 2 + dim * 4)
         steps = [('merged, low-rank steps', 'fwd no-grad', low_rank, flops, min_bytes),
                  ('merged', 'fwd no-grad', merged, flops, min_bytes),
                  ('order by order', 'fwd no-grad', order_by_order, flops, min_bytes),
-                 ('order by order (training)', 'fwd', low_rank, flops, min_bytes),
-                 ('order by order (training)', 'fwd+bwd', train_step, 3 * flops, 3 * min_bytes)]
+                 ('merged, low-rank steps', 'fwd', low_rank, flops, min_bytes),
+                 ('merged, low-rank steps', 'fwd+bwd', train_step, 3 * flops, 3 * min_bytes),
+                 ('einsum + order by order', 'fwd', einsum_order_by_order, flops, min_bytes),
+                 ('einsum + order by order', 'fwd+bwd', einsum_train_step, 3 * flops, 3 * min_bytes)]
         with torch.no_grad():
             got, expected = low_rank(), order_by_order()
         print(f'{name}: merged vs order by order, max |diff| {(got - expected).abs().max().item():.3e} '

@@ -673,12 +673,17 @@ def cross_selective_scan_triton(x: torch.Tensor, delta: torch.Tensor, A: torch.T
     :func:`visionattn.ops.cross_selective_scan`)."""
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias, delta_proj))
-    if not needs_grad and not torch.compiler.is_compiling():
-        return _cross_infer(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, kind, delta_proj)
-    if delta_proj is not None:  # training (and compiled calls): the projection as SS2D runs it, differentiable
+    if not torch.compiler.is_compiling() and A.shape[1] == 1:  # the orders merged on chip, where the map allows
+        y = merged_cross_scan(x, delta, A, B, C, D, delta_bias, softplus, order, kind, out_dtype, delta_proj,
+                              needs_grad)
+        if y is not None:
+            return y
+    if delta_proj is not None:  # the projection as SS2D runs it (an einsum), differentiable
         delta = project_steps(delta, delta_proj)
     if torch.compiler.is_compiling():
         return _cross_fwd_op(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, needs_grad, kind)[0]
+    if not needs_grad:
+        return _cross_fwd(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, False)[0]
     return _CrossScanFn.apply(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype)
 
 
