@@ -391,31 +391,48 @@ MERGED_CASES = [
 
 
 @pytest.mark.parametrize('batch,height,width,dim,orders,rank,with_d,dtype,out_dtype,overrides', MERGED_CASES)
-def test_merged_inference_matches_reference(monkeypatch, batch, height, width, dim, orders, rank, with_d, dtype,
-                                            out_dtype, overrides):
-    """Inference with state size 1 runs the merged kernels (boundary states along each order, then tiles that sum
-    the four orders on chip), with the step projection on chip or read in full: against the reference in fp32 and
-    in the tested dtype, over tilings where segments meet across tiles in both directions."""
+def test_merged_kernels_match_reference(monkeypatch, batch, height, width, dim, orders, rank, with_d, dtype,
+                                        out_dtype, overrides):
+    """State size 1 runs the merged kernels (boundary states along each order, then tiles that sum the four orders
+    on chip; the adjoint likewise), with the step projection on chip or the steps read in full: output (inference
+    and training) and every gradient against the reference in fp32 and in the tested dtype, over tilings where
+    segments meet across tiles in both directions."""
     from visionattn.ops.triton import cross_scan
     monkeypatch.setattr(cross_scan, 'TILE_OVERRIDES', dict(overrides))
     launches = []
-    real = cross_scan._TILE.launch
-    monkeypatch.setattr(cross_scan._TILE, 'launch', lambda *a: launches.append(a[3]['TILE_H']) or real(*a))
+    real = cross_scan._TILE_BWD.launch
+    monkeypatch.setattr(cross_scan._TILE_BWD, 'launch', lambda *a: launches.append(a[3]['TILE_H']) or real(*a))
     device = kernel_device()
     x, delta, A, B, C, D, bias = make_cross_inputs(batch, height, width, dim, 1, with_d, with_d, device=device)
     proj = None
     if rank:
         delta, proj = _low_rank(batch, height * width, dim, rank, device=device)
         bias = None if bias is None else bias - 1.  # steps around softplus' knee
-    args = dict(delta_softplus=True, orders=orders, out_dtype=out_dtype, delta_proj=proj)
-    ref = cross_selective_scan(x, delta, A, B, C, D, bias, backend='reference', **args)
-    low = [t.to(dtype) for t in (x, delta, B, C)]
-    same = cross_selective_scan(low[0], low[1], A, low[2], low[3], D, bias, backend='reference', **args)
+    base = [x, delta, A, B, C, D, bias, proj]
+    low = [t.to(dtype) if i in (0, 1, 3, 4) else t for i, t in enumerate(base)]
+    args = dict(delta_softplus=True, orders=orders, out_dtype=out_dtype)
+
+    def run(t, backend):
+        return cross_selective_scan(*t[:7], backend=backend, delta_proj=t[7], **args)
+    ref_inputs, same_inputs, kernel_inputs = _leaves(base), _leaves(low), _leaves(low)
+    y_ref, y_same, y_kernel = run(ref_inputs, 'reference'), run(same_inputs, 'reference'), run(kernel_inputs, 'triton')
     with torch.no_grad():
-        got = cross_selective_scan(low[0], low[1], A, low[2], low[3], D, bias, backend='triton', **args)
-    assert launches, 'the merged kernels did not run'
-    assert got.dtype == (out_dtype or dtype) and got.shape == x.shape
-    assert_kernel_close(got, same, ref, 'y')
+        y_infer = run(kernel_inputs, 'triton')
+    for got, what in ((y_kernel, 'y'), (y_infer, 'y (inference)')):
+        assert got.dtype == (out_dtype or dtype) and got.shape == x.shape
+        assert_kernel_close(got, y_same, y_ref, what)
+    grad_out = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    g_ref = grads(y_ref, ref_inputs, grad_out)
+    g_same = grads(y_same, same_inputs, grad_out.to(y_same.dtype))
+    g_kernel = grads(y_kernel, kernel_inputs, grad_out.to(y_kernel.dtype))
+    assert launches, 'the merged backward did not run'
+    assert g_kernel.keys() == g_ref.keys()
+    for i in g_ref:
+        assert g_kernel[i].dtype == kernel_inputs[i].dtype and g_kernel[i].shape == kernel_inputs[i].shape
+        # plus one rounding of the gradient to its dtype (the kernels sum in fp32 and cast once)
+        eps = 1e-5 if kernel_inputs[i].dtype == torch.float32 else torch.finfo(kernel_inputs[i].dtype).eps
+        atol = eps * max(1.0, g_ref[i].abs().max().item())
+        assert_kernel_close(g_kernel[i], g_same[i], g_ref[i], f'grad {i}', atol=atol)
 
 
 def test_merged_inference_falls_back_on_a_prime_side(monkeypatch):
@@ -484,6 +501,50 @@ def test_cross_public_op_compiles_fullgraph(monkeypatch):
     assert got.keys() == want.keys()
     for i in want:
         torch.testing.assert_close(got[i], want[i], rtol=1e-4, atol=1e-4, msg=CROSS_NAMES[i])
+
+
+def test_merged_custom_ops_registration():
+    """The merged kernels' custom ops (torch.compile's path): schema, fake implementations (shapes and strides of
+    every output, optional inputs absent or present) and autograd registration."""
+    from visionattn.ops.triton import cross_scan
+    device = kernel_device()
+    x, _, A, B, C, D, bias = _leaves(make_cross_inputs(1, 4, 6, 3, 1, device=device))
+    low, proj = (t.requires_grad_() for t in _low_rank(1, 24, 3, 2, device=device))
+    order = scan_orders(4, 6, 'continuous', device)
+    for D_, bias_ in ((D, bias), (None, None)):
+        args = (x, low, A, B, C, D_, bias_, proj, order, 'continuous', True, torch.float32)
+        torch.library.opcheck(cross_scan._merged_fwd_op, args,
+                              test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
+        _, bstate = cross_scan._merged_fwd_op(*args)
+        torch.library.opcheck(cross_scan._merged_bwd_op,
+                              (torch.randn(x.shape, device=device), *args[:10], True, bstate),
+                              test_utils=('test_schema', 'test_faketensor'))
+
+
+@pytest.mark.parametrize('orders', ['cross', 'continuous'])
+def test_merged_public_op_compiles_fullgraph(monkeypatch, orders):
+    """State size 1 under torch.compile(fullgraph=True): the merged kernels' custom ops in the graph, the output
+    and every gradient (the step projection's included) equal to the reference."""
+    from visionattn.ops.triton import cross_scan
+    called = []
+    real = cross_scan.merged_forward
+    monkeypatch.setattr(cross_scan, 'merged_forward', lambda *a: called.append(1) or real(*a))
+    device = kernel_device()
+    x, _, A, B, C, D, bias = make_cross_inputs(2, 4, 6, 3, 1, device=device)
+    low, proj = _low_rank(2, 24, 3, 2, device=device)
+    inputs = _leaves([x, low, A, B, C, D, bias - 1., proj])
+    module, compiled = _compiled_on_triton(monkeypatch, 'cross_selective_scan')
+    y = compiled(*inputs[:7], delta_softplus=True, orders=orders, delta_proj=inputs[7])
+    assert called, 'the merged kernels did not run'
+    ref_inputs = _leaves(inputs)
+    expected = cross_selective_scan(*ref_inputs[:7], delta_softplus=True, orders=orders, backend='reference',
+                                    delta_proj=ref_inputs[7])
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(device)
+    got, want = grads(y, inputs, grad_out), grads(expected, ref_inputs, grad_out)
+    assert got.keys() == want.keys()
+    for i in want:
+        torch.testing.assert_close(got[i], want[i], rtol=1e-4, atol=1e-4, msg=f'grad {i}')
 
 
 @pytest.mark.parametrize('bad,error,match', [

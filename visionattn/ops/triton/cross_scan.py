@@ -24,7 +24,7 @@ Used for inference (no autograd) when the state size is 1 and each side of the m
 reasonable tile; otherwise the order-by-order kernels run.
 """
 import functools
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -443,6 +443,8 @@ def _cached_tiling(height: int, width: int, dim: int, overrides: tuple) -> Optio
 
 def tiling(height: int, width: int, dim: int) -> Optional[_Tiling]:
     """The segments and tiles of a map, or None when a side has no suitable segment length."""
+    if torch.compiler.is_compiling() or not all(type(v) is int for v in (height, width, dim)):  # traced: uncached
+        return _cached_tiling.__wrapped__(height, width, dim, tuple(sorted(TILE_OVERRIDES.items())))
     return _cached_tiling(height, width, dim, tuple(sorted(TILE_OVERRIDES.items())))
 
 
@@ -577,8 +579,9 @@ def _small_layout(dim: int, has_bias: bool, has_d: bool, rank: int, has_proj: bo
 
 def merged_backward(dy, x, delta, A, B, C, D, delta_bias, softplus: bool, order, kind: str, delta_proj, bstate,
                     tiles: _Tiling):
-    """Gradients of the merged scan: dx, d(delta) (or of the projections), dA, dB, dC, dD, d(bias), d(dt_proj),
-    each in its input's dtype and shape (None for absent inputs)."""
+    """Gradients of the merged scan as the kernels leave them: dx, d(delta) (or of the projections) in its input's
+    dtype, dB and dC together (fp32 [2, batch, L, 4]) and the per-channel sums (fp32, see ``_small_layout``);
+    ``split_grads`` makes the rest into the inputs' gradients."""
     batch, height, width, dim = x.shape
     seq_len = height * width
     p = _Problem.of(x, delta, A, B, C, D, delta_bias, delta_proj)
@@ -609,14 +612,78 @@ def merged_backward(dy, x, delta, A, B, C, D, delta_bias, softplus: bool, order,
             plan.n_seg, p.rank, batch * seq_len * 4, small_row, bias_off, skip_off, proj_off),
             dict(flags, HAS_D=D is not None, TILE_H=tiles.tile_h, TILE_W=tiles.tile_w, BLOCK_D=tiles.block_d),
             tiles.num_warps, None)
-    sums = small.sum(0)
+    return dx, ddelta.to(delta.dtype), dbc, small.sum(0)
+
+
+def split_grads(dbc, sums, A, B, C, D, delta_bias, delta_proj):
+    """dA, dB, dC, dD, d(bias), d(dt_proj) in their inputs' dtypes and shapes (None for absent inputs)."""
+    dim = A.shape[0] // 4
+    _, bias_off, skip_off, proj_off = _small_layout(dim, delta_bias is not None, D is not None,
+                                                    delta_proj.shape[2] if delta_proj is not None else 1,
+                                                    delta_proj is not None)
     dA = sums[:4 * dim].view(A.shape).to(A.dtype)
     dbias = sums[bias_off:bias_off + 4 * dim].to(delta_bias.dtype) if delta_bias is not None else None
     dD = sums[skip_off:skip_off + dim].repeat(4).to(D.dtype) if D is not None else None
     dproj = sums[proj_off:].view(delta_proj.shape).to(delta_proj.dtype) if delta_proj is not None else None
-    dB = dbc[0].view(B.shape).to(B.dtype)
-    dC = dbc[1].view(C.shape).to(C.dtype)
-    return dx, ddelta.to(delta.dtype), dA, dB, dC, dD, dbias, dproj
+    return dA, dbc[0].view(B.shape).to(B.dtype), dbc[1].view(C.shape).to(C.dtype), dD, dbias, dproj
+
+
+# custom ops: the merged kernels inside torch.compile graphs (fake implementations give the shapes)
+
+
+@torch.library.custom_op('visionattn::merged_cross_scan_fwd', mutates_args=())
+def _merged_fwd_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], delta_proj: Optional[torch.Tensor],
+                   order: torch.Tensor, kind: str, softplus: bool, out_dtype: torch.dtype
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+    return merged_forward(x, delta, A, B, C, D, delta_bias, softplus, order, kind, out_dtype, delta_proj,
+                          tiling(*x.shape[1:]))
+
+
+@_merged_fwd_op.register_fake
+def _(x, delta, A, B, C, D, delta_bias, delta_proj, order, kind, softplus, out_dtype):
+    batch, height, width, dim = x.shape
+    tiles = tiling(height, width, dim)
+    n_seg = height * width // min(tiles.seg_h, tiles.seg_w)
+    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty((batch, 4, n_seg, dim), dtype=torch.float32)
+
+
+@torch.library.custom_op('visionattn::merged_cross_scan_bwd', mutates_args=())
+def _merged_bwd_op(dy: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                   C: torch.Tensor, D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                   delta_proj: Optional[torch.Tensor], order: torch.Tensor, kind: str, softplus: bool,
+                   bstate: torch.Tensor) -> List[torch.Tensor]:
+    dx, ddelta, dbc, sums = merged_backward(dy, x, delta, A, B, C, D, delta_bias, softplus, order, kind, delta_proj,
+                                            bstate, tiling(*x.shape[1:]))
+    return [dx, ddelta, dbc, sums]
+
+
+@_merged_bwd_op.register_fake
+def _(dy, x, delta, A, B, C, D, delta_bias, delta_proj, order, kind, softplus, bstate):
+    batch, height, width, dim = x.shape
+    rank = delta_proj.shape[2] if delta_proj is not None else 1
+    small_row, _, _, _ = _small_layout(dim, delta_bias is not None, D is not None, rank, delta_proj is not None)
+    f32 = dict(dtype=torch.float32)
+    return [x.new_empty(x.shape), delta.new_empty(delta.shape), x.new_empty((2, batch, height * width, 4), **f32),
+            x.new_empty((small_row,), **f32)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, delta, A, B, C, D, delta_bias, delta_proj, order, kind, softplus, _ = inputs
+    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, delta_proj, order, output[1])
+    ctx.kind, ctx.softplus = kind, softplus
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward(ctx, dy, _):
+    x, delta, A, B, C, D, delta_bias, delta_proj, order, bstate = ctx.saved_tensors
+    dx, ddelta, dbc, sums = _merged_bwd_op(dy, x, delta, A, B, C, D, delta_bias, delta_proj, order, ctx.kind,
+                                           ctx.softplus, bstate)
+    dA, dB, dC, dD, dbias, dproj = split_grads(dbc, sums, A, B, C, D, delta_bias, delta_proj)
+    return dx, ddelta, dA, dB, dC, dD, dbias, dproj, None, None, None, None
+
+
+_merged_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _MergedCrossScan(torch.autograd.Function):
@@ -631,9 +698,10 @@ class _MergedCrossScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, delta, A, B, C, D, delta_bias, delta_proj, order, bstate = ctx.saved_tensors
-        grads = merged_backward(dy, x, delta, A, B, C, D, delta_bias, ctx.softplus, order, ctx.kind, delta_proj,
-                                bstate, ctx.tiles)
-        return (*grads[:7], grads[7], None, None, None, None, None)
+        dx, ddelta, dbc, sums = merged_backward(dy, x, delta, A, B, C, D, delta_bias, ctx.softplus, order, ctx.kind,
+                                                delta_proj, bstate, ctx.tiles)
+        dA, dB, dC, dD, dbias, dproj = split_grads(dbc, sums, A, B, C, D, delta_bias, delta_proj)
+        return dx, ddelta, dA, dB, dC, dD, dbias, dproj, None, None, None, None, None
 
 
 def merged_cross_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -648,6 +716,8 @@ def merged_cross_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
     tiles = tiling(height, width, dim)
     if tiles is None:
         return None
+    if torch.compiler.is_compiling():  # through the custom ops (eager: a plain autograd.Function, less host time)
+        return _merged_fwd_op(x, delta, A, B, C, D, delta_bias, delta_proj, order, kind, softplus, out_dtype)[0]
     if needs_grad:
         return _MergedCrossScan.apply(x, delta, A, B, C, D, delta_bias, delta_proj, order, kind, softplus, out_dtype,
                                       tiles)

@@ -673,7 +673,7 @@ def cross_selective_scan_triton(x: torch.Tensor, delta: torch.Tensor, A: torch.T
     :func:`visionattn.ops.cross_selective_scan`)."""
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias, delta_proj))
-    if not torch.compiler.is_compiling() and A.shape[1] == 1:  # the orders merged on chip, where the map allows
+    if A.shape[1] == 1:  # the orders merged on chip, where the map allows
         y = merged_cross_scan(x, delta, A, B, C, D, delta_bias, softplus, order, kind, out_dtype, delta_proj,
                               needs_grad)
         if y is not None:
