@@ -317,8 +317,8 @@ def test_flops_tool_counts_scan_and_dense_work():
 @pytest.mark.slow
 def test_small_lamamba_compiles_fullgraph_on_the_triton_path(monkeypatch):
     """Issue 27: LaMamba compiles for inference and training with fullgraph=True, one graph each and no
-    recompilation at a fixed shape, SS2D's scan inside the graph as the Triton custom op (run by the interpreter on
-    the CPU), and two AdamW steps agree with eager mode (about 2 minutes on 2 CPU cores)."""
+    recompilation at a fixed shape, SS2D's scan inside the graph as the merged kernels' custom op (run by the
+    interpreter on the CPU), and two AdamW steps agree with eager mode (about 2 minutes on 2 CPU cores)."""
     skip_unless_interpreting()
     monkeypatch.setenv('VISIONATTN_BACKEND', 'triton')
     torch.manual_seed(0)
@@ -339,4 +339,4 @@ def test_small_lamamba_compiles_fullgraph_on_the_triton_path(monkeypatch):
         compiled = torch.compile(model, backend=recorder, fullgraph=True)
         check_compiled_training(model, compiled, x, torch.tensor([1, 3]), tol=1e-3)
     assert len(recorder.graphs) == 1
-    assert any('cross_selective_scan' in target for target in recorder.targets())
+    assert any('merged_cross_scan' in target for target in recorder.targets())  # the merged kernels' custom op
