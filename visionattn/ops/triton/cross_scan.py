@@ -245,12 +245,10 @@ def _order_forward(u, pos, p_ok, m, rows, cols, r_ok, c_ok, height, width, ti, t
 
 
 @triton.jit
-def _tile_kernel(X, DELTA, PROJ, A, BM, CM, DSKIP, DBIAS, BSTATE, OUT,
-                 sx_b, sx_l, sx_d, sdt_b, sdt_l, sdt_k, sdt_d, sb_b, sb_l, sb_k, sc_b, sc_l, sc_k,
-                 sp_k, sp_d, sp_r, so_b, so_l, so_d,
-                 height, width, dim, n_dblocks, seg_h, seg_w, n_th, n_tw, n_seg, proj_rank,
-                 SPECS: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 SOFTPLUS: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_D: tl.constexpr):
+def _tile_of(n_dblocks, n_th, n_tw, seg_h, seg_w, width, dim, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+             BLOCK_D: tl.constexpr):
+    """This program's tile: batch element, tile row and column, the tile's rows, columns and channels with their
+    masks, positions [TILE_H, TILE_W] and the [TILE_H, TILE_W, BLOCK_D] mask (channel blocks vary fastest)."""
     pid = tl.program_id(0)
     d_block = pid % n_dblocks
     tile = pid // n_dblocks
@@ -263,10 +261,21 @@ def _tile_kernel(X, DELTA, PROJ, A, BM, CM, DSKIP, DBIAS, BSTATE, OUT,
     c_ok = tl.arange(0, TILE_W) < seg_w
     d = d_block * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = d < dim
-    pos = rows[:, None] * width + cols[None, :]  # [TILE_H, TILE_W]
+    pos = rows[:, None] * width + cols[None, :]
     p_ok = r_ok[:, None] & c_ok[None, :]
+    return b, ti, tj, rows, cols, r_ok, c_ok, d, d_ok, pos, p_ok, p_ok[:, :, None] & d_ok[None, None, :]
+
+
+@triton.jit
+def _tile_kernel(X, DELTA, PROJ, A, BM, CM, DSKIP, DBIAS, BSTATE, OUT,
+                 sx_b, sx_l, sx_d, sdt_b, sdt_l, sdt_k, sdt_d, sb_b, sb_l, sb_k, sc_b, sc_l, sc_k,
+                 sp_k, sp_d, sp_r, so_b, so_l, so_d,
+                 height, width, dim, n_dblocks, seg_h, seg_w, n_th, n_tw, n_seg, proj_rank,
+                 SPECS: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 SOFTPLUS: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_D: tl.constexpr):
+    b, ti, tj, rows, cols, r_ok, c_ok, d, d_ok, pos, p_ok, m = _tile_of(n_dblocks, n_th, n_tw, seg_h, seg_w, width,
+                                                                       dim, TILE_H, TILE_W, BLOCK_D)
     pos3 = pos[:, :, None]
-    m = p_ok[:, :, None] & d_ok[None, None, :]
     u = tl.load(X + b * sx_b + pos3 * sx_l + d[None, None, :] * sx_d, mask=m, other=0.).to(tl.float32)
     total = tl.zeros([TILE_H, TILE_W, BLOCK_D], dtype=tl.float32)
     skip = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -362,23 +371,10 @@ def _tile_bwd_kernel(X, DY, DELTA, PROJ, A, BM, CM, DSKIP, DBIAS, BSTATE, ASTATE
                      bias_off, skip_off, proj_off,
                      SPECS: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid = tl.program_id(0)
-    d_block = pid % n_dblocks
-    tile = pid // n_dblocks
-    tj = tile % n_tw
-    ti = (tile // n_tw) % n_th
-    b = (tile // (n_tw * n_th)).to(tl.int64)
-    row = b * n_th * n_tw + ti * n_tw + tj  # this tile's row of the partial sums
-    rows = ti * seg_h + tl.arange(0, TILE_H)
-    cols = tj * seg_w + tl.arange(0, TILE_W)
-    r_ok = tl.arange(0, TILE_H) < seg_h
-    c_ok = tl.arange(0, TILE_W) < seg_w
-    d = d_block * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_ok = d < dim
-    pos = rows[:, None] * width + cols[None, :]
-    p_ok = r_ok[:, None] & c_ok[None, :]
+    b, ti, tj, rows, cols, r_ok, c_ok, d, d_ok, pos, p_ok, m = _tile_of(n_dblocks, n_th, n_tw, seg_h, seg_w, width,
+                                                                       dim, TILE_H, TILE_W, BLOCK_D)
     pos3 = pos[:, :, None]
-    m = p_ok[:, :, None] & d_ok[None, None, :]
+    row = b * n_th * n_tw + ti * n_tw + tj  # this tile's row of the partial sums
     u = tl.load(X + b * sx_b + pos3 * sx_l + d[None, None, :] * sx_d, mask=m, other=0.).to(tl.float32)
     dy = tl.load(DY + b * sy_b + pos3 * sy_l + d[None, None, :] * sy_d, mask=m, other=0.).to(tl.float32)
     grad_u = tl.zeros([TILE_H, TILE_W, BLOCK_D], dtype=tl.float32)
