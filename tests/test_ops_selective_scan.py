@@ -398,6 +398,7 @@ def test_merged_kernels_match_reference(monkeypatch, batch, height, width, dim, 
     and training) and every gradient against the reference in fp32 and in the tested dtype, over tilings where
     segments meet across tiles in both directions."""
     from visionattn.ops.triton import cross_scan
+    monkeypatch.setattr(cross_scan, 'ENABLED', True)
     monkeypatch.setattr(cross_scan, 'TILE_OVERRIDES', dict(overrides))
     launches = []
     real = cross_scan._TILE_BWD.launch
@@ -439,6 +440,7 @@ def test_merged_inference_falls_back_on_a_prime_side(monkeypatch):
     """A side with no divisor from MIN_SEGMENT to MAX_SEGMENT (37, a prime) has no tiling: inference runs the orders
     one by one, with the projection as an einsum, and gives the reference's values."""
     from visionattn.ops.triton import cross_scan
+    monkeypatch.setattr(cross_scan, 'ENABLED', True)
     assert cross_scan.tiling(2, 37, 4) is None and cross_scan.tiling(56, 56, 4).seg_h == 14
     monkeypatch.setattr(cross_scan._TILE, 'launch', lambda *a: pytest.fail('merged kernels on an untileable map'))
     device = kernel_device()
@@ -526,6 +528,7 @@ def test_merged_public_op_compiles_fullgraph(monkeypatch, orders):
     """State size 1 under torch.compile(fullgraph=True): the merged kernels' custom ops in the graph, the output
     and every gradient (the step projection's included) equal to the reference."""
     from visionattn.ops.triton import cross_scan
+    monkeypatch.setattr(cross_scan, 'ENABLED', True)
     called = []
     real = cross_scan.merged_forward
     monkeypatch.setattr(cross_scan, 'merged_forward', lambda *a: called.append(1) or real(*a))

@@ -24,6 +24,7 @@ Used for inference (no autograd) when the state size is 1 and each side of the m
 reasonable tile; otherwise the order-by-order kernels run.
 """
 import functools
+import os
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -34,6 +35,9 @@ from ._common import LOG2E_C, cached_plan, check_int32_span, flat_grid
 from .launch import Kernel
 from .launch import aligned as _aligned
 
+# Whether cross_selective_scan takes these kernels where they apply (VISIONATTN_MERGED_SCAN=0 turns them off: the
+# orders then run one by one, selective_scan.py's kernels).
+ENABLED = os.environ.get('VISIONATTN_MERGED_SCAN', '1') != '0'
 # Elements of one [rows, cols, channels] register tile of pass 2 and of one [channels, steps] tile of pass 1.
 TILE_ELEMENTS = 2048
 BOUNDARY_CHUNK = 32

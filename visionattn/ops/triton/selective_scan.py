@@ -28,8 +28,8 @@ import triton
 import triton.language as tl
 
 from ..reference.selective_scan import project_steps
+from . import cross_scan
 from ._common import LOG2E_C, TileConfig, cached_plan, check_int32_span, flat_grid
-from .cross_scan import merged_cross_scan
 from .launch import Kernel
 from .launch import aligned as _aligned
 
@@ -586,15 +586,12 @@ def _small_grads(small: torch.Tensor, A, D, delta_bias):
 @torch.library.custom_op('visionattn::cross_selective_scan_fwd', mutates_args=())
 def _cross_fwd_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                   D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], order: torch.Tensor, softplus: bool,
-                  out_dtype: torch.dtype, save_states: bool, kind: str = 'cross') -> Tuple[torch.Tensor, torch.Tensor]:
-    if not save_states:  # inference (compiled): the merged kernels where they apply
-        return _cross_infer(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, kind), x.new_empty(
-            (0,), dtype=torch.float32)
+                  out_dtype: torch.dtype, save_states: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     return _cross_fwd(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, save_states)
 
 
 @_cross_fwd_op.register_fake
-def _(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, save_states, kind='cross'):
+def _(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, save_states):
     batch, height, width, dim = x.shape
     n_orders, n_state = delta.shape[2], A.shape[1]
     shape = _hstart_shape(batch, n_orders * dim, dim, height * width, n_state, True, save_states)
@@ -632,7 +629,7 @@ def _cross_backward(ctx, dy, *_):
     dx, ddelta, dbc, small = backward(dy, x, delta, A, B, C, D, delta_bias, order, hstart, ctx.softplus)
     dB, dC = dbc.unbind(0)
     dA, dD, dbias = _small_grads(small, A, D, delta_bias)
-    return dx, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dbias, None, None, None, None, None
+    return dx, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dbias, None, None, None, None
 
 
 _cross_fwd_op.register_autograd(_cross_backward, setup_context=_cross_setup_context)
@@ -648,20 +645,7 @@ class _CrossScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        return _cross_backward(ctx, dy)[:-2]
-
-
-def _cross_infer(x, delta, A, B, C, D, delta_bias, order, softplus: bool, out_dtype: torch.dtype, kind: str,
-                 delta_proj: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Inference: the orders merged on chip (``cross_scan.py``) where the state size (1) and the map's sides allow,
-    else order by order."""
-    if A.shape[1] == 1:
-        y = merged_cross_scan(x, delta, A, B, C, D, delta_bias, softplus, order, kind, out_dtype, delta_proj)
-        if y is not None:
-            return y
-    if delta_proj is not None:
-        delta = project_steps(delta, delta_proj)
-    return _cross_fwd(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, False)[0]
+        return _cross_backward(ctx, dy)[:-1]
 
 
 def cross_selective_scan_triton(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
@@ -673,15 +657,15 @@ def cross_selective_scan_triton(x: torch.Tensor, delta: torch.Tensor, A: torch.T
     :func:`visionattn.ops.cross_selective_scan`)."""
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias, delta_proj))
-    if A.shape[1] == 1:  # the orders merged on chip, where the map allows
-        y = merged_cross_scan(x, delta, A, B, C, D, delta_bias, softplus, order, kind, out_dtype, delta_proj,
-                              needs_grad)
+    if A.shape[1] == 1 and cross_scan.ENABLED:  # the orders merged on chip, where the map allows
+        y = cross_scan.merged_cross_scan(x, delta, A, B, C, D, delta_bias, softplus, order, kind, out_dtype,
+                                         delta_proj, needs_grad)
         if y is not None:
             return y
     if delta_proj is not None:  # the projection as SS2D runs it (an einsum), differentiable
         delta = project_steps(delta, delta_proj)
     if torch.compiler.is_compiling():
-        return _cross_fwd_op(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, needs_grad, kind)[0]
+        return _cross_fwd_op(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, needs_grad)[0]
     if not needs_grad:
         return _cross_fwd(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype, False)[0]
     return _CrossScanFn.apply(x, delta, A, B, C, D, delta_bias, order, softplus, out_dtype)
