@@ -82,6 +82,7 @@ def _sweep(selective_scan) -> List[Row]:
     from visionattn.ops import cross_selective_scan
     from visionattn.ops.triton import cross_scan
     from visionattn.ops.triton import selective_scan as kernels
+    cross_scan.ENABLED = True
     rows = []
     for name, batch, height, width, dim in (SS2D_CASES[0], SS2D_CASES[2]):
         x, low, A, B, C, D, bias, proj = _ss2d_inputs(batch, height, width, dim)
@@ -126,6 +127,7 @@ def _sweep(selective_scan) -> List[Row]:
 
         def train_step(inputs=inputs, grad_out=grad_out, forward=forward):
             torch.autograd.grad(forward(), [t for t in inputs if t is not None], grad_out)
+        cross_scan.ENABLED = False  # the order-by-order kernels' tiles
         for tile, chunk, warps, min_n in itertools.product((1024, 2048, 4096), (32, 64, 128), (2, 4), (1, 2)):
             if (min_n == 1) != (n_state == 1):  # d_state 1 is swept unpadded only (padding lost in the first sweep)
                 continue
@@ -166,7 +168,9 @@ def _ss2d_rows() -> List[Row]:
     once (three times that for forward+backward)."""
     from visionattn.ops import cross_selective_scan, scan_orders
     from visionattn.ops.reference.selective_scan import project_steps
+    from visionattn.ops.triton import cross_scan
     from visionattn.ops.triton import selective_scan as kernels
+    cross_scan.ENABLED = True  # opt-in until timed: this suite times them
     rows = []
     for name, batch, height, width, dim in SS2D_CASES:
         seq_len, n_orders = height * width, 4

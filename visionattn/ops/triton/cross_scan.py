@@ -20,8 +20,14 @@ per segment. With ``delta_proj`` (SS2D's low-rank step projection, ``dt_proj``) 
 from the rank-R projections instead of reading the [B, L, K, dim] step sizes: R values per position and order instead
 of dim.
 
-Used for inference (no autograd) when the state size is 1 and each side of the map has a divisor that makes a
-reasonable tile; otherwise the order-by-order kernels run.
+The backward pass has the same two passes against each order: the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1}
+leaves one carry per segment boundary, and one program per tile recomputes each order's states and adjoint, sums du
+over the orders in registers (dx written once), adds dB, dC and the projections' gradients atomically over channel
+blocks and writes the tile's partial sums of dA, dD, d(bias) and d(dt_proj).
+
+Taken by ``cross_selective_scan`` (when ``ENABLED``) when the state size is 1 and each side of the map has a divisor that makes a
+reasonable tile (otherwise the orders run one by one), in eager mode through an ``autograd.Function`` and under
+``torch.compile`` through the ``visionattn::merged_cross_scan_*`` custom ops.
 """
 import functools
 import os
@@ -35,9 +41,10 @@ from ._common import LOG2E_C, cached_plan, check_int32_span, flat_grid
 from .launch import Kernel
 from .launch import aligned as _aligned
 
-# Whether cross_selective_scan takes these kernels where they apply (VISIONATTN_MERGED_SCAN=0 turns them off: the
-# orders then run one by one, selective_scan.py's kernels).
-ENABLED = os.environ.get('VISIONATTN_MERGED_SCAN', '1') != '0'
+# Whether cross_selective_scan takes these kernels where they apply (else the orders run one by one, on
+# selective_scan.py's kernels). Opt-in (VISIONATTN_MERGED_SCAN=1) until a GPU run has timed them: they are tested on
+# Triton's interpreter and compile for sm_90, but have not run on a GPU yet.
+ENABLED = os.environ.get('VISIONATTN_MERGED_SCAN', '0') == '1'
 # Elements of one [rows, cols, channels] register tile of pass 2 and of one [channels, steps] tile of pass 1.
 TILE_ELEMENTS = 2048
 BOUNDARY_CHUNK = 32
