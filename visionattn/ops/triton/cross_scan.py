@@ -25,9 +25,9 @@ leaves one carry per segment boundary, and one program per tile recomputes each 
 over the orders in registers (dx written once), adds dB, dC and the projections' gradients atomically over channel
 blocks and writes the tile's partial sums of dA, dD, d(bias) and d(dt_proj).
 
-Taken by ``cross_selective_scan`` (when ``ENABLED``) when the state size is 1 and each side of the map has a divisor that makes a
-reasonable tile (otherwise the orders run one by one), in eager mode through an ``autograd.Function`` and under
-``torch.compile`` through the ``visionattn::merged_cross_scan_*`` custom ops.
+Taken by ``cross_selective_scan`` (when ``ENABLED``) when the state size is 1 and each side of the map has a divisor
+that makes a reasonable tile (otherwise the orders run one by one), in eager mode through an ``autograd.Function``
+and under ``torch.compile`` through the ``visionattn::merged_cross_scan_*`` custom ops.
 """
 import functools
 import os
