@@ -82,7 +82,7 @@ def _sweep(selective_scan) -> List[Row]:
     from visionattn.ops import cross_selective_scan
     from visionattn.ops.triton import cross_scan
     from visionattn.ops.triton import selective_scan as kernels
-    cross_scan.ENABLED = True
+    enabled, cross_scan.ENABLED = cross_scan.ENABLED, True
     rows = []
     for name, batch, height, width, dim in (SS2D_CASES[0], SS2D_CASES[2]):
         x, low, A, B, C, D, bias, proj = _ss2d_inputs(batch, height, width, dim)
@@ -139,6 +139,7 @@ def _sweep(selective_scan) -> List[Row]:
             rows[-2].note = rows[-1].note = note
             print(note, f'{rows[-2].ms:.3f} / {rows[-1].ms:.3f} ms', flush=True)
     kernels.TILE_OVERRIDES.clear()
+    cross_scan.ENABLED = enabled
     return rows
 
 
@@ -170,7 +171,7 @@ def _ss2d_rows() -> List[Row]:
     from visionattn.ops.reference.selective_scan import project_steps
     from visionattn.ops.triton import cross_scan
     from visionattn.ops.triton import selective_scan as kernels
-    cross_scan.ENABLED = True  # opt-in until timed: this suite times them
+    enabled, cross_scan.ENABLED = cross_scan.ENABLED, True  # opt-in until timed: this suite times them
     rows = []
     for name, batch, height, width, dim in SS2D_CASES:
         seq_len, n_orders = height * width, 4
@@ -221,6 +222,7 @@ def _ss2d_rows() -> List[Row]:
                 return step()
             rows.append(measure(SUITE, name, impl, mode, run_step, mode_flops, mode_bytes))
             print(rows[-1], flush=True)
+    cross_scan.ENABLED = enabled
     return rows
 
 
