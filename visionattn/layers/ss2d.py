@@ -74,8 +74,8 @@ def _ss2d_core(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: to
     if x.is_meta:  # shapes only (profile.measure): skip the reference's step-by-step loop, which computes nothing
         project_steps(dts, dt_projs_weight)  # counted where the official code runs it (the op may fuse it)
         return torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    # dt_proj ('blkr,kdr->blkd') is handed to the op: it runs it as an einsum before the scan, or for inference
-    # computes the step sizes inside the kernels, which then read R values per position and order instead of d_inner
+    # dt_proj ('blkr,kdr->blkd') is handed to the op: it runs it as an einsum before the scan, or (the merged
+    # kernels) computes the step sizes on chip, reading R values per position and order instead of d_inner
     return cross_selective_scan(x, dts, -torch.exp(A_logs.float()), Bs, Cs, Ds.float(),
                                 delta_bias=dt_projs_bias.reshape(-1).float(), delta_softplus=True,
                                 orders='continuous' if continuous else 'cross', out_dtype=out_dtype,

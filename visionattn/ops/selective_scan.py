@@ -132,9 +132,9 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
             ``out_dtype=torch.float32``: its scan then reads u in fp32, which a bf16 or fp16 x gives exactly.
         backend: None (auto), 'reference' or 'triton'.
         delta_proj: [K, dim, R] SS2D's low-rank step projection (``dt_projs_weight``), or None: the step sizes are
-            then ``einsum('blkr,kdr->blkd', delta, delta_proj)``. For inference with state size 1 the kernels compute
-            them on chip (in fp32) instead of reading [batch, H*W, K, dim] of them; otherwise the einsum runs first,
-            as SS2D runs it.
+            then ``einsum('blkr,kdr->blkd', delta, delta_proj)``. The merged kernels (state size 1, opt-in, see
+            ``triton/cross_scan.py``) compute them on chip in fp32 instead of reading [batch, H*W, K, dim] of them;
+            otherwise the einsum runs first, as SS2D runs it.
 
     Returns:
         [batch, H, W, dim] in ``out_dtype``.

@@ -38,8 +38,8 @@ import triton
 import triton.language as tl
 
 from ._common import LOG2E_C, cached_plan, check_int32_span, flat_grid
-from .launch import Kernel
-from .launch import aligned as _aligned
+from .launch import Kernel, signature
+from .launch import or_placeholder as _or
 
 # Whether cross_selective_scan takes these kernels where they apply (else the orders run one by one, on
 # selective_scan.py's kernels). Opt-in (VISIONATTN_MERGED_SCAN=1) until a GPU run has timed them: they are tested on
@@ -493,10 +493,6 @@ _TILE = Kernel(_tile_kernel)
 _TILE_BWD = Kernel(_tile_bwd_kernel)
 
 
-def _signature(tensors) -> tuple:
-    return tuple((t.shape, t.stride(), t.dtype, _aligned(t)) if t is not None else None for t in tensors)
-
-
 class _Problem(NamedTuple):
     """A call's tensors as the kernels read them: the map and per-position tensors as [batch, L, ...]."""
     u: torch.Tensor  # [batch, L, dim]
@@ -529,11 +525,6 @@ class _Problem(NamedTuple):
         return self.proj.shape[2] if self.proj is not None else 1
 
 
-def _or(t: Optional[torch.Tensor], placeholder: torch.Tensor) -> torch.Tensor:
-    # an absent optional input travels as a placeholder the kernels do not read (its flag is off)
-    return placeholder if t is None else t
-
-
 def _boundaries(plan: _Plan, slot: list, p: _Problem, per_channel: torch.Tensor, per_step: torch.Tensor,
                 order: torch.Tensor, flags: dict, adjoint: bool) -> torch.Tensor:
     """The boundary pass: [batch, 4, n_seg, dim] fp32, the states at segment boundaries (forward: ``per_channel``
@@ -558,7 +549,7 @@ def merged_forward(x, delta, A, B, C, D, delta_bias, softplus: bool, order: torc
     p = _Problem.of(x, delta, A, B, C, D, delta_bias, delta_proj)
     out = torch.empty((batch, height, width, dim), device=x.device, dtype=out_dtype)
     out_flat = out.view(batch, height * width, dim)
-    key = ('fwd', _signature((*p, out_flat)), kind, softplus, x.device, tiles)
+    key = ('fwd', signature((*p, out_flat)), kind, softplus, x.device, tiles)
     plan = cached_plan(_PLANS, key, lambda: _Plan(x, [('x', p.u), ('delta', p.delta), ('B', p.B), ('C', p.C),
                                                       ('the output', out_flat)], tiles))
     if batch == 0:
@@ -598,13 +589,12 @@ def merged_backward(dy, x, delta, A, B, C, D, delta_bias, softplus: bool, order,
     # dB and dC (fp32 [2, batch, L, 4]) and the projections' gradient are sums over channel blocks: atomic adds
     dbc = torch.zeros((2, batch, seq_len, 4), device=x.device, dtype=torch.float32)
     if delta_proj is not None:
-        dlow = torch.zeros((batch, seq_len, 4, p.rank), device=x.device, dtype=torch.float32)
-        ddelta = dlow
+        ddelta = dlow = torch.zeros((batch, seq_len, 4, p.rank), device=x.device, dtype=torch.float32)
     else:
         ddelta = dlow = torch.empty((batch, seq_len, 4, dim), device=x.device, dtype=delta.dtype)
     small_row, bias_off, skip_off, proj_off = _small_layout(dim, delta_bias is not None, D is not None, p.rank,
                                                             delta_proj is not None)
-    key = ('bwd', _signature((*p, dy_flat, ddelta)), kind, softplus, x.device, tiles)
+    key = ('bwd', signature((*p, dy_flat, ddelta)), kind, softplus, x.device, tiles)
     plan = cached_plan(_PLANS, key, lambda: _Plan(x, [('x', p.u), ('delta', p.delta), ('dy', dy_flat)], tiles))
     small = torch.empty((batch * plan.n_th * plan.n_tw, small_row), device=x.device, dtype=torch.float32)
     if batch:

@@ -20,7 +20,8 @@ from triton.runtime import driver
 
 from ..checks import _interpreting
 
-__all__ = ['FAST_LAUNCH', 'Kernel', 'aligned', 'launch_compiled', 'launch_hooks_set']
+__all__ = ['FAST_LAUNCH', 'Kernel', 'aligned', 'launch_compiled', 'launch_hooks_set', 'or_placeholder',
+           'signature']
 
 FAST_LAUNCH = os.environ.get('VISIONATTN_TRITON_FAST_LAUNCH', '1') != '0'
 
@@ -92,3 +93,13 @@ def _launchable(compiled, n_params: int) -> bool:
 def aligned(x: torch.Tensor) -> bool:
     """Whether the JIT would specialise ``x``'s pointer as 16-byte aligned (plans key on it)."""
     return x.data_ptr() % 16 == 0
+
+
+def signature(tensors: Sequence[Optional[torch.Tensor]]) -> tuple:
+    """What a plan keys on for each tensor argument: shape, strides, dtype and pointer alignment (None stays None)."""
+    return tuple(None if t is None else (t.shape, t.stride(), t.dtype, aligned(t)) for t in tensors)
+
+
+def or_placeholder(t: Optional[torch.Tensor], placeholder: torch.Tensor) -> torch.Tensor:
+    """An absent optional input travels as a placeholder that the kernel does not read (its flag is off)."""
+    return placeholder if t is None else t

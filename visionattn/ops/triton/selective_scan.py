@@ -30,8 +30,8 @@ import triton.language as tl
 from ..reference.selective_scan import project_steps
 from . import cross_scan
 from ._common import LOG2E_C, TileConfig, cached_plan, check_int32_span, flat_grid
-from .launch import Kernel
-from .launch import aligned as _aligned
+from .launch import Kernel, signature
+from .launch import or_placeholder as _or
 
 # Elements of one [channels, states, time] register tile: large enough to keep the scan busy, small enough not to spill.
 TILE_ELEMENTS = 4096
@@ -335,10 +335,6 @@ _FWD = Kernel(_ss_fwd_kernel)
 _BWD = Kernel(_ss_bwd_kernel)
 
 
-def _signature(tensors) -> tuple:
-    return tuple(None if t is None else (t.shape, t.stride(), t.dtype, _aligned(t)) for t in tensors)
-
-
 def _strides4(t: Optional[torch.Tensor]) -> tuple:
     return (0, 0, 0, 0) if t is None else t.stride()
 
@@ -348,7 +344,7 @@ def _scan_fwd(views: _Views, A, D, delta_bias, out: torch.Tensor, softplus: bool
     (``save_states``) each chunk's start state for the backward pass (else an empty tensor)."""
     batch, groups, dim_per_group, seq_len = views.u.shape
     dim, n_state = A.shape
-    key = ('fwd', _signature((*views.tensors(), A, D, delta_bias, out)), views.channels_inner, softplus,
+    key = ('fwd', signature((*views.tensors(), A, D, delta_bias, out)), views.channels_inner, softplus,
            save_states, views.u.device, _overrides())
     plan = cached_plan(_PLANS, key, lambda: _Plan(views, [('the output', out)]))
     tiling = plan.tiling
@@ -370,11 +366,6 @@ def _scan_fwd(views: _Views, A, D, delta_bias, out: torch.Tensor, softplus: bool
     return last, hstart
 
 
-def _or(t: Optional[torch.Tensor], placeholder: torch.Tensor) -> torch.Tensor:
-    # an absent optional input travels as a placeholder the kernel does not read (its flag is off)
-    return placeholder if t is None else t
-
-
 def _small_layout(dim: int, n_state: int, has_d: bool, has_bias: bool) -> Tuple[int, int, int]:
     """Row length and offsets of dD and d(delta_bias) in the buffer of the small gradients: dA [dim, N] first."""
     d_off = dim * n_state
@@ -389,7 +380,7 @@ def _scan_bwd(dout: torch.Tensor, views: _Views, A, D, delta_bias, hstart, softp
     batch, groups, dim_per_group, seq_len = views.u.shape
     dim, n_state = A.shape
     du, ddelta, dz = grads
-    key = ('bwd', _signature((*views.tensors(), A, D, delta_bias, dout, du, ddelta, dz, *acc)), views.channels_inner,
+    key = ('bwd', signature((*views.tensors(), A, D, delta_bias, dout, du, ddelta, dz, *acc)), views.channels_inner,
            softplus, views.u.device, _overrides())
     plan = cached_plan(_PLANS, key, lambda: _Plan(views, [('dy', dout), ('the gradients', du), ('dB', acc[0])]))
     tiling = plan.tiling
@@ -617,7 +608,7 @@ def _(dy, x, delta, A, B, C, D, delta_bias, order, hstart, softplus):
 
 
 def _cross_setup_context(ctx, inputs, output):
-    x, delta, A, B, C, D, delta_bias, order, softplus = inputs[:9]
+    x, delta, A, B, C, D, delta_bias, order, softplus, _, _ = inputs
     ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, order, output[1])
     ctx.softplus, ctx.opaque = softplus, True
     ctx.mark_non_differentiable(output[1])

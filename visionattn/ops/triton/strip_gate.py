@@ -21,8 +21,7 @@ import triton
 import triton.language as tl
 
 from ._common import TileConfig, cached_plan, check_int32_span, flat_grid, pow2_clamp
-from .launch import Kernel
-from .launch import aligned as _aligned
+from .launch import Kernel, signature
 
 __all__ = ['strip_sums', 'strip_apply', 'MAX_TRITON_WIDTH']
 
@@ -130,10 +129,6 @@ class _Plan:
 _PLANS: Dict[tuple, _Plan] = {}
 
 
-def _signature(tensors) -> tuple:
-    return tuple((t.shape, t.stride(), t.dtype, _aligned(t)) for t in tensors)
-
-
 def strip_sums(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, dy: Optional[torch.Tensor] = None,
                gate_h: Optional[torch.Tensor] = None, gate_w: Optional[torch.Tensor] = None) -> None:
     """Writes the strips of ``x`` [B, C, H, W] into ``rows`` [B, C, H] and ``cols`` [B, C, W] (any strides).
@@ -144,7 +139,7 @@ def strip_sums(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, dy: Opti
     batch, channels, height, width = x.shape
     grad = dy is not None
     tensors = (x, rows, cols) + ((dy, gate_h, gate_w) if grad else ())
-    key = ('sums', _signature(tensors), x.device)
+    key = ('sums', signature(tensors), x.device)
     plan = cached_plan(_PLANS, key, lambda: _Plan('strip_sums', batch, channels, height, width,
                                                   [('x', x), ('dy', dy)] if grad else [('x', x)], False))
     if grad:
@@ -167,7 +162,7 @@ def strip_apply(a: torch.Tensor, gate_h: torch.Tensor, gate_w: torch.Tensor, out
     batch, channels, height, width = a.shape
     with_add = add_h is not None
     tensors = (a, gate_h, gate_w, out) + ((add_h, add_w) if with_add else ())
-    key = ('apply', _signature(tensors), a.device)
+    key = ('apply', signature(tensors), a.device)
     plan = cached_plan(_PLANS, key, lambda: _Plan('strip_apply', batch, channels, height, width,
                                                   [('the input', a), ('the output', out)], True))
     if with_add:
