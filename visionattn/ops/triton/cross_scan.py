@@ -42,8 +42,9 @@ from .launch import Kernel, signature
 from .launch import or_placeholder as _or
 
 # Whether cross_selective_scan takes these kernels where they apply (else the orders run one by one, on
-# selective_scan.py's kernels). Opt-in (VISIONATTN_MERGED_SCAN=1) until a GPU run has timed them: they are tested on
-# Triton's interpreter and compile for sm_90, but have not run on a GPU yet.
+# selective_scan.py's kernels). Opt-in (VISIONATTN_MERGED_SCAN=1): correct on an H100, but 1.4-1.7x slower forward than
+# the order-by-order kernels at LaMamba-T's stages (docs/benchmarks/issue27_h100_s9.md; the scan is not
+# bandwidth-bound there, and the tile pass's register scans cost more than the reads they save).
 ENABLED = os.environ.get('VISIONATTN_MERGED_SCAN', '0') == '1'
 # Elements of one [rows, cols, channels] register tile of pass 2 and of one [channels, steps] tile of pass 1.
 TILE_ELEMENTS = 2048
