@@ -193,3 +193,37 @@ def test_op_table_has_host_columns():
     table = common.markdown([row])
     assert '| host µs | launches |' in table.splitlines()[0] and '| 123 | 3 |' in table
     assert row.as_dict()['host_us'] == 123.4
+
+
+def test_fuse_conv_bn_folds_every_conv_batchnorm_pair_and_keeps_the_output():
+    """--fuse-conv-bn (the FasterNet/PartialNet speed protocol): the inference copy has no BatchNorm left after a
+    convolution, the same output, and the training benchmark keeps the model's own BatchNorms."""
+    tool = _tool()
+    model = tool.timm.create_model('resnet18')
+    fused = tool.fuse_conv_bn(model, (3, 32, 32), torch.device('cpu'), 'resnet18')
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 20
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
+    rows = tool.main(['patnet_t0', *TINY, '--bench', 'infer,train', '--fuse-conv-bn'])
+    assert rows[0]['infer_samples_per_s'] > 0 and rows[0]['train_samples_per_s'] > 0 and not rows[0]['note']
+
+
+def test_fuse_conv_bn_refuses_a_fusion_that_changes_the_output(monkeypatch):
+    """A fused copy whose output differs from the model's is refused with the model's name, not timed."""
+    import torch.fx.experimental.optimization as fx_optimization
+    tool = _tool()
+    real = fx_optimization.fuse
+
+    def broken(model):
+        fused = real(model)
+        conv = next(m for m in fused.modules() if isinstance(m, torch.nn.Conv2d))
+        with torch.no_grad():
+            conv.weight.mul_(2.)
+        return fused
+    monkeypatch.setattr(fx_optimization, 'fuse', broken)
+    with pytest.raises(RuntimeError, match="changed resnet18's output"):
+        tool.fuse_conv_bn(tool.timm.create_model('resnet18'), (3, 32, 32), torch.device('cpu'), 'resnet18')
+    rows = tool.main(['resnet18', *TINY, '--bench', 'infer', '--fuse-conv-bn'])
+    assert "changed resnet18's output" in rows[0]['note'] and 'infer_samples_per_s' not in rows[0]

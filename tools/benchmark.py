@@ -186,15 +186,45 @@ def _round(value, digits=2):
     return None if value is None else round(value, digits)
 
 
+def fuse_conv_bn(model: torch.nn.Module, input_size, device, name: str) -> torch.nn.Module:
+    """An inference copy of ``model`` with every BatchNorm that directly follows a convolution folded into it, as
+    FasterNet's and PartialNet's official speed measurements do (their ``--fuse_conv_bn``): torch.fx traces the
+    model and fuses the Conv2d -> BatchNorm2d pairs of its graph (``torch.fx.experimental.optimization.fuse``). The
+    copy must give the model's output on a random input (float32), or this raises naming the model."""
+    from torch.fx.experimental.optimization import fuse
+    model.eval()
+    try:
+        fused = fuse(model)
+    except Exception as error:
+        raise RuntimeError(f'--fuse-conv-bn: {name} could not be traced by torch.fx: {_short(error)}') from error
+    x = torch.randn((2, *input_size), device=device)
+    with torch.no_grad():
+        expected, got = model(x), fused(x)
+    error = (got - expected).abs().max().item()
+    if not error <= 1e-2 * expected.abs().max().item() + 1e-5:
+        raise RuntimeError(f'--fuse-conv-bn changed {name}\'s output (max |difference| {error:.3g})')
+    return fused
+
+
 class _Setup:
     """What every benchmark of one model shares: the model, its input size, autocast and memory format."""
 
     def __init__(self, name, args, device):
-        self.args, self.device = args, device
+        self.name, self.args, self.device = name, args, device
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         self.amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp_dtype]
         self.model = timm.create_model(name, pretrained=False).to(device, memory_format=self.memory_format)
         self.input_size = None
+        self._inference_model = None
+
+    def inference_model(self) -> torch.nn.Module:
+        """The model the inference benchmarks run: the model, or with --fuse-conv-bn its fused copy (made once)."""
+        if not self.args.fuse_conv_bn:
+            return self.model
+        if self._inference_model is None:
+            fused = fuse_conv_bn(self.model, self.input_size, self.device, self.name)
+            self._inference_model = fused.to(memory_format=self.memory_format)  # the folded weights' layout too
+        return self._inference_model
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.args.amp else nullcontext()
@@ -212,11 +242,12 @@ class _Setup:
         return x, torch.randint(0, self.model.num_classes, (batch,), device=self.device)
 
     def runner(self, bench):
+        model = self.model if bench.endswith('train') else self.inference_model()
         if not bench.startswith('compile-'):
-            return self.model
+            return model
         args = self.args
         mode = None if args.compile_mode == 'default' else args.compile_mode
-        return torch.compile(self.model, mode=mode, fullgraph=args.fullgraph, backend=args.compile_backend)
+        return torch.compile(model, mode=mode, fullgraph=args.fullgraph, backend=args.compile_backend)
 
     def step(self, bench, runner, x, target) -> Callable[[], None]:
         model = self.model
@@ -483,6 +514,7 @@ def environment(args, device, benches: List[str]):
                        + (f', train batch {args.train_batch_size or args.batch_size}'
                           if any(b.endswith('train') for b in benches) else '')
                        + f'; amp {args.amp_dtype if args.amp else "off"}, channels_last {args.channels_last}'
+                       + ('; conv-BN fused for inference' if args.fuse_conv_bn else '')
                        + (f'; torch.compile mode {args.compile_mode}, backend {args.compile_backend}, '
                           f'fullgraph {args.fullgraph}, recompile limit {args.recompile_limit or "default"}'
                           if compiled else '')
@@ -522,6 +554,9 @@ def parse_args(argv=None):
     parser.add_argument('--amp', action='store_true', help='autocast (bf16 by default)')
     parser.add_argument('--amp-dtype', choices=('bf16', 'fp16'), default='bf16')
     parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--fuse-conv-bn', action='store_true',
+                        help='inference benchmarks run a copy with each conv\'s BatchNorm folded into it (FasterNet\'s '
+                             'and PartialNet\'s speed protocol); training runs the model as it is')
     parser.add_argument('--compile', action='store_true',
                         help='also run compile-infer / compile-train where infer / train are chosen')
     parser.add_argument('--compile-mode', default='default',
