@@ -625,6 +625,8 @@ ERROR_CASES = {
     'extra_keys_shape': (lambda: natten.na2d(_Q2, _Q2, _Q2, 3, additional_keys=_Q2, additional_values=_Q2),
                          ValueError, 'additional_keys must be'),
     'unknown_backend': (lambda: natten.na2d(_Q2, _Q2, _Q2, 3, backend='cudnn'), ValueError, 'backend'),
+    'no_kv_heads': (lambda: natten.na2d(_Q2, _Q2[..., :0, :], _Q2[..., :0, :], 3), ValueError,
+                    r'key/value heads \(0\)'),  # was a ZeroDivisionError
     'unknown_argument': (lambda: natten.na2d(_Q2, _Q2, _Q2, 3, tile_size=8), TypeError, 'tile_size'),
     'rank': (lambda: natten.na2d(_Q2[:, 0], _Q2[:, 0], _Q2[:, 0], 3), ValueError, 'query must be 5-D'),
     'kv_heads': (lambda: natten.na2d(_Q2, _Q2[..., :1, :].expand(1, 8, 7, 3, 4)[..., :3, :],

@@ -83,6 +83,14 @@ def test_duplicates_count_once_and_empty_rows_are_zero():
     torch.testing.assert_close(out[:, 0], expected[:, 0])
 
 
+def test_numpy_scale_is_a_number():
+    # NumPy's float32 is a real number (it was refused as 'not a finite number'; float64 passed as a float subclass)
+    np = pytest.importorskip('numpy')
+    (q, k, v), index, count = _problem(1, 2, 2, 3, 4, 4, 2, 8, 8)
+    torch.testing.assert_close(block_sparse_attention(q, k, v, index, count, 4, 4, scale=np.float32(0.5)),
+                               block_sparse_attention(q, k, v, index, count, 4, 4, scale=0.5))
+
+
 @pytest.mark.parametrize('scale', [float('nan'), float('inf'), '0.5', True])
 def test_bad_scale_is_refused(scale):
     # Issue 21: scale=nan returned all-NaN attention where neighborhood_attention refuses it.
@@ -531,6 +539,25 @@ def test_bra_2d_bad_inputs():
         bi_level_routing_attention_2d(qkv, 2, 3, 2, lepe_weight=torch.randn(16, 1, 4, 4))
     with pytest.raises(ValueError, match='too few'):
         bi_level_routing_attention_2d(qkv, 2, 3, 2, qk_dim=24)
+    # found by the adversarial probe: a bias without its conv was dropped; float counts passed the divisibility
+    # checks (then ran, or failed in a reshape)
+    with pytest.raises(ValueError, match='lepe_bias is given without lepe_weight'):
+        bi_level_routing_attention_2d(qkv, 2, 3, 2, lepe_bias=torch.randn(16))
+    for kwargs, name in ((dict(num_heads=2.0), 'num_heads'), (dict(n_win=True), 'n_win'),
+                         (dict(qk_dim=16.0), 'qk_dim'), (dict(num_heads=0), 'num_heads')):
+        args = dict(dict(num_heads=2, n_win=3, topk=2), **kwargs)
+        with pytest.raises(ValueError, match=f'{name}=.* must be an int >= 1'):
+            bi_level_routing_attention_2d(qkv, **args)
+    regions = torch.randn(1, 4, 3, 8)
+    with pytest.raises(ValueError, match='num_heads=2.0 must be an int'):
+        bi_level_routing_attention(regions, regions, regions, 2.0, 1)
+    empty = torch.randn(1, 4, 0, 8)
+    with pytest.raises(ValueError, match='regions hold no tokens'):
+        bi_level_routing_attention(empty, empty, empty, 2, 1)
+    heads_only = torch.randn(1, 2, 8, 0)
+    with pytest.raises(ValueError, match='head dim is 0'):
+        block_sparse_attention(heads_only, heads_only, torch.randn(1, 2, 8, 4),
+                               torch.zeros(1, 2, 2, 1, dtype=torch.int32), None, 4, 4)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -168,3 +168,22 @@ def test_kernel_matches_reference_cuda(shape, dtype):
     for i in g_ref:
         atol = None if i == 0 else 1e-5 * g_ref[i].abs().max().item()
         assert_kernel_close(g_kernel[i], g_same[i], g_ref[i], f'grad {i} {shape}', atol=atol)
+
+
+def test_strided_weight_and_bias_and_empty_features():
+    """A strided or expanded (stride 0) weight and bias give F.layer_norm's result (the kernel read them as
+    contiguous, off by up to 7e28), and zero features return F.layer_norm's empty result instead of a reshape
+    error (both found by the adversarial probe)."""
+    from op_testing import kernel_device
+    device = kernel_device()
+    x = torch.randn(6, 8, device=device)
+    weight, bias = torch.randn(16, device=device)[::2], torch.randn(1, device=device).expand(8)
+    assert not weight.is_contiguous() and not bias.is_contiguous()
+    torch.testing.assert_close(layer_norm(x, 8, weight, bias, backend='triton'), F.layer_norm(x, (8,), weight, bias))
+    leaf = weight.clone().requires_grad_()
+    (got,) = torch.autograd.grad(layer_norm(x, 8, leaf[None].expand(2, 8)[0], bias, backend='triton').square().sum(),
+                                 [leaf])
+    (want,) = torch.autograd.grad(F.layer_norm(x, (8,), leaf, bias).square().sum(), [leaf])
+    torch.testing.assert_close(got, want)
+    empty = torch.randn(3, 0, device=device)
+    assert layer_norm(empty, 0, backend='triton').shape == (3, 0)

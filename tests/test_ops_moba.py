@@ -337,3 +337,16 @@ def test_benchmark_flex_mask_is_the_same_selection(monkeypatch, with_gating):
         warnings.simplefilter('ignore')
         out = flex(q, k, v)
     torch.testing.assert_close(out, vmoba_attention(q, k, v, THW, (2, 4, 4), **rule, backend='reference'))
+
+
+@pytest.mark.parametrize('backend', ['reference', 'triton'])
+def test_moba_without_batch_or_heads(backend):
+    """Batch 0 or no head: empty output and mask of the right shapes (was a reshape error on both backends; the
+    causal reference also failed there with an empty batch)."""
+    if backend == 'triton':
+        from op_testing import kernel_device
+        kernel_device()
+    for shape in ((0, 2, 8, 4), (1, 0, 8, 4)):
+        q = torch.randn(shape)
+        out, mask = moba_attention(q, q, q, 4, 1, backend=backend, return_mask=True)
+        assert out.shape == shape and mask.shape == (*shape[:2], 2, 2) and mask.dtype == torch.bool

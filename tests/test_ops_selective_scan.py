@@ -221,6 +221,8 @@ def test_mixed_dtype_projections():
     (dict(D=torch.zeros(3)), r'D must be \[dim=4\]'),
     (dict(u=torch.zeros(1, 4, 0), delta=torch.zeros(1, 4, 0), B=torch.zeros(1, 2, 0), C=torch.zeros(1, 2, 0)),
      'sequence is empty'),
+    (dict(B=torch.zeros(1, 2, 2, 8), C=torch.zeros(1, 1, 2, 8)), 'C must be shaped as B: B has 2 groups, C has 1'),
+    (dict(B=torch.zeros(1, 2, 2, 8)), 'C must be shaped as B: B has 2 groups, C has 1'),  # 3-D C: one group
 ])
 def test_bad_arguments(bad, match):
     args = dict(u=torch.zeros(1, 4, 8), delta=torch.zeros(1, 4, 8), A=-torch.ones(4, 2), B=torch.zeros(1, 2, 8),
@@ -613,3 +615,24 @@ def test_kernels_refuse_a_group_beyond_int32_offsets():
     order = scan_orders(2, 2, 'cross', 'meta')
     with pytest.raises(ValueError, match=r'one batch element and group of u spans \d+ elements \(shape'):
         kernels._cross_fwd(x, delta, A, B, C, D, bias, order, True, torch.float32, False)
+
+
+def test_strided_per_channel_parameters_are_read_by_their_strides():
+    """A transposed A and expanded (stride 0) D and delta_bias: the kernels index these per channel, unstrided, and
+    read the wrong values unless the op hands them over contiguous (found by the adversarial probe: off by up to
+    1e32)."""
+    device = kernel_device()
+    u, delta, A, B, C, D, z, bias = make_inputs(1, 4, 9, 3, 1, device=device)
+    strided = dict(A=A.t().contiguous().t(), D=D[:1].expand(4), delta_bias=bias[:1].expand(4))
+    dense = {name: t.contiguous() for name, t in strided.items()}
+    assert not any(t.is_contiguous() for t in strided.values())
+    args = dict(u=u, delta=delta, B=B, C=C, z=z, delta_softplus=True)
+    torch.testing.assert_close(selective_scan(**args, **strided, backend='triton'),
+                               selective_scan(**args, **dense, backend='reference'), rtol=1e-5, atol=1e-5)
+    x, delta, A, B, C, D, bias = make_cross_inputs(1, 3, 4, 2, 2, True, True, device=device)
+    strided = dict(A=A.t().contiguous().t(), D=D[:1].expand(D.shape[0]), delta_bias=bias[:1].expand(bias.shape[0]))
+    dense = {name: t.contiguous() for name, t in strided.items()}
+    assert not any(t.is_contiguous() for t in strided.values())
+    torch.testing.assert_close(cross_selective_scan(x, delta, B=B, C=C, **strided, backend='triton'),
+                               cross_selective_scan(x, delta, B=B, C=C, **dense, backend='reference'),
+                               rtol=1e-5, atol=1e-5)

@@ -116,6 +116,9 @@ def test_bad_input_names_the_problem():
     if kernel_device() == 'cpu':
         with pytest.raises(ValueError, match='keep the strip shape'):
             strip_gate(torch.randn(1, 32, 4, 4), lambda s: s[..., :2], backend='triton')
+    # the reference broadcast a gate of the wrong shape into a product (found by the adversarial probe)
+    with pytest.raises(ValueError, match='keep the strip shape'):
+        strip_gate(torch.randn(1, 32, 4, 4), lambda s: s[..., :1].sigmoid(), backend='reference')
 
 
 def test_a_parameter_missing_from_params_is_named():

@@ -9,12 +9,11 @@ regions, q/k/v or the LCE input); elsewhere the PyTorch reference (``reference/b
 the official code does. Paper: Zhu et al., "BiFormer: Vision Transformer with Bi-Level Routing Attention",
 CVPR 2023; code: github.com/rayleizhu/BiFormer (MIT).
 """
-import math
 from typing import Optional, Tuple, Union
 
 import torch
 
-from .checks import choose_backend
+from .checks import choose_backend, finite_scale, positive_int
 from .reference.block_sparse import (
     bi_level_routing_attention_2d_ref,
     bi_level_routing_attention_ref,
@@ -39,13 +38,11 @@ def _check_int_tensor(name: str, tensor: torch.Tensor, shape: Tuple[int, ...]) -
 
 
 def _resolve_scale(op: str, scale, default_dim: int) -> float:
-    """``scale`` as a float (default ``default_dim ** -0.5``); a NaN, infinite or non-numeric scale is refused, as
-    neighborhood_attention does, instead of returning all-NaN attention."""
-    if scale is None:
-        return default_dim ** -0.5
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f'{op}: scale={scale!r} must be a finite number or None')
-    return float(scale)
+    """``scale`` as a float (default ``default_dim ** -0.5``; see :func:`finite_scale`); a head dim of 0 is
+    refused."""
+    if default_dim < 1:
+        raise ValueError(f'{op}: the q/k head dim is 0 (no channels to attend with)')
+    return finite_scale(op, scale, default_dim ** -0.5)
 
 
 def dedup_block_index(kv_block_index: torch.Tensor, kv_block_count: Optional[torch.Tensor]
@@ -202,7 +199,10 @@ def bi_level_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         raise TypeError(f'q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}')
     batch, regions, tokens, c_qk = q.shape
     c_v = v.shape[-1]
-    if num_heads < 1 or c_qk % num_heads or c_v % num_heads:
+    num_heads = positive_int('bi_level_routing_attention', 'num_heads', num_heads)
+    if tokens == 0:
+        raise ValueError(f'bi_level_routing_attention: the regions hold no tokens (q is {list(q.shape)})')
+    if c_qk % num_heads or c_v % num_heads:
         raise ValueError(f'num_heads={num_heads} must divide the qk channels {c_qk} and the v channels {c_v}')
     if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= regions:
         raise ValueError(f'topk={topk!r} must be an int in [1, {regions}] (the number of regions)')
@@ -261,13 +261,15 @@ def bi_level_routing_attention_2d(qkv: torch.Tensor, num_heads: int, n_win: int,
     if qkv.dim() != 4 or not qkv.dtype.is_floating_point:
         raise ValueError(f'qkv must be a floating [B, H, W, C] map, got {qkv.dtype} {list(qkv.shape)}')
     batch, height, width, channels = qkv.shape
-    qk_dim = channels // 3 if qk_dim is None else qk_dim
+    op = 'bi_level_routing_attention_2d'
+    num_heads, n_win = positive_int(op, 'num_heads', num_heads), positive_int(op, 'n_win', n_win)
+    qk_dim = channels // 3 if qk_dim is None else positive_int(op, 'qk_dim', qk_dim)
     c_v = channels - 2 * qk_dim
     if qk_dim < 1 or c_v < 1:
         raise ValueError(f'qkv has {channels} channels, too few for q and k of {qk_dim} and a v')
-    if num_heads < 1 or qk_dim % num_heads or c_v % num_heads:
+    if qk_dim % num_heads or c_v % num_heads:
         raise ValueError(f'num_heads={num_heads} must divide the qk channels {qk_dim} and the v channels {c_v}')
-    if n_win < 1 or height % n_win or width % n_win or height == 0 or width == 0:
+    if height % n_win or width % n_win or height == 0 or width == 0:
         raise ValueError(f'the map is {height}x{width}, not a positive multiple of n_win={n_win} per side')
     if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= n_win * n_win:
         raise ValueError(f'topk={topk!r} must be an int in [1, {n_win * n_win}] (the number of regions)')
@@ -277,6 +279,8 @@ def bi_level_routing_attention_2d(qkv: torch.Tensor, num_heads: int, n_win: int,
             raise ValueError(f'lepe_weight must be [{c_v}, 1, k, k] with k odd, got {list(lepe_weight.shape)}')
         if lepe_bias is not None and lepe_bias.shape != (c_v,):
             raise ValueError(f'lepe_bias must be [{c_v}], got {list(lepe_bias.shape)}')
+    elif lepe_bias is not None:  # a bias with no conv would be dropped without a word
+        raise ValueError('lepe_bias is given without lepe_weight (the bias belongs to the LePE depthwise conv)')
     scale = _resolve_scale('bi_level_routing_attention_2d', scale, qk_dim)
     if batch == 0:
         # No image: the empty output (v's channels of qkv, a function of qkv for autograd) and an empty routing.

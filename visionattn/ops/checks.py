@@ -12,6 +12,8 @@ breaking the graph at every attention call.
 """
 import importlib.util
 import logging
+import math
+import numbers
 import os
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -19,7 +21,7 @@ import torch
 
 __all__ = [
     'BACKENDS', 'BackendUnavailableError', 'choose_backend', 'explain_backend', 'triton_rejections', 'env_backend',
-    'env_signature',
+    'env_signature', 'finite_scale', 'positive_int',
 ]
 
 _logger = logging.getLogger('visionattn.ops')
@@ -143,3 +145,23 @@ def explain_backend(op: str, tensors: Iterable[Optional[torch.Tensor]], extra: S
     """A one-line answer to "which backend would run these inputs, and why"."""
     reasons = triton_rejections(tensors, extra)
     return f'{op}: triton' if not reasons else f'{op}: reference ({"; ".join(reasons)})'
+
+
+def finite_scale(op: str, scale, default: float) -> float:
+    """An attention op's logit ``scale`` as a float (``default`` for None): any finite real number, NumPy's
+    included; a NaN, infinite, boolean or non-numeric scale is refused naming it (instead of all-NaN attention)."""
+    if scale is None:
+        return default
+    if type(scale) is not float and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
+        raise ValueError(f'{op}: scale={scale!r} must be a finite number or None')
+    if not math.isfinite(scale):
+        raise ValueError(f'{op}: scale={scale!r} must be a finite number or None')
+    return float(scale)
+
+
+def positive_int(op: str, name: str, value) -> int:
+    """A count argument (heads, regions, channels) as an int >= 1; a float, bool or smaller value is refused naming
+    it (a float passes divisibility checks and fails later, unclearly)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f'{op}: {name}={value!r} must be an int >= 1')
+    return int(value)

@@ -48,7 +48,7 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]], wei
     normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling():
         return F.layer_norm(x, normalized_shape, weight, bias, eps)
-    if x.device.type == 'meta':  # shape propagation (FLOP counts): no kernel, no autocast state to read
+    if x.device.type == 'meta' or x.numel() == 0:  # shape propagation (FLOP counts), or nothing to normalise
         return F.layer_norm(x, normalized_shape, weight, bias, eps)
     grad = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)
                                         or (bias is not None and bias.requires_grad))
@@ -69,6 +69,9 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]], wei
     chosen, stats_dtype = choice
     if chosen == 'reference':
         return F.layer_norm(x, normalized_shape, weight, bias, eps)
+    # the kernels index weight and bias unstrided: a strided or expanded one is copied (differentiable)
+    weight = weight if weight is None or weight.is_contiguous() else weight.contiguous()
+    bias = bias if bias is None or bias.is_contiguous() else bias.contiguous()
     if grad:
         return _LayerNormFn.apply(x, weight, bias, float(eps), stats_dtype)
     from .triton.layer_norm import layer_norm_fwd

@@ -12,12 +12,11 @@ Hassani et al., "Neighborhood Attention Transformer" (CVPR 2023) and "Dilated Ne
 - the relative positional bias (rpb, [heads, 2k-1, ...]) is indexed by ``(key - query) / d + k - 1`` per axis and
   added after scaling q: ``softmax(q * scale @ k^T + rpb) @ v``.
 """
-import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from .checks import choose_backend, env_signature
+from .checks import choose_backend, env_signature, finite_scale
 from .reference.neighborhood import neighborhood_attention_ref
 
 __all__ = ['neighborhood_attention', 'na_triton_checks', 'normalize_na_args']
@@ -113,13 +112,7 @@ def normalize_na_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_
         if not rpb.dtype.is_floating_point or rpb.device != device:
             raise ValueError(f'neighborhood_attention: rpb must be a floating tensor on {q.device}, got {rpb.dtype} on '
                              f'{rpb.device}')
-    if scale is None:
-        scale = q_shape[-1] ** -0.5
-    elif type(scale) is not float and (not isinstance(scale, (int, float)) or isinstance(scale, bool)):
-        raise ValueError(f'neighborhood_attention: scale={scale!r} must be a finite number or None')
-    if not math.isfinite(scale):
-        raise ValueError(f'neighborhood_attention: scale={scale!r} must be a finite number or None')
-    return kernel, dil, strides, causal, float(scale)
+    return kernel, dil, strides, causal, finite_scale('neighborhood_attention', scale, q_shape[-1] ** -0.5)
 
 
 def na_triton_checks(q: torch.Tensor, v: torch.Tensor) -> list:

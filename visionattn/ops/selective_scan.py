@@ -39,6 +39,12 @@ def _check_vector(name: str, x: Optional[torch.Tensor], dim: int, what: str = 'd
         raise ValueError(f'{name} must be [{what}={dim}], got {list(x.shape)}')
 
 
+def _dense(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A per-channel parameter (A, D, delta_bias) as the kernels read it: contiguous (a transposed or expanded one
+    is copied; differentiable)."""
+    return t if t is None or t.is_contiguous() else t.contiguous()
+
+
 def _check_inputs(op: str, tensors) -> None:
     if not all(t.is_floating_point() for t in tensors if t is not None):
         raise TypeError(f'{op} takes floating-point tensors only')
@@ -89,6 +95,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     n_state = A.shape[1]
     B = _check_bc('B', B, batch, dim, n_state, seq_len)
     C = _check_bc('C', C, batch, dim, n_state, seq_len)
+    if C.shape[1] != B.shape[1]:  # one group count for both, as mamba-ssm's kernel checks
+        raise ValueError(f'C must be shaped as B: B has {B.shape[1]} groups, C has {C.shape[1]}')
     _check_vector('D', D, dim)
     _check_vector('delta_bias', delta_bias, dim)
     tensors = (u, delta, A, B, C, D, z, delta_bias)
@@ -97,6 +105,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     if chosen == 'reference':
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     from .triton.selective_scan import selective_scan_triton
+    A, D, delta_bias = _dense(A), _dense(D), _dense(delta_bias)  # the kernels index these per channel, unstrided
     y, last = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
     return (y, last) if return_last_state else y
 
@@ -180,8 +189,8 @@ def cross_selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
             delta = project_steps(delta, delta_proj)
         return cross_selective_scan_ref(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), path, out_dtype)
     from .triton.selective_scan import cross_selective_scan_triton
-    return cross_selective_scan_triton(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), path, out_dtype,
-                                       orders, delta_proj)
+    return cross_selective_scan_triton(x, delta, _dense(A), B, C, _dense(D), _dense(delta_bias), bool(delta_softplus),
+                                       path, out_dtype, orders, delta_proj)
 
 
 # the orders of a size, built once (eager): outside inference mode and autograd, so that an inference call's serve

@@ -143,7 +143,7 @@ def _kv_heads(name: str, query: torch.Tensor, key: torch.Tensor, value: torch.Te
     if value.shape[-2] != heads_kv:
         raise ValueError(f'{_where(name)}: key and value must have the same number of heads, got {heads_kv} and '
                          f'{value.shape[-2]}')
-    if heads_kv != heads and (heads_kv > heads or heads % heads_kv):
+    if heads_kv != heads and (heads_kv < 1 or heads_kv > heads or heads % heads_kv):
         raise ValueError(f'{_where(name)}: the key/value heads ({heads_kv}) must evenly divide the query heads '
                          f'({heads})')
     if (additional_keys is None) != (additional_values is None):

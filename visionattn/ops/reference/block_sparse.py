@@ -56,7 +56,8 @@ def block_sparse_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     if causal:
         key_token = (index[..., None] * kv_block_size + torch.arange(kv_block_size, device=q.device))
         query_token = torch.arange(n_q, device=q.device).reshape(n_q_blocks, q_block_size, 1)
-        allowed = key_token.reshape(batch, heads, n_q_blocks, 1, -1) <= query_token  # [B, H, nQ, q_block, keys]
+        # [B, H, nQ, q_block, keys] (the key count spelled out: -1 is ambiguous for an empty batch)
+        allowed = key_token.reshape(batch, heads, n_q_blocks, 1, max_kv * kv_block_size) <= query_token
         if kv_block_count is not None:
             counted = torch.arange(max_kv, device=q.device) < kv_block_count.long()[..., None]
             counted = counted.expand(batch, heads, n_q_blocks, max_kv).repeat_interleave(kv_block_size, dim=-1)

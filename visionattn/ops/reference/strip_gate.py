@@ -13,6 +13,11 @@ def strip_gate_ref(x: torch.Tensor, gate_fn: Callable[[torch.Tensor], torch.Tens
     Under CUDA autocast a gate may come back in float32 (GroupNorm's policy); it is cast to ``x``'s dtype, so that
     the product, and the residual stream after it, keeps ``x``'s dtype instead of doubling its bytes.
     """
-    gate_h = gate_fn(x.mean(dim=3)).unsqueeze(3).to(x.dtype)  # B, C, H, 1
-    gate_w = gate_fn(x.mean(dim=2)).unsqueeze(2).to(x.dtype)  # B, C, 1, W
-    return x * gate_h * gate_w
+    strips = x.mean(dim=3), x.mean(dim=2)  # B, C, H and B, C, W
+    gate_h, gate_w = (gate_fn(strip) for strip in strips)
+    if not isinstance(x, torch.fx.Proxy):  # a gate of another shape would broadcast into a wrong product
+        for strip, gate in zip(strips, (gate_h, gate_w)):
+            if gate.shape != strip.shape:
+                raise ValueError(f'strip_gate: gate_fn must keep the strip shape {tuple(strip.shape)}, '
+                                 f'got {tuple(gate.shape)}')
+    return x * gate_h.unsqueeze(3).to(x.dtype) * gate_w.unsqueeze(2).to(x.dtype)
