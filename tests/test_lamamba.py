@@ -128,6 +128,25 @@ def test_ss2d_parameters_initialisation_and_gradients():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 
 
+@pytest.mark.parametrize('dtype', [torch.float64, torch.bfloat16])
+def test_ss2d_in_a_model_cast_to_another_dtype(dtype):
+    """``model.double()`` / ``.bfloat16()``: the scan's float32 output reached out_norm's weights of the model's
+    dtype and failed ('mixed dtype'); it now comes out in the parameters' dtype (found by the adversarial probe).
+    float64 gives the float32 model's output."""
+    torch.manual_seed(0)
+    module = SS2D(12, d_state=1, ssm_ratio=2.0)
+    cast = SS2D(12, d_state=1, ssm_ratio=2.0).to(dtype)
+    cast.load_state_dict(module.state_dict())
+    x = torch.randn(1, 4, 5, 12)
+    out = cast(x.to(dtype))
+    assert out.dtype == dtype
+    tol = 1e-5 if dtype == torch.float64 else 5e-2
+    torch.testing.assert_close(out.float(), module(x), rtol=tol, atol=tol)
+    out.float().sum().backward()
+    denoiser = lamamba_diff_tiny().to(dtype)
+    assert denoiser(torch.randn(1, 4, 16, 16, dtype=dtype), torch.tensor([3])).dtype == dtype
+
+
 def test_selective_scan_flops_formula():
     # VMamba's flops_selective_scan_fn(B=2, L=64, D=96, N=1, with_D=True, with_Z=False) = 9 B L D N + B D L
     assert selective_scan_flops(2, 64, 96, 1) == 9 * 2 * 64 * 96 + 2 * 96 * 64

@@ -71,6 +71,10 @@ def _ss2d_core(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: to
     # official forward_type 'v2' runs the scan in fp32 (no 'no32' postfix): its inputs are cast to fp32 (exact, and
     # done by the kernels as they read) and its output and the merge are fp32
     out_dtype = torch.float32 if force_fp32 else x.dtype
+    if force_fp32 and x_proj_weight.dtype != torch.float32 and not torch.is_autocast_enabled(x.device.type):
+        # a model cast to another dtype (.double(), .bfloat16()): the output in its parameters' dtype, which the
+        # out_norm after it has (under autocast the parameters and this output stay fp32, as in the official code)
+        out_dtype = x_proj_weight.dtype
     if x.is_meta:  # shapes only (profile.measure): skip the reference's step-by-step loop, which computes nothing
         project_steps(dts, dt_projs_weight)  # counted where the official code runs it (the op may fuse it)
         return torch.empty(x.shape, dtype=out_dtype, device=x.device)
