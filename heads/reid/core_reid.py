@@ -39,10 +39,15 @@ def set_last_stride_one(model: nn.Module, stage_name: str) -> None:
         ValueError: When the stage is not a sequence of residual blocks with a strided first block (not a ResNet
             family backbone), or uses anti-aliased / average-pool downsampling that a stride change cannot remove.
     """
-    try:
-        stage = model.get_submodule(stage_name)
-    except AttributeError as err:
-        raise ValueError(f'last_stride=1: the backbone has no module {stage_name!r}') from err
+    stage = None
+    for name in (stage_name, f'model.{stage_name}'):  # timm's feature getter keeps the model under .model
+        try:
+            stage = model.get_submodule(name)
+            break
+        except AttributeError:
+            continue
+    if stage is None:
+        raise ValueError(f'last_stride=1: the backbone has no module {stage_name!r}')
     first = stage[0] if isinstance(stage, nn.Sequential) and len(stage) else None
     if first is None or not hasattr(first, 'downsample') or first.downsample is None:
         raise ValueError(f'last_stride=1 is defined for ResNet-family backbones (a last stage of residual blocks '
