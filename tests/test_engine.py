@@ -213,3 +213,16 @@ def test_task_model_names_an_unknown_mode(name):
     for batch in (torch.zeros(2, 3, 8, 8), torch.zeros(0, 3, 8, 8)):  # the empty-batch rule leaves it to forward
         with pytest.raises(ValueError, match=r"unknown mode='bogus'.*'loss', 'predict', 'tensor'"):
             model(batch, None, mode='bogus')
+
+
+def test_a_checkpoint_with_integer_weights_does_not_fit():
+    # Adversarial probe: int8 or bool tensors of the right shapes were cast into the float weights on --resume,
+    # tools/test.py and publish.py (a 12.5 % top-1 test run instead of an error).
+    from visionattn.engine.runner import _check_shapes
+    from visionattn.hub import CheckpointMismatchError
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    _check_shapes(model, state, 'ok.pth')  # the model's own weights fit (num_batches_tracked is an int64 buffer)
+    state['0.weight'] = state['0.weight'].to(torch.int8)
+    with pytest.raises(CheckpointMismatchError, match=r'0.weight: checkpoint holds torch.int8, model torch.float32'):
+        _check_shapes(model, state, 'int8.pth')

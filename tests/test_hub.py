@@ -431,3 +431,51 @@ def test_an_engine_checkpoint_points_to_publish(tmp_path):
                 'state_dict': {f'classifier.{k}': v for k, v in official.state_dict().items()}}, path)
     with pytest.raises(CheckpointMismatchError, match=r'tools/publish\.py CONFIG CHECKPOINT OUT_DIR'):
         timm.create_model('eca_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
+def test_a_fine_tuned_classifier_that_fits_is_loaded(tmp_path):
+    # Adversarial probe: a checkpoint fine-tuned for 10 classes, loaded into a 10-class model from a file, lost its
+    # classifier (timm drops it when the class count differs from the cfg's 1000) with only an INFO log.
+    model = timm.create_model('eca_resnet18', num_classes=10)
+    path = tmp_path / 'fine_tuned.safetensors'
+    save_file(model.state_dict(), str(path))
+    loaded = timm.create_model('eca_resnet18', num_classes=10, pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(path)))
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    # another class count still takes the body and leaves the new classifier initialised
+    other = timm.create_model('eca_resnet18', num_classes=5, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path)))
+    torch.testing.assert_close(other.conv1.weight, model.conv1.weight)
+    assert other.fc.weight.shape == (5, 512)
+
+
+def test_wrong_dtypes_and_non_tensors_are_mismatches(tmp_path):
+    # Adversarial probe: int8 or bool tensors of the right shapes loaded as float weights; a numpy array stored as
+    # a weight failed with an AttributeError from the shape check.
+    import numpy as np
+    model = timm.create_model('eca_resnet18')
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    weights['conv1.weight'] = weights['conv1.weight'].to(torch.int8)
+    path = tmp_path / 'int8.pth'
+    torch.save(weights, path)
+    with pytest.raises(CheckpointMismatchError, match='conv1.weight: checkpoint dtype torch.int8 vs model'):
+        timm.create_model('eca_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    weights['conv1.weight'] = np.zeros((64, 3, 7, 7), dtype=np.float32)
+    torch.save(weights, path)
+    with pytest.raises(CheckpointMismatchError, match='conv1.weight: checkpoint holds a SkippedObject, not a tensor'):
+        timm.create_model('eca_resnet18', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
+def test_the_reader_follows_the_content_and_bad_paths_are_named(tmp_path):
+    # Adversarial probe: safetensors bytes under a name without the extension (a download URL without one) were
+    # read by torch.load and reported as corrupted; a directory was 'missing'; an empty file had an empty reason.
+    path = tmp_path / 'weights'
+    save_file({'w': torch.arange(3.)}, str(path))
+    torch.testing.assert_close(load_checkpoint_file(path)['w'], torch.arange(3.))
+    with pytest.raises(CheckpointError, match='is a directory'):
+        load_checkpoint_file(tmp_path)
+    empty = tmp_path / 'empty.pth'
+    empty.touch()
+    with pytest.raises(CheckpointError, match=r'is empty \(0 bytes\)'):
+        load_checkpoint_file(empty)

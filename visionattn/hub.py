@@ -364,11 +364,16 @@ def load_checkpoint_file(path: Union[str, Path], extra_globals: Sequence[Any] = 
     and say what is wrong with it.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f'checkpoint file {path} is a directory, not a file')
     if not path.is_file():
         raise CheckpointError(f'checkpoint file {path} does not exist')
+    if path.stat().st_size == 0:
+        raise CheckpointError(f'checkpoint file {path} is empty (0 bytes)')
     if verify:
         verify_checkpoint(path)
-    if path.suffix == '.safetensors':
+    # the reader by the file's first bytes, not its name (a download URL need not end in .safetensors)
+    if checkpoint_format(path) == 'safetensors':
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
@@ -436,10 +441,18 @@ def check_state_dict(
     adapted = tuple(allow_adapted)
     missing = [k for k in expected if k not in state_dict and not k.startswith(adapted)]
     unexpected = [k for k in state_dict if k not in expected and not k.startswith(adapted)]
-    mismatched = [
-        f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}'
-        for k, v in expected.items()
-        if k in state_dict and not k.startswith(adapted) and tuple(state_dict[k].shape) != tuple(v.shape)]
+    mismatched = []
+    for k, v in expected.items():
+        if k not in state_dict or k.startswith(adapted):
+            continue
+        got = state_dict[k]
+        if not isinstance(got, torch.Tensor):  # a numpy array read as a placeholder, a number, a string
+            mismatched.append(f'{k}: checkpoint holds a {type(got).__name__}, not a tensor')
+        elif tuple(got.shape) != tuple(v.shape):
+            mismatched.append(f'{k}: checkpoint {tuple(got.shape)} vs model {tuple(v.shape)}')
+        elif v.is_floating_point() and not (got.is_floating_point() or got.is_complex()):
+            # integer or bool values would be cast into the weights without a word
+            mismatched.append(f'{k}: checkpoint dtype {got.dtype} vs model {v.dtype}')
     if missing or unexpected or mismatched:
         lines = [f'{source} does not fit {type(model).__name__}; nothing was loaded.']
         if missing:
@@ -465,6 +478,23 @@ def _adapted_prefixes(model: nn.Module, pretrained_cfg: Dict[str, Any]) -> List[
         if getattr(model.get_submodule(name), 'in_channels', source_chans) != source_chans:
             prefixes.append(name)
     return [p + '.' for p in prefixes]
+
+
+def _keep_fitting_classifier(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
+    """A fine-tuned checkpoint for this model's number of classes (a ``file`` or ``local-dir`` source) keeps its
+    classifier: timm's loader drops the classifier whenever the model's class count differs from the pretrained
+    cfg's (1000 for ImageNet weights), so where every classifier tensor of the checkpoint fits the model's, the cfg
+    is told the checkpoint's class count (which it then describes truly)."""
+    cfg = model.pretrained_cfg
+    num_classes = getattr(model, 'num_classes', None)
+    if not num_classes or num_classes == cfg.get('num_classes'):
+        return
+    names = cfg.get('classifier') or ()
+    names = [names] if isinstance(names, str) else list(names)
+    expected = model.state_dict()
+    head = [k for k in expected if any(k.startswith(name + '.') for name in names)]
+    if head and all(k in state_dict and tuple(state_dict[k].shape) == tuple(expected[k].shape) for k in head):
+        cfg['num_classes'] = num_classes
 
 
 _RATE_ARGS = ('drop_rate', 'drop_path_rate', 'attn_drop_rate', 'proj_drop_rate', 'pos_drop_rate')
@@ -586,12 +616,14 @@ def build_model(
             state_dict = pretrained_filter_fn(state_dict, model)
         else:
             state_dict = unwrap_state_dict(state_dict)
+        adapted = _adapted_prefixes(model, model.pretrained_cfg)
         try:
-            check_state_dict(state_dict, model, _adapted_prefixes(model, model.pretrained_cfg), source=source)
+            check_state_dict(state_dict, model, adapted, source=source)
         except CheckpointMismatchError as e:
             if not is_engine_checkpoint(raw):
                 raise
             raise CheckpointMismatchError(f'{e}\n  {PUBLISH_HINT}') from None
+        _keep_fitting_classifier(state_dict, model)
         return state_dict
 
     model = build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_and_check, **kwargs)

@@ -292,12 +292,17 @@ def _check_shapes(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], p
     own = model.state_dict()
     mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
                   if k in own and hasattr(v, 'shape') and tuple(v.shape) != tuple(own[k].shape)]
+    # integer or bool values (or a non-tensor) where the model holds floats would be cast in without a word
+    wrong_kind = [(k, getattr(v, 'dtype', type(v).__name__), own[k].dtype) for k, v in state_dict.items()
+                  if k in own and own[k].is_floating_point()
+                  and not (isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()))]
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
-    if not (mismatched or missing or unexpected):
+    if not (mismatched or wrong_kind or missing or unexpected):
         return
     lines = [f'checkpoint {path} does not fit the model:']
     lines += [f'  {k}: checkpoint {a}, model {b}' for k, a, b in mismatched]
+    lines += [f'  {k}: checkpoint holds {a}, model {b}' for k, a, b in wrong_kind]
     heads = [(a, b) for k, a, b in mismatched if re.search(r'(head|fc|classifier)\.(\w+\.)*(weight|bias)$', k)]
     if heads:
         lines.append(f'  (the classifier has {heads[0][0][0]} classes in the checkpoint and {heads[0][1][0]} in the '
