@@ -479,3 +479,21 @@ def test_relevance_score_ranks_every_block():
     assert sorted(report['ranking']) == list(range(11))
     assert {row['after_base_block'] for row in report['blocks']} == set(RELACTRL_CONTROL_INDICES)
     assert model.denoiser.skip_blocks == set()
+
+
+@pytest.mark.parametrize('build', [
+    lambda: dit.dit_tiny(input_size=8, hidden_size=32, num_heads=2, depth=1),
+    lambda: _tiny_pixart(caption_channels=0, num_classes=10, depth=1),
+    lambda: __import__('visionattn.heads.diffusion.lamamba_diff', fromlist=['x']).lamamba_diff_tiny(),
+], ids=['dit', 'pixart', 'lamamba_diff'])
+def test_class_labels_are_checked_and_an_empty_batch_runs(build):
+    # Adversarial probe: labels of another count or shape failed in a reshape or a broadcast ([1, B] passed PixArt
+    # and dropped every label together in training), and an empty batch failed in labels.min().
+    model = build().eval()
+    size = model.input_size
+    x, t = torch.randn(2, model.in_channels, size, size), torch.tensor([1, 2])
+    for labels in (torch.tensor([1, 2, 3]), torch.tensor([[1], [2]]), torch.tensor([[1, 2]]), torch.tensor([1., 2.])):
+        with pytest.raises(ValueError, match=r'class labels must be an integer tensor \[B=2\]'):
+            model(x, t, labels)
+    empty = model(x[:0], t[:0], torch.zeros(0, dtype=torch.long))
+    assert empty.shape[0] == 0 and empty.shape[1] == model.out_channels

@@ -35,7 +35,7 @@ def count_denoiser(factory: Callable[..., nn.Module], latent_size: int, batch: i
     params = sum(p.numel() for p in model.parameters())
     embedder = getattr(model, 'y_embedder', None)
     if embedder is not None:  # its label range check reads values, which meta tensors lack; the lookup costs 0 FLOPs
-        embedder.forward = lambda labels, train: embedder.embedding_table(labels)
+        embedder.forward = lambda labels, train, batch=None: embedder.embedding_table(labels)
     layer_norm_flops = [0]
 
     def count_layer_norm(module: nn.LayerNorm, inputs, output) -> None:

@@ -190,8 +190,15 @@ class LabelEmbedder(nn.Module):
         self.dropout_prob = dropout_prob
         self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
 
-    def forward(self, labels: torch.Tensor, train: bool) -> torch.Tensor:
-        if labels.device.type != 'meta' and (labels.min() < 0 or labels.max() > self.num_classes or (
+    def forward(self, labels: torch.Tensor, train: bool, batch: Optional[int] = None) -> torch.Tensor:
+        """Labels [B] (``batch`` B where the caller knows it) -> [B, hidden]."""
+        if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.is_floating_point() or \
+                labels.is_complex() or labels.dtype == torch.bool or (batch is not None and labels.shape[0] != batch):
+            got = f'{labels.dtype} {tuple(labels.shape)}' if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise ValueError(f'class labels must be an integer tensor [B{"" if batch is None else f"={batch}"}], '
+                             f'got {got}')
+        if labels.numel() and labels.device.type != 'meta' and (
+                labels.min() < 0 or labels.max() > self.num_classes or (
                 labels.max() == self.num_classes and self.dropout_prob == 0)):
             raise ValueError(f'class labels must lie in [0, {self.num_classes}) (or == {self.num_classes}, the null '
                              f'label, with class dropout), got {labels.min().item()}..{labels.max().item()}')
@@ -282,7 +289,7 @@ class PixArtBlock(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor, t0: torch.Tensor, cond_mask: Optional[torch.Tensor] = None,
                 grid_size: Optional[Tuple[int, ...]] = None) -> torch.Tensor:
         batch = x.shape[0]
-        mods = (self.scale_shift_table[None] + t0.reshape(batch, 6, -1)).chunk(6, dim=1)
+        mods = (self.scale_shift_table[None] + t0.reshape(batch, 6, x.shape[-1])).chunk(6, dim=1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods  # each [B, 1, D]
         x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), grid_size)
         x = x + self.cross_attn(x, cond, cond_mask)
@@ -454,7 +461,7 @@ class DiT(_PatchDenoiser):
         if self.y_embedder is not None:
             if y is None:
                 raise ValueError(f'this DiT is class-conditional ({self.num_classes} classes): pass labels y')
-            c = c + self.y_embedder(y, self.training)
+            c = c + self.y_embedder(y, self.training, x.shape[0])
         for block in self.blocks:
             tokens = block(tokens, c, grid)
         return self.unpatchify(self.final_layer(tokens, c), grid)
@@ -560,7 +567,7 @@ class PixArt(_PatchDenoiser):
         elif self.label_embedder is not None:
             if y is None:
                 raise ValueError(f'this PixArt is label-conditioned ({self.num_classes} classes): pass labels y')
-            cond = self.label_embedder(y, self.training)[:, None]
+            cond = self.label_embedder(y, self.training, batch)[:, None]
         else:
             null = self.y_embedder.y_embedding.to(tokens.dtype)
             cond = self.y_embedder.y_proj(null[None].expand(batch, -1, -1))

@@ -284,7 +284,7 @@ class LaMambaDiff(nn.Module):
                 raise ValueError(f'this LaMambaDiff is class-conditional ({self.num_classes} classes) with no null '
                                  'label: pass labels y')
             y = torch.full((batch,), self.num_classes, device=device, dtype=torch.long)
-        return self.t_embedder(t) + self.y_embedder(y, self.training)
+        return self.t_embedder(t) + self.y_embedder(y, self.training, batch)
 
     def forward_encoder(self, x: torch.Tensor, c: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         x = self.patch_embed(x) + self.pos_embed

@@ -66,9 +66,9 @@ class ShuffledTokenAttention(nn.Module):
         if tokens % self.segments:
             raise ValueError(f'TDSM cuts the tokens into {self.segments} segments: {tokens} tokens do not divide')
         order = torch.randperm(tokens * dim, generator=generator).to(x.device)
-        shuffled = x.reshape(batch, -1)[:, order]
+        shuffled = x.reshape(batch, tokens * dim)[:, order]  # sizes spelled out: -1 is ambiguous for batch 0
         segments = shuffled.reshape(batch * self.segments, tokens // self.segments, dim)  # contiguous cuts
-        mixed = self.attn(segments).reshape(batch, -1)
+        mixed = self.attn(segments).reshape(batch, tokens * dim)
         out = torch.empty_like(mixed)
         out[:, order] = mixed  # the inverse permutation
         return out.reshape(batch, tokens, dim)
@@ -93,7 +93,7 @@ class TDSM(nn.Module):
     def forward(self, c: torch.Tensor, t0: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         batch, _, dim = c.shape
         # the table has the 6 rows of a PixArt block; TDSM only uses the attention's three (the MLP's are unused)
-        shift, scale, gate = (self.scale_shift_table[None] + t0.reshape(batch, 6, -1)).chunk(6, dim=1)[:3]
+        shift, scale, gate = (self.scale_shift_table[None] + t0.reshape(batch, 6, dim)).chunk(6, dim=1)[:3]
         h = modulate(self.norm(c), shift, scale)
         channels = torch.randperm(dim, generator=generator).to(c.device)
         out = torch.empty_like(h)
