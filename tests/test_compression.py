@@ -62,7 +62,8 @@ def test_training_step_has_gradients():
     assert model.acctx[2].qkv.weight.grad is not None and model.agctx[2].weights.weight.grad is not None
 
 
-@pytest.mark.parametrize('shape, message', [((1, 3, 48, 64), 'multiples of 64'), ((1, 1, 64, 64), '3, H, W')])
+@pytest.mark.parametrize('shape, message', [((1, 3, 48, 64), 'multiples of 64'), ((1, 1, 64, 64), '3, H, W'),
+                                            ((0, 3, 64, 64), 'empty batch')])  # the last: a reshape error before
 def test_bad_input_is_rejected(codec_model, shape, message):
     with pytest.raises(ValueError, match=message):
         codec_model(torch.rand(shape))

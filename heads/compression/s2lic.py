@@ -208,6 +208,8 @@ class S2LIC(CompressionModel):
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f'S2LIC expects (B, 3, H, W) images, got shape {tuple(x.shape)}')
+        if x.shape[0] == 0:  # timm's SwinV2 windows fail on it in a reshape
+            raise ValueError('S2LIC got an empty batch (B = 0): pass at least one image')
         height, width = x.shape[-2:]
         # g_a runs windows of size w at /2, /4, /8 and h_a downsamples y (/16) by 4.
         need = max(64, 8 * self.window_size)
