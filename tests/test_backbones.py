@@ -133,6 +133,13 @@ def test_forward_intermediates(name):
     assert len(intermediates) == len(only) >= 3
     for a, b in zip(intermediates, only):
         torch.testing.assert_close(a, b)
+    # stopping early with the final features asked for: features, or a clear error (NAT and LaMamba failed inside
+    # the final norm, as timm's Swin does; adversarial probe)
+    try:
+        with torch.no_grad():
+            model.forward_intermediates(x, indices=(0,), stop_early=True)
+    except ValueError as error:
+        assert 'intermediates_only=True' in str(error)
     model.prune_intermediate_layers(indices=1, prune_head=True)
     with torch.no_grad():
         assert len(model.forward_intermediates(x, indices=1, intermediates_only=True)) == 1

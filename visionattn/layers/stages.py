@@ -117,6 +117,10 @@ def forward_intermediates_downsample_last(
         stage_norms: Per-stage norms that every intermediate goes through, if the model has them.
     """
     last = len(stages) - 1
+    if stop_early and max_index < last and not intermediates_only:
+        # the final features need every stage: timm's Swin and ConvNeXt fail here inside the final norm instead
+        raise ValueError(f'forward_intermediates(stop_early=True) stops after stage {max_index} of {last}, so there '
+                         'are no final features to return: pass intermediates_only=True, or stop_early=False')
     stages = stages[:max_index + 1] if stop_early else stages
     intermediates = []
     for i, stage in enumerate(stages):
@@ -198,6 +202,10 @@ def forward_intermediates_downsample_first(
         stage_norms: Per-stage norms that every intermediate goes through, if the model has them.
     """
     last = len(stages) - 1
+    if stop_early and max_index < last and not intermediates_only:
+        # the final features need every stage: timm's Swin and ConvNeXt fail here inside the final norm instead
+        raise ValueError(f'forward_intermediates(stop_early=True) stops after stage {max_index} of {last}, so there '
+                         'are no final features to return: pass intermediates_only=True, or stop_early=False')
     stages = stages[:max_index + 1] if stop_early else stages
     intermediates = []
     for i, stage in enumerate(stages):
