@@ -226,3 +226,24 @@ def test_a_checkpoint_with_integer_weights_does_not_fit():
     state['0.weight'] = state['0.weight'].to(torch.int8)
     with pytest.raises(CheckpointMismatchError, match=r'0.weight: checkpoint holds torch.int8, model torch.float32'):
         _check_shapes(model, state, 'int8.pth')
+
+
+def test_resume_names_an_optimizer_that_does_not_fit(monkeypatch):
+    # Adversarial probe: resuming under a config whose optimizer groups the parameters differently ended in torch's
+    # bare 'different number of parameter groups', naming neither the checkpoint nor the cause.
+    from mmengine.runner import Runner
+
+    from visionattn.engine import VisionRunner
+    from visionattn.hub import CheckpointMismatchError
+
+    def torch_refuses(self, filename, *args):
+        raise ValueError('loaded state dict has a different number of parameter groups')
+    monkeypatch.setattr(Runner, 'resume', torch_refuses)
+    with pytest.raises(CheckpointMismatchError, match=r'checkpoint epoch_2.pth: its optimizer state does not fit'):
+        VisionRunner.resume(object.__new__(VisionRunner), 'epoch_2.pth')
+
+    def other_error(self, filename, *args):
+        raise ValueError('something else')
+    monkeypatch.setattr(Runner, 'resume', other_error)
+    with pytest.raises(ValueError, match='something else'):  # other errors pass through unchanged
+        VisionRunner.resume(object.__new__(VisionRunner), 'epoch_2.pth')

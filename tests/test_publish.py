@@ -192,3 +192,14 @@ def test_refusals_name_the_way_out(digits_run, publish_tool, tmp_path):
         publish_tool.main([SEGMENTATION, str(path), str(tmp_path / 'seg')])
     with pytest.raises(SystemExit, match='no EMA weights'):
         publish_tool.main([SEGMENTATION, str(path), str(tmp_path / 'seg'), '--backbone-only', '--ema'])
+
+
+def test_a_plain_state_dict_is_named_briefly(tmp_path):
+    # Adversarial probe: a plain state dict printed every one of its keys in one line.
+    path = tmp_path / 'plain.pth'
+    torch.save(timm.create_model('resnet18').state_dict(), path)
+    proc = subprocess.run([sys.executable, 'tools/publish.py', 'configs/classification/resnet_attn_digits.py',
+                           str(path), str(tmp_path / 'out')], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0
+    assert 'a plain state dict?' in proc.stderr and '(' in proc.stderr and 'more)' in proc.stderr
+    assert len(proc.stderr.splitlines()[-1]) < 600

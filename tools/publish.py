@@ -47,7 +47,7 @@ from torch import nn
 import visionattn  # noqa: F401  (registers the zoo's backbones)
 from visionattn._timm_compat import FeatureGetterNet, generate_readme
 from visionattn.engine.config_checks import CFG_OPTIONS_HELP
-from visionattn.hub import CheckpointError, load_checkpoint_file
+from visionattn.hub import CheckpointError, load_checkpoint_file, summarise_keys
 from visionattn.integrity import sha256_file
 
 __all__ = ['Published', 'publish', 'push', 'select_weights', 'final_metrics', 'find_timm_modules', 'main']
@@ -83,8 +83,12 @@ def select_weights(checkpoint: Dict[str, Any], ema: bool) -> Tuple[Dict[str, tor
     weights under ``module.`` (and the EMA's step count).
     """
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get('state_dict'), dict):
-        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(f'not a tools/train.py checkpoint: it has no state_dict (top-level entries: {found})')
+        is_dict = isinstance(checkpoint, dict)
+        found = summarise_keys(sorted(map(str, checkpoint))) if is_dict else type(checkpoint).__name__
+        hint = ' (a plain state dict? publish takes the checkpoint tools/train.py saved)' if is_dict and any(
+            isinstance(v, torch.Tensor) for v in checkpoint.values()) else ''
+        raise CheckpointError(f'not a tools/train.py checkpoint: it has no state_dict (top-level entries: {found})'
+                              f'{hint}')
     state = dict(checkpoint['state_dict'])
     swapped = {k[len('module.'):]: v for k, v in (checkpoint.get('ema_state_dict') or {}).items()
                if k.startswith('module.')}

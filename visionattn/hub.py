@@ -285,7 +285,7 @@ def extract_checkpoint(path: Union[str, Path], member: Optional[str] = None,
             if member is not None:
                 chosen = [i for i in files if i.filename == member or i.filename.rsplit('/', 1)[-1] == member]
                 if not chosen:
-                    raise CheckpointError(f'archive {path} has no member {member!r}; it holds: {_summarise(names)}')
+                    raise CheckpointError(f'archive {path} has no member {member!r}; it holds: {summarise_keys(names)}')
             else:
                 chosen = [i for i in files if i.filename.lower().endswith(_CHECKPOINT_SUFFIXES)]
                 if len(chosen) > 1:
@@ -293,10 +293,10 @@ def extract_checkpoint(path: Union[str, Path], member: Optional[str] = None,
                     chosen = final if len(final) == 1 else chosen
                 if not chosen:
                     raise CheckpointError(f'archive {path} holds no checkpoint ({", ".join(_CHECKPOINT_SUFFIXES)}); '
-                                          f'its members: {_summarise(names)}')
+                                          f'its members: {summarise_keys(names)}')
                 if len(chosen) > 1:
                     raise CheckpointError(f'archive {path} holds several checkpoints, pass member= one of: '
-                                          f'{_summarise([i.filename for i in chosen])}')
+                                          f'{summarise_keys([i.filename for i in chosen])}')
             info = chosen[0]
             if info.file_size > _MAX_MEMBER_BYTES:
                 raise CheckpointError(f'archive member {info.filename} of {path} unpacks to {info.file_size} bytes, '
@@ -417,7 +417,8 @@ def unwrap_state_dict(checkpoint: Dict[str, Any], prefixes: Iterable[str] = ('mo
     return out
 
 
-def _summarise(keys: List[str], limit: int = 12) -> str:
+def summarise_keys(keys: List[str], limit: int = 12) -> str:
+    """The first ``limit`` names and how many more: for messages about checkpoints with many entries."""
     shown = ', '.join(keys[:limit])
     return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
 
@@ -456,11 +457,11 @@ def check_state_dict(
     if missing or unexpected or mismatched:
         lines = [f'{source} does not fit {type(model).__name__}; nothing was loaded.']
         if missing:
-            lines.append(f'  missing keys ({len(missing)}): {_summarise(missing)}')
+            lines.append(f'  missing keys ({len(missing)}): {summarise_keys(missing)}')
         if unexpected:
-            lines.append(f'  unexpected keys ({len(unexpected)}): {_summarise(unexpected)}')
+            lines.append(f'  unexpected keys ({len(unexpected)}): {summarise_keys(unexpected)}')
         if mismatched:
-            lines.append(f'  shape mismatches ({len(mismatched)}): {_summarise(mismatched)}')
+            lines.append(f'  shape mismatches ({len(mismatched)}): {summarise_keys(mismatched)}')
         raise CheckpointMismatchError('\n'.join(lines))
 
 

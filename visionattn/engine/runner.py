@@ -427,6 +427,20 @@ class VisionRunner(Runner):
                 self._resume = False
         return super().load_or_resume()
 
+    def resume(self, filename, resume_optimizer=True, resume_param_scheduler=True, map_location='default'):
+        try:
+            super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+        except ValueError as error:
+            if 'parameter group' not in str(error):
+                raise
+            # torch's message names neither the checkpoint nor why: a config whose optimizer groups the
+            # parameters differently (paramwise_cfg, a frozen part) from the run that saved it
+            raise CheckpointMismatchError(
+                f'checkpoint {filename}: its optimizer state does not fit the optimizer this config builds ({error}). '
+                'The optimizer or its parameter-wise settings differ from the run that saved it: resume with that '
+                'run\'s config, or start from its weights only with --cfg-options load_from=... and resume=False') \
+                from error
+
     def load_checkpoint(self, filename, map_location='cpu', strict=True, revise_keys=((r'^module\.', ''),)):
         # Resumed and tested checkpoints are usually this engine's own: weights_only loading with the few
         # plain-data classes they hold allowed; anything else in a file is refused, and shapes are checked strictly.
