@@ -410,3 +410,18 @@ def test_kernel_grid_is_one_flat_axis_for_large_batches():
 @pytest.mark.cuda
 def test_more_than_65535_batch_heads_cuda():
     _check_kernel(8200, 3, 8, 8, ((3, 4), (2, 2)), 2, torch.float32, device='cuda')
+
+
+def test_non_finite_locations_give_nan_as_the_reference():
+    # Adversarial probe: the kernels clamped a NaN location to a finite (zero) sample where grid_sample gives NaN,
+    # hiding the NaN; an infinite one likewise.
+    from op_testing import kernel_device
+    device = kernel_device()
+    value, shapes, starts, loc, attn = make_inputs(1, 4, 2, 4, [(4, 4), (2, 2)], 2, device=device)
+    loc[0, 1, 0, 0, 0, 0] = float('nan')
+    loc[0, 2, 1, 1, 1, 1] = float('inf')
+    ref = ms_deform_attn(value, shapes, starts, loc, attn, backend='reference')
+    out = ms_deform_attn(value, shapes, starts, loc, attn, backend='triton')
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out).any()
+    finite = ~torch.isnan(ref)
+    torch.testing.assert_close(out[finite], ref[finite], rtol=1e-5, atol=1e-5)

@@ -50,7 +50,10 @@ def _bilinear_setup(LOC, lp, q_ok, height, width):
     y = tl.minimum(tl.maximum(y, -2.0), h_f + 1.0)
     x0f = tl.floor(x)
     y0f = tl.floor(y)
-    return x0f.to(tl.int32), y0f.to(tl.int32), x - x0f, y - y0f
+    # a NaN or infinite location gives NaN weights, as grid_sample does, instead of a clamped (finite) sample:
+    # loc - loc is 0 for finite values and NaN otherwise
+    poison = (loc_x - loc_x) + (loc_y - loc_y)
+    return x0f.to(tl.int32), y0f.to(tl.int32), x - x0f + poison, y - y0f + poison
 
 
 @triton.jit
