@@ -1,4 +1,5 @@
-"""tools/codec.py against damaged and hostile files: per-stream checksums, header limits, legacy files, the CLI."""
+"""tools/codec.py against damaged and hostile files: per-stream checksums, header limits, legacy files, the CLI;
+and against the wrong weights: unusable or unfitting checkpoints, and a file decoded with another checkpoint."""
 import re
 import struct
 import zlib
@@ -11,6 +12,7 @@ from conftest import load_tool
 pytestmark = pytest.mark.tools
 ROOT = Path(__file__).resolve().parents[1]
 MAGIC = b'VACODEC\0'
+FINGERPRINT = bytes(range(8))  # forged files are refused before the weights are compared
 
 
 @pytest.fixture(scope='module')
@@ -42,23 +44,35 @@ def _v1(name, quality, size, z_shape, y, z):
                      struct.pack('>I', len(y)), y, struct.pack('>I', len(z)), z])
 
 
-def _v2(name, quality, size, z_shape, y, z, y_len=None, z_len=None):
-    """A version-2 file with a valid header CRC, so only the field checks can refuse a forged field."""
-    header = b''.join([MAGIC, struct.pack('>BB', 2, len(name)), name, struct.pack('>BHHHH', quality, *size, *z_shape),
+def _checksummed(version, name, fingerprint, quality, size, z_shape, y, z, y_len=None, z_len=None):
+    header = b''.join([MAGIC, struct.pack('>BB', version, len(name)), name, fingerprint,
+                       struct.pack('>BHHHH', quality, *size, *z_shape),
                        struct.pack('>IIII', len(y) if y_len is None else y_len, zlib.crc32(y),
                                    len(z) if z_len is None else z_len, zlib.crc32(z))])
     return header + struct.pack('>I', zlib.crc32(header)) + y + z
+
+
+def _v3(name, quality, size, z_shape, y, z, y_len=None, z_len=None, fingerprint=FINGERPRINT):
+    """A version-3 file with a valid header CRC, so only the field checks can refuse a forged field."""
+    return _checksummed(3, name, fingerprint, quality, size, z_shape, y, z, y_len, z_len)
+
+
+def _v2(name, quality, size, z_shape, y, z):
+    """A version-2 file: the version-3 layout without the weights fingerprint."""
+    return _checksummed(2, name, b'', quality, size, z_shape, y, z)
 
 
 def _flip(data: bytes, offset: int, bit: int = 3) -> bytes:
     return data[:offset] + bytes([data[offset] ^ (1 << bit)]) + data[offset + 1:]
 
 
-def test_format_version_2_layout(codec, encoded):
+def test_format_version_3_layout(codec, codec_model, encoded):
     data, y, z = encoded
-    assert data == _v2(b's2lic-tiny', 3, (50, 60), (1, 1), y, z)
+    fingerprint = codec.weights_fingerprint(codec_model)
+    assert len(fingerprint) == 8 and data == _v3(b's2lic-tiny', 3, (50, 60), (1, 1), y, z, fingerprint=fingerprint)
     fields = codec.unpack(data)
-    assert fields['version'] == 2 and fields['strings'] == [[y], [z]] and fields['z_shape'] == (1, 1)
+    assert fields['version'] == 3 and fields['strings'] == [[y], [z]] and fields['z_shape'] == (1, 1)
+    assert fields['fingerprint'] == fingerprint
 
 
 @pytest.mark.parametrize('stream', ['y', 'z'])
@@ -72,9 +86,11 @@ def test_a_flipped_bit_in_a_stream_is_detected(codec, codec_model, encoded, stre
         codec.decode_bytes(codec_model, 's2lic-tiny', _flip(data, offset))
 
 
-# Offsets in the version-2 header of a 's2lic-tiny' file: magic 8, version 1, name length 1, name 10, then fields.
-@pytest.mark.parametrize('offset', [8 + 2 + 3, 8 + 2 + 10, 8 + 2 + 10 + 2, 8 + 2 + 10 + 9 + 3, -1],
-                         ids=['model name', 'quality', 'image height', 'y length', 'header CRC'])
+# Offsets in the version-3 header of a 's2lic-tiny' file: magic 8, version 1, name length 1, name 10, weights
+# fingerprint 8, then fields.
+@pytest.mark.parametrize('offset', [8 + 2 + 3, 8 + 2 + 10 + 5, 8 + 2 + 18, 8 + 2 + 18 + 2, 8 + 2 + 18 + 9 + 3, -1],
+                         ids=['model name', 'weights fingerprint', 'quality', 'image height', 'y length',
+                              'header CRC'])
 def test_a_flipped_bit_in_the_header_is_detected(codec, encoded, offset):
     data, y, z = encoded
     if offset == -1:  # the last byte of the header CRC itself
@@ -90,10 +106,10 @@ def test_a_flipped_bit_in_the_header_is_detected(codec, encoded, offset):
     ((0, 60), (1, 1), r'image size field 0x60: both sides must be at least 1'),
     ((130, 60), (2, 1), r'z shape field 2x1 does not match image size 130x60.*expected 3x1'),
 ])
-@pytest.mark.parametrize('version', [1, 2])
+@pytest.mark.parametrize('version', [1, 2, 3])
 def test_forged_header_fields_are_refused_before_decoding(codec, encoded, size, z_shape, message, version):
     _, y, z = encoded
-    data = (_v1 if version == 1 else _v2)(b's2lic-tiny', 3, size, z_shape, y, z)
+    data = {1: _v1, 2: _v2, 3: _v3}[version](b's2lic-tiny', 3, size, z_shape, y, z)
     with pytest.raises(ValueError, match=message):
         codec.decode_bytes(_NoDecode(), 's2lic-tiny', data, accept_unverified=True)
 
@@ -117,7 +133,7 @@ def test_stream_length_fields_must_match_the_bytes_present(codec, encoded, case)
         'z too short': (len(y), len(z) - 4, f'(y {len(y)} + z {len(z) - 4} bytes) do not match the {body} bytes'),
         'y huge': (4000 * 4000 * 4, len(z), f'(y {4000 * 4000 * 4} + z {len(z)} bytes) do not match'),
     }[case]
-    data = _v2(b's2lic-tiny', 3, (50, 60), (1, 1), y, z, y_len=y_len, z_len=z_len)
+    data = _v3(b's2lic-tiny', 3, (50, 60), (1, 1), y, z, y_len=y_len, z_len=z_len)
     with pytest.raises(ValueError, match=re.escape(message)):
         codec.decode_bytes(_NoDecode(), 's2lic-tiny', data)
 
@@ -125,15 +141,17 @@ def test_stream_length_fields_must_match_the_bytes_present(codec, encoded, case)
 def test_other_bad_fields(codec, encoded):
     data, y, z = encoded
     with pytest.raises(ValueError, match='model name field is not UTF-8'):
-        codec.unpack(_v2(b's2lic-\xff', 3, (50, 60), (1, 1), y, z))
-    with pytest.raises(ValueError, match='unsupported codec format version 3'):
-        codec.unpack(MAGIC + bytes([3]) + data[len(MAGIC) + 1:])
+        codec.unpack(_v3(b's2lic-\xff', 3, (50, 60), (1, 1), y, z))
+    with pytest.raises(ValueError, match='unsupported codec format version 4'):
+        codec.unpack(MAGIC + bytes([4]) + data[len(MAGIC) + 1:])
     with pytest.raises(ValueError, match='do not match'):
         codec.unpack(data + b'\0')
     with pytest.raises(ValueError, match='truncated codec file: header checksum'):
         codec.unpack(data[:len(data) - len(y) - len(z) - 2])
     with pytest.raises(ValueError, match=r'image size \(0, 60\) does not fit the header'):
-        codec.pack('s2lic-tiny', 3, (0, 60), [[y], [z]], (1, 1))
+        codec.pack('s2lic-tiny', 3, (0, 60), [[y], [z]], (1, 1), FINGERPRINT)
+    with pytest.raises(ValueError, match='weights fingerprint must be 8 bytes, got 4'):
+        codec.pack('s2lic-tiny', 3, (50, 60), [[y], [z]], (1, 1), FINGERPRINT[:4])
     with pytest.raises(ValueError, match=r'1 <= H, W <= 65535, got \(1, 3, 1, 65600\)'):
         codec.encode_image(_NoDecode(), 's2lic-tiny', 3, torch.zeros(1, 3, 1, 65600))  # refused before compressing
 
@@ -165,9 +183,159 @@ def test_cli_refuses_a_corrupted_file_and_writes_nothing(codec, codec_model, enc
     packed.write_bytes(_flip(data, data.index(y) + len(y) // 2))
     assert codec.main(['decode', str(packed), str(out), *common]) == 1
     assert 'y bitstream checksum mismatch' in capsys.readouterr().err and not out.exists()
-    packed.write_bytes(_v2(b's2lic-tiny', 3, (65535, 65535), (1, 1), y, b'\0' * 8))
+    packed.write_bytes(_v3(b's2lic-tiny', 3, (65535, 65535), (1, 1), y, b'\0' * 8))
     assert codec.main(['decode', str(packed), str(out), *common]) == 1
     assert 'z shape field 1x1' in capsys.readouterr().err and not out.exists()
     packed.write_bytes(data)
     assert codec.main(['decode', str(packed), str(out), *common]) == 0
     assert Image.open(out).size == (60, 50)
+
+
+def test_version_2_files_are_refused_unless_accepted_then_decode_with_a_warning(codec, codec_model, encoded):
+    data, y, z = encoded
+    older = _v2(b's2lic-tiny', 3, (50, 60), (1, 1), y, z)
+    with pytest.raises(ValueError, match='version 2 records no weights fingerprint.*--accept-unverified'):
+        codec.decode_bytes(codec_model, 's2lic-tiny', older)
+    with pytest.warns(UserWarning, match='version 2 records no weights fingerprint'):
+        decoded = codec.decode_bytes(codec_model, 's2lic-tiny', older, accept_unverified=True)
+    torch.testing.assert_close(decoded, codec.decode_bytes(codec_model, 's2lic-tiny', data), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r'y bitstream checksum mismatch'):  # its checksums still hold
+        codec.unpack(_flip(older, older.index(y)), accept_unverified=True)
+
+
+# -- the weights: checkpoints that cannot be used, and files decoded with other weights -----------------------------
+@pytest.fixture(scope='module')
+def other_model():
+    """A tiny S2LIC of the same preset with other weights (another quality's checkpoint, say)."""
+    from visionattn.heads.compression.s2lic import build_s2lic
+    torch.manual_seed(1)
+    model = build_s2lic('tiny').eval()
+    model.update(force=True)
+    return model
+
+
+@pytest.fixture(scope='module')
+def files(codec_model, other_model, tmp_path_factory):
+    """A checkpoint of codec_model, one of other_model and a 50x60 PNG."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp('codec_weights')
+    torch.save(codec_model.state_dict(), folder / 'a.pth')
+    torch.save(other_model.state_dict(), folder / 'b.pth')
+    torch.manual_seed(2)
+    Image.fromarray((torch.rand(50, 60, 3) * 255).byte().numpy()).save(folder / 'in.png')
+    return folder
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'error: ' in err and 'Traceback' not in err, err
+    return err
+
+
+def test_decoding_with_other_weights_is_refused(codec, codec_model, other_model, encoded):
+    ours, theirs = codec.weights_fingerprint(codec_model), codec.weights_fingerprint(other_model)
+    assert ours != theirs
+    message = f'weights fingerprint mismatch: the file was encoded with weights {ours.hex()}, the decoder has ' \
+              f'{theirs.hex()}'
+    with pytest.raises(ValueError, match=message):
+        codec.decode_bytes(other_model, 's2lic-tiny', encoded[0])
+    assert codec.decode_bytes(codec_model, 's2lic-tiny', encoded[0]).shape == (1, 3, 50, 60)
+
+
+def test_cli_refuses_a_file_of_other_weights_and_writes_nothing(codec, files, tmp_path, capsys):
+    packed, out = tmp_path / 'img.bin', tmp_path / 'out.png'
+    assert codec.main(['encode', str(files / 'in.png'), str(packed), '--ckpt', str(files / 'a.pth'),
+                       '--size', 'tiny']) == 0
+    capsys.readouterr()
+    assert codec.main(['decode', str(packed), str(out), '--ckpt', str(files / 'b.pth'), '--size', 'tiny']) == 1
+    err = _one_line_error(capsys)
+    assert err.startswith(f'{packed}: error: weights fingerprint mismatch') and not out.exists()
+    assert codec.main(['decode', str(packed), str(out), '--ckpt', str(files / 'a.pth'), '--size', 'tiny']) == 0
+    assert out.exists()
+
+
+def _corrupt(source: Path, dst: Path, tensor: torch.Tensor) -> Path:
+    """``source`` with 64 bytes inside ``tensor``'s storage flipped: the zip's CRC-32 of that member fails."""
+    raw = bytearray(source.read_bytes())
+    start = raw.index(tensor.numpy().tobytes()) + 16
+    raw[start:start + 64] = bytes(b ^ 0xFF for b in raw[start:start + 64])
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+@pytest.mark.parametrize('case', ['corrupted', 'missing', 'directory', 'empty', 'empty path'])
+@pytest.mark.parametrize('mode', ['encode', 'decode'])
+def test_cli_reports_an_unusable_checkpoint_in_one_line(codec, codec_model, files, encoded, tmp_path, capsys, case,
+                                                        mode):
+    ckpt = tmp_path / 'model.pth'
+    if case == 'corrupted':
+        _corrupt(files / 'a.pth', ckpt, codec_model.state_dict()['g_s.0.weight'])
+    elif case == 'directory':
+        ckpt.mkdir()
+    elif case == 'empty':
+        ckpt.touch()
+    packed, out = tmp_path / 'img.bin', tmp_path / ('out.png' if mode == 'decode' else 'out.bin')
+    packed.write_bytes(encoded[0])
+    src = packed if mode == 'decode' else files / 'in.png'
+    path = '' if case == 'empty path' else str(ckpt)
+    assert codec.main([mode, str(src), str(out), '--ckpt', path, '--size', 'tiny']) == 1
+    err = _one_line_error(capsys)
+    assert (str(ckpt) in err) if path else '--ckpt is empty' in err
+    assert not out.exists()
+    if case == 'corrupted':
+        assert 'CRC-32' in err
+
+
+def _train_checkpoint(codec_model) -> dict:
+    """What tools/train.py saves for configs/compression: the task model's state dict (the codec under ``codec.``)
+    beside the engine's records."""
+    from visionattn.heads.compression.s2lic import build_s2lic
+    from visionattn.heads.compression.task import ImageCompressor
+
+    task = ImageCompressor(codec=dict(type=build_s2lic, size='tiny'))
+    task.codec.load_state_dict(codec_model.state_dict())
+    assert all(key.startswith('codec.') for key in task.state_dict())
+    return {'meta': {'iter': 40}, 'state_dict': task.state_dict(), 'message_hub': {}, 'optimizer': {}}
+
+
+@pytest.mark.parametrize('wrapping', ['tools/train.py', 'model.', 'DataParallel'])
+def test_checkpoints_of_the_trainer_and_wrappers_load(codec, codec_model, tmp_path, wrapping):
+    weights = codec_model.state_dict()
+    checkpoint = {'tools/train.py': lambda: _train_checkpoint(codec_model),
+                  'model.': lambda: {'model': {f'model.{k}': v for k, v in weights.items()}},
+                  'DataParallel': lambda: {f'module.{k}': v for k, v in weights.items()}}[wrapping]()
+    torch.save(checkpoint, tmp_path / 'model.pth')
+    model = codec.load_model(str(tmp_path / 'model.pth'), 'tiny')
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    # the same weights, however the file wraps them, give the same fingerprint: files encoded with one decode with all
+    assert model.weights_fingerprint == codec.weights_fingerprint(codec_model)
+
+
+@pytest.mark.parametrize('change, message', [
+    ('drop and add', r'missing keys \(1\): g_a\.0\.bias; unexpected keys \(1\): extra\.weight$'),
+    ('reshape', r'shape mismatches, checkpoint vs model \(1\): g_s\.0\.weight \(2, 2\) vs \(40, 32, 3, 3\)$'),
+    ('not a tensor', r'shape mismatches, checkpoint vs model \(1\): h_a\.0\.bias a str vs \(32,\)$'),
+    ('other preset', r'shape mismatches, checkpoint vs model \(386\): g_a_enh\.layers\.0\.weight \(8, 3, 3, 3\) vs '
+                     r'\(32, 3, 3, 3\), .*, \.\.\.$'),
+], ids=['drop and add', 'reshape', 'not a tensor', 'other preset'])
+def test_a_checkpoint_that_does_not_fit_is_one_line_naming_keys(codec, codec_model, files, tmp_path, capsys,
+                                                                 change, message):
+    state = dict(codec_model.state_dict())
+    size = 'small' if change == 'other preset' else 'tiny'
+    if change == 'drop and add':
+        del state['g_a.0.bias']
+        state['extra.weight'] = torch.zeros(1)
+    elif change == 'reshape':
+        state['g_s.0.weight'] = torch.zeros(2, 2)
+    elif change == 'not a tensor':
+        state['h_a.0.bias'] = 'zeros'
+    ckpt = tmp_path / 'model.pth'
+    torch.save(state, ckpt)
+    prefix = re.escape(f'checkpoint {ckpt} does not fit S2LIC --size {size}')
+    with pytest.raises(RuntimeError, match=prefix + '.*' + message):
+        codec.load_model(str(ckpt), size)
+    assert codec.main(['encode', str(files / 'in.png'), str(tmp_path / 'out.bin'), '--ckpt', str(ckpt),
+                       '--size', size]) == 1
+    assert re.fullmatch('error: ' + prefix + '.*' + message, _one_line_error(capsys))

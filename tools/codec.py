@@ -1,19 +1,27 @@
 """Encode/decode images with a learned codec to a self-describing, checksummed file.
 
-File layout, format version 2 (big-endian): magic ``b'VACODEC\\0'`` | format version u8 | model-name length u8 +
-UTF-8 name | quality u8 | image height u16 | image width u16 | z height u16 | z width u16 | y length u32 |
-y CRC-32 u32 | z length u32 | z CRC-32 u32 | header CRC-32 u32 (of every byte before it) | y bytes | z bytes.
+File layout, format version 3 (big-endian): magic ``b'VACODEC\\0'`` | format version u8 | model-name length u8 +
+UTF-8 name | weights fingerprint 8 bytes | quality u8 | image height u16 | image width u16 | z height u16 |
+z width u16 | y length u32 | y CRC-32 u32 | z length u32 | z CRC-32 u32 | header CRC-32 u32 (of every byte before
+it) | y bytes | z bytes.
+
+The weights fingerprint (:func:`weights_fingerprint`: the first 8 bytes of a SHA-256 over the state dict, entropy
+tables included) ties a file to the checkpoint that encoded it: every checkpoint of one ``--size`` preset has the
+same model name, and decoding with another one's weights gives a wrong image without any error from the coder.
 
 Before anything is allocated, decoding checks the magic, the version, the header CRC, the model name, the image
 size (1..65535 a side, at most ``--max-pixels`` pixels once padded to 64), the z shape against the image size (one
 z element per 64x64 pixels: g_a downsamples by 16, h_a by 4), each stream length (whole 32-bit rANS words, at least
-8 bytes, the two adding up to exactly the bytes present) and each stream's CRC-32. Any failure raises
-:class:`CodecFileError` naming the field or stream, and the CLI exits 1 with that message and writes nothing.
+8 bytes, the two adding up to exactly the bytes present) and each stream's CRC-32; once the checkpoint is loaded,
+the weights fingerprint. Any failure raises :class:`CodecFileError` naming the field or stream, and the CLI exits 1
+with that message and writes nothing. A checkpoint that is missing, corrupted (:mod:`visionattn.integrity`) or does
+not fit the preset is reported the same way.
 
-Version 1 files (the same header without any CRC, each stream's u32 length right before its bytes) carry no
-checksum, so a flipped bit in a stream decodes into a wrong image that nothing can detect. They are refused unless
-``--accept-unverified`` (``accept_unverified=True``) is given; then they get every check above except the CRCs and
-decode with a warning.
+Older files cannot be verified as fully, so they are refused unless ``--accept-unverified``
+(``accept_unverified=True``) is given; then they get every check they have and decode with a warning. Version 2
+(the version-3 layout without the fingerprint) cannot tell the weights apart. Version 1 (the version-2 header
+without any CRC, each stream's u32 length right before its bytes) carries no checksum either, so a flipped bit in a
+stream decodes into a wrong image that nothing can detect.
 
 Usage:
     python tools/codec.py encode IMAGE OUT.bin --ckpt CKPT [--size small] [--quality 4]
@@ -22,6 +30,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import struct
 import sys
 import warnings
@@ -32,9 +41,13 @@ import torch
 import torch.nn.functional as F
 from visionattn.heads.compression.s2lic import build_s2lic
 
+from visionattn.hub import CheckpointError, load_checkpoint_file, unwrap_state_dict
+
 MAGIC = b'VACODEC\0'
-FORMAT_VERSION = 2
-LEGACY_VERSION = 1  # no checksums; read only on request
+FORMAT_VERSION = 3
+UNFINGERPRINTED_VERSION = 2  # checksums but no weights fingerprint; read only on request
+LEGACY_VERSION = 1  # no checksums either; read only on request
+FINGERPRINT_BYTES = 8  # of a SHA-256: two checkpoints collide with probability 2**-64
 LATENT_STRIDE = 64  # image pixels per z element along each side; encode pads to multiples of it
 MAX_PIXELS = 8192 * 8192  # default limit on the padded image area a file may ask the decoder to allocate
 MIN_STREAM_BYTES = 8  # compressai's rANS coder flushes a 64-bit state, in 32-bit words
@@ -48,18 +61,37 @@ def _crc(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def pack(model_name: str, quality: int, image_size: tuple[int, int], strings: list, z_shape) -> bytes:
-    """Serialise one image's bitstreams in the version-2 layout described in the module docstring."""
+def weights_fingerprint(model: torch.nn.Module) -> bytes:
+    """The first :data:`FINGERPRINT_BYTES` of a SHA-256 over ``model``'s state dict in sorted key order (each name,
+    dtype, shape and bytes), entropy tables included: the coder needs them bit for bit identical on both sides."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f'{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0'.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.digest()[:FINGERPRINT_BYTES]
+
+
+def _fingerprint_of(model) -> bytes:
+    # load_model records it once; a model built by hand is hashed on every call, so it can never be stale
+    return getattr(model, 'weights_fingerprint', None) or weights_fingerprint(model)
+
+
+def pack(model_name: str, quality: int, image_size: tuple[int, int], strings: list, z_shape,
+         fingerprint: bytes) -> bytes:
+    """Serialise one image's bitstreams in the version-3 layout described in the module docstring."""
     name = model_name.encode()
     if len(name) > 255 or not 0 <= quality <= 255:
         raise ValueError('model name must be <= 255 bytes and quality in [0, 255]')
+    if len(fingerprint) != FINGERPRINT_BYTES:
+        raise ValueError(f'weights fingerprint must be {FINGERPRINT_BYTES} bytes, got {len(fingerprint)}')
     if len(strings) != 2 or len(strings[0]) != 1 or len(strings[1]) != 1:
         raise ValueError('pack stores exactly one image: strings must be [[y_string], [z_string]]')
     for what, size in (('image size', image_size), ('z shape', z_shape)):
         if len(size) != 2 or not all(1 <= int(side) <= 0xFFFF for side in size):
             raise ValueError(f'{what} {tuple(size)} does not fit the header (1..65535 a side)')
     y_string, z_string = strings[0][0], strings[1][0]
-    header = b''.join([MAGIC, struct.pack('>BB', FORMAT_VERSION, len(name)), name,
+    header = b''.join([MAGIC, struct.pack('>BB', FORMAT_VERSION, len(name)), name, bytes(fingerprint),
                        struct.pack('>BHHHH', quality, *image_size, *z_shape),
                        struct.pack('>IIII', len(y_string), _crc(y_string), len(z_string), _crc(z_string))])
     return b''.join([header, struct.pack('>I', _crc(header)), y_string, z_string])
@@ -98,10 +130,12 @@ def unpack(data: bytes, max_pixels: int = MAX_PIXELS, accept_unverified: bool = 
     Args:
         data: The whole file.
         max_pixels: Largest padded image area (pixels) the header may claim.
-        accept_unverified: Read version-1 files (no checksums) with a warning instead of refusing them.
+        accept_unverified: Read version-1 (no checksums) and version-2 (no weights fingerprint) files with a warning
+            instead of refusing them.
 
     Returns:
-        ``{'model', 'version', 'quality', 'image_size', 'z_shape', 'strings'}``.
+        ``{'model', 'version', 'fingerprint', 'quality', 'image_size', 'z_shape', 'strings'}``; ``fingerprint`` is
+        None for files older than version 3.
 
     Raises:
         CodecFileError: Foreign, truncated, corrupted or inconsistent data; the message names the field or stream.
@@ -120,24 +154,31 @@ def unpack(data: bytes, max_pixels: int = MAX_PIXELS, accept_unverified: bool = 
         return chunk
 
     version, name_len = struct.unpack('>BB', take(2, 'header'))
-    if version not in (FORMAT_VERSION, LEGACY_VERSION):
+    if version not in (FORMAT_VERSION, UNFINGERPRINTED_VERSION, LEGACY_VERSION):
         raise CodecFileError(f'unsupported codec format version {version} (this tool reads {FORMAT_VERSION}, and '
-                             f'{LEGACY_VERSION} with --accept-unverified)')
+                             f'{UNFINGERPRINTED_VERSION} and {LEGACY_VERSION} with --accept-unverified)')
     if version == LEGACY_VERSION and not accept_unverified:
         raise CodecFileError(f'codec format version {LEGACY_VERSION} has no checksums, so a corrupted stream would '
                              f'decode into a wrong image unnoticed; pass --accept-unverified (accept_unverified=True) '
                              f'to decode it anyway, or re-encode the image')
+    if version == UNFINGERPRINTED_VERSION and not accept_unverified:
+        raise CodecFileError(f'codec format version {UNFINGERPRINTED_VERSION} records no weights fingerprint, so '
+                             f'decoding with another checkpoint than the one that encoded it would give a wrong image '
+                             f'unnoticed; pass --accept-unverified (accept_unverified=True) to decode it anyway with '
+                             f'that checkpoint, or re-encode the image')
     name = take(name_len, 'model name')
+    fingerprint = take(FINGERPRINT_BYTES, 'weights fingerprint') if version == FORMAT_VERSION else None
     quality, height, width, z_h, z_w = struct.unpack('>BHHHH', take(9, 'header'))
-    if version == FORMAT_VERSION:
+    checksummed = version != LEGACY_VERSION
+    if checksummed:
         y_len, y_crc, z_len, z_crc = struct.unpack('>IIII', take(16, 'stream lengths and checksums'))
         header_end = pos
         (header_crc,) = struct.unpack('>I', take(4, 'header checksum'))
         if _crc(data[:header_end]) != header_crc:
-            raise CodecFileError('header checksum mismatch: the header (model, quality, sizes, stream lengths) is '
-                                 'corrupted')
+            raise CodecFileError('header checksum mismatch: the header (model, weights fingerprint, quality, sizes, '
+                                 'stream lengths) is corrupted')
     model = _check_fields(name, (height, width), (z_h, z_w), max_pixels)
-    if version == FORMAT_VERSION:
+    if checksummed:
         _check_stream_length('y', y_len)
         _check_stream_length('z', z_len)
         if y_len + z_len != len(data) - pos:
@@ -148,6 +189,10 @@ def unpack(data: bytes, max_pixels: int = MAX_PIXELS, accept_unverified: bool = 
             if _crc(string) != crc:
                 raise CodecFileError(f'{what} bitstream checksum mismatch (CRC-32 {_crc(string):08x}, header says '
                                      f'{crc:08x}): the {what} stream is corrupted')
+        if version == UNFINGERPRINTED_VERSION:
+            warnings.warn(f'codec format version {UNFINGERPRINTED_VERSION} records no weights fingerprint: decoded '
+                          f'with another checkpoint than the one that encoded it, it gives a wrong image unnoticed',
+                          UserWarning, stacklevel=2)
     else:
         y_len = struct.unpack('>I', take(4, 'y length'))[0]
         _check_stream_length('y', y_len)
@@ -158,21 +203,65 @@ def unpack(data: bytes, max_pixels: int = MAX_PIXELS, accept_unverified: bool = 
         if pos != len(data):
             raise CodecFileError(f'codec file has {len(data) - pos} unexpected trailing bytes')
         warnings.warn(f'codec format version {LEGACY_VERSION} has no checksums: a corrupted stream cannot be '
-                      f'detected and would decode into a wrong image', UserWarning, stacklevel=2)
-    return {'model': model, 'version': version, 'quality': quality, 'image_size': (height, width),
-            'z_shape': (z_h, z_w), 'strings': [[y_string], [z_string]]}
+                      f'detected and would decode into a wrong image (nor can the checkpoint that encoded it be '
+                      f'checked)', UserWarning, stacklevel=2)
+    return {'model': model, 'version': version, 'fingerprint': fingerprint, 'quality': quality,
+            'image_size': (height, width), 'z_shape': (z_h, z_w), 'strings': [[y_string], [z_string]]}
+
+
+# Prefixes the weights may carry: tools/train.py's compression task model keeps the codec as ``.codec``, other
+# wrappers use ``model``/``net``, and DistributedDataParallel adds ``module.``.
+_STATE_PREFIXES = ('module.', 'model.', 'net.', 'codec.')
+
+
+def _shape(value) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else f'a {type(value).__name__}'
+
+
+def _check_fits(state: dict, model: torch.nn.Module, ckpt: str, size: str) -> None:
+    """Raise :class:`CheckpointError` in one line, naming the file and a few keys, unless ``state`` fits ``model``."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    # The entropy coders' tables are empty until update() and take the checkpoint's shape when loaded.
+    mismatched = [f'{k} {_shape(v)} vs {tuple(expected[k].shape)}' for k, v in state.items()
+                  if k in expected and expected[k].numel()
+                  and not (isinstance(v, torch.Tensor) and v.shape == expected[k].shape)]
+    if missing or unexpected or mismatched:
+        parts = [f'{what} ({len(keys)}): {", ".join(keys[:3])}{", ..." if len(keys) > 3 else ""}'
+                 for what, keys in (('missing keys', missing), ('unexpected keys', unexpected),
+                                    ('shape mismatches, checkpoint vs model', mismatched)) if keys]
+        raise CheckpointError(f'checkpoint {ckpt} does not fit S2LIC --size {size} (another preset, or not an S2LIC '
+                              f'checkpoint): {"; ".join(parts)}')
 
 
 def load_model(ckpt: str | None, size: str):
-    """Build S2LIC, load a checkpoint's state dict (weights only) and build the entropy tables."""
+    """Build S2LIC, load a checkpoint's weights, build the entropy tables and record :func:`weights_fingerprint`.
+
+    Args:
+        ckpt: A file of weights: a state dict, or a checkpoint nesting one (tools/train.py's, under
+            ``state_dict``, with the task model's ``codec.`` prefix). It is verified and read without running pickled
+            code (:func:`visionattn.hub.load_checkpoint_file`). None keeps the random initialisation (tests).
+        size: The S2LIC preset the checkpoint was trained with.
+
+    Raises:
+        CheckpointError: The path is empty, or the file is missing, corrupted, unsafe or does not fit the preset;
+            the message names the file.
+    """
     model = build_s2lic(size)
-    if ckpt:
-        state = torch.load(ckpt, map_location='cpu', weights_only=True)
-        state = state.get('state_dict', state)
-        state = {k.removeprefix('model.').removeprefix('net.'): v for k, v in state.items()}
+    if ckpt is not None:
+        if not str(ckpt).strip():  # an empty --ckpt must not silently code with random weights
+            raise CheckpointError('--ckpt is empty: give the checkpoint file of the weights to code with')
+        checkpoint = load_checkpoint_file(ckpt)
+        try:
+            state = unwrap_state_dict(checkpoint, prefixes=_STATE_PREFIXES)
+        except CheckpointError as exc:  # its message does not name the file
+            raise CheckpointError(f'checkpoint file {ckpt}: {exc}') from None
+        _check_fits(state, model, ckpt, size)
         model.load_state_dict(state, strict=True)
     model.eval()
     model.update(force=True)
+    model.weights_fingerprint = weights_fingerprint(model)
     return model
 
 
@@ -187,13 +276,20 @@ def encode_image(model, model_name: str, quality: int, x: torch.Tensor) -> bytes
     if x.ndim != 4 or x.shape[:2] != (1, 3) or not all(1 <= side <= 0xFFFF for side in x.shape[-2:]):
         raise ValueError(f'encode takes one (1, 3, H, W) image with 1 <= H, W <= 65535, got {tuple(x.shape)}')
     out = model.compress(pad_to(x, LATENT_STRIDE))
-    return pack(model_name, quality, tuple(x.shape[-2:]), out['strings'], out['shape'])
+    return pack(model_name, quality, tuple(x.shape[-2:]), out['strings'], out['shape'], _fingerprint_of(model))
 
 
 def decode_fields(model, model_name: str, fields: dict) -> torch.Tensor:
-    """Verified :func:`unpack` fields -> (1, 3, H, W) image in [0, 1]."""
+    """Verified :func:`unpack` fields -> (1, 3, H, W) image in [0, 1], once the model and its weights match the
+    file's."""
     if fields['model'] != model_name:
         raise CodecFileError(f'file was encoded with model {fields["model"]!r}, decoder is {model_name!r}')
+    if fields.get('fingerprint') is not None:
+        ours = _fingerprint_of(model)
+        if fields['fingerprint'] != ours:
+            raise CodecFileError(f'weights fingerprint mismatch: the file was encoded with weights '
+                                 f'{fields["fingerprint"].hex()}, the decoder has {ours.hex()}; other weights decode '
+                                 f'it into a wrong image, so decode with the checkpoint that encoded it')
     x_hat = model.decompress(fields['strings'], fields['z_shape'])['x_hat'].clamp(0, 1)
     height, width = fields['image_size']
     return x_hat[..., :height, :width]
@@ -203,6 +299,15 @@ def decode_bytes(model, model_name: str, data: bytes, max_pixels: int = MAX_PIXE
                  accept_unverified: bool = False) -> torch.Tensor:
     """File bytes -> (1, 3, H, W) image in [0, 1]; the file is verified (see :func:`unpack`) before decoding."""
     return decode_fields(model, model_name, unpack(data, max_pixels, accept_unverified))
+
+
+def _load_or_report(ckpt: str, size: str):
+    """:func:`load_model`, or None after printing why the checkpoint cannot be used (the message names it)."""
+    try:
+        return load_model(ckpt, size)
+    except CheckpointError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return None
 
 
 def main(argv=None) -> int:
@@ -218,11 +323,14 @@ def main(argv=None) -> int:
     parser.add_argument('--max-pixels', type=int, default=MAX_PIXELS,
                         help=f'decode: largest padded image area a file may claim (default {MAX_PIXELS})')
     parser.add_argument('--accept-unverified', action='store_true',
-                        help=f'decode: read format-version-{LEGACY_VERSION} files, which have no checksums')
+                        help=f'decode: read files of format version {UNFINGERPRINTED_VERSION} (no weights '
+                             f'fingerprint) and {LEGACY_VERSION} (no checksums either)')
     args = parser.parse_args(argv)
     model_name = f's2lic-{args.size}'
     if args.mode == 'encode':
-        model = load_model(args.ckpt, args.size)
+        model = _load_or_report(args.ckpt, args.size)
+        if model is None:
+            return 1
         image = np.asarray(Image.open(args.src).convert('RGB'), dtype=np.float32) / 255.0
         x = torch.from_numpy(image).permute(2, 0, 1)[None]
         try:
@@ -243,7 +351,14 @@ def main(argv=None) -> int:
         except CodecFileError as exc:
             print(f'{args.src}: error: {exc}', file=sys.stderr)
             return 1
-        x_hat = decode_fields(load_model(args.ckpt, args.size), model_name, fields)
+        model = _load_or_report(args.ckpt, args.size)
+        if model is None:
+            return 1
+        try:
+            x_hat = decode_fields(model, model_name, fields)
+        except CodecFileError as exc:  # the weights fingerprint, known once the checkpoint is loaded
+            print(f'{args.src}: error: {exc}', file=sys.stderr)
+            return 1
         array = (x_hat[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
         Image.fromarray(array).save(args.dst)
         print(f'{args.dst}: {array.shape[1]}x{array.shape[0]}')
