@@ -90,11 +90,22 @@ def load_tool(name: str):
     return module
 
 
-@pytest.fixture(scope='module')
-def codec_model():
-    """The tiny S2LIC with its entropy coders' tables built (real bitstreams)."""
+def _tiny_codec_model(seed: int):
+    """The tiny S2LIC with its entropy coders' tables built (real bitstreams), weights drawn from ``seed``."""
     from visionattn.heads.compression.s2lic import build_s2lic
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_s2lic('tiny').eval()
     model.update(force=True)
     return model
+
+
+@pytest.fixture(scope='module')
+def codec_model():
+    """The tiny S2LIC with its entropy coders' tables built (real bitstreams)."""
+    return _tiny_codec_model(0)
+
+
+@pytest.fixture(scope='module')
+def other_codec_model():
+    """A tiny S2LIC of the same preset with other weights (another quality's checkpoint, say)."""
+    return _tiny_codec_model(1)

@@ -205,23 +205,13 @@ def test_version_2_files_are_refused_unless_accepted_then_decode_with_a_warning(
 
 # -- the weights: checkpoints that cannot be used, and files decoded with other weights -----------------------------
 @pytest.fixture(scope='module')
-def other_model():
-    """A tiny S2LIC of the same preset with other weights (another quality's checkpoint, say)."""
-    from visionattn.heads.compression.s2lic import build_s2lic
-    torch.manual_seed(1)
-    model = build_s2lic('tiny').eval()
-    model.update(force=True)
-    return model
-
-
-@pytest.fixture(scope='module')
-def files(codec_model, other_model, tmp_path_factory):
-    """A checkpoint of codec_model, one of other_model and a 50x60 PNG."""
+def files(codec_model, other_codec_model, tmp_path_factory):
+    """A checkpoint of codec_model, one of other_codec_model and a 50x60 PNG."""
     from PIL import Image
 
     folder = tmp_path_factory.mktemp('codec_weights')
     torch.save(codec_model.state_dict(), folder / 'a.pth')
-    torch.save(other_model.state_dict(), folder / 'b.pth')
+    torch.save(other_codec_model.state_dict(), folder / 'b.pth')
     torch.manual_seed(2)
     Image.fromarray((torch.rand(50, 60, 3) * 255).byte().numpy()).save(folder / 'in.png')
     return folder
@@ -233,13 +223,13 @@ def _one_line_error(capsys) -> str:
     return err
 
 
-def test_decoding_with_other_weights_is_refused(codec, codec_model, other_model, encoded):
-    ours, theirs = codec.weights_fingerprint(codec_model), codec.weights_fingerprint(other_model)
+def test_decoding_with_other_weights_is_refused(codec, codec_model, other_codec_model, encoded):
+    ours, theirs = codec.weights_fingerprint(codec_model), codec.weights_fingerprint(other_codec_model)
     assert ours != theirs
     message = f'weights fingerprint mismatch: the file was encoded with weights {ours.hex()}, the decoder has ' \
               f'{theirs.hex()}'
     with pytest.raises(ValueError, match=message):
-        codec.decode_bytes(other_model, 's2lic-tiny', encoded[0])
+        codec.decode_bytes(other_codec_model, 's2lic-tiny', encoded[0])
     assert codec.decode_bytes(codec_model, 's2lic-tiny', encoded[0]).shape == (1, 3, 50, 60)
 
 
