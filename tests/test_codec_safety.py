@@ -307,9 +307,10 @@ def test_checkpoints_of_the_trainer_and_wrappers_load(codec, codec_model, tmp_pa
     ('drop and add', r'missing keys \(1\): g_a\.0\.bias; unexpected keys \(1\): extra\.weight$'),
     ('reshape', r'shape mismatches, checkpoint vs model \(1\): g_s\.0\.weight \(2, 2\) vs \(40, 32, 3, 3\)$'),
     ('not a tensor', r'shape mismatches, checkpoint vs model \(1\): h_a\.0\.bias a str vs \(32,\)$'),
+    ('integers', r'shape mismatches, checkpoint vs model \(1\): h_a\.0\.bias torch\.int8 vs torch\.float32$'),
     ('other preset', r'shape mismatches, checkpoint vs model \(386\): g_a_enh\.layers\.0\.weight \(8, 3, 3, 3\) vs '
                      r'\(32, 3, 3, 3\), .*, \.\.\.$'),
-], ids=['drop and add', 'reshape', 'not a tensor', 'other preset'])
+], ids=['drop and add', 'reshape', 'not a tensor', 'integers', 'other preset'])
 def test_a_checkpoint_that_does_not_fit_is_one_line_naming_keys(codec, codec_model, files, tmp_path, capsys,
                                                                  change, message):
     state = dict(codec_model.state_dict())
@@ -321,6 +322,8 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_naming_keys(codec, codec_mod
         state['g_s.0.weight'] = torch.zeros(2, 2)
     elif change == 'not a tensor':
         state['h_a.0.bias'] = 'zeros'
+    elif change == 'integers':  # would be cast into the float weights
+        state['h_a.0.bias'] = state['h_a.0.bias'].to(torch.int8)
     ckpt = tmp_path / 'model.pth'
     torch.save(state, ckpt)
     prefix = re.escape(f'checkpoint {ckpt} does not fit S2LIC --size {size}')
@@ -329,3 +332,16 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_naming_keys(codec, codec_mod
     assert codec.main(['encode', str(files / 'in.png'), str(tmp_path / 'out.bin'), '--ckpt', str(ckpt),
                        '--size', size]) == 1
     assert re.fullmatch('error: ' + prefix + '.*' + message, _one_line_error(capsys))
+
+
+@pytest.mark.parametrize('mode', ['encode', 'decode'])
+@pytest.mark.parametrize('case', ['missing', 'directory', 'not an image'])
+def test_cli_reports_an_unreadable_input_in_one_line(codec, files, tmp_path, capsys, mode, case):
+    src = tmp_path / ('in.png' if mode == 'encode' else 'in.bin')
+    if case == 'directory':
+        src.mkdir()
+    elif case == 'not an image':
+        src.write_bytes(b'not a picture')
+    out = tmp_path / 'out'
+    code = codec.main([mode, str(src), str(out), '--ckpt', str(files / 'a.pth'), '--size', 'tiny'])
+    assert code == 1 and str(src) in _one_line_error(capsys) and not out.exists()

@@ -227,6 +227,10 @@ def _check_fits(state: dict, model: torch.nn.Module, ckpt: str, size: str) -> No
     mismatched = [f'{k} {_shape(v)} vs {tuple(expected[k].shape)}' for k, v in state.items()
                   if k in expected and expected[k].numel()
                   and not (isinstance(v, torch.Tensor) and v.shape == expected[k].shape)]
+    # integer or bool values where the model holds floats would be cast into the weights without a word
+    mismatched += [f'{k} {v.dtype} vs {expected[k].dtype}' for k, v in state.items()
+                   if k in expected and isinstance(v, torch.Tensor) and expected[k].is_floating_point()
+                   and not v.is_floating_point()]
     if missing or unexpected or mismatched:
         parts = [f'{what} ({len(keys)}): {", ".join(keys[:3])}{", ..." if len(keys) > 3 else ""}'
                  for what, keys in (('missing keys', missing), ('unexpected keys', unexpected),
@@ -331,7 +335,11 @@ def main(argv=None) -> int:
         model = _load_or_report(args.ckpt, args.size)
         if model is None:
             return 1
-        image = np.asarray(Image.open(args.src).convert('RGB'), dtype=np.float32) / 255.0
+        try:
+            image = np.asarray(Image.open(args.src).convert('RGB'), dtype=np.float32) / 255.0
+        except OSError as exc:  # missing, a directory, or not an image PIL can read (UnidentifiedImageError)
+            print(f'{args.src}: error: cannot read the image: {exc}', file=sys.stderr)
+            return 1
         x = torch.from_numpy(image).permute(2, 0, 1)[None]
         try:
             data = encode_image(model, model_name, args.quality, x)
@@ -342,8 +350,12 @@ def main(argv=None) -> int:
             handle.write(data)
         print(f'{args.dst}: {len(data)} bytes, {8 * len(data) / (x.shape[-2] * x.shape[-1]):.4f} bpp')
     else:
-        with open(args.src, 'rb') as handle:
-            data = handle.read()
+        try:
+            with open(args.src, 'rb') as handle:
+                data = handle.read()
+        except OSError as exc:
+            print(f'{args.src}: error: cannot read the codec file: {exc}', file=sys.stderr)
+            return 1
         try:  # verify the whole file before loading the model or allocating anything
             fields = unpack(data, args.max_pixels, args.accept_unverified)
             if fields['model'] != model_name:
