@@ -425,3 +425,14 @@ def test_non_finite_locations_give_nan_as_the_reference():
     assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out).any()
     finite = ~torch.isnan(ref)
     torch.testing.assert_close(out[finite], ref[finite], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('backend', ['reference', 'triton'])
+def test_no_image_or_no_query_gives_the_empty_result(backend):
+    # Adversarial probe: the Triton backend, asked for by name, refused an empty batch ('empty input') where the
+    # reference and the other ops return the empty result.
+    value, shapes, starts, loc, attn = make_inputs(1, 4, 2, 4, [(4, 4), (2, 2)], 2)
+    for cut in (slice(0, 0), slice(None)):
+        queries = slice(0, 0) if cut == slice(None) else slice(None)
+        out = ms_deform_attn(value[cut], shapes, starts, loc[cut, queries], attn[cut, queries], backend=backend)
+        assert out.shape == (loc[cut, queries].shape[0], loc[cut, queries].shape[1], 8)

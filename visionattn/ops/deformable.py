@@ -179,6 +179,9 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: Union[torch.Tensor, Sequ
     spatial_shapes, level_start_index, sizes = _check_inputs(value, spatial_shapes, level_start_index,
                                                              sampling_locations, attention_weights)
     tensors = (value, sampling_locations, attention_weights)
+    if sampling_locations.shape[0] == 0 or sampling_locations.shape[1] == 0:  # no image or no query: no kernel
+        return ms_deform_attn_ref(value, spatial_shapes if sizes is None else sizes, level_start_index,
+                                  sampling_locations, attention_weights)
     chosen = choose_backend('ms_deform_attn', backend, tensors, _triton_checks(value, sampling_locations))
     if chosen == 'reference':
         return ms_deform_attn_ref(value, spatial_shapes if sizes is None else sizes, level_start_index,
