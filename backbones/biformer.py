@@ -325,6 +325,15 @@ BiFormer.torchscript_unsupported = (
     'in Python at run time; use torch.fx or torch.compile instead')
 
 
+def _refuse_scripting(self):
+    # torch.jit.script calls this first: the reason, instead of TorchScript's error deep inside the op
+    raise RuntimeError(f'{type(self).__name__} cannot be scripted with torch.jit.script: '
+                       f'{self.torchscript_unsupported}')
+
+
+BiFormer.__prepare_scriptable__ = _refuse_scripting
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: BiFormer) -> Dict[str, torch.Tensor]:
     """Official BiFormer checkpoint -> this layout.
 

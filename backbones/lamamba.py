@@ -166,6 +166,11 @@ class LaMamba(nn.Module):
         'the selective scan runs through visionattn.ops.cross_selective_scan, a Python op that chooses its backend '
         '(Triton or the PyTorch reference) at run time; use torch.fx or torch.compile instead')
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first: the reason, instead of TorchScript's error deep inside the op
+        raise RuntimeError(f'{type(self).__name__} cannot be scripted with torch.jit.script: '
+                           f'{self.torchscript_unsupported}')
+
     def __init__(
             self,
             depths: Sequence[int] = (2, 2, 9, 2),
