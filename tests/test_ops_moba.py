@@ -305,6 +305,35 @@ def test_layers_cycle_partitions_and_call_the_ops():
     torch.testing.assert_close(moba(q, k, v), moba_attention(q, k, v, 32, 2, backend='reference'))
     with pytest.raises(ValueError, match='needs topk'):
         VMoBAAttention(select_mode='topk')
+    # refused when built, not at the first forward (adversarial probe; a 3-entry chunk_2d ran a 3-D partition)
+    for kwargs, match in ((dict(chunk_2d=(2, 2, 2)), 'chunk_2d must be'), (dict(select_mode='top'), 'select_mode'),
+                          (dict(scope='global'), 'scope')):
+        with pytest.raises(ValueError, match=match):
+            VMoBAAttention(1, **kwargs)
+
+
+def test_vmoba_layer_is_a_dit_attention_core():
+    # Adversarial probe: the README's pluggable core failed, the block passing grid_size= where the layer took thw.
+    from visionattn.heads.diffusion import dit
+    torch.manual_seed(0)
+    model = dit.dit_video_tiny(depth=3, attention_core=lambda i: VMoBAAttention(i, chunk_2d=(2, 2),
+                                                                                  chunk_3d=(2, 2, 2),
+                                                                                  backend='reference')).eval()
+    x = torch.randn(1, 4, 4, 8, 8)
+    with torch.no_grad():
+        out = model(x, torch.tensor([5]), torch.tensor([1]))
+    assert out.shape == (1, 8, 4, 8, 8) and torch.isfinite(out).all()
+    q, k, v = _qkv(dtype=torch.float32, seed=3)
+    layer = VMoBAAttention(1, backend='reference')
+    torch.testing.assert_close(layer(q, k, v, grid_size=THW), layer(q, k, v, THW))
+
+
+@pytest.mark.parametrize('shape', [(0, 2), (1, 0)])
+def test_vmoba_without_video_or_heads(shape):
+    # was a reshape error inside the selection
+    q = torch.randn(*shape, 4 * 8 * 8, 4)
+    out, mask = vmoba_attention(q, q, q, (4, 8, 8), (2, 4, 4), backend='reference', return_mask=True)
+    assert out.shape == q.shape and mask.shape == (*shape, 8, 8)
 
 
 @pytest.mark.tools

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from visionattn.ops.moba import Chunk, moba_attention, vmoba_attention
+from visionattn.ops.moba import SCOPES, SELECT_MODES, Chunk, moba_attention, vmoba_attention
 
 __all__ = ['MoBAAttention', 'VMoBAAttention']
 
@@ -64,6 +64,13 @@ class VMoBAAttention(nn.Module):
                  threshold: float = 0.25, scope: str = 'head_global', scale: Optional[float] = None,
                  backend: Optional[str] = None):
         super().__init__()
+        # refused here, not at the first forward (a 3-entry chunk_2d would silently run a 3-D partition)
+        if len(tuple(chunk_2d)) != 2 or len(tuple(chunk_3d)) != 3:
+            raise ValueError(f'chunk_2d must be (ch, cw) and chunk_3d (ct, ch, cw), got {chunk_2d} and {chunk_3d}')
+        if select_mode not in SELECT_MODES:
+            raise ValueError(f'select_mode={select_mode!r}; expected one of {SELECT_MODES}')
+        if scope not in SCOPES:
+            raise ValueError(f'scope={scope!r}; expected one of {SCOPES}')
         partitions = (chunk_1d, tuple(chunk_2d), tuple(chunk_3d))
         self.layer_index = layer_index
         self.chunk = partitions[layer_index % len(partitions)]
@@ -76,7 +83,18 @@ class VMoBAAttention(nn.Module):
         rule = f'topk={self.topk}' if self.select_mode == 'topk' else f'threshold={self.threshold}'
         return f'layer_index={self.layer_index}, chunk={self.chunk}, {rule}, scope={self.scope}'
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, thw: Sequence[int]) -> torch.Tensor:
-        """q, k [B, H, T*H*W, D], v [B, H, T*H*W, Dv] in row-major (t, h, w) token order -> [B, H, N, Dv]."""
-        return vmoba_attention(q, k, v, tuple(thw), self.chunk, self.select_mode, self.topk, self.threshold,
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, thw: Optional[Sequence[int]] = None,
+                grid_size: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """q, k [B, H, T*H*W, D], v [B, H, T*H*W, Dv] in row-major (t, h, w) token order -> [B, H, N, Dv].
+
+        The token grid is ``thw`` (T, H, W), or ``grid_size`` as a DiT/PixArt block passes it to its attention core
+        ((T, H, W) of a video, (H, W) of an image: one frame).
+        """
+        grid = thw if thw is not None else grid_size
+        if grid is None:
+            raise ValueError('VMoBAAttention needs the token grid: thw=(T, H, W) or grid_size')
+        grid = tuple(grid)
+        if len(grid) == 2:
+            grid = (1, *grid)
+        return vmoba_attention(q, k, v, grid, self.chunk, self.select_mode, self.topk, self.threshold,
                                self.scope, scale=self.scale, backend=self.backend)

@@ -287,6 +287,10 @@ def vmoba_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, thw: Sequ
     """
     _check_qkv(q, k, v)
     (q_p, block), (k_p, _), (v_p, _) = (partition_tokens(t, thw, chunk, dim=2) for t in (q, k, v))
+    if q.shape[0] == 0 or q.shape[1] == 0:  # no video or no head: nothing to route (select_blocks needs rows)
+        n_blocks = q.shape[2] // block
+        mask = torch.zeros((*q.shape[:2], n_blocks, n_blocks), dtype=torch.bool, device=q.device)
+        return (v.clone(), mask) if return_mask else v.clone()
     mask = select_blocks(block_gate(q_p, k_p, block), select_mode, topk, threshold, scope)
     # official quirk (src/vmoba.py): when no query selects any block besides its own, it runs dense attention
     eye = torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)
