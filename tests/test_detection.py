@@ -367,6 +367,69 @@ def test_detector_rejects_labels_beyond_the_network(synthetic):
         model(**data, mode='loss')
 
 
+class _FixedBoxes(torch.nn.Module):
+    """A stand-in network: every image gets one box far beyond any image, so predict's clipping shows."""
+
+    def loss(self, images, pad_mask, targets):
+        return {'loss_zero': images.sum() * 0}
+
+    def predict(self, images, pad_mask, image_sizes):
+        return [{'scores': torch.ones(1), 'labels': torch.zeros(1, dtype=torch.long),
+                 'boxes': torch.tensor([[-5.0, -5.0, 1000.0, 1000.0]])} for _ in image_sizes]
+
+
+def _gt_sample(h, w, boxes):
+    return BaseDataElement(gt_instances=InstanceData(bboxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                                                     labels=torch.zeros(len(boxes), dtype=torch.long)),
+                           metainfo={'img_shape': (h, w)})
+
+
+@pytest.mark.parametrize('box, why', [
+    ([40, 40, 10, 10], 'inverted'),  # once a loss of -390735: GIoU is unbounded below for an inverted box
+    ([10, 30, 20, 25], 'inverted'),
+    ([float('nan'), 10, 40, 40], 'non-finite'),  # once scipy's 'matrix contains invalid numeric entries'
+    ([10, 10, float('inf'), 40], 'non-finite'),
+    ([-50, -50, -10, -10], 'wholly outside'),
+    ([100, 10, 120, 40], 'wholly outside'),  # x1 beyond the 96-pixel width
+])
+def test_detector_refuses_gt_boxes_no_data_set_means(box, why):
+    model = Detector(_FixedBoxes())
+    samples = [_gt_sample(64, 64, [[1, 1, 9, 9]]), _gt_sample(64, 96, [[0, 0, 8, 8], box])]
+    with pytest.raises(ValueError, match=rf'image 1: gt box 1 = \[.*\] \(x1, y1, x2, y2 pixels\) .*{why}'):
+        model.targets(torch.zeros(2, 3, 64, 96), samples)
+
+
+def test_detector_clips_gt_boxes_partly_outside_the_image():
+    # Cut by the frame (as the pipelines clip them): clipped to the 64x96 image, not normalised past [0, 1].
+    # Zero-size boxes are kept.
+    model = Detector(_FixedBoxes())
+    samples = [_gt_sample(64, 96, [[-16, 8, 32, 80], [90, -4, 120, 4], [40, 40, 40, 40], [96, 0, 100, 10]])]
+    boxes = model.targets(torch.zeros(1, 3, 64, 96), samples)[0]['boxes']
+    expected = torch.tensor([[16 / 96, 36 / 64, 32 / 96, 56 / 64], [93 / 96, 2 / 64, 6 / 96, 4 / 64],
+                             [40 / 96, 40 / 64, 0, 0], [1, 5 / 64, 0, 10 / 64]])
+    torch.testing.assert_close(boxes, expected)
+
+
+def test_detector_predict_clips_each_image_to_its_own_size():
+    # Without 'ori_shape' every image was clipped to the first image's size.
+    model = Detector(_FixedBoxes())
+    samples = [BaseDataElement(metainfo={'img_shape': (64, 48)}), BaseDataElement(metainfo={'img_shape': (96, 80)}),
+               BaseDataElement(metainfo={'img_shape': (96, 80), 'scale_factor': (2.0, 0.5)})]
+    out = model(torch.zeros(3, 3, 96, 80), samples, mode='predict')
+    assert out[0].pred_instances.bboxes.tolist() == [[0, 0, 48, 64]]
+    assert out[1].pred_instances.bboxes.tolist() == [[0, 0, 80, 96]]
+    assert out[2].pred_instances.bboxes.tolist() == [[0, 0, 40, 192]]  # the original image: 80 / 2 by 96 / 0.5
+
+
+@pytest.mark.parametrize('mode', ['loss', 'predict', 'tensor'])
+@pytest.mark.parametrize('count', [1, 3])
+def test_detector_needs_one_data_sample_per_image(mode, count):
+    # More samples than images once failed with an IndexError in make_pad_mask.
+    model = Detector(_FixedBoxes())
+    with pytest.raises(ValueError, match=f'{count} data samples for 2 images'):
+        model(torch.zeros(2, 3, 32, 32), [_gt_sample(32, 32, [[1, 1, 9, 9]]) for _ in range(count)], mode=mode)
+
+
 def test_box_images_hook(synthetic, tmp_path):
     ann_file, img_dir = synthetic
     dataset = CocoDetection(str(ann_file), str(img_dir), pipeline=detection_transforms(False, test_scale=64))

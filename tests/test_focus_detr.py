@@ -121,6 +121,7 @@ def test_foreground_selection_follows_the_cascade():
     keep = (valid * 0.5).int() + 1
     assert out['focus_token_nums'].tolist() == keep.tolist() == [65, 42]
     counts = [inds.shape[1] for inds in out['foreground_inds']]
+    # the batch's largest keep count sets every image's count, as officially (see FocusDETR's mixed-size note)
     assert counts == [int(1.0 * 65), int(0.6 * 65)]
     # indices are sorted by descending (padding-filled) foreground score and never repeat
     for inds in out['foreground_inds']:
@@ -394,6 +395,26 @@ def test_bad_inputs_name_the_problem(tiny):
         _tiny(encoder=dict(cascade_ratios=(1.0,)))
     with pytest.raises(ValueError, match='divisible by 32'):
         _tiny(embed_dims=48)
+
+
+@pytest.mark.parametrize('box, why', [
+    ([0.5, 0.5, -0.2, 0.3], 'negative width or height'),  # an inverted box: GIoU unbounded below
+    ([float('nan'), 0.5, 0.2, 0.2], 'non-finite'),  # once scipy's 'matrix contains invalid numeric entries'
+    ([0.5, 0.5, float('inf'), 0.2], 'non-finite'),
+    ([1.5, 0.5, 0.2, 0.2], 'wholly outside'),
+    ([0.5, -0.3, 0.2, 0.2], 'wholly outside'),
+])
+def test_bad_target_boxes_name_the_image_and_box(tiny, box, why):
+    images, pad, targets = _batch()
+    bad = {'labels': torch.tensor([1, 0]), 'boxes': torch.tensor([[0.5, 0.5, 0.6, 0.8], box])}
+    with pytest.raises(ValueError, match=rf'targets\[1\]\["boxes"\]\[1\] = \[.*\] \(cx, cy, w, h\) .*{why}'):
+        tiny.loss(images, pad, [targets[0], bad])
+
+
+def test_target_boxes_partly_outside_or_empty_are_kept(tiny):
+    images, pad, targets = _batch()
+    edge = {'labels': torch.tensor([1, 2]), 'boxes': torch.tensor([[0.95, 0.5, 0.2, 0.4], [0.5, 0.5, 0.0, 0.0]])}
+    tiny._check_inputs(images, pad, [targets[0], edge])
 
 
 def _same_state(a, b):

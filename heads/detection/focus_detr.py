@@ -563,6 +563,15 @@ class FocusDETR(nn.Module):
     the encoder's and decoder's ``embed_dims`` and ``num_levels``; the criterion's ``num_classes``, ``matcher`` and
     ``num_decoder_layers``. The defaults are the official R50 model.
 
+    Mixed-size batches: an image's predictions depend on the other images of its batch, beyond their shared padding,
+    because this class batches as the official code does (kept so that official checkpoints behave as published).
+    Every encoder layer updates ``cascade_ratios[l]`` times the LARGEST image's keep count in every image (a smaller
+    image updates more tokens than alone), those extra tokens (padding among them) join the token self-attention,
+    which has no padding mask, and padding takes the batch's lowest foreground logit; the two-stage top-k may pick
+    padding tokens (an image with fewer valid tokens than ``num_queries``, refused alone, runs). A batch of one
+    image, or of images of one size, gives each image its result alone (up to float rounding); evaluate that way
+    where predictions must not depend on the batch (the COCO configs here, like detrex's, test one image per GPU).
+
     Args:
         backbone: timm model name (features_only) or a feature module with ``feature_info``.
         num_classes: Foreground classes (80 in the official COCO config).
@@ -699,6 +708,23 @@ class FocusDETR(nn.Module):
             if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
                 raise ValueError(f'targets[{i}]["labels"] must lie in [0, {self.num_classes}), got '
                                  f'{labels.min().item()}..{labels.max().item()}')
+            self._check_boxes(boxes, i)
+
+    @staticmethod
+    def _check_boxes(boxes: torch.Tensor, index: int) -> None:
+        """Refuse the cxcywh boxes no data set means: a non-finite value (the matcher fails on it), a negative width
+        or height (an inverted box: its GIoU loss is unbounded below) and a box with no point in the unit square
+        (nothing of it in the image). Boxes partly outside are used as given (the Detector clips pixel boxes to the
+        image before normalising, which can still overshoot 1 by a rounding error); zero-size boxes are kept."""
+        cx, cy, w, h = boxes.detach().unbind(-1)
+        rules = ((~torch.isfinite(boxes).all(-1), 'has a non-finite value'),  # first: NaN fails every comparison
+                 ((w < 0) | (h < 0), 'has a negative width or height (an inverted box)'),
+                 ((cx + w / 2 < 0) | (cy + h / 2 < 0) | (cx - w / 2 > 1) | (cy - h / 2 > 1),
+                  'lies wholly outside the image ([0, 1] after normalising by its unpadded size)'))
+        for bad, why in rules:
+            if bad.any():
+                j = int(bad.nonzero()[0])
+                raise ValueError(f'targets[{index}]["boxes"][{j}] = {boxes[j].tolist()} (cx, cy, w, h) {why}')
 
     # -- network -------------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, pad_mask: torch.Tensor,

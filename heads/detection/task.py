@@ -23,7 +23,8 @@ from .data import CocoDetection, SyntheticCocoDetection
 from .focus_detr import FocusDETR, FocusDETRDecoder, FocusDETREncoder
 from .matcher import HungarianMatcher
 
-__all__ = ['det_collate', 'DetDataPreprocessor', 'Detector', 'DetPredictionImagesHook', 'make_pad_mask']
+__all__ = ['det_collate', 'DetDataPreprocessor', 'Detector', 'DetPredictionImagesHook', 'make_pad_mask',
+           'check_gt_boxes']
 
 DATASETS.register_module(module=CocoDetection)
 DATASETS.register_module(module=SyntheticCocoDetection)
@@ -103,6 +104,27 @@ def xyxy_to_cxcywh_normalised(boxes: torch.Tensor, size: Tuple[int, int]) -> tor
     x1, y1, x2, y2 = boxes.unbind(-1)
     out = torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)
     return out / out.new_tensor([w, h, w, h])
+
+
+def check_gt_boxes(boxes: torch.Tensor, size: Tuple[int, int], index: int) -> torch.Tensor:
+    """Image ``index``'s gt boxes [n, 4] (x1y1x2y2 pixels) clipped to its (h, w), refusing boxes no data set means.
+
+    A box reaching past the border is clipped, as this package's pipelines do (``CocoDetection`` and the
+    albumentations ``BboxParams(clip=True)``, like DETR's ``ConvertCocoPolysToMask``): it is a real object cut by the
+    frame. Errors are a non-finite coordinate (the matcher fails on it), x2 < x1 or y2 < y1 (the GIoU loss of an
+    inverted box is unbounded below: training diverges without a NaN) and a box with no point in [0, w] x [0, h]
+    (nothing of it is visible: wrong coordinates or a box of another image). Zero-width or zero-height boxes are kept.
+    """
+    h, w = size
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    rules = ((~torch.isfinite(boxes).all(-1), 'has a non-finite coordinate'),  # first: NaN fails every comparison
+             ((x2 < x1) | (y2 < y1), 'is inverted (x2 < x1 or y2 < y1)'),
+             ((x2 < 0) | (y2 < 0) | (x1 > w) | (y1 > h), f'lies wholly outside the image of (h, w) = {(h, w)}'))
+    for bad, why in rules:
+        if bad.any():
+            j = int(bad.nonzero()[0])
+            raise ValueError(f'image {index}: gt box {j} = {boxes[j].tolist()} (x1, y1, x2, y2 pixels) {why}')
+    return torch.minimum(boxes.clamp(min=0), boxes.new_tensor([w, h, w, h]))
 
 
 def _colour(label: int) -> Tuple[int, int, int]:
@@ -212,9 +234,11 @@ class Detector(TaskModel):
     def mode_kwargs(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]],
                     pad_mask: Optional[torch.Tensor] = None) -> Dict:
         """Every mode takes ``pad_mask`` [B, H, W] (True on padding): forward's own, or made from the samples'
-        metainfo."""
+        metainfo. Data samples, when given, must be one per image."""
         if inputs.ndim != 4:
             raise ValueError(f'Detector expects inputs [B, 3, H, W], got {tuple(inputs.shape)}')
+        if data_samples is not None and len(data_samples) != inputs.shape[0]:
+            raise ValueError(f'{len(data_samples)} data samples for {inputs.shape[0]} images: give one per image')
         if pad_mask is None:
             pad_mask = make_pad_mask(data_samples, inputs.shape[0], *inputs.shape[-2:], device=inputs.device)
         return {'pad_mask': pad_mask}
@@ -229,20 +253,22 @@ class Detector(TaskModel):
         return int(h), int(w)
 
     def targets(self, inputs: torch.Tensor, data_samples: Sequence[BaseDataElement]) -> List[Dict]:
-        """The network's targets: labels and cxcywh boxes normalised by each image's size before padding."""
+        """The network's targets: labels and cxcywh boxes normalised by each image's size before padding (boxes
+        checked and clipped to the image by :func:`check_gt_boxes`)."""
         if not data_samples or any(s.get('gt_instances') is None for s in data_samples):
             raise ValueError("mode='loss' needs gt_instances (bboxes, labels) in every data sample")
         num_classes = self.num_classes
         targets = []
-        for sample in data_samples:
+        for i, sample in enumerate(data_samples):
             gt = sample.gt_instances
             boxes = gt.bboxes.to(inputs.device, torch.float32).reshape(-1, 4)
             labels = gt.labels.to(inputs.device, torch.long).reshape(-1)
             if num_classes is not None and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
                 raise ValueError(f'gt labels {sorted(set(labels.tolist()))} are outside 0..{num_classes - 1}: set '
                                  'the network\'s num_classes to the dataset\'s class count')
+            size = self._image_size(sample, inputs)
             targets.append({'labels': labels,
-                            'boxes': xyxy_to_cxcywh_normalised(boxes, self._image_size(sample, inputs))})
+                            'boxes': xyxy_to_cxcywh_normalised(check_gt_boxes(boxes, size, i), size)})
         return targets
 
     def loss(self, inputs: torch.Tensor, data_samples: List[BaseDataElement],
@@ -257,17 +283,19 @@ class Detector(TaskModel):
     def predict(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]],
                 pad_mask: torch.Tensor) -> List[BaseDataElement]:
         """Sets ``pred_instances`` (bboxes x1y1x2y2 in the original image's pixels, scores, labels) on each
-        sample: the network's boxes in input pixels divided by 'scale_factor' and clipped to 'ori_shape'."""
+        sample: the network's boxes in input pixels divided by 'scale_factor' and clipped to 'ori_shape' (default:
+        the sample's 'img_shape' divided by its 'scale_factor')."""
         if data_samples is None:
             data_samples = [BaseDataElement(metainfo={'img_shape': tuple(inputs.shape[-2:])})
                             for _ in range(len(inputs))]
         sizes = [self._image_size(s, inputs) for s in data_samples]
         results = self.network.predict(inputs, pad_mask, sizes)
-        for sample, result in zip(data_samples, results):
+        for sample, result, (h, w) in zip(data_samples, results, sizes):
             boxes = result['boxes'].detach().float().reshape(-1, 4)
             scale_w, scale_h = sample.metainfo.get('scale_factor', (1.0, 1.0))
             boxes = boxes / boxes.new_tensor([scale_w, scale_h, scale_w, scale_h])
-            ori_h, ori_w = sample.metainfo.get('ori_shape', sizes[0])
+            # without 'ori_shape': this image's own input size mapped back by its scale (never another image's)
+            ori_h, ori_w = sample.metainfo.get('ori_shape', (round(h / scale_h), round(w / scale_w)))
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, ori_w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, ori_h)
             sample.pred_instances = InstanceData(bboxes=boxes, scores=result['scores'].detach().float().reshape(-1),
