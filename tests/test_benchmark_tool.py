@@ -227,3 +227,13 @@ def test_fuse_conv_bn_refuses_a_fusion_that_changes_the_output(monkeypatch):
         tool.fuse_conv_bn(tool.timm.create_model('resnet18'), (3, 32, 32), torch.device('cpu'), 'resnet18')
     rows = tool.main(['resnet18', *TINY, '--bench', 'infer', '--fuse-conv-bn'])
     assert "changed resnet18's output" in rows[0]['note'] and 'infer_samples_per_s' not in rows[0]
+
+
+@pytest.mark.parametrize('option', [['--batch-size', '0'], ['--batch-size', '-2'], ['--img-size', '0'],
+                                    ['--iters', '0'], ['--train-batch-size', '0'], ['--warmup', '-1']])
+def test_zero_and_negative_sizes_are_refused(option, capsys):
+    # Adversarial probe: --img-size 0 became 224, --batch-size 0 printed a row of 0 img/s, and -2 or --iters 0
+    # exited 0 with the error only in a note.
+    with pytest.raises(SystemExit):
+        _tool().parse_args(['resnet18', *option])
+    assert 'must be at least' in capsys.readouterr().err

@@ -35,6 +35,27 @@ def test_check_config_names_an_unknown_backbone():
         check_config(cfg)
 
 
+@pytest.mark.parametrize('key, value, message', [
+    ('train_dataloader.batch_size', 0, 'train_dataloader.batch_size=0 must be at least 1'),
+    ('val_dataloader.batch_size', 2.5, r"val_dataloader.batch_size=2.5 must be a whole number"),
+    ('train_dataloader.num_workers', -1, 'train_dataloader.num_workers=-1 must be at least 0'),
+    ('train_dataloader.dataset.max_samples', -5, 'max_samples=-5 must be at least 1'),  # sliced [:-5], silently
+    ('train_dataloader.dataset.max_samples', 'abc', "max_samples='abc' must be a whole number"),
+    ('default_hooks.logger.interval', 0, 'default_hooks.logger.interval=0 must be at least 1'),
+    ('default_hooks.checkpoint.interval', 0, 'checkpoint.interval=0 must be at least 1'),  # only the final save
+])
+def test_check_config_names_bad_loader_and_hook_counts(key, value, message):
+    # Adversarial probe: these failed deep inside mmengine/torch naming no option, or were taken silently.
+    cfg = Config.fromfile(DIGITS)
+    node = cfg
+    *parents, last = key.split('.')
+    for name in parents:
+        node = node[name]
+    node[last] = value
+    with pytest.raises(ValueError, match=message):
+        check_config(cfg)
+
+
 def test_accuracy_topk():
     metric = Accuracy(topk=(1, 2))
     scores = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.3, 0.5], [0.1, 0.6, 0.3]])

@@ -139,3 +139,31 @@ def test_two_processes_match_one_and_resume(tmp_path):
     assert [r['iter'] for r in one] == [r['iter'] for r in two] == list(range(1, 13))
     for a, b in zip(one, two):
         assert b['loss'] == pytest.approx(a['loss'], rel=2e-3), f'iteration {a["iter"]}: {b["loss"]} vs {a["loss"]}'
+
+
+def _tool_module(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f'{name}_tool', ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_refusals_are_one_line_and_test_outputs_are_checked_first(tmp_path):
+    # Adversarial probe: check_config's ValueErrors (an EMA that would never start, hit by the README config with
+    # max_epochs=1) and a missing data_root came as tracebacks; tools/test.py found an unusable --out only after the
+    # whole test had run, losing the metrics.
+    train = _tool_module('train')
+    with pytest.raises(SystemExit, match='EMAHook.*beyond train_cfg.max_epochs=1'):
+        train.main([ECA_DIGITS, '--work-dir', str(tmp_path / 'w'), '--cfg-options', 'train_cfg.max_epochs=1'])
+    with pytest.raises(SystemExit, match='train_dataloader.batch_size=0 must be at least 1'):
+        train.main([ECA_DIGITS, '--work-dir', str(tmp_path / 'w'), '--cfg-options', 'train_dataloader.batch_size=0'])
+    test = _tool_module('test')
+    checkpoint = tmp_path / 'model.pth'
+    torch.save({}, checkpoint)
+    (tmp_path / 'a_file').touch()
+    for options, message in ((['--out', str(tmp_path)], 'must be a .pkl file'),
+                             (['--out', str(tmp_path / 'missing' / 'p.pkl')], 'does not exist or is not writable'),
+                             (['--show-dir', str(tmp_path / 'a_file')], 'is a file, not a folder')):
+        with pytest.raises(SystemExit, match=message):
+            test.main([ECA_DIGITS, str(checkpoint), '--work-dir', str(tmp_path / 't'), *options])

@@ -540,16 +540,30 @@ def markdown_table(rows, cols):
     return '\n'.join(lines)
 
 
+def _at_least(least: int):
+    """An argparse type: a whole number >= ``least`` (0 or a negative batch, size or count was taken, or meant
+    'the default', without a word)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f'{value} must be at least {least}')
+        return value
+    return parse
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('models', nargs='+', help='model names or fnmatch patterns (zoo and timm)')
     parser.add_argument('--bench', default=DEFAULT_BENCHES,
                         help='comma-separated: infer, train, compile-infer, compile-train, infer-bsN; both, all '
                              f'(default {DEFAULT_BENCHES})')
-    parser.add_argument('--batch-size', type=int, default=64, help='batch of infer and compile-infer (and of train '
-                                                                   'when --train-batch-size is not given)')
-    parser.add_argument('--train-batch-size', type=int, help='batch of train and compile-train')
-    parser.add_argument('--img-size', type=int, help='square input size (default: each model\'s cfg)')
+    parser.add_argument('--batch-size', type=_at_least(1), default=64,
+                        help='batch of infer and compile-infer (and of train when --train-batch-size is not given)')
+    parser.add_argument('--train-batch-size', type=_at_least(1), help='batch of train and compile-train')
+    parser.add_argument('--img-size', type=_at_least(1), help='square input size (default: each model\'s cfg)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--amp', action='store_true', help='autocast (bf16 by default)')
     parser.add_argument('--amp-dtype', choices=('bf16', 'fp16'), default='bf16')
@@ -575,9 +589,9 @@ def parse_args(argv=None):
                         help='first run the compiling calls of the compiled benchmarks, N models at a time in '
                              'subprocesses (each under --budget), so that the measuring pass compiles from '
                              "Inductor's warm on-disk caches; their seconds are reported as *_cold_compile_s")
-    parser.add_argument('--threads', type=int, help='torch CPU threads')
-    parser.add_argument('--warmup', type=int, default=5, help='calls before timing (after the compiling call)')
-    parser.add_argument('--iters', type=int, default=20, help='timed calls (the median is reported)')
+    parser.add_argument('--threads', type=_at_least(1), help='torch CPU threads')
+    parser.add_argument('--warmup', type=_at_least(0), default=5, help='calls before timing (after the compiling call)')
+    parser.add_argument('--iters', type=_at_least(1), default=20, help='timed calls (the median is reported)')
     parser.add_argument('--out', type=Path, help='write a Markdown table here and a CSV beside it')
     args = parser.parse_args(argv)
     try:

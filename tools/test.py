@@ -31,13 +31,24 @@ def main(argv=None):
     args = parse_args(argv)
     if not osp.exists(args.checkpoint):
         raise SystemExit(f'checkpoint file {args.checkpoint} does not exist')
-    from visionattn.engine import ConfigError, VisionRunner, check_config, load_tool_config
+    # the output paths before the test runs: found unwritable after it, the metrics would be lost with a traceback
+    if args.out:
+        folder = osp.dirname(osp.abspath(args.out))
+        if not args.out.endswith(('.pkl', '.pickle')) or osp.isdir(args.out):
+            raise SystemExit(f'--out {args.out} must be a .pkl file')
+        if not osp.isdir(folder) or not os.access(folder, os.W_OK):
+            raise SystemExit(f'--out {args.out}: its folder {folder} does not exist or is not writable')
+    if args.show_dir and osp.exists(args.show_dir) and not osp.isdir(args.show_dir):
+        raise SystemExit(f'--show-dir {args.show_dir} is a file, not a folder')
+    from visionattn.engine import VisionRunner, check_config, load_tool_config
     try:
         cfg = load_tool_config(args.config, args.cfg_options, args.work_dir, args.launcher)
         cfg.load_from = args.checkpoint
         cfg.resume = False
         check_config(cfg, mode='test')  # (a folder as the checkpoint: refused, naming the latest checkpoint in it)
-    except ConfigError as e:  # names the file and line, or the option: a traceback would only hide it
+    # check_config's own refusals (ConfigError, a missing data_root, an EMA that would never start) name the file and
+    # line or the option: a traceback would only hide them
+    except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         raise SystemExit(str(e)) from None
     runner = VisionRunner.from_cfg(cfg)
     if args.show_dir:
@@ -47,8 +58,6 @@ def main(argv=None):
             raise SystemExit(f'--show-dir: {type(model).__name__} has no drawing of its predictions')
         runner.register_hook(model.show_hook(out_dir=args.show_dir), priority='LOWEST')
     if args.out:
-        if not args.out.endswith(('.pkl', '.pickle')):
-            raise SystemExit('--out must be a .pkl file')
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     metrics = runner.test()

@@ -64,7 +64,9 @@ def main(argv=None):
     try:
         cfg = build_config(args)
         check_config(cfg, mode='train')
-    except ConfigError as e:  # names the file and line, or the option: a traceback would only hide it
+    # check_config's own refusals (ConfigError, a missing data_root, an EMA that would never start) name the file and
+    # line or the option: a traceback would only hide them
+    except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         raise SystemExit(str(e)) from None
     # Rank 0 holds the work dir for the whole run; the other processes of the same run write there too and must not
     # refuse each other. A second run's rank 0 refuses, and its launcher stops the rest.
@@ -73,7 +75,7 @@ def main(argv=None):
             runner = VisionRunner.from_cfg(cfg)
             runner.train()
             runner.close_distributed()
-    except WorkDirInUseError as e:
+    except (WorkDirInUseError, ConfigError) as e:  # ConfigError: the loops' own checks (an empty dataset)
         raise SystemExit(str(e)) from None
 
 

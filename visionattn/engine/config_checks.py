@@ -17,7 +17,8 @@ import warnings
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 __all__ = ['CFG_OPTIONS_HELP', 'ConfigError', 'read_config', 'config_files', 'parse_cfg_options', 'apply_cfg_options',
-           'dataset_classes', 'check_num_classes', 'check_train_cfg', 'check_paths', 'check_batches',
+           'dataset_classes', 'check_num_classes', 'check_train_cfg', 'check_loaders_and_hooks', 'check_paths',
+           'check_batches',
            'check_sections', 'check_types']
 
 
@@ -499,6 +500,39 @@ def check_train_cfg(cfg) -> None:
         if value < 1:
             hint = ' (nothing would be trained)' if key.startswith('max_') else ''
             raise ConfigError(f'train_cfg.{key}={value} must be at least 1{hint}')
+
+
+def check_loaders_and_hooks(cfg) -> None:
+    """The data loaders' batch sizes (whole numbers >= 1), workers (>= 0) and datasets' ``max_samples`` (>= 1, or
+    None for all), and the logger's and checkpointer's intervals (>= 1): mmengine and torch fail on these deep
+    inside with messages that name no option, or (a negative ``max_samples`` slicing ``[:-5]``, a checkpoint interval
+    of 0 saving only at the end) take them without a word.
+
+    Raises:
+        ConfigError: Naming the key and its value.
+    """
+    def count(key: str, value, least: int) -> None:
+        if value is None:
+            return
+        if not _is_count(value):
+            raise ConfigError(f'{key}={value!r} must be a whole number, got {type(value).__name__}')
+        if value < least:
+            raise ConfigError(f'{key}={value} must be at least {least}')
+
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        section = cfg.get(loader)
+        if not isinstance(section, dict):
+            continue
+        count(f'{loader}.batch_size', section.get('batch_size'), 1)
+        count(f'{loader}.num_workers', section.get('num_workers'), 0)
+        dataset = section.get('dataset')
+        if isinstance(dataset, dict):
+            count(f'{loader}.dataset.max_samples', dataset.get('max_samples'), 1)
+    hooks = cfg.get('default_hooks') or {}
+    for name in ('logger', 'checkpoint'):
+        hook = hooks.get(name) if isinstance(hooks, dict) else None
+        if isinstance(hook, dict) and hook.get('interval') != -1:  # -1: the checkpointer saves by interval never
+            count(f'default_hooks.{name}.interval', hook.get('interval'), 1)
 
 
 def check_paths(cfg) -> None:

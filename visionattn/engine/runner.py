@@ -348,11 +348,19 @@ def check_config(cfg, mode: Optional[str] = None) -> None:
         mode: 'train' or 'test' to check that the sections that mode needs are there too.
     """
     from .classification import check_model_name
-    from .config_checks import check_num_classes, check_paths, check_sections, check_train_cfg, check_types
+    from .config_checks import (
+        check_loaders_and_hooks,
+        check_num_classes,
+        check_paths,
+        check_sections,
+        check_train_cfg,
+        check_types,
+    )
     check_sections(cfg, mode)
     check_types(cfg)
     check_paths(cfg)
     check_train_cfg(cfg)
+    check_loaders_and_hooks(cfg)
     model_cfg = cfg.get('model', {})
     if isinstance(model_cfg, dict) and 'backbone' in model_cfg and isinstance(model_cfg['backbone'], str):
         check_model_name(model_cfg['backbone'])
