@@ -268,3 +268,21 @@ def test_resume_names_an_optimizer_that_does_not_fit(monkeypatch):
     monkeypatch.setattr(Runner, 'resume', other_error)
     with pytest.raises(ValueError, match='something else'):  # other errors pass through unchanged
         VisionRunner.resume(object.__new__(VisionRunner), 'epoch_2.pth')
+
+
+def test_a_resume_with_nothing_left_to_train_says_so():
+    # Adversarial probe: resuming a finished run (or with max_epochs below the checkpoint's epoch) exited 0 silently.
+    from types import SimpleNamespace
+
+    from visionattn.engine import VisionRunner
+    warnings_seen = []
+    runner = object.__new__(VisionRunner)
+    runner._has_loaded, runner._load_from = True, 'epoch_2.pth'
+    runner.logger = SimpleNamespace(warning=warnings_seen.append)
+    for loop, expected in ((SimpleNamespace(epoch=2, max_epochs=1), 'at epoch 2 and the config trains 1 epochs'),
+                           (SimpleNamespace(iter=40, max_iters=40), 'at iteration 40'),
+                           (SimpleNamespace(epoch=1, max_epochs=3), None)):
+        warnings_seen.clear()
+        runner._train_loop = loop
+        runner._warn_if_nothing_left()
+        assert (expected in warnings_seen[0]) if expected else not warnings_seen

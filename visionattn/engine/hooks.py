@@ -201,7 +201,9 @@ class DatasetEpochHook(Hook):
 
 @HOOKS.register_module()
 class ProgressBarHook(Hook):
-    """A tqdm bar over each training epoch and each evaluation, on the main process."""
+    """A tqdm bar over each training epoch and each evaluation, on the main process, on a terminal: redirected to a
+    file, a bar's hundreds of carriage-return refreshes would run into one long line among the logger's lines,
+    which already report progress there."""
     priority = 'BELOW_NORMAL'
 
     def __init__(self):
@@ -210,10 +212,11 @@ class ProgressBarHook(Hook):
     def _open(self, total: int, desc: str) -> None:
         if is_main_process():
             from tqdm import tqdm
-            self._bar = tqdm(total=total, desc=desc, unit='it', leave=False, dynamic_ncols=True)
+            self._bar = tqdm(total=total, desc=desc, unit='it', leave=False, dynamic_ncols=True,
+                             disable=None)  # None: off where stderr is not a terminal
 
     def _step(self, outputs=None) -> None:
-        if self._bar is not None:
+        if self._bar is not None and not self._bar.disable:
             if isinstance(outputs, dict) and 'loss' in outputs:
                 self._bar.set_postfix(loss=f'{_scalar(outputs["loss"]):.4f}', refresh=False)
             self._bar.update()

@@ -433,7 +433,20 @@ class VisionRunner(Runner):
             if self._load_from is None:
                 self.logger.info(f'no checkpoint in {self.work_dir}: training from the start')
                 self._resume = False
-        return super().load_or_resume()
+        super().load_or_resume()
+        self._warn_if_nothing_left()
+
+    def _warn_if_nothing_left(self) -> None:
+        """A resumed run already at or past the configured length trains nothing and would exit without a word."""
+        loop = self._train_loop
+        if not self._has_loaded or not hasattr(loop, 'max_epochs') and not hasattr(loop, 'max_iters'):
+            return
+        done, total, unit = (loop.epoch, loop.max_epochs, 'epoch') if hasattr(loop, 'max_epochs') else \
+            (loop.iter, loop.max_iters, 'iteration')
+        if done >= total:
+            self.logger.warning(f'the checkpoint {self._load_from} is at {unit} {done} and the config trains '
+                                f'{total} {unit}s: nothing is left to train (raise train_cfg.max_{unit}s to train '
+                                'further)')
 
     def resume(self, filename, resume_optimizer=True, resume_param_scheduler=True, map_location='default'):
         try:
