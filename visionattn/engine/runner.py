@@ -439,7 +439,9 @@ class VisionRunner(Runner):
     def _warn_if_nothing_left(self) -> None:
         """A resumed run already at or past the configured length trains nothing and would exit without a word."""
         loop = self._train_loop
-        if not self._has_loaded or not hasattr(loop, 'max_epochs') and not hasattr(loop, 'max_iters'):
+        # only a built training loop (in test and val runs it is still its config, a dict)
+        if not self._has_loaded or isinstance(loop, dict) or (
+                not hasattr(loop, 'max_epochs') and not hasattr(loop, 'max_iters')):
             return
         done, total, unit = (loop.epoch, loop.max_epochs, 'epoch') if hasattr(loop, 'max_epochs') else \
             (loop.iter, loop.max_iters, 'iteration')
