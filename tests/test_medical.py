@@ -300,6 +300,18 @@ def test_metric_joins_volumes_without_num_slices():
     assert metric.evaluate(2) == {'Dice': 100.0, 'HD95': 0.0, 'Dice.1': 100.0, 'HD95.1': 0.0}
 
 
+@pytest.mark.parametrize('pred_shape', [(2, 8), (3, 3), (2, 4, 4)])
+def test_metric_refuses_a_prediction_of_another_shape(pred_shape):
+    # (2, 8) has the ground truth's pixel count: it was reshaped to 4x4 and scored; (3, 3) failed in numpy's reshape.
+    metric = DiceHD95Metric(num_classes=2)
+    gt = np.zeros((4, 4), np.int64)
+    with pytest.raises(ValueError, match=rf'c slice 0: prediction {re.escape(str(pred_shape))} and ground truth '
+                                         r'\(4, 4\) differ'):
+        metric.process({}, [_sample('c', 0, 1, np.zeros(pred_shape, np.int64), gt)])
+    metric.process({}, [_sample('c', 0, 1, np.zeros((1, 4, 4), np.int64), gt)])  # a leading 1 is dropped
+    assert len(metric.results) == 1
+
+
 def test_medical_segmentor_zooms_labels_as_the_official_test():
     from mmengine.structures import BaseDataElement
     from scipy import ndimage

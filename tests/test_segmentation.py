@@ -3,6 +3,7 @@ modes and errors, the IoU metric against hand counts and scikit-learn, the datas
 tools/train.py + tools/test.py end to end on the synthetic shapes."""
 import functools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,12 @@ import torch
 import torch.nn as nn
 
 pytest.importorskip('mmengine')
+from mmengine.optim import OptimWrapper  # noqa: E402
 from mmengine.structures import BaseDataElement  # noqa: E402
 from visionattn.heads.segmentation.data import ADE20KDataset, SegFolderDataset, SyntheticShapesDataset  # noqa: E402
 from visionattn.heads.segmentation.decoders import SemanticFPN, UPerNet  # noqa: E402
 from visionattn.heads.segmentation.evaluation import IoUMetric  # noqa: E402
+from visionattn.heads.segmentation.medical_task import MedicalSegmentor  # noqa: E402
 from visionattn.heads.segmentation.task import (  # noqa: E402
     SegDataPreprocessor,
     Segmentor,
@@ -229,6 +232,99 @@ def test_predictions_follow_a_mask_kept_at_the_original_resolution():
     assert prediction.pred_sem_seg.shape == (64, 96) and prediction.seg_logits.shape == (2, 64, 96)
 
 
+def _item(h, w, gt=None, index=0, num_classes=3):
+    gen = torch.Generator().manual_seed(index)
+    return {'img': torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen),
+            'gt_seg': torch.randint(0, num_classes, (h, w), generator=gen) if gt is None else gt,
+            'meta': {'index': index}}
+
+
+@pytest.mark.heads
+@pytest.mark.parametrize('size_divisor', [None, 32])
+@pytest.mark.parametrize('segmentor', [Segmentor, MedicalSegmentor])
+def test_a_full_resolution_mask_of_the_batch_size_is_not_cropped(segmentor, size_divisor):
+    # Image 0 is 8x8 with its mask kept at 16x16, the size of the batch it shares with a 16x16 image: the mask was
+    # taken for one padded with its image and cropped to its top-left 8x8 (a quarter of it scored).
+    torch.manual_seed(0)
+    model = segmentor(nn.Conv2d(3, 3, 1), num_classes=3,  # per pixel: the batch's padding changes no logit
+                      data_preprocessor=dict(type=SegDataPreprocessor, size_divisor=size_divisor)).eval()
+    full = _item(8, 8, gt=torch.randint(0, 3, (16, 16)))
+    with torch.no_grad():
+        (alone,) = model(**model.data_preprocessor(seg_collate([full])), mode='predict')
+        batched = model(**model.data_preprocessor(seg_collate([full, _item(16, 16, index=1)])), mode='predict')
+    assert torch.equal(batched[0].gt_sem_seg, full['gt_seg'])
+    assert batched[0].pred_sem_seg.shape == (16, 16) and torch.equal(batched[0].pred_sem_seg, alone.pred_sem_seg)
+    assert batched[1].pred_sem_seg.shape == batched[1].gt_sem_seg.shape == (16, 16)
+
+
+@pytest.mark.heads
+@pytest.mark.parametrize('img_size, mask_size, other_size', [
+    ((8, 8), (4, 4), (8, 8)),  # half resolution: was padded into the top-left quarter and trained on
+    ((8, 8), (8, 6), (8, 8)),
+    ((8, 8), (16, 16), (16, 16)),  # kept at a larger resolution that is the batch's size: was taken as aligned
+])
+def test_loss_refuses_a_mask_of_another_size_than_its_image(img_size, mask_size, other_size):
+    model = Segmentor(nn.Conv2d(3, 3, 1), num_classes=3).train()
+    batch = seg_collate([_item(*other_size), _item(*img_size, gt=torch.zeros(mask_size, dtype=torch.long), index=1)])
+    message = rf'sample 1: gt_sem_seg of shape {re.escape(str(mask_size))} does not match its image ' \
+              rf'{re.escape(str(img_size))}'
+    with pytest.raises(ValueError, match=message):
+        model(**model.data_preprocessor(batch, training=True), mode='loss')
+    with pytest.raises(ValueError, match=message.replace('sample 1', 'sample 0')):  # no img_shape: the input's size
+        model(torch.randn(1, 3, *img_size), [BaseDataElement(gt_sem_seg=torch.zeros(mask_size).long())], mode='loss')
+
+
+@pytest.mark.heads
+@pytest.mark.parametrize('mode', ['loss', 'predict'])
+@pytest.mark.parametrize('num_samples', [1, 4])
+def test_data_samples_and_images_must_pair_up(num_samples, mode):
+    model = Segmentor(nn.Conv2d(3, 3, 1), num_classes=3)
+    samples = [BaseDataElement(gt_sem_seg=torch.zeros(8, 8, dtype=torch.long)) for _ in range(num_samples)]
+    with pytest.raises(ValueError, match=f'{num_samples} data samples for 2 images'):
+        model(torch.randn(2, 3, 8, 8), samples, mode=mode)
+
+
+@pytest.mark.heads
+@pytest.mark.parametrize('num_classes', [3, 300])
+def test_mixed_sizes_are_padded_with_the_models_ignore_index(num_classes):
+    # Collate pads masks with 255: with ignore_index=-1 that was reported as the user's "label 255", and with more
+    # than 255 classes the padding was trained on as class 255.
+    targets = []
+
+    def loss(logits, target):
+        targets.append(target)
+        return nn.functional.cross_entropy(logits, target, ignore_index=-1)
+    model = Segmentor(nn.Conv2d(3, num_classes, 1), num_classes=num_classes, loss=loss, ignore_index=-1)
+    batch = seg_collate([_item(8, 8, num_classes=num_classes), _item(6, 4, index=1, num_classes=num_classes)])
+    model.train_step(batch, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1)))
+    (target,) = targets
+    assert (target[1, 6:] == -1).all() and (target[1, :, 4:] == -1).all()
+    assert torch.equal(target[1, :6, :4], batch['data_samples'][1].gt_sem_seg[:6, :4])
+    assert torch.equal(target[0], batch['data_samples'][0].gt_sem_seg)
+
+
+@pytest.mark.heads
+@pytest.mark.parametrize('mode', ['loss', 'predict'])
+def test_mask_shapes_other_than_h_w_are_named(mode):
+    model = Segmentor(nn.Conv2d(3, 3, 1), num_classes=3).train(mode == 'loss')
+    with pytest.raises(ValueError, match=r'sample 0: gt_sem_seg must be \[H, W\] \(or \[1, H, W\]\), got \[3, 8, 8\]'):
+        model(**model.data_preprocessor(seg_collate([_item(8, 8, gt=torch.zeros(3, 8, 8).long())])), mode=mode)
+    model(**model.data_preprocessor(seg_collate([_item(8, 8, gt=torch.zeros(1, 8, 8).long())])), mode=mode)
+
+
+@pytest.mark.heads
+def test_float_masks_must_hold_whole_labels():
+    mask = torch.zeros(8, 8)
+    mask[2, 3] = 1.7  # was truncated to class 1
+    with pytest.raises(ValueError, match=r'item 0: gt_seg holds the non-integer label 1\.7 '):
+        seg_collate([_item(8, 8, gt=mask)])
+    model = Segmentor(nn.Conv2d(3, 3, 1), num_classes=3)
+    with pytest.raises(ValueError, match=r'sample 0: gt_sem_seg holds the non-integer label 1\.7 '):
+        model(torch.randn(1, 3, 8, 8), [BaseDataElement(gt_sem_seg=mask)], mode='loss')
+    gt = seg_collate([_item(8, 8, gt=mask.round())])['data_samples'][0].gt_sem_seg  # whole floats are labels
+    assert gt.dtype == torch.long and gt[2, 3] == 2
+
+
 @pytest.mark.heads
 def test_data_preprocessor_grey_normalisation_and_padding():
     pre = SegDataPreprocessor(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), size_divisor=8)
@@ -265,6 +361,18 @@ def test_iou_metric_on_a_hand_counted_example():
     assert got['IoU.b'] == pytest.approx(100 * 2 / 3) and np.isnan(got['IoU.d'])
     with pytest.raises(ValueError, match='outside 0..3'):
         metric.process(None, [{'pred_sem_seg': pred, 'gt_sem_seg': torch.tensor([[7, 0, 0], [0, 0, 0]])}])
+
+
+@pytest.mark.heads
+@pytest.mark.parametrize('pred_shape', [(2, 8), (3, 3), (2, 4, 4)])
+def test_iou_metric_refuses_a_prediction_of_another_shape(pred_shape):
+    # (2, 8) has the ground truth's pixel count: it was reshaped to 4x4 and scored pixel against the wrong pixel.
+    metric = IoUMetric(num_classes=2)
+    gt = torch.zeros(4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=rf'prediction {re.escape(str(pred_shape))} and ground truth \(4, 4\) differ'):
+        metric.process(None, [{'pred_sem_seg': torch.zeros(pred_shape, dtype=torch.long), 'gt_sem_seg': gt}])
+    metric.process(None, [{'pred_sem_seg': torch.zeros(1, 4, 4, dtype=torch.long), 'gt_sem_seg': gt}])
+    assert int(metric.results[0].sum()) == 16
 
 
 @pytest.mark.heads

@@ -1,6 +1,6 @@
 """The semantic segmentation metric: mIoU, mAcc and aAcc from a confusion matrix summed over the dataset, as
 mmsegmentation's IoUMetric reports them, and the class count that the segmentation metrics share."""
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ from visionattn.engine.registry import METRICS
 
 from .data import IGNORE_INDEX
 
-__all__ = ['IoUMetric', 'metric_num_classes']
+__all__ = ['IoUMetric', 'metric_num_classes', 'paired_label_maps']
 
 
 def metric_num_classes(metric: BaseMetric, sample: Dict) -> int:
@@ -25,6 +25,21 @@ def metric_num_classes(metric: BaseMetric, sample: Dict) -> int:
         return int(sample['seg_logits'].shape[0])
     raise ValueError(f'{type(metric).__name__} needs num_classes, a dataset with classes, or seg_logits in the '
                      'predictions')
+
+
+def paired_label_maps(pred, gt, where: str) -> Tuple:
+    """A prediction and its ground truth (tensors or arrays) as two [H, W] label maps of one shape, leading singleton
+    dims dropped. The shapes are compared before anything is reshaped: a 32x128 prediction reshaped to a 64x64 ground
+    truth would be scored pixel against the wrong pixel."""
+    shapes = tuple(pred.shape), tuple(gt.shape)
+    while pred.ndim > 2 and pred.shape[0] == 1:
+        pred = pred[0]
+    while gt.ndim > 2 and gt.shape[0] == 1:
+        gt = gt[0]
+    if pred.ndim != 2 or tuple(pred.shape) != tuple(gt.shape):
+        raise ValueError(f'{where}: prediction {shapes[0]} and ground truth {shapes[1]} differ (expected two label '
+                         'maps [H, W] of one size)')
+    return pred, gt
 
 
 @METRICS.register_module()
@@ -58,12 +73,11 @@ class IoUMetric(BaseMetric):
         confusion = None
         for sample in data_samples:
             k = self._classes(sample)
-            pred = sample['pred_sem_seg']
-            pred = (pred['data'] if isinstance(pred, dict) else pred).reshape(-1).long().cpu()
-            gt = sample['gt_sem_seg']
-            gt = (gt['data'] if isinstance(gt, dict) else gt).reshape(-1).long().cpu()
-            if pred.numel() != gt.numel():
-                raise ValueError(f'pred_sem_seg has {pred.numel()} pixels, gt_sem_seg {gt.numel()}')
+            pred, gt = sample['pred_sem_seg'], sample['gt_sem_seg']
+            pred, gt = paired_label_maps(pred['data'] if isinstance(pred, dict) else pred,
+                                         gt['data'] if isinstance(gt, dict) else gt,
+                                         f"sample {sample.get('metainfo', sample).get('index', '?')}")
+            pred, gt = pred.reshape(-1).long().cpu(), gt.reshape(-1).long().cpu()
             valid = gt != self.ignore_index
             if bool(((gt[valid] < 0) | (gt[valid] >= k)).any()):
                 raise ValueError(f'gt_sem_seg holds labels outside 0..{k - 1} besides ignore_index '

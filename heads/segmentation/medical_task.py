@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from visionattn.engine.registry import DATASETS, METRICS, MODELS
 
-from .evaluation import metric_num_classes
+from .evaluation import metric_num_classes, paired_label_maps
 from .losses import CEDiceLoss, DiceLoss
 from .medical_data import AVTDataset, SynapseDataset, SyntheticSlicesDataset
 from .paratranscnn import ParaTransCNN
@@ -168,10 +168,8 @@ class DiceHD95Metric(BaseMetric):
             case, k = meta.get('case_name'), meta.get('slice_index')
             if case is None or k is None:
                 raise KeyError('DiceHD95Metric needs case_name and slice_index in each sample\'s meta')
-            pred = _as_array(sample['pred_sem_seg']).reshape(_as_array(sample['gt_sem_seg']).shape[-2:])
-            gt = _as_array(sample['gt_sem_seg']).reshape(pred.shape)
-            if pred.shape != gt.shape:
-                raise ValueError(f'{case} slice {k}: prediction {pred.shape} and ground truth {gt.shape} differ')
+            pred, gt = paired_label_maps(_as_array(sample['pred_sem_seg']), _as_array(sample['gt_sem_seg']),
+                                         f'{case} slice {k}')
             ignored = gt == self.ignore_index
             pred = np.where(ignored, 0, pred).astype(np.int16)
             gt = np.where(ignored, 0, gt).astype(np.int16)

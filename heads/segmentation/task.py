@@ -32,31 +32,42 @@ def seg_collate(batch: Sequence[Dict]) -> Dict:
 
     Items are ``{'img': uint8 [C, H, W], 'gt_seg': int64 [H, W] (255 = ignore), 'meta': dict}``. Images of
     different sizes are padded at the bottom/right to the largest (0), as are masks of the image's size (255);
-    ``meta['img_shape']`` records each image's size before padding.
+    ``meta['img_shape']`` records each image's size before padding, and ``meta['gt_aligned']`` whether its mask was
+    of that size (padded with the image) rather than kept at another resolution for evaluation (left as it is).
     """
     height, width = batch_canvas(batch, 'segmentation')
     inputs, samples = [], []
-    for item in batch:
-        img, gt = item['img'], item['gt_seg']
+    for index, item in enumerate(batch):
+        img, gt = item['img'], torch.as_tensor(item['gt_seg'])
+        if gt.is_floating_point() and not torch.equal(gt, gt.round()):  # the cast to int64 would truncate 1.7 to 1
+            raise ValueError(f'item {index}: gt_seg holds the non-integer label {gt[gt != gt.round()][0].item():g} '
+                             f'({gt.dtype}): a mask holds class indices')
         h, w = img.shape[-2:]
-        if tuple(gt.shape[-2:]) == (h, w):  # a mask at the original resolution (for evaluation) stays as it is
+        # Recorded, not inferred later from the size: a mask kept at the original resolution may have the padded
+        # batch's size by chance.
+        aligned = tuple(gt.shape[-2:]) == (h, w)
+        if aligned:
             gt = pad_to(gt, height, width, IGNORE_INDEX)
         inputs.append(pad_to(img, height, width))
         meta = dict(item.get('meta', {}))
         meta.setdefault('img_shape', (int(h), int(w)))
-        samples.append(BaseDataElement(gt_sem_seg=torch.as_tensor(gt, dtype=torch.long), metainfo=meta))
+        meta['gt_aligned'] = aligned
+        samples.append(BaseDataElement(gt_sem_seg=gt.long(), metainfo=meta))
     return {'inputs': torch.stack(inputs), 'data_samples': samples}
 
 
 @MODELS.register_module()
 class SegDataPreprocessor(NormalizePadPreprocessor):
     """Moves a batch to the device, repeats grey images to RGB, normalises, and pads to a size divisor, the masks
-    with 255 (ignored), as mmseg's SegDataPreProcessor (see :class:`NormalizePadPreprocessor` for the arguments)."""
+    padded with their images with 255 (ignored), as mmseg's SegDataPreProcessor (see
+    :class:`NormalizePadPreprocessor` for the arguments). The :class:`Segmentor` re-pads the loss's targets with its
+    own ``ignore_index``."""
 
     def pad_samples(self, samples: List[BaseDataElement], size: Sequence[int], pad: Sequence[int]) -> None:
         for sample in samples:
             gt = sample.get('gt_sem_seg')
-            if gt is not None and tuple(gt.shape[-2:]) == tuple(size):
+            # seg_collate's record; a sample built without it is taken as padded with its image if of the batch's size
+            if gt is not None and sample.metainfo.get('gt_aligned', tuple(gt.shape[-2:]) == tuple(size)):
                 sample.gt_sem_seg = F.pad(gt, (0, pad[1], 0, pad[0]), value=IGNORE_INDEX)
 
 
@@ -200,37 +211,70 @@ class Segmentor(TaskModel):
 
     def train_step(self, data, optim_wrapper):
         # The masks are still on the CPU here (the data preprocessor moves them): checked without a device sync.
-        self._check_labels(data.get('data_samples') if isinstance(data, dict) else None)
+        if isinstance(data, dict):
+            inputs, samples = data.get('inputs'), data.get('data_samples') or ()
+            size = tuple(inputs.shape[-2:]) if torch.is_tensor(inputs) else None
+            self._check_labels([(i, self._label_map(s, i, size)[0]) for i, s in enumerate(samples)
+                                if isinstance(s, BaseDataElement) and torch.is_tensor(s.get('gt_sem_seg'))])
         return super().train_step(data, optim_wrapper)
 
-    def _check_labels(self, data_samples: Optional[List[BaseDataElement]]) -> None:
+    @staticmethod
+    def _label_map(sample: BaseDataElement, index: int,
+                   batch_shape: Optional[Sequence[int]] = None) -> Tuple[torch.Tensor, bool]:
+        """(mask [H, W], aligned) of a sample: ``aligned`` when the mask was padded along with its image, and then
+        cropped to the image's size, so that the batch's padding (of whatever value) is never read. Aligned is
+        seg_collate's record ``gt_aligned``; a sample built without it counts as aligned when its mask has the
+        image's or the batch's size."""
+        gt = sample.gt_sem_seg
+        if gt.ndim == 3 and gt.shape[0] == 1:
+            gt = gt[0]
+        if gt.ndim != 2:
+            raise ValueError(f'sample {index}: gt_sem_seg must be [H, W] (or [1, H, W]), got {list(gt.shape)}')
+        h, w = sample.metainfo.get('img_shape', batch_shape or gt.shape)
+        aligned = sample.metainfo.get('gt_aligned', tuple(gt.shape) in ((h, w), tuple(batch_shape or (h, w))))
+        return (gt[:h, :w] if aligned else gt), bool(aligned)
+
+    def _check_labels(self, masks: Sequence[Tuple[int, torch.Tensor]]) -> None:
         """A mask label outside 0..num_classes-1 (other than ignore_index) fails in the loss as "Target 3 is out of
-        bounds" (a device-side assert on GPUs): name the option instead. Only masks on the CPU are read."""
-        for sample in data_samples or ():
-            gt = sample.get('gt_sem_seg') if isinstance(sample, BaseDataElement) else None
-            if not torch.is_tensor(gt) or gt.device.type != 'cpu' or not gt.numel():
+        bounds" (a device-side assert on GPUs), and a float one such as 1.7 would be truncated: name them instead.
+        Takes (sample index, mask without the batch's padding); only masks on the CPU are read."""
+        for index, gt in masks:
+            if gt.device.type != 'cpu' or not gt.numel():
                 continue
+            if gt.is_floating_point() and not torch.equal(gt, gt.round()):
+                raise ValueError(f'sample {index}: gt_sem_seg holds the non-integer label '
+                                 f'{gt[gt != gt.round()][0].item():g} ({gt.dtype}): a mask holds class indices')
             labels = gt[gt != self.ignore_index]
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
                 bad = int(labels.max()) if int(labels.max()) >= self.num_classes else int(labels.min())
-                raise ValueError(f'a mask of this batch holds label {bad}, but model.num_classes={self.num_classes} '
-                                 f'(labels 0..{self.num_classes - 1}, {self.ignore_index} ignored): set num_classes '
-                                 "of the model, its network and its loss to the dataset's number of classes")
+                raise ValueError(f'sample {index}: the mask holds label {bad}, but model.num_classes='
+                                 f'{self.num_classes} (labels 0..{self.num_classes - 1}, {self.ignore_index} ignored): '
+                                 "set num_classes of the model, its network and its loss to the dataset's number of "
+                                 'classes')
 
     def _targets(self, inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> torch.Tensor:
         if not data_samples or any(s.get('gt_sem_seg') is None for s in data_samples):
             raise ValueError("mode='loss' needs a gt_sem_seg in every data sample")
-        self._check_labels(data_samples)
+        if len(data_samples) != len(inputs):
+            raise ValueError(f"mode='loss' got {len(data_samples)} data samples for {len(inputs)} images: pass one "
+                             'per image')
         height, width = inputs.shape[-2:]
-        targets = []
-        for sample in data_samples:
-            gt = sample.gt_sem_seg.to(inputs.device).long().reshape(sample.gt_sem_seg.shape[-2:])
-            h, w = gt.shape
+        masks = []
+        for index, sample in enumerate(data_samples):
+            h, w = sample.metainfo.get('img_shape', (height, width))
             if h > height or w > width:
-                raise ValueError(f'gt_sem_seg of shape {(h, w)} is larger than the input {(height, width)}: '
-                                 'the training pipeline must transform image and mask together')
-            targets.append(F.pad(gt, (0, width - w, 0, height - h), value=self.ignore_index))
-        return torch.stack(targets)
+                raise ValueError(f'sample {index}: img_shape {(h, w)} is larger than the input {(height, width)}')
+            gt, aligned = self._label_map(sample, index, (height, width))
+            if not aligned or tuple(gt.shape) != (h, w):
+                # Padded into the top-left corner, a smaller or larger mask would be trained on out of place.
+                raise ValueError(f'sample {index}: gt_sem_seg of shape {tuple(gt.shape)} does not match its image '
+                                 f'{(h, w)}: training needs masks of their image\'s size (transform image and mask '
+                                 'together; masks kept at the original resolution are for evaluation)')
+            masks.append((index, gt))
+        self._check_labels(masks)
+        # Padded here with this model's ignore_index (collate and preprocessor pad with 255, which may be a class).
+        return torch.stack([F.pad(gt.to(inputs.device).long(), (0, width - gt.shape[1], 0, height - gt.shape[0]),
+                                  value=self.ignore_index) for _, gt in masks])
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor):
         """(total, parts to log) of one set of logits; a loss returning a dict is summed, unless the dict gives
@@ -257,22 +301,24 @@ class Segmentor(TaskModel):
 
     def predict(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None):
         """Sets ``seg_logits`` [K, H, W] and ``pred_sem_seg`` [H, W] on each sample, at the size of its
-        gt_sem_seg when it has one (masks kept at the original resolution: the logits are resized to it), else at
-        its image's size before padding."""
+        gt_sem_seg when it has one (masks kept at the original resolution, ``gt_aligned`` False: the logits are
+        resized to it), else at its image's size before padding (a mask padded with its image is cropped back)."""
         logits = self._logits(inputs)['out'].float()
         if data_samples is None:
             data_samples = [BaseDataElement() for _ in range(len(logits))]
-        for sample, sample_logits in zip(data_samples, logits):
+        if len(data_samples) != len(logits):
+            raise ValueError(f"mode='predict' got {len(data_samples)} data samples for {len(logits)} images: pass one "
+                             'per image, or none')
+        for index, (sample, sample_logits) in enumerate(zip(data_samples, logits)):
             h, w = sample.metainfo.get('img_shape', sample_logits.shape[-2:])
             sample_logits = sample_logits[:, :h, :w]
-            gt = sample.get('gt_sem_seg')
-            if gt is not None and tuple(gt.shape[-2:]) != (h, w):
-                if tuple(gt.shape[-2:]) == tuple(sample.metainfo.get('pad_shape', ())):
-                    sample.gt_sem_seg = gt = gt[..., :h, :w]  # padded along with the image: crop back
-                else:
-                    sample.set_data(dict(zip(('seg_logits', 'pred_sem_seg'),
-                                             self.predict_at(sample_logits, tuple(gt.shape[-2:])))))
+            if sample.get('gt_sem_seg') is not None:
+                gt, aligned = self._label_map(sample, index, inputs.shape[-2:])
+                if not aligned:  # kept at another resolution: the prediction is brought to it
+                    sample.set_data(dict(zip(('seg_logits', 'pred_sem_seg'), self.predict_at(sample_logits,
+                                                                                             tuple(gt.shape)))))
                     continue
+                sample.gt_sem_seg = sample.gt_sem_seg[..., :h, :w]  # padded along with the image: crop back
             sample.set_data({'seg_logits': sample_logits, 'pred_sem_seg': sample_logits.argmax(dim=0)})
         return data_samples
 
