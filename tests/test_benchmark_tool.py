@@ -237,3 +237,13 @@ def test_zero_and_negative_sizes_are_refused(option, capsys):
     with pytest.raises(SystemExit):
         _tool().parse_args(['resnet18', *option])
     assert 'must be at least' in capsys.readouterr().err
+
+
+def test_profile_tool_refuses_zero_steps(capsys):
+    # Adversarial probe: --steps 0 ended in a ZeroDivisionError after the warm-up.
+    spec = importlib.util.spec_from_file_location('profile_tool', ROOT / 'tools' / 'profile_model.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit):
+        module.main(['resnet18', '--steps', '0', '--device', 'cpu'])
+    assert '0 must be at least 1' in capsys.readouterr().err

@@ -241,3 +241,19 @@ def test_a_training_checkpoint_points_to_publish(tmp_path):
                 'state_dict': {f'classifier.{k}': v for k, v in official.state_dict().items()}}, path)
     with pytest.raises(SystemExit, match=r'(?s)does not fit.*tools/publish\.py CONFIG CHECKPOINT OUT_DIR'):
         _tool().main(['eca_resnet18', str(path), str(tmp_path / 'out.safetensors')])
+
+
+@pytest.mark.parametrize('options, message', [
+    (['out.txt'], 'must end in .safetensors or .pth'),
+    (['a_folder.pth'], 'is a folder'),
+    (['out.pth', '--num-heads', '3'], '--num-heads 3: only for focus_detr'),
+    (['out.pth', '--member', 'x.pth'], 'is not one'),
+    (['out.pth', '--num-classes', '-3'], '--num-classes -3 must be at least 0'),
+])
+def test_options_that_would_do_nothing_are_refused(tmp_path, monkeypatch, capsys, options, message):
+    # Adversarial probe: these were taken and did nothing (or failed in a traceback after the conversion).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'a_folder.pth').mkdir()
+    with pytest.raises(SystemExit):
+        _tool().main(['eca_resnet18', 'eca.pth.tar', options[0], *options[1:]])
+    assert message in capsys.readouterr().err

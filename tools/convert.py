@@ -114,11 +114,12 @@ def _focus_detr_build(checkpoint: Dict[str, Any], args: argparse.Namespace) -> T
                               f'{num_classes} classes (class_embed.0.weight {shape("class_embed.0.weight")}); '
                               'converting does not re-initialise heads: drop --num-classes or fine-tune from it')
     heads_points = shape('transformer.encoder.layers.0.attentions.1.attention_weights.weight')[0] // levels
-    if heads_points % args.num_heads:
+    num_heads = args.num_heads or 8  # the official 8
+    if heads_points % num_heads:
         raise CheckpointError(f'{heads_points} sampling points x heads per level do not split into '
-                              f'--num-heads {args.num_heads}')
+                              f'--num-heads {num_heads}')
     official = (1.0, 0.8, 0.6, 0.6, 0.4, 0.2)
-    layer = dict(num_heads=args.num_heads, num_points=heads_points // args.num_heads,
+    layer = dict(num_heads=num_heads, num_points=heads_points // num_heads,
                  ffn_dims=shape('transformer.encoder.layers.0.ffns.0.layers.0.0.weight')[0])
     kwargs = dict(num_classes=num_classes, num_queries=shape('transformer.tgt_embed.weight')[0], embed_dims=embed,
                   num_feature_levels=levels, encoder=dict(num_layers=enc, **layer),
@@ -220,12 +221,26 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('output', nargs='?', type=Path, help='converted file (.safetensors or .pth)')
     parser.add_argument('--num-classes', type=int, default=None,
                         help='classes of the model (default: the checkpoint\'s / the model\'s own)')
-    parser.add_argument('--num-heads', type=int, default=8, help='Focus-DETR attention heads (official: 8)')
+    parser.add_argument('--num-heads', type=int, default=None, help='Focus-DETR attention heads (default: the '
+                        'official 8)')
     parser.add_argument('--member', default=None, help='the checkpoint inside a .zip holding several')
     parser.add_argument('--list', action='store_true', help='list the registered converters and exit')
     args = parser.parse_args(argv)
-    if not args.list and (args.family is None or args.input is None or args.output is None):
+    if args.list:
+        return args
+    if args.family is None or args.input is None or args.output is None:
         parser.error('FAMILY, IN and OUT are required (or --list)')
+    # options that would be taken and do nothing are refused (adversarial probe)
+    if args.output.suffix not in ('.safetensors', '.pth', '.pt'):
+        parser.error(f'OUT {args.output} must end in .safetensors or .pth (.pt)')
+    if args.output.is_dir():
+        parser.error(f'OUT {args.output} is a folder: give the converted file\'s name')
+    if args.num_heads is not None and (args.family != 'focus_detr' or args.num_heads < 1):
+        parser.error(f'--num-heads {args.num_heads}: only for focus_detr, and at least 1')
+    if args.num_classes is not None and args.num_classes < 0:
+        parser.error(f'--num-classes {args.num_classes} must be at least 0')
+    if args.member is not None and not str(args.input).endswith('.zip'):
+        parser.error(f'--member {args.member!r} names a file inside a .zip, and {args.input} is not one')
     return args
 
 
@@ -243,7 +258,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     except CheckpointError as e:
         hint = f'\n  {PUBLISH_HINT}' if is_engine_checkpoint(checkpoint) else ''
         raise SystemExit(f'convert.py: {e}{hint}') from None
-    fmt, digest = save_state_dict(state, args.output)
+    try:
+        fmt, digest = save_state_dict(state, args.output)
+    except OSError as e:  # a folder that cannot be made or written: nothing is left at OUT
+        raise SystemExit(f'convert.py: cannot write {args.output}: {e}') from None
     raw = unwrap_state_dict(checkpoint) if isinstance(checkpoint, dict) else {}
     tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
     summary = {

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/benchmark.py
 
-from benchmark import _Setup, _synchronize, parse_benches  # noqa: E402
+from benchmark import _at_least, _Setup, _synchronize, parse_benches  # noqa: E402
 
 import visionattn  # noqa: E402,F401  (registers the zoo with timm)
 
@@ -73,15 +73,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('models', nargs='+')
     parser.add_argument('--bench', default='train', help='one of tools/benchmark.py\'s eager benchmarks')
-    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--batch-size', type=_at_least(1), default=64)
     parser.add_argument('--train-batch-size', type=int)
     parser.add_argument('--img-size', type=int)
     parser.add_argument('--amp', action='store_true')
     parser.add_argument('--amp-dtype', choices=('bf16', 'fp16'), default='bf16')
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--warmup', type=int, default=5)
-    parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument('--warmup', type=_at_least(0), default=5)
+    parser.add_argument('--steps', type=_at_least(1), default=5)  # 0 divided by zero after the warm-up
     parser.add_argument('--top', type=int, default=20)
     parser.add_argument('--trace', type=Path, help='folder for Chrome traces')
     args = parser.parse_args(argv)
