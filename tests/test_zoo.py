@@ -76,3 +76,15 @@ def test_readme_zoo_table_is_current():
     zoo_table = runpy.run_path(str(ROOT / 'tools' / 'zoo_table.py'))
     readme = zoo_table['readme_table']((ROOT / 'README.md').read_text())
     assert readme == zoo_table['current_table'](), 'README zoo table is stale: python tools/zoo_table.py --write'
+
+
+def test_zoo_table_tool_names_a_bad_readme_before_measuring(tmp_path, capsys):
+    # Adversarial probe: a missing README, one without the table markers or an unwritable one ended in tracebacks,
+    # after every model had been measured.
+    zoo_table = runpy.run_path(str(ROOT / 'tools' / 'zoo_table.py'))
+    no_markers = tmp_path / 'README.md'
+    no_markers.write_text('# a README without the zoo table\n')
+    for args, message in ((['--check', '--readme', str(tmp_path / 'missing.md')], 'No such file'),
+                          (['--write', '--readme', str(no_markers)], 'has no <!-- zoo-table:begin -->')):
+        assert zoo_table['main'](args) == 1
+        assert message in capsys.readouterr().err

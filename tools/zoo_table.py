@@ -5,6 +5,7 @@
     python tools/zoo_table.py --check    # exit 1 when README.md's table is out of date
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,18 +27,27 @@ def current_table(progress: bool = False) -> str:
     return render_markdown(zoo_rows(visionattn.list_models(), progress=progress))
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--readme', type=Path, default=README)
     action = parser.add_mutually_exclusive_group()
     action.add_argument('--write', action='store_true', help='rewrite the table in the README')
     action.add_argument('--check', action='store_true', help='fail when the README table is out of date')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    text = None
+    if args.write or args.check:  # the README's problems before the models are measured (minutes), in one line
+        try:
+            text = args.readme.read_text()
+            readme_table(text)
+            if args.write and not os.access(args.readme, os.W_OK):
+                raise OSError('not writable')
+        except (OSError, ValueError) as error:
+            print(f'{args.readme}: error: {error}', file=sys.stderr)
+            return 1
     table = current_table(progress=True)
-    if not (args.write or args.check):
+    if text is None:
         print(table, end='')
         return 0
-    text = args.readme.read_text()
     if args.check:
         if readme_table(text) != table:
             print(f'{args.readme} zoo table is out of date: run python tools/zoo_table.py --write', file=sys.stderr)
