@@ -768,3 +768,11 @@ def test_more_than_65535_batch_heads_cuda():
     torch.testing.assert_close(out[-3:].float(), want_out, rtol=2e-2, atol=2e-2)
     for g, w in zip(got, want):
         torch.testing.assert_close(g[-3:].float(), w, rtol=2e-2, atol=2e-2)
+
+
+def test_causal_reference_takes_an_empty_batch():
+    # the causal mask's reshape used -1, ambiguous for a batch of 0 (adversarial probe, through MoBA)
+    q = torch.randn(0, 2, 8, 4)
+    index = torch.zeros(0, 2, 2, 1, dtype=torch.int32)
+    out = block_sparse_attention(q, q, q, index, None, 4, 4, causal=True, backend='reference')
+    assert out.shape == q.shape

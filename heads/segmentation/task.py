@@ -27,6 +27,13 @@ DATASETS.register_module(module=SyntheticShapesDataset)
 
 
 @FUNCTIONS.register_module()
+def _check_whole_labels(gt: torch.Tensor, what: str) -> None:
+    """A float mask must hold whole class indices: the cast to int64 would truncate 1.7 to 1 (NaN is refused too)."""
+    if gt.is_floating_point() and not torch.equal(gt, gt.round()):
+        raise ValueError(f'{what} holds the non-integer label {gt[gt != gt.round()][0].item():g} ({gt.dtype}): a mask '
+                         'holds class indices')
+
+
 def seg_collate(batch: Sequence[Dict]) -> Dict:
     """Stack a batch of segmentation items; one data sample per item with its mask and meta.
 
@@ -39,9 +46,7 @@ def seg_collate(batch: Sequence[Dict]) -> Dict:
     inputs, samples = [], []
     for index, item in enumerate(batch):
         img, gt = item['img'], torch.as_tensor(item['gt_seg'])
-        if gt.is_floating_point() and not torch.equal(gt, gt.round()):  # the cast to int64 would truncate 1.7 to 1
-            raise ValueError(f'item {index}: gt_seg holds the non-integer label {gt[gt != gt.round()][0].item():g} '
-                             f'({gt.dtype}): a mask holds class indices')
+        _check_whole_labels(gt, f'item {index}: gt_seg')
         h, w = img.shape[-2:]
         # Recorded, not inferred later from the size: a mask kept at the original resolution may have the padded
         # batch's size by chance.
@@ -241,9 +246,7 @@ class Segmentor(TaskModel):
         for index, gt in masks:
             if gt.device.type != 'cpu' or not gt.numel():
                 continue
-            if gt.is_floating_point() and not torch.equal(gt, gt.round()):
-                raise ValueError(f'sample {index}: gt_sem_seg holds the non-integer label '
-                                 f'{gt[gt != gt.round()][0].item():g} ({gt.dtype}): a mask holds class indices')
+            _check_whole_labels(gt, f'sample {index}: gt_sem_seg')
             labels = gt[gt != self.ignore_index]
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
                 bad = int(labels.max()) if int(labels.max()) >= self.num_classes else int(labels.min())

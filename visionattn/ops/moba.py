@@ -323,11 +323,8 @@ def moba_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size
         raise ValueError(f'block_size={block_size!r} must be a positive int dividing the {q.shape[2]} tokens')
     if q.shape[0] == 0 or q.shape[1] == 0:  # no sequence or no head: nothing to route (select_blocks needs rows)
         n_blocks = q.shape[2] // block_size
-        out = block_sparse_attention(q, k, v, q.new_zeros((*q.shape[:2], n_blocks, 1), dtype=torch.int32),
-                                     q.new_zeros((*q.shape[:2], n_blocks), dtype=torch.int32), block_size,
-                                     block_size, scale=scale, backend=backend, causal=True)
         mask = torch.zeros((*q.shape[:2], n_blocks, n_blocks), dtype=torch.bool, device=q.device)
-        return (out, mask) if return_mask else out
+        return (v.clone(), mask) if return_mask else v.clone()  # the empty output, shaped as v
     mask = select_blocks(block_gate(q, k, block_size), 'topk', topk, scope='query_head', causal=True)
     index, count = mask_to_block_index(mask, trim=True)
     out = block_sparse_attention(q, k, v, index, count, block_size, block_size, scale=scale, backend=backend,
