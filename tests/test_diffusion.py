@@ -277,6 +277,43 @@ def test_loss_falls_on_a_fixed_batch():
     assert losses[-1] < 0.7 * losses[0]
 
 
+
+def test_collate_sends_one_block_per_field():
+    """Each item's label and control used to be its own tensor: a loader worker then sent 2 x batch shared-memory
+    blocks, and receiving 128 items cost the main process about 100 ms a batch (profiled on an H100 host). Now the
+    data samples hold views of one stacked tensor per field, with the items' values."""
+    dataset = SyntheticDiffusionPairs(4, 16, seed=1)
+    items = [dataset[i] for i in range(4)]
+    batch = diffusion_collate(items)
+    samples = batch['data_samples']
+    for field in ('control', 'gt_label'):
+        storages = {s.get(field).untyped_storage().data_ptr() for s in samples}
+        assert len(storages) == 1, field
+    for sample, item in zip(samples, items):
+        assert torch.equal(sample.control, item['control']) and int(sample.gt_label) == item['gt_label']
+    # controls of different sizes (a folder of odd images) still collate, one tensor each
+    items[1]['control'] = items[1]['control'][:, :8]
+    assert diffusion_collate(items)['data_samples'][1].control.shape == (1, 8, 16)
+
+
+def test_compile_denoiser_keeps_the_parameter_names_and_the_loss():
+    def build(**kwargs):
+        torch.manual_seed(0)
+        return DiffusionModel(dict(type=dit.dit_tiny, in_channels=3, num_classes=3, hidden_size=32, num_heads=2,
+                                   depth=1), **kwargs)
+    eager, compiled = build(), build(compile_denoiser=dict(backend='eager'))
+    assert compiled.denoiser._compiled_call_impl is not None and eager.denoiser._compiled_call_impl is None
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    data = eager.data_preprocessor(_batch(2), training=True)
+    losses = []
+    for model in (eager, compiled):
+        torch.manual_seed(3)
+        losses.append(model(**data, mode='loss')['loss'])
+    torch.testing.assert_close(losses[0], losses[1])
+    with pytest.raises(TypeError, match='compile_denoiser must be a bool or a dict'):
+        build(compile_denoiser='yes')
+
+
 class _OracleDenoiser(nn.Module):
     """The exact noise prediction when every image equals one fixed x0: eps = (x_t - sqrt(a) x0) / sqrt(1 - a)."""
 
