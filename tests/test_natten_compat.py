@@ -286,6 +286,31 @@ def test_legacy_two_step_names_match_oracle(case, with_rpb):
     torch.testing.assert_close(out, oracle_av(attn.softmax(-1), v, kernel, dilation, causal), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize('case', LEGACY_CASES, ids=_case_id)
+def test_natten_015_qk_with_bias_names_match_oracle(case):
+    # NATTEN 0.15's names (its NeighborhoodAttention modules ran na*d_qk_with_bias); 3-D takes kernel_size_d,
+    # kernel_size, dilation_d, dilation. They were missing (AttributeError).
+    spatial, kernel, dilation = case
+    n = len(spatial)
+    q, k, _, rpb = _two_step_inputs(spatial, rpb_kernel=kernel, dtype=torch.float64, seed=8)
+    sizes = (kernel[0], kernel[-1], dilation[0], dilation[-1]) if n == 3 else (kernel[0], dilation[0])
+    attn = getattr(functional, f'na{n}d_qk_with_bias')(q, k, rpb, *sizes)
+    torch.testing.assert_close(attn, oracle_qk(q, k, rpb, kernel, dilation, (False,) * n), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.bfloat16])
+def test_two_step_av_casts_the_weights_to_the_value_dtype(dtype):
+    # NATTEN >= 0.15's AV runs attn.to(value.dtype): float32 weights (a softmax under autocast, or softmax(dtype=
+    # torch.float32)) with half or double values. The drop-in refused them (ValueError).
+    spatial, kernel, dilation, causal = TWO_STEP_CASES[3]
+    _, _, v, _ = _two_step_inputs(spatial, dtype=dtype, seed=9)
+    weights = torch.randn(*v.shape[:-1], math.prod(kernel), generator=torch.Generator().manual_seed(9)).softmax(-1)
+    got = functional.na2d_av(weights, v, kernel, dilation, is_causal=causal)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, functional.na2d_av(weights.to(dtype), v, kernel, dilation, is_causal=causal),
+                               rtol=0, atol=0)
+
+
 def test_two_step_gradients_match_oracle():
     spatial, kernel, dilation, causal = (7, 6), (3, 3), (2, 1), (False, False)
     q, k, v, rpb = _two_step_inputs(spatial, dim_v=5, rpb_kernel=kernel, dtype=torch.float64, seed=9)
@@ -377,6 +402,18 @@ def test_module_constructor_follows_natten_017_and_takes_older_names():
         (5,), (2,), (True,), None, 0.5)
 
 
+@pytest.mark.parametrize('n', [1, 2, 3])
+def test_module_takes_natten_020_keywords(n):
+    # NATTEN >= 0.20's modules: (embed_dim, num_heads, kernel_size, stride, dilation, is_causal, qkv_bias, qk_scale,
+    # proj_drop); its documentation passes them by keyword. embed_dim was refused (TypeError).
+    cls = getattr(natten, f'NeighborhoodAttention{n}D')
+    module = cls(embed_dim=12, num_heads=2, kernel_size=3, stride=(2,) + (1,) * (n - 1), dilation=(1,) * (n - 1) + (2,),
+                 is_causal=(True,) + (False,) * (n - 1), qkv_bias=False, qk_scale=0.5, proj_drop=0.).double().eval()
+    assert module.embed_dim == module.dim == 12 and module.qkv.bias is None and module.rpb is None
+    x = torch.randn(2, *(7, 6, 6)[:n], 12, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    torch.testing.assert_close(module(x), _module_reference(module, x), rtol=1e-10, atol=1e-10)
+
+
 def test_module_attention_dropout_runs_unfused_in_training():
     module = natten.NeighborhoodAttention2D(16, 2, 3, dilation=2, rel_pos_bias=True, attn_drop=0.4).double()
     x = torch.randn(2, 7, 8, 16, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
@@ -425,6 +462,25 @@ def test_install_makes_import_natten_give_the_dropin(natten_unloaded):
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         assert natten.install() is natten  # again: nothing to say
+    natten.uninstall()
+    assert not any(name == 'natten' or name.startswith('natten.') for name in sys.modules)
+
+
+def test_install_provides_the_natten_017_module_files(natten_unloaded):
+    # NATTEN 0.17 kept its modules in natten/na{1,2,3}d.py (0.17's natten.natten2d tells users to import from
+    # natten.na2d); `from natten.na2d import NeighborhoodAttention2D` was a ModuleNotFoundError.
+    if importlib.util.find_spec('natten') is not None:
+        pytest.skip('a real natten is installed here: install() keeps it')
+    natten.install()
+    from natten.na1d import NeighborhoodAttention1D
+    from natten.na2d import NeighborhoodAttention2D, na2d, na2d_av, na2d_qk
+    from natten.na3d import NeighborhoodAttention3D
+    assert (NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D) == (
+        natten.NeighborhoodAttention1D, natten.NeighborhoodAttention2D, natten.NeighborhoodAttention3D)
+    assert (na2d, na2d_qk, na2d_av) == (functional.na2d, functional.na2d_qk, functional.na2d_av)
+    import natten as imported
+    assert imported.na2d is functional.na2d  # the attribute stays NATTEN >= 0.20's fused op
+    assert importlib.util.find_spec('natten.na2d') is not None
     natten.uninstall()
     assert not any(name == 'natten' or name.startswith('natten.') for name in sys.modules)
 
@@ -615,6 +671,7 @@ def test_official_style_model_loads_nat_checkpoints_and_matches_visionattn(nat_s
 
 _Q2 = torch.randn(1, 8, 7, 2, 4)
 _Q2_HF = _Q2.movedim(-2, 1)
+_Q3_HF = torch.randn(1, 2, 5, 6, 6, 4)
 with warnings.catch_warnings():
     warnings.simplefilter('ignore')  # the nested-tensor API's prototype warning
     _NESTED = torch.nested.nested_tensor([torch.randn(2, 8, 7, 4), torch.randn(2, 8, 7, 4)])
@@ -645,6 +702,27 @@ ERROR_CASES = {
     'heads': (lambda: natten.NeighborhoodAttention2D(16, 3, 3), ValueError, 'num_heads'),
     'module_kernel': (lambda: natten.NeighborhoodAttention2D(16, 2, (3, 3, 3)), ValueError, 'kernel_size'),
     'module_input': (lambda: natten.NeighborhoodAttention2D(16, 2, 3)(torch.randn(1, 5, 16)), ValueError, 'rank-4'),
+    # NATTEN 0.15's na3d_qk(query, key, kernel_size_d, kernel_size, dilation_d, dilation) met 0.17's signature: the
+    # message named additional_keys only.
+    'na3d_qk_015_order': (lambda: functional.na3d_qk(_Q3_HF, _Q3_HF, 3, 3, 1, 1), ValueError,
+                          r"NATTEN 0\.15's na3d_qk.*natten3dqk"),
+    'na3d_av_015_order': (lambda: functional.na3d_av(_Q3_HF[..., :1].expand(1, 2, 5, 6, 6, 27), _Q3_HF, 3, 3, 1, 1),
+                          ValueError, r"NATTEN 0\.15's na3d_av.*natten3dav"),
+    'attn_not_floating': (lambda: functional.na2d_av(torch.zeros(1, 2, 8, 7, 9, dtype=torch.long), _Q2_HF, 3),
+                          ValueError, 'floating'),
+    # GQA key/value of the wrong spatial size: the message showed the heads repeated, not the shape passed.
+    'kv_heads_key_shape': (lambda: natten.na2d(_Q2, _Q2[:, :6, :, :1], _Q2[:, :6, :, :1], 3), ValueError,
+                           r'key shape \(1, 6, 7, 1, 4\)'),
+    'kv_heads_value_shape': (lambda: natten.na2d(_Q2, _Q2[..., :1, :], _Q2[:, :6, :, :1], 3), ValueError,
+                             r'value shape \(1, 6, 7, 1, 4\)'),
+    'module_qk_scale': (lambda: natten.NeighborhoodAttention2D(16, 2, 3, qk_scale=float('nan')), ValueError,
+                        'qk_scale=nan'),  # was accepted: NaN outputs on the unfused path
+    'module_dim': (lambda: natten.NeighborhoodAttention2D(16.0, 2, 3), ValueError, r'dim=16\.0'),  # torch's TypeError
+    'module_no_dim': (lambda: natten.NeighborhoodAttention2D(num_heads=2, kernel_size=3), TypeError, 'embed_dim'),
+    'module_dims_disagree': (lambda: natten.NeighborhoodAttention2D(16, 2, 3, embed_dim=8), ValueError, 'disagree'),
+    # NATTEN 0.15's kernel_size_d: dilation=0 was silently taken as 1 (0.15 refused it).
+    'module_3d_dilation_0': (lambda: natten.NeighborhoodAttention3D(16, 2, 3, dilation=0, kernel_size_d=3), ValueError,
+                             'dilation'),
     'missing_attribute': (lambda: natten.merge_attentions, AttributeError, 'merge_attentions'),
     'missing_function': (lambda: functional.attention, AttributeError, "'attention'"),
     'memory_preference': (lambda: natten.set_memory_usage_preference('fast'), ValueError, 'pref'),

@@ -25,6 +25,7 @@ official NAT/DiNAT code passes ``rel_pos_bias=True`` as it does with NATTEN 0.17
 argument order (``stride`` before ``dilation``; 0.17's fused ops had ``dilation`` fifth): pass them by keyword.
 """
 import importlib
+import importlib.machinery
 import importlib.util
 import logging
 import sys
@@ -49,9 +50,26 @@ __all__ = [
 
 _logger = logging.getLogger('visionattn.compat.natten')
 
-# ``natten.<name>`` that code imports; the 0.14-0.17 module files natten1d/2d/3d all hold the modules.
+
+def _module_file(n: int) -> ModuleType:
+    """NATTEN 0.15-0.17's ``natten/na<n>d.py``: the module class and the ops that file imports. :func:`install`
+    registers it as ``natten.na<n>d`` only, so ``from natten.na2d import NeighborhoodAttention2D`` (the path NATTEN
+    0.17 tells users of ``natten.natten2d`` to switch to) works, while the attribute ``natten.na2d`` stays the fused
+    op of NATTEN >= 0.20."""
+    module = ModuleType(f'natten.na{n}d', f"NATTEN 0.17's natten/na{n}d.py (visionattn's drop-in)")
+    module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)  # for importlib.util.find_spec
+    setattr(module, f'NeighborhoodAttention{n}D', getattr(modules, f'NeighborhoodAttention{n}D'))
+    for op in (f'na{n}d', f'na{n}d_qk', f'na{n}d_av'):
+        setattr(module, op, getattr(functional, op))
+    module.__all__ = [f'NeighborhoodAttention{n}D']
+    return module
+
+
+# ``natten.<name>`` that code imports: the 0.14-0.17 module files natten1d/2d/3d hold the modules, 0.15-0.17's
+# na1d/2d/3d the module and its ops.
 _SUBMODULES = {'context': context, 'flops': flops, 'functional': functional, 'modules': modules,
-               'natten1d': modules, 'natten2d': modules, 'natten3d': modules}
+               'natten1d': modules, 'natten2d': modules, 'natten3d': modules,
+               **{f'na{n}d': _module_file(n) for n in (1, 2, 3)}}
 
 
 def _registered() -> dict:

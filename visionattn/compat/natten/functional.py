@@ -11,12 +11,13 @@ against NATTEN's signatures (0.14.6-0.17.4 for the two-step ops, 0.20/0.21 for t
   queries (GQA/MQA, repeated as NATTEN repeats them). ``rpb=`` is accepted as a keyword: NATTEN 0.17's fused ops
   took a relative positional bias, and 0.20 dropped it.
 - **Two-step** (NATTEN <= 0.17, unfused), heads-first tensors [batch, heads, *spatial, head_dim]:
-  ``na{1,2,3}d_qk`` / ``na{1,2,3}d_av`` (0.17) and ``natten{1,2,3}dqkrpb``, ``natten{1,2,3}dqk``,
-  ``natten{1,2,3}dav`` (0.14.6-0.17.4). QK returns the logits [batch, heads, *spatial, prod(kernel_size)]:
-  ``q . k`` plus the rpb, *not* scaled (the caller scales q first, as NATTEN's modules did), and -inf in the
-  causal slots past the query. Slot ``i0 * k1 * k2 + i1 * k2 + i2`` holds the key ``i0, i1, i2`` dilation steps
-  from the start of the query's window on each axis: row-major over the window, NATTEN's layout. AV takes the
-  weights (after the caller's softmax) and returns [batch, heads, *spatial, head_dim_v]. Both gather each query's
+  ``na{1,2,3}d_qk`` / ``na{1,2,3}d_av`` (0.17), ``natten{1,2,3}dqkrpb``, ``natten{1,2,3}dqk``,
+  ``natten{1,2,3}dav`` (0.14.6-0.17.4) and 0.15's ``na{1,2,3}d_qk_with_bias``. QK returns the logits [batch,
+  heads, *spatial, prod(kernel_size)]: ``q . k`` plus the rpb, *not* scaled (the caller scales q first, as NATTEN's
+  modules did), and -inf in the causal slots past the query. Slot ``i0 * k1 * k2 + i1 * k2 + i2`` holds the key
+  ``i0, i1, i2`` dilation steps from the start of the query's window on each axis: row-major over the window,
+  NATTEN's layout. AV takes the weights (after the caller's softmax; cast to the value's dtype, as NATTEN casts
+  them) and returns [batch, heads, *spatial, head_dim_v]. Both gather each query's
   neighbours through visionattn's neighbour table, so they are exact and differentiable on any device.
 """
 import logging
@@ -30,8 +31,8 @@ from ...ops.reference import NeighborTable, neighbor_table
 
 __all__ = [
     'na1d', 'na2d', 'na3d', 'na1d_qk', 'na1d_av', 'na2d_qk', 'na2d_av', 'na3d_qk', 'na3d_av',
-    'natten1dqkrpb', 'natten1dqk', 'natten1dav', 'natten2dqkrpb', 'natten2dqk', 'natten2dav',
-    'natten3dqkrpb', 'natten3dqk', 'natten3dav',
+    'na1d_qk_with_bias', 'na2d_qk_with_bias', 'na3d_qk_with_bias', 'natten1dqkrpb', 'natten1dqk', 'natten1dav',
+    'natten2dqkrpb', 'natten2dqk', 'natten2dav', 'natten3dqkrpb', 'natten3dqk', 'natten3dav',
 ]
 
 _logger = logging.getLogger('visionattn.compat.natten')
@@ -162,6 +163,12 @@ def _kv_heads(name: str, query: torch.Tensor, key: torch.Tensor, value: torch.Te
                 raise ValueError(f'{_where(name)}: {arg} must be {query.dtype} on {query.device} as the query, got '
                                  f'{t.dtype} on {t.device}')
     if heads_kv != heads:
+        # Checked before the heads are repeated, so that the message shows the shapes as given.
+        for arg, t, dim in (('key', key, query.shape[-1]), ('value', value, value.shape[-1])):
+            if t.shape[:-2] != query.shape[:-2] or t.shape[-1] != dim:
+                raise ValueError(f'{_where(name)}: {arg} shape {tuple(t.shape)} must be [batch, *spatial, heads_kv, '
+                                 f'{"head_dim" if arg == "key" else "head_dim_v"}] with the batch and spatial axes of '
+                                 f'query {tuple(query.shape)}' + (' and its head_dim' if arg == 'key' else ''))
         repeat = heads // heads_kv
         key, value = (t.repeat_interleave(repeat, dim=-2) for t in (key, value))
         if additional_keys is not None:
@@ -295,8 +302,22 @@ def _two_step_problem(name: str, n_dim: int, ref: torch.Tensor, kernel_size, dil
     return neighbor_table(tuple(ref.shape[2:2 + n_dim]), kernel, dil, strides, causal).to(ref.device)
 
 
+def _not_a_tensor(name: str, n_dim: int, arg: str, value) -> None:
+    """Refuses a non-tensor ``additional_keys``/``additional_values``: an int there is NATTEN 0.15's 3-D order."""
+    if value is None or isinstance(value, torch.Tensor):
+        return
+    hint = ''
+    if n_dim == 3 and isinstance(value, int):
+        op = name.rsplit('_', 1)[-1]
+        hint = (f" (NATTEN 0.15's na3d_{op} took kernel_size_d, kernel_size, dilation_d, dilation; this is 0.17's "
+                f'na3d_{op}: pass kernel_size=(kernel_size_d, kernel_size, kernel_size) and dilation=(dilation_d, '
+                f'dilation, dilation), or call natten3d{op}(...), which keeps 0.15\'s order)')
+    raise ValueError(f'{_where(name)}: {arg} must be a tensor or None, got {value!r}{hint}')
+
+
 def _qk(name: str, n_dim: int, query, key, kernel_size, dilation, is_causal, rpb, additional_keys) -> torch.Tensor:
     _check_rank(name, n_dim, True, query=query, key=key)
+    _not_a_tensor(name, n_dim, 'additional_keys', additional_keys)
     if key.shape != query.shape or key.dtype != query.dtype or key.device != query.device:
         raise ValueError(f'{_where(name)}: key ({tuple(key.shape)}, {key.dtype}, {key.device}) must match '
                          f'query ({tuple(query.shape)}, {query.dtype}, {query.device})')
@@ -316,10 +337,14 @@ def _qk(name: str, n_dim: int, query, key, kernel_size, dilation, is_causal, rpb
 
 def _av(name: str, n_dim: int, attn, value, kernel_size, dilation, is_causal, additional_values) -> torch.Tensor:
     _check_rank(name, n_dim, True, attn=attn, value=value)
-    if attn.shape[:-1] != value.shape[:-1] or attn.dtype != value.dtype or attn.device != value.device:
+    _not_a_tensor(name, n_dim, 'additional_values', additional_values)
+    if (attn.shape[:-1] != value.shape[:-1] or not attn.dtype.is_floating_point
+            or not value.dtype.is_floating_point or attn.device != value.device):
         raise ValueError(f'{_where(name)}: attn ({tuple(attn.shape)}, {attn.dtype}, {attn.device}) and '
                          f'value ({tuple(value.shape)}, {value.dtype}, {value.device}) must match in every axis but '
-                         'the last, in dtype and in device')
+                         'the last and in device, and be floating')
+    # NATTEN >= 0.15 casts the weights to the value's dtype (softmax in float32 under autocast, half values).
+    attn = attn.to(value.dtype)
     table = _two_step_problem(name, n_dim, value, kernel_size, dilation, is_causal, None)
     n_keys = table.index.shape[1]
     n_extra = 0
@@ -360,7 +385,8 @@ _QK_DOC = """{n}-D neighborhood QK, NATTEN 0.17's ``natten.functional.na{n}d_qk`
 _AV_DOC = """{n}-D neighborhood AV, NATTEN 0.17's ``natten.functional.na{n}d_av`` (heads-first, unfused).
 
     Args:
-        attn: [batch, heads, {axes}, prod(kernel_size) (+ tokens)], the QK op's layout (after a softmax).
+        attn: [batch, heads, {axes}, prod(kernel_size) (+ tokens)], the QK op's layout (after a softmax); any
+            floating dtype, cast to value's as NATTEN does.
         value: [batch, heads, {axes}, head_dim].
         kernel_size: Window size, int or one per axis.
         dilation: Dilation, int or per axis.
@@ -412,6 +438,28 @@ for _fn, _n in ((na1d_av, 1), (na2d_av, 2), (na3d_av, 3)):
 
 
 # The names of NATTEN 0.14.6-0.17.4: one kernel size and dilation for every axis, except 3-D's depth.
+
+def na1d_qk_with_bias(query: torch.Tensor, key: torch.Tensor, bias: Optional[torch.Tensor], kernel_size: int,
+                      dilation: int, additional_keys: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """NATTEN 0.15's ``na1d_qk_with_bias``: :func:`na1d_qk` with an rpb (``bias``) [heads, 2k-1] or None."""
+    return _qk('na1d_qk_with_bias', 1, query, key, kernel_size, dilation, False, bias, additional_keys)
+
+
+def na2d_qk_with_bias(query: torch.Tensor, key: torch.Tensor, bias: Optional[torch.Tensor], kernel_size: int,
+                      dilation: int, additional_keys: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """NATTEN 0.15's ``na2d_qk_with_bias`` (what its NeighborhoodAttention2D ran): :func:`na2d_qk` with an rpb
+    (``bias``) [heads, 2k-1, 2k-1] or None."""
+    return _qk('na2d_qk_with_bias', 2, query, key, kernel_size, dilation, False, bias, additional_keys)
+
+
+def na3d_qk_with_bias(query: torch.Tensor, key: torch.Tensor, bias: Optional[torch.Tensor], kernel_size_d: int,
+                      kernel_size: int, dilation_d: int, dilation: int,
+                      additional_keys: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """NATTEN 0.15's ``na3d_qk_with_bias``: kernel (kernel_size_d, kernel_size, kernel_size), dilation
+    (dilation_d, dilation, dilation) and an rpb (``bias``) [heads, 2kd-1, 2k-1, 2k-1] or None."""
+    return _qk('na3d_qk_with_bias', 3, query, key, (kernel_size_d, kernel_size, kernel_size),
+               (dilation_d, dilation, dilation), False, bias, additional_keys)
+
 
 def natten1dqkrpb(query: torch.Tensor, key: torch.Tensor, rpb: Optional[torch.Tensor], kernel_size: int,
                   dilation: int) -> torch.Tensor:

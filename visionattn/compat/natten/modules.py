@@ -4,7 +4,8 @@ Constructor arguments, attributes and parameter names follow NATTEN 0.17 (github
 ``qkv``, ``rpb`` [heads, 2k-1 per axis] and ``proj``, so the state dicts of models built on NATTEN's modules (the
 official NAT/DiNAT checkpoints among them) load unchanged. Also accepted, as keywords: ``bias`` (NATTEN 0.14/0.15's
 name of ``rel_pos_bias``, which the official NAT code passes to releases without ``natten.context``),
-``kernel_size_d``/``dilation_d`` (0.15's 3-D module) and ``stride`` (GNA, NATTEN >= 0.20's modules).
+``kernel_size_d``/``dilation_d`` (0.15's 3-D module), and ``embed_dim`` and ``stride`` (GNA) of NATTEN >= 0.20's
+modules, so 0.20 code that passes its arguments by keyword (as NATTEN's documentation does) runs unchanged.
 
 Inputs smaller than ``kernel_size * dilation`` on an axis are zero-padded at the end of that axis before ``qkv``
 and cropped after attention, as NATTEN 0.14/0.15's modules did, under which the official detection and
@@ -14,6 +15,8 @@ segmentation code ran (NATTEN 0.17 raises an error instead).
 runs the unfused computation while training (QK, softmax, dropout, AV, by gathering neighbours) and the fused op
 otherwise; with ``attn_drop == 0`` it always runs the fused op.
 """
+import math
+import numbers
 from typing import Optional, Sequence, Union
 
 import torch
@@ -43,6 +46,19 @@ def _per_axis(owner: str, name: str, value, n_dim: int, kind: type, minimum: int
     return values
 
 
+def _dim(owner: str, dim, embed_dim) -> int:
+    """The channels, given as ``dim`` (NATTEN <= 0.17) or ``embed_dim`` (NATTEN >= 0.20), as a positive int."""
+    if dim is not None and embed_dim is not None and dim != embed_dim:
+        raise ValueError(f'{owner}: dim={dim!r} and embed_dim={embed_dim!r} disagree (embed_dim is NATTEN >= 0.20\'s '
+                         'name of dim); pass one of them')
+    value = dim if dim is not None else embed_dim
+    if value is None:
+        raise TypeError(f"{owner}: missing required argument 'dim' (NATTEN >= 0.20: 'embed_dim')")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{owner}: {"dim" if dim is not None else "embed_dim"}={value!r} must be an int >= 1')
+    return value
+
+
 class _NeighborhoodAttention(nn.Module):
     """NATTEN 0.17's ``NeighborhoodAttention{1,2,3}D`` for ``na_dim`` spatial axes; channels-last [B, *spatial, C]."""
 
@@ -50,9 +66,9 @@ class _NeighborhoodAttention(nn.Module):
 
     def __init__(
             self,
-            dim: int,
-            num_heads: int,
-            kernel_size: IntOrTuple,
+            dim: Optional[int] = None,
+            num_heads: Optional[int] = None,
+            kernel_size: Optional[IntOrTuple] = None,
             dilation: Optional[IntOrTuple] = 1,
             is_causal: Optional[BoolOrTuple] = False,
             rel_pos_bias: Optional[bool] = None,
@@ -64,12 +80,17 @@ class _NeighborhoodAttention(nn.Module):
             *,
             stride: IntOrTuple = 1,
             bias: Optional[bool] = None,
+            embed_dim: Optional[int] = None,
             device=None,
             dtype=None,
     ):
         super().__init__()
         n_dim, owner = self.na_dim, type(self).__name__
         dd = dict(device=device, dtype=dtype)
+        dim = _dim(owner, dim, embed_dim)
+        for name, value in (('num_heads', num_heads), ('kernel_size', kernel_size)):
+            if value is None:
+                raise TypeError(f'{owner}: missing required argument {name!r}')
         if bias is not None and rel_pos_bias is not None and bool(bias) != bool(rel_pos_bias):
             raise ValueError(f'{owner}: bias={bias!r} and rel_pos_bias={rel_pos_bias!r} disagree (bias is NATTEN '
                              '0.14/0.15\'s name of rel_pos_bias); pass one of them')
@@ -85,10 +106,12 @@ class _NeighborhoodAttention(nn.Module):
         if rel_pos_bias and any(is_causal):
             raise NotImplementedError(f'{owner}: rel_pos_bias=True cannot be combined with is_causal={is_causal}: '
                                       'the relative positional bias is undefined for causal windows (as in NATTEN)')
-        self.dim = dim
+        self.dim = self.embed_dim = dim  # embed_dim: NATTEN >= 0.20's name
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.scale = qk_scale or self.head_dim ** -0.5
+        self.scale = qk_scale or self.head_dim ** -0.5  # NATTEN's `or`: 0 and None give the default
+        if isinstance(self.scale, bool) or not isinstance(self.scale, numbers.Real) or not math.isfinite(self.scale):
+            raise ValueError(f'{owner}: qk_scale={qk_scale!r} must be a finite number or None')
         self.kernel_size = kernel
         self.dilation = dilation
         self.stride = stride
@@ -147,7 +170,7 @@ class _NeighborhoodAttention(nn.Module):
 
 _ARGS_DOC = """
     Args:
-        dim: Channels of the input and output.
+        dim: Channels of the input and output (or ``embed_dim``); required.
         num_heads: Attention heads; must divide ``dim``.
         kernel_size: Window size, int or one per axis (>= 2).
         dilation: Dilation, int or per axis (None means 1).
@@ -161,6 +184,8 @@ _ARGS_DOC = """
         use_experimental_ops: Accepted and ignored (NATTEN's experimental torch.compile ops).
         stride: GNA stride (<= kernel_size), int or per axis; keyword only (NATTEN >= 0.20's modules).
         bias: NATTEN 0.14/0.15's name of ``rel_pos_bias``; keyword only.
+        embed_dim: NATTEN >= 0.20's name of ``dim``; keyword only (0.20's positional order differs: it has
+            ``stride`` fourth, where 0.17 and this module have ``dilation``).
         device: Device for the parameters.
         dtype: Data type for the parameters.
 """
@@ -179,9 +204,9 @@ class NeighborhoodAttention3D(_NeighborhoodAttention):
 
     def __init__(
             self,
-            dim: int,
-            num_heads: int,
-            kernel_size: IntOrTuple,
+            dim: Optional[int] = None,
+            num_heads: Optional[int] = None,
+            kernel_size: Optional[IntOrTuple] = None,
             dilation: Optional[IntOrTuple] = 1,
             is_causal: Optional[BoolOrTuple] = False,
             rel_pos_bias: Optional[bool] = None,
@@ -193,22 +218,24 @@ class NeighborhoodAttention3D(_NeighborhoodAttention):
             *,
             stride: IntOrTuple = 1,
             bias: Optional[bool] = None,
+            embed_dim: Optional[int] = None,
             kernel_size_d: Optional[int] = None,
             dilation_d: Optional[int] = None,
             device=None,
             dtype=None,
     ):
         if kernel_size_d is not None or dilation_d is not None:
-            # NATTEN 0.15: one kernel size / dilation for height and width, and optionally another for depth.
-            if not isinstance(kernel_size, int) or not isinstance(dilation or 1, int):
+            # NATTEN 0.15: one kernel size / dilation for height and width, and optionally another for depth (its
+            # `kernel_size_d or kernel_size` and `dilation_d or dilation`: 0 means "as height and width").
+            if not isinstance(kernel_size, int) or not isinstance(1 if dilation is None else dilation, int):
                 raise ValueError('NeighborhoodAttention3D: kernel_size_d/dilation_d (NATTEN 0.15) go with an int '
                                  f'kernel_size and dilation, got kernel_size={kernel_size!r}, dilation={dilation!r}')
-            dilation = dilation or 1
+            dilation = 1 if dilation is None else dilation
             kernel_size = (kernel_size_d or kernel_size, kernel_size, kernel_size)
             dilation = (dilation_d or dilation, dilation, dilation)
         super().__init__(dim, num_heads, kernel_size, dilation, is_causal, rel_pos_bias, qkv_bias, qk_scale,
-                         attn_drop, proj_drop, use_experimental_ops, stride=stride, bias=bias, device=device,
-                         dtype=dtype)
+                         attn_drop, proj_drop, use_experimental_ops, stride=stride, bias=bias, embed_dim=embed_dim,
+                         device=device, dtype=dtype)
 
 
 for _cls in (NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D):
