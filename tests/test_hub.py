@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import hashlib
 import http.server
+import os
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,13 @@ import torchvision
 from safetensors.torch import save_file
 
 import visionattn  # noqa: F401
-from visionattn.hub import CheckpointError, CheckpointMismatchError, download_weights, load_checkpoint_file
+from visionattn.hub import (
+    CheckpointError,
+    CheckpointMismatchError,
+    cache_path,
+    download_weights,
+    load_checkpoint_file,
+)
 
 ECA_KERNELS = {'eca_resnet18': (3, 5, 7, 7), 'eca_resnet50': (3, 5, 5, 7)}
 TORCHVISION = {'eca_resnet18': torchvision.models.resnet18, 'eca_resnet50': torchvision.models.resnet50}
@@ -228,8 +235,9 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 @contextlib.contextmanager
 def _faulty_server(body: bytes, mode: str):
     """A loopback server that announces ``len(body)`` bytes, then: ``close`` sends half and closes; ``stall`` sends
-    1 KiB and goes silent; ``trickle`` sends a byte every 20 ms; ``silent`` never answers. Every handler ends by
-    itself within 5 s, and at once when the test leaves the block."""
+    1 KiB and goes silent; ``trickle`` sends a byte every 20 ms; ``silent`` never answers; ``unannounced`` sends half
+    without announcing a length and closes (HTTP/1.0: the end of the connection ends the body). Every handler ends
+    by itself within 5 s, and at once when the test leaves the block."""
     release, requests = threading.Event(), []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -242,9 +250,10 @@ def _faulty_server(body: bytes, mode: str):
                 release.wait(5)
                 return
             self.send_response(200)
-            self.send_header('Content-Length', str(len(body)))
+            if mode != 'unannounced':
+                self.send_header('Content-Length', str(len(body)))
             self.end_headers()
-            if mode == 'close':
+            if mode in ('close', 'unannounced'):
                 self.wfile.write(body[:len(body) // 2])
             elif mode == 'stall':
                 self.wfile.write(body[:1024])
@@ -479,3 +488,107 @@ def test_the_reader_follows_the_content_and_bad_paths_are_named(tmp_path):
     empty.touch()
     with pytest.raises(CheckpointError, match=r'is empty \(0 bytes\)'):
         load_checkpoint_file(empty)
+
+
+def test_a_cache_file_name_cannot_leave_the_cache_folder(weight_server, tmp_path):
+    # Adversarial probe: #name=../x.pth named a file outside the cache folder; one that failed the cache check was
+    # deleted there ("downloading it again"), whatever it was. Other odd names failed with bare OSErrors.
+    (weight_server.root / 'w.pth').write_bytes(b'<html>not this</html>')
+    victim = tmp_path / 'notes.pth'
+    victim.write_text('a file of the user, not a checkpoint')
+    cache = tmp_path / 'cache'
+    for fragment, why in (('name=../notes.pth', 'it is a path'), ('name=..', 'it names a folder'),
+                          ('name=a%00b.pth', 'control characters'), ('name=' + 'x' * 300 + '.pth', 'longer than'),
+                          ('sha256=abc', 'not a sha256 digest')):
+        with pytest.raises(ValueError, match=f'#{fragment.split("=")[0]}=.*{why}'):
+            download_weights(weight_server.url('w.pth') + '#' + fragment, cache_dir=cache, progress=False)
+    assert victim.read_text() == 'a file of the user, not a checkpoint'
+    assert weight_server.requests == []
+    # a URL path that cannot name a file gets a name made from the URL
+    assert cache_path('http://host/..', cache).parent == cache and cache_path('http://host/..').name != '..'
+
+
+def test_a_download_cut_short_without_an_announced_length_is_not_cached(weight_server, tmp_path):
+    # Adversarial probe: a torch legacy-format file (no CRCs) from a server that announced no length and closed
+    # early passed every check, went into the cache with a digest vouching for it, and failed to load on every call.
+    import io
+    buffer = io.BytesIO()
+    torch.save({'state_dict': {'w': torch.randn(4096)}}, buffer, _use_new_zipfile_serialization=False)
+    body = buffer.getvalue()
+    cache = tmp_path / 'cache'
+    with _faulty_server(body, 'unannounced') as (base, requests):
+        for _ in range(2):
+            with pytest.raises(CheckpointError, match=r'download of .*w\.pth is incomplete or damaged: the server '
+                                                      r'announced no length'):
+                download_weights(f'{base}/w.pth', cache_dir=cache, progress=False)
+            assert sorted(p.name for p in cache.iterdir()) == []
+        assert len(requests) == 2
+
+
+def test_a_cached_download_that_does_not_read_is_removed(weight_server):
+    # Such a file left in the cache (by an older version) is taken out once it fails to load, and fetched again.
+    official = official_eca_model('eca_resnet18')
+    path = _serve(weight_server, official_checkpoint(official, 'eca_resnet18'), 'eca18.pth')
+    cache = Path(torch.hub.get_dir()) / 'checkpoints'
+    cache.mkdir(parents=True)
+    (cache / 'eca18.pth').write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    (cache / 'eca18.pth.sha256').write_text(f'{_sha256(cache / "eca18.pth")}  eca18.pth\n')
+    overlay = dict(url=weight_server.url('eca18.pth'))
+    with pytest.raises(CheckpointError, match='truncated or corrupted.*\n.*removed from the cache'):
+        timm.create_model('eca_resnet18', pretrained=True, pretrained_cfg_overlay=overlay)
+    assert _cache_files() == [] and weight_server.requests == []
+    model = timm.create_model('eca_resnet18', pretrained=True, pretrained_cfg_overlay=overlay)
+    assert weight_server.requests == ['/eca18.pth']
+    torch.testing.assert_close(model.layer4[1].se.conv.weight, official.layer4[1].eca.conv.weight)
+
+
+@pytest.mark.parametrize('errno_name', ['ENOSPC', 'EACCES', 'EROFS'])
+def test_a_cache_folder_that_cannot_be_written_is_named(weight_server, official_r50, monkeypatch, tmp_path,
+                                                        errno_name):
+    # Adversarial probe: a full, read-only or foreign cache folder failed with the bare OSError of the temporary
+    # file, naming neither the cache folder nor the way out (another cache_dir).
+    import errno
+
+    import visionattn.hub as hub
+    fetch = hub._fetch
+
+    def fetch_then_fail(url, dst, *args):
+        fetch(url, dst, *args)
+        raise OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)), str(dst))
+    monkeypatch.setattr(hub, '_fetch', fetch_then_fail)
+    path = _serve(weight_server, {'w': torch.ones(3)}, 'w.pth', legacy=False)
+    cache = tmp_path / 'cache'
+    with pytest.raises(CheckpointError, match=rf'could not write the download of .*w\.pth into the cache folder '
+                                              rf'{cache}: {os.strerror(getattr(errno, errno_name))}.*cache_dir='):
+        download_weights(weight_server.url(path.name), cache_dir=cache, progress=False)
+    assert list(cache.iterdir()) == []
+
+
+def test_threads_writing_the_same_digest_do_not_collide(tmp_path, monkeypatch):
+    # Adversarial probe: two threads downloading the same file wrote its digest through one temporary name (the
+    # process id alone): the second rename found it gone and that download failed with FileNotFoundError.
+    import threading
+
+    import visionattn.integrity as integrity
+    path = tmp_path / 'w.pth'
+    path.write_bytes(b'weights')
+    both_written, replace, errors = threading.Barrier(2, timeout=10), os.replace, []
+
+    def replace_together(src, dst):
+        both_written.wait()  # both temporaries are written before either is renamed
+        replace(src, dst)
+    monkeypatch.setattr(integrity.os, 'replace', replace_together)
+
+    def write():
+        try:
+            integrity.write_digest(path)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=write) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert integrity.read_digest(path) == _sha256(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['w.pth', 'w.pth.sha256']

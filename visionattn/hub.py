@@ -23,6 +23,7 @@ import http.client
 import logging
 import os
 import pickle
+import re
 import threading
 import time
 import urllib.request
@@ -72,19 +73,46 @@ class DownloadError(CheckpointError):
     """A download that did not complete: no connection, an HTTP error, a stalled or early-closed transfer."""
 
 
+_MAX_NAME_CHARS = 200  # room for the temporary file's prefix and suffix within the usual 255-byte limit
+
+
+def _bad_file_name(name: str) -> Optional[str]:
+    """Why ``name`` cannot be a file of the cache folder (a path, '..', control characters, too long), or None."""
+    if '/' in name or '\\' in name:
+        return 'it is a path, not a file name'
+    if name in ('.', '..'):
+        return 'it names a folder'
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return 'it holds control characters'
+    if len(name.encode('utf-8', 'surrogatepass')) > _MAX_NAME_CHARS:
+        return f'it is longer than {_MAX_NAME_CHARS} bytes'
+    return None
+
+
 def _parse_weight_url(url: str):
     """Split ``url#sha256=..&size=..&name=..`` into the URL to fetch, the expected sha256, the expected size in bytes
-    and the cache file name."""
+    and the cache file name.
+
+    Raises:
+        ValueError: A ``#name=`` that is not a plain file name (it would put the file outside the cache folder, or
+            fail to open), a ``#sha256=`` that is not 64 hex digits, a ``#size=`` that is not a number of bytes.
+    """
     parts = urlsplit(url)
     fragment = {k: v[-1] for k, v in parse_qs(parts.fragment).items()}
     fetch_url = urlunsplit(parts._replace(fragment=''))
-    name = fragment.get('name') or os.path.basename(parts.path)
-    if not name or '.' not in name:
+    name = fragment.get('name')
+    if name is not None and (why := _bad_file_name(name)):
+        raise ValueError(f'{url}: #name={name!r} cannot name the cache file: {why}')
+    name = name or os.path.basename(parts.path)
+    if not name or '.' not in name or _bad_file_name(name):
         name = hashlib.sha256(fetch_url.encode()).hexdigest()[:16] + '.pth'
+    sha256 = fragment.get('sha256')
+    if sha256 is not None and not re.fullmatch(r'[0-9a-fA-F]{64}', sha256):
+        raise ValueError(f'{url}: #sha256={sha256!r} is not a sha256 digest (64 hex digits)')
     size = fragment.get('size')
     if size is not None and not size.isdigit():
         raise ValueError(f'{url}: #size={size!r} is not a number of bytes')
-    return fetch_url, fragment.get('sha256'), int(size) if size is not None else None, name
+    return fetch_url, sha256, int(size) if size is not None else None, name
 
 
 def weight_file_facts(url: str) -> Dict[str, Any]:
@@ -115,9 +143,11 @@ def _download_timeout(timeout: Optional[float]) -> float:
         raise ValueError(f'VISIONATTN_DOWNLOAD_TIMEOUT={value!r} is not a number of seconds') from None
 
 
-def _fetch(url: str, dst: Path, timeout: float, progress: bool) -> str:
-    """Stream ``url`` into ``dst``; returns the sha256 of what was written. Raises :class:`CheckpointError` when the
-    server does not answer, goes silent (or trickles) for ``timeout`` seconds, or closes before Content-Length."""
+def _fetch(url: str, dst: Path, timeout: float, progress: bool):
+    """Stream ``url`` into ``dst``; returns the sha256 of what was written and whether the server announced its
+    length (without one, a connection that closes early looks like the end of the file). Raises
+    :class:`CheckpointError` when the server does not answer, goes silent (or trickles) for ``timeout`` seconds, or
+    closes before Content-Length."""
     from tqdm import tqdm
     request = urllib.request.Request(url, headers={'User-Agent': 'visionattn', 'Accept-Encoding': 'identity'})
     try:
@@ -155,7 +185,7 @@ def _fetch(url: str, dst: Path, timeout: float, progress: bool) -> str:
     if expected is not None and received != expected:
         raise DownloadError(f'download of {url} is incomplete: the connection closed after {received} of the '
                             f'{expected} bytes announced')
-    return digest.hexdigest()
+    return digest.hexdigest(), expected is not None
 
 
 def _not_a_checkpoint(path: Path, source: str) -> CheckpointError:
@@ -205,27 +235,51 @@ def download_weights(url: str, cache_dir: Optional[Union[str, Path]] = None, pro
     fetch_url, sha256, size, name = _parse_weight_url(url)
     path = cache_path(url, cache_dir)
     cache = path.parent
-    cache.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         try:
             _check_weights_file(path, f'cached file {path}', sha256, size=size)
             return path
         except CheckpointError as e:
             _logger.warning('%s; downloading it again', e)
-            path.unlink()
-            digest_path(path).unlink(missing_ok=True)
+            try:  # (another process may have removed it, or replaced it already)
+                path.unlink(missing_ok=True)
+                digest_path(path).unlink(missing_ok=True)
+            except OSError as error:
+                raise _cache_write_error(fetch_url, cache, error, size) from error
     _logger.info('Downloading %s to %s', fetch_url, path)
     tmp = cache / f'.{name}.{os.getpid()}.{threading.get_ident()}.part'
     try:
-        actual = _fetch(fetch_url, tmp, _download_timeout(timeout), progress)
+        cache.mkdir(parents=True, exist_ok=True)
+        actual, length_known = _fetch(fetch_url, tmp, _download_timeout(timeout), progress)
         _check_weights_file(tmp, fetch_url, sha256, actual, size=size)
+        if sha256 is None and size is None and not length_known and checkpoint_format(tmp) == 'pickle':
+            # torch's legacy format has no checksum and no length, and the server announced none: a connection
+            # closed early is told from the end of the file only by reading it through
+            try:
+                load_checkpoint_file(tmp, verify=False)
+            except CheckpointCorruptedError as e:
+                raise DownloadError(f'download of {fetch_url} is incomplete or damaged: the server announced no '
+                                    f'length, and what came does not read to its end ({e})') from None
         digest_path(path).unlink(missing_ok=True)
         os.replace(tmp, path)
         if sha256 is None:
             write_digest(path, actual)
+    except OSError as error:  # the network's errors are DownloadErrors: this is the cache folder's
+        raise _cache_write_error(fetch_url, cache, error, size) from error
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _cache_write_error(url: str, cache: Path, error: OSError, size: Optional[int]) -> CheckpointError:
+    import errno
+    why = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        why += f' (the file has {size} bytes)' if size is not None else ''
+    return CheckpointError(
+        f'could not write the download of {url} into the cache folder {cache}: {why} ({error.filename or cache}). '
+        'Give timm.create_model another cache_dir=... (or set TORCH_HOME) to a writable folder with room, or fetch '
+        'the file by hand and pass pretrained_cfg_overlay=dict(file=...)')
 
 
 # Members of a release archive that may hold weights, and the largest one unpacked (a guard against zip bombs).
@@ -379,7 +433,7 @@ def load_checkpoint_file(path: Union[str, Path], extra_globals: Sequence[Any] = 
         try:
             return load_file(str(path), device='cpu')
         except SafetensorError as e:
-            raise CheckpointError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
+            raise CheckpointCorruptedError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
     allowed = [*SAFE_GLOBALS, *extra_globals, *(_skipped_numpy_globals() if skip_numpy else ())]
     try:
         with torch.serialization.safe_globals(allowed):
@@ -390,9 +444,9 @@ def load_checkpoint_file(path: Union[str, Path], extra_globals: Sequence[Any] = 
             raise CheckpointError(
                 f'checkpoint file {path} holds objects that are not plain weights and was not loaded, because '
                 f'loading them would run code from the file ({detail})') from e
-        raise CheckpointError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
+        raise CheckpointCorruptedError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
+        raise CheckpointCorruptedError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
 
 
 def unwrap_state_dict(checkpoint: Dict[str, Any], prefixes: Iterable[str] = ('module.',)) -> Dict[str, torch.Tensor]:
@@ -599,7 +653,17 @@ def build_model(
                     name = f'{variant}.{cfg.tag}' if cfg.tag else variant
                     raise DownloadError(f'{e}\n{_offline_hint(name, cfg.url, kwargs.get("cache_dir"))}') from e
             # download_weights has verified what it returns; a local file is verified on load
-            weights = load_checkpoint_file(path, verify=bool(cfg.file) or local_dir)
+            try:
+                weights = load_checkpoint_file(path, verify=bool(cfg.file) or local_dir)
+            except CheckpointCorruptedError as e:
+                if cfg.file or local_dir:
+                    raise
+                # a cached download that checks out but does not read (a torch legacy file cut off by a server that
+                # announced no length, by an older visionattn): out of the cache, so that the next call fetches it
+                Path(path).unlink(missing_ok=True)
+                digest_path(path).unlink(missing_ok=True)
+                raise CheckpointCorruptedError(f'{e}\nIt was removed from the cache; the next call downloads it '
+                                               'again.') from e
             source = f'checkpoint {path}'
             # timm deep-copies its pretrained cfg, so it gets a token that selects its state-dict path (also for a
             # local-dir source, which timm would otherwise read itself) and the filter below swaps the real weights

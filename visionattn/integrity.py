@@ -18,6 +18,7 @@ import json
 import os
 import re
 import struct
+import threading
 import zipfile
 from math import prod
 from pathlib import Path
@@ -79,7 +80,8 @@ def write_digest(path: Union[str, Path], digest: Optional[str] = None) -> str:
     path = Path(path)
     digest = digest or sha256_file(path)
     sidecar = digest_path(path)
-    tmp = sidecar.with_name(f'.{sidecar.name}.{os.getpid()}.tmp')
+    # one temporary file per writer: threads of one process write the digest of the same download at once
+    tmp = sidecar.with_name(f'.{sidecar.name}.{os.getpid()}.{threading.get_ident()}.tmp')
     try:
         tmp.write_text(f'{digest}  {path.name}\n')
         os.replace(tmp, sidecar)
