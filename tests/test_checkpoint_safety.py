@@ -11,6 +11,7 @@ import textwrap
 import time
 
 import pytest
+from conftest import load_tool
 from test_train import MAMBAOUT_DIGITS, ROOT, SMALL, _env, _run, _train
 
 pytest.importorskip('mmengine')
@@ -142,3 +143,41 @@ def test_second_run_on_a_work_dir_in_use_refuses_and_a_killed_run_leaves_no_lock
         holder.wait()
     with lock_work_dir(work):
         pass
+
+
+KILLED_WITH_A_WORKER = textwrap.dedent('''
+    import os, signal, sys, time
+    from visionattn.engine import lock_work_dir
+    with lock_work_dir(sys.argv[1]):
+        if os.fork() == 0:  # a data-loader worker ('fork' start method): outlives its parent by a few seconds
+            time.sleep(5)
+            os._exit(0)
+        os.kill(os.getpid(), signal.SIGKILL)
+''')
+
+
+def test_a_killed_run_s_forked_workers_do_not_keep_the_lock(tmp_path):
+    # Adversarial probe: the data-loader workers forked by a run shared its lock file, so right after the run was
+    # killed a restart was refused as "in use" by the dead pid until the workers noticed and exited.
+    from visionattn.engine import lock_work_dir
+    work = tmp_path / 'run'
+    proc = subprocess.run([sys.executable, '-c', KILLED_WITH_A_WORKER, str(work)], cwd=ROOT, env=_env(), timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    with lock_work_dir(work):  # at once, while the worker still lives
+        pass
+
+
+def test_resume_refusals_are_one_line(tmp_path):
+    # Adversarial probe: --resume of a checkpoint that could not continue the run (here one of weights only) ended in
+    # a traceback from deep inside the runner (KeyError: 'meta').
+    import torch
+    train = load_tool('train')
+    work = tmp_path / 'run'
+    with pytest.raises(SystemExit, match=r'missing.pth\' does not exist'):  # (check_config's)
+        train.main([MAMBAOUT_DIGITS, '--work-dir', str(work), '--resume', str(tmp_path / 'missing.pth')])
+    weights = tmp_path / 'weights.pth'
+    torch.save({'state_dict': {}}, weights)
+    proc = _run([sys.executable, 'tools/train.py', MAMBAOUT_DIGITS, '--work-dir', str(work), '--resume', str(weights),
+                 '--cfg-options', *SMALL, *TINY, 'train_cfg.max_epochs=1'], expect_ok=False)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f'checkpoint {weights} is not a training checkpoint')

@@ -61,6 +61,7 @@ def launcher_rank(launcher: str) -> int:
 def main(argv=None):
     args = parse_args(argv)
     from visionattn.engine import ConfigError, VisionRunner, WorkDirInUseError, check_config, lock_work_dir
+    from visionattn.hub import CheckpointError
     try:
         cfg = build_config(args)
         check_config(cfg, mode='train')
@@ -75,7 +76,9 @@ def main(argv=None):
             runner = VisionRunner.from_cfg(cfg)
             runner.train()
             runner.close_distributed()
-    except (WorkDirInUseError, ConfigError) as e:  # ConfigError: the loops' own checks (an empty dataset)
+    # ConfigError: the loops' own checks (an empty dataset); CheckpointError: a --resume or load_from checkpoint that
+    # is missing, damaged, unsafe or does not fit this config, each named with the way out
+    except (WorkDirInUseError, ConfigError, CheckpointError) as e:
         raise SystemExit(str(e)) from None
 
 

@@ -284,6 +284,8 @@ class TrainingCurveHook(Hook):
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         if metrics:
+            # a resumed run validates its checkpoint again (VisionRunner): once per step in the history
+            self.history['val'] = [row for row in self.history['val'] if row['iter'] != runner.iter]
             self.history['val'].append({'iter': runner.iter, 'epoch': runner.epoch,
                                         **{k: float(v) for k, v in metrics.items()}})
             self._plot(runner)

@@ -1,7 +1,9 @@
 """mmengine's Runner with what visionattn's tools need on top: atomic checkpoints, resume under torch's
 ``weights_only`` loading that survives a moved or copied work dir, a lock against two runs in one work dir, strict
 and explained checkpoint loading, CPU data-parallel runs, and config checks."""
+import bisect
 import contextlib
+import functools
 import os
 import os.path as osp
 import re
@@ -13,10 +15,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 import torch
 from mmengine.dist import is_main_process
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
-from mmengine.runner import Runner
+from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-from visionattn.hub import CheckpointMismatchError, load_checkpoint_file
+from visionattn.hub import CheckpointError, CheckpointMismatchError, load_checkpoint_file
 
 from .config_checks import check_batches
 
@@ -252,13 +254,32 @@ class WorkDirInUseError(RuntimeError):
     """Another live process holds the work dir's lock."""
 
 
+# The lock files this process holds. A process forked from it (a data-loader worker under the 'fork' start method)
+# shares the open file, and with it the lock: killed, the run would stay locked until its workers notice and exit.
+# The child closes its copy at once, so the lock goes with the process that took it.
+_HELD_LOCKS: set = set()
+
+
+def _drop_inherited_locks() -> None:
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextlib.contextmanager
 def lock_work_dir(work_dir: Union[str, Path], enabled: bool = True) -> Iterator[None]:
     """Hold ``work_dir``'s lock (``train.lock`` in it) for the duration, or fail at once naming the holder.
 
     The lock is an ``fcntl.flock`` on the open file: the OS drops it when the holding process ends in any way
-    (SIGKILL included), so a killed run never leaves a stale lock. The file keeps the holder's pid and host for the
-    message. In a distributed run only one process (rank 0) takes it: pass ``enabled=False`` on the others.
+    (SIGKILL included), so a killed run never leaves a stale lock; processes forked from it (data-loader workers)
+    close their copy of the file, so that they do not keep it after the run is killed. The file keeps the holder's
+    pid and host for the message. In a distributed run only one process (rank 0) takes it: pass ``enabled=False`` on
+    the others.
 
     Raises:
         WorkDirInUseError: A live process holds the lock.
@@ -277,14 +298,17 @@ def lock_work_dir(work_dir: Union[str, Path], enabled: bool = True) -> Iterator[
         os.close(fd)
         raise WorkDirInUseError(f'work dir {work_dir} is in use by another training run ({holder}; lock file '
                                 f'{work_dir / LOCK_FILE}): wait for it to end or stop it, or pass another --work-dir')
+    _HELD_LOCKS.add(fd)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f'pid {os.getpid()} on host {socket.gethostname()}, started '
                      f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n'.encode())
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        if fd in _HELD_LOCKS:  # (not in a forked child, which closed its copy)
+            _HELD_LOCKS.discard(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def _check_shapes(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], path: str) -> None:
@@ -391,24 +415,163 @@ def _check_ema_begin(cfg) -> None:
                     f'N <= {end} (0: from the start), or train longer')
 
 
+def _run_rest_of_epoch(loop: EpochBasedTrainLoop, done: int) -> None:
+    """``EpochBasedTrainLoop.run_epoch`` for the epoch a resume starts in: its first ``done`` batches (of the same
+    order, the sampler being seeded by the epoch) are drawn but not trained. Once only: later epochs are whole."""
+    del loop.run_epoch  # the class's own from the next epoch on
+    runner = loop.runner
+    runner.call_hook('before_train_epoch')
+    runner.model.train()
+    if done < len(loop.dataloader):
+        # Starting the data iterator draws the workers' base seed from torch's generator, which an uninterrupted
+        # run did at the start of the epoch, before the state the checkpoint holds: keep the training stream as it is.
+        state = torch.get_rng_state()
+        batches = iter(loop.dataloader)
+        torch.set_rng_state(state)
+        for idx, data_batch in enumerate(batches):
+            if idx >= done:
+                loop.run_iter(idx, data_batch)
+    runner.call_hook('after_train_epoch')
+    loop._epoch += 1
+
+
 class VisionRunner(Runner):
     """mmengine's Runner with atomic checkpoint writes, resume under ``weights_only`` loading, strict loading of
     ``load_from`` checkpoints, and data-parallel runs on CPU processes (gloo)."""
+    _validate_on_resume = False
+    _validated_in_checkpoint = False
 
-    def save_checkpoint(self, out_dir, filename, *args, **kwargs):
+    def save_checkpoint(self, out_dir, filename, file_client_args=None, save_optimizer=True,
+                        save_param_scheduler=True, meta=None, by_epoch=True, backend_args=None):
         # Write to a temporary name, sync, then rename: a run killed mid-write (or a machine that loses power)
-        # never leaves a truncated checkpoint under the final name.
-        super().save_checkpoint(out_dir, filename + TMP_SUFFIX, *args, **kwargs)
+        # never leaves a truncated checkpoint under the final name. The meta records how the run steps through its
+        # data, which a resume must match (_check_resume_fits).
+        meta = {**(meta or {}), **self._data_facts()}
+        super().save_checkpoint(out_dir, filename + TMP_SUFFIX, file_client_args, save_optimizer, save_param_scheduler,
+                                meta, by_epoch, backend_args)
         if is_main_process():
             tmp = osp.join(out_dir, filename + TMP_SUFFIX)
             _fsync_file(tmp)
             os.replace(tmp, osp.join(out_dir, filename))
             _fsync_dir(out_dir)
 
+    def _data_facts(self) -> Dict:
+        """What a resumed run must share with the run that saved: images per step on each process, the process
+        count and (for an epoch-based loop) the iterations of an epoch."""
+        loop = self._train_loop
+        if isinstance(loop, dict) or loop is None or not hasattr(loop, 'dataloader'):
+            return {}
+        loader = loop.dataloader
+        batch_size = getattr(loader, 'batch_size', None) or getattr(getattr(loader, 'batch_sampler', None),
+                                                                    'batch_size', None)
+        facts = {'world_size': self.world_size}
+        if isinstance(batch_size, int):
+            facts['train_batch_size'] = batch_size
+        if isinstance(loop, EpochBasedTrainLoop):
+            with contextlib.suppress(TypeError):  # an iterable dataset has no length
+                facts['epoch_length'] = len(loader)
+        return facts
+
+    def _check_resume_fits(self, checkpoint: Dict, filename: str) -> None:
+        """Refuse to resume a checkpoint that cannot continue this run: one of weights only, one without the optimizer
+        or scheduler state this run has (a ``save_best`` checkpoint: the schedule would start over), or one whose
+        run stepped through the data otherwise than this config does (the iteration count, the schedule and, mid-epoch,
+        the position in the epoch would silently mean other data)."""
+        meta = checkpoint.get('meta')
+        weights_only = f'start from its weights only with --cfg-options load_from={filename} resume=False'
+        if not (isinstance(meta, dict) and isinstance(meta.get('epoch'), int) and isinstance(meta.get('iter'), int)):
+            raise CheckpointError(f'checkpoint {filename} is not a training checkpoint of tools/train.py (it records '
+                                  f'no epoch and iteration to go on from): {weights_only}')
+        missing = [what for key, what, needed in (
+            ('optimizer', 'optimizer state', self.optim_wrapper is not None),
+            ('param_schedulers', 'learning-rate schedule', bool(self.param_schedulers)))
+            if needed and key not in checkpoint]
+        if missing:
+            raise CheckpointError(
+                f'checkpoint {filename} holds no {" and no ".join(missing)} (a best checkpoint, or one saved with '
+                f'save_optimizer/save_param_scheduler off): resumed, they would start over at iteration '
+                f'{meta["iter"]}. Resume from the latest epoch_N.pth / iter_N.pth, or {weights_only}')
+        now = self._data_facts()
+        way_out = (f'resume with the settings of the run that saved it, or start from its weights only with '
+                   f'--cfg-options load_from={filename} resume=False')
+        old_bs, old_ws = meta.get('train_batch_size'), meta.get('world_size')
+        new_bs, new_ws = now.get('train_batch_size'), now.get('world_size')
+        if None not in (old_bs, old_ws, new_bs, new_ws) and old_bs * old_ws != new_bs * new_ws:
+            raise CheckpointMismatchError(
+                f'checkpoint {filename} was saved by a run of {old_bs} images per step on each of {old_ws} '
+                f'process(es) ({old_bs * old_ws} per step); this run has train_dataloader.batch_size={new_bs} on '
+                f'{new_ws} ({new_bs * new_ws} per step), so its {meta.get("iter")} iterations and its schedule would '
+                f'count other data: {way_out}')
+        old_len, new_len = meta.get('epoch_length'), now.get('epoch_length')
+        if old_len is not None and new_len is not None and old_len != new_len:
+            raise CheckpointMismatchError(
+                f'checkpoint {filename} was saved by a run of {old_len} iterations per epoch; this config has '
+                f'{new_len} (the training set or its sampler differ), so its epochs, its schedule and its position in '
+                f'the epoch would not match: {way_out}')
+
+    def _continue_mid_epoch(self, filename: str) -> None:
+        """An epoch-based loop resumed from a checkpoint saved within an epoch (a CheckpointHook with
+        ``by_epoch=False``) goes on with the next batch of that epoch: mmengine's loop would start the epoch over and
+        train its first batches twice, with more iterations in all than an uninterrupted run."""
+        loop = self._train_loop
+        if not isinstance(loop, EpochBasedTrainLoop):
+            return
+        try:
+            length = len(loop.dataloader)
+        except TypeError:
+            return
+        done = loop.iter - loop.epoch * length
+        if done == 0:
+            return
+        if not 0 < done <= length:
+            raise CheckpointMismatchError(
+                f'checkpoint {filename} is at epoch {loop.epoch}, iteration {loop.iter}, which does not fit this '
+                f'config\'s {length} iterations per epoch (the batch size, the process count or the training set '
+                'differ from the run that saved it): resume with that run\'s settings, or start from its weights only '
+                f'with --cfg-options load_from={filename} resume=False')
+        if type(loop).run_epoch is not EpochBasedTrainLoop.run_epoch:
+            raise CheckpointMismatchError(
+                f'checkpoint {filename} was saved within epoch {loop.epoch + 1} ({done} of {length} iterations), and '
+                f'{type(loop).__name__} has its own run_epoch, which cannot be resumed mid-epoch: resume from a '
+                'checkpoint saved at the end of an epoch')
+        self.logger.info(f'resuming within epoch {loop.epoch + 1}: skipping its {done} batches already trained')
+        loop.run_epoch = functools.partial(_run_rest_of_epoch, loop, done)
+
+    def _validation_was_due(self) -> bool:
+        """Whether the loop validated right after the resumed checkpoint was saved. The validation of a step runs
+        after its checkpoint is written, so its results (in the training curves, the best score and the best
+        checkpoint of ``save_best``) are not in it."""
+        loop = self._train_loop
+        if self.val_loop is None or not hasattr(loop, 'val_begin') or not hasattr(loop, 'dynamic_milestones'):
+            return False
+        if isinstance(loop, EpochBasedTrainLoop):
+            try:
+                length = len(loop.dataloader)
+            except TypeError:  # an iterable dataset: where the epoch stands is unknown
+                return False
+            if loop.iter != loop.epoch * length or not 0 < loop.epoch <= loop.max_epochs:
+                return False  # within an epoch: its validation comes at the end of the epoch
+            loop._decide_current_val_interval()  # what the loop does after the epoch, before validating
+            step, total = loop.epoch, loop.max_epochs
+        elif isinstance(loop, IterBasedTrainLoop):
+            step, total = loop.iter, loop.max_iters
+            if not 0 < step <= total:
+                return False
+            interval = loop.dynamic_intervals[bisect.bisect(loop.dynamic_milestones, step) - 1]
+            return step >= loop.val_begin and (step % interval == 0 or step == total)
+        else:
+            return False
+        return step >= loop.val_begin and (step % loop.val_interval == 0 or step == total)
+
     def call_hook(self, fn_name: str, **kwargs) -> None:
         super().call_hook(fn_name, **kwargs)
         if fn_name == 'before_save_checkpoint':
             plain_checkpoint(kwargs['checkpoint'])
+        elif fn_name == 'before_train' and self._validate_on_resume:
+            self._validate_on_resume = False
+            self.logger.info(f'validating the resumed checkpoint (step {self.iter}), as the interrupted run did '
+                             'right after saving it')
+            self.val_loop.run()
 
     def build_train_loop(self, loop):
         loop = super().build_train_loop(loop)
@@ -453,6 +616,8 @@ class VisionRunner(Runner):
     def resume(self, filename, resume_optimizer=True, resume_param_scheduler=True, map_location='default'):
         try:
             super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+            self._continue_mid_epoch(filename)
+            self._validate_on_resume = not self._validated_in_checkpoint and self._validation_was_due()
         except ValueError as error:
             if 'parameter group' not in str(error):
                 raise
@@ -468,6 +633,12 @@ class VisionRunner(Runner):
         # Resumed and tested checkpoints are usually this engine's own: weights_only loading with the few
         # plain-data classes they hold allowed; anything else in a file is refused, and shapes are checked strictly.
         checkpoint = load_training_checkpoint(filename, map_location)
+        if self._resume:
+            self._check_resume_fits(checkpoint, filename)
+            # re-saved after its validation (CheckpointHook does so when the best score improved): nothing to redo
+            step = (checkpoint.get('meta') or {}).get('iter')
+            self._validated_in_checkpoint = any(isinstance(row, dict) and row.get('iter') == step for row in
+                                                (checkpoint.get('training_curves') or {}).get('val', ()))
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
         state = checkpoint.get('state_dict', checkpoint)
