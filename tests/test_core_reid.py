@@ -314,3 +314,19 @@ def test_source_then_target_then_test_tools(tmp_path):
     mAP = float(re.search(r"'mAP': ([0-9.]+)", line).group(1))
     rank1 = float(re.search(r"'rank-1': ([0-9.]+)", line).group(1))
     assert 0 < mAP <= 100 and 0 <= rank1 <= 100
+
+
+def test_preprocessor_statistics_and_negative_sample_indices_are_refused(target_model):
+    from visionattn.heads.reid.task import BaseDataElement, ReIDDataPreprocessor
+    with pytest.raises(ValueError, match='3 values'):  # a 1-value mean broadcast over RGB, or failed as "[B, 1, H, W]"
+        ReIDDataPreprocessor(mean=(0.5,), std=(0.5,))
+    with pytest.raises(ValueError, match='std > 0'):  # divided by zero: inf inputs
+        ReIDDataPreprocessor(std=(0.2, 0.2, 0.0))
+    model = target_model
+    saved = model.pseudo_labels
+    model.set_pseudo_labels({k: np.array([0, 1, 2, 3]) for k in ('global', 'upper', 'lower')})
+    try:
+        with pytest.raises(IndexError, match='-1'):  # wrapped round to the last image's labels
+            model._labels([BaseDataElement(metainfo={'index': -1})], 'cpu')
+    finally:
+        model.pseudo_labels = saved

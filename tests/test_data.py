@@ -55,3 +55,53 @@ def test_image_folder_scales_16_bit_greyscale(tmp_path):
     assert image.dtype == np.uint8 and image.shape == (32, 32, 3) and label == 0
     np.testing.assert_allclose(image[..., 0], np.rint(ramp / 257.0), atol=1)
     assert (image[..., 0] == image[..., 2]).all()
+
+
+def test_to_rgb_refuses_float_images_and_load_image_names_the_file(tmp_path):
+    # A float TIFF in 0..1 used to come out of convert('RGB') all black; a truncated JPEG failed with PIL's "image
+    # file is truncated", which names no file.
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from visionattn.data.base import to_rgb
+    with pytest.raises(ValueError, match="mode 'F'"):
+        to_rgb(Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)))
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(buffer, 'JPEG')
+    path = tmp_path / 'cut.jpg'
+    path.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    from visionattn.data import base
+    with pytest.raises(OSError, match='cut.jpg'):
+        base.load_image(path)
+
+
+def test_seed_and_epoch_must_be_non_negative_integers():
+    # numpy's SeedSequence takes only non-negative ints: a bad seed used to fail later, in a worker, as "expected
+    # non-negative integer" without naming the argument (or never, for a pipeline without set_random_seed).
+    from visionattn.data import SeededDataset
+    for seed in (-1, None, 1.5):
+        with pytest.raises(ValueError, match='seed must be a non-negative integer'):
+            SeededDataset(seed=seed)
+    dataset = SeededDataset(seed=3)
+    with pytest.raises(ValueError, match='epoch must be a non-negative integer'):
+        dataset.set_epoch(-1)
+
+
+def test_transforms_refuse_bad_sizes_crop_pct_and_statistics():
+    from visionattn.data import TimmTransforms
+    with pytest.raises(ValueError, match='img_size'):
+        classification_transforms(True, 0)
+    with pytest.raises(ValueError, match='crop_pct'):  # was a ZeroDivisionError
+        classification_transforms(False, 32, crop_pct=0)
+    with pytest.raises(ValueError, match='crop_pct'):  # was an albumentations CropSizeError at the first image
+        classification_transforms(False, 32, crop_pct=-1)
+    with pytest.raises(ValueError, match='img_size'):  # was accepted; failed at the first image
+        TimmTransforms(True, 0)
+    with pytest.raises(ValueError, match='crop_pct'):  # timm reads 0 as "the default 0.875", silently
+        TimmTransforms(False, 32, crop_pct=0)
+    with pytest.raises(ValueError, match='multi_scale size'):
+        TimmTransforms(True, 32, multi_scale=(0, 2))
+    with pytest.raises(ValueError, match='mean must hold 3'):  # 4 fill values were accepted silently
+        TimmTransforms(True, 32, auto_augment='rand-m9-mstd0.5', mean=(0.5, 0.5, 0.5, 0.5))

@@ -310,7 +310,8 @@ def test_evaluate_rank_hand_checked():
     distmat = np.array([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
                         [0.5, 0.6, 0.2, 0.7, 0.8, 0.9, 0.1],
                         [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]])
-    cmc, mean_ap = evaluate_rank(distmat, [1, 2, 3], g_pids, [0, 1, 0], g_camids, max_rank=10)
+    with pytest.warns(UserWarning, match='1 of 3 queries'):
+        cmc, mean_ap = evaluate_rank(distmat, [1, 2, 3], g_pids, [0, 1, 0], g_camids, max_rank=10)
     assert mean_ap == pytest.approx(0.75)
     assert cmc.shape == (10,)
     np.testing.assert_allclose(cmc, [0.5] + [1.0] * 9)
@@ -490,3 +491,102 @@ def test_pseudo_labels_reach_persistent_worker():
     dataset.set_pseudo_labels(labels)
     second = next(iter(loader))  # the same worker process, started before the labels changed
     assert [s.gt_label.item() for s in second['data_samples']] == labels.tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# adversarial inputs
+
+def test_bad_image_files_name_the_file_and_folders_are_named(tmp_path):
+    import io
+
+    from PIL import Image
+    query = tmp_path / 'query'
+    _write_images(query, ['0001_c1s1_000001_00.jpg', '0002_c2s1_000001_00.webp'])
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((32, 16, 3), dtype=np.uint8)).save(buffer, 'JPEG')
+    (query / '0003_c1s1_000001_00.jpg').write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    (query / '0004_c1s1_000001_00.jpg').mkdir()  # a folder with an image suffix is not an image
+    dataset = Market1501(tmp_path, 'query')
+    # .webp was silently skipped (a partial split); the folder was listed and failed to open
+    assert [p.rsplit('/', 1)[-1][:4] for p in dataset.paths] == ['0001', '0002', '0003']
+    assert dataset[1]['img'].shape == (3, 16, 8)
+    with pytest.raises(OSError, match='0003_c1s1_000001_00.jpg'):  # was "image file is truncated", no file named
+        dataset[2]
+    (tmp_path / 'bounding_box_test').mkdir()
+    with pytest.raises(FileNotFoundError, match='bounding_box_test'):
+        Market1501(tmp_path, 'gallery')
+
+
+def test_pipeline_output_and_transform_arguments_are_checked():
+    from visionattn.heads.reid.data import GrayscalePatchReplacement, ReIDRandomErasing
+    # a pipeline that normalises (float output) would be normalised a second time by the data preprocessor
+    dataset = SyntheticPedestrians(num_ids=2, per_cam=1, pipeline=lambda image: {'image': image / 255.0})
+    with pytest.raises(ValueError, match=r'SyntheticPedestrians\[0\].*uint8'):
+        dataset[0]
+    with pytest.raises(ValueError, match='height, width'):  # was "object of type 'int' has no len()"
+        reid_transforms(True, 256)
+    with pytest.raises(ValueError, match='fill'):  # 2 values failed at the first erasing, 4 were cut to 3
+        ReIDRandomErasing(fill=(1, 2))
+    with pytest.raises(ValueError, match='fill'):
+        ReIDRandomErasing(fill=(1, 2, 3, 4))
+    with pytest.raises(ValueError, match='area_range'):  # never fits: random erasing was silently off
+        ReIDRandomErasing(area_range=(1.5, 2.0))
+    with pytest.raises(ValueError, match='min_aspect'):  # was a ZeroDivisionError at the first image
+        GrayscalePatchReplacement(min_aspect=0)
+
+
+def test_msmt17_list_identities_are_checked(tmp_path):
+    _write_images(tmp_path / 'train' / '0000', ['0000_000_01_0303morning_0015_0.jpg',
+                                                '0000_001_02_0303morning_0016_0.jpg'])
+    (tmp_path / 'list_train.txt').write_text('0000/0000_000_01_0303morning_0015_0.jpg zero\n')
+    with pytest.raises(ValueError, match='list_train.txt:1'):  # was int()'s message, no file or line
+        MSMT17(tmp_path, 'train', with_val=False)
+    # a junk id in the training list was relabelled into identity 0, merged with the real identity 0
+    (tmp_path / 'list_train.txt').write_text('0000/0000_000_01_0303morning_0015_0.jpg -1\n'
+                                             '0000/0000_001_02_0303morning_0016_0.jpg 0\n')
+    with pytest.raises(ValueError, match='list_train.txt:1'):
+        MSMT17(tmp_path, 'train', with_val=False)
+
+
+def test_evaluate_rank_ties_nan_empty_and_skipped_queries():
+    g_pids, g_camids = np.array([0, 1, 1, 2, 2]), np.array([0, 1, 0, 1, 0])
+    # collapsed features (every distance equal): the score depended on the gallery's file order (0.375 vs 0.667)
+    flat = np.zeros((2, 5))
+    cmc, mean_ap = evaluate_rank(flat, [1, 2], g_pids, [0, 1], g_camids, max_rank=3)
+    cmc_rev, mean_ap_rev = evaluate_rank(flat, [1, 2], g_pids[::-1], [0, 1], g_camids[::-1], max_rank=3)
+    assert mean_ap == mean_ap_rev == pytest.approx(0.25)  # the match ranks last among the 4 valid entries
+    np.testing.assert_array_equal(cmc, cmc_rev)
+    with pytest.raises(ValueError, match='NaN'):  # NaN features gave a score (the same as the tie case)
+        evaluate_rank(np.full((2, 5), np.nan), [1, 2], g_pids, [0, 1], g_camids)
+    with pytest.raises(ValueError, match='0 gallery entries'):
+        evaluate_rank(np.zeros((2, 0)), [1, 2], [], [0, 1], [])
+    with pytest.warns(UserWarning, match='1 of 2 queries'):  # silently averaged over the other query only
+        evaluate_rank(np.arange(10.0).reshape(2, 5), [1, 7], g_pids, [0, 0], g_camids)
+
+
+def test_rerank_refuses_non_finite_negative_and_float_k():
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(2, 4)), rng.normal(size=(5, 4))
+    q_g, q_q, g_g = _sq_dist(q, g), _sq_dist(q, q), _sq_dist(g, g)
+    with pytest.raises(ValueError, match='non-finite'):
+        k_reciprocal_rerank(np.full_like(q_g, np.nan), q_q, g_g)
+    with pytest.raises(ValueError, match='negative'):  # similarities: squared, so their order was flipped
+        k_reciprocal_rerank(-q_g, -q_q, -g_g)
+    with pytest.raises(TypeError, match='integers'):
+        k_reciprocal_rerank(q_g, q_q, g_g, k1=2.5)
+    assert k_reciprocal_rerank(q_g, q_q, g_g, k1=3, k2=2).shape == (2, 5)
+
+
+def test_pk_sampler_refuses_single_identity_batches_and_reports_too_few_ids_in_len():
+    # P = 1: every batch one identity, the triplet losses have no negative and are silently 0
+    with pytest.raises(ValueError, match='P >= 2'):
+        PKSampler(_Labels([0, 0, 1, 1]), batch_size=4, num_instances=4)
+    too_few = PKSampler(_Labels([0, 0, 1, 1]), batch_size=6, num_instances=2)
+    with pytest.raises(ValueError, match='at least P'):  # len() was 0 (an empty epoch) while iter() raised
+        len(too_few)
+    wrong_cams = _Labels([0, 0, 1, 1])
+    wrong_cams.camids = np.array([0])
+    with pytest.raises(ValueError, match='camids'):
+        list(PKSampler(wrong_cams, batch_size=4, num_instances=2, cross_camera=True))
+    with pytest.raises(ValueError, match='seed'):  # failed at the first epoch as "expected non-negative integer"
+        PKSampler(_Labels([0, 0, 1, 1]), batch_size=4, num_instances=2, seed=-1)

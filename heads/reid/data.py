@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from visionattn.data.base import SeededDataset, to_rgb
+from visionattn.data.base import IMAGE_EXTENSIONS, SeededDataset, load_image
 
 __all__ = ['ReIDDataset', 'Market1501', 'DukeMTMC', 'CUHK03', 'MSMT17', 'SyntheticPedestrians', 'ReIDTestDataset',
            'reid_transforms', 'ReIDRandomErasing', 'GrayscalePatchReplacement']
@@ -33,7 +33,6 @@ __all__ = ['ReIDDataset', 'Market1501', 'DukeMTMC', 'CUHK03', 'MSMT17', 'Synthet
 REID_SPLITS = ('train', 'query', 'gallery')
 # '<pid>_c<cam>...' with pid possibly -1: Market-1501, DukeMTMC-reID and cuhk03-np share this naming.
 _PID_CAM_PATTERN = re.compile(r'^(-?\d+)_c(\d+)')
-_IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
 
 
 def _check_split(split: str) -> None:
@@ -77,15 +76,22 @@ class ReIDDataset(SeededDataset):
         self.camids = np.zeros(0, dtype=np.int64)
         self.num_pids = 0
         self.num_cams = 0
+        self._source: Optional[Path] = None  # the folder the records come from (named in errors)
         self._labels = torch.zeros(0, dtype=torch.int64).share_memory_()
 
     def _finalize(self, records: Sequence[Tuple[str, int, int]], relabel: bool) -> None:
         """Store (path, pid, camid) records; ``relabel`` maps the identities to 0..n-1 in sorted order."""
         if not records:
-            raise FileNotFoundError(f'{type(self).__name__}: no images found for split {self.split!r}')
+            where = f' in {str(self._source)!r}' if self._source is not None else ''
+            raise FileNotFoundError(f'{type(self).__name__}: no images found for split {self.split!r}{where} '
+                                    f'(image suffixes: {", ".join(IMAGE_EXTENSIONS)})')
         self.paths = [str(path) for path, _, _ in records]
         pids = np.array([pid for _, pid, _ in records], dtype=np.int64)
         if relabel:
+            if (pids < 0).any():  # junk would be relabelled into a real identity
+                bad = int(np.flatnonzero(pids < 0)[0])
+                raise ValueError(f'{type(self).__name__}: training image {self.paths[bad]!r} has identity '
+                                 f'{int(pids[bad])}; training identities must be >= 0 (junk is not training data)')
             unique = np.unique(pids)
             pids = np.searchsorted(unique, pids).astype(np.int64)
         self.true_pids = pids
@@ -124,9 +130,7 @@ class ReIDDataset(SeededDataset):
         return len(self.paths)
 
     def _load_image(self, index: int) -> np.ndarray:
-        from PIL import Image
-        with Image.open(self.paths[index]) as image:
-            return np.array(to_rgb(image))
+        return load_image(self.paths[index])
 
     def __getitem__(self, index: int) -> Dict:
         if not 0 <= index < len(self):
@@ -135,6 +139,10 @@ class ReIDDataset(SeededDataset):
         if self.pipeline is not None:
             self.seed_pipeline(index)
             image = self.pipeline(image=image)['image']
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f'{type(self).__name__}[{index}] ({self.paths[index]}): the pipeline must output an HWC '
+                             f'uint8 RGB image, got {image.dtype} of shape {image.shape}')
         img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         return {'img': img, 'pid': int(self._labels[index]), 'camid': int(self.camids[index]), 'index': index,
                 'path': self.paths[index]}
@@ -161,9 +169,10 @@ class _FolderReIDDataset(ReIDDataset):
     def _scan(self, root: Path, train_dir: Optional[str] = None) -> None:
         name = train_dir if self.split == 'train' and train_dir else self.folders[self.split]
         folder = _require_dir(root / name, type(self).__name__)
+        self._source = folder
         records = []
         for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in _IMAGE_SUFFIXES:
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
                 continue
             pid, camid = parse_pid_camid(path.name)
             if pid == -1 and self.split == 'train':
@@ -259,6 +268,7 @@ class MSMT17(ReIDDataset):
         else:
             lists = [('test', f'list_{split}.txt')]
         records = []
+        self._source = root
         for folder_name, list_name in lists:
             folder = _require_dir(root / folder_name, 'MSMT17')
             records += self._read_list(_require_file(root / list_name, 'MSMT17'), folder)
@@ -273,7 +283,13 @@ class MSMT17(ReIDDataset):
             fields = line.split()
             if len(fields) != 2:
                 raise ValueError(f'{list_path}:{line_number}: expected "<path> <pid>", got {line!r}')
-            rel_path, pid = fields[0], int(fields[1])
+            rel_path = fields[0]
+            try:
+                pid = int(fields[1])
+            except ValueError:
+                raise ValueError(f'{list_path}:{line_number}: the identity {fields[1]!r} is not an integer') from None
+            if pid < 0:
+                raise ValueError(f'{list_path}:{line_number}: identity {pid} is negative (MSMT17 has no junk ids)')
             name_fields = Path(rel_path).name.split('_')
             if len(name_fields) < 3 or not name_fields[2].isdigit() or int(name_fields[2]) < 1:
                 raise ValueError(f'{list_path}:{line_number}: {rel_path!r} does not follow MSMT17\'s '
@@ -509,6 +525,17 @@ class ReIDTestDataset(Dataset):
 _ERASE_FILL = tuple(int(round(255 * m * (1 + s))) for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
 
 
+def _check_rectangle_args(name: str, area_range: Sequence[float], min_aspect: float) -> Tuple[float, float]:
+    area_range = tuple(area_range)
+    if len(area_range) != 2 or not 0 < area_range[0] <= area_range[1] < 1:
+        raise ValueError(f'{name}: area_range must be (low, high) area fractions with 0 < low <= high < 1 (a '
+                         f'rectangle as large as the image never fits), got {area_range}')
+    if not 0 < min_aspect <= 1:
+        raise ValueError(f'{name}: min_aspect must lie in (0, 1] (aspect ratios are drawn in [min_aspect, '
+                         f'1 / min_aspect]), got {min_aspect}')
+    return area_range
+
+
 def _draw_rectangle(rng, height: int, width: int, area_range: Sequence[float], min_aspect: float,
                     attempts: int = 100) -> Optional[Tuple[int, int, int, int]]:
     """Zhong et al.'s rectangle: area fraction in ``area_range``, aspect ratio in [min_aspect, 1/min_aspect],
@@ -530,9 +557,12 @@ class ReIDRandomErasing(A.ImageOnlyTransform):
     def __init__(self, p: float = 0.5, area_range: Sequence[float] = (0.02, 0.4), min_aspect: float = 0.3,
                  fill: Sequence[int] = _ERASE_FILL):
         super().__init__(p=p)
-        self.area_range = tuple(area_range)
+        self.area_range = _check_rectangle_args(type(self).__name__, area_range, min_aspect)
         self.min_aspect = min_aspect
-        self.fill = tuple(fill)
+        fill = tuple(np.atleast_1d(np.asarray(fill)).tolist())
+        if len(fill) not in (1, 3) or not all(isinstance(v, (int, float)) and 0 <= v <= 255 for v in fill):
+            raise ValueError(f'{type(self).__name__}: fill must be 1 or 3 (RGB) pixel values in 0..255, got {fill}')
+        self.fill = fill
 
     def get_params_dependent_on_data(self, params, data):
         height, width = params['shape'][:2]
@@ -561,7 +591,7 @@ class GrayscalePatchReplacement(A.ImageOnlyTransform):
 
     def __init__(self, p: float = 0.4, area_range: Sequence[float] = (0.02, 0.4), min_aspect: float = 0.3):
         super().__init__(p=p)
-        self.area_range = tuple(area_range)
+        self.area_range = _check_rectangle_args(type(self).__name__, area_range, min_aspect)
         self.min_aspect = min_aspect
 
     def get_params_dependent_on_data(self, params, data):
@@ -608,8 +638,8 @@ def reid_transforms(train: bool, img_size: Sequence[int] = (256, 128), random_er
             padding_mode='edge')``; 0 disables both).
         gray_patch: Probability of grayscale patch replacement (0.4 in CORE-ReID; 0 disables).
     """
-    if len(img_size) != 2 or min(img_size) < 1:
-        raise ValueError(f'img_size must be (height, width), got {img_size}')
+    if isinstance(img_size, (int, np.integer)) or len(img_size) != 2 or min(img_size) < 1:
+        raise ValueError(f'img_size must be (height, width) with both >= 1, got {img_size!r}')
     for name, value in (('random_erasing', random_erasing), ('hflip', hflip), ('gray_patch', gray_patch)):
         if not 0 <= value <= 1:
             raise ValueError(f'{name} is a probability, got {value}')

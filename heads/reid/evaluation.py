@@ -3,10 +3,13 @@ evaluation (CMC and mAP, Market-1501 protocol), k-reciprocal re-ranking, and the
 
 The evaluation protocol (Zheng et al., ICCV 2015, as open-reid and torchreid implement it): the gallery is ranked by
 distance to each query; gallery images of the query's identity taken by the query's camera are removed (they are
-not cross-camera matches), and so are junk images (pid -1); a query left with no correct match is skipped. CMC
-rank-k is the fraction of queries with a correct match in the first k; AP averages the precision at each correct
-match's rank; mAP averages AP over the queries.
+not cross-camera matches), and so are junk images (pid -1); a query left with no correct match is skipped (with a
+warning that counts them). CMC rank-k is the fraction of queries with a correct match in the first k; AP averages the
+precision at each correct match's rank; mAP averages AP over the queries. Gallery entries at exactly the same distance
+rank the correct matches last, so ties never help a query and the score does not depend on the gallery's order (a
+model whose features collapsed to one point scores the worst case, not whatever the file order gives).
 """
+import warnings
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -70,7 +73,7 @@ class PKSampler(Sampler):
 
     Args:
         dataset: A dataset with a ``pids`` array (one label per item).
-        batch_size: Global batch size, a multiple of ``num_instances``.
+        batch_size: Global batch size, a multiple of ``num_instances`` holding at least 2 identities (P >= 2).
         num_instances: K, images per identity in a batch.
         shuffle: Random identity order and instance choice (else identities in label order, first K images).
         seed: Seed of the draws (None, as mmengine's runner passes without a configured seed: one drawn and shared
@@ -81,9 +84,16 @@ class PKSampler(Sampler):
 
     def __init__(self, dataset, batch_size: int = 64, num_instances: int = 4, shuffle: bool = True,
                  seed: Optional[int] = 0, num_batches: Optional[int] = None, cross_camera: bool = False):
+        for name, value in (('batch_size', batch_size), ('num_instances', num_instances)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f'PKSampler: {name} must be an integer, got {value!r}')
         if num_instances < 1 or batch_size < 1 or batch_size % num_instances:
             raise ValueError(f'batch_size ({batch_size}) must be a positive multiple of num_instances '
                              f'({num_instances})')
+        if batch_size // num_instances < 2:
+            raise ValueError(f'PKSampler: batch_size / num_instances = {batch_size // num_instances} identity per '
+                             f'batch; the triplet losses need at least 2 (P >= 2) or they see no negative and are '
+                             f'silently 0: raise batch_size or lower num_instances')
         rank, world_size = get_dist_info()
         if batch_size % world_size:
             raise ValueError(f'batch_size {batch_size} does not split evenly over {world_size} processes')
@@ -96,6 +106,8 @@ class PKSampler(Sampler):
         self.num_instances = num_instances
         self.num_ids_per_batch = batch_size // num_instances
         self.shuffle = shuffle
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f'PKSampler: seed must be a non-negative integer or None, got {seed!r}')
         self.seed = sync_random_seed() if seed is None else int(seed)
         self.num_batches = num_batches
         self.cross_camera = cross_camera
@@ -139,6 +151,9 @@ class PKSampler(Sampler):
     def _batches(self) -> List[np.ndarray]:
         labels, members = self._groups()
         camids = np.asarray(self.dataset.camids) if self.cross_camera else None
+        if camids is not None and camids.shape != (len(self.dataset),):
+            raise ValueError(f'dataset.camids must hold one camera per item ({len(self.dataset)}), got shape '
+                             f'{camids.shape}')
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch]))
         batches, queue = [], np.zeros(0, dtype=np.int64)
         for _ in range(self._epoch_batches(len(labels))):
@@ -163,8 +178,8 @@ class PKSampler(Sampler):
             yield from batch[self.rank * share:(self.rank + 1) * share].tolist()
 
     def __len__(self) -> int:
-        pids = np.asarray(self.dataset.pids)
-        return self._epoch_batches(len(np.unique(pids[pids >= 0]))) * (self.batch_size // self.world_size)
+        labels, _ = self._groups()  # the same check as __iter__: too few identities fails here, not as an empty epoch
+        return self._epoch_batches(len(labels)) * (self.batch_size // self.world_size)
 
 
 def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = 'euclidean') -> torch.Tensor:
@@ -186,7 +201,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     """CMC and mAP under the Market-1501 protocol (see the module docstring).
 
     Args:
-        distmat: [num_query, num_gallery] distances (smaller = more similar); ties keep the gallery order.
+        distmat: [num_query, num_gallery] distances (smaller = more similar; NaN is refused); among equal distances
+            the correct matches rank last.
         q_pids: Query identities.
         g_pids: Gallery identities (-1 = junk, excluded; 0 = distractor, a negative like any other identity).
         q_camids: Query cameras.
@@ -210,10 +226,17 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
                          f'{len(g_pids)}/{len(g_camids)}')
     if max_rank < 1:
         raise ValueError(f'max_rank must be positive, got {max_rank}')
-    order = np.argsort(distmat, axis=1, kind='stable')
+    if num_query == 0 or num_gallery == 0:
+        raise ValueError(f'evaluate_rank needs queries and a gallery, got {num_query} queries and {num_gallery} '
+                         'gallery entries')
+    if np.isnan(distmat).any():
+        rows = np.flatnonzero(np.isnan(distmat).any(axis=1))
+        raise ValueError(f'distmat holds NaN in {len(rows)} query row(s) (first: query {int(rows[0])}): non-finite '
+                         'features? NaN would rank arbitrarily and give a meaningless score')
     all_cmc, all_ap = [], []
     for q in range(num_query):
-        ranked = order[q]
+        # by distance, then correct matches after the others: a tie never counts in the query's favour
+        ranked = np.lexsort(((g_pids == q_pids[q]), distmat[q]))
         ranked_pids, ranked_cams = g_pids[ranked], g_camids[ranked]
         keep = ~(((ranked_pids == q_pids[q]) & (ranked_cams == q_camids[q])) | (ranked_pids == -1))
         hits = (ranked_pids[keep] == q_pids[q]).astype(np.float64)
@@ -228,6 +251,9 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     if not all_ap:
         raise ValueError('evaluate_rank: no query has a valid match in the gallery (same-camera matches and junk '
                          'are excluded)')
+    if len(all_ap) < num_query:
+        warnings.warn(f'evaluate_rank: {num_query - len(all_ap)} of {num_query} queries have no cross-camera match in '
+                      f'the gallery and are left out of CMC and mAP', stacklevel=2)
     return np.mean(all_cmc, axis=0), float(np.mean(all_ap))
 
 
@@ -254,11 +280,22 @@ def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
     """
     q_g, q_q, g_g = (np.asarray(d.cpu() if isinstance(d, torch.Tensor) else d, dtype=np.float32)
                      for d in (q_g_dist, q_q_dist, g_g_dist))
+    if q_g.ndim != 2:
+        raise ValueError(f'q_g_dist must be [num_query, num_gallery], got shape {q_g.shape}')
     num_query, num_gallery = q_g.shape
     if q_q.shape != (num_query, num_query) or g_g.shape != (num_gallery, num_gallery):
         raise ValueError(f'distance shapes disagree: q_g {q_g.shape}, q_q {q_q.shape}, g_g {g_g.shape}')
+    if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) for k in (k1, k2)):
+        raise TypeError(f'k1 and k2 must be integers, got {k1!r} and {k2!r}')
     if k1 < 1 or k2 < 1 or not 0 <= lambda_value <= 1:
         raise ValueError(f'need k1 >= 1, k2 >= 1 and 0 <= lambda_value <= 1, got {k1}, {k2}, {lambda_value}')
+    for name, d in (('q_g_dist', q_g), ('q_q_dist', q_q), ('g_g_dist', g_g)):
+        if d.size and not np.isfinite(d).all():
+            raise ValueError(f'{name} holds non-finite values (non-finite features?)')
+        # the distances are squared below: a negative one (a similarity passed by mistake) would flip its order
+        if d.size and d.min() < -1e-5 * max(1.0, float(np.abs(d).max())):
+            raise ValueError(f'{name} holds negative values (min {float(d.min()):.4g}): re-ranking needs distances '
+                             '(smaller = more similar), not similarities')
     dist = np.block([[q_q, q_g], [q_g.T, g_g]]) ** 2
     dist = dist / np.maximum(dist.max(axis=1, keepdims=True), np.finfo(np.float32).tiny)
     total = len(dist)

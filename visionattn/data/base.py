@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ['SeededDataset', 'SharedEpoch', 'build_pipeline', 'to_rgb', 'IMAGE_EXTENSIONS']
+__all__ = ['SeededDataset', 'SharedEpoch', 'build_pipeline', 'to_rgb', 'load_image', 'IMAGE_EXTENSIONS']
 
 # The suffixes of the image files that the folder datasets read (case-insensitive).
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -20,6 +20,14 @@ def build_pipeline(pipeline: Union[None, Callable, Mapping]) -> Optional[Callabl
         kwargs = {k: v for k, v in pipeline.items() if k != 'type'}
         return pipeline['type'](**kwargs)
     raise TypeError(f'pipeline must be a callable or a dict with a callable "type", got {pipeline!r}')
+
+
+def _check_non_negative_int(value, what: str) -> int:
+    """``value`` as an int; a clear error for None, floats, bools and negatives (numpy's SeedSequence, which mixes the
+    seeds, only takes non-negative integers and would fail later, in a worker, without naming the argument)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f'{what} must be a non-negative integer, got {value!r}')
+    return int(value)
 
 
 class SharedEpoch:
@@ -51,7 +59,7 @@ class SeededDataset(Dataset):
 
     def __init__(self, pipeline: Union[None, Callable, Mapping] = None, seed: int = 0):
         self.pipeline = build_pipeline(pipeline)
-        self.seed = seed
+        self.seed = _check_non_negative_int(seed, f'{type(self).__name__}: seed')
         self._epoch = SharedEpoch()
 
     @property
@@ -64,7 +72,7 @@ class SeededDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the engine before each training epoch: augmentation draws depend on it."""
-        self._epoch.set(epoch)
+        self._epoch.set(_check_non_negative_int(epoch, f'{type(self).__name__}.set_epoch: epoch'))
 
     def seed_pipeline(self, index: int) -> None:
         """Seed the pipeline's random draws for this item: a pure function of (seed, epoch, index), mixed into one
@@ -78,12 +86,31 @@ class SeededDataset(Dataset):
 
 def to_rgb(image):
     """A PIL image as 8-bit RGB. 16-bit greyscale ('I;16*', and 'I' holding values above 255) is scaled down from its
-    16-bit range: PIL's ``convert('RGB')`` clips it at 255, which saturates a 16-bit PNG (issue 21)."""
+    16-bit range: PIL's ``convert('RGB')`` clips it at 255, which saturates a 16-bit PNG (issue 21). 32-bit float
+    images (mode 'F') are refused: their range is unknown (0..1 would come out black from ``convert('RGB')``).
+    Alpha is dropped, as timm's and torchvision's loaders drop it."""
     from PIL import Image
     mode = image.mode
+    if mode == 'F':
+        raise ValueError("32-bit floating-point image (PIL mode 'F'): its value range is unknown, so it cannot be "
+                         'mapped to 8-bit RGB; convert it to an 8- or 16-bit image first')
     if mode.startswith('I;16') or mode == 'I':
         grey = np.asarray(image).astype(np.float64)
         if mode.startswith('I;16') or grey.max(initial=0) > 255:
             grey = grey / 257.0
         return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), 'L').convert('RGB')
     return image.convert('RGB')
+
+
+def load_image(path) -> np.ndarray:
+    """The image file at ``path`` as an HWC uint8 RGB array (:func:`to_rgb`). A file that cannot be decoded (corrupt,
+    truncated, not an image, a folder, an unsupported mode) raises an error that names the file: PIL's own messages
+    for a truncated file ("image file is truncated") do not."""
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            return np.array(to_rgb(image))
+    except FileNotFoundError:
+        raise  # names the file already
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... depending on the decoder
+        raise OSError(f'cannot read image {str(path)!r}: {type(err).__name__}: {err}') from err

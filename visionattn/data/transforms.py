@@ -31,6 +31,21 @@ _RESERVED = {
 }
 
 
+def _check_size(value, what: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f'{what} must be a positive integer (the output side length), got {value!r}')
+    return int(value)
+
+
+def _check_crop_pct(crop_pct, what: str, upper: Optional[float] = None) -> float:
+    # timm reads crop_pct=0 as "use the default" (``crop_pct or DEFAULT_CROP_PCT``), and albumentations cannot centre
+    # crop beyond the image: both would silently or obscurely ignore the value.
+    if not isinstance(crop_pct, (int, float)) or not crop_pct > 0 or (upper is not None and crop_pct > upper):
+        bound = f'(0, {upper}]' if upper is not None else '> 0'
+        raise ValueError(f'{what}: crop_pct must be {bound}, got {crop_pct!r}')
+    return float(crop_pct)
+
+
 @contextlib.contextmanager
 def _seeded(seed: int):
     """Seed python's, numpy's and torch's CPU generators (timm's transforms draw from all three: crops and RandAugment
@@ -78,9 +93,23 @@ class TimmTransforms:
         for key in kwargs:
             if key in _RESERVED:
                 raise ValueError(f'TimmTransforms: {key!r} is not an argument here: {_RESERVED[key]}')
-        if multi_scale is not None and (not train or len(multi_scale) != 2):
-            raise ValueError(f'TimmTransforms: multi_scale=(size, epoch) is for training pipelines, '
-                             f'got {multi_scale!r}')
+        img_size = _check_size(img_size, 'TimmTransforms: img_size')
+        if not train:
+            crop_pct = _check_crop_pct(crop_pct, 'TimmTransforms')
+        for key in ('mean', 'std'):
+            value = kwargs.get(key)
+            if value is not None and (len(value) != 3 or (key == 'std' and min(value) <= 0)):
+                raise ValueError(f'TimmTransforms: {key} must hold 3 (RGB) values{" > 0" if key == "std" else ""}, '
+                                 f'got {tuple(value)}')
+        if multi_scale is not None:
+            if not train or len(multi_scale) != 2:
+                raise ValueError(f'TimmTransforms: multi_scale=(size, epoch) is for training pipelines, '
+                                 f'got {multi_scale!r}')
+            _check_size(multi_scale[0], 'TimmTransforms: multi_scale size')
+            if isinstance(multi_scale[1], bool) or not isinstance(multi_scale[1], (int, np.integer)) \
+                    or multi_scale[1] < 0:
+                raise ValueError(f'TimmTransforms: multi_scale epoch must be a non-negative integer, got '
+                                 f'{multi_scale[1]!r}')
         self.train = train
         self.img_size = img_size
         self.multi_scale = tuple(multi_scale) if multi_scale is not None else None
@@ -148,6 +177,9 @@ def classification_transforms(train: bool, img_size: int, crop_pct: float = 0.87
     """
     if interpolation not in _INTERPOLATION:
         raise ValueError(f'interpolation {interpolation!r} is not one of {sorted(_INTERPOLATION)}')
+    img_size = _check_size(img_size, 'classification_transforms: img_size')
+    if not train:
+        crop_pct = _check_crop_pct(crop_pct, 'classification_transforms', upper=1.0)
     interp = _INTERPOLATION[interpolation]
     if not train:
         return A.Compose([A.SmallestMaxSize(max_size=round(img_size / crop_pct), interpolation=interp),
