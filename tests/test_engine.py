@@ -286,3 +286,243 @@ def test_a_resume_with_nothing_left_to_train_says_so():
         runner._train_loop = loop
         runner._warn_if_nothing_left()
         assert (expected in warnings_seen[0]) if expected else not warnings_seen
+
+
+def _stub_runner(batches, epoch, iteration, max_epochs=3, val_loop=None):
+    """A VisionRunner around a real EpochBasedTrainLoop over ``batches`` (a list), with nothing else built: the loop
+    trains a batch by recording it."""
+    from types import SimpleNamespace
+
+    from mmengine.runner import EpochBasedTrainLoop
+
+    from visionattn.engine import VisionRunner
+    runner = object.__new__(VisionRunner)
+    loop = object.__new__(EpochBasedTrainLoop)
+    loop._runner, loop.dataloader, loop._epoch, loop._iter = runner, batches, epoch, iteration
+    loop._max_epochs, loop._max_iters, loop.val_begin, loop.val_interval = max_epochs, max_epochs * len(batches), 1, 1
+    loop.dynamic_milestones, loop.dynamic_intervals, loop.stop_training = [0], [1], False
+    loop.trained = []
+
+    def run_iter(idx, data_batch):
+        loop.trained.append(data_batch)
+        loop._iter += 1
+    loop.run_iter = run_iter
+    runner._train_loop, runner._val_loop, runner._hooks, runner._world_size = loop, val_loop, [], 1
+    runner._resume, runner.model = True, torch.nn.Linear(2, 1)
+    runner.optim_wrapper, runner.param_schedulers = None, None
+    runner.logger = SimpleNamespace(info=lambda *a: None, warning=lambda *a: None)
+    return runner, loop
+
+
+def test_an_epoch_loop_resumed_within_an_epoch_goes_on_with_its_next_batch(monkeypatch):
+    # Adversarial probe: a checkpoint saved within an epoch (CheckpointHook by_epoch=False on an epoch-based loop)
+    # resumed by starting that epoch over: its first batches were trained twice and the run took more iterations
+    # than an uninterrupted one (8 instead of 6 on the digits, with other weights).
+    from mmengine.runner import Runner
+
+    from visionattn.engine import VisionRunner
+    batches = [f'batch{i}' for i in range(5)]
+    runner, loop = _stub_runner(batches, epoch=1, iteration=5 + 2)  # epoch 2, after its second batch
+    monkeypatch.setattr(Runner, 'resume', lambda self, *args: None)
+    VisionRunner.resume(runner, 'iter_7.pth')
+    loop.run_epoch()
+    assert loop.trained == batches[2:] and (loop.epoch, loop.iter) == (2, 10)
+    loop.run_epoch()  # the next epoch is whole again
+    assert loop.trained == batches[2:] + batches and (loop.epoch, loop.iter) == (3, 15)
+    # a position that cannot lie in an epoch of this config (its batch size differs) is named, not trained
+    runner, loop = _stub_runner(batches, epoch=1, iteration=12)
+    with pytest.raises(CheckpointError, match=r'iteration 12, which does not fit this config\'s 5 iterations per'):
+        VisionRunner.resume(runner, 'iter_12.pth')
+
+
+def test_a_resumed_run_validates_what_the_interrupted_run_validated_after_the_save(monkeypatch):
+    # Adversarial probe: a step's validation runs after its checkpoint is written, so a run resumed from epoch_1.pth
+    # never had epoch 1's validation: missing from the training curves, and from the best score (save_best could
+    # then keep a worse model as the best).
+    from mmengine.runner import Runner, ValLoop
+
+    from visionattn.engine import VisionRunner
+    val_loop = object.__new__(ValLoop)
+    val_loop.runs = 0
+    val_loop.run = lambda: setattr(val_loop, 'runs', val_loop.runs + 1)
+    monkeypatch.setattr(Runner, 'resume', lambda self, *args: None)
+    runner, _ = _stub_runner(['b0', 'b1'], epoch=1, iteration=2, val_loop=val_loop)
+    VisionRunner.resume(runner, 'epoch_1.pth')
+    runner.call_hook('before_train')
+    runner.call_hook('before_train')
+    assert val_loop.runs == 1
+    runner, _ = _stub_runner(['b0', 'b1'], epoch=1, iteration=3, val_loop=val_loop)  # within epoch 2: none due
+    VisionRunner.resume(runner, 'iter_3.pth')
+    runner.call_hook('before_train')
+    assert val_loop.runs == 1
+
+
+def test_the_training_curves_keep_one_validation_per_step():
+    from types import SimpleNamespace
+
+    from visionattn.engine import TrainingCurveHook
+    hook = TrainingCurveHook()
+    hook._plot = lambda runner: None
+    runner = SimpleNamespace(iter=6, epoch=1)
+    hook.after_val_epoch(runner, {'top1': 50.0})
+    hook.after_val_epoch(runner, {'top1': 50.0})  # validated again on resume
+    assert hook.history['val'] == [{'iter': 6, 'epoch': 1, 'top1': 50.0}]
+
+
+def test_a_resume_with_another_batch_size_or_epoch_length_is_refused(tmp_path):
+    # Adversarial probe: resuming with another train batch size (or training set) went on silently: the iteration
+    # count, the restored schedule (its begin/end in iterations) and the epoch position then describe other data.
+    from visionattn.engine import VisionRunner
+    runner, loop = _stub_runner(torch.utils.data.DataLoader(list(range(24)), batch_size=8), epoch=1, iteration=3)
+    path = tmp_path / 'epoch_1.pth'
+    meta = {'epoch': 1, 'iter': 3, 'train_batch_size': 8, 'world_size': 1, 'epoch_length': 3}
+    torch.save({'meta': meta, 'state_dict': runner.model.state_dict()}, path)
+    VisionRunner.load_checkpoint(runner, str(path))  # the same settings load
+    loop.dataloader = torch.utils.data.DataLoader(list(range(24)), batch_size=4)
+    with pytest.raises(CheckpointError, match=r'8 images per step on each of 1 process\(es\).*batch_size=4 on 1 '
+                                              r'\(4 per step\).*load_from=.*epoch_1.pth resume=False'):
+        VisionRunner.load_checkpoint(runner, str(path))
+    loop.dataloader = torch.utils.data.DataLoader(list(range(40)), batch_size=8)
+    with pytest.raises(CheckpointError, match=r'3 iterations per epoch; this config has 5'):
+        VisionRunner.load_checkpoint(runner, str(path))
+    # what a save records for that check
+    assert VisionRunner._data_facts(runner) == {'train_batch_size': 8, 'world_size': 1, 'epoch_length': 5}
+
+
+def test_resuming_a_checkpoint_that_cannot_continue_the_run_is_refused(tmp_path):
+    # Adversarial probe: --resume of a weights-only file failed with a bare KeyError: 'meta' from mmengine; --resume of
+    # a best_*.pth (saved without optimizer and schedulers) went on silently with a fresh optimizer and the learning
+    # rate schedule started over.
+    from visionattn.engine import VisionRunner
+    runner, _ = _stub_runner(torch.utils.data.DataLoader(list(range(24)), batch_size=8), epoch=1, iteration=3)
+    weights = tmp_path / 'weights.pth'
+    torch.save({'state_dict': runner.model.state_dict()}, weights)
+    with pytest.raises(CheckpointError, match=r'weights.pth is not a training checkpoint.*load_from=.*resume=False'):
+        VisionRunner.resume(runner, str(weights))
+    best = tmp_path / 'best_accuracy_top1_epoch_1.pth'
+    torch.save({'meta': {'epoch': 1, 'iter': 3}, 'state_dict': runner.model.state_dict(), 'message_hub': {}}, best)
+    runner.optim_wrapper, runner.param_schedulers = object(), [object()]
+    with pytest.raises(CheckpointError, match=r'holds no optimizer state and no learning-rate schedule .* start over '
+                                              r'at iteration 3'):
+        VisionRunner.resume(runner, str(best))
+
+
+# Adversarial probes of the classification engine (metric, classifier, sampler, optimizer wrapper, configs).
+
+def _accuracy(samples, topk=(1,)):
+    metric = Accuracy(topk=topk)
+    metric.process(None, [{'pred_score': s, 'gt_label': y} for s, y in samples])
+    return metric.compute_metrics(metric.results)
+
+
+def test_accuracy_reads_one_hot_and_soft_labels_as_their_class():
+    # A one-hot gt_label was compared element-wise with the top indices: a wrong top-1 counted as a hit.
+    scores = torch.tensor([0.1, 0.7, 0.2])
+    assert _accuracy([(scores, torch.tensor([1.0, 0.0, 0.0]))])['top1'] == 0.0
+    assert _accuracy([(scores, torch.tensor([0.3, 0.6, 0.1]))])['top1'] == 100.0  # a Mixup target: its top class
+    assert _accuracy([(scores, torch.tensor([1]))], topk=2) == {'top2': 100.0}  # one-element label, int topk
+
+
+@pytest.mark.parametrize('score, label, message', [
+    (torch.tensor([[0.7, 0.2, 0.1]]), torch.tensor(1), r'pred_score must be a 1-D .* shape \(1, 3\)'),  # was 100%
+    (torch.tensor([0.1, 0.7, 0.2]), torch.tensor(3), 'gt_label is 3, but the predictions have 3 classes'),  # a miss
+    (torch.tensor([0.1, 0.7, 0.2]), torch.tensor(-1), 'gt_label is -1.*no ignore label'),  # a miss
+    (torch.tensor([0.1, 0.7, 0.2]), torch.tensor(1.5), 'whole class index, got 1.5'),  # a miss
+    (torch.tensor([0.1, 0.7, 0.2]), torch.tensor([0, 1]), r'one class index or a vector of the 3 .* shape \(2,\)'),
+])
+def test_accuracy_names_a_bad_score_or_label(score, label, message):
+    with pytest.raises(ValueError, match=message):
+        _accuracy([(score, label)], topk=(1, 5))
+
+
+def test_accuracy_of_an_empty_evaluation_set_and_bad_topk_are_named():
+    with pytest.raises(ValueError, match='no samples: the evaluation set is empty'):  # was IndexError
+        Accuracy().compute_metrics([])
+    for topk in ((1.5,), (0, 1), ()):
+        with pytest.raises(ValueError, match='topk must be a positive whole number'):
+            Accuracy(topk=topk)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(label_smoothing=-0.1), r'label_smoothing must be in \[0, 1\)'),  # trained silently
+    (dict(label_smoothing=1.0), r'label_smoothing must be in \[0, 1\)'),  # uniform targets: learns nothing
+    (dict(label_smoothing=1.5, mixup=dict(mixup_alpha=0.8)), r'label_smoothing must be in \[0, 1\)'),  # < 0 targets
+    (dict(mixup=dict(mixup_alpha=0.0, cutmix_alpha=0.0)), 'mixup mixes nothing'),  # timm asserts at the first step
+    (dict(mixup=dict(mixup_alpha=0.8, prob=2)), r'mixup.prob must be a number in \[0, 1\]'),
+    (dict(mixup=dict(mixup_alpha=0.8, mode='Batch')), "mixup.mode must be 'batch'"),  # silently 'batch'
+    (dict(mixup=dict(mixup_alpha=0.8, num_classes=3)), 'come from the model'),  # TypeError: multiple values
+    (dict(num_classes=2.5), 'num_classes must be a positive whole number'),
+])
+def test_image_classifier_checks_smoothing_and_mixup(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ImageClassifier(**dict(dict(backbone='resnet10t', num_classes=3), **kwargs))
+
+
+def test_image_classifier_names_soft_float_and_negative_labels():
+    from mmengine.structures import BaseDataElement
+    model = ImageClassifier(backbone='resnet10t', num_classes=3)
+    images = torch.randn(2, 3, 16, 16)
+    for labels, message in (([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], 'one integer class index per image'),  # batch 6
+                            ([1.0, 2.0], 'one integer class index per image'),  # "expected target dtype Long"
+                            ([-1, 2], 'is -1: labels are class indices 0..2 and there is no ignore label')):
+        samples = [BaseDataElement(gt_label=torch.tensor(y)) for y in labels]
+        with pytest.raises(ValueError, match=message):
+            model.loss(images, samples)
+
+
+def test_repeat_aug_sampler_checks_its_counts():
+    from visionattn.engine import RepeatAugSampler
+    for kwargs, message in ((dict(num_repeats=0), 'num_repeats must be a number > 0'),  # an empty epoch, silently
+                            (dict(num_repeats=-1), 'num_repeats must be a number > 0'),
+                            (dict(selected_ratio=-1), 'selected_ratio must be a number >= 0'),
+                            (dict(selected_round=-4), 'selected_round must be a whole number >= 0')):  # taken as 0
+        with pytest.raises(ValueError, match=message):
+            RepeatAugSampler(list(range(10)), seed=0, **kwargs)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(clip_grad=dict(max_norm=-1.0)), 'max_norm must be a finite number > 0'),  # reversed every gradient
+    (dict(clip_grad=dict(max_norm=0.0)), 'max_norm must be a finite number > 0'),  # zeroed every gradient
+    (dict(clip_grad=dict(type='value', clip_value=-1.0)), 'clip_value must be a finite number > 0'),  # constant -1
+    (dict(clip_grad=dict(type='norm')), 'takes max_norm'),  # a TypeError at the first step
+    (dict(clip_grad=dict(type='agc', clip_factor=0.02, eps=-1)), 'eps must be a finite number >= 0'),
+    (dict(accumulative_counts=2.5), 'accumulative_counts .* must be a whole number >= 1'),  # loss scaled by 1/2.5
+])
+def test_agc_optim_wrapper_checks_clipping_and_accumulation(kwargs, message):
+    from visionattn.engine import AGCOptimWrapper
+    model = torch.nn.Linear(4, 2)
+    with pytest.raises(ValueError, match=message):
+        AGCOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)
+    clip_grad = dict(type='norm', max_norm=1.0)
+    AGCOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1), clip_grad=clip_grad)
+    assert clip_grad == dict(type='norm', max_norm=1.0)  # mmengine popped the caller's 'type'
+
+
+@pytest.mark.parametrize('name', ['nat_digits', 'patnet_digits', 'biformer_digits'])
+def test_digits_schedule_exempts_what_each_family_lists_from_weight_decay(name):
+    # adamw_cosine.py promises no decay on 1-D parameters and on the relative-position tables; NAT's attn.rpb
+    # (no_weight_decay_keywords) and PATNet's rpe_table (no_weight_decay) were decayed. Each parameter is in one group.
+    from mmengine.optim import build_optim_wrapper
+
+    from visionattn.engine import MODELS
+    cfg = Config.fromfile(f'configs/classification/{name}.py')
+    model = MODELS.build(cfg.model)
+    groups = build_optim_wrapper(model, cfg.optim_wrapper).optimizer.param_groups
+    decay = [(id(p), g['weight_decay']) for g in groups for p in g['params']]
+    assert sorted(i for i, _ in decay) == sorted(id(p) for p in model.parameters())
+    decay = dict(decay)
+    net = model.classifier
+    skip = set(getattr(net, 'no_weight_decay', set)())
+    keywords = set(getattr(net, 'no_weight_decay_keywords', set)())
+    base = cfg.optim_wrapper.optimizer.weight_decay
+    for key, p in net.named_parameters():
+        exempt = p.ndim <= 1 or key in skip or any(k in key for k in keywords)
+        assert decay[id(p)] == (0.0 if exempt else base), key
+
+
+def test_cls_preprocessor_refuses_mean_std_on_the_0_255_scale():
+    # mmpretrain's mean=[123.675, ...] was scaled by 255 once more: every image normalised to about -0.008, silently.
+    from visionattn.engine import ClsDataPreprocessor
+    for kwargs in (dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)), dict(std=(0.2, 0.0, 0.2))):
+        with pytest.raises(ValueError, match=r'on the 0..1 scale .* divided by 255'):
+            ClsDataPreprocessor(**kwargs)

@@ -1,5 +1,6 @@
 """Image classification as an mmengine model: any timm or zoo model by name, with timm's Mixup/CutMix and
 label smoothing, behind mmengine's ``forward(inputs, data_samples, mode)`` API."""
+import numbers
 from typing import Dict, List, Optional, Sequence
 
 import timm
@@ -34,6 +35,37 @@ def cls_collate(batch: Sequence[Dict]) -> Dict:
     return {'inputs': inputs, 'data_samples': samples}
 
 
+_MIXUP_KEYS = ('mixup_alpha', 'cutmix_alpha', 'cutmix_minmax', 'prob', 'switch_prob', 'mode', 'correct_lam')
+
+
+def _check_mixup(mixup: Dict) -> None:
+    """timm's ``Mixup`` checks nothing at construction: a typo of a key is a TypeError naming no option, both alphas at
+    0 an assertion at the first step, a mode other than its three silently 'batch'."""
+    if not isinstance(mixup, dict):
+        raise ValueError(f'model.mixup must be a dict of timm Mixup arguments, or None, got {mixup!r}')
+    unknown = sorted(set(mixup) - set(_MIXUP_KEYS))
+    if unknown:
+        extra = (' (label_smoothing and num_classes come from the model\'s own arguments)'
+                 if set(unknown) & {'label_smoothing', 'num_classes'} else '')
+        raise ValueError(f'model.mixup has unknown keys {unknown}; it takes {", ".join(_MIXUP_KEYS)}{extra}')
+    alphas = {k: mixup.get(k, default) for k, default in (('mixup_alpha', 1.0), ('cutmix_alpha', 0.0))}
+    for key, value in dict(alphas, prob=mixup.get('prob', 1.0), switch_prob=mixup.get('switch_prob', 0.5)).items():
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or value < 0 or value != value \
+                or (key.endswith('prob') and value > 1):
+            bound = 'in [0, 1]' if key.endswith('prob') else 'at least 0'
+            raise ValueError(f'model.mixup.{key} must be a number {bound}, got {value!r}')
+    minmax = mixup.get('cutmix_minmax')
+    if minmax is not None and (not isinstance(minmax, (list, tuple)) or len(minmax) != 2
+                               or not 0 < minmax[0] <= minmax[1] <= 1):
+        raise ValueError(f'model.mixup.cutmix_minmax must be None or (min, max) with 0 < min <= max <= 1, got '
+                         f'{minmax!r}')
+    if not any(alphas.values()) and minmax is None:
+        raise ValueError(f'model.mixup mixes nothing: mixup_alpha={alphas["mixup_alpha"]}, cutmix_alpha='
+                         f'{alphas["cutmix_alpha"]} and no cutmix_minmax; set one alpha above 0, or model.mixup=None')
+    if mixup.get('mode', 'batch') not in ('batch', 'pair', 'elem'):
+        raise ValueError(f"model.mixup.mode must be 'batch', 'pair' or 'elem', got {mixup['mode']!r}")
+
+
 @MODELS.register_module()
 class ImageClassifier(TaskModel):
     """A timm classifier (any zoo or timm model name) trained with cross-entropy.
@@ -59,8 +91,15 @@ class ImageClassifier(TaskModel):
                  random_erasing: Optional[Dict] = None, data_preprocessor: Optional[Dict] = None,
                  init_cfg: Optional[Dict] = None):
         check_model_name(backbone)
-        if num_classes < 1:
-            raise ValueError(f'num_classes must be positive, got {num_classes}')
+        if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(f'model.num_classes must be a positive whole number, got {num_classes!r}')
+        num_classes = int(num_classes)
+        if (not isinstance(label_smoothing, numbers.Real) or isinstance(label_smoothing, bool)
+                or not 0.0 <= label_smoothing < 1.0):
+            raise ValueError(f'model.label_smoothing must be in [0, 1) (0: none; 1 would make every target uniform), '
+                             f'got {label_smoothing!r}')
+        if mixup:
+            _check_mixup(mixup)
         classifier = timm.create_model(backbone, pretrained=pretrained, num_classes=num_classes,
                                        **(backbone_kwargs or {}))
         if data_preprocessor is None:
@@ -86,22 +125,35 @@ class ImageClassifier(TaskModel):
         return super().train_step(data, optim_wrapper)
 
     def _check_labels(self, data_samples: Optional[Sequence[BaseDataElement]]) -> None:
-        """A label outside 0..num_classes-1 fails in the loss as "Target 7 is out of bounds" (a device-side assert on
-        GPUs): name the option instead. Only labels on the CPU are read (no device sync)."""
-        labels = [s.gt_label for s in data_samples or () if 'gt_label' in s and s.gt_label.device.type == 'cpu']
+        """Each image has one whole class index in 0..num_classes-1. A one-hot or soft target, or a float label, fails
+        in the loss with a shape or dtype message naming no option, and a label out of range as "Target 7 is out of
+        bounds" (a device-side assert on GPUs): name the problem instead. Shapes and dtypes are checked wherever the
+        labels are; values only on the CPU (no device sync)."""
+        labels = [s.gt_label for s in data_samples or () if 'gt_label' in s]
+        for label in labels:
+            if not isinstance(label, torch.Tensor) or label.numel() != 1 or label.is_floating_point() \
+                    or label.is_complex() or label.dtype == torch.bool:
+                what = (f'a {label.dtype} tensor of shape {tuple(label.shape)}' if isinstance(label, torch.Tensor)
+                        else repr(label))
+                raise ValueError(f'ImageClassifier takes one integer class index per image as gt_label, got {what}; '
+                                 'one-hot or soft targets are not taken (Mixup/CutMix targets are made by '
+                                 'model.mixup from the class indices)')
+        labels = [label for label in labels if label.device.type == 'cpu']
         if not labels:
             return
-        labels = torch.stack([label.reshape(-1)[0] for label in labels])
+        labels = torch.stack([label.reshape(()) for label in labels])
         low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= self.num_classes:
-            bad = high if high >= self.num_classes else low
-            raise ValueError(f'a label of this batch is {bad}, but the classifier has model.num_classes='
+        if low < 0:
+            raise ValueError(f'a label of this batch is {low}: labels are class indices 0..{self.num_classes - 1} and '
+                             'there is no ignore label; leave such images out of the dataset')
+        if high >= self.num_classes:
+            raise ValueError(f'a label of this batch is {high}, but the classifier has model.num_classes='
                              f'{self.num_classes} (labels 0..{self.num_classes - 1}): set model.num_classes to the '
                              "dataset's number of classes")
 
     @staticmethod
     def _labels(inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> torch.Tensor:
-        return torch.stack([s.gt_label for s in data_samples]).to(inputs.device).view(-1)
+        return torch.stack([s.gt_label.reshape(()) for s in data_samples]).to(inputs.device)
 
     def loss(self, inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> Dict[str, torch.Tensor]:
         if not len(inputs) or not data_samples:
@@ -114,7 +166,8 @@ class ImageClassifier(TaskModel):
         labels = self._labels(inputs, data_samples)
         if self.mixup is not None:
             if len(labels) % 2:
-                raise ValueError(f'Mixup/CutMix needs an even batch, got {len(labels)}: set drop_last=True')
+                raise ValueError(f'Mixup/CutMix mixes the images in pairs and needs an even batch, got {len(labels)}: '
+                                 'use an even train_dataloader.batch_size, with drop_last=True')
             inputs, soft_targets = self.mixup(inputs, labels)
             return {'loss': SoftTargetCrossEntropy()(self.classifier(inputs), soft_targets)}
         return {'loss': F.cross_entropy(self.classifier(inputs), labels, label_smoothing=self.label_smoothing)}

@@ -30,6 +30,11 @@ class ClsDataPreprocessor(BaseDataPreprocessor):
     def __init__(self, mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
                  random_erasing: Optional[Dict] = None):
         super().__init__()
+        mean, std = [float(v) for v in mean], [float(v) for v in std]
+        if len(mean) != len(std) or not all(0.0 <= m <= 1.0 for m in mean) or not all(0.0 < s <= 1.0 for s in std):
+            raise ValueError(f'ClsDataPreprocessor mean and std are per-channel values on the 0..1 scale (timm\'s '
+                             f'pretrained_cfg), mean in [0, 1] and std in (0, 1], as many of each; got mean={mean}, '
+                             f'std={std} (0..255 values, as mmpretrain writes them, are to be divided by 255)')
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255, persistent=False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255, persistent=False)
         self.random_erasing = RandomErasing(**random_erasing, device='cpu') if random_erasing else None

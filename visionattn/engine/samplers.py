@@ -1,4 +1,6 @@
 """Training samplers of the official recipes that mmengine lacks, registered for the dataloader configs."""
+import math
+import numbers
 from typing import Optional
 
 from mmengine.dist import get_dist_info, sync_random_seed
@@ -7,6 +9,16 @@ from timm.data.distributed_sampler import RepeatAugSampler as _TimmRepeatAugSamp
 from .registry import DATA_SAMPLERS
 
 __all__ = ['RepeatAugSampler']
+
+
+def _check_positive(name: str, value, whole: bool, zero: bool = False) -> None:
+    """timm's sampler checks none of its counts: ``num_repeats=0`` gives an empty epoch, a negative one or a negative
+    ``selected_ratio`` fails as "__len__() should return >= 0", a negative ``selected_round`` is taken as 0."""
+    kind = numbers.Integral if whole else numbers.Real
+    if not isinstance(value, kind) or isinstance(value, bool) or not (value >= 0 if zero else value > 0) \
+            or not math.isfinite(value):
+        what = 'a whole number' if whole else 'a number'
+        raise ValueError(f'RepeatAugSampler {name} must be {what} {">= 0" if zero else "> 0"}, got {value!r}')
 
 
 @DATA_SAMPLERS.register_module()
@@ -31,6 +43,9 @@ class RepeatAugSampler(_TimmRepeatAugSampler):
 
     def __init__(self, dataset, shuffle: bool = True, num_repeats: int = 3, selected_round: int = 256,
                  selected_ratio: float = 0, seed: Optional[int] = None):
+        _check_positive('num_repeats', num_repeats, whole=False)
+        _check_positive('selected_round', selected_round, whole=True, zero=True)
+        _check_positive('selected_ratio', selected_ratio, whole=False, zero=True)
         rank, world_size = get_dist_info()
         super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, num_repeats=num_repeats,
                          selected_round=selected_round, selected_ratio=selected_ratio)
