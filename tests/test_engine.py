@@ -43,6 +43,9 @@ def test_check_config_names_an_unknown_backbone():
     ('train_dataloader.dataset.max_samples', 'abc', "max_samples='abc' must be a whole number"),
     ('default_hooks.logger.interval', 0, 'default_hooks.logger.interval=0 must be at least 1'),
     ('default_hooks.checkpoint.interval', 0, 'checkpoint.interval=0 must be at least 1'),  # only the final save
+    # mmengine's own OptimWrapper took these: gradient ascent, then 1/2.5-scaled losses
+    ('optim_wrapper.clip_grad', dict(max_norm=-1.0), 'clip_grad.max_norm must be a finite number > 0'),
+    ('optim_wrapper.accumulative_counts', 2.5, 'accumulative_counts .* must be a whole number'),
 ])
 def test_check_config_names_bad_loader_and_hook_counts(key, value, message):
     # Adversarial probe: these failed deep inside mmengine/torch naming no option, or were taken silently.

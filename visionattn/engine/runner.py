@@ -364,6 +364,23 @@ def load_tool_config(config: str, cfg_options: Union[None, Dict, Sequence[str]] 
     return cfg
 
 
+_CHECKED_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper', 'AGCOptimWrapper')
+
+
+def _check_optim_wrappers(optim_wrapper) -> None:
+    """The accumulation count and clipping of each optimizer wrapper mmengine builds (one, or one per name under
+    a multi-optimizer constructor): mmengine checks neither, and a negative ``max_norm`` would reverse gradients."""
+    from .optim import check_optim_wrapper_args
+    if not isinstance(optim_wrapper, dict):
+        return
+    wrappers = [optim_wrapper] if 'optimizer' in optim_wrapper else \
+        [w for w in optim_wrapper.values() if isinstance(w, dict) and 'optimizer' in w]
+    for wrapper in wrappers:
+        kind = wrapper.get('type', 'OptimWrapper')
+        if getattr(kind, '__name__', kind) in _CHECKED_WRAPPERS:
+            check_optim_wrapper_args(wrapper.get('accumulative_counts', 1), wrapper.get('clip_grad'))
+
+
 def check_config(cfg, mode: Optional[str] = None) -> None:
     """Fail early, naming the problem, for what would otherwise fail late or silently.
 
@@ -382,6 +399,7 @@ def check_config(cfg, mode: Optional[str] = None) -> None:
     )
     check_sections(cfg, mode)
     check_types(cfg)
+    _check_optim_wrappers(cfg.get('optim_wrapper'))
     check_paths(cfg)
     check_train_cfg(cfg)
     check_loaders_and_hooks(cfg)
