@@ -44,6 +44,8 @@ from visionattn.layers.stages import (
 )
 from visionattn.zoo import PaperFacts, register_paper_facts
 
+from ._api import FeatureGetter, check_classifier_pool
+
 __all__ = ['BiFormer']  # models are reached through timm.create_model
 
 
@@ -205,6 +207,7 @@ class BiFormer(nn.Module):
         if not (len(embed_dims) == len(mlp_ratios) == len(topks) == num_stages):
             raise ValueError('depths, embed_dims, mlp_ratios and topks need one entry per stage, got '
                              f'{len(depths)}, {len(embed_dims)}, {len(mlp_ratios)} and {len(topks)}')
+        check_classifier_pool(num_classes, global_pool, 'BiFormer')
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.grad_checkpointing = False
@@ -252,6 +255,8 @@ class BiFormer(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        check_classifier_pool(num_classes, self.head.global_pool.pool_type if global_pool is None else global_pool,
+                              'BiFormer')
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool)
 
@@ -345,8 +350,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: BiFormer) -> Dict[st
     official dense-prediction backbones start from the ImageNet checkpoint.
     """
     state_dict = unwrap_state_dict(state_dict)
-    if 'stem.0.weight' in state_dict:  # already in this layout
-        return state_dict
+    if 'stem.0.weight' in state_dict:  # already in this layout (a checkpoint of this code, e.g. tools/publish.py's)
+        return _with_extra_norms(dict(state_dict), model)
     renames = (
         (r'^downsample_layers\.0\.', 'stem.'),
         (r'^downsample_layers\.(\d+)\.', r'stages.\1.downsample.'),
@@ -360,10 +365,16 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: BiFormer) -> Dict[st
         for pattern, replacement in renames:
             key = re.sub(pattern, replacement, key)
         out[key] = value
+    return _with_extra_norms(out, model)
+
+
+def _with_extra_norms(state_dict: Dict[str, torch.Tensor], model: BiFormer) -> Dict[str, torch.Tensor]:
+    # A features_only model's extra_norms start fresh when the checkpoint is a classifier's (official or this code's);
+    # without them a classifier checkpoint in this layout failed to load into features_only=True (missing keys).
     if model.extra_norms is not None:
         for key, value in model.extra_norms.state_dict().items():
-            out.setdefault(f'extra_norms.{key}', value)
-    return out
+            state_dict.setdefault(f'extra_norms.{key}', value)
+    return state_dict
 
 
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
@@ -371,7 +382,7 @@ def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiForm
     kwargs.setdefault('extra_norms', bool(kwargs.get('features_only', False)))
     return build_model(
         BiFormer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'), **kwargs)
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls=FeatureGetter), **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

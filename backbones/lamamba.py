@@ -15,7 +15,8 @@ window attention: Swin's heads (dim / 32) and window 7 for 224-px inputs (LaMamb
 latents). (LaMamba-Diff's ssm_ratio 2 would push the tiny model past 50M parameters.) Parameter counts and FLOPs are
 therefore our own, not a paper's.
 
-Input sizes: any. Feature maps are padded to whole windows; an axis no longer than the window is one unshifted window.
+Input sizes: any of at least 4x4 (the patch embedding; smaller ones are refused by name). Feature maps are padded to
+whole windows; an axis no longer than the window is one unshifted window.
 ``features_only`` returns each stage's output before its patch merging, NCHW.
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -42,6 +43,8 @@ from visionattn.layers.stages import (
 )
 from visionattn.zoo import PaperFacts, register_paper_facts
 
+from ._api import FeatureGetter, check_classifier_pool
+
 __all__ = ['LaMamba', 'LaMambaBlock', 'PatchEmbed', 'PatchMerging']
 
 
@@ -57,7 +60,19 @@ class PatchEmbed(nn.Module):
         self.norm = LayerNorm(embed_dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(check_images(x, self.proj.in_channels, 'LaMamba')).permute(0, 2, 3, 1))
+        x = _check_patch_size(check_images(x, self.proj.in_channels, 'LaMamba'), self.proj.kernel_size[0])
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+def _check_patch_size(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    # Smaller images failed inside the stem conv, in a message that named neither the model nor the rule.
+    if x.shape[-2] < patch_size or x.shape[-1] < patch_size:
+        raise ValueError(f'LaMamba needs images of at least {patch_size}x{patch_size} (its {patch_size}x{patch_size} '
+                         f'patch embedding, stride {patch_size}); got {x.shape[-2]}x{x.shape[-1]}')
+    return x
+
+
+torch.fx.wrap('_check_patch_size')
 
 
 class PatchMerging(nn.Module):
@@ -198,6 +213,7 @@ class LaMamba(nn.Module):
             raise ValueError(f'LaMamba: depths {list(depths)}, dims {list(dims)} and num_heads {list(num_heads)} '
                              'must have one entry per stage')
         check_global_pool(global_pool, 'LaMamba')
+        check_classifier_pool(num_classes, global_pool, 'LaMamba')
         for dim, heads in zip(dims, num_heads):
             if dim % heads:
                 raise ValueError(f'LaMamba: {heads} heads do not divide {dim} channels')
@@ -246,6 +262,7 @@ class LaMamba(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        check_classifier_pool(num_classes, self.global_pool if global_pool is None else global_pool, 'LaMamba')
         reset_linear_classifier(self, num_classes, global_pool, 'LaMamba')
 
     def forward_intermediates(
@@ -264,14 +281,20 @@ class LaMamba(nn.Module):
             indices: Stages to return: the last n for an int n, or a sequence of stage indices (default all).
             norm: Put the last stage's intermediate through the final norm.
             stop_early: Stop after the last stage asked for.
-            output_fmt: 'NCHW' or 'NHWC'.
+            output_fmt: 'NCHW' or 'NHWC', of the intermediates (the final features stay NCHW).
             intermediates_only: Return only the intermediates.
         """
         take_indices, max_index = resolve_intermediates(len(self.layers), indices, output_fmt)
         x = self.patch_embed(x)
-        return forward_intermediates_downsample_last(
+        out = forward_intermediates_downsample_last(
             x, self.layers, take_indices, max_index, final_norm=self.norm, norm=norm, stop_early=stop_early,
             output_fmt=output_fmt, intermediates_only=intermediates_only)
+        if intermediates_only or output_fmt == 'NCHW':
+            return out
+        # output_fmt is the intermediates' layout; the final features stay NCHW, as forward_features gives them
+        # (forward_head takes them; NHWC final features silently pooled the wrong axes there)
+        final, intermediates = out
+        return final.permute(0, 3, 1, 2), intermediates
 
     def prune_intermediate_layers(
             self,
@@ -312,7 +335,7 @@ def _create_lamamba(variant: str, pretrained: bool = False, **kwargs) -> LaMamba
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     return build_model(
         LaMamba, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls='getter', out_indices=out_indices), **kwargs)
+        feature_cfg=dict(feature_cls=FeatureGetter, out_indices=out_indices), **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

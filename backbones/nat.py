@@ -40,6 +40,8 @@ from visionattn.layers.stages import (
 )
 from visionattn.zoo import PaperFacts, register_paper_facts
 
+from ._api import FeatureGetter, check_classifier_pool
+
 __all__ = ['NAT']  # models are reached through timm.create_model
 
 
@@ -234,6 +236,7 @@ class NAT(nn.Module):
         if dilations is not None and len(dilations) != num_levels:
             raise ValueError(f'NAT: {num_levels} levels but dilations for {len(dilations)}')
         check_global_pool(global_pool, 'NAT')
+        check_classifier_pool(num_classes, global_pool, 'NAT')
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.embed_dim = embed_dim
@@ -286,6 +289,7 @@ class NAT(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        check_classifier_pool(num_classes, self.global_pool if global_pool is None else global_pool, 'NAT')
         reset_linear_classifier(self, num_classes, global_pool, 'NAT')
 
     def forward_intermediates(
@@ -304,16 +308,22 @@ class NAT(nn.Module):
             indices: Levels to return: the last n for an int n, or a sequence of level indices (default all).
             norm: Without ``feature_norms``: put the last level's intermediate through the final norm.
             stop_early: Stop after the last level asked for.
-            output_fmt: 'NCHW' or 'NHWC'.
+            output_fmt: 'NCHW' or 'NHWC', of the intermediates (the final features stay NCHW).
             intermediates_only: Return only the intermediates.
 
         Intermediates go through the per-level ``feature_norms`` where the model has them (``features_only``).
         """
         take_indices, max_index = resolve_intermediates(len(self.levels), indices, output_fmt)
         x = self.pos_drop(self.patch_embed(check_images(x, self.in_chans, 'NAT')))
-        return forward_intermediates_downsample_last(
+        out = forward_intermediates_downsample_last(
             x, self.levels, take_indices, max_index, final_norm=self.norm, norm=norm, stop_early=stop_early,
             output_fmt=output_fmt, intermediates_only=intermediates_only, stage_norms=self.feature_norms)
+        if intermediates_only or output_fmt == 'NCHW':
+            return out
+        # output_fmt is the intermediates' layout; the final features stay NCHW, as forward_features gives them
+        # (forward_head takes them; NHWC final features silently pooled the wrong axes there)
+        final, intermediates = out
+        return final.permute(0, 3, 1, 2), intermediates
 
     def prune_intermediate_layers(
             self,
@@ -370,7 +380,7 @@ def _create_nat(variant: str, pretrained: bool = False, **kwargs) -> NAT:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     return build_model(
         NAT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls='getter', out_indices=out_indices), **kwargs)
+        feature_cfg=dict(feature_cls=FeatureGetter, out_indices=out_indices), **kwargs)
 
 
 def _cfg(url: str = '', paper: str = 'nat', **kwargs) -> Dict[str, Any]:

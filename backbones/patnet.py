@@ -31,6 +31,8 @@ from visionattn.layers.partial import PartialChannelAttention, PartialSelfAttent
 from visionattn.layers.stages import forward_intermediates_downsample_first, stage_group_matcher
 from visionattn.zoo import PaperFacts, register_paper_facts
 
+from ._api import FeatureGetter, check_classifier_pool
+
 __all__ = ['PATNet']
 
 MIN_INPUT_SIZE = 32  # stride 32 to the last stage; the stage-2 channel attention needs >= 2 positions (2×2 here)
@@ -229,6 +231,7 @@ class PATNet(nn.Module):
         self.apply(self._init_weights)
 
     def _set_classifier(self, num_classes: int, global_pool: str, device=None, dtype=None) -> None:
+        check_classifier_pool(num_classes, global_pool, 'PATNet')
         self.num_classes = num_classes
         pool = SelectAdaptivePool2d(pool_type=global_pool)
         if pool.feat_mult() != 1 and isinstance(self.conv_head, nn.Conv2d):
@@ -376,7 +379,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 def _create_patnet(variant: str, pretrained: bool = False, **kwargs) -> PATNet:
     return build_model(
         PATNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'), **kwargs)
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls=FeatureGetter), **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

@@ -12,8 +12,9 @@ conv); ELA here takes the same standard attention slot. timm's ``ecaresnet*`` mo
 (deep/tiered stems, adaptive kernel rule); these are the papers' own.
 """
 from functools import partial
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import EcaModule
 from timm.models import generate_default_cfgs, register_model
@@ -25,7 +26,9 @@ from visionattn.hub import build_model, unwrap_state_dict
 from visionattn.layers import EfficientLocalAttention
 from visionattn.zoo import PaperFacts, register_paper_facts
 
-__all__ = []  # models are reached through timm.create_model
+from ._api import check_classifier_pool
+
+__all__ = ['AttnResNet']  # models are reached through timm.create_model
 
 
 class _EcaModule(EcaModule):
@@ -57,6 +60,58 @@ def _eca_per_stage(kernel_sizes: Sequence[int], expansion: int):
     return make
 
 
+class AttnResNet(ResNet):
+    """timm's ResNet (same modules, parameter names and forward), with the zoo's checks on timm's model API.
+
+    timm's ResNet resolves ``indices`` with asserts and then returns its levels in network order, once each:
+    ``forward_intermediates(x, indices=[2, 1])`` gave levels 1 and 2, ``[0, 0]`` one map instead of two, and
+    ``stop_early=True`` without ``intermediates_only`` returned a truncated map as the "final features". A classifier
+    on an unpooled map (``num_classes > 0``, ``global_pool=''``) failed only at the first forward, in a matmul. These
+    are refused here with a ValueError naming the argument, as in the other zoo families.
+    """
+
+    def __init__(self, *args, num_classes: int = 1000, global_pool: str = 'avg', **kwargs):
+        check_classifier_pool(num_classes, global_pool, 'ResNet')
+        super().__init__(*args, num_classes=num_classes, global_pool=global_pool, **kwargs)
+
+    @torch.jit.ignore
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        check_classifier_pool(num_classes, self.global_pool.pool_type if global_pool is None else global_pool,
+                              'ResNet')
+        super().reset_classifier(num_classes, global_pool)
+
+    @torch.jit.ignore
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm's ``ResNet.forward_intermediates`` (levels: the stride-2 stem, layer1..4), its arguments checked."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"ResNet returns NCHW features; output_fmt={output_fmt!r} is not supported")
+        _, max_index = resolve_take_indices(5, indices)
+        if stop_early and max_index < 4 and not intermediates_only:
+            raise ValueError(f'forward_intermediates(stop_early=True) stops after level {max_index} of 4, so there '
+                             'are no final features to return: pass intermediates_only=True, or stop_early=False')
+        return super().forward_intermediates(
+            x, indices=indices, norm=norm, stop_early=stop_early, output_fmt=output_fmt,
+            intermediates_only=intermediates_only)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        resolve_take_indices(5, indices)
+        return super().prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
     """Official ECANet checkpoint -> timm ResNet layout.
 
@@ -81,7 +136,7 @@ def _create_resnet_attn(variant: str, pretrained: bool = False, **kwargs) -> Res
         # timm's ResNet has five feature levels (the stem, then 4 stages); checked here so that an empty, unsorted
         # or out-of-range out_indices is named instead of failing in max() or an IndexError (issue 21).
         resolve_take_indices(5, kwargs['out_indices'])
-    return build_model(ResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_model(AttnResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

@@ -49,6 +49,9 @@ _INSTALL_HINTS = {'mmdet': 'mmdet', 'mmseg': 'mmsegmentation', 'mmpretrain': 'mm
 TIMM_BACKBONE_KWARGS = ('model_name', 'features_only', 'pretrained', 'in_chans', 'checkpoint_path')
 
 _FEATURE_PREFIX = 'features.model.'
+# Per-level output norms of the zoo families' features_only models (BiFormer's extra_norms, NAT/DiNAT's feature_norms):
+# entry i normalises feature level i, so it is frozen with that level's stage, as mmdet's Swin freezes norm{i}.
+_LEVEL_NORMS = re.compile(r'^(?:extra_norms|feature_norms)\.(\d+)\.')
 
 
 def _under(name: str, module: str) -> bool:
@@ -69,7 +72,8 @@ class ZooBackbone(BaseModule):
             is its stride-2 stem, so its layer1..4 are 1..4.
         pretrained: Load the model's pretrained (ImageNet) weights through timm (exclusive with a Pretrained
             ``init_cfg``).
-        frozen_stages: Freeze the stem (0) and also the first ``frozen_stages`` stages: no gradients, kept in eval
+        frozen_stages: Freeze the stem (0) and also the first ``frozen_stages`` stages, each with its per-level
+            output norm where the family has one (as mmdet's Swin freezes ``norm{i}``): no gradients, kept in eval
             mode; -1 freezes nothing, as in mmdet.
         norm_eval: Keep every BatchNorm layer (incl. SyncBatchNorm) in eval mode under ``train()``, so that its
             running statistics stay fixed, as mmdet's backbones do.
@@ -144,7 +148,18 @@ class ZooBackbone(BaseModule):
         first = next((k for k, (name, _) in enumerate(params) if name in stage_index), len(params))
         for name, _ in params[:first]:
             stage_index.setdefault(name, 0)
+        levels = self._level_modules()
+        for name, _ in params:
+            match = next((m for m in map(_LEVEL_NORMS.match, self._timm_name(name)) if m), None)
+            if match and int(match.group(1)) < len(levels) and levels[int(match.group(1))] in self.stage_modules:
+                stage_index.setdefault(name, self.stage_modules.index(levels[int(match.group(1))]) + 1)
         return {_FEATURE_PREFIX + k: v for k, v in stage_index.items()}
+
+    def _level_modules(self) -> List[str]:
+        """The stage module of every feature level of the wrapped model (its own ``feature_info``, all levels)."""
+        inner = getattr(self.features.model, 'model', None)
+        info = getattr(inner, 'feature_info', None)
+        return [d['module'] for d in info] if isinstance(info, (list, tuple)) else []
 
     def frozen_parameter_names(self) -> List[str]:
         """Names (in this module) of the parameters ``frozen_stages`` freezes."""

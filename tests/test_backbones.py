@@ -235,3 +235,94 @@ def test_bad_images_are_named(name):
                 model(images)
             with pytest.raises(ValueError, match='expects images'):
                 model.forward_intermediates(images)
+
+
+# --- adversarial campaign (timm / mm user's view of the zoo API) ---------------------------------------------------
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_nhwc_intermediates_keep_the_final_features_nchw(name):
+    # NAT/DiNAT and LaMamba returned their final features NHWC under output_fmt='NHWC': forward_head then pooled the
+    # wrong axes, silently so with num_classes=0 (a [B, H] "pre-logits" vector).
+    model = _create(name, num_classes=0).eval()
+    x = torch.randn(1, 3, 32, 32)
+    try:
+        with torch.no_grad():
+            final, intermediates = model.forward_intermediates(x, output_fmt='NHWC')
+    except ValueError as error:  # families without NHWC output say so
+        assert "output_fmt='NHWC'" in str(error)
+        return
+    with torch.no_grad():
+        torch.testing.assert_close(final, model.forward_features(x))
+        torch.testing.assert_close(model.forward_head(final), model(x))
+    assert intermediates[-1].shape[-1] == model.feature_info[-1]['num_chs']
+
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_classifier_on_an_unpooled_map_is_refused(name):
+    # num_classes > 0 with global_pool='' failed only at the first forward, in a matmul naming neither argument.
+    with pytest.raises(ValueError, match="global_pool=''"):
+        _create(name, num_classes=5, global_pool='')
+    model = _create(name, num_classes=0, global_pool='')
+    with pytest.raises(ValueError, match="global_pool=''"):
+        model.reset_classifier(5)  # keeps the '' pooling
+    model.reset_classifier(5, 'avg')
+    with torch.no_grad():
+        assert model.eval()(_input(model, batch=1)).shape == (1, 5)
+    with pytest.raises(ValueError, match="global_pool=''"):
+        model.reset_classifier(5, '')
+
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_forward_intermediates_refuses_unordered_or_repeated_indices(name):
+    # timm's ResNet (ECA/ELA-ResNet) sorted and deduplicated them: indices=[2, 1] gave levels 1, 2 and [0, 0] one map;
+    # stop_early without intermediates_only returned a truncated map as the final features.
+    model = _create(name).eval()
+    x = _input(model, batch=1)
+    for bad in ([2, 1], [0, 0]):
+        with pytest.raises(ValueError, match='indices'):
+            model.forward_intermediates(x, indices=bad)
+        with pytest.raises(ValueError, match='indices'):
+            model.prune_intermediate_layers(indices=bad)
+    with pytest.raises(ValueError, match='intermediates_only=True'):
+        model.forward_intermediates(x, indices=[1], stop_early=True)
+
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_features_only_grad_checkpointing_keeps_outputs_and_gradients(name):
+    # timm's FeatureGetterNet (the zoo families' features_only wrapper) had no set_grad_checkpointing.
+    model = _create(name, features_only=True, out_indices=(0, 1)).train()  # stages 0-1 only: fast on CPU
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def run():
+        model.zero_grad()
+        features = model(x)
+        sum(f.square().mean() for f in features).backward()
+        return [f.detach() for f in features], {n: p.grad.clone() for n, p in model.named_parameters()
+                                                if p.grad is not None}
+
+    expected, grads = run()
+    model.set_grad_checkpointing(True)
+    features, checkpointed = run()
+    torch.testing.assert_close(features, expected)
+    assert grads.keys() == checkpointed.keys() and grads
+    for n in grads:
+        torch.testing.assert_close(checkpointed[n], grads[n], msg=n)
+
+
+def test_lamamba_names_its_smallest_input():
+    # Images under 4x4 failed inside the stem conv ("Kernel size can't be greater than actual input size").
+    model = _create('lamamba_tiny').eval()
+    with pytest.raises(ValueError, match='LaMamba needs images of at least 4x4.*got 3x8'):
+        model(torch.randn(1, 3, 3, 8))
+
+
+def test_biformer_features_only_loads_a_checkpoint_in_its_own_layout(tmp_path):
+    # A classifier checkpoint already in this layout (tools/publish.py's) skipped the fresh extra_norms that
+    # features_only adds, so pretrained=True failed with missing keys extra_norms.*.
+    source = _create('biformer_t')
+    path = tmp_path / 'biformer_t.pth'
+    torch.save(source.state_dict(), path)
+    model = timm.create_model('biformer_t', pretrained=True, features_only=True,
+                              pretrained_cfg_overlay=dict(file=str(path)))
+    torch.testing.assert_close(model.model.stem[0].weight, source.stem[0].weight)
+    torch.testing.assert_close(model.model.extra_norms[0].weight, torch.ones(64))

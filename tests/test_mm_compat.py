@@ -160,6 +160,20 @@ def test_frozen_stages_on_a_zoo_family_and_range():
         ZooBackbone('resnet18', frozen_stages=5)
 
 
+@pytest.mark.parametrize('name, norms', [('nat_mini', 'feature_norms'), ('biformer_t', 'extra_norms')])
+def test_frozen_stages_freeze_the_output_norms_of_their_levels(name, norms):
+    # Adversarial probe: NAT's feature_norms.i and BiFormer's extra_norms.i (the per-level output norms of
+    # features_only) stayed trainable, so frozen_stages=4 left a trainable backbone and a frozen stage's features moved;
+    # mmdet's Swin freezes norm{i} with stage i.
+    backbone = ZooBackbone(name, frozen_stages=1, out_indices=(0, 1, 2, 3)).train()
+    params = dict(backbone.named_parameters())
+    prefix = f'features.model.model.{norms}.'
+    assert not params[prefix + '0.weight'].requires_grad and params[prefix + '1.weight'].requires_grad
+    modules = dict(backbone.named_modules())
+    assert not modules[prefix[:-1] + '.0'].training and modules[prefix[:-1] + '.1'].training
+    assert not any(p.requires_grad for p in ZooBackbone(name, frozen_stages=4).parameters())
+
+
 @pytest.mark.parametrize('norm_eval', [False, True])
 def test_norm_eval_keeps_batchnorm_statistics(norm_eval):
     backbone = ZooBackbone('resnet18', out_indices=(1, 2), norm_eval=norm_eval).train()
