@@ -93,7 +93,8 @@ class ZooBackbone(BaseModule):
                              'not both')
         super().__init__(init_cfg=init_cfg)
         self.model_name = model_name
-        self.features = FeatureBackbone(model_name, out_indices, pretrained, backbone_kwargs=kwargs)
+        # one level is enough for mmdet's single-level heads (DETR, Conditional-DETR, DAB-DETR: out_indices=(3,))
+        self.features = FeatureBackbone(model_name, out_indices, pretrained, backbone_kwargs=kwargs, min_levels=1)
         self.channels = self.features.channels
         self.strides = self.features.strides
         self.out_indices = tuple(out_indices) if out_indices is not None else tuple(self.features.levels)

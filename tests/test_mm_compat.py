@@ -414,3 +414,14 @@ def test_mm_smoke_tool_trains_and_tests_both_toolboxes(tmp_path):
         assert all(loss_keys <= set(step) and all(v == v for v in step.values()) for step in part['losses'])
     assert 'coco/bbox_mAP' in det['metrics'] and {'aAcc', 'mIoU', 'mAcc'} <= set(seg['metrics'])
     assert (tmp_path / 'summary.json').is_file()
+
+
+def test_a_single_level_serves_detr_style_heads():
+    # mmdet's DETR, Conditional-DETR and DAB-DETR take one stride-32 map (out_indices=(3,)): this was refused with
+    # the segmentation decoders' two-level rule (adversarial probe)
+    backbone = ZooBackbone('patnet_t0', out_indices=(3,)).eval()
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 64, 64))
+    assert len(feats) == 1 and feats[0].shape[-2:] == (2, 2) and feats[0].shape[1] == backbone.channels[0]
+    assert backbone.strides == [32]
+

@@ -58,11 +58,13 @@ class FeatureBackbone(nn.Module):
         num_levels: How many levels to use when ``out_indices`` is None.
         min_reduction: Smallest stride used when ``out_indices`` is None.
         backbone_kwargs: Extra keyword arguments of ``timm.create_model`` (drop_path_rate, n_win, ...).
+        min_levels: Fewest levels the consumer takes (2 for the segmentation decoders; 1 for mmdet's single-level
+            DETR heads through :class:`~visionattn.heads.mm_compat.ZooBackbone`).
     """
 
     def __init__(self, backbone: Union[str, nn.Module], out_indices: Optional[Sequence[int]] = None,
                  pretrained: bool = False, num_levels: int = 4, min_reduction: int = 4,
-                 backbone_kwargs: Optional[Dict] = None):
+                 backbone_kwargs: Optional[Dict] = None, min_levels: int = 2):
         super().__init__()
         if isinstance(backbone, str):
             _check_backbone_name(backbone)
@@ -83,8 +85,8 @@ class FeatureBackbone(nn.Module):
             levels = [i for i, d in enumerate(dicts) if d['reduction'] >= min_reduction][-num_levels:]
         else:
             levels = list(range(len(dicts)))
-        if len(levels) < 2:
-            raise ValueError(f'the decoders need at least 2 feature levels, the backbone gives strides '
+        if len(levels) < min_levels:
+            raise ValueError(f'the decoders need at least {min_levels} feature levels, the backbone gives strides '
                              f'{[d["reduction"] for d in dicts]} (using those >= {min_reduction})')
         self.model = model
         self.levels = levels
