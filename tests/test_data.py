@@ -77,6 +77,39 @@ def test_to_rgb_refuses_float_images_and_load_image_names_the_file(tmp_path):
         base.load_image(path)
 
 
+
+def _cut_jpeg(path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(buffer, 'JPEG')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    return path
+
+
+@pytest.mark.parametrize('task', ['classification', 'segmentation', 'detection', 'compression'])
+def test_every_task_names_an_image_file_it_cannot_read(tmp_path, task):
+    # each task's reader opened images itself, so a truncated file failed with PIL's "image file is truncated",
+    # which names no file (and segmentation's convert('RGB') turned a float TIFF black); all read through load_image
+    path = _cut_jpeg(tmp_path / 'a' / 'cut.jpg')
+    if task == 'classification':
+        from visionattn.heads.classification.data import ImageFolderDataset
+        read = lambda: ImageFolderDataset(str(tmp_path))._load(0)  # noqa: E731
+    elif task == 'segmentation':
+        from visionattn.heads.segmentation.data import _read_image
+        read = lambda: _read_image(path)  # noqa: E731
+    elif task == 'detection':
+        from visionattn.heads.detection.data import _read_image
+        read = lambda: _read_image(path, 7)  # noqa: E731
+    else:
+        from visionattn.heads.compression.data import load_images
+        read = lambda: load_images(str(tmp_path), ())  # noqa: E731
+    with pytest.raises(OSError, match='cut.jpg'):
+        read()
+
 def test_seed_and_epoch_must_be_non_negative_integers():
     # numpy's SeedSequence takes only non-negative ints: a bad seed used to fail later, in a worker, as "expected
     # non-negative integer" without naming the argument (or never, for a pipeline without set_random_seed).

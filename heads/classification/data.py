@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from visionattn.data.base import IMAGE_EXTENSIONS, SeededDataset, to_rgb
+from visionattn.data.base import IMAGE_EXTENSIONS, SeededDataset, load_image
 
 __all__ = ['DigitsDataset', 'ImageFolderDataset']
 
@@ -98,7 +98,5 @@ class ImageFolderDataset(_ClassificationDataset):
         return len(self.samples)
 
     def _load(self, index):
-        from PIL import Image
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            return np.asarray(to_rgb(image)), label
+        return load_image(path), label

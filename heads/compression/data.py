@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import torch
 
-from visionattn.data.base import SeededDataset, to_rgb
+from visionattn.data.base import SeededDataset, load_image
 
 __all__ = ['TRAIN_PHOTOS', 'HELD_OUT_PHOTOS', 'load_photo', 'load_images', 'CompressionCropDataset',
            'CompressionEvalDataset']
@@ -38,7 +38,6 @@ def load_images(data_root: Optional[str], photos: Sequence[str]) -> List[Tuple[s
     """(name, uint8 HxWx3) pairs: every image file of ``data_root`` (sorted), else the named scikit-image photos."""
     if data_root is None:
         return [(name, load_photo(name)) for name in photos]
-    from PIL import Image
 
     root = Path(data_root).expanduser()
     if not root.is_dir():
@@ -46,7 +45,7 @@ def load_images(data_root: Optional[str], photos: Sequence[str]) -> List[Tuple[s
     files = sorted(p for p in root.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f'no images ({", ".join(IMAGE_SUFFIXES)}) under {str(root)!r}')
-    return [(str(p.relative_to(root)), np.asarray(to_rgb(Image.open(p)))) for p in files]
+    return [(str(p.relative_to(root)), load_image(p)) for p in files]
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:

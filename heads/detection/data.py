@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from albumentations.augmentations.crops.transforms import BaseCrop
 
-from visionattn.data.base import SeededDataset, to_rgb
+from visionattn.data.base import SeededDataset, load_image
 
 __all__ = ['CocoDetection', 'SyntheticCocoDetection', 'make_synthetic_coco', 'detection_transforms',
            'ResizeShortestEdge', 'AbsoluteRangeCrop', 'DETR_TRAIN_SCALES', 'SYNTHETIC_SHAPE_KINDS']
@@ -153,11 +153,9 @@ def detection_transforms(train: bool, scales: Sequence[int] = DETR_TRAIN_SCALES,
 
 
 def _read_image(path: Path, img_id: int) -> np.ndarray:
-    from PIL import Image
     if not path.is_file():
         raise FileNotFoundError(f'image {path} (COCO image id {img_id}) does not exist')
-    with Image.open(path) as image:
-        return np.array(to_rgb(image))
+    return load_image(path)
 
 
 def _load_coco(ann_file: Path):

@@ -29,18 +29,15 @@ __all__ = ['ReIDDataPreprocessor', 'ReIDSourceModel', 'CoreReIDTargetModel', 'Cl
 @MODELS.register_module()
 class ReIDDataPreprocessor(ClsDataPreprocessor):
     """The classifier's preprocessing (uint8 to normalised float, ImageNet mean/std as the official code), with a
-    check of the image layout and of the statistics (one mean and one std > 0 per RGB channel)."""
+    check of the image layout and of the statistics: one mean and one std per RGB channel (their values are checked
+    by ClsDataPreprocessor)."""
 
     def __init__(self, mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
                  **kwargs):
-        mean_arr, std_arr = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
-        # ClsDataPreprocessor broadcasts a 1-value mean/std over the channels silently; a zero std divides by 0
-        if mean_arr.shape != (3,) or std_arr.shape != (3,):
+        # ClsDataPreprocessor broadcasts a 1-value mean/std over the channels (a grey classifier's); ReID is RGB
+        if len(mean) != 3 or len(std) != 3:
             raise ValueError(f'ReIDDataPreprocessor: mean and std need 3 values each (RGB), got mean {tuple(mean)} '
                              f'and std {tuple(std)}')
-        if not (np.isfinite(mean_arr).all() and np.isfinite(std_arr).all() and (std_arr > 0).all()):
-            raise ValueError(f'ReIDDataPreprocessor: mean must be finite and std > 0, got mean {tuple(mean)} and std '
-                             f'{tuple(std)}')
         super().__init__(mean=mean, std=std, **kwargs)
 
     def forward(self, data: Dict, training: bool = False) -> Dict:

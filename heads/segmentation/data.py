@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import torch
 
-from visionattn.data.base import IMAGE_EXTENSIONS, SeededDataset
+from visionattn.data.base import IMAGE_EXTENSIONS, SeededDataset, load_image
 
 __all__ = ['SegFolderDataset', 'ADE20KDataset', 'SyntheticShapesDataset', 'ADE20K_CLASSES', 'SHAPE_KINDS',
            'IGNORE_INDEX']
@@ -91,9 +91,7 @@ class _SegmentationDataset(SeededDataset):
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-    with Image.open(path) as image:
-        return np.array(image.convert('RGB'))  # a writable copy
+    return load_image(path)  # a writable copy; the file named when it cannot be read
 
 
 def _read_mask(path: Path) -> np.ndarray:

@@ -26,7 +26,6 @@ DATASETS.register_module(module=SegFolderDataset)
 DATASETS.register_module(module=SyntheticShapesDataset)
 
 
-@FUNCTIONS.register_module()
 def _check_whole_labels(gt: torch.Tensor, what: str) -> None:
     """A float mask must hold whole class indices: the cast to int64 would truncate 1.7 to 1 (NaN is refused too)."""
     if gt.is_floating_point() and not torch.equal(gt, gt.round()):
@@ -34,6 +33,7 @@ def _check_whole_labels(gt: torch.Tensor, what: str) -> None:
                          'holds class indices')
 
 
+@FUNCTIONS.register_module()
 def seg_collate(batch: Sequence[Dict]) -> Dict:
     """Stack a batch of segmentation items; one data sample per item with its mask and meta.
 
