@@ -592,3 +592,78 @@ def test_threads_writing_the_same_digest_do_not_collide(tmp_path, monkeypatch):
     assert errors == []
     assert integrity.read_digest(path) == _sha256(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['w.pth', 'w.pth.sha256']
+
+
+def test_partial_downloads_left_by_killed_writers_are_removed(weight_server, tmp_path):
+    # Reliability gap: a download killed by SIGKILL (or a crash) runs no clean-up, and its hidden temporary file stayed
+    # in the cache for good, one more per kill. A later download of the same name removes those whose writer is gone
+    # from this host or that are a day old, and never one that a live process or thread may still be writing.
+    import subprocess
+    import sys
+
+    import visionattn.hub as hub
+    _serve(weight_server, {'w': torch.ones(3)}, 'w.pth', legacy=False)
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    killed = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    killed.kill()
+    killed.wait()
+    alive = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    stop = threading.Event()
+    writer_thread = threading.Thread(target=stop.wait, args=(10,), daemon=True)
+    writer_thread.start()
+    here, elsewhere, day = hub._host_tag(), 'f' * 12, 24 * 3600
+    removed = {
+        f'.w.pth.{here}.{killed.pid}.1.part': 0,  # its process was killed
+        f'.w.pth.{elsewhere}.{killed.pid}.2.part': 2 * day,  # another host's, untouched for two days
+        f'.w.pth.{killed.pid}.3.part': 2 * day,  # named as before the host tag, two days old
+    }
+    kept = {
+        f'.w.pth.{here}.{alive.pid}.1.part': 0,  # a live process of this host
+        f'.w.pth.{here}.{os.getpid()}.{writer_thread.ident}.part': 0,  # another live thread of this process
+        f'.w.pth.{elsewhere}.{killed.pid}.1.part': 0,  # another host's: its process ids mean nothing here
+        f'.w.pth.{killed.pid}.4.part': 0,  # named as before the host tag, recent
+        f'.other.pth.{here}.{killed.pid}.1.part': 0,  # another file's (cleaned by its own download)
+    }
+    try:
+        for name, age in {**removed, **kept}.items():
+            (cache / name).write_bytes(b'partial')
+            os.utime(cache / name, (time.time() - age, time.time() - age))
+        download_weights(weight_server.url('w.pth'), cache_dir=cache, progress=False)
+    finally:
+        alive.kill()
+        alive.wait()
+        stop.set()
+    assert sorted(p.name for p in cache.iterdir()) == sorted([*kept, 'w.pth', 'w.pth.sha256'])
+    assert all((cache / name).read_bytes() == b'partial' for name in kept)
+
+
+def test_a_hung_dns_lookup_times_out(weight_server, monkeypatch, tmp_path):
+    # Reliability gap: urlopen's timeout covers the socket but not socket.getaddrinfo before it, so a resolver that
+    # never answered hung the download for good.
+    import socket
+
+    from visionattn.hub import DownloadError
+    release, lookup = threading.Event(), socket.getaddrinfo
+    port = weight_server.httpd.server_address[1]
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host == 'hung.resolver.test':
+            release.wait(5)
+            raise socket.gaierror(socket.EAI_AGAIN, 'Temporary failure in name resolution')
+        return lookup('127.0.0.1' if host == 'weights.test' else host, *args, **kwargs)
+    monkeypatch.setattr(socket, 'getaddrinfo', getaddrinfo)
+    cache = tmp_path / 'cache'
+    try:
+        start = time.monotonic()
+        with pytest.raises(DownloadError, match=rf'could not download http://hung\.resolver\.test:{port}/w\.pth: timed '
+                                                r'out looking up hung\.resolver\.test: no answer within 0\.3 s'):
+            download_weights(f'http://hung.resolver.test:{port}/w.pth', cache_dir=cache, progress=False, timeout=0.3)
+        assert time.monotonic() - start < 1.5
+    finally:
+        release.set()
+    assert list(cache.iterdir()) == []
+    # a name that resolves downloads as before, through the same bounded lookup
+    _serve(weight_server, {'w': torch.ones(3)}, 'w.pth', legacy=False)
+    assert download_weights(f'http://weights.test:{port}/w.pth', cache_dir=cache, progress=False).is_file()
+    assert weight_server.requests == ['/w.pth']

@@ -13,19 +13,22 @@ file a name when the URL path has none (e.g. Google Drive links). Downloads go t
 by hand and where to put it.
 
 Every load is checked for integrity first (:mod:`visionattn.integrity`: a digest beside the file, zip CRC-32s or a
-safetensors header). Downloads time out on a silent server (``VISIONATTN_DOWNLOAD_TIMEOUT`` seconds, default 30),
-are checked against Content-Length and the known sha256 (else against the checkpoint formats), and only then moved
-into the cache; a cached file is checked the same way before it is reused, and fetched again when it fails.
+safetensors header). Downloads time out on a silent server or DNS resolver (``VISIONATTN_DOWNLOAD_TIMEOUT`` seconds,
+default 30), are checked against Content-Length and the known sha256 (else against the checkpoint formats), and only
+then moved into the cache; a cached file is checked the same way before it is reused, and fetched again when it fails.
 """
 import argparse
+import functools
 import hashlib
 import http.client
 import logging
 import os
 import pickle
 import re
+import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 import zipfile
 import zlib
@@ -143,16 +146,84 @@ def _download_timeout(timeout: Optional[float]) -> float:
         raise ValueError(f'VISIONATTN_DOWNLOAD_TIMEOUT={value!r} is not a number of seconds') from None
 
 
+def _lookup(host: str, port: int, timeout: float) -> list:
+    """``socket.getaddrinfo`` within ``timeout`` seconds. The system resolver takes no timeout (a hung DNS server
+    blocks it for good), so it runs in a daemon thread, left to finish on its own when the time is up (a
+    concurrent.futures worker would be joined at interpreter exit, hanging it there instead)."""
+    found = {}
+
+    def lookup():
+        try:
+            found['addresses'] = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except Exception as e:  # handed to the caller
+            found['error'] = e
+    thread = threading.Thread(target=lookup, name=f'visionattn-lookup-{host}', daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f'timed out looking up {host}')
+    if 'error' in found:
+        raise found['error']
+    return found['addresses']
+
+
+def _connect(address, timeout=None, source_address=None, **kwargs) -> socket.socket:
+    """``socket.create_connection`` whose host lookup is bounded by ``timeout`` too (each address found then has
+    ``timeout`` seconds to accept, as there)."""
+    if not isinstance(timeout, (int, float)):  # urllib's "no timeout" sentinel: nothing to bound
+        return socket.create_connection(address, timeout, source_address, **kwargs)
+    host, port = address
+    error = None
+    for family, kind, proto, _, sockaddr in _lookup(host, port, timeout):
+        sock = None
+        try:
+            sock = socket.socket(family, kind, proto)
+            sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as e:
+            error = e
+            if sock is not None:
+                sock.close()
+    raise error if error is not None else OSError(f'no address found for {host}')
+
+
+class _BoundedLookup:
+    """An urllib handler whose connections open their socket through :func:`_connect` (``_create_connection`` is
+    http.client's hook for that; urlopen's own looks the host up without a timeout)."""
+
+    def do_open(self, http_class, req, **kwargs):
+        def connection(host, **kw):
+            conn = http_class(host, **kw)
+            conn._create_connection = _connect
+            return conn
+        return super().do_open(connection, req, **kwargs)
+
+
+class _HTTPHandler(_BoundedLookup, urllib.request.HTTPHandler):
+    pass
+
+
+class _HTTPSHandler(_BoundedLookup, urllib.request.HTTPSHandler):
+    pass
+
+
 def _fetch(url: str, dst: Path, timeout: float, progress: bool):
     """Stream ``url`` into ``dst``; returns the sha256 of what was written and whether the server announced its
     length (without one, a connection that closes early looks like the end of the file). Raises
     :class:`CheckpointError` when the server does not answer, goes silent (or trickles) for ``timeout`` seconds, or
-    closes before Content-Length."""
+    closes before Content-Length. The host lookup is bounded by ``timeout`` too."""
     from tqdm import tqdm
     request = urllib.request.Request(url, headers={'User-Agent': 'visionattn', 'Accept-Encoding': 'identity'})
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+    try:  # built per call, so that proxy variables set since are honoured, as urlopen's first call does
+        response = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler).open(request, timeout=timeout)
     except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError and socket timeouts are OSErrors
+        reason = e.reason if isinstance(e, urllib.error.URLError) else e
+        if isinstance(reason, TimeoutError):  # a silent resolver, or a server that accepts but does not answer
+            raise DownloadError(f'could not download {url}: {reason}: no answer within {timeout:g} s '
+                                f'(VISIONATTN_DOWNLOAD_TIMEOUT sets the limit)') from e
         raise DownloadError(f'could not download {url}: {e}') from e
     with response:
         length = response.headers.get('Content-Length', '')
@@ -186,6 +257,79 @@ def _fetch(url: str, dst: Path, timeout: float, progress: bool):
         raise DownloadError(f'download of {url} is incomplete: the connection closed after {received} of the '
                             f'{expected} bytes announced')
     return digest.hexdigest(), expected is not None
+
+
+# A live download writes its temporary file at least once per timeout (else it fails and removes it): one left a day
+# untouched has no writer, on whichever host sharing the cache it was.
+_STALE_PART_SECONDS = 24 * 3600
+# What follows ".<name>." in a temporary file's name: host tag, process and thread of its writer (no host tag: the
+# name before the tag was added, judged by age alone).
+_PART_WRITER = re.compile(r'(?:(?P<host>[0-9a-f]{12})\.)?(?P<pid>\d{1,10})\.(?P<thread>\d{1,20})\.part')
+
+
+@functools.lru_cache(maxsize=None)
+def _host_tag() -> str:
+    """Where a process id means this process table: this boot of this machine (hosts sharing a cache folder may have
+    one hostname) and this pid namespace (containers on one machine number their processes apart)."""
+    parts = [socket.gethostname()]
+    for read in (lambda: Path('/proc/sys/kernel/random/boot_id').read_text().strip(),
+                 lambda: os.readlink('/proc/self/ns/pid')):
+        try:
+            parts.append(read())
+        except OSError:  # not Linux: the hostname alone
+            parts.append('')
+    return hashlib.sha256('\0'.join(parts).encode()).hexdigest()[:12]
+
+
+def _part_path(cache: Path, name: str) -> Path:
+    """The temporary file this thread downloads ``name`` into: named by its writer, so concurrent downloads never
+    share one and a later download can tell whether its writer is gone."""
+    return cache / f'.{name}.{_host_tag()}.{os.getpid()}.{threading.get_ident()}.part'
+
+
+def _writer_alive(pid: int, thread: int) -> bool:
+    """Whether the process ``pid`` of this host (thread ``thread`` where it is this process) may still write."""
+    if pid == os.getpid():
+        # Another thread of this process downloading (download_weights registers foreign threads too); this
+        # thread's own name, or that of a thread since ended, was left by an earlier process with this pid.
+        return thread != threading.get_ident() and thread in {t.ident for t in threading.enumerate()}
+    if os.name != 'posix':
+        return True  # no harmless probe: os.kill terminates the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # EPERM: alive under another user
+        return True
+    return True
+
+
+def _remove_stale_parts(cache: Path, name: str) -> None:
+    """Remove the temporary files that earlier downloads of ``name`` left in ``cache`` and will never finish.
+
+    A download killed by SIGKILL or a crash runs no clean-up and leaves its file (checkpoints are hundreds of MB).
+    One is stale when its writer's process is gone from this host, or when it was not modified for a day (a writer
+    of another host sharing the cache, whose process ids mean nothing here, is judged by that alone). A file a live
+    process may still be writing is kept. Nothing here fails the download.
+    """
+    prefix, now = f'.{name}.', time.time()
+    try:
+        entries = list(os.scandir(cache))
+    except OSError:  # no cache folder yet (the download creates it and reports what is wrong with it)
+        return
+    for entry in entries:
+        writer = _PART_WRITER.fullmatch(entry.name[len(prefix):]) if entry.name.startswith(prefix) else None
+        if writer is None:
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                continue
+            old = now - entry.stat(follow_symlinks=False).st_mtime > _STALE_PART_SECONDS
+            if old or (writer['host'] == _host_tag() and not _writer_alive(int(writer['pid']), int(writer['thread']))):
+                os.unlink(entry.path)
+                _logger.info('Removed %s, left by a download of %s that did not finish', entry.path, name)
+        except OSError as e:  # removed by another download meanwhile, or not ours to remove
+            _logger.debug('Could not remove %s: %s', entry.path, e)
 
 
 def _not_a_checkpoint(path: Path, source: str) -> CheckpointError:
@@ -228,9 +372,11 @@ def download_weights(url: str, cache_dir: Optional[Union[str, Path]] = None, pro
     sending within ``timeout`` seconds (default ``VISIONATTN_DOWNLOAD_TIMEOUT`` or 30), and deliver the whole
     Content-Length. The file must have the ``#size=`` of the URL where one is given, and match its ``#sha256=``,
     or, without one, be a checkpoint whose zip CRCs or safetensors header hold; only then is it moved into place
-    (with ``<name>.sha256`` beside it when the URL gave no digest). On any failure nothing is left in the cache. A
-    cached file is checked the same way (its size and sha256 against the URL's, else its digest file, CRCs or
-    header) and downloaded again when it fails.
+    (with ``<name>.sha256`` beside it when the URL gave no digest). On any failure nothing is left in the cache, and
+    the temporary files of downloads of the same name that were killed before they could clean up are removed
+    (those of a live writer are kept). A cached file is checked the same way (its size and sha256 against the URL's,
+    else its digest file, CRCs or header) and downloaded again when it fails. The timeout also bounds the lookup of
+    the host.
     """
     fetch_url, sha256, size, name = _parse_weight_url(url)
     path = cache_path(url, cache_dir)
@@ -247,7 +393,9 @@ def download_weights(url: str, cache_dir: Optional[Union[str, Path]] = None, pro
             except OSError as error:
                 raise _cache_write_error(fetch_url, cache, error, size) from error
     _logger.info('Downloading %s to %s', fetch_url, path)
-    tmp = cache / f'.{name}.{os.getpid()}.{threading.get_ident()}.part'
+    threading.current_thread()  # registers a thread not started by threading, so _writer_alive sees it as alive
+    _remove_stale_parts(cache, name)
+    tmp = _part_path(cache, name)
     try:
         cache.mkdir(parents=True, exist_ok=True)
         actual, length_known = _fetch(fetch_url, tmp, _download_timeout(timeout), progress)
