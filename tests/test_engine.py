@@ -6,6 +6,7 @@ import torch
 
 pytest.importorskip('mmengine')
 from mmengine.config import Config  # noqa: E402
+from mmengine.model import BaseModel  # noqa: E402
 from visionattn.heads.classification.task import ImageClassifier  # noqa: E402
 
 from visionattn.engine import Accuracy, check_config, find_resume_checkpoint, load_training_checkpoint  # noqa: E402
@@ -529,3 +530,131 @@ def test_cls_preprocessor_refuses_mean_std_on_the_0_255_scale():
     for kwargs in (dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)), dict(std=(0.2, 0.0, 0.2))):
         with pytest.raises(ValueError, match=r'on the 0..1 scale .* divided by 255'):
             ClsDataPreprocessor(**kwargs)
+
+
+# Adversarial probes of the optimizer and schedule settings, on a tiny runner (4 samples, 2 iterations an epoch).
+
+class _TinyModel(BaseModel):
+    """mmengine's model API around a backbone (a linear layer and a norm) and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = torch.nn.Module()
+        self.backbone.fc, self.backbone.norm = torch.nn.Linear(2, 2), torch.nn.LayerNorm(2)
+        self.head = torch.nn.Linear(2, 1)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        out = self.head(self.backbone.norm(self.backbone.fc(inputs)))
+        return dict(loss=out.pow(2).mean()) if mode == 'loss' else out
+
+
+def _tiny_runner(work_dir, max_epochs=2, end=2, paramwise_cfg=None, resume=False):
+    """A VisionRunner of a tiny model under warm-up (1 epoch) then cosine (to epoch ``end``), iteration-based, whose
+    ``logger.warning`` / ``logger.info`` calls are kept in ``runner.seen``."""
+    from mmengine.optim import CosineAnnealingLR, LinearLR
+
+    from visionattn.engine import VisionRunner
+    optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4))
+    if paramwise_cfg is not None:
+        optim_wrapper['paramwise_cfg'] = paramwise_cfg
+    _tiny_runner.runs = getattr(_tiny_runner, 'runs', 0) + 1
+    runner = VisionRunner(
+        model=_TinyModel(), work_dir=str(work_dir), experiment_name=f'tiny{_tiny_runner.runs}', resume=resume,
+        train_dataloader=dict(dataset=[dict(inputs=torch.ones(2))] * 4, batch_size=2, collate_fn=dict(
+            type='default_collate'), sampler=dict(type='DefaultSampler', shuffle=False)),
+        train_cfg=dict(by_epoch=True, max_epochs=max_epochs), optim_wrapper=optim_wrapper,
+        param_scheduler=[dict(type=LinearLR, start_factor=0.1, by_epoch=True, begin=0, end=1,
+                              convert_to_iter_based=True),
+                         dict(type=CosineAnnealingLR, by_epoch=True, begin=1, end=end, eta_min=1e-3,
+                              convert_to_iter_based=True)],
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1)), default_scope='visionattn',
+        log_level='ERROR', visualizer=dict(type='Visualizer', vis_backends=[]), env_cfg=dict(cudnn_benchmark=False))
+    runner.seen = []
+    runner.logger.warning = runner.logger.info = lambda message, *args, **kwargs: runner.seen.append(message)
+    return runner
+
+
+def _lrs(runner):
+    return [round(float(v), 10) for v in runner.message_hub.get_scalar('train/lr').data[0]]
+
+
+def test_a_misspelt_paramwise_setting_is_named():
+    # Adversarial probe: mmengine's constructor ignored a paramwise_cfg key it does not know (norm_decy_mult: the norms
+    # kept their weight decay) and stored a misspelt custom_keys setting in the parameter group, where nothing read it.
+    cfg = Config.fromfile(DIGITS)
+    cfg.optim_wrapper.paramwise_cfg.norm_decy_mult = 0.0
+    with pytest.raises(ValueError, match=r"paramwise_cfg.norm_decy_mult: .*no setting 'norm_decy_mult' .*did you "
+                                         r"mean norm_decay_mult"):
+        check_config(cfg)
+    cfg = Config.fromfile(DIGITS)
+    cfg.optim_wrapper.paramwise_cfg.custom_keys.rpb = dict(decay_mul=0.0)
+    with pytest.raises(ValueError, match=r'custom_keys.rpb.decay_mul: neither lr_mult, decay_mult nor an option of '
+                                         r'AdamW.*did you mean decay_mult'):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize('custom_keys, message', [
+    ({'haed': dict(lr_mult=0.1)}, r"custom_keys\['haed'\] applies to no parameter: it is part of no parameter name "
+                                  r"of _TinyModel \(did you mean head\?\)"),
+    # each norm parameter lies in the backbone: mmengine applies only the longest key that matches
+    ({'backbone': dict(lr_mult=0.1), 'norm': dict(decay_mult=0.0)},
+     r"custom_keys\['norm'\] applies to no parameter: every parameter it matches \(backbone.norm.weight ...\) takes "
+     r"the longer key 'backbone' first"),
+])
+def test_a_custom_key_that_applies_to_no_parameter_is_named(tmp_path, custom_keys, message):
+    # Adversarial probe: such custom_keys entries were ignored without a word, the parameters trained at the base lr.
+    runner = _tiny_runner(tmp_path, paramwise_cfg=dict(custom_keys=custom_keys))
+    with pytest.raises(ValueError, match=message):
+        runner.train()
+
+
+def test_custom_keys_of_a_shared_base_config_for_other_models_are_only_logged(tmp_path):
+    # configs/classification/_base_/adamw_cosine.py exempts NAT's rpb and PATNet's rpe_table from weight decay for
+    # every model that uses it; only the keys the config itself writes must match.
+    from visionattn.engine.optim import check_custom_keys, shared_base_keys
+    (tmp_path / 'base.py').write_text("paramwise_cfg = dict(custom_keys={'rpb': dict(decay_mult=0.0)})\n")
+    (tmp_path / 'leaf.py').write_text("_base_ = ['base.py']\nparamwise_cfg = dict(custom_keys=dict(haed=dict()))\n")
+    leaf = str(tmp_path / 'leaf.py')
+    assert shared_base_keys(['rpb', 'haed'], leaf) == ['rpb']
+    optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'rpb': dict(decay_mult=0.0)}))
+    logged = []
+    check_custom_keys(_TinyModel(), optim_wrapper, config_file=leaf, logger=type('L', (), {'info': logged.append}))
+    assert "custom_keys['rpb'] applies to no parameter" in logged[0] and 'a base config lists it' in logged[0]
+    optim_wrapper['paramwise_cfg']['custom_keys']['haed'] = {}
+    with pytest.raises(ValueError, match=r"custom_keys\['haed'\]"):
+        check_custom_keys(_TinyModel(), optim_wrapper, config_file=leaf)
+
+
+def test_a_schedule_that_ends_after_the_training_loop_is_named(tmp_path):
+    # Adversarial probe: --cfg-options train_cfg.max_epochs=1 left the cosine's end at the config's epoch, and the run
+    # ended at the peak learning rate without a word.
+    runner = _tiny_runner(tmp_path / 'short', max_epochs=1, end=3)
+    runner.train()
+    overruns = [m for m in runner.seen if 'after the training loop' in m]
+    assert len(overruns) == 1, runner.seen  # the warm-up ends with the loop: no message
+    assert ('param_scheduler.1 (CosineAnnealingLR: begin=2, end=6, T_max=4, in iterations) ends at iteration 6 '
+            '(epoch 3), after the training loop, which ends at epoch 1 (iteration 2; train_cfg.max_epochs=1)'
+            in overruns[0]) and 'it never starts' in overruns[0]
+    runner = _tiny_runner(tmp_path / 'full', max_epochs=3, end=3)  # mmengine's warm-up then main schedule
+    runner.train()
+    assert not [m for m in runner.seen if 'after the training loop' in m], runner.seen
+
+
+def test_a_resume_with_an_extended_schedule_follows_the_config(tmp_path):
+    # Adversarial probe: a run resumed with max_epochs and the cosine's end raised kept the checkpoint's end and T_max
+    # (mmengine restores each scheduler's settings with its state): the learning rate stayed at the old schedule's
+    # last value for the added epochs.
+    _tiny_runner(tmp_path, max_epochs=2, end=2).train()
+    runner = _tiny_runner(tmp_path, max_epochs=4, end=4, resume=True)
+    runner.train()
+    fresh = _tiny_runner(tmp_path / 'fresh', max_epochs=4, end=4)
+    fresh.train()
+    assert _lrs(runner)[4:] == _lrs(fresh)[4:] and len(_lrs(fresh)) == 8  # from the resume on: the config's schedule
+    assert [(s.begin, s.end) for s in runner.param_schedulers] == [(0, 2), (2, 8)]
+    applied = [m for m in runner.seen if 'with this config\'s parameter schedule' in m]
+    assert applied, runner.seen
+    assert 'param_scheduler.1 (CosineAnnealingLR, in iterations): T_max 2 -> 6, end 4 -> 8' in applied[0]
+    # a resume under the schedule that saved the checkpoint changes nothing
+    runner = _tiny_runner(tmp_path / 'fresh', max_epochs=4, end=4, resume=True)
+    runner.train()
+    assert not [m for m in runner.seen if 'parameter schedule' in m]

@@ -1,7 +1,10 @@
-"""Optimizer wrappers of the official recipes that mmengine lacks, registered for the ``optim_wrapper`` configs."""
+"""Optimizer wrappers of the official recipes that mmengine lacks, registered for the ``optim_wrapper`` configs, and
+the checks of ``optim_wrapper.paramwise_cfg`` that mmengine's constructor does not make."""
+import ast
+import difflib
 import math
 import numbers
-from typing import Dict, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from mmengine.optim import OptimWrapper
 from timm.utils import adaptive_clip_grad
@@ -9,7 +12,8 @@ from torch.optim import Optimizer
 
 from .registry import OPTIM_WRAPPERS
 
-__all__ = ['AGCOptimWrapper', 'check_optim_wrapper_args']
+__all__ = ['AGCOptimWrapper', 'check_optim_wrapper_args', 'check_paramwise_cfg', 'check_custom_keys',
+           'shared_base_keys', 'PARAMWISE_KEYS']
 
 _AGC_KEYS = ('clip_factor', 'eps', 'norm_type')
 # The keyword arguments of each clipping function, the one that must be given first.
@@ -102,3 +106,136 @@ class AGCOptimWrapper(OptimWrapper):
                   if p.requires_grad and p.grad is not None]
         if params:
             adaptive_clip_grad(params, **self.agc_kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# optim_wrapper.paramwise_cfg
+
+# What mmengine's DefaultOptimWrapperConstructor reads from paramwise_cfg (``add_params``, mmengine 0.10): any other
+# key, a misspelt ``norm_decy_mult`` say, is silently ignored and the parameters keep the base decay.
+PARAMWISE_KEYS = ('custom_keys', 'bias_lr_mult', 'bias_decay_mult', 'norm_decay_mult', 'dwconv_decay_mult',
+                  'flat_decay_mult', 'dcn_offset_lr_mult', 'bypass_duplicate')
+# What a custom_keys entry takes besides the optimizer's own per-group options (lr, momentum, ...), which mmengine
+# copies into the parameter group as they are: a misspelt one lands in the group, where torch ignores it.
+_CUSTOM_KEY_MULTS = ('lr_mult', 'decay_mult')
+
+
+def _default_constructor(optim_wrapper: Dict) -> bool:
+    """Whether mmengine's own constructor reads the paramwise_cfg (another one, even a subclass, may read other keys
+    or none)."""
+    from mmengine.optim import DefaultOptimWrapperConstructor
+    kind = optim_wrapper.get('constructor', 'DefaultOptimWrapperConstructor')
+    return kind in ('DefaultOptimWrapperConstructor', DefaultOptimWrapperConstructor)
+
+
+def _close(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=cutoff)
+    return f' (did you mean {" or ".join(close)}?)' if close else ''
+
+
+def check_paramwise_cfg(optim_wrapper: Dict, where: str = 'optim_wrapper') -> None:
+    """The keys of ``optim_wrapper.paramwise_cfg`` and of its ``custom_keys`` entries, where mmengine's
+    DefaultOptimWrapperConstructor reads them: it ignores a key it does not know without a word. Which parameters the
+    custom keys match needs the model: :func:`check_custom_keys`.
+
+    Raises:
+        ConfigError: Naming the key, the close matches and the keys that are read.
+    """
+    from .config_checks import ConfigError, _parameters, _resolve_type
+    paramwise = optim_wrapper.get('paramwise_cfg') if isinstance(optim_wrapper, dict) else None
+    if not paramwise or not isinstance(paramwise, dict) or not _default_constructor(optim_wrapper):
+        return
+    for key in paramwise:
+        if key not in PARAMWISE_KEYS:
+            raise ConfigError(f'{where}.paramwise_cfg.{key}: mmengine\'s optimizer constructor has no setting {key!r} '
+                              f'and would ignore it{_close(key, PARAMWISE_KEYS, 0.8)}. Its settings: '
+                              f'{", ".join(PARAMWISE_KEYS)}')
+    custom = paramwise.get('custom_keys') or {}
+    if not isinstance(custom, dict):
+        raise ConfigError(f'{where}.paramwise_cfg.custom_keys must be a dict of parameter-name parts to settings, '
+                          f"e.g. {{'backbone': dict(lr_mult=0.1)}}, got {custom!r}")
+    optimizer = optim_wrapper.get('optimizer')
+    kind = _resolve_type(optimizer.get('type')) if isinstance(optimizer, dict) else None
+    takes = _parameters(kind) if kind is not None else None
+    for name, settings in custom.items():
+        if not isinstance(settings, dict):
+            raise ConfigError(f'{where}.paramwise_cfg.custom_keys.{name} must be a dict such as dict(lr_mult=0.1, '
+                              f'decay_mult=0.0), got {settings!r}')
+        if takes is None:  # an optimizer taking **kwargs, or one not known here
+            continue
+        known = list(_CUSTOM_KEY_MULTS) + [p for p in takes if p != 'params']
+        for key in settings:
+            if key not in known:
+                raise ConfigError(f'{where}.paramwise_cfg.custom_keys.{name}.{key}: neither lr_mult, decay_mult nor '
+                                  f'an option of {kind.__name__}, so mmengine would store it in the parameter group '
+                                  f'where nothing reads it{_close(key, known)}')
+
+
+def _names_in(path: str) -> set:
+    """The strings and keyword names a config file writes (where a custom_keys entry may come from)."""
+    with open(path, encoding='utf-8') as f:
+        tree = ast.parse(f.read(), filename=path)
+    return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)} | \
+        {n.arg for n in ast.walk(tree) if isinstance(n, ast.keyword) and n.arg}
+
+
+def shared_base_keys(keys: Sequence[str], config_file: Optional[str]) -> List[str]:
+    """Those of ``keys`` that only a base config of ``config_file`` writes, none that the file itself does: a base
+    shared by several model families lists the parameter names of each (NAT's ``rpb``, PATNet's ``rpe_table``)."""
+    if not config_file or not keys:
+        return []
+    from .config_checks import config_files
+    try:
+        own, *bases = config_files(config_file)
+        own_names, base_names = _names_in(own), set().union(*map(_names_in, bases)) if bases else set()
+    except (OSError, SyntaxError, ValueError):  # a config read from elsewhere: no exemption
+        return []
+    return [k for k in keys if k in base_names and k not in own_names]
+
+
+def check_custom_keys(model, optim_wrapper: Dict, where: str = 'optim_wrapper', config_file: Optional[str] = None,
+                      logger=None) -> None:
+    """Each ``paramwise_cfg.custom_keys`` entry must apply to a parameter of ``model``, as mmengine's
+    DefaultOptimWrapperConstructor matches them: a part of the name ``module.sub.weight`` (``.weight`` for the root's
+    own), the longest matching key only. An entry that applies to none, unmatched or always beaten by a longer key,
+    is ignored by mmengine without a word.
+
+    Entries that only a shared base config of ``config_file`` lists (the relative-position tables of other model
+    families) are logged through ``logger`` instead.
+
+    Raises:
+        ConfigError: Naming the entry and the close parameter names, or the longer key that takes its parameters.
+    """
+    from .config_checks import ConfigError
+    paramwise = optim_wrapper.get('paramwise_cfg') if isinstance(optim_wrapper, dict) else None
+    if not isinstance(paramwise, dict) or not isinstance(paramwise.get('custom_keys'), dict) or \
+            not _default_constructor(optim_wrapper):
+        return
+    custom = paramwise['custom_keys']
+    model = getattr(model, 'module', model)  # as the constructor unwraps DDP
+    names = [n if '.' in n else f'.{n}' for n, _ in model.named_parameters(remove_duplicate=False)]
+    if not names:
+        return
+    order = sorted(sorted(custom), key=len, reverse=True)  # the constructor's: longest first, then alphabetical
+    taken = {}
+    for name in names:
+        key = next((k for k in order if k in name), None)
+        taken.setdefault(key, name)
+    idle = [k for k in custom if k not in taken]
+    shared = shared_base_keys(idle, config_file)
+    for key in idle:
+        matched = [n for n in names if key in n]
+        if matched:
+            winner = next(k for k in order if k in matched[0])
+            problem = (f'every parameter it matches ({matched[0]}{" ..." if len(matched) > 1 else ""}) takes the '
+                       f'longer key {winner!r} first (mmengine applies only the longest matching key)')
+        else:
+            parts = sorted({p for n in names for p in n.split('.') if p} | {n.lstrip('.') for n in names})
+            problem = f'it is part of no parameter name of {type(model).__name__}{_close(key, parts, 0.75)}'
+        message = f'{where}.paramwise_cfg.custom_keys[{key!r}] applies to no parameter: {problem}'
+        if key in shared:
+            if logger is not None:
+                logger.info(f'{message}; a base config lists it for other models: not applied')
+            continue
+        raise ConfigError(f'{message}. Its settings would be ignored: name a part of the parameter names '
+                          f'(model.named_parameters()), e.g. {names[0].lstrip(".")!r}')

@@ -369,10 +369,12 @@ _CHECKED_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper', 'AGCOptimWrapper')
 
 def _check_optim_wrappers(optim_wrapper) -> None:
     """The accumulation count and clipping of each optimizer wrapper mmengine builds (one, or one per name under
-    a multi-optimizer constructor): mmengine checks neither, and a negative ``max_norm`` would reverse gradients."""
-    from .optim import check_optim_wrapper_args
+    a multi-optimizer constructor): mmengine checks neither, and a negative ``max_norm`` would reverse gradients. And
+    the keys of ``paramwise_cfg``, which mmengine ignores when it does not know them."""
+    from .optim import check_optim_wrapper_args, check_paramwise_cfg
     if not isinstance(optim_wrapper, dict):
         return
+    check_paramwise_cfg(optim_wrapper)
     wrappers = [optim_wrapper] if 'optimizer' in optim_wrapper else \
         [w for w in optim_wrapper.values() if isinstance(w, dict) and 'optimizer' in w]
     for wrapper in wrappers:
@@ -458,6 +460,7 @@ class VisionRunner(Runner):
     ``load_from`` checkpoints, and data-parallel runs on CPU processes (gloo)."""
     _validate_on_resume = False
     _validated_in_checkpoint = False
+    _resumed_schedulers = None
 
     def save_checkpoint(self, out_dir, filename, file_client_args=None, save_optimizer=True,
                         save_param_scheduler=True, meta=None, by_epoch=True, backend_args=None):
@@ -591,6 +594,14 @@ class VisionRunner(Runner):
                              'right after saving it')
             self.val_loop.run()
 
+    def build_optim_wrapper(self, optim_wrapper):
+        if isinstance(optim_wrapper, dict):  # (resume calls it again with the built wrapper)
+            from .optim import check_custom_keys, check_paramwise_cfg
+            check_paramwise_cfg(optim_wrapper)  # (again: a runner may be built without tools/train.py)
+            check_custom_keys(self.model, optim_wrapper, config_file=getattr(self.cfg, 'filename', None),
+                              logger=self.logger)
+        return super().build_optim_wrapper(optim_wrapper)
+
     def build_train_loop(self, loop):
         loop = super().build_train_loop(loop)
         check_batches(loop, 'train_dataloader')
@@ -616,6 +627,16 @@ class VisionRunner(Runner):
                 self._resume = False
         super().load_or_resume()
         self._warn_if_nothing_left()
+        self._warn_if_schedule_overruns()
+
+    def _warn_if_schedule_overruns(self) -> None:
+        """A schedule that ends after the training loop (``--cfg-options train_cfg.max_epochs=1`` leaves each
+        scheduler's end and T_max as they were) stops the run at a learning rate it was not meant to end on."""
+        from .schedules import schedule_overruns
+        loop = self._train_loop
+        if isinstance(loop, (EpochBasedTrainLoop, IterBasedTrainLoop)):
+            for message in schedule_overruns(self.param_schedulers, loop):
+                self.logger.warning(message)
 
     def _warn_if_nothing_left(self) -> None:
         """A resumed run already at or past the configured length trains nothing and would exit without a word."""
@@ -632,8 +653,15 @@ class VisionRunner(Runner):
                                 'further)')
 
     def resume(self, filename, resume_optimizer=True, resume_param_scheduler=True, map_location='default'):
+        from .schedules import apply_config_schedule, config_schedule_state
+        config_schedule = config_schedule_state(getattr(self, 'param_schedulers', None)) \
+            if resume_param_scheduler else None
         try:
             super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+            if config_schedule is not None and self._resumed_schedulers is not None:
+                # mmengine restored the checkpoint's schedule whole, settings included (see apply_config_schedule)
+                apply_config_schedule(self.param_schedulers, config_schedule, self._resumed_schedulers,
+                                      self._train_loop, filename, self.logger)
             self._continue_mid_epoch(filename)
             self._validate_on_resume = not self._validated_in_checkpoint and self._validation_was_due()
         except ValueError as error:
@@ -657,6 +685,7 @@ class VisionRunner(Runner):
             step = (checkpoint.get('meta') or {}).get('iter')
             self._validated_in_checkpoint = any(isinstance(row, dict) and row.get('iter') == step for row in
                                                 (checkpoint.get('training_curves') or {}).get('val', ()))
+            self._resumed_schedulers = checkpoint.get('param_schedulers')
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
         state = checkpoint.get('state_dict', checkpoint)
