@@ -590,3 +590,40 @@ def test_pk_sampler_refuses_single_identity_batches_and_reports_too_few_ids_in_l
         list(PKSampler(wrong_cams, batch_size=4, num_instances=2, cross_camera=True))
     with pytest.raises(ValueError, match='seed'):  # failed at the first epoch as "expected non-negative integer"
         PKSampler(_Labels([0, 0, 1, 1]), batch_size=4, num_instances=2, seed=-1)
+
+
+def test_pk_sampler_names_a_loader_batch_size_that_cuts_its_p_x_k_batches(monkeypatch):
+    # DataLoader(batch_size=6) over PKSampler(batch_size=8, K=4) silently gave [3, 3, 3, 3, 7, 7], [7, 7, 1, 1, 1, 1]:
+    # identities split over batches, the triplet losses short of positives
+    from mmengine.runner import Runner
+    dataset = _Labels(np.repeat(np.arange(4), 4))
+    loader = Runner.build_dataloader(dict(batch_size=6, num_workers=0, dataset=dataset,
+                                          sampler=dict(type=PKSampler, batch_size=8, num_instances=4)))
+    with pytest.raises(ValueError, match=r"batch_size is 6 but its PKSampler draws batches of batch_size=8 "
+                                         r"\(P=2 identities x K=4 instances\).* set the loader's batch_size to 8"):
+        loader.sampler.check_batch_size(loader.batch_size)
+    PKSampler(dataset, batch_size=8, num_instances=4).check_batch_size(8)
+    monkeypatch.setattr(reid_eval, 'get_dist_info', lambda: (1, 2))
+    sampler = PKSampler(dataset, batch_size=16, num_instances=4)
+    sampler.check_batch_size(8)  # each of 2 processes loads its half of the global batch
+    with pytest.raises(ValueError, match=r'batch_size is 16 .*batch_size=16 .* / 2 processes = 8 per process'):
+        sampler.check_batch_size(16)
+
+
+def test_the_runner_refuses_a_loader_that_cuts_across_pk_batches():
+    # check_batches (run by VisionRunner.build_train_loop) asks the sampler: before, the mismatch trained silently
+    from types import SimpleNamespace
+
+    from mmengine.runner import Runner
+
+    from visionattn.engine.config_checks import ConfigError, check_batches
+    dataset = _Labels(np.repeat(np.arange(4), 4))
+
+    def loop(batch_size):
+        return SimpleNamespace(dataloader=Runner.build_dataloader(dict(
+            batch_size=batch_size, num_workers=0, dataset=dataset,
+            sampler=dict(type=PKSampler, batch_size=8, num_instances=4))))
+    with pytest.raises(ConfigError, match=r"train_dataloader: the DataLoader's batch_size is 6 .* set the loader's "
+                                          r"batch_size to 8"):
+        check_batches(loop(6), 'train_dataloader')
+    check_batches(loop(8), 'train_dataloader')

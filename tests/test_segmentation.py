@@ -330,7 +330,7 @@ def test_float_masks_must_hold_whole_labels():
     with pytest.raises(ValueError, match=r'sample 0: gt_sem_seg holds the non-integer label 1\.7 '):
         model(torch.randn(1, 3, 8, 8), [BaseDataElement(gt_sem_seg=mask)], mode='loss')
     gt = seg_collate([_item(8, 8, gt=mask.round())])['data_samples'][0].gt_sem_seg  # whole floats are labels
-    assert gt.dtype == torch.long and gt[2, 3] == 2
+    assert gt.dtype == torch.uint8 and gt[2, 3] == 2  # sent compact; SegDataPreprocessor widens it to int64
 
 
 @pytest.mark.heads
@@ -532,3 +532,92 @@ def test_train_and_test_tools_on_synthetic_shapes(tmp_path):
     assert "'mIoU': " in line and "'IoU.disk': " in line
     assert 0.0 <= float(line.split("'mIoU': ")[1].split(',')[0]) <= 100.0
     assert len(list((tmp_path / 'shown').glob('*.png'))) == 6
+
+
+def _labelled_item(h, w, labels, index=0, gt_size=None):
+    """An item whose mask draws from ``labels`` (ignore values included)."""
+    gen = torch.Generator().manual_seed(index)
+    labels = torch.as_tensor(labels)
+    gt = labels[torch.randint(0, len(labels), gt_size or (h, w), generator=gen)]
+    return {'img': torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen), 'gt_seg': gt,
+            'meta': {'index': index}}
+
+
+@pytest.mark.heads
+@pytest.mark.parametrize('labels, dtype', [
+    ([0, 1, 2, 255], torch.uint8),  # the ignore index 255 fits uint8 exactly
+    ([0, 1, 255, 256, 299], torch.int16),  # 300 classes: 299 wrapped in uint8 would read 43
+    ([-1, 0, 1, 2], torch.int16),  # ignore_index=-1
+    ([0, 1, 40000], torch.int32),
+])
+def test_collate_sends_masks_compact_in_one_block(labels, dtype):
+    # seg_collate sent every mask as its own int64 tensor: 8 bytes a pixel through the loader's shared memory
+    items = [_labelled_item(8, 12, labels), _labelled_item(6, 10, labels, index=1)]
+    samples = seg_collate(items)['data_samples']
+    assert [s.gt_sem_seg.dtype for s in samples] == [dtype, dtype]
+    assert len({s.gt_sem_seg.untyped_storage().data_ptr() for s in samples}) == 1  # views of one stacked tensor
+    assert torch.equal(samples[0].gt_sem_seg.long(), items[0]['gt_seg'])
+    assert torch.equal(samples[1].gt_sem_seg[:6, :10].long(), items[1]['gt_seg'])
+    assert (samples[1].gt_sem_seg[6:] == 255).all() and (samples[1].gt_sem_seg[:, 10:] == 255).all()
+    # masks kept at their own resolution cannot be stacked: still compact, one tensor each
+    kept = seg_collate([_labelled_item(8, 8, labels, gt_size=(16, 16)), _labelled_item(8, 8, labels, index=1)])
+    assert [tuple(s.gt_sem_seg.shape) for s in kept['data_samples']] == [(16, 16), (8, 8)]
+    assert {s.gt_sem_seg.dtype for s in kept['data_samples']} == {dtype}
+    with pytest.raises(ValueError, match='item 0: gt_seg holds the non-integer label inf'):  # has no integer dtype
+        seg_collate([_labelled_item(8, 8, [0.0, float('inf')])])
+
+
+class _Items(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return _labelled_item(8, 8, [0, 1, 299], index=index)
+
+
+@pytest.mark.heads
+def test_compact_masks_cross_a_loader_worker_as_one_block():
+    loader = torch.utils.data.DataLoader(_Items(), batch_size=4, num_workers=1, collate_fn=seg_collate)
+    (batch,) = list(loader)
+    samples = batch['data_samples']
+    assert {s.gt_sem_seg.dtype for s in samples} == {torch.int16}
+    assert len({s.gt_sem_seg.untyped_storage().data_ptr() for s in samples}) == 1
+    assert all(torch.equal(s.gt_sem_seg.long(), _Items()[i]['gt_seg']) for i, s in enumerate(samples))
+
+
+@pytest.mark.heads
+@pytest.mark.parametrize('num_classes, ignore_index', [(3, 255), (300, 255), (300, -1)])
+def test_compact_masks_give_the_int64_losses_predictions_and_metrics(num_classes, ignore_index):
+    # the same batch with every mask widened to int64 in the collate (as it was sent before) is the reference
+    torch.manual_seed(0)
+    labels = [*range(num_classes), ignore_index]
+    items = [_labelled_item(20, 30, labels), _labelled_item(24, 28, labels, index=1)]
+    model = Segmentor(_TinyNet(num_classes), num_classes=num_classes, ignore_index=ignore_index,
+                      data_preprocessor=dict(type=SegDataPreprocessor, size_divisor=16))
+    metric = IoUMetric(num_classes=num_classes, ignore_index=ignore_index, classwise=False)
+
+    def run(widen):
+        batch = seg_collate(items)
+        if widen:
+            batch['data_samples'] = [BaseDataElement(gt_sem_seg=s.gt_sem_seg.long(), metainfo=s.metainfo)
+                                     for s in batch['data_samples']]
+        else:
+            assert batch['data_samples'][0].gt_sem_seg.dtype == (torch.uint8 if num_classes < 256 and
+                                                                 ignore_index == 255 else torch.int16)
+        model.train()
+        data = model.data_preprocessor(batch, training=True)
+        assert all(s.gt_sem_seg.dtype == torch.long for s in data['data_samples'])
+        losses = model(**data, mode='loss')
+        model.eval()
+        with torch.no_grad():
+            predictions = model(**model.data_preprocessor(batch), mode='predict')
+        metric.results.clear()
+        metric.process(None, [p.to_dict() for p in predictions])
+        return losses, predictions, metric.compute_metrics(metric.results)
+
+    (losses, predictions, metrics), (ref_losses, ref_predictions, ref_metrics) = run(False), run(True)
+    assert losses.keys() == ref_losses.keys() and all(torch.equal(losses[k], ref_losses[k]) for k in losses)
+    for got, ref in zip(predictions, ref_predictions):
+        for key in ('gt_sem_seg', 'pred_sem_seg', 'seg_logits'):
+            assert got.get(key).dtype == ref.get(key).dtype and torch.equal(got.get(key), ref.get(key))
+    np.testing.assert_equal(metrics, ref_metrics)

@@ -120,6 +120,23 @@ class PKSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def check_batch_size(self, loader_batch_size: int) -> None:
+        """The DataLoader cuts this sampler's index stream into its own batches, which the sampler cannot see: with
+        another size than this process's share of ``batch_size`` an identity's K images straddle two batches (or two
+        P x K batches merge), so the triplet losses lose positives silently. Whoever builds the loader around the
+        sampler (mmengine passes the sampler no batch size) calls this with the loader's batch size.
+
+        Raises:
+            ValueError: Naming both batch sizes (and the process count when it divides them).
+        """
+        share = self.batch_size // self.world_size
+        if loader_batch_size != share:
+            per_process = f' / {self.world_size} processes = {share} per process' if self.world_size > 1 else ''
+            raise ValueError(f'the DataLoader\'s batch_size is {loader_batch_size} but its PKSampler draws batches of '
+                             f'batch_size={self.batch_size} (P={self.num_ids_per_batch} identities x '
+                             f'K={self.num_instances} instances{per_process}): the loader would cut across its P x K '
+                             f'batches; set the loader\'s batch_size to {share}')
+
     def _groups(self) -> Tuple[np.ndarray, List[np.ndarray]]:
         pids = np.asarray(self.dataset.pids)
         if pids.ndim != 1 or len(pids) != len(self.dataset):

@@ -27,26 +27,54 @@ DATASETS.register_module(module=SyntheticShapesDataset)
 
 
 def _check_whole_labels(gt: torch.Tensor, what: str) -> None:
-    """A float mask must hold whole class indices: the cast to int64 would truncate 1.7 to 1 (NaN is refused too)."""
-    if gt.is_floating_point() and not torch.equal(gt, gt.round()):
-        raise ValueError(f'{what} holds the non-integer label {gt[gt != gt.round()][0].item():g} ({gt.dtype}): a mask '
-                         'holds class indices')
+    """A float mask must hold whole class indices: the cast to an integer would truncate 1.7 to 1 (NaN and infinities,
+    which have no integer, are refused too)."""
+    if gt.is_floating_point():
+        bad = gt[~(torch.isfinite(gt) & (gt == gt.round()))]
+        if bad.numel():
+            raise ValueError(f'{what} holds the non-integer label {bad[0].item():g} ({gt.dtype}): a mask holds class '
+                             'indices')
+
+
+# Mask dtypes a loader worker may send, smallest first; each holds the collate's padding (255).
+_MASK_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+def _mask_dtype(masks: Sequence[torch.Tensor]) -> torch.dtype:
+    """The smallest of :data:`_MASK_DTYPES` that holds every label of the batch exactly (and the padding 255)."""
+    low, high = 0, IGNORE_INDEX
+    for gt in masks:
+        if gt.dtype != torch.uint8 and gt.numel():
+            gt_min, gt_max = torch.aminmax(gt)
+            low, high = min(low, int(gt_min)), max(high, int(gt_max))
+    # int64 also for float labels beyond its range: cast as before, and named by the Segmentor's label check
+    return next((d for d in _MASK_DTYPES if torch.iinfo(d).min <= low and high <= torch.iinfo(d).max), torch.int64)
 
 
 @FUNCTIONS.register_module()
 def seg_collate(batch: Sequence[Dict]) -> Dict:
     """Stack a batch of segmentation items; one data sample per item with its mask and meta.
 
-    Items are ``{'img': uint8 [C, H, W], 'gt_seg': int64 [H, W] (255 = ignore), 'meta': dict}``. Images of
+    Items are ``{'img': uint8 [C, H, W], 'gt_seg': integer [H, W] (255 = ignore), 'meta': dict}``. Images of
     different sizes are padded at the bottom/right to the largest (0), as are masks of the image's size (255);
     ``meta['img_shape']`` records each image's size before padding, and ``meta['gt_aligned']`` whether its mask was
     of that size (padded with the image) rather than kept at another resolution for evaluation (left as it is).
+
+    Masks come out in the smallest integer dtype that holds the batch's labels exactly (uint8, else int16, int32,
+    int64) and, when all have one shape, as views of one stacked tensor: a loader worker then sends one compact
+    shared-memory block instead of one int64 block per item (8 bytes a pixel). :class:`SegDataPreprocessor` widens
+    them to int64 on the device.
     """
     height, width = batch_canvas(batch, 'segmentation')
-    inputs, samples = [], []
-    for index, item in enumerate(batch):
-        img, gt = item['img'], torch.as_tensor(item['gt_seg'])
+    # numpy's uint16/32/64 label maps become torch dtypes with few kernels (no aminmax): widened first, as before
+    masks = [gt.long() if gt.dtype in (torch.uint16, torch.uint32, torch.uint64) else gt
+             for gt in (torch.as_tensor(item['gt_seg']) for item in batch)]
+    for index, gt in enumerate(masks):
         _check_whole_labels(gt, f'item {index}: gt_seg')
+    dtype = _mask_dtype(masks)
+    inputs, metas, gts = [], [], []
+    for item, gt in zip(batch, masks):
+        img, gt = item['img'], gt.to(dtype)
         h, w = img.shape[-2:]
         # Recorded, not inferred later from the size: a mask kept at the original resolution may have the padded
         # batch's size by chance.
@@ -57,7 +85,11 @@ def seg_collate(batch: Sequence[Dict]) -> Dict:
         meta = dict(item.get('meta', {}))
         meta.setdefault('img_shape', (int(h), int(w)))
         meta['gt_aligned'] = aligned
-        samples.append(BaseDataElement(gt_sem_seg=gt.long(), metainfo=meta))
+        metas.append(meta)
+        gts.append(gt)
+    if len({tuple(gt.shape) for gt in gts}) == 1:
+        gts = torch.stack(gts).unbind(0)
+    samples = [BaseDataElement(gt_sem_seg=gt, metainfo=meta) for gt, meta in zip(gts, metas)]
     return {'inputs': torch.stack(inputs), 'data_samples': samples}
 
 
@@ -66,7 +98,16 @@ class SegDataPreprocessor(NormalizePadPreprocessor):
     """Moves a batch to the device, repeats grey images to RGB, normalises, and pads to a size divisor, the masks
     padded with their images with 255 (ignored), as mmseg's SegDataPreProcessor (see
     :class:`NormalizePadPreprocessor` for the arguments). The :class:`Segmentor` re-pads the loss's targets with its
-    own ``ignore_index``."""
+    own ``ignore_index``. Masks that :func:`seg_collate` sent compact (uint8/int16/int32) are widened to int64 once
+    on the device, for the loss and the metrics."""
+
+    def forward(self, data: Dict, training: bool = False) -> Dict:
+        data = super().forward(data, training)
+        for sample in data.get('data_samples') or ():
+            gt = sample.get('gt_sem_seg')
+            if gt is not None and gt.dtype in _MASK_DTYPES[:-1]:
+                sample.gt_sem_seg = gt.long()
+        return data
 
     def pad_samples(self, samples: List[BaseDataElement], size: Sequence[int], pad: Sequence[int]) -> None:
         for sample in samples:

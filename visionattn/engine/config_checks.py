@@ -566,12 +566,21 @@ def check_batches(loop, loader: str) -> None:
     in its sampler, or loops forever in an iteration-based run.
 
     Raises:
-        ConfigError: Naming the loader, the dataset's size, the batch size and drop_last.
+        ConfigError: Naming the loader, the dataset's size, the batch size and drop_last; or a sampler's own batch
+            size (``check_batch_size``) that the loader's cuts across.
     """
     from torch.utils.data import DataLoader
     dataloader = getattr(loop, 'dataloader', None)
     if not isinstance(dataloader, DataLoader):
         return
+    # A sampler drawing structured batches (ReID's PKSampler: P identities x K instances) must be cut by the loader at
+    # its own batch size; mmengine gives the sampler no batch size, so the sampler is asked here.
+    check_batch_size = getattr(dataloader.sampler, 'check_batch_size', None)
+    if callable(check_batch_size) and dataloader.batch_size is not None:
+        try:
+            check_batch_size(dataloader.batch_size)
+        except ValueError as e:
+            raise ConfigError(f'{loader}: {e}') from None
     try:
         if len(dataloader):
             return
