@@ -345,3 +345,102 @@ def test_cli_reports_an_unreadable_input_in_one_line(codec, files, tmp_path, cap
     out = tmp_path / 'out'
     code = codec.main([mode, str(src), str(out), '--ckpt', str(files / 'a.pth'), '--size', 'tiny'])
     assert code == 1 and str(src) in _one_line_error(capsys) and not out.exists()
+
+
+# -- adversarial probe: odd inputs, values the coder must not see, and outputs ----------------------------------------
+class _NoCompress:
+    """Stands in for the model where an image must be refused before it reaches the entropy coder."""
+
+    def compress(self, x):
+        raise AssertionError('the coder was reached: NaN/inf latents make compressai\'s rANS coder loop forever')
+
+    def __call__(self, x):
+        return self.compress(x)
+
+
+@pytest.mark.parametrize('case, message', [
+    ('nan', 'NaN or infinite'), ('inf', 'NaN or infinite'), ('0..255', r'in \[0, 1\], got values in \[0\.02032, 255\]'),
+    ('[-1, 1]', r'got values in \[-0\.99'), ('uint8', 'takes float images in \\[0, 1\\], got torch.uint8'),
+])
+def test_images_the_coder_must_not_see_are_refused(codec, case, message):
+    # NaN or inf hung encode forever (compressai's rANS bypass coding never ends); 0..255 floats coded silently
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 20, 24)
+    if case in ('nan', 'inf'):
+        x[0, 1, 5, 7] = float(case)
+    else:
+        x = {'0..255': x * 255, '[-1, 1]': x * 2 - 1, 'uint8': (x * 255).byte()}[case]
+    with pytest.raises(ValueError, match=message):
+        codec.encode_image(_NoCompress(), 's2lic-tiny', 3, x)
+    from visionattn.heads.compression.measures import codec_round_trip
+    no_coder = _NoCompress()
+    no_coder.training, no_coder.eval, no_coder.train = False, lambda: None, lambda mode: None
+    with pytest.raises(ValueError, match=message):
+        codec_round_trip(no_coder, x)
+
+
+def test_encode_reads_16_bit_and_refuses_float_images(codec, codec_model, files, tmp_path, capsys):
+    from PIL import Image
+
+    # a 16-bit grey PNG: PIL's convert('RGB') clipped it at 255, so the file coded an almost white image
+    grey = (torch.linspace(0, 65535, 40 * 50).reshape(40, 50)).numpy().astype('uint16')
+    Image.fromarray(grey).save(tmp_path / 'g16.png')
+    assert codec.main(['encode', str(tmp_path / 'g16.png'), str(tmp_path / 'g16.bin'), '--ckpt',
+                       str(files / 'a.pth'), '--size', 'tiny']) == 0
+    eight_bit = torch.from_numpy((grey / 257.0).round().astype('uint8')).float() / 255
+    expected = codec.encode_image(codec_model, 's2lic-tiny', 0, eight_bit.expand(1, 3, 40, 50))
+    assert (tmp_path / 'g16.bin').read_bytes() == expected
+    # a float TIFF has no known range (convert('RGB') made it black): refused, naming the file
+    Image.fromarray(torch.rand(40, 50).numpy()).save(tmp_path / 'f.tif')
+    capsys.readouterr()
+    assert codec.main(['encode', str(tmp_path / 'f.tif'), str(tmp_path / 'f.bin'), '--ckpt', str(files / 'a.pth'),
+                       '--size', 'tiny']) == 1
+    assert 'f.tif' in _one_line_error(capsys) and not (tmp_path / 'f.bin').exists()
+
+
+@pytest.mark.parametrize('case', ['missing folder', 'overwrite the input', 'unknown extension', 'folder'])
+def test_cli_refuses_an_unwritable_output_in_one_line(codec, files, encoded, tmp_path, capsys, case):
+    # these raised a traceback after the whole coding (or, dst == src, replaced the photo by its code)
+    png = tmp_path / 'in.png'
+    png.write_bytes((files / 'in.png').read_bytes())
+    packed = tmp_path / 'img.bin'
+    packed.write_bytes(encoded[0])
+    mode, src, dst, message = {
+        'missing folder': ('encode', png, tmp_path / 'nowhere' / 'x.bin', 'output folder'),
+        'overwrite the input': ('encode', png, png, 'would overwrite the input'),
+        'unknown extension': ('decode', packed, tmp_path / 'out.xyz', "unknown image file extension '.xyz'"),
+        'folder': ('decode', packed, tmp_path, 'is a folder'),
+    }[case]
+    before = png.read_bytes()
+    assert codec.main([mode, str(src), str(dst), '--ckpt', str(files / 'a.pth'), '--size', 'tiny']) == 1
+    err = _one_line_error(capsys)
+    assert message in err and str(dst) in err
+    assert png.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ['img.bin', 'in.png']
+
+
+def test_a_failed_write_keeps_the_older_output(codec, files, encoded, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    packed, out = tmp_path / 'img.bin', tmp_path / 'out.png'
+    packed.write_bytes(encoded[0])
+    out.write_bytes(b'an older result')
+
+    def disk_full(self, fp, *args, **kwargs):
+        with open(fp, 'wb') as handle:
+            handle.write(b'\x89PNG half')
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(Image.Image, 'save', disk_full)
+    assert codec.main(['decode', str(packed), str(out), '--ckpt', str(files / 'a.pth'), '--size', 'tiny']) == 1
+    assert 'No space left on device' in _one_line_error(capsys)
+    assert out.read_bytes() == b'an older result' and sorted(p.name for p in tmp_path.iterdir()) == ['img.bin',
+                                                                                                      'out.png']
+
+
+@pytest.mark.parametrize('option, message', [(['--size', 'huge'], "invalid choice: 'huge'"),
+                                             (['--size', 'tiny', '--quality', '300'], '300 is not in 0..255')])
+def test_cli_refuses_bad_options_before_any_work(codec, files, tmp_path, capsys, option, message):
+    # --size huge raised a ValueError traceback; --quality 300 failed only after loading the model and coding
+    with pytest.raises(SystemExit) as exit_info:
+        codec.main(['encode', str(files / 'in.png'), str(tmp_path / 'x.bin'), '--ckpt', str(files / 'a.pth'),
+                    *option])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

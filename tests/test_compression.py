@@ -350,3 +350,48 @@ def test_compressai_zoo_baseline_loads_safely_and_codes_real_bitstreams(weight_s
         compressai_zoo_codec('bmshj2018-factorized', 2, url=weight_server.url(wrong))
     with pytest.raises(ValueError, match='qualities'):
         compressai_zoo_codec('cheng2020-anchor', 8, pretrained=False)
+
+
+def test_psnr_and_ms_ssim_refuse_float_images():
+    # adversarial probe: [0, 1] floats were scored against a peak of 255 (about 48 dB too low), without a word
+    from visionattn.heads.compression.measures import ms_ssim_value, psnr
+
+    image = torch.rand(3, 8, 8)
+    with pytest.raises(ValueError, match='PSNR takes uint8 images .* got torch.float32 and torch.float32'):
+        psnr(image, image * 0.9)
+    with pytest.raises(ValueError, match='MS-SSIM takes uint8 images'):
+        ms_ssim_value(torch.rand(3, 170, 170), torch.rand(3, 170, 170))
+
+
+def test_rd_compare_refuses_nan_rates_other_test_sets_and_unreadable_files(tmp_path):
+    # adversarial probe: a NaN bpp gave BD-rate NaN silently; files measured on other images (their baseline curves
+    # differ) were joined into one curve; a broken JSON file raised json's error, which names no file
+    from visionattn.heads.compression.rate_distortion import bd_rate
+
+    with pytest.raises(ValueError, match='test: rates must be finite and positive'):
+        bd_rate([0.1, 0.2, 0.4, 0.8], [28, 30, 32, 34], [0.1, 0.2, float('nan'), 0.8], [28.5, 30.5, 32.5, 34.5])
+    module = load_tool('rd_compare')
+    jpeg = [{'quality': q, 'bpp': r, 'psnr': 30 + 5 * math.log(r)} for q, r in ((10, 0.2), (50, 0.8), (90, 3.2))]
+    paths = []
+    for index, rate in enumerate((0.3, 0.6, 1.2, 2.4)):
+        curve = jpeg if index < 3 else [dict(point, psnr=point['psnr'] + 2) for point in jpeg]  # other images
+        paths.append(tmp_path / f'q{index}.json')
+        paths[-1].write_text(json.dumps({'model': {'bpp': rate / 2, 'psnr': 30 + 5 * math.log(rate)}, 'jpeg': curve}))
+    with pytest.raises(ValueError, match=f'{paths[3]} and {paths[0]} record other jpeg baseline curves'):
+        module.compare(paths)
+    paths[3].write_text('{"model": {"bpp": 0.4, "psnr": Na')
+    with pytest.raises(ValueError, match=f'{paths[3]}: cannot read the results JSON'):
+        module.compare(paths)
+
+
+def test_s2lic_quick_refuses_runs_of_several_sizes(tmp_path):
+    module = load_tool('s2lic_quick')
+    jpeg = [{'bpp': rate, 'psnr': 20 + 10 * rate, 'ms_ssim': 0.9} for rate in (0.2, 0.4, 0.8)]
+    paths = []
+    for size, rate in (('small', 0.3), ('tiny', 0.1)):  # a smoke run caught by the glob
+        paths.append(tmp_path / f'{size}.json')
+        paths[-1].write_text(json.dumps({'size': size, 'lmbda': 0.01, 'steps': 10, 'jpeg': jpeg,
+                                         's2lic': {'bpp': rate, 'psnr': 25.0, 'ms_ssim': 0.9}}))
+    with pytest.raises(ValueError, match=r'several --size presets .*small\.json \(small\), .*tiny\.json \(tiny\)'):
+        module.combine_results(paths, tmp_path / 'rd')
+    assert not (tmp_path / 'rd').exists()

@@ -534,3 +534,73 @@ def test_class_labels_are_checked_and_an_empty_batch_runs(build):
             model(x, t, labels)
     empty = model(x[:0], t[:0], torch.zeros(0, dtype=torch.long))
     assert empty.shape[0] == 0 and empty.shape[1] == model.out_channels
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Adversarial probe of the metrics, the synthetic pairs and the relevance tool
+# ----------------------------------------------------------------------------------------------------------------
+def test_metrics_refuse_float_images_and_read_grey_ones():
+    # [0, 1] floats (a model's own output range) scored F1 0 and PSNR ~7 dB without an error
+    item = SyntheticDiffusionPairs(2, 32, seed=3)[0]
+    as_float = item['img'].float() / 255
+    for metric, sample in ((ControlFidelityMetric(), {'pred_img': as_float, 'control': item['control']}),
+                           (SampleQualityMetric(), {'pred_img': as_float, 'gt_img': item['img']})):
+        with pytest.raises(ValueError, match=r'pred_img must be a uint8 image .* got float32 \(3, 32, 32\)'):
+            metric.process(None, [sample])
+    with pytest.raises(ValueError, match=r'pred_img \(3, 16, 16\) and gt_img \(3, 32, 32\) differ in shape'):
+        SampleQualityMetric().process(None, [{'pred_img': item['img'][:, :16, :16], 'gt_img': item['img']}])
+    # a one-channel model's samples: the edges of the grey image (this failed in canny_edges)
+    grey = torch.from_numpy((item['img'].permute(1, 2, 0).numpy() @ np.array([0.299, 0.587, 0.114])).round()
+                            .astype(np.uint8))
+    metric = ControlFidelityMetric(tolerance=0)
+    metric.process(None, [{'pred_img': grey[None], 'control': item['control']}])
+    f1 = metric.compute_metrics(metric.results)['control_f1']
+    assert f1 == edge_f1(canny_edges(grey.numpy()), item['control'][0].numpy() > 0, 0)['f1'] and f1 > 0.9
+
+
+def test_canny_and_edge_f1_refuse_what_they_would_misread():
+    image = SyntheticDiffusionPairs(1, 32, seed=3)[0]['img'].permute(1, 2, 0).numpy()
+    with pytest.raises(ValueError, match='uint8 .* got uint16'):  # 16 bits gave edges all over the image
+        canny_edges(image.astype(np.uint16) * 257)
+    with pytest.raises(ValueError, match=r'finite and in \[0, 255\]'):
+        canny_edges(np.where(image > 100, np.nan, image.astype(np.float32)))
+    edges = canny_edges(image)
+    with pytest.raises(ValueError, match='pred_edges must be a binary edge map'):  # soft maps: all pixels edges
+        edge_f1(edges * 0.9 + 0.01, edges)
+    assert edge_f1(edges.astype(np.uint8) * 255, edges)['f1'] == 1.0  # 0/255 maps are binary
+    for tolerance in (-1, 1.5):
+        with pytest.raises(ValueError, match='tolerance must be a non-negative integer'):
+            edge_f1(edges, edges, tolerance)
+        with pytest.raises(ValueError, match='tolerance must be a non-negative integer'):
+            ControlFidelityMetric(tolerance=tolerance)
+
+
+def test_every_synthetic_pair_has_control_edges():
+    # 1 in ~300 shapes differed from the background in hue only: an empty control map, and a trivial F1 of 1
+    dataset = SyntheticDiffusionPairs(600, 32, seed=0)
+    empty = [i for i in (358, 528, 585) if not dataset[i]['control'].any()]
+    assert not empty
+    # the other pairs are drawn as before (seeded runs keep their data)
+    assert dataset[5]['img'][:, 10, :6].tolist() == [[69, 70, 72, 74, 76, 77], [139, 138, 137, 136, 136, 135],
+                                                       [47, 48, 49, 50, 52, 53]]
+    with pytest.raises(TypeError, match='img_size must be an integer, got 32.0'):
+        SyntheticDiffusionPairs(4, 32.0)
+
+
+def test_relevance_score_restores_the_model_after_an_error(monkeypatch):
+    spec = importlib.util.spec_from_file_location('relevance_score', ROOT / 'tools' / 'relevance_score.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    model = _controlled_model()
+    model.compare_base = True
+    calls = []
+
+    def failing(*args):
+        calls.append(model.denoiser.skip_blocks)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return {'control_f1': 1.0, 'psnr': 20.0}
+    monkeypatch.setattr(tool, 'evaluate', failing)
+    with pytest.raises(KeyboardInterrupt):
+        tool.relevance_scores(model, [], progress=False)
+    assert calls[2] == {1} and model.denoiser.skip_blocks == set() and model.compare_base is True

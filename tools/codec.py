@@ -15,7 +15,9 @@ z element per 64x64 pixels: g_a downsamples by 16, h_a by 4), each stream length
 8 bytes, the two adding up to exactly the bytes present) and each stream's CRC-32; once the checkpoint is loaded,
 the weights fingerprint. Any failure raises :class:`CodecFileError` naming the field or stream, and the CLI exits 1
 with that message and writes nothing. A checkpoint that is missing, corrupted (:mod:`visionattn.integrity`) or does
-not fit the preset is reported the same way.
+not fit the preset is reported the same way, and so is an output path that cannot be written (checked before the
+model is loaded); outputs go through a temporary file renamed into place, so a failed write leaves no half-written
+or clobbered file.
 
 Older files cannot be verified as fully, so they are refused unless ``--accept-unverified``
 (``accept_unverified=True``) is given; then they get every check they have and decode with a warning. Version 2
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import struct
 import sys
 import warnings
@@ -39,8 +42,10 @@ import zlib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from visionattn.heads.compression.s2lic import build_s2lic
+from visionattn.heads.compression.measures import check_unit_images
+from visionattn.heads.compression.s2lic import S2LIC_PRESETS, build_s2lic
 
+from visionattn.data.base import load_image
 from visionattn.hub import CheckpointError, load_checkpoint_file, unwrap_state_dict
 
 MAGIC = b'VACODEC\0'
@@ -276,10 +281,11 @@ def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def encode_image(model, model_name: str, quality: int, x: torch.Tensor) -> bytes:
-    """x: (1, 3, H, W) in [0, 1] -> file bytes."""
+    """x: (1, 3, H, W) floats in [0, 1] -> file bytes."""
     if x.ndim != 4 or x.shape[:2] != (1, 3) or not all(1 <= side <= 0xFFFF for side in x.shape[-2:]):
         raise ValueError(f'encode takes one (1, 3, H, W) image with 1 <= H, W <= 65535, got {tuple(x.shape)}')
-    out = model.compress(pad_to(x, LATENT_STRIDE))
+    check_unit_images(x, 'encode')  # NaN would hang the coder; 0..255 would code into a wrong image
+    out = model.compress(pad_to(x.float(), LATENT_STRIDE))
     return pack(model_name, quality, tuple(x.shape[-2:]), out['strings'], out['shape'], _fingerprint_of(model))
 
 
@@ -305,6 +311,39 @@ def decode_bytes(model, model_name: str, data: bytes, max_pixels: int = MAX_PIXE
     return decode_fields(model, model_name, unpack(data, max_pixels, accept_unverified))
 
 
+def _write_atomically(path: str, write) -> bool:
+    """``write(temporary path)``, then rename it to ``path``: a failure (disk full, say) leaves neither a
+    half-written file nor a clobbered older one; it is reported in one line and gives False."""
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f'.{name}.{os.getpid()}.tmp')
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+        return True
+    except OSError as exc:
+        print(f'{path}: error: cannot write the output: {exc}', file=sys.stderr)
+        return False
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _check_destination(src: str, dst: str, mode: str) -> str | None:
+    """Why ``dst`` cannot be written (checked before any work), or None."""
+    from PIL import Image
+
+    folder = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(folder):
+        return f'output folder {folder} does not exist'
+    if os.path.isdir(dst):
+        return 'the output path is a folder'
+    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        return f'the output would overwrite the input {src}'
+    if mode == 'decode' and os.path.splitext(dst)[1].lower() not in Image.registered_extensions():
+        return f'unknown image file extension {os.path.splitext(dst)[1]!r} (use .png for a lossless copy)'
+    return None
+
+
 def _load_or_report(ckpt: str, size: str):
     """:func:`load_model`, or None after printing why the checkpoint cannot be used (the message names it)."""
     try:
@@ -312,6 +351,20 @@ def _load_or_report(ckpt: str, size: str):
     except CheckpointError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return None
+
+
+def _quality(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f'{value} is not in 0..255 (the header stores one byte)')
+    return value
+
+
+def _report_destination(args) -> bool:
+    problem = _check_destination(args.src, args.dst, args.mode)
+    if problem:
+        print(f'{args.dst}: error: {problem}', file=sys.stderr)
+    return not problem
 
 
 def main(argv=None) -> int:
@@ -322,8 +375,8 @@ def main(argv=None) -> int:
     parser.add_argument('src')
     parser.add_argument('dst')
     parser.add_argument('--ckpt', required=True, help='checkpoint with the model state dict (e.g. model.pth)')
-    parser.add_argument('--size', default='small', help='S2LIC preset: paper | small | tiny')
-    parser.add_argument('--quality', type=int, default=0, help='quality index stored in the header')
+    parser.add_argument('--size', default='small', choices=sorted(S2LIC_PRESETS), help='S2LIC preset')
+    parser.add_argument('--quality', type=_quality, default=0, help='quality index stored in the header (0..255)')
     parser.add_argument('--max-pixels', type=int, default=MAX_PIXELS,
                         help=f'decode: largest padded image area a file may claim (default {MAX_PIXELS})')
     parser.add_argument('--accept-unverified', action='store_true',
@@ -332,13 +385,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     model_name = f's2lic-{args.size}'
     if args.mode == 'encode':
+        try:  # 16-bit PNGs scaled to 8 bits (convert('RGB') saturated them), float TIFFs refused, alpha dropped
+            image = load_image(args.src).astype(np.float32) / 255.0
+        except (OSError, ValueError) as exc:  # missing, a directory, not an image, truncated
+            print(f'{args.src}: error: cannot read the image: {exc}', file=sys.stderr)
+            return 1
+        if not _report_destination(args):
+            return 1
         model = _load_or_report(args.ckpt, args.size)
         if model is None:
-            return 1
-        try:
-            image = np.asarray(Image.open(args.src).convert('RGB'), dtype=np.float32) / 255.0
-        except OSError as exc:  # missing, a directory, or not an image PIL can read (UnidentifiedImageError)
-            print(f'{args.src}: error: cannot read the image: {exc}', file=sys.stderr)
             return 1
         x = torch.from_numpy(image).permute(2, 0, 1)[None]
         try:
@@ -346,8 +401,12 @@ def main(argv=None) -> int:
         except ValueError as exc:
             print(f'{args.src}: error: {exc}', file=sys.stderr)
             return 1
-        with open(args.dst, 'wb') as handle:
-            handle.write(data)
+
+        def write(path):
+            with open(path, 'wb') as handle:
+                handle.write(data)
+        if not _write_atomically(args.dst, write):
+            return 1
         print(f'{args.dst}: {len(data)} bytes, {8 * len(data) / (x.shape[-2] * x.shape[-1]):.4f} bpp')
     else:
         try:
@@ -363,6 +422,8 @@ def main(argv=None) -> int:
         except CodecFileError as exc:
             print(f'{args.src}: error: {exc}', file=sys.stderr)
             return 1
+        if not _report_destination(args):
+            return 1
         model = _load_or_report(args.ckpt, args.size)
         if model is None:
             return 1
@@ -372,7 +433,10 @@ def main(argv=None) -> int:
             print(f'{args.src}: error: {exc}', file=sys.stderr)
             return 1
         array = (x_hat[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-        Image.fromarray(array).save(args.dst)
+        extension = os.path.splitext(args.dst)[1].lower()
+        if not _write_atomically(args.dst, lambda path: Image.fromarray(array).save(
+                path, format=Image.registered_extensions()[extension])):
+            return 1
         print(f'{args.dst}: {array.shape[1]}x{array.shape[0]}')
     return 0
 

@@ -9,10 +9,21 @@ Bjontegaard BD-rate (%, negative = fewer bits) and BD-PSNR (dB) against each bas
 """
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from visionattn.heads.compression.rate_distortion import bd_psnr, bd_rate, plot_rd_curves
+
+
+def _same_curve(a, b) -> bool:
+    """Two baseline curves agree point for point (to 0.1%: learned baselines may run on other hardware)."""
+    try:
+        return len(a) == len(b) and all(
+            p.get('quality') == q.get('quality') and math.isclose(p['bpp'], q['bpp'], rel_tol=1e-3)
+            and math.isclose(p['psnr'], q['psnr'], rel_tol=1e-3) for p, q in zip(a, b))
+    except (TypeError, KeyError, AttributeError):
+        return a == b
 
 
 def compare(paths, label: str = 'model', png=None) -> dict:
@@ -21,9 +32,22 @@ def compare(paths, label: str = 'model', png=None) -> dict:
     repeated = sorted({str(p) for p in resolved if resolved.count(p) > 1})
     if repeated:
         raise ValueError(f'passed more than once: {", ".join(repeated)} (each quality level counts once)')
-    files = [json.loads(Path(p).read_text()) for p in paths]
-    if any('model' not in f for f in files):
-        raise ValueError('every file needs a "model" entry (RateDistortionMetric results_path output)')
+    files = []
+    for path in paths:
+        try:
+            files.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as exc:  # json's own message names no file
+            raise ValueError(f'{path}: cannot read the results JSON: {exc}') from None
+        if not isinstance(files[-1], dict) or not {'bpp', 'psnr'} <= set(files[-1].get('model', ())):
+            raise ValueError(f'{path} needs a "model" entry with "bpp" and "psnr" (RateDistortionMetric '
+                             f'results_path output)')
+    # Each file records the baselines measured on its test images: other curves mean other images (another test
+    # set, or other baseline qualities), and points from both would make one meaningless curve.
+    for path, f in zip(paths[1:], files[1:]):
+        differing = sorted(k for k in f.keys() & files[0].keys() - {'model'} if not _same_curve(f[k], files[0][k]))
+        if differing:
+            raise ValueError(f'{path} and {paths[0]} record other {", ".join(differing)} baseline curves: they '
+                             f'were evaluated on other images or settings, so their points do not form one curve')
     seen = {}
     for path, f in zip(paths, files):
         point = (f['model']['bpp'], f['model']['psnr'])

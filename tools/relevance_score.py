@@ -52,16 +52,19 @@ def relevance_scores(model, batches, progress=True) -> dict:
     denoiser = model.denoiser
     if not hasattr(denoiser, 'skip_blocks') or not hasattr(denoiser, 'controlnet'):
         raise TypeError(f'{type(denoiser).__name__} is not a control net with switchable blocks (RelaCtrlPixArt)')
-    model.compare_base = False
 
     def factory():
         return [ControlFidelityMetric(), SampleQualityMetric()]
     variants = [None, *range(len(denoiser.controlnet))]
     results = {}
-    for block in tqdm(variants, desc='relevance', disable=not progress):
-        denoiser.skip_blocks = set() if block is None else {block}
-        results[block] = evaluate(model, batches, factory)
-    denoiser.skip_blocks = set()
+    saved = denoiser.skip_blocks, getattr(model, 'compare_base', False)
+    model.compare_base = False
+    try:  # an error (or Ctrl-C) mid-way must not leave the model with a block switched off
+        for block in tqdm(variants, desc='relevance', disable=not progress):
+            denoiser.skip_blocks = set() if block is None else {block}
+            results[block] = evaluate(model, batches, factory)
+    finally:
+        denoiser.skip_blocks, model.compare_base = saved
     full = results[None]
     rows = []
     for block in variants[1:]:

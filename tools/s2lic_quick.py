@@ -52,6 +52,13 @@ def evaluate_model(model, photos: list[torch.Tensor], device) -> dict:
 def combine_results(paths, out_dir: Path) -> dict:
     """One RD curve from several runs' results.json (baselines from the first), with a table and two plots."""
     runs = [json.loads(Path(path).read_text()) for path in paths]
+    sizes = {str(path): run.get('size') for path, run in zip(paths, runs)}
+    if len(set(sizes.values())) > 1:  # a glob that caught a smoke run mixed two models under one label
+        raise ValueError(f'runs of several --size presets cannot form one curve: '
+                         f'{", ".join(f"{path} ({size})" for path, size in sizes.items())}')
+    resolved = [Path(path).resolve() for path in paths]
+    if len(set(resolved)) < len(resolved):
+        raise ValueError('a results file was passed more than once (each run counts once)')
     baselines = {name: runs[0][key] for key, name in (('jpeg', 'JPEG'), ('webp', 'WebP'), ('avif', 'AVIF'))
                  if key in runs[0]}
     points = sorted(({**run['s2lic'], 'lmbda': run['lmbda'], 'steps': run['steps']} for run in runs),

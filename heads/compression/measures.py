@@ -12,7 +12,7 @@ from typing import Dict
 import torch
 import torch.nn as nn
 
-__all__ = ['codec_round_trip', 'psnr', 'ms_ssim_value', 'to_uint8']
+__all__ = ['codec_round_trip', 'check_unit_images', 'psnr', 'ms_ssim_value', 'to_uint8']
 
 MSSSIM_MIN_SIDE = 161  # pytorch-msssim's 5 scales with an 11-tap window need sides > (11 - 1) * 2**4
 
@@ -27,6 +27,9 @@ def psnr(reference: torch.Tensor, decoded: torch.Tensor) -> float:
     """PSNR in dB (peak 255) between two uint8 images of one shape; identical images give ``inf``."""
     if reference.shape != decoded.shape:
         raise ValueError(f'PSNR of images of different shapes {tuple(reference.shape)} and {tuple(decoded.shape)}')
+    if reference.dtype != torch.uint8 or decoded.dtype != torch.uint8:  # the peak is 255: [0, 1] floats score ~0 dB
+        raise ValueError(f'PSNR takes uint8 images (peak 255), got {reference.dtype} and {decoded.dtype}; convert '
+                         f'[0, 1] floats with to_uint8')
     mse = (reference.double() - decoded.double()).pow(2).mean().item()
     return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
@@ -35,6 +38,9 @@ def ms_ssim_value(reference: torch.Tensor, decoded: torch.Tensor) -> float:
     """MS-SSIM (pytorch-msssim, data range 1) of two uint8 (3, H, W) images; sides must exceed 160 pixels."""
     from pytorch_msssim import ms_ssim
 
+    if reference.dtype != torch.uint8 or decoded.dtype != torch.uint8:
+        raise ValueError(f'MS-SSIM takes uint8 images, got {reference.dtype} and {decoded.dtype}; convert [0, 1] '
+                         f'floats with to_uint8')
     if reference.shape != decoded.shape:
         raise ValueError(f'MS-SSIM of images of different shapes {tuple(reference.shape)} and {tuple(decoded.shape)}')
     if min(reference.shape[-2:]) < MSSSIM_MIN_SIDE:
@@ -44,6 +50,21 @@ def ms_ssim_value(reference: torch.Tensor, decoded: torch.Tensor) -> float:
 
 
 # -- the codec round trip -----------------------------------------------------------------------------------------
+def check_unit_images(images: torch.Tensor, who: str) -> None:
+    """Refuse what a codec must not be given: integer images, and values that are not finite or outside [0, 1].
+    NaN or inf latents make CompressAI's rANS coder loop forever; 0..255 or [-1, 1] floats code without an error,
+    and the clamped originals then make the metrics wrong."""
+    if not images.is_floating_point():
+        raise ValueError(f'{who} takes float images in [0, 1], got {images.dtype} (divide uint8 images by 255)')
+    if images.numel():
+        low, high = images.min().item(), images.max().item()
+        if not (math.isfinite(low) and math.isfinite(high)):  # NaN propagates into min/max
+            raise ValueError(f'{who}: the images hold NaN or infinite values')
+        if low < 0 or high > 1:
+            raise ValueError(f'{who} takes images in [0, 1], got values in [{low:.4g}, {high:.4g}] (0..255 or '
+                             f'[-1, 1] data?)')
+
+
 @contextlib.contextmanager
 def _bit_exact_kernels():
     """Encoder and decoder must compute bit-identical entropy parameters: no TF32, no autotuned convolutions.
@@ -82,6 +103,7 @@ def codec_round_trip(codec: nn.Module, images: torch.Tensor, estimate: bool = Tr
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f'codec_round_trip expects (B, 3, H, W) images, got shape {tuple(images.shape)}')
+    check_unit_images(images, 'codec_round_trip')
     was_training = codec.training
     codec.eval()
     try:

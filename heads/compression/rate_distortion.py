@@ -17,8 +17,9 @@ def _curve(rates: Sequence[float], qualities: Sequence[float], name: str):
                          f'{qualities.shape}')
     if len(rates) < 4:
         raise ValueError(f'{name}: Bjontegaard deltas fit a cubic and need >= 4 points, got {len(rates)}')
-    if (rates <= 0).any() or not np.isfinite(qualities).all():
-        raise ValueError(f'{name}: rates must be positive and qualities finite')
+    if not (np.isfinite(rates).all() and (rates > 0).all() and np.isfinite(qualities).all()):  # NaN gave a NaN delta
+        raise ValueError(f'{name}: rates must be finite and positive and qualities finite, got rates '
+                         f'{rates.tolist()} and qualities {qualities.tolist()}')
     return np.log(rates), qualities
 
 

@@ -22,7 +22,7 @@ from compressai.models.utils import conv, deconv
 from compressai.ops import quantize_ste
 from timm.models.swin_transformer_v2 import SwinTransformerV2Block
 
-__all__ = ['S2LIC', 'checkerboard_mask', 'build_s2lic']
+__all__ = ['S2LIC', 'S2LIC_PRESETS', 'checkerboard_mask', 'build_s2lic']
 
 SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256, 64
 
@@ -335,14 +335,17 @@ class S2LIC(CompressionModel):
         return {'x_hat': x_hat}
 
 
+# The presets build_s2lic knows (tools/codec.py offers them as --size).
+S2LIC_PRESETS = {
+    'paper': {},
+    'small': dict(N=96, M=160, depths=(1, 1, 1, 1, 1), heads=(2, 4, 4, 4, 4), enh_features=32, drop_path=0.0),
+    'tiny': dict(N=32, M=40, depths=(1, 1, 1, 1, 1), heads=(2, 2, 2, 2, 2), window_size=4, enh_features=8,
+                 drop_path=0.0),
+}
+
+
 def build_s2lic(size: str = 'paper', **kwargs) -> S2LIC:
     """Build S2LIC: ``'paper'`` (N=192, M=320, official settings) or ``'small'`` (N=96, M=160, for fast training)."""
-    presets = {
-        'paper': {},
-        'small': dict(N=96, M=160, depths=(1, 1, 1, 1, 1), heads=(2, 4, 4, 4, 4), enh_features=32, drop_path=0.0),
-        'tiny': dict(N=32, M=40, depths=(1, 1, 1, 1, 1), heads=(2, 2, 2, 2, 2), window_size=4, enh_features=8,
-                     drop_path=0.0),
-    }
-    if size not in presets:
-        raise ValueError(f'unknown S2LIC size {size!r}; choose from {sorted(presets)}')
-    return S2LIC(**{**presets[size], **kwargs})
+    if size not in S2LIC_PRESETS:
+        raise ValueError(f'unknown S2LIC size {size!r}; choose from {sorted(S2LIC_PRESETS)}')
+    return S2LIC(**{**S2LIC_PRESETS[size], **kwargs})

@@ -21,6 +21,14 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 def canny_edges(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     """Binary Canny edges (bool [H, W]) of an RGB uint8 [H, W, 3] or grey [H, W] image (skimage, default
     hysteresis thresholds on the luminance in [0, 1])."""
+    image = np.asarray(image)
+    # Canny's thresholds are absolute, on [0, 1]: a 16-bit image gave edges everywhere, NaN none near it
+    if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f'expected a uint8 (or 0..255 float) image, got {image.dtype}')
+    if image.dtype != np.uint8 and image.size and not (np.isfinite(image).all() and 0 <= image.min()
+                                                       and image.max() <= 255):
+        raise ValueError(f'a float image must be finite and in [0, 255], got values in [{image.min()}, '
+                         f'{image.max()}]')
     if image.ndim == 3:
         if image.shape[-1] != 3:
             raise ValueError(f'expected an image [H, W, 3] or [H, W], got {image.shape}')
@@ -52,6 +60,11 @@ class SyntheticDiffusionPairs(SeededDataset):
 
     def __init__(self, num_samples: int = 1024, img_size: int = 32, seed: int = 0, canny_sigma: float = 1.0):
         super().__init__(pipeline=None, seed=seed)
+        for name, value in (('num_samples', num_samples), ('img_size', img_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f'{name} must be an integer, got {value!r}')
+        if not canny_sigma >= 0:
+            raise ValueError(f'canny_sigma must be >= 0, got {canny_sigma}')
         if img_size < 16:
             raise ValueError(f'img_size must be at least 16 pixels, got {img_size}')
         if num_samples < 1:
@@ -82,8 +95,16 @@ class SyntheticDiffusionPairs(SeededDataset):
             rows, cols = polygon(cy + radius * np.sin(angles), cx + radius * np.cos(angles), shape=(size, size))
         # a shape colour far from the background under it, so its outline is a clear edge
         shape_colour = (np.mean([colour_a, colour_b], axis=0) + 128) % 256
+        under = image[rows, cols]
         image[rows, cols] = shape_colour
-        return np.clip(image, 0, 255).astype(np.uint8), label
+        drawn = np.clip(image, 0, 255).astype(np.uint8)
+        if not canny_edges(drawn, self.canny_sigma).any():
+            # about 1 in 300 colours differ from the background in hue only: Canny (on the luminance) found no edge,
+            # so the control map was empty. Such a shape becomes white or black, whichever is farther.
+            luma = under @ np.array([0.299, 0.587, 0.114])
+            image[rows, cols] = 255.0 if 255 - luma.max() > luma.min() else 0.0
+            drawn = np.clip(image, 0, 255).astype(np.uint8)
+        return drawn, label
 
     def __getitem__(self, index: int) -> Dict:
         if not 0 <= index < self.num_samples:

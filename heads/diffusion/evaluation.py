@@ -22,11 +22,34 @@ def as_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
+def _uint8_image(sample, key: str) -> np.ndarray:
+    """``sample[key]`` as uint8 [C, ...]: the metrics' peak is 255, so [0, 1] or [-1, 1] floats would score as a
+    near-black image (F1 0, PSNR ~6 dB) without any error."""
+    image = as_numpy(sample[key])
+    if image.dtype != np.uint8:
+        raise ValueError(f'{key} must be a uint8 image [C, H, W] (what DiffusionModel.predict sets), got '
+                         f'{image.dtype} {image.shape}')
+    return image
+
+
+def _binary(edges, name: str) -> np.ndarray:
+    edges = np.asarray(edges)
+    if edges.dtype != bool:
+        values = np.unique(edges)
+        # a soft edge map (probabilities) would count every non-zero pixel as an edge
+        if len(values[values != 0]) > 1 or (values < 0).any() or np.isnan(values).any():
+            raise ValueError(f'{name} must be a binary edge map (bool, or 0 and one positive value such as 1 or '
+                             f'255), got values {values[:6].tolist()}{"..." if len(values) > 6 else ""}')
+    return edges.astype(bool)
+
+
 def edge_f1(pred_edges: np.ndarray, gt_edges: np.ndarray, tolerance: int = 1) -> Dict[str, float]:
     """Precision / recall / F1 of binary edge maps, a pixel counting as matched within ``tolerance`` pixels
     (chessboard distance) of an edge of the other map. Two empty maps score 1; one empty map scores 0."""
     from scipy.ndimage import binary_dilation
-    pred_edges, gt_edges = np.asarray(pred_edges, bool), np.asarray(gt_edges, bool)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, np.integer)) or tolerance < 0:
+        raise ValueError(f'tolerance must be a non-negative integer (pixels), got {tolerance!r}')
+    pred_edges, gt_edges = _binary(pred_edges, 'pred_edges'), _binary(gt_edges, 'gt_edges')
     if pred_edges.shape != gt_edges.shape:
         raise ValueError(f'edge maps differ in shape: {pred_edges.shape} vs {gt_edges.shape}')
     if not pred_edges.any() and not gt_edges.any():
@@ -54,6 +77,7 @@ class ControlFidelityMetric(BaseMetric):
     def __init__(self, tolerance: int = 1, canny_sigma: float = 1.0, collect_device: str = 'cpu',
                  prefix: Optional[str] = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
+        edge_f1(np.zeros((1, 1), bool), np.zeros((1, 1), bool), tolerance)  # checks the tolerance now, not later
         self.tolerance, self.canny_sigma = tolerance, canny_sigma
 
     def process(self, data_batch, data_samples: Sequence) -> None:
@@ -67,7 +91,10 @@ class ControlFidelityMetric(BaseMetric):
             for key, prefix in (('pred_img', ''), ('base_img', 'base_')):
                 if sample.get(key) is None:
                     continue
-                image = as_numpy(sample[key]).transpose(1, 2, 0)
+                image = _uint8_image(sample, key)
+                if image.ndim != 3 or image.shape[0] not in (1, 3):
+                    raise ValueError(f'{key} must be an image [3 or 1, H, W], got {image.shape}')
+                image = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)  # grey models too
                 scores = edge_f1(canny_edges(image, self.canny_sigma), control, self.tolerance)
                 result.update({prefix + k: v for k, v in scores.items()})
             self.results.append(result)
@@ -90,12 +117,14 @@ class SampleQualityMetric(BaseMetric):
         from skimage.metrics import peak_signal_noise_ratio, structural_similarity
         for sample in data_samples:
             sample = sample.to_dict() if hasattr(sample, 'to_dict') else sample
-            real = as_numpy(sample['gt_img'])
+            real = _uint8_image(sample, 'gt_img')
             result = {}
             for key, prefix in (('pred_img', ''), ('base_img', 'base_')):
                 if sample.get(key) is None:
                     continue
-                fake = as_numpy(sample[key])
+                fake = _uint8_image(sample, key)
+                if fake.shape != real.shape:
+                    raise ValueError(f'{key} {fake.shape} and gt_img {real.shape} differ in shape')
                 result[prefix + 'psnr'] = float(peak_signal_noise_ratio(real, fake, data_range=255))
                 if real.ndim == 3 and min(real.shape[-2:]) >= 7:
                     result[prefix + 'ssim'] = float(structural_similarity(real, fake, channel_axis=0,
