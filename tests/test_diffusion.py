@@ -604,3 +604,18 @@ def test_relevance_score_restores_the_model_after_an_error(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         tool.relevance_scores(model, [], progress=False)
     assert calls[2] == {1} and model.denoiser.skip_blocks == set() and model.compare_base is True
+
+
+@pytest.mark.parametrize('sampler', ['ddpm', 'dpm_solver'])
+def test_an_items_sample_does_not_depend_on_its_batch(sampler):
+    # DDPM's per-step noise came from one generator per batch: item 5's sample changed with the batch around it
+    torch.manual_seed(0)
+    model = DiffusionModel(_randomise(dit.dit_tiny(in_channels=3, num_classes=3, hidden_size=32, num_heads=2,
+                                                   depth=2)), sampler=sampler, num_inference_steps=4).eval()
+    labels = torch.tensor([1, 2])
+    alone = model.sample((1, 3, 16, 16), labels[1:], data_samples=[BaseDataElement(metainfo={'index': 5})])
+    paired = model.sample((2, 3, 16, 16), labels, data_samples=[BaseDataElement(metainfo={'index': i})
+                                                                 for i in (3, 5)])
+    torch.testing.assert_close(paired[1:], alone, rtol=1e-4, atol=1e-3)  # (batched matmuls round apart)
+    other = model.sample((1, 3, 16, 16), labels[1:], data_samples=[BaseDataElement(metainfo={'index': 6})])
+    assert not torch.allclose(other, alone)

@@ -281,17 +281,17 @@ class DiffusionModel(TaskModel):
             return DDIMScheduler(**self.noise_config, clip_sample=self.clip_sample, set_alpha_to_one=True)
         return DDPMScheduler(**self.noise_config, clip_sample=self.clip_sample)
 
-    def _noise(self, shape, data_samples, device, dtype) -> torch.Tensor:
-        batch = shape[0]
-        draws = []
+    def _generators(self, batch: int, data_samples) -> List[torch.Generator]:
+        """One CPU generator per item, seeded (sample_seed, the item's index): its starting noise and DDPM's
+        per-step noise are then the item's own, whatever the batch it is sampled in."""
+        generators = []
         for i in range(batch):
             index = i
             if data_samples is not None and 'index' in data_samples[i].metainfo:
                 index = int(data_samples[i].metainfo['index'])
-            generator = torch.Generator().manual_seed(int(np.random.SeedSequence(
-                [self.sample_seed, index]).generate_state(1)[0]))
-            draws.append(torch.randn(shape[1:], generator=generator))
-        return torch.stack(draws).to(device=device, dtype=dtype)
+            generators.append(torch.Generator().manual_seed(int(np.random.SeedSequence(
+                [self.sample_seed, index]).generate_state(1)[0])))
+        return generators
 
     @torch.no_grad()
     def sample(self, shape: Sequence[int], labels: Optional[torch.Tensor] = None, conditions: Optional[Dict] = None,
@@ -308,8 +308,9 @@ class DiffusionModel(TaskModel):
             conditions = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in conditions.items()}
         scheduler = self._make_scheduler()
         scheduler.set_timesteps(num_inference_steps or self.num_inference_steps, device=device)
-        x = self._noise(shape, data_samples, device, dtype) * scheduler.init_noise_sigma
-        generator = torch.Generator(device=device).manual_seed(self.sample_seed)  # DDPM's per-step noise
+        generators = self._generators(shape[0], data_samples)
+        x = torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(device=device, dtype=dtype)
+        x = x * scheduler.init_noise_sigma
         channels = self.denoiser.in_channels
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
@@ -318,7 +319,7 @@ class DiffusionModel(TaskModel):
             if guided:
                 cond_eps, uncond_eps = eps.chunk(2)
                 eps = uncond_eps + scale * (cond_eps - uncond_eps)
-            kwargs = {'generator': generator} if self.sampler == 'ddpm' else {}
+            kwargs = {'generator': generators} if self.sampler == 'ddpm' else {}  # per item (diffusers' randn_tensor)
             x = scheduler.step(eps, t, x, **kwargs).prev_sample
         return x
 
