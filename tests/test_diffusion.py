@@ -619,3 +619,25 @@ def test_an_items_sample_does_not_depend_on_its_batch(sampler):
     torch.testing.assert_close(paired[1:], alone, rtol=1e-4, atol=1e-3)  # (batched matmuls round apart)
     other = model.sample((1, 3, 16, 16), labels[1:], data_samples=[BaseDataElement(metainfo={'index': 6})])
     assert not torch.allclose(other, alone)
+
+
+def test_image_folder_canny_dataset_refuses_layouts_that_shift_or_drop_labels(tmp_path):
+    # a hidden .ipynb_checkpoints folder became class 0 (every label shifted), loose images beside class folders were
+    # dropped, an empty class folder took a label without a sample, a truncated image raised PIL's nameless error
+    from PIL import Image
+    for name in ('cats', 'dogs', '.ipynb_checkpoints'):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(tmp_path / name / 'a.png')
+    dataset = ImageFolderCannyDataset(tmp_path, img_size=8)
+    assert dataset.classes == ('cats', 'dogs') and [label for _, label in dataset.samples] == [0, 1]
+    (tmp_path / 'birds').mkdir()
+    with pytest.raises(ValueError, match='class folders without images .*: birds'):
+        ImageFolderCannyDataset(tmp_path, img_size=8)
+    (tmp_path / 'birds').rmdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'loose.png')
+    with pytest.raises(ValueError, match=r'both class folders .* 1 images beside them \(e.g. loose.png\)'):
+        ImageFolderCannyDataset(tmp_path, img_size=8)
+    (tmp_path / 'loose.png').unlink()
+    (tmp_path / 'dogs' / 'a.png').write_bytes((tmp_path / 'cats' / 'a.png').read_bytes()[:40])
+    with pytest.raises(OSError, match=r"cannot read image .*dogs.*a\.png"):
+        ImageFolderCannyDataset(tmp_path, img_size=8)[1]

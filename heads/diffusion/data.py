@@ -11,7 +11,7 @@ import torch
 from skimage.draw import disk, polygon
 from skimage.feature import canny
 
-from visionattn.data.base import SeededDataset, to_rgb
+from visionattn.data.base import SeededDataset, load_image
 
 __all__ = ['canny_edges', 'SyntheticDiffusionPairs', 'ImageFolderCannyDataset']
 
@@ -132,13 +132,25 @@ class ImageFolderCannyDataset(SeededDataset):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f'image folder {str(root)!r} does not exist')
-        folders = sorted(p for p in root.iterdir() if p.is_dir())
+        # Hidden folders (.ipynb_checkpoints, .git) are no classes: taken, they would shift every label after them.
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
+
+        def images(folder: Path) -> list:
+            return sorted(p for p in folder.iterdir() if p.suffix.lower() in extensions and p.is_file())
+        loose = images(root)
+        if folders and loose:
+            raise ValueError(f'{root} holds both class folders ({", ".join(p.name for p in folders[:3])}, ...) and '
+                             f'{len(loose)} images beside them (e.g. {loose[0].name}): the images would be left out; '
+                             'move them into a class folder, or point root at one layout')
         self.classes = tuple(p.name for p in folders) or ('image',)
         groups = [(i, f) for i, f in enumerate(folders)] or [(0, root)]
-        self.samples = [(path, label) for label, folder in groups for path in sorted(folder.iterdir())
-                        if path.suffix.lower() in extensions]
+        self.samples = [(path, label) for label, folder in groups for path in images(folder)]
         if not self.samples:
             raise FileNotFoundError(f'no images ({", ".join(extensions)}) under {root}')
+        empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
+        if folders and empty:
+            raise ValueError(f'class folders without images ({", ".join(extensions)}) under {root}: '
+                             f'{", ".join(empty)}; each folder is a class label, so remove the empty ones')
         self.img_size, self.canny_sigma, self.flip = img_size, canny_sigma, flip
 
     def __len__(self) -> int:
@@ -147,14 +159,12 @@ class ImageFolderCannyDataset(SeededDataset):
     def __getitem__(self, index: int) -> Dict:
         from PIL import Image
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            img = to_rgb(img)
-            scale = self.img_size / min(img.size)
-            img = img.resize((max(self.img_size, round(img.width * scale)),
-                              max(self.img_size, round(img.height * scale))), Image.BICUBIC)
-            left, top = (img.width - self.img_size) // 2, (img.height - self.img_size) // 2
-            img = img.crop((left, top, left + self.img_size, top + self.img_size))
-            image = np.asarray(img, dtype=np.uint8)
+        img = Image.fromarray(load_image(path))  # (an unreadable file is named; 16-bit scaled, float refused)
+        scale = self.img_size / min(img.size)
+        img = img.resize((max(self.img_size, round(img.width * scale)),
+                          max(self.img_size, round(img.height * scale))), Image.BICUBIC)
+        left, top = (img.width - self.img_size) // 2, (img.height - self.img_size) // 2
+        image = np.asarray(img.crop((left, top, left + self.img_size, top + self.img_size)), dtype=np.uint8)
         if self.flip and np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5:
             image = image[:, ::-1]
         item = _item(image, label, index, self.canny_sigma)
