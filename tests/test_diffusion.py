@@ -641,3 +641,29 @@ def test_image_folder_canny_dataset_refuses_layouts_that_shift_or_drop_labels(tm
     (tmp_path / 'dogs' / 'a.png').write_bytes((tmp_path / 'cats' / 'a.png').read_bytes()[:40])
     with pytest.raises(OSError, match=r"cannot read image .*dogs.*a\.png"):
         ImageFolderCannyDataset(tmp_path, img_size=8)[1]
+
+
+def test_denoise_probe_measures_one_step_x0_errors(tmp_path):
+    spec = importlib.util.spec_from_file_location('denoise_probe', ROOT / 'tools' / 'denoise_probe.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    from diffusers import DDPMScheduler
+    alphas = DDPMScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule='linear').alphas_cumprod
+    batch = _batch(2)
+    x0 = DiffusionModel(_OracleDenoiser(torch.zeros(3, 16, 16), alphas)).data_preprocessor(batch)['inputs'][0]
+    exact = DiffusionModel(_OracleDenoiser(x0, alphas))  # the exact noise for item 0, not for item 1
+    one = {key: value[:1] for key, value in batch.items()}
+    report = tool.denoise_probe(exact, one, [10, 500, 900], [('ddim', 5)])
+    assert [row['t'] for row in report['rows']] == [10, 500, 900]
+    assert max(row['x0_mse'] for row in report['rows']) < 1e-4
+    both = tool.denoise_probe(exact, batch, [500], [])
+    assert both['rows'][0]['x0_mse'] > 1e-2  # item 1 is another image: the oracle's noise is wrong for it
+    assert [label for label, _ in report['images']] == ['real', 'x0 at t=10', 'x0 at t=500', 'x0 at t=900',
+                                                         'ddim, 5 steps']
+    tool.save_figure(report['images'], str(tmp_path / 'probe.png'))
+    from PIL import Image
+    assert Image.open(tmp_path / 'probe.png').size == (130 + 16 * 3, 16 * 3 * 5)
+    with pytest.raises(ValueError, match='outside the training range'):
+        tool.denoise_probe(exact, one, [1000])
+    with pytest.raises(SystemExit, match='sampler:steps'):
+        tool._parse_samplers(['euler:10'])

@@ -77,31 +77,38 @@ def relevance_scores(model, batches, progress=True) -> dict:
     return {'full': full, 'blocks': rows, 'ranking': ranking}
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint file {args.checkpoint} does not exist')
+def load_eval_model(config: str, checkpoint: str, cfg_options=None, device=None):
+    """The config's model (with ``cfg_options``) holding every weight of ``checkpoint``, in eval mode on ``device``
+    (default cuda when available); returns (model, cfg). Exits with a message naming a missing file, a bad option or
+    a checkpoint that does not fit."""
+    if not osp.isfile(checkpoint):
+        raise SystemExit(f'checkpoint file {checkpoint} does not exist')
     import torch
-    from visionattn.heads.diffusion.task import diffusion_collate
 
     from visionattn.engine import MODELS, ConfigError, apply_cfg_options, load_training_checkpoint, read_config
 
     try:
-        cfg = read_config(args.config)
-        apply_cfg_options(cfg, args.cfg_options)
+        cfg = read_config(config)
+        apply_cfg_options(cfg, cfg_options)
     except ConfigError as e:  # names the file and line, or the option
         raise SystemExit(str(e)) from None
     if cfg.model.get('pretrained'):
         cfg.model.pretrained = False  # every weight, the VAE's too, comes from the checkpoint
     model = MODELS.build(cfg.model)
-    state = load_training_checkpoint(args.checkpoint)
+    state = load_training_checkpoint(checkpoint)
     state = state.get('state_dict', state)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise SystemExit(f'{args.checkpoint} does not fit the model: missing {result.missing_keys}, '
+        raise SystemExit(f'{checkpoint} does not fit the model: missing {result.missing_keys}, '
                          f'unexpected {result.unexpected_keys}')
-    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    model.to(device).eval()
+    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    return model.to(device).eval(), cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from visionattn.heads.diffusion.task import diffusion_collate
+    model, cfg = load_eval_model(args.config, args.checkpoint, args.cfg_options, args.device)
     if args.steps:
         model.num_inference_steps = args.steps
     dataset_cfg = dict(cfg.val_dataloader.dataset)
