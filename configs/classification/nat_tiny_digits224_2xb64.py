@@ -13,6 +13,7 @@ with read_base():
 
 img_size = 224
 model = dict(type=ImageClassifier, backbone='nat_tiny', num_classes=num_classes, label_smoothing=0.1)
+optim_wrapper.paramwise_cfg.update(custom_keys={'rpb': dict(decay_mult=0.0)})  # NAT's relative-position bias: no decay
 train_dataloader.update(batch_size=64, num_workers=8, persistent_workers=True)
 train_dataloader.dataset.pipeline.update(img_size=img_size)
 val_dataloader.update(num_workers=4)

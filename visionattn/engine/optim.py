@@ -1,10 +1,9 @@
 """Optimizer wrappers of the official recipes that mmengine lacks, registered for the ``optim_wrapper`` configs, and
 the checks of ``optim_wrapper.paramwise_cfg`` that mmengine's constructor does not make."""
-import ast
 import difflib
 import math
 import numbers
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, Optional
 
 from mmengine.optim import OptimWrapper
 from timm.utils import adaptive_clip_grad
@@ -13,7 +12,7 @@ from torch.optim import Optimizer
 from .registry import OPTIM_WRAPPERS
 
 __all__ = ['AGCOptimWrapper', 'check_optim_wrapper_args', 'check_paramwise_cfg', 'check_custom_keys',
-           'shared_base_keys', 'PARAMWISE_KEYS']
+           'PARAMWISE_KEYS']
 
 _AGC_KEYS = ('clip_factor', 'eps', 'norm_type')
 # The keyword arguments of each clipping function, the one that must be given first.
@@ -171,37 +170,12 @@ def check_paramwise_cfg(optim_wrapper: Dict, where: str = 'optim_wrapper') -> No
                                   f'where nothing reads it{_close(key, known)}')
 
 
-def _names_in(path: str) -> set:
-    """The strings and keyword names a config file writes (where a custom_keys entry may come from)."""
-    with open(path, encoding='utf-8') as f:
-        tree = ast.parse(f.read(), filename=path)
-    return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)} | \
-        {n.arg for n in ast.walk(tree) if isinstance(n, ast.keyword) and n.arg}
-
-
-def shared_base_keys(keys: Sequence[str], config_file: Optional[str]) -> List[str]:
-    """Those of ``keys`` that only a base config of ``config_file`` writes, none that the file itself does: a base
-    shared by several model families lists the parameter names of each (NAT's ``rpb``, PATNet's ``rpe_table``)."""
-    if not config_file or not keys:
-        return []
-    from .config_checks import config_files
-    try:
-        own, *bases = config_files(config_file)
-        own_names, base_names = _names_in(own), set().union(*map(_names_in, bases)) if bases else set()
-    except (OSError, SyntaxError, ValueError):  # a config read from elsewhere: no exemption
-        return []
-    return [k for k in keys if k in base_names and k not in own_names]
-
-
-def check_custom_keys(model, optim_wrapper: Dict, where: str = 'optim_wrapper', config_file: Optional[str] = None,
-                      logger=None) -> None:
+def check_custom_keys(model, optim_wrapper: Dict, where: str = 'optim_wrapper') -> None:
     """Each ``paramwise_cfg.custom_keys`` entry must apply to a parameter of ``model``, as mmengine's
     DefaultOptimWrapperConstructor matches them: a part of the name ``module.sub.weight`` (``.weight`` for the root's
     own), the longest matching key only. An entry that applies to none, unmatched or always beaten by a longer key,
-    is ignored by mmengine without a word.
-
-    Entries that only a shared base config of ``config_file`` lists (the relative-position tables of other model
-    families) are logged through ``logger`` instead.
+    is ignored by mmengine without a word. (So a config shared by several model families leaves the names of one
+    family's parameters, such as NAT's ``rpb``, to that family's configs.)
 
     Raises:
         ConfigError: Naming the entry and the close parameter names, or the longer key that takes its parameters.
@@ -221,9 +195,7 @@ def check_custom_keys(model, optim_wrapper: Dict, where: str = 'optim_wrapper', 
     for name in names:
         key = next((k for k in order if k in name), None)
         taken.setdefault(key, name)
-    idle = [k for k in custom if k not in taken]
-    shared = shared_base_keys(idle, config_file)
-    for key in idle:
+    for key in (k for k in custom if k not in taken):
         matched = [n for n in names if key in n]
         if matched:
             winner = next(k for k in order if k in matched[0])
@@ -232,10 +204,6 @@ def check_custom_keys(model, optim_wrapper: Dict, where: str = 'optim_wrapper', 
         else:
             parts = sorted({p for n in names for p in n.split('.') if p} | {n.lstrip('.') for n in names})
             problem = f'it is part of no parameter name of {type(model).__name__}{_close(key, parts, 0.75)}'
-        message = f'{where}.paramwise_cfg.custom_keys[{key!r}] applies to no parameter: {problem}'
-        if key in shared:
-            if logger is not None:
-                logger.info(f'{message}; a base config lists it for other models: not applied')
-            continue
-        raise ConfigError(f'{message}. Its settings would be ignored: name a part of the parameter names '
-                          f'(model.named_parameters()), e.g. {names[0].lstrip(".")!r}')
+        raise ConfigError(f'{where}.paramwise_cfg.custom_keys[{key!r}] applies to no parameter: {problem}. Its '
+                          'settings would be ignored: name a part of the parameter names (model.named_parameters()), '
+                          f'e.g. {names[0].lstrip(".")!r}')

@@ -598,8 +598,7 @@ class VisionRunner(Runner):
         if isinstance(optim_wrapper, dict):  # (resume calls it again with the built wrapper)
             from .optim import check_custom_keys, check_paramwise_cfg
             check_paramwise_cfg(optim_wrapper)  # (again: a runner may be built without tools/train.py)
-            check_custom_keys(self.model, optim_wrapper, config_file=getattr(self.cfg, 'filename', None),
-                              logger=self.logger)
+            check_custom_keys(self.model, optim_wrapper)
         return super().build_optim_wrapper(optim_wrapper)
 
     def build_train_loop(self, loop):

@@ -1,7 +1,7 @@
 # AdamW with linear warm-up then cosine decay, per iteration; no weight decay on norms, biases and other 1-D
-# parameters, nor on the relative-position tables (NAT's attn.rpb, PATNet's rpe_table: the Swin convention, and the
-# tables the models list in no_weight_decay() / no_weight_decay_keywords()). Epoch counts and lr are overridden by
-# each model config.
+# parameters. A family with relative-position tables adds their names to paramwise_cfg.custom_keys (NAT's attn.rpb,
+# PATNet's rpe_table: the Swin convention, the tables the models list in no_weight_decay()); here they would name
+# parameters the other families lack, which the engine refuses. Epoch counts and lr are overridden by each config.
 from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
 from torch.optim import AdamW
 
@@ -10,8 +10,7 @@ warmup_epochs = 5
 optim_wrapper = dict(
     type=OptimWrapper,
     optimizer=dict(type=AdamW, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999)),
-    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0,
-                       custom_keys={'rpb': dict(decay_mult=0.0), 'rpe_table': dict(decay_mult=0.0)}),
+    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0),
     clip_grad=dict(max_norm=5.0),
 )
 param_scheduler = [
