@@ -175,14 +175,14 @@ def test_metric_on_a_known_pair():
     reference = torch.randint(20, 236, (3, 192, 192), dtype=torch.uint8)
     decoded = reference + 10  # MSE 100 exactly: PSNR = 10 log10(255^2 / 100)
     assert psnr(reference, decoded) == pytest.approx(10 * math.log10(255 ** 2 / 100))
-    assert psnr(reference, reference) == math.inf
+    assert psnr(reference, reference) == 100.0  # capped: PSNR_MAX_DB
     metric = RateDistortionMetric(baselines=('JPEG',), qualities=(10, 50, 90))
     metric.process({}, [{'gt_img': reference, 'pred_img': decoded, 'bpp': 0.5, 'encode_ms': 2.0, 'decode_ms': 4.0},
                         {'gt_img': reference, 'pred_img': reference.clone(), 'bpp': 1.5, 'encode_ms': 4.0,
                          'decode_ms': 6.0}])
     results = metric.compute_metrics(metric.results)
     assert results['bpp'] == pytest.approx(1.0) and results['encode_ms'] == pytest.approx(3.0)
-    assert results['psnr'] == math.inf  # one lossless image: the mean PSNR is infinite, as it should be
+    assert results['psnr'] == pytest.approx((psnr(reference, decoded) + 100.0) / 2)  # the lossless one at the cap
     assert results['ms_ssim'] < 1.0
     jpeg = metric.baseline_points['jpeg']
     assert [p['quality'] for p in jpeg] == [10, 50, 90] and jpeg[0]['bpp'] < jpeg[1]['bpp'] < jpeg[2]['bpp']
@@ -198,6 +198,30 @@ def test_ms_ssim_rejects_small_images():
     with pytest.raises(ValueError, match='161'):
         ms_ssim_value(image, image)
 
+
+
+def test_psnr_of_identical_images_is_capped_and_ms_ssim_takes_one_image():
+    # a lossless image (or a flat one a codec reproduces exactly) had PSNR inf, so the mean PSNR of the whole test
+    # set, the gain over JPEG and the RD point were inf; a batch given to MS-SSIM failed inside pytorch-msssim
+    from visionattn.heads.compression.evaluation import RateDistortionMetric
+    from visionattn.heads.compression.measures import ms_ssim_value, psnr
+
+    reference = torch.full((3, 192, 192), 128, dtype=torch.uint8)
+    assert psnr(reference, reference) == 100.0
+    off = reference.clone()
+    off[0, 0, 0] = 129  # one value one level off: 10 log10(255^2 * N), below the cap, exact
+    assert psnr(reference, off) == pytest.approx(10 * math.log10(255 ** 2 * reference.numel()))
+    big = torch.full((3, 512, 768), 128, dtype=torch.uint8)
+    big_off = big.clone()
+    big_off[0, 0, 0] = 129  # 108.9 dB uncapped: capped too, so no image scores above an identical one
+    assert psnr(big, big_off) == 100.0
+    metric = RateDistortionMetric()
+    metric.process({}, [{'gt_img': reference, 'pred_img': reference.clone(), 'bpp': 0.1},
+                        {'gt_img': reference, 'pred_img': reference + 10, 'bpp': 0.3}])
+    want = (100.0 + 10 * math.log10(255 ** 2 / 100)) / 2  # the mean of the capped and an exact PSNR (MSE 100)
+    assert metric.compute_metrics(metric.results)['psnr'] == pytest.approx(want)
+    with pytest.raises(ValueError, match=r'MS-SSIM takes one image \(C, H, W\), got \(1, 3, 192, 192\)'):
+        ms_ssim_value(reference[None], off[None])
 
 def test_bjontegaard_deltas_on_synthetic_curves():
     from visionattn.heads.compression.rate_distortion import bd_psnr, bd_rate

@@ -3,9 +3,10 @@
     python tools/denoise_probe.py configs/diffusion/pixart_tiny_synthetic_pairs.py work_dirs/base/iter_3000.pth \\
         --out probe.png
 
-Held-out images are noised at each ``--timesteps`` t (the training noise), the denoiser predicts the noise once,
-and its one-step x0 estimate (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) is compared with the image: the MSE of the noise
-(the training loss at that t) and of x0. A model that denoises well at small t but not at large t has learnt
+Held-out images are noised at each ``--timesteps`` t (the training noise), the denoiser predicts once, and the
+noise and one-step x0 estimates its prediction implies (for a noise prediction eps, x0 = (x_t - sqrt(1 - a_t) eps) /
+sqrt(a_t); see ``DiffusionModel.estimates`` for v and x0) are compared with the truth: the MSE of the noise (the
+epsilon model's training loss at that t) and of x0. A model that denoises well at small t but not at large t has learnt
 textures and colours, not yet the layout that the first sampling steps decide: its samples are blotches however
 good its loss looks (the loss averages over t, and at large t the noise is easy to predict while x0 is not). The
 figure has one row of real images, one of x0 estimates per t (clipped to [-1, 1]), and one of samples per
@@ -53,9 +54,8 @@ def denoise_probe(model, batch: dict, timesteps, samplers=(), seed: int = 0) -> 
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             t_batch = torch.full((x0.shape[0],), t, device=x0.device, dtype=torch.long)
             x_t = scheduler.add_noise(x0, noise, t_batch)
-            eps = model.denoiser(x_t, t_batch, labels, **conditions)[:, :model.denoiser.in_channels].float()
-            alpha = scheduler.alphas_cumprod[t].to(x0.device).float()
-            estimate = (x_t.float() - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+            prediction = model.denoiser(x_t, t_batch, labels, **conditions)[:, :model.denoiser.in_channels]
+            eps, estimate = model.estimates(x_t, prediction, t_batch)
             rows.append({'t': t, 'eps_mse': float(((eps - noise.float()) ** 2).mean()),
                          'x0_mse': float(((estimate - x0.float()) ** 2).mean())})
             images.append((f'x0 at t={t}', model.decode(estimate.to(x0.dtype)).clamp(-1, 1)))

@@ -28,7 +28,11 @@ LAMAMBA_CFG=configs/diffusion/lamamba_diff_tiny_synthetic_pairs.py
 
 last_checkpoint() {
   if [[ ! -f "$1/last_checkpoint" ]]; then echo "no checkpoint in $1: run the earlier stage first" >&2; exit 1; fi
-  cat "$1/last_checkpoint"
+  local name
+  name=$(<"$1/last_checkpoint")
+  # the record names a checkpoint inside the work dir relative to it (so a moved work dir stays right)
+  if [[ $name != /* && $name != *://* ]]; then name="$1/$name"; fi
+  echo "$name"
 }
 
 if [[ $STAGE == base || $STAGE == all ]]; then

@@ -8,6 +8,8 @@ Every variant samples the same items from the same noise (seeded), so the differ
 alone. Control fidelity = edge-map F1 between the control and the Canny edges of the sample; quality = PSNR against
 the paired real image (the paper uses FID and its own fidelity score instead). Relevance of block k =
 (F1_full - F1_skip_k) / F1_full + (PSNR_full - PSNR_skip_k) / PSNR_full; a higher score = a more relevant block.
+PSNR is capped at 100 dB (SampleQualityMetric's PSNR_MAX_DB): samples identical to their real images score 100 dB,
+not inf, so a block whose removal changes nothing scores 0, not NaN.
 """
 import argparse
 import json

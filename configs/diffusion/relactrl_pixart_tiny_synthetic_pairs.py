@@ -18,7 +18,7 @@ model = dict(type=ControlledDiffusionModel,
              denoiser=dict(type=RelaCtrlPixArt, base=base, control_indices=RELACTRL_CONTROL_INDICES,
                            group_counts=RELACTRL_GROUP_COUNTS, inference_seed=0,
                            base_checkpoint='work_dirs/pixart_tiny_synthetic_pairs'),
-             sampler='dpm_solver', num_inference_steps=20, clip_sample=True,  # pixel space, as in DDPM
-             guidance_scale=1.0, compare_base=True)
+             prediction_type=prediction_type, sampler='dpm_solver', num_inference_steps=20,
+             clip_sample=True, guidance_scale=1.0, compare_base=True)  # pixel space: x0 clipped as in DDPM
 max_iters = 2000
 train_cfg.update(max_iters=max_iters, val_interval=max_iters)

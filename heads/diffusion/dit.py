@@ -15,6 +15,7 @@ with q, k, v [B, heads, N, head_dim] and ``grid_size`` the token grid ((h, w) or
 :class:`SDPAttentionCore` (``F.scaled_dot_product_attention``).
 """
 import math
+import warnings
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -231,6 +232,18 @@ class CaptionEmbedder(nn.Module):
         return self.y_proj(caption)
 
 
+def check_patch_embedding(name: str, patch_size: Sequence[int], in_channels: int, embed_dim: int) -> None:
+    """Warn when a denoiser's linear patch embedding is narrower than a patch: its pixels then reach the model
+    through ``embed_dim`` directions only, and the noise along the others cannot be predicted, so the noise
+    loss stays above about (patch values - embed_dim) / patch values at large t, however long it trains."""
+    values = in_channels * math.prod(patch_size)
+    if embed_dim < values:
+        warnings.warn(f'{name}: a patch of {"x".join(map(str, patch_size))} pixels and {in_channels} channels holds '
+                      f'{values} values but the patch embedding is {embed_dim} wide, so the noise loss cannot fall '
+                      f'below about {(values - embed_dim) / values:.2f} at large t: widen the embedding or use '
+                      'smaller patches', stacklevel=3)
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping patches to tokens: Conv2d (image) or Conv3d (video, patch (pt, p, p)), named ``proj`` as in
     timm's PatchEmbed. Returns tokens [B, N, D] and the token grid."""
@@ -238,6 +251,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, patch_size: Tuple[int, ...], in_channels: int, embed_dim: int):
         super().__init__()
         self.patch_size = tuple(patch_size)
+        check_patch_embedding('PatchEmbed', self.patch_size, in_channels, embed_dim)
         conv = nn.Conv2d if len(self.patch_size) == 2 else nn.Conv3d
         self.proj = conv(in_channels, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
 

@@ -4,6 +4,7 @@ edges of the generated image, matched within a pixel tolerance; :class:`SampleQu
 generated image against the real image of the same (label, control) pair, which only makes sense where the condition
 pins the image down, as in the synthetic pairs.
 """
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -14,7 +15,13 @@ from visionattn.engine.registry import METRICS
 
 from .data import canny_edges
 
-__all__ = ['edge_f1', 'ControlFidelityMetric', 'SampleQualityMetric']
+__all__ = ['edge_f1', 'ControlFidelityMetric', 'SampleQualityMetric', 'PSNR_MAX_DB', 'SSIM_WIN_SIZE']
+
+# PSNR is capped here (as x264 caps it): identical images have an infinite PSNR, which made the mean over the samples
+# inf and the relevance scores of tools/relevance_score.py NaN (inf - inf). Below the cap the value is exact; above
+# it lie only images within 6.5e-6 levels^2 of MSE, e.g. one value one level off in over 153,787.
+PSNR_MAX_DB = 100.0
+SSIM_WIN_SIZE = 7  # skimage's default (uniform) SSIM window; smaller images get the largest odd window that fits
 
 
 def as_numpy(x) -> np.ndarray:
@@ -109,8 +116,13 @@ class ControlFidelityMetric(BaseMetric):
 
 @METRICS.register_module()
 class SampleQualityMetric(BaseMetric):
-    """Reconstruction-style quality proxy: PSNR (dB) and SSIM of ``pred_img`` (and ``base_img``) against the real
-    image ``gt_img`` of the same condition."""
+    """Reconstruction-style quality proxy: PSNR (dB, at most :data:`PSNR_MAX_DB`, which identical images score) and
+    SSIM of ``pred_img`` (and ``base_img``) against the real image ``gt_img`` of the same condition.
+
+    SSIM uses skimage's 7x7 uniform window; images with a side under 7 pixels use the largest odd window that fits
+    (3 or 5, with a warning: such values do not compare with 7x7 ones), and sides under 3 pixels are refused (a 1x1
+    window has no variance to compare).
+    """
     default_prefix = 'diffusion'
 
     def process(self, data_batch, data_samples: Sequence) -> None:
@@ -118,6 +130,18 @@ class SampleQualityMetric(BaseMetric):
         for sample in data_samples:
             sample = sample.to_dict() if hasattr(sample, 'to_dict') else sample
             real = _uint8_image(sample, 'gt_img')
+            if real.ndim != 3:  # SSIM needs the channel axis; without it the value was dropped
+                raise ValueError(f'gt_img must be an image [C, H, W], got {real.shape}')
+            height, width = real.shape[-2:]
+            side = min(height, width)
+            win_size = min(SSIM_WIN_SIZE, side if side % 2 else side - 1)  # skimage takes odd windows only
+            if win_size < 3:
+                raise ValueError(f'SSIM needs images of at least 3x3 pixels (its smallest window), got '
+                                 f'{height}x{width}')
+            if win_size < SSIM_WIN_SIZE:
+                warnings.warn(f'SampleQualityMetric: {height}x{width} images are smaller than the '
+                              f'{SSIM_WIN_SIZE}-pixel SSIM window; their SSIM uses a {win_size}-pixel window (not '
+                              f'comparable with {SSIM_WIN_SIZE}-pixel values)', stacklevel=2)
             result = {}
             for key, prefix in (('pred_img', ''), ('base_img', 'base_')):
                 if sample.get(key) is None:
@@ -125,10 +149,12 @@ class SampleQualityMetric(BaseMetric):
                 fake = _uint8_image(sample, key)
                 if fake.shape != real.shape:
                     raise ValueError(f'{key} {fake.shape} and gt_img {real.shape} differ in shape')
-                result[prefix + 'psnr'] = float(peak_signal_noise_ratio(real, fake, data_range=255))
-                if real.ndim == 3 and min(real.shape[-2:]) >= 7:
-                    result[prefix + 'ssim'] = float(structural_similarity(real, fake, channel_axis=0,
-                                                                          data_range=255))
+                # identical images: skimage would divide by a zero MSE (inf, and a RuntimeWarning)
+                psnr = PSNR_MAX_DB if np.array_equal(real, fake) else peak_signal_noise_ratio(real, fake,
+                                                                                             data_range=255)
+                result[prefix + 'psnr'] = min(float(psnr), PSNR_MAX_DB)
+                result[prefix + 'ssim'] = float(structural_similarity(real, fake, channel_axis=0, data_range=255,
+                                                                      win_size=win_size))
             self.results.append(result)
 
     def compute_metrics(self, results: List[Dict]) -> Dict[str, float]:

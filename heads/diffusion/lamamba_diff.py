@@ -34,7 +34,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
-from visionattn.heads.diffusion.dit import LabelEmbedder, TimestepEmbedder, modulate, sincos_pos_embed
+from visionattn.heads.diffusion.dit import (
+    LabelEmbedder,
+    TimestepEmbedder,
+    check_patch_embedding,
+    modulate,
+    sincos_pos_embed,
+)
 
 from visionattn.layers.ss2d import SS2D, ShiftedWindowAttention
 
@@ -100,6 +106,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
+        check_patch_embedding('LaMambaDiff', (patch_size, patch_size), in_chans, embed_dim)
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(embed_dim)
 

@@ -1,6 +1,6 @@
 """Diffusion as an mmengine model: collate, data preprocessor, the :class:`DiffusionModel` task model
-(epsilon-prediction training with diffusers' DDPMScheduler, sampling with DPM-Solver++ / DDIM / DDPM and
-classifier-free guidance), the :class:`ControlledDiffusionModel` for control nets such as RelaCtrl, the
+(epsilon-, v- or x0-prediction training with diffusers' DDPMScheduler, sampling with DPM-Solver++ / DDIM / DDPM
+and classifier-free guidance), the :class:`ControlledDiffusionModel` for control nets such as RelaCtrl, the
 ``tools/test.py --show-dir`` drawing (:class:`DiffusionSamplesHook`); the diffusion datasets are registered here.
 
 The denoiser is any module of the interface in heads/diffusion/dit.py: attributes in_channels, out_channels,
@@ -28,6 +28,7 @@ __all__ = ['diffusion_collate', 'DiffusionDataPreprocessor', 'DiffusionModel', '
            'DiffusionSamplesHook']
 
 SAMPLERS = ('dpm_solver', 'ddim', 'ddpm')
+PREDICTION_TYPES = ('epsilon', 'v_prediction', 'sample')
 DATASETS.register_module(module=SyntheticDiffusionPairs)
 DATASETS.register_module(module=ImageFolderCannyDataset)
 
@@ -141,12 +142,17 @@ class DiffusionSamplesHook(ShowDirHook):
 
 @MODELS.register_module()
 class DiffusionModel(TaskModel):
-    """A denoiser trained to predict the noise, behind mmengine's ``forward(inputs, data_samples, mode)``.
+    """A denoiser trained to predict the noise (or v, or x0), behind mmengine's ``forward(inputs, data_samples, mode)``.
 
     Args:
         denoiser: Config dict (``type=`` a factory or class) or module.
         num_train_timesteps, beta_schedule, beta_start, beta_end: Training noise (diffusers DDPMScheduler; DiT's
             linear 1e-4..0.02 over 1000 steps by default).
+        prediction_type: What the denoiser predicts: 'epsilon' (the noise; DDPM, DiT, PixArt), 'v_prediction'
+            (v = sqrt(a_t) noise - sqrt(1 - a_t) x0; Salimans & Ho 2022, Sec. 4) or 'sample' (x0). A noise
+            prediction's one-step x0 estimate divides its error by sqrt(a_t), which the linear schedule takes to
+            about 0.006 at t = 999: small pixel-space models then start sampling from saturated speckles
+            (docs/benchmarks/diffusion_h100_s12.md); v stays well-conditioned at every t.
         sampler: 'dpm_solver' (DPMSolverMultistepScheduler, DPM-Solver++ order 2), 'ddim' or 'ddpm'.
         num_inference_steps: Sampling steps.
         clip_sample: Clip every step's x0 prediction to [-1, 1], as pixel-space DDPM does (Ho et al. 2020); off
@@ -174,7 +180,8 @@ class DiffusionModel(TaskModel):
 
     def __init__(self, denoiser: Union[Dict, nn.Module], num_train_timesteps: int = 1000,
                  beta_schedule: str = 'linear', beta_start: float = 1e-4, beta_end: float = 0.02,
-                 sampler: str = 'dpm_solver', num_inference_steps: int = 20, clip_sample: bool = False,
+                 prediction_type: str = 'epsilon', sampler: str = 'dpm_solver', num_inference_steps: int = 20,
+                 clip_sample: bool = False,
                  guidance_scale: float = 1.0,
                  vae: Union[None, Dict, nn.Module] = None, pretrained: bool = True, sample_seed: int = 0,
                  compile_denoiser: Union[bool, Dict] = False,
@@ -183,6 +190,8 @@ class DiffusionModel(TaskModel):
             raise ValueError(f'sampler must be one of {SAMPLERS}, got {sampler!r}')
         if num_inference_steps < 1:
             raise ValueError(f'num_inference_steps must be positive, got {num_inference_steps}')
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f'prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}')
         super().__init__(data_preprocessor=data_preprocessor or dict(type=DiffusionDataPreprocessor),
                          init_cfg=init_cfg)
         self.denoiser = _build(denoiser, 'denoiser')
@@ -199,7 +208,7 @@ class DiffusionModel(TaskModel):
             self.vae.requires_grad_(False).eval()
         from diffusers import DDPMScheduler
         self.noise_config = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                                 beta_start=beta_start, beta_end=beta_end)
+                                 beta_start=beta_start, beta_end=beta_end, prediction_type=prediction_type)
         self.train_scheduler = DDPMScheduler(**self.noise_config, clip_sample=False)
         self.sampler, self.num_inference_steps, self.clip_sample = sampler, num_inference_steps, clip_sample
         self.guidance_scale, self.sample_seed = guidance_scale, sample_seed
@@ -253,8 +262,30 @@ class DiffusionModel(TaskModel):
         return self.denoiser(x0, t, self._labels(data_samples, x0.shape[0], x0.device),
                              **self.conditions(inputs, data_samples))
 
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser learns to predict at x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise (``prediction_type``)."""
+        kind = self.noise_config['prediction_type']
+        if kind == 'epsilon':
+            return noise
+        if kind == 'sample':
+            return x0
+        return self.train_scheduler.get_velocity(x0, noise, t)
+
+    def estimates(self, x_t: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor):
+        """The (noise, x0) pair implied by the denoiser's ``prediction`` at x_t, in float32, for any prediction type."""
+        alpha = self.train_scheduler.alphas_cumprod.to(x_t.device)[t].float().reshape(-1, *(1,) * (x_t.ndim - 1))
+        signal, sigma = alpha.sqrt(), (1 - alpha).sqrt()
+        x_t, prediction = x_t.float(), prediction.float()
+        kind = self.noise_config['prediction_type']
+        if kind == 'epsilon':
+            return prediction, (x_t - sigma * prediction) / signal
+        if kind == 'sample':
+            return (x_t - signal * prediction) / sigma, prediction
+        return signal * prediction + sigma * x_t, signal * x_t - sigma * prediction  # v_prediction
+
     def loss(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None) -> Dict:
-        """MSE between the noise and the first in_channels channels of the prediction at uniform random t.
+        """MSE between the target (the noise by default, see ``prediction_type``) and the first in_channels
+        channels of the prediction at uniform random t.
 
         With learn_sigma/pred_sigma the variance channels get no loss here (DiT and PixArt add the VLB term of
         improved DDPM for them; not implemented: samplers here use only the noise prediction)."""
@@ -268,7 +299,7 @@ class DiffusionModel(TaskModel):
         if out.shape[0] != batch or out.shape[1] != self.denoiser.out_channels or out.shape[2:] != x0.shape[2:]:
             raise ValueError(f'the denoiser returned {tuple(out.shape)}, expected [B, {self.denoiser.out_channels}, '
                              f'{", ".join(map(str, x0.shape[2:]))}]')
-        loss = F.mse_loss(out[:, :self.denoiser.in_channels].float(), noise.float())
+        loss = F.mse_loss(out[:, :self.denoiser.in_channels].float(), self.target(x0, noise, t).float())
         return {'loss': loss}
 
     def _make_scheduler(self):
@@ -315,12 +346,13 @@ class DiffusionModel(TaskModel):
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
             t_batch = t.reshape(1).expand(model_in.shape[0]).to(device)
-            eps = self.denoiser(model_in, t_batch, labels, **conditions)[:, :channels]
+            # guidance extrapolates whatever is predicted (noise, v or x0): each is affine in the others at fixed x_t
+            pred = self.denoiser(model_in, t_batch, labels, **conditions)[:, :channels]
             if guided:
-                cond_eps, uncond_eps = eps.chunk(2)
-                eps = uncond_eps + scale * (cond_eps - uncond_eps)
+                cond_pred, uncond_pred = pred.chunk(2)
+                pred = uncond_pred + scale * (cond_pred - uncond_pred)
             kwargs = {'generator': generators} if self.sampler == 'ddpm' else {}  # per item (diffusers' randn_tensor)
-            x = scheduler.step(eps, t, x, **kwargs).prev_sample
+            x = scheduler.step(pred, t, x, **kwargs).prev_sample
         return x
 
     def predict(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None):

@@ -12,6 +12,10 @@ with read_base():
     from .synthetic_pairs_32 import *
 
 max_iters = 3000
+# What the denoisers predict. v (Salimans & Ho 2022), not the noise that DiT and PixArt predict: in pixel space at
+# 32x32 a noise prediction's x0 estimate at large t is its error magnified up to 1/sqrt(a_t) ~ 60-150x, and the smoke
+# bases sampled saturated speckles (docs/benchmarks/diffusion_h100_s12.md). The control run shares its base's value.
+prediction_type = 'v_prediction'
 optim_wrapper = dict(type=OptimWrapper, optimizer=dict(type=AdamW, lr=3e-4, weight_decay=0.0),
                      clip_grad=dict(max_norm=1.0))
 param_scheduler = [dict(type=LinearLR, start_factor=0.01, by_epoch=False, begin=0, end=200)]
