@@ -550,13 +550,14 @@ class _TinyModel(BaseModel):
         return dict(loss=out.pow(2).mean()) if mode == 'loss' else out
 
 
-def _tiny_runner(work_dir, max_epochs=2, end=2, paramwise_cfg=None, resume=False):
+def _tiny_runner(work_dir, max_epochs=2, end=2, paramwise_cfg=None, resume=False, optimizer=None, schedulers=None):
     """A VisionRunner of a tiny model under warm-up (1 epoch) then cosine (to epoch ``end``), iteration-based, whose
-    ``logger.warning`` / ``logger.info`` calls are kept in ``runner.seen``."""
+    ``logger.warning`` / ``logger.info`` calls are kept in ``runner.seen``. ``optimizer`` (the optimizer's config) and
+    ``schedulers`` (the param_scheduler list) replace the SGD and the schedule."""
     from mmengine.optim import CosineAnnealingLR, LinearLR
 
     from visionattn.engine import VisionRunner
-    optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4))
+    optim_wrapper = dict(optimizer=optimizer or dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4))
     if paramwise_cfg is not None:
         optim_wrapper['paramwise_cfg'] = paramwise_cfg
     _tiny_runner.runs = getattr(_tiny_runner, 'runs', 0) + 1
@@ -565,10 +566,10 @@ def _tiny_runner(work_dir, max_epochs=2, end=2, paramwise_cfg=None, resume=False
         train_dataloader=dict(dataset=[dict(inputs=torch.ones(2))] * 4, batch_size=2, collate_fn=dict(
             type='default_collate'), sampler=dict(type='DefaultSampler', shuffle=False)),
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs), optim_wrapper=optim_wrapper,
-        param_scheduler=[dict(type=LinearLR, start_factor=0.1, by_epoch=True, begin=0, end=1,
-                              convert_to_iter_based=True),
-                         dict(type=CosineAnnealingLR, by_epoch=True, begin=1, end=end, eta_min=1e-3,
-                              convert_to_iter_based=True)],
+        param_scheduler=schedulers or [dict(type=LinearLR, start_factor=0.1, by_epoch=True, begin=0, end=1,
+                                            convert_to_iter_based=True),
+                                       dict(type=CosineAnnealingLR, by_epoch=True, begin=1, end=end, eta_min=1e-3,
+                                            convert_to_iter_based=True)],
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1)), default_scope='visionattn',
         log_level='ERROR', visualizer=dict(type='Visualizer', vis_backends=[]), env_cfg=dict(cudnn_benchmark=False))
     runner.seen = []
@@ -658,3 +659,141 @@ def test_a_resume_with_an_extended_schedule_follows_the_config(tmp_path):
     runner = _tiny_runner(tmp_path / 'fresh', max_epochs=4, end=4, resume=True)
     runner.train()
     assert not [m for m in runner.seen if 'parameter schedule' in m]
+
+
+def _plateau_schedule(factor):
+    from mmengine.optim import LinearLR, ReduceOnPlateauLR
+    return [dict(type=LinearLR, start_factor=0.1, by_epoch=True, begin=0, end=1, convert_to_iter_based=True),
+            # (an explicit end: mmengine sets an unset one to max_epochs, which a longer resumed run then changes)
+            dict(type=ReduceOnPlateauLR, monitor='loss', factor=factor, patience=1, by_epoch=True, begin=1, end=3)]
+
+
+def test_a_resume_that_changes_a_plateau_schedule_is_refused(tmp_path):
+    # A changed schedule is replayed from its first step to the checkpoint's position; ReduceOnPlateau steps on the
+    # validation results, which a replay does not have, so a changed schedule holding one is refused, not guessed.
+    from visionattn.hub import CheckpointMismatchError
+    _tiny_runner(tmp_path, schedulers=_plateau_schedule(0.1)).train()
+    runner = _tiny_runner(tmp_path, max_epochs=3, schedulers=_plateau_schedule(0.5), resume=True)
+    with pytest.raises(CheckpointMismatchError, match=r"epoch_2.pth: this config's parameter schedule differs .*"
+                                                      r"param_scheduler.1 \(ReduceOnPlateauLR, in epochs\): factor "
+                                                      r"0.1 -> 0.5\), and param_scheduler.1 \(ReduceOnPlateau\) "
+                                                      r"steps on the validation history.*resume=False"):
+        runner.train()
+    assert not (tmp_path / 'epoch_3.pth').exists()
+    # under the schedule that saved the checkpoint, the resume goes on
+    _tiny_runner(tmp_path, max_epochs=3, schedulers=_plateau_schedule(0.1), resume=True).train()
+    assert (tmp_path / 'epoch_3.pth').exists()
+
+
+def _settings(groups):
+    """Each parameter group's hyper-parameters but those the schedulers drive."""
+    return [{k: v for k, v in g.items() if k not in ('params', 'lr', 'initial_lr')} for g in groups]
+
+
+@pytest.mark.parametrize('before, after, changed', [
+    (dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4),
+     dict(type='SGD', lr=0.1, momentum=0.8, weight_decay=5e-4, nesterov=True),
+     ('momentum 0.9 -> 0.8', 'nesterov False -> True', 'weight_decay 0.0001 -> 0.0005', 'decay_mult 1.0 -> unset')),
+    (dict(type='AdamW', lr=0.01, weight_decay=0.05),
+     dict(type='AdamW', lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
+     ('betas (0.9, 0.999) -> (0.8, 0.99)', 'eps 1e-08 -> 1e-06', 'weight_decay 0.05 -> 0.1')),
+], ids=['SGD', 'AdamW'])
+def test_a_resume_takes_the_configs_optimizer_settings(tmp_path, before, after, changed):
+    # Adversarial probe: mmengine restored the optimizer's param_groups whole, so a weight decay, momentum, betas or eps
+    # changed for the resumed run was ignored without a word, while the lr followed the config's schedule.
+    custom_keys = {'head': dict(decay_mult=0.5), 'fc': dict(decay_mult=1.0)}
+    _tiny_runner(tmp_path, optimizer=before, paramwise_cfg=dict(custom_keys=custom_keys)).train()
+    paramwise = dict(norm_decay_mult=0.0, custom_keys={'head': dict(decay_mult=2.0)})  # changed too
+    runner = _tiny_runner(tmp_path, max_epochs=3, optimizer=after, paramwise_cfg=paramwise, resume=True)
+    runner.train()
+    fresh = _tiny_runner(tmp_path / 'fresh', max_epochs=3, optimizer=after, paramwise_cfg=paramwise)
+    fresh.train()
+    # group by group (one per parameter, then mmengine's group of base settings), as a fresh run builds them
+    assert _settings(runner.optim_wrapper.param_groups) == _settings(fresh.optim_wrapper.param_groups)
+    decay = after['weight_decay']
+    assert [g['weight_decay'] for g in runner.optim_wrapper.optimizer.param_groups] == \
+        [decay, decay, 0.0, 0.0, 2 * decay, 2 * decay]  # backbone.fc, backbone.norm, head
+    assert _lrs(runner)[4:] == _lrs(fresh)[4:]  # the schedule, unchanged, goes on
+    applied = [m for m in runner.seen if "this config's optimizer settings" in m]
+    assert len(applied) == 1 and all(c in applied[0] for c in changed), runner.seen
+    assert not [m for m in runner.seen if 'parameter schedule' in m]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_a_resume_under_the_same_config_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    # Taking the config's optimizer settings must leave what the schedulers drive (here the lr and SGD's momentum,
+    # mid-schedule at the checkpoint) as the checkpoint holds it, and per-parameter settings as they were.
+    import shutil
+
+    from mmengine.optim import CosineAnnealingLR, CosineAnnealingMomentum, LinearLR
+    schedule = [dict(type=LinearLR, start_factor=0.1, by_epoch=True, begin=0, end=1, convert_to_iter_based=True),
+                dict(type=CosineAnnealingLR, by_epoch=True, begin=1, end=3, eta_min=1e-3, convert_to_iter_based=True),
+                dict(type=CosineAnnealingMomentum, by_epoch=True, begin=0, end=3, eta_min=0.5,
+                     convert_to_iter_based=True)]
+    paramwise = dict(norm_decay_mult=0.0, custom_keys={'head': dict(lr_mult=0.5, decay_mult=2.0)})
+    _tiny_runner(tmp_path / 'full', max_epochs=3, schedulers=schedule, paramwise_cfg=paramwise).train()
+    (tmp_path / 'resumed').mkdir()
+    shutil.copy(tmp_path / 'full' / 'epoch_2.pth', tmp_path / 'resumed' / 'epoch_2.pth')
+    runner = _tiny_runner(tmp_path / 'resumed', max_epochs=3, schedulers=schedule, paramwise_cfg=paramwise,
+                          resume=True)
+    runner.train()
+    assert not [m for m in runner.seen if 'optimizer settings' in m or 'parameter schedule' in m], runner.seen
+    full, resumed = (load_training_checkpoint(tmp_path / run / 'epoch_3.pth') for run in ('full', 'resumed'))
+    for key in ('state_dict', 'optimizer', 'param_schedulers'):
+        assert _same(full[key], resumed[key]), key
+
+
+def test_a_resume_that_turns_on_amsgrad_is_refused(tmp_path):
+    # amsgrad turned on for the resumed run was ignored with the other settings; taken from the config, the first
+    # step would fail with a KeyError: the checkpoint's Adam state holds no max_exp_avg_sq.
+    from visionattn.hub import CheckpointMismatchError
+    _tiny_runner(tmp_path, optimizer=dict(type='AdamW', lr=0.01)).train()
+    runner = _tiny_runner(tmp_path, max_epochs=3, optimizer=dict(type='AdamW', lr=0.01, amsgrad=True), resume=True)
+    with pytest.raises(CheckpointMismatchError, match=r"epoch_2.pth: this config sets optim_wrapper.optimizer "
+                                                      r"amsgrad=True, the run that saved it False, so its optimizer "
+                                                      r"state holds no 'max_exp_avg_sq'.*amsgrad=False"):
+        runner.train()
+    # turned off, the extra state is not needed
+    runner = _tiny_runner(tmp_path / 'on', optimizer=dict(type='AdamW', lr=0.01, amsgrad=True))
+    runner.train()
+    runner = _tiny_runner(tmp_path / 'on', max_epochs=3, optimizer=dict(type='AdamW', lr=0.01), resume=True)
+    runner.train()
+    assert any('amsgrad True -> False' in m for m in runner.seen), runner.seen
+
+
+def test_config_optimizer_settings_reach_each_optimizer_and_unknown_options_are_kept():
+    # A multi-optimizer config (optim_wrapper=dict(main=..., aux=...)) holds one state per name. An optimizer whose
+    # options cannot be read (it takes **kwargs) keeps the checkpoint's settings: they cannot be told from what it may
+    # count in its groups; the resume names those that differ.
+    from types import SimpleNamespace
+
+    from mmengine.optim import OptimWrapper, OptimWrapperDict
+
+    from visionattn.engine.optim import apply_config_optimizer_settings
+
+    class AnySGD(torch.optim.SGD):
+        def __init__(self, params, **kwargs):
+            super().__init__(params, **kwargs)
+
+    def wrappers(momentum, weight_decay):
+        main, aux = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+        return OptimWrapperDict(main=OptimWrapper(torch.optim.SGD(main.parameters(), lr=0.1, momentum=momentum)),
+                                aux=OptimWrapper(AnySGD(aux.parameters(), lr=0.1, weight_decay=weight_decay)))
+    saved, seen = wrappers(0.9, 1e-4).state_dict(), []
+    apply_config_optimizer_settings(wrappers(0.8, 5e-4), None, saved, 'epoch_2.pth',
+                                    SimpleNamespace(warning=seen.append))
+    assert saved['main']['param_groups'][0]['momentum'] == 0.8
+    assert saved['aux']['param_groups'][0]['weight_decay'] == 1e-4
+    assert seen == ["resuming epoch_2.pth with this config's optimizer settings, not the checkpoint's: "
+                    'optim_wrapper.main: momentum 0.9 -> 0.8',
+                    "resuming epoch_2.pth with the checkpoint's optimizer settings where this config's differ: "
+                    'optim_wrapper.aux: weight_decay (the options of AnySGD cannot be read: it takes **kwargs)']

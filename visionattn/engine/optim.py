@@ -1,18 +1,21 @@
-"""Optimizer wrappers of the official recipes that mmengine lacks, registered for the ``optim_wrapper`` configs, and
-the checks of ``optim_wrapper.paramwise_cfg`` that mmengine's constructor does not make."""
+"""Optimizer wrappers of the official recipes that mmengine lacks, registered for the ``optim_wrapper`` configs, the
+checks of ``optim_wrapper.paramwise_cfg`` that mmengine's constructor does not make, and the config's optimizer settings
+on resume (:func:`apply_config_optimizer_settings`)."""
+import copy
 import difflib
 import math
 import numbers
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
-from mmengine.optim import OptimWrapper
+import torch
+from mmengine.optim import BaseOptimWrapper, OptimWrapper, OptimWrapperDict
 from timm.utils import adaptive_clip_grad
 from torch.optim import Optimizer
 
 from .registry import OPTIM_WRAPPERS
 
 __all__ = ['AGCOptimWrapper', 'check_optim_wrapper_args', 'check_paramwise_cfg', 'check_custom_keys',
-           'PARAMWISE_KEYS']
+           'PARAMWISE_KEYS', 'apply_config_optimizer_settings']
 
 _AGC_KEYS = ('clip_factor', 'eps', 'norm_type')
 # The keyword arguments of each clipping function, the one that must be given first.
@@ -207,3 +210,136 @@ def check_custom_keys(model, optim_wrapper: Dict, where: str = 'optim_wrapper') 
         raise ConfigError(f'{where}.paramwise_cfg.custom_keys[{key!r}] applies to no parameter: {problem}. Its '
                           'settings would be ignored: name a part of the parameter names (model.named_parameters()), '
                           f'e.g. {names[0].lstrip(".")!r}')
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The optimizer's settings on resume
+
+# An option that, turned on, needs a per-parameter state the checkpoint's run did not keep: the optimizer's step would
+# fail on the missing key (torch's Adam/AdamW amsgrad; timm's and transformers' Adafactor beta1).
+_STATE_OPTIONS = {'amsgrad': 'max_exp_avg_sq', 'beta1': 'exp_avg'}
+_UNSET = object()
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and \
+            torch.equal(a.detach().cpu(), b.detach().cpu())
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return a is b or a == b
+
+
+def _wrappers(optim_wrapper, saved) -> List[Tuple[str, BaseOptimWrapper, Optional[Dict]]]:
+    """``(config path, optimizer wrapper, its state in the checkpoint)`` of each optimizer of the run."""
+    if isinstance(optim_wrapper, OptimWrapperDict):
+        saved = saved if isinstance(saved, dict) else {}
+        return [(f'optim_wrapper.{name}', w, saved.get(name)) for name, w in optim_wrapper.items()]
+    if isinstance(optim_wrapper, BaseOptimWrapper):
+        return [('optim_wrapper', optim_wrapper, saved)]
+    return []
+
+
+def _scheduled(wrapper: BaseOptimWrapper, schedulers) -> Optional[set]:
+    """The parameter-group keys that ``schedulers`` write in ``wrapper``'s groups; None if one of them is of an
+    unknown kind."""
+    from .schedules import named_schedulers, scheduled_keys
+    keys = set()
+    for _, s in named_schedulers(schedulers):
+        if hasattr(s, 'optimizer') and not any(s.optimizer is o for o in (wrapper, wrapper.optimizer)):
+            continue  # another optimizer's
+        own = scheduled_keys(s)
+        if own is None:
+            return None
+        keys |= own
+    return keys
+
+
+def _off(value) -> bool:
+    return value is None or value is False or value is _UNSET
+
+
+def _show(value) -> str:
+    return 'unset' if value is _UNSET else str(value.tolist() if isinstance(value, torch.Tensor) else value)
+
+
+def apply_config_optimizer_settings(optim_wrapper, schedulers, saved, filename: str, logger=None) -> None:
+    """Put this config's optimizer settings into ``saved`` (the checkpoint's optimizer state), before mmengine loads
+    it into ``optim_wrapper`` (as this config built it, not yet resumed), for every key that no scheduler drives;
+    logged through ``logger``.
+
+    mmengine loads the optimizer's state whole, its param_groups with it, so a weight decay, momentum, betas or eps
+    changed for the resumed run was ignored without a word, while the lr follows the config's schedule. The config
+    wins, as the schedule's does: these settings are constants of a run, changed on purpose, and the optimizer's state
+    (momentum buffers, Adam's moments) stays valid under new values. Each parameter group gets what a fresh run of
+    this config builds for it (paramwise_cfg's multipliers and custom_keys included); what a scheduler drives stays
+    the checkpoint's, or the config's schedule replayed (:func:`~.schedules.apply_config_schedule`). Only the options
+    of the optimizer's constructor (and paramwise_cfg's lr_mult / decay_mult notes) are put in: other keys may be the
+    optimizer's progress (timm's Lookahead counts its steps in the groups). Where the options or the scheduled keys
+    cannot be known, the checkpoint's settings are kept and the differing ones named. Put in before loading, so that
+    torch places the state (Adam's step) by the config's ``fused`` / ``capturable``.
+
+    Raises:
+        CheckpointMismatchError: The config turns on an option (amsgrad) whose state the checkpoint's run did not
+            keep: the optimizer's first step would fail on it.
+    """
+    from visionattn.hub import CheckpointMismatchError
+
+    from .config_checks import _parameters
+    applied, kept = [], []
+    for where, wrapper, state in _wrappers(optim_wrapper, saved):
+        if not isinstance(state, dict) or not isinstance(state.get('param_groups'), list):
+            continue
+        groups = wrapper.param_groups  # with mmengine's group of base settings last, where it keeps one
+        old_groups = state['param_groups'] + ([state['base_param_settings']] if 'base_param_settings' in state
+                                              else [])
+        real = len(wrapper.optimizer.param_groups)
+        if len(groups) != len(old_groups) or real != len(state['param_groups']):
+            continue  # torch's load names the mismatch (see VisionRunner.resume)
+        options = _parameters(type(wrapper.optimizer))
+        scheduled = _scheduled(wrapper, schedulers)
+        if options is None or scheduled is None:
+            # which keys are settings is unknown: keep mmengine's behaviour, but say what it keeps
+            skip = {'params', 'param_names'} | (scheduled or set())
+            differ = sorted({k for g, o in zip(groups, old_groups) for k in g.keys() & o.keys()
+                             if k not in skip and not _same(g[k], o[k])})
+            if differ:
+                why = f'the options of {type(wrapper.optimizer).__name__} cannot be read: it takes **kwargs' \
+                    if options is None else 'a parameter scheduler of an unknown kind may drive them'
+                kept.append(f'{where}: {", ".join(differ)} ({why})')
+            continue
+        keys = (set(options) | set(_CUSTOM_KEY_MULTS)) - scheduled - {'params', 'param_names'}
+        changes: Dict[str, List] = {}  # key: [first old value, first new value, groups changed]
+        for i, (group, old) in enumerate(zip(groups, old_groups)):
+            for key in sorted(keys & (group.keys() | old.keys())):
+                new, before = group.get(key, _UNSET), old.get(key, _UNSET)
+                if new is _UNSET and key not in _CUSTOM_KEY_MULTS:
+                    continue
+                if _same(new, before):
+                    continue
+                if i < real and key in _STATE_OPTIONS and not _off(new) and _off(before):
+                    needed = _STATE_OPTIONS[key]
+                    if any(s and needed not in s for s in (state.get('state', {}).get(p) for p in old['params'])):
+                        raise CheckpointMismatchError(
+                            f'checkpoint {filename}: this config sets {where}.optimizer {key}={new!r}, the run that '
+                            f'saved it {_show(before)}, so its optimizer state holds no {needed!r} and the first step '
+                            f'would fail on it: resume with {key}={_show(before)}, or start from its weights only with '
+                            f'--cfg-options load_from={filename} resume=False')
+                if new is _UNSET:
+                    del old[key]
+                else:
+                    old[key] = copy.deepcopy(new)
+                if i < real:  # (not mmengine's group of base settings)
+                    changes.setdefault(key, [before, new, 0])[2] += 1
+        if changes:
+            applied.append(f'{where}: ' + ', '.join(
+                f'{key} {_show(a)} -> {_show(b)}' + (f' (in {n} of {real} parameter groups)' if real > 1 else '')
+                for key, (a, b, n) in changes.items()))
+    if logger is None:
+        return
+    if applied:
+        logger.warning(f'resuming {filename} with this config\'s optimizer settings, not the checkpoint\'s: '
+                       f'{"; ".join(applied)}')
+    if kept:
+        logger.warning(f'resuming {filename} with the checkpoint\'s optimizer settings where this config\'s differ: '
+                       f'{"; ".join(kept)}')

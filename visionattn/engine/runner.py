@@ -461,6 +461,7 @@ class VisionRunner(Runner):
     _validate_on_resume = False
     _validated_in_checkpoint = False
     _resumed_schedulers = None
+    _resume_optimizer = True
 
     def save_checkpoint(self, out_dir, filename, file_client_args=None, save_optimizer=True,
                         save_param_scheduler=True, meta=None, by_epoch=True, backend_args=None):
@@ -655,6 +656,7 @@ class VisionRunner(Runner):
         from .schedules import apply_config_schedule, config_schedule_state
         config_schedule = config_schedule_state(getattr(self, 'param_schedulers', None)) \
             if resume_param_scheduler else None
+        self._resume_optimizer = resume_optimizer  # (read by load_checkpoint)
         try:
             super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
             if config_schedule is not None and self._resumed_schedulers is not None:
@@ -685,6 +687,11 @@ class VisionRunner(Runner):
             self._validated_in_checkpoint = any(isinstance(row, dict) and row.get('iter') == step for row in
                                                 (checkpoint.get('training_curves') or {}).get('val', ()))
             self._resumed_schedulers = checkpoint.get('param_schedulers')
+            if self._resume_optimizer and 'optimizer' in checkpoint:
+                # before mmengine loads the optimizer's state, param_groups included (see the function)
+                from .optim import apply_config_optimizer_settings
+                apply_config_optimizer_settings(self.optim_wrapper, self.param_schedulers, checkpoint['optimizer'],
+                                                filename, self.logger)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
         state = checkpoint.get('state_dict', checkpoint)

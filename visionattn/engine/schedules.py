@@ -7,7 +7,7 @@ each scheduler's whole state, settings included, so a config that extends the sc
 """
 import copy
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from mmengine.optim.scheduler.param_scheduler import (
     INF,
@@ -17,7 +17,7 @@ from mmengine.optim.scheduler.param_scheduler import (
 )
 from mmengine.runner import EpochBasedTrainLoop
 
-__all__ = ['named_schedulers', 'schedule_overruns', 'config_schedule_state', 'apply_config_schedule']
+__all__ = ['named_schedulers', 'scheduled_keys', 'schedule_overruns', 'config_schedule_state', 'apply_config_schedule']
 
 # What a scheduler's state holds about where it stands, not about the schedule (its settings are the rest);
 # the last three are ReduceOnPlateau's.
@@ -31,6 +31,19 @@ def named_schedulers(schedulers) -> List[Tuple[str, object]]:
     if isinstance(schedulers, (list, tuple)):
         return [(f'param_scheduler.{i}', s) for i, s in enumerate(schedulers)]
     return []
+
+
+def scheduled_keys(scheduler) -> Optional[Set[str]]:
+    """The parameter-group keys ``scheduler`` writes; None for a scheduler of another kind, whose keys are unknown."""
+    if not isinstance(scheduler, _ParamScheduler):
+        return None
+    name = scheduler.param_name
+    keys = {name, f'initial_{name}'}
+    if getattr(scheduler, 'use_betas', False):  # a momentum schedule of an Adam-like optimizer writes betas[0]
+        keys.add('betas')
+    if isinstance(scheduler, OneCycleParamScheduler):
+        keys |= {f'max_{name}', f'min_{name}'}
+    return keys
 
 
 def _epoch_length(loop) -> Optional[int]:
@@ -186,9 +199,7 @@ def apply_config_schedule(schedulers, config_state: Dict, saved, loop, filename:
     values = {}
     for _, s in named:
         optimizer, s.optimizer = real[id(s)], real[id(s)]
-        keys = {s.param_name, f'initial_{s.param_name}'}
-        keys |= {'betas'} if getattr(s, 'use_betas', False) else set()
-        keys |= {'max_lr', 'min_lr'} if isinstance(s, OneCycleParamScheduler) else set()
+        keys = scheduled_keys(s)
         for i, (group, replayed) in enumerate(zip(optimizer.param_groups, stand_ins[id(optimizer)].param_groups)):
             old = group.get(s.param_name)
             group.update({k: replayed[k] for k in keys if k in replayed})
