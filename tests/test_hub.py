@@ -33,6 +33,22 @@ ECA_KERNELS = {'eca_resnet18': (3, 5, 7, 7), 'eca_resnet50': (3, 5, 5, 7)}
 TORCHVISION = {'eca_resnet18': torchvision.models.resnet18, 'eca_resnet50': torchvision.models.resnet50}
 
 
+def _twice_at_once(call) -> list:
+    """Run ``call`` in two threads at once; their results (or the exceptions they raised), in completion order."""
+    results = []
+
+    def run():
+        try:
+            results.append(call())
+        except Exception as e:  # noqa: BLE001
+            results.append(e)
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
 def official_eca_model(name):
     """The official architecture: torchvision's ResNet with ECA applied to the last BN's output of each block."""
     torch.manual_seed(1)
@@ -236,8 +252,10 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 def _faulty_server(body: bytes, mode: str):
     """A loopback server that announces ``len(body)`` bytes, then: ``close`` sends half and closes; ``stall`` sends
     1 KiB and goes silent; ``trickle`` sends a byte every 20 ms; ``silent`` never answers; ``unannounced`` sends half
-    without announcing a length and closes (HTTP/1.0: the end of the connection ends the body). Every handler ends
-    by itself within 5 s, and at once when the test leaves the block."""
+    without announcing a length and closes (HTTP/1.0: the end of the connection ends the body); ``endless`` sends
+    ``body`` again and again without a length; ``chunked`` sends half in a chunk that announces all and closes;
+    ``redirect`` redirects to the same path. Every handler ends by itself within 5 s, and at once when the test leaves
+    the block."""
     release, requests = threading.Event(), []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -249,10 +267,28 @@ def _faulty_server(body: bytes, mode: str):
             if mode == 'silent':
                 release.wait(5)
                 return
+            if mode == 'redirect':
+                self.send_response(302)
+                self.send_header('Location', self.path)
+                self.send_header('Content-Length', '0')
+                self.end_headers()
+                return
+            if mode == 'chunked':
+                self.protocol_version = 'HTTP/1.1'  # chunked encoding needs it; the connection closes after
+                self.close_connection = True
             self.send_response(200)
-            if mode != 'unannounced':
+            if mode == 'chunked':
+                self.send_header('Transfer-Encoding', 'chunked')
+            elif mode not in ('unannounced', 'endless'):
                 self.send_header('Content-Length', str(len(body)))
             self.end_headers()
+            if mode == 'chunked':
+                self.wfile.write(f'{len(body):x}\r\n'.encode() + body[:len(body) // 2])
+            elif mode == 'endless':
+                for _ in range(500):  # 5 s of it at most
+                    if release.wait(0.01):
+                        break
+                    self.wfile.write(body)  # fails once the client hangs up
             if mode in ('close', 'unannounced'):
                 self.wfile.write(body[:len(body) // 2])
             elif mode == 'stall':
@@ -572,24 +608,15 @@ def test_threads_writing_the_same_digest_do_not_collide(tmp_path, monkeypatch):
     import visionattn.integrity as integrity
     path = tmp_path / 'w.pth'
     path.write_bytes(b'weights')
-    both_written, replace, errors = threading.Barrier(2, timeout=10), os.replace, []
+    both_written, replace = threading.Barrier(2, timeout=10), os.replace
 
     def replace_together(src, dst):
         both_written.wait()  # both temporaries are written before either is renamed
         replace(src, dst)
     monkeypatch.setattr(integrity.os, 'replace', replace_together)
 
-    def write():
-        try:
-            integrity.write_digest(path)
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
-    threads = [threading.Thread(target=write) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    digest = _sha256(path)
+    assert _twice_at_once(lambda: integrity.write_digest(path)) == [digest, digest]
     assert integrity.read_digest(path) == _sha256(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['w.pth', 'w.pth.sha256']
 
@@ -667,3 +694,223 @@ def test_a_hung_dns_lookup_times_out(weight_server, monkeypatch, tmp_path):
     _serve(weight_server, {'w': torch.ones(3)}, 'w.pth', legacy=False)
     assert download_weights(f'http://weights.test:{port}/w.pth', cache_dir=cache, progress=False).is_file()
     assert weight_server.requests == ['/w.pth']
+
+
+# -- downloads and extractions under attack: what went wrong before, and what already held --------------------------
+@pytest.mark.parametrize('value', ['0', '-1', 'nan', 'inf', 'soon'])
+def test_a_timeout_that_is_not_a_positive_number_of_seconds_is_refused(weight_server, monkeypatch, tmp_path, value):
+    # Adversarial probe: VISIONATTN_DOWNLOAD_TIMEOUT=0 made the socket non-blocking ("Operation now in progress"),
+    # -1 and nan failed in the socket with "Timeout value out of range" / "Invalid value NaN", inf with an
+    # OverflowError about time_t: none named the setting.
+    _serve(weight_server, {'w': torch.ones(3)}, 'w.pth', legacy=False)
+    monkeypatch.setenv('VISIONATTN_DOWNLOAD_TIMEOUT', value)
+    with pytest.raises(ValueError, match=rf"VISIONATTN_DOWNLOAD_TIMEOUT='{value}' is not a positive number of "
+                                         r'seconds'):
+        download_weights(weight_server.url('w.pth'), cache_dir=tmp_path / 'cache', progress=False)
+    assert weight_server.requests == [] and not (tmp_path / 'cache').exists()
+    monkeypatch.delenv('VISIONATTN_DOWNLOAD_TIMEOUT')
+    with pytest.raises(ValueError, match=r'timeout=0 is not a positive number of seconds'):
+        download_weights(weight_server.url('w.pth'), cache_dir=tmp_path / 'cache', progress=False, timeout=0)
+
+
+def test_a_body_longer_than_the_recorded_size_is_cut_off(weight_server, tmp_path):
+    # Adversarial probe: a server that sent more than the URL's #size= (another file, or a body without end and
+    # without a length) was read to its end, filling the disk, before the size check refused it.
+    cache = tmp_path / 'cache'
+    with _faulty_server(b'\x80\x02' + bytes(64 << 10), 'endless') as (base, _):
+        start = time.monotonic()
+        with pytest.raises(CheckpointError, match=r'size mismatch for .*w\.pth: expected 1000 bytes .*, the server '
+                                                  r'sent more'):
+            download_weights(f'{base}/w.pth#size=1000', cache_dir=cache, progress=False)
+        assert time.monotonic() - start < 2
+    assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize('mode,match', [
+    ('redirect', r'could not download .*w\.pth: HTTP Error 302: .*infinite loop'),
+    ('chunked', r'download of .*w\.pth failed after \d+ bytes: IncompleteRead'),
+])
+def test_a_redirect_loop_or_a_chunked_body_cut_short_fails_clearly(weight_server, tmp_path, mode, match):
+    # Held already (kept as a guard): urllib stops a redirect loop, and a chunked body that ends early is an error.
+    cache = tmp_path / 'cache'
+    with _faulty_server(b'\x80\x02' + bytes(4096), mode) as (base, requests):
+        with pytest.raises(CheckpointError, match=match):
+            download_weights(f'{base}/w.pth', cache_dir=cache, progress=False)
+    assert list(cache.iterdir()) == [] and 0 < len(requests) <= 10
+
+
+def test_empty_files_are_never_taken_for_checkpoints(weight_server, tmp_path):
+    # Held already (kept as a guard): a zero-byte cache entry is fetched again; a zero-byte answer is refused.
+    good = _serve(weight_server, {'w': torch.ones(3)}, 'w.pth', legacy=False)
+    (weight_server.root / 'e.pth').write_bytes(b'')
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    (cache / 'w.pth').write_bytes(b'')
+    assert download_weights(weight_server.url('w.pth'), cache_dir=cache, progress=False).read_bytes() == \
+        good.read_bytes()
+    with pytest.raises(CheckpointError, match=r'e\.pth returned 0 bytes that are not a checkpoint'):
+        download_weights(weight_server.url('e.pth'), cache_dir=cache, progress=False)
+    assert sorted(p.name for p in cache.iterdir()) == ['w.pth', 'w.pth.sha256']
+
+
+def test_two_downloads_of_one_file_at_once_both_succeed(weight_server, tmp_path, monkeypatch):
+    # Held already (kept as a guard): each writer has its own temporary file, and the renames are atomic.
+    import visionattn.hub as hub
+    good = _serve(weight_server, {'w': torch.randn(1000)}, 'w.pth', legacy=False)
+    fetch, both_fetched = hub._fetch, threading.Barrier(2, timeout=10)
+
+    def fetch_together(*args):
+        out = fetch(*args)
+        both_fetched.wait()  # both bodies are in their temporary files before either is moved into place
+        return out
+    monkeypatch.setattr(hub, '_fetch', fetch_together)
+    cache = tmp_path / 'cache'
+
+    results = _twice_at_once(lambda: download_weights(weight_server.url('w.pth'), cache_dir=cache, progress=False))
+    assert results == [cache / 'w.pth'] * 2 and len(weight_server.requests) == 2
+    assert (cache / 'w.pth').read_bytes() == good.read_bytes()
+    assert sorted(p.name for p in cache.iterdir()) == ['w.pth', 'w.pth.sha256']
+
+
+def _release(folder: Path, member: bytes, name: str = 'release.zip') -> Path:
+    """A release archive holding ``release/model_final.pth``."""
+    import zipfile
+    with zipfile.ZipFile(folder / name, 'w') as archive:
+        archive.writestr('release/model_final.pth', member)
+    return folder / name
+
+
+def _legacy_bytes(checkpoint) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer, _use_new_zipfile_serialization=False)  # no CRCs of its own
+    return buffer.getvalue()
+
+
+def test_an_unpacked_member_is_checked_when_loaded_on_its_own(tmp_path):
+    # Reliability gap: a legacy-format member unpacked from a release had nothing beside it to check it by, so once
+    # its bytes changed, loading the unpacked file by its path gave wrong weights without a word.
+    from visionattn.hub import CheckpointCorruptedError, extract_checkpoint
+    unpacked = extract_checkpoint(_release(tmp_path, _legacy_bytes({'w': torch.zeros(4096)})))
+    damaged = bytearray(unpacked.read_bytes())
+    damaged[-100] ^= 0xFF  # inside the tensor's bytes
+    unpacked.write_bytes(damaged)
+    with pytest.raises(CheckpointCorruptedError, match=r'model_final\.pth is corrupted: its sha256'):
+        load_checkpoint_file(unpacked)
+    # through extract_checkpoint it is unpacked again, digest and all
+    assert torch.equal(load_checkpoint_file(extract_checkpoint(tmp_path / 'release.zip'))['w'], torch.zeros(4096))
+
+
+def test_partial_extractions_left_by_killed_writers_are_removed(tmp_path, monkeypatch):
+    # Reliability gap: an extraction killed midway left its hidden temporary file (as large as the checkpoint) in the
+    # folder for good. It is named like a download's now and cleaned the same way; one that fails midway leaves
+    # nothing, and nothing where the complete file is expected.
+    import subprocess
+    import sys
+    import zipfile
+
+    import visionattn.hub as hub
+    from visionattn.hub import extract_checkpoint
+    archive = _release(tmp_path, _legacy_bytes({'w': torch.ones(3)}))
+    folder = tmp_path / 'release'
+    folder.mkdir()
+    read = zipfile.ZipExtFile.read
+
+    def read_then_die(self, *args):
+        read(self, *args)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(zipfile.ZipExtFile, 'read', read_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        extract_checkpoint(archive)
+    assert list(folder.iterdir()) == []
+    monkeypatch.undo()
+
+    killed = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    killed.kill()
+    killed.wait()
+    alive = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    here, day = hub._host_tag(), 24 * 3600
+    removed = {
+        f'.model_final.pth.{here}.{killed.pid}.1.part': 0,  # its process was killed
+        f'.model_final.pth.{killed.pid}.part': 2 * day,  # named as extractions were before, two days old
+    }
+    kept = {
+        f'.model_final.pth.{here}.{alive.pid}.1.part': 0,  # a live process of this host
+        f'.model_final.pth.{alive.pid}.part': 0,  # named as before, recent (judged by age alone)
+    }
+    try:
+        for name, age in {**removed, **kept}.items():
+            (folder / name).write_bytes(b'partial')
+            os.utime(folder / name, (time.time() - age, time.time() - age))
+        assert extract_checkpoint(archive) == folder / 'model_final.pth'
+    finally:
+        alive.kill()
+        alive.wait()
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*kept, 'model_final.pth', 'model_final.pth.sha256'])
+    assert torch.equal(load_checkpoint_file(folder / 'model_final.pth')['w'], torch.ones(3))
+
+
+def test_two_extractions_of_one_archive_at_once_both_succeed(tmp_path, monkeypatch):
+    # Reliability gap: threads of one process unpacked through one temporary name (the process id alone): one moved
+    # the other's file into place, possibly while it was still being written, and the other failed with
+    # FileNotFoundError.
+    from visionattn.hub import extract_checkpoint
+    member = _legacy_bytes({'w': torch.arange(1000.)})
+    archive = _release(tmp_path, member)
+    both_written, replace = threading.Barrier(2, timeout=10), os.replace
+
+    def replace_together(src, dst):
+        if str(src).endswith('.part'):
+            both_written.wait()  # both temporaries are written before either is renamed
+        replace(src, dst)
+    monkeypatch.setattr(os, 'replace', replace_together)
+
+    results = _twice_at_once(lambda: extract_checkpoint(archive))
+    target = tmp_path / 'release' / 'model_final.pth'
+    assert results == [target] * 2
+    assert target.read_bytes() == member
+    assert sorted(p.name for p in target.parent.iterdir()) == ['model_final.pth', 'model_final.pth.sha256']
+
+
+def test_a_member_shorter_than_the_archive_records_is_refused(tmp_path):
+    # Adversarial probe: a member whose data ends before the size its archive records (the CRC-32 covers only the
+    # data) was unpacked and returned as complete, and unpacked again on every call (the size never matched).
+    import struct
+
+    from visionattn.hub import CheckpointCorruptedError, extract_checkpoint
+    member = _legacy_bytes({'w': torch.ones(100)})
+    archive = _release(tmp_path, member)
+    raw = bytearray(archive.read_bytes())
+    struct.pack_into('<I', raw, raw.find(b'PK\x03\x04') + 22, len(member) + 100)  # local header's size
+    struct.pack_into('<I', raw, raw.find(b'PK\x01\x02') + 24, len(member) + 100)  # central directory's
+    archive.write_bytes(raw)
+    with pytest.raises(CheckpointCorruptedError, match=rf'release/model_final\.pth unpacks to {len(member)} bytes '
+                                                       rf'\(.*\), the archive records {len(member) + 100} bytes'):
+        extract_checkpoint(archive)
+    assert list((tmp_path / 'release').iterdir()) == []
+
+
+def test_a_folder_that_cannot_take_the_unpacked_file_is_named(tmp_path, monkeypatch):
+    # Adversarial probe: a read-only or full folder (a shared read-only cache holding the archive) failed with the
+    # bare OSError of the temporary file, naming neither the archive nor the way out.
+    import errno
+
+    import visionattn.hub as hub
+    from visionattn.hub import extract_checkpoint
+    archive = _release(tmp_path, _legacy_bytes({'w': torch.ones(3)}))
+    real_open = open
+
+    def read_only(file, mode='r', *args, **kwargs):
+        if 'w' in mode:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
+        return real_open(file, mode, *args, **kwargs)
+    monkeypatch.setattr(hub, 'open', read_only, raising=False)
+    with pytest.raises(CheckpointError, match=rf'could not unpack release/model_final\.pth of {archive} into '
+                                              rf'{tmp_path / "release"}: {os.strerror(errno.EROFS)}.*out_dir='):
+        extract_checkpoint(archive)
+    assert list((tmp_path / 'release').iterdir()) == []
+    # unpacked before, it is taken from there without writing
+    monkeypatch.undo()
+    unpacked = extract_checkpoint(archive)
+    monkeypatch.setattr(hub, 'open', read_only, raising=False)
+    assert extract_checkpoint(archive) == unpacked

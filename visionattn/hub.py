@@ -14,14 +14,17 @@ by hand and where to put it.
 
 Every load is checked for integrity first (:mod:`visionattn.integrity`: a digest beside the file, zip CRC-32s or a
 safetensors header). Downloads time out on a silent server or DNS resolver (``VISIONATTN_DOWNLOAD_TIMEOUT`` seconds,
-default 30), are checked against Content-Length and the known sha256 (else against the checkpoint formats), and only
-then moved into the cache; a cached file is checked the same way before it is reused, and fetched again when it fails.
+default 30), are checked against Content-Length and the known size and sha256 (else against the checkpoint formats;
+a body longer than the known size is cut off), and only then moved into the cache; a cached file is checked the same
+way before it is reused, and fetched again when it fails. :func:`extract_checkpoint` unpacks a release archive's
+checkpoint the same way: through a temporary file of its writer, checked, then moved into place with its digest.
 """
 import argparse
 import functools
 import hashlib
 import http.client
 import logging
+import math
 import os
 import pickle
 import re
@@ -137,13 +140,20 @@ _MIN_BYTES_PER_TIMEOUT = 1 << 10  # less than this in a whole timeout window is 
 
 
 def _download_timeout(timeout: Optional[float]) -> float:
-    if timeout is not None:
-        return float(timeout)
-    value = os.environ.get('VISIONATTN_DOWNLOAD_TIMEOUT', '')
+    """``timeout``, else ``VISIONATTN_DOWNLOAD_TIMEOUT``, else 30 s. Refused here unless positive and finite: a socket
+    takes 0 as "never wait" and fails on the others without naming the setting."""
+    name, value = 'timeout', timeout
+    if timeout is None:
+        name, value = 'VISIONATTN_DOWNLOAD_TIMEOUT', os.environ.get('VISIONATTN_DOWNLOAD_TIMEOUT', '')
+        if not value:
+            return _DEFAULT_TIMEOUT
     try:
-        return float(value) if value else _DEFAULT_TIMEOUT
-    except ValueError:
-        raise ValueError(f'VISIONATTN_DOWNLOAD_TIMEOUT={value!r} is not a number of seconds') from None
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not 0 < seconds <= threading.TIMEOUT_MAX:  # (False for nan)
+        raise ValueError(f'{name}={value!r} is not a positive number of seconds')
+    return seconds
 
 
 def _lookup(host: str, port: int, timeout: float) -> list:
@@ -210,11 +220,12 @@ class _HTTPSHandler(_BoundedLookup, urllib.request.HTTPSHandler):
     pass
 
 
-def _fetch(url: str, dst: Path, timeout: float, progress: bool):
+def _fetch(url: str, dst: Path, timeout: float, progress: bool, size: Optional[int] = None):
     """Stream ``url`` into ``dst``; returns the sha256 of what was written and whether the server announced its
     length (without one, a connection that closes early looks like the end of the file). Raises
-    :class:`CheckpointError` when the server does not answer, goes silent (or trickles) for ``timeout`` seconds, or
-    closes before Content-Length. The host lookup is bounded by ``timeout`` too."""
+    :class:`CheckpointError` when the server does not answer, goes silent (or trickles) for ``timeout`` seconds,
+    closes before Content-Length, or sends more than the ``size`` the URL records. The host lookup is bounded by
+    ``timeout`` too."""
     from tqdm import tqdm
     request = urllib.request.Request(url, headers={'User-Agent': 'visionattn', 'Accept-Encoding': 'identity'})
     try:  # built per call, so that proxy variables set since are honoured, as urlopen's first call does
@@ -246,6 +257,8 @@ def _fetch(url: str, dst: Path, timeout: float, progress: bool):
                 digest.update(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
+                if size is not None and received > size:
+                    break  # another file, or a body without end: reading on could fill the disk
                 now = time.monotonic()
                 if now - window_start >= timeout:
                     if received - window_received < _MIN_BYTES_PER_TIMEOUT:
@@ -253,18 +266,23 @@ def _fetch(url: str, dst: Path, timeout: float, progress: bool):
                             f'download of {url} stalled: {received - window_received} bytes in {now - window_start:.1f}'
                             f' s after {received} bytes (VISIONATTN_DOWNLOAD_TIMEOUT sets the limit)')
                     window_start, window_received = now, received
+    if size is not None and received > size:
+        if checkpoint_format(dst) is None:
+            raise _not_a_checkpoint(dst, url)
+        raise CheckpointCorruptedError(f'size mismatch for {url}: expected {size} bytes (#size=), the server sent '
+                                       f'more; stopped after {received}')
     if expected is not None and received != expected:
         raise DownloadError(f'download of {url} is incomplete: the connection closed after {received} of the '
                             f'{expected} bytes announced')
     return digest.hexdigest(), expected is not None
 
 
-# A live download writes its temporary file at least once per timeout (else it fails and removes it): one left a day
-# untouched has no writer, on whichever host sharing the cache it was.
+# A live download writes its temporary file at least once per timeout (else it fails and removes it), a live extraction
+# all the time: one left a day untouched has no writer, on whichever host sharing the cache it was.
 _STALE_PART_SECONDS = 24 * 3600
-# What follows ".<name>." in a temporary file's name: host tag, process and thread of its writer (no host tag: the
-# name before the tag was added, judged by age alone).
-_PART_WRITER = re.compile(r'(?:(?P<host>[0-9a-f]{12})\.)?(?P<pid>\d{1,10})\.(?P<thread>\d{1,20})\.part')
+# What follows ".<name>." in a temporary file's name: host tag, process and thread of its writer (no host tag: a
+# download's name before the tag was added, or an extraction's, "<pid>.part", judged by age alone).
+_PART_WRITER = re.compile(r'(?:(?P<host>[0-9a-f]{12})\.)?(?P<pid>\d{1,10})(?:\.(?P<thread>\d{1,20}))?\.part')
 
 
 @functools.lru_cache(maxsize=None)
@@ -282,8 +300,8 @@ def _host_tag() -> str:
 
 
 def _part_path(cache: Path, name: str) -> Path:
-    """The temporary file this thread downloads ``name`` into: named by its writer, so concurrent downloads never
-    share one and a later download can tell whether its writer is gone."""
+    """The temporary file this thread writes ``name`` into: named by its writer, so concurrent writers never share
+    one and a later one can tell whether its writer is gone."""
     return cache / f'.{name}.{_host_tag()}.{os.getpid()}.{threading.get_ident()}.part'
 
 
@@ -305,9 +323,10 @@ def _writer_alive(pid: int, thread: int) -> bool:
 
 
 def _remove_stale_parts(cache: Path, name: str) -> None:
-    """Remove the temporary files that earlier downloads of ``name`` left in ``cache`` and will never finish.
+    """Remove the temporary files that earlier downloads (or extractions) of ``name`` left in ``cache`` and will
+    never finish.
 
-    A download killed by SIGKILL or a crash runs no clean-up and leaves its file (checkpoints are hundreds of MB).
+    A writer killed by SIGKILL or a crash runs no clean-up and leaves its file (checkpoints are hundreds of MB).
     One is stale when its writer's process is gone from this host, or when it was not modified for a day (a writer
     of another host sharing the cache, whose process ids mean nothing here, is judged by that alone). A file a live
     process may still be writing is kept. Nothing here fails the download.
@@ -325,11 +344,20 @@ def _remove_stale_parts(cache: Path, name: str) -> None:
             if entry.is_dir(follow_symlinks=False):
                 continue
             old = now - entry.stat(follow_symlinks=False).st_mtime > _STALE_PART_SECONDS
-            if old or (writer['host'] == _host_tag() and not _writer_alive(int(writer['pid']), int(writer['thread']))):
+            ours = writer['host'] == _host_tag() and writer['thread'] is not None
+            if old or (ours and not _writer_alive(int(writer['pid']), int(writer['thread']))):
                 os.unlink(entry.path)
-                _logger.info('Removed %s, left by a download of %s that did not finish', entry.path, name)
+                _logger.info('Removed %s, left by a writer of %s that did not finish', entry.path, name)
         except OSError as e:  # removed by another download meanwhile, or not ours to remove
             _logger.debug('Could not remove %s: %s', entry.path, e)
+
+
+def _new_part(folder: Path, name: str) -> Path:
+    """The temporary file through which this thread writes ``folder/name``, once the leftovers of killed writers of
+    ``name`` are gone (downloads and extractions share the naming and the clean-up)."""
+    threading.current_thread()  # registers a thread not started by threading, so _writer_alive sees it as alive
+    _remove_stale_parts(folder, name)
+    return _part_path(folder, name)
 
 
 def _not_a_checkpoint(path: Path, source: str) -> CheckpointError:
@@ -392,13 +420,12 @@ def download_weights(url: str, cache_dir: Optional[Union[str, Path]] = None, pro
                 digest_path(path).unlink(missing_ok=True)
             except OSError as error:
                 raise _cache_write_error(fetch_url, cache, error, size) from error
+    seconds = _download_timeout(timeout)  # a bad setting fails before anything is written
     _logger.info('Downloading %s to %s', fetch_url, path)
-    threading.current_thread()  # registers a thread not started by threading, so _writer_alive sees it as alive
-    _remove_stale_parts(cache, name)
-    tmp = _part_path(cache, name)
+    tmp = _new_part(cache, name)
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        actual, length_known = _fetch(fetch_url, tmp, _download_timeout(timeout), progress)
+        actual, length_known = _fetch(fetch_url, tmp, seconds, progress, size)
         _check_weights_file(tmp, fetch_url, sha256, actual, size=size)
         if sha256 is None and size is None and not length_known and checkpoint_format(tmp) == 'pickle':
             # torch's legacy format has no checksum and no length, and the server announced none: a connection
@@ -455,6 +482,32 @@ def _crc32_file(path: Path) -> int:
     return crc
 
 
+def _unpack_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, label: str) -> None:
+    """Stream ``info`` to ``target`` the way a download goes into the cache: through a temporary file of its writer,
+    checked against the size and CRC-32 the archive records, moved into place only then, its sha256 written beside
+    it (a legacy-format member has no CRCs of its own to check it by when it is loaded later)."""
+    tmp = _new_part(target.parent, target.name)
+    try:
+        crc, digest, written = 0, hashlib.sha256(), 0
+        with archive.open(info) as src, open(tmp, 'wb') as dst:
+            for chunk in iter(lambda: src.read(1 << 20), b''):
+                dst.write(chunk)
+                crc, written = zlib.crc32(chunk, crc), written + len(chunk)
+                digest.update(chunk)
+                if written > info.file_size:
+                    break  # zipfile stops at the recorded size; this does not rely on it
+        # zipfile checks the CRC-32 of what it read, not that the data runs to the recorded size
+        if written != info.file_size or crc != info.CRC:
+            raise CheckpointCorruptedError(
+                f'{label} is corrupted: {info.filename} unpacks to {written} bytes (CRC-32 {crc:08x}), the archive '
+                f'records {info.file_size} bytes (CRC-32 {info.CRC:08x})')
+        digest_path(target).unlink(missing_ok=True)  # never a stale digest beside the new file
+        os.replace(tmp, target)
+        write_digest(target, digest.hexdigest())
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def extract_checkpoint(path: Union[str, Path], member: Optional[str] = None,
                        out_dir: Optional[Union[str, Path]] = None) -> Path:
     """The checkpoint file a release archive holds, unpacked next to it; any other file is returned as it is.
@@ -464,7 +517,9 @@ def extract_checkpoint(path: Union[str, Path], member: Optional[str] = None,
     (no absolute path, no ``..``, no link: the archive is refused whole), then the single member ending in
     ``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors`` (or ``member``; ``model_final.pth`` wins among several)
     is streamed to ``<out_dir or the archive's folder>/<archive stem>/<member file name>`` through a temporary
-    file (zipfile checks its CRC-32 on the way), and reused when already there with the right size and CRC-32. The
+    file of its writer, checked against the size and CRC-32 the archive records before it is moved into place with
+    its sha256 beside it (so a later load checks it), and reused when already there with the right size and CRC-32.
+    Temporary files of extractions that were killed midway are removed, as :func:`download_weights` does. The
     member is only copied, never loaded here.
     """
     path = Path(path)
@@ -504,18 +559,17 @@ def extract_checkpoint(path: Union[str, Path], member: Optional[str] = None,
                 raise CheckpointError(f'archive member {info.filename} of {path} unpacks to {info.file_size} bytes, '
                                       f'more than the {_MAX_MEMBER_BYTES} a checkpoint may have')
             target_dir = Path(out_dir) if out_dir is not None else path.parent / path.stem
-            target_dir.mkdir(parents=True, exist_ok=True)
             target = target_dir / info.filename.rsplit('/', 1)[-1]
             if target.is_file() and target.stat().st_size == info.file_size and _crc32_file(target) == info.CRC:
-                return target
-            tmp = target.with_name(f'.{target.name}.{os.getpid()}.part')
+                return target  # (written before: nothing to write, also in a read-only folder)
             try:
-                with archive.open(info) as src, open(tmp, 'wb') as dst:
-                    for chunk in iter(lambda: src.read(1 << 20), b''):
-                        dst.write(chunk)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+                target_dir.mkdir(parents=True, exist_ok=True)
+                _unpack_member(archive, info, target, f'archive {path}')
+            except OSError as error:  # the archive's own faults are zipfile's errors: this is the folder's
+                raise CheckpointError(
+                    f'could not unpack {info.filename} of {path} into {target_dir}: {error.strerror or error} '
+                    f'({error.filename or target_dir}). Pass out_dir=... a writable folder with room (or copy the '
+                    'archive to one)') from error
             return target
     except (zipfile.BadZipFile, EOFError, zlib_error) as e:
         raise CheckpointError(f'archive {path} is truncated or corrupted: {e}') from e
