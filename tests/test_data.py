@@ -110,6 +110,50 @@ def test_every_task_names_an_image_file_it_cannot_read(tmp_path, task):
     with pytest.raises(OSError, match='cut.jpg'):
         read()
 
+
+def _save_oriented(path, array, orientation, **kwargs):
+    from PIL import Image
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # EXIF Orientation
+    Image.fromarray(array).save(path, exif=exif.tobytes(), **kwargs)
+
+
+def test_load_image_applies_the_exif_orientation(tmp_path):
+    # A phone stores a portrait photo as a landscape bitmap plus Orientation=6 ("turn 90 degrees clockwise"); every
+    # viewer (and PIL's exif_transpose, mmcv's and detectron2's readers) shows it upright, load_image showed it on its
+    # side. Orientations 2..8 are mirrors and quarter turns of the stored pixels.
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from visionattn.data.base import load_image
+    raw = np.random.default_rng(0).integers(0, 256, (4, 6, 3), dtype=np.uint8)  # 4 rows, 6 columns: no symmetry
+    _save_oriented(tmp_path / 'six.png', raw, 6)
+    upright = load_image(tmp_path / 'six.png')
+    np.testing.assert_array_equal(upright, np.rot90(raw, k=-1))  # 6 rows, 4 columns, turned clockwise
+    for orientation in range(1, 9):
+        path = tmp_path / f'o{orientation}.png'
+        _save_oriented(path, raw, orientation)
+        with Image.open(path) as image:
+            want = np.asarray(ImageOps.exif_transpose(image).convert('RGB'))
+        np.testing.assert_array_equal(load_image(path), want, err_msg=f'orientation {orientation}')
+    # a JPEG (the usual case) and a 16-bit PNG: the orientation and to_rgb's 16-bit scaling both apply
+    big = np.kron(raw, np.ones((8, 8, 1), np.uint8))
+    _save_oriented(tmp_path / 'six.jpg', big, 6, quality=100, subsampling=0)
+    photo = load_image(tmp_path / 'six.jpg')
+    assert photo.shape == (48, 32, 3)
+    assert np.abs(photo.astype(int) - np.rot90(big, k=-1)).mean() < 2
+    ramp = (np.arange(12).reshape(3, 4) * 5000).astype(np.uint16)
+    _save_oriented(tmp_path / 'eight.png', ramp, 8)  # 8: turn 90 degrees anticlockwise
+    grey = load_image(tmp_path / 'eight.png')
+    assert grey.shape == (4, 3, 3)
+    np.testing.assert_array_equal(grey[..., 0], np.rint(np.rot90(ramp, k=1) / 257.0).astype(np.uint8))
+    # the readers of the tasks get the upright image too (classification here; all of them call load_image)
+    from visionattn.heads.classification.data import ImageFolderDataset
+    (tmp_path / 'cls' / 'a').mkdir(parents=True)
+    _save_oriented(tmp_path / 'cls' / 'a' / 'six.png', raw, 6)
+    np.testing.assert_array_equal(ImageFolderDataset(str(tmp_path / 'cls'))._load(0)[0], np.rot90(raw, k=-1))
+
+
 def test_seed_and_epoch_must_be_non_negative_integers():
     # numpy's SeedSequence takes only non-negative ints: a bad seed used to fail later, in a worker, as "expected
     # non-negative integer" without naming the argument (or never, for a pipeline without set_random_seed).

@@ -103,12 +103,15 @@ def to_rgb(image):
 
 
 def load_image(path) -> np.ndarray:
-    """The image file at ``path`` as an HWC uint8 RGB array (:func:`to_rgb`). A file that cannot be decoded (corrupt,
-    truncated, not an image, a folder, an unsupported mode) raises an error that names the file: PIL's own messages
-    for a truncated file ("image file is truncated") do not."""
-    from PIL import Image
+    """The image file at ``path`` as an HWC uint8 RGB array (:func:`to_rgb`), upright: the EXIF Orientation tag (JPEG,
+    PNG, TIFF, WebP) is applied, as image viewers, mmcv's and detectron2's readers apply it. A phone stores a portrait
+    photo as a landscape bitmap tagged "turn 90 degrees"; read raw, it lay on its side. A file that cannot be decoded
+    (corrupt, truncated, not an image, a folder, an unsupported mode) raises an error that names the file: PIL's own
+    messages for a truncated file ("image file is truncated") do not."""
+    from PIL import Image, ImageOps
     try:
         with Image.open(path) as image:
+            ImageOps.exif_transpose(image, in_place=True)  # before to_rgb: transposing keeps any mode (16-bit too)
             return np.array(to_rgb(image))
     except FileNotFoundError:
         raise  # names the file already
