@@ -10,6 +10,7 @@ slots combine row-major over the axes, as NATTEN's kernels index them.
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.metadata
 import importlib.util
 import itertools
 import math
@@ -311,6 +312,42 @@ def test_two_step_av_casts_the_weights_to_the_value_dtype(dtype):
                                rtol=0, atol=0)
 
 
+def test_two_step_ops_compute_in_their_inputs_dtype_under_autocast():
+    # NATTEN's QK/AV (and its fused ops) are extension kernels that autocast does not reach: float32 inputs give
+    # float32 results under autocast (k-diffusion's HDiT feeds na2d_qk float32 q/k from cosine-sim scaling). The
+    # drop-in's einsums were autocast to bfloat16 here (float16 on CUDA): a bfloat16 result, logits off by ~0.3; the
+    # fused ops' reference path (the CPU's, and CUDA's for head_dim > 128) gave float32 off by ~0.03.
+    spatial, kernel, dilation, causal = (7, 8), (3, 3), (2, 1), (False, False)
+    q, k, v, rpb = _two_step_inputs(spatial, dim_v=5, rpb_kernel=kernel, dtype=torch.float32, seed=21)
+    q, k = q * 3, k * 3
+    gen = torch.Generator().manual_seed(22)
+    add_k, add_v = torch.randn(2, 4, 2, 8, generator=gen), torch.randn(2, 4, 2, 5, generator=gen)
+    want_attn = oracle_qk(q.double(), k.double(), rpb.double(), kernel, dilation, causal)
+    weights = want_attn.softmax(-1)
+    want_out = oracle_av(weights, v.double(), kernel, dilation, causal)
+    want_fused, want_lse = oracle_fused(*(t.movedim(1, -2).double() for t in (q, k, v)), kernel, dilation, (1, 1),
+                                        causal, rpb.double(), SCALE, add_k.double(), add_v.double())
+    want_plain = oracle(*(t.movedim(1, -2).double() for t in (q, k, v)), kernel, dilation, (1, 1), causal,
+                        rpb.double(), scale=SCALE)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        attn = functional.na2d_qk(q, k, kernel, dilation, rpb=rpb)
+        out = functional.na2d_av(weights.float(), v, kernel, dilation)
+        fused, lse = natten.na2d(*(t.movedim(1, -2) for t in (q, k, v)), kernel, dilation=dilation, scale=SCALE,
+                                 additional_keys=add_k, additional_values=add_v, rpb=rpb, return_lse=True)
+        plain = natten.na2d(*(t.movedim(1, -2) for t in (q, k, v)), kernel, dilation=dilation, scale=SCALE, rpb=rpb)
+    assert attn.dtype == out.dtype == fused.dtype == plain.dtype == torch.float32
+    torch.testing.assert_close(plain.double(), want_plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(attn.double(), want_attn, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), want_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.double(), want_fused, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse.double(), want_lse, rtol=1e-5, atol=1e-5)
+    # NATTEN 0.17's unfused module path under autocast: bfloat16 q/k/v from the Linear, float32 softmax weights cast
+    # to the value's dtype by AV, and a bfloat16 output.
+    module = natten.NeighborhoodAttention2D(16, 2, 3, rel_pos_bias=True, attn_drop=0.1).train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert module(torch.randn(2, 7, 8, 16, generator=gen)).dtype == torch.bfloat16
+
+
 def test_two_step_gradients_match_oracle():
     spatial, kernel, dilation, causal = (7, 6), (3, 3), (2, 1), (False, False)
     q, k, v, rpb = _two_step_inputs(spatial, dim_v=5, rpb_kernel=kernel, dtype=torch.float64, seed=9)
@@ -403,6 +440,23 @@ def test_module_constructor_follows_natten_017_and_takes_older_names():
 
 
 @pytest.mark.parametrize('n', [1, 2, 3])
+def test_module_loading_a_bias_checkpoint_without_rel_pos_bias_says_why(n):
+    # NATTEN 0.14/0.15's modules had an rpb unless bias=False; 0.17's (and the drop-in's) have none unless
+    # rel_pos_bias=True. Their checkpoints hold `rpb`: a strict load into a module built without one failed with
+    # PyTorch's bare "Unexpected key(s)", a non-strict one dropped the bias silently; both now name the argument.
+    cls = getattr(natten, f'NeighborhoodAttention{n}D')
+    checkpoint = {f'0.{key}': t for key, t in cls(8, 2, 3, bias=True).state_dict().items()}
+    with pytest.warns(UserWarning, match=r'0\.rpb .*rel_pos_bias=True'), pytest.raises(RuntimeError, match='rpb'):
+        torch.nn.Sequential(cls(8, 2, 3)).load_state_dict(checkpoint)
+    with pytest.warns(UserWarning, match='rel_pos_bias=True'):
+        result = torch.nn.Sequential(cls(8, 2, 3)).load_state_dict(checkpoint, strict=False)
+    assert result.unexpected_keys == ['0.rpb'] and not result.missing_keys
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        torch.nn.Sequential(cls(8, 2, 3, rel_pos_bias=True)).load_state_dict(checkpoint)
+
+
+@pytest.mark.parametrize('n', [1, 2, 3])
 def test_module_takes_natten_020_keywords(n):
     # NATTEN >= 0.20's modules: (embed_dim, num_heads, kernel_size, stride, dilation, is_causal, qkv_bias, qk_scale,
     # proj_drop); its documentation passes them by keyword. embed_dim was refused (TypeError).
@@ -412,6 +466,26 @@ def test_module_takes_natten_020_keywords(n):
     assert module.embed_dim == module.dim == 12 and module.qkv.bias is None and module.rpb is None
     x = torch.randn(2, *(7, 6, 6)[:n], 12, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
     torch.testing.assert_close(module(x), _module_reference(module, x), rtol=1e-10, atol=1e-10)
+
+
+def test_module_under_autocast_attends_as_natten():
+    # Under autocast NATTEN's module feeds its kernel the bfloat16/float16 q, k, v of the qkv Linear, and the kernel
+    # takes them as they are (float32 logits and softmax, a half output). The drop-in's op on its reference path
+    # (the CPU's; CUDA's for head_dim > 128) was autocast itself: bfloat16 logits, outputs off by ~0.5 at logits ~30.
+    gen = torch.Generator().manual_seed(0)
+    module = natten.NeighborhoodAttention2D(16, 2, 3, dilation=2, rel_pos_bias=True).eval()
+    with torch.no_grad():
+        module.qkv.weight.copy_(torch.randn(48, 16, generator=gen))  # large logits, where bfloat16 ones are coarse
+        module.proj.weight.copy_(torch.eye(16))  # the output is the attention's, exactly
+        module.proj.bias.zero_()
+    x = torch.randn(2, 7, 8, 16, generator=gen)
+    with torch.autocast('cpu', dtype=torch.bfloat16), torch.no_grad():
+        got = module(x)
+        q, k, v = module.qkv(x).unflatten(-1, (3, 2, 8)).unbind(-3)
+    assert got.dtype == q.dtype == torch.bfloat16
+    want = oracle(q.double(), k.double(), v.double(), (3, 3), (2, 2), (1, 1), (False, False), module.rpb.double(),
+                  scale=module.scale).flatten(-2)
+    torch.testing.assert_close(got.double(), want, rtol=2 ** -7, atol=0.02)  # the bfloat16 output's rounding
 
 
 def test_module_attention_dropout_runs_unfused_in_training():
@@ -443,6 +517,7 @@ def natten_unloaded():
     for name in saved:
         del sys.modules[name]
     yield
+    natten.uninstall()  # also when the test failed before its own uninstall (the metadata finder)
     for name in ours():
         del sys.modules[name]
     sys.modules.update(saved)
@@ -483,6 +558,23 @@ def test_install_provides_the_natten_017_module_files(natten_unloaded):
     assert importlib.util.find_spec('natten.na2d') is not None
     natten.uninstall()
     assert not any(name == 'natten' or name.startswith('natten.') for name in sys.modules)
+
+
+def test_install_makes_natten_visible_to_package_metadata(natten_unloaded):
+    # Hugging Face transformers (NAT, DiNAT, OneFormer's DiNAT) decides whether natten is installed with
+    # importlib.util.find_spec('natten') and importlib.metadata.version('natten'); the second raised
+    # PackageNotFoundError, so NatModel refused to build ("requires the natten library") after install().
+    if importlib.util.find_spec('natten') is not None:
+        pytest.skip('a real natten is installed here: install() keeps it')
+    natten.install()
+    assert importlib.util.find_spec('natten') is not None
+    assert importlib.metadata.version('natten') == natten.__version__
+    assert importlib.metadata.metadata('natten')['Name'] == 'natten'
+    assert importlib.metadata.version('NATTEN') == natten.__version__  # names are matched as pip normalizes them
+    natten.uninstall()
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        importlib.metadata.version('natten')
+    assert importlib.metadata.version('torch')  # other distributions are untouched
 
 
 class _BrokenNattenFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -723,6 +815,12 @@ ERROR_CASES = {
     # NATTEN 0.15's kernel_size_d: dilation=0 was silently taken as 1 (0.15 refused it).
     'module_3d_dilation_0': (lambda: natten.NeighborhoodAttention3D(16, 2, 3, dilation=0, kernel_size_d=3), ValueError,
                              'dilation'),
+    # NATTEN 0.17's fused na2d(q, k, v, kernel_size, dilation, is_causal, rpb, scale) called positionally meets
+    # 0.20's order (stride fifth): is_causal lands in dilation. The message said only "must be an int".
+    'fused_017_positional_order': (lambda: natten.na2d(_Q2, _Q2, _Q2, 3, 1, False), ValueError,
+                                   r"NATTEN 0\.17's fused na2d.*by keyword"),
+    'fused_017_positional_rpb': (lambda: natten.na1d(_Q2[:, 0], _Q2[:, 0], _Q2[:, 0], 3, 1, 1, torch.zeros(2, 5)),
+                                 ValueError, r"NATTEN 0\.17's fused na1d.*by keyword"),
     'missing_attribute': (lambda: natten.merge_attentions, AttributeError, 'merge_attentions'),
     'missing_function': (lambda: functional.attention, AttributeError, "'attention'"),
     'memory_preference': (lambda: natten.set_memory_usage_preference('fast'), ValueError, 'pref'),
@@ -754,6 +852,100 @@ def test_natten_switches_are_harmless(name, saved_flags):
     assert natten.has_fused_na() and not natten.has_gemm() and natten.has_cuda() == torch.cuda.is_available()
     counter = object()
     assert natten.flops.add_natten_handle(counter) is counter
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# natten.flops and the capability queries of NATTEN 0.14-0.17, as their README and docs show them.
+
+class _FakeFlopCount:
+    """fvcore's FlopCountAnalysis as NATTEN's get_flops uses it: records the calls, totals 1234."""
+
+    def __init__(self, model, inputs):
+        self.model, self.inputs, self.handles, self.warnings = model, inputs, {}, True
+
+    def set_op_handle(self, **handles):
+        self.handles.update(handles)
+        return self
+
+    def unsupported_ops_warnings(self, enabled):
+        self.warnings = enabled
+        return self
+
+    def total(self):
+        _FakeFlopCount.last = self
+        return 1234
+
+
+@pytest.mark.parametrize('disable_warnings', [False, True])
+def test_flops_get_flops_counts_with_fvcore(disable_warnings, monkeypatch):
+    # NATTEN 0.14-0.17's README: `from natten.flops import get_flops; flops = get_flops(model, input)`, which is
+    # fvcore's FlopCountAnalysis(model, input) with NATTEN's handles, warnings off on request, and its total.
+    fvcore, fvcore_nn = types.ModuleType('fvcore'), types.ModuleType('fvcore.nn')
+    fvcore_nn.FlopCountAnalysis = _FakeFlopCount
+    fvcore.nn = fvcore_nn
+    monkeypatch.setitem(sys.modules, 'fvcore', fvcore)
+    monkeypatch.setitem(sys.modules, 'fvcore.nn', fvcore_nn)
+    model, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    assert natten.flops.get_flops(model, x, disable_warnings=disable_warnings) == 1234
+    counted = _FakeFlopCount.last
+    assert counted.model is model and counted.inputs is x and counted.warnings is not disable_warnings
+
+
+def test_flops_get_flops_without_fvcore_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'fvcore', None)  # `import fvcore` raises ImportError
+    with pytest.raises(ImportError, match='fvcore'):
+        natten.flops.get_flops(torch.nn.Linear(4, 4), torch.randn(2, 4))
+
+
+class _JitValue:
+    """What fvcore hands an op handle: a traced value whose ``type().sizes()`` is its shape."""
+
+    def __init__(self, *shape):
+        self.shape = list(shape)
+
+    def type(self):
+        return self
+
+    def sizes(self):
+        return self.shape
+
+
+@pytest.mark.parametrize('n', [1, 2, 3])
+def test_flops_legacy_handles_count_as_natten(n):
+    # NATTEN 0.14's qk_rpb_flop/av_flop (2-D) and qk_1d_rpb_flop/av_1d_flop, 0.15-0.17.4's qk_{1,2,3}d_rpb_flop and
+    # av_{1,2,3}d_flop: fvcore handles that code imports by name beside add_natten_handle (ImportError before).
+    # NATTEN counts QK as one multiply-add per (query, slot, channel) plus one add per (query, slot) for the bias,
+    # AV as one multiply-add per (query, slot, channel), on heads-first [batch, heads, *spatial, ...] shapes.
+    batch, heads, spatial, dim, slots = 2, 3, (5, 6, 7)[:n], 8, 3 ** n
+    queries = batch * heads * math.prod(spatial)
+    q = _JitValue(batch, heads, *spatial, dim)
+    attn = _JitValue(batch, heads, *spatial, slots)
+    qk_names = [f'qk_{n}d_rpb_flop'] + (['qk_rpb_flop'] if n == 2 else [])
+    av_names = [f'av_{n}d_flop'] + (['av_flop'] if n == 2 else [])
+    for name in qk_names:
+        assert getattr(natten.flops, name)([q, q, _JitValue(heads, *(5,) * n)], [attn]) == queries * slots * (dim + 1)
+    for name in av_names:
+        assert getattr(natten.flops, name)([attn, q], [q]) == queries * slots * dim
+
+
+def test_functional_has_the_capability_queries_of_natten_015(natten_unloaded):
+    # NATTEN 0.15's natten.functional held the capability queries and dispatcher switches (0.17's docs still show
+    # `from natten.functional import has_gemm`), and 0.17's docs `from natten.utils import get_device_cc`.
+    names = ['has_cuda', 'has_half', 'has_bfloat', 'has_gemm', 'has_tf32_gemm', 'has_fp32_gemm', 'has_fp64_gemm']
+    for name in names:
+        assert getattr(functional, name)() == getattr(natten, name)()
+    for name in ('enable_tf32', 'disable_tf32', 'enable_tiled_na', 'disable_tiled_na', 'enable_gemm_na',
+                 'disable_gemm_na', 'get_device_cc'):
+        assert callable(getattr(functional, name))
+    if importlib.util.find_spec('natten') is not None:
+        pytest.skip('a real natten is installed here: install() keeps it')
+    natten.install()
+    from natten.utils import get_device_cc
+    assert get_device_cc is functional.get_device_cc
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        assert get_device_cc() == major * 10 + minor
+    natten.uninstall()
 
 
 # ----------------------------------------------------------------------------------------------------------------

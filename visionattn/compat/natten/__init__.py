@@ -14,8 +14,9 @@ transformers on neighborhood attention) stops running. visionattn's op has NATTE
   checkpoints load unchanged), see :mod:`.modules`;
 - NATTEN >= 0.20's fused ``na1d/na2d/na3d`` and NATTEN <= 0.17's two-step ``natten.functional`` ops, see
   :mod:`.functional`;
-- NATTEN's switches and queries (``use_fused_na``, ``has_cuda``, ...) as harmless stand-ins, see :mod:`.context`,
-  and ``natten.flops.add_natten_handle``.
+- NATTEN's switches and queries (``use_fused_na``, ``has_cuda``, ...) as harmless stand-ins, see :mod:`.context`
+  (0.15's copies in ``natten.functional``, 0.17's ``natten.utils.get_device_cc``), and ``natten.flops``
+  (``get_flops``, ``add_natten_handle`` and the fvcore handles of 0.14-0.17.4).
 
 ``install()`` never replaces a real NATTEN: if one is importable (or already imported) it returns that one and
 warns. The drop-in can also be used without installing it: ``from visionattn.compat import natten``.
@@ -26,8 +27,10 @@ argument order (``stride`` before ``dilation``; 0.17's fused ops had ``dilation`
 """
 import importlib
 import importlib.machinery
+import importlib.metadata
 import importlib.util
 import logging
+import pathlib
 import sys
 import warnings
 from types import ModuleType
@@ -44,7 +47,7 @@ HAS_LIBNATTEN = False
 
 __all__ = [
     'install', 'uninstall', 'NeighborhoodAttention1D', 'NeighborhoodAttention2D', 'NeighborhoodAttention3D',
-    'na1d', 'na2d', 'na3d', 'context', 'flops', 'functional', 'modules', 'HAS_LIBNATTEN', '__version__',
+    'na1d', 'na2d', 'na3d', 'context', 'flops', 'functional', 'modules', 'utils', 'HAS_LIBNATTEN', '__version__',
     *_context_all,
 ]
 
@@ -65,9 +68,20 @@ def _module_file(n: int) -> ModuleType:
     return module
 
 
+def _utils_module() -> ModuleType:
+    """NATTEN 0.17's ``natten.utils`` as its documentation uses it: ``from natten.utils import get_device_cc``."""
+    module = ModuleType('natten.utils', "NATTEN 0.17's natten.utils (visionattn's drop-in): get_device_cc")
+    module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)
+    module.get_device_cc = context.get_device_cc
+    module.__all__ = ['get_device_cc']
+    return module
+
+
+utils = _utils_module()
+
 # ``natten.<name>`` that code imports: the 0.14-0.17 module files natten1d/2d/3d hold the modules, 0.15-0.17's
 # na1d/2d/3d the module and its ops.
-_SUBMODULES = {'context': context, 'flops': flops, 'functional': functional, 'modules': modules,
+_SUBMODULES = {'context': context, 'flops': flops, 'functional': functional, 'modules': modules, 'utils': utils,
                'natten1d': modules, 'natten2d': modules, 'natten3d': modules,
                **{f'na{n}d': _module_file(n) for n in (1, 2, 3)}}
 
@@ -77,6 +91,35 @@ def _registered() -> dict:
     return {'natten': this, **{f'natten.{name}': module for name, module in _SUBMODULES.items()}}
 
 
+class _Distribution(importlib.metadata.Distribution):
+    """The drop-in as ``importlib.metadata`` sees an installed natten while :func:`install` is in effect: code that
+    asks whether natten is installed by its version (Hugging Face transformers' ``is_natten_available``) finds it."""
+
+    def read_text(self, filename):
+        if filename == 'METADATA':
+            return (f'Metadata-Version: 2.1\nName: natten\nVersion: {__version__}\n'
+                    "Summary: visionattn's NATTEN drop-in (visionattn.compat.natten)\n")
+        return None  # no RECORD, entry points or top_level.txt: nothing is installed on disk
+
+    def locate_file(self, path):
+        return pathlib.Path(__file__).parent / path
+
+
+class _DistributionFinder(importlib.metadata.DistributionFinder):
+    """Answers ``importlib.metadata`` for natten (names matched as pip normalizes them); finds no modules."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        return None
+
+    def find_distributions(self, context=importlib.metadata.DistributionFinder.Context()):
+        name = context.name
+        if name is None or name.lower().replace('-', '_').replace('.', '_') == 'natten':
+            yield _Distribution()
+
+
+_FINDER = _DistributionFinder()
+
+
 def _where(module: ModuleType) -> str:
     spec = getattr(module, '__spec__', None)
     return getattr(module, '__file__', None) or (spec.origin if spec is not None else None) or repr(module)
@@ -84,6 +127,10 @@ def _where(module: ModuleType) -> str:
 
 def install() -> ModuleType:
     """Makes ``import natten`` (and ``natten.functional``, ``natten.context``, ...) give this drop-in.
+
+    ``importlib.metadata`` then reports a natten distribution of version ``__version__`` as well, since some code
+    (Hugging Face transformers' NAT/DiNAT) checks that natten is installed by its metadata; install the drop-in
+    before importing such code.
 
     Never replaces a real NATTEN: when a module named ``natten`` is already imported, or one can be imported
     (``importlib.util.find_spec('natten')`` finds it), nothing is registered, a warning says so and that module is
@@ -117,16 +164,21 @@ def install() -> ModuleType:
                 "visionattn does not replace an installed NATTEN: uninstall it (pip uninstall natten) to use "
                 "visionattn's drop-in") from error
     sys.modules.update(_registered())
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.append(_FINDER)
     _logger.info("visionattn.compat.natten.install(): `import natten` now gives visionattn's drop-in")
     return this
 
 
 def uninstall() -> None:
     """Undoes :func:`install`: removes from ``sys.modules`` the ``natten`` entries that are this drop-in (a real
-    NATTEN's are never touched). Modules that already imported ``natten`` keep their reference."""
+    NATTEN's are never touched) and its package metadata. Modules that already imported ``natten`` keep their
+    reference."""
     for name, module in _registered().items():
         if sys.modules.get(name) is module:
             del sys.modules[name]
+    if _FINDER in sys.meta_path:
+        sys.meta_path.remove(_FINDER)
 
 
 def __getattr__(name: str):

@@ -271,6 +271,13 @@ def is_flex_compile_backprop_allowed() -> bool:
     return _flags['flex_compile_backprop']
 
 
+def get_device_cc(device_index: Optional[int] = None) -> int:
+    """The CUDA device's compute capability as ``10 * major + minor`` (NATTEN 0.15's ``natten.functional`` and
+    0.17's ``natten.utils``); without a CUDA device it raises as ``torch.cuda.get_device_capability`` does."""
+    major, minor = torch.cuda.get_device_capability(device_index)
+    return major * 10 + minor
+
+
 def has_cuda() -> bool:
     """Whether a CUDA device is available, where visionattn's Triton kernels run."""
     return torch.cuda.is_available()

@@ -1,13 +1,19 @@
-"""``natten.flops`` of the drop-in: ``add_natten_handle``, which the official NAT/DiNAT code calls with fvcore.
+"""``natten.flops`` of the drop-in: ``get_flops`` and ``add_natten_handle``, which NATTEN's README and the official
+NAT/DiNAT code use with fvcore, and the fvcore op handles of NATTEN 0.14-0.17.4 that code imports by name.
 
 NATTEN registered fvcore handles for its own autograd functions. visionattn's op needs none: its reference path is
-made of gathers and einsums, which PyTorch's ``torch.utils.flop_counter`` counts as the papers do
+made of gathers and einsums, which fvcore and PyTorch's ``torch.utils.flop_counter`` count as the papers do
 (``B * heads * N * prod(kernel) * head_dim`` multiply-adds for QK and again for AV), and
-``visionattn.profile.measure`` counts any zoo model. So no handle is added and the counter is returned as given.
+``visionattn.profile.measure`` counts any zoo model. So ``add_natten_handle`` adds no handle and returns the counter
+as given; the legacy handles exist so that imports work, and count as NATTEN's did if something registers them.
 """
 import logging
+import math
+from numbers import Number
+from typing import Any, List
 
-__all__ = ['add_natten_handle']
+__all__ = ['add_natten_handle', 'get_flops', 'qk_rpb_flop', 'av_flop', 'qk_1d_rpb_flop', 'av_1d_flop',
+           'qk_2d_rpb_flop', 'av_2d_flop', 'qk_3d_rpb_flop', 'av_3d_flop']
 
 _logger = logging.getLogger('visionattn.compat.natten')
 
@@ -22,3 +28,85 @@ def add_natten_handle(flop_ctr):
     _logger.info('natten.flops.add_natten_handle (visionattn drop-in): no handle added; fvcore counts the '
                  "reference path's einsums on the CPU")
     return flop_ctr
+
+
+def get_flops(model, input, disable_warnings: bool = False):
+    """NATTEN's ``get_flops``: fvcore's ``FlopCountAnalysis(model, input)`` total (fvcore counts multiply-adds).
+
+    Run it on the CPU, where the drop-in's ops are traceable gathers and einsums (see :func:`add_natten_handle`).
+
+    Args:
+        model: The module to count.
+        input: Its input, as fvcore takes it (a tensor or a tuple of them).
+        disable_warnings: Silence fvcore's warnings about ops it cannot count.
+
+    Raises:
+        ImportError: fvcore is not installed (NATTEN's ``get_flops`` needs it as well).
+    """
+    try:
+        from fvcore.nn import FlopCountAnalysis
+    except ImportError as error:
+        raise ImportError('natten.flops.get_flops needs fvcore, as NATTEN\'s does: pip install fvcore (or count '
+                          'with torch.utils.flop_counter.FlopCounterMode, which needs nothing)') from error
+    counter = add_natten_handle(FlopCountAnalysis(model, input))
+    if disable_warnings:
+        counter = counter.unsupported_ops_warnings(False)
+    return counter.total()
+
+
+# fvcore op handles: ``handle(inputs, outputs)`` gets traced values, whose ``type().sizes()`` is the shape.
+
+def _sizes(values: List[Any], n_dim: int, what: str) -> List[List[int]]:
+    shapes = [list(v.type().sizes()) for v in values]
+    if any(len(s) != n_dim + 3 for s in shapes[:2]):
+        raise ValueError(f'natten.flops: {what} expects {n_dim + 3}-D heads-first tensors, got shapes {shapes}')
+    return shapes
+
+
+def _qk_count(n_dim: int, inputs: List[Any], outputs: List[Any]) -> Number:
+    query = _sizes(inputs, n_dim, f'the {n_dim}-D QK handle')[0]
+    attn = _sizes(outputs, n_dim, f'the {n_dim}-D QK handle')[0]
+    # One multiply-add per (query, window slot, channel), and one add per (query, slot) for the bias, as NATTEN.
+    weights = math.prod(attn)
+    return weights * query[-1] + weights
+
+
+def _av_count(n_dim: int, inputs: List[Any], outputs: List[Any]) -> Number:
+    attn, _ = _sizes(inputs, n_dim, f'the {n_dim}-D AV handle')[:2]
+    out = _sizes(outputs, n_dim, f'the {n_dim}-D AV handle')[0]
+    return math.prod(attn) * out[-1]
+
+
+def qk_1d_rpb_flop(inputs: List[Any], outputs: List[Any]) -> Number:
+    """NATTEN's fvcore handle of 1-D QK (query, key[, rpb]) -> attn [B, heads, L, k]."""
+    return _qk_count(1, inputs, outputs)
+
+
+def av_1d_flop(inputs: List[Any], outputs: List[Any]) -> Number:
+    """NATTEN's fvcore handle of 1-D AV (attn, value) -> [B, heads, L, head_dim]."""
+    return _av_count(1, inputs, outputs)
+
+
+def qk_2d_rpb_flop(inputs: List[Any], outputs: List[Any]) -> Number:
+    """NATTEN's fvcore handle of 2-D QK (query, key[, rpb]) -> attn [B, heads, H, W, k * k]."""
+    return _qk_count(2, inputs, outputs)
+
+
+def av_2d_flop(inputs: List[Any], outputs: List[Any]) -> Number:
+    """NATTEN's fvcore handle of 2-D AV (attn, value) -> [B, heads, H, W, head_dim]."""
+    return _av_count(2, inputs, outputs)
+
+
+def qk_3d_rpb_flop(inputs: List[Any], outputs: List[Any]) -> Number:
+    """NATTEN's fvcore handle of 3-D QK (query, key[, rpb]) -> attn [B, heads, D, H, W, prod(kernel)]."""
+    return _qk_count(3, inputs, outputs)
+
+
+def av_3d_flop(inputs: List[Any], outputs: List[Any]) -> Number:
+    """NATTEN's fvcore handle of 3-D AV (attn, value) -> [B, heads, D, H, W, head_dim]."""
+    return _av_count(3, inputs, outputs)
+
+
+# NATTEN 0.14's names of the 2-D handles.
+qk_rpb_flop = qk_2d_rpb_flop
+av_flop = av_2d_flop

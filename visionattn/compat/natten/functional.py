@@ -20,6 +20,7 @@ against NATTEN's signatures (0.14.6-0.17.4 for the two-step ops, 0.20/0.21 for t
   them) and returns [batch, heads, *spatial, head_dim_v]. Both gather each query's
   neighbours through visionattn's neighbour table, so they are exact and differentiable on any device.
 """
+import contextlib
 import logging
 from typing import Optional, Sequence, Tuple, Union
 
@@ -29,10 +30,32 @@ from ...ops.checks import BACKENDS
 from ...ops.neighborhood import neighborhood_attention, normalize_na_args
 from ...ops.reference import NeighborTable, neighbor_table
 
+# NATTEN 0.15's natten.functional also held the capability queries and dispatcher switches (0.17's docs still import
+# has_gemm from here); they are the drop-in's stand-ins of natten.context.
+from .context import (
+    disable_gemm_na,
+    disable_tf32,
+    disable_tiled_na,
+    enable_gemm_na,
+    enable_tf32,
+    enable_tiled_na,
+    get_device_cc,
+    has_bfloat,
+    has_cuda,
+    has_fp32_gemm,
+    has_fp64_gemm,
+    has_gemm,
+    has_half,
+    has_tf32_gemm,
+)
+
 __all__ = [
     'na1d', 'na2d', 'na3d', 'na1d_qk', 'na1d_av', 'na2d_qk', 'na2d_av', 'na3d_qk', 'na3d_av',
     'na1d_qk_with_bias', 'na2d_qk_with_bias', 'na3d_qk_with_bias', 'natten1dqkrpb', 'natten1dqk', 'natten1dav',
     'natten2dqkrpb', 'natten2dqk', 'natten2dav', 'natten3dqkrpb', 'natten3dqk', 'natten3dav',
+    'get_device_cc', 'has_cuda', 'has_half', 'has_bfloat', 'has_gemm', 'has_tf32_gemm', 'has_fp32_gemm',
+    'has_fp64_gemm', 'enable_tf32', 'disable_tf32', 'enable_tiled_na', 'disable_tiled_na', 'enable_gemm_na',
+    'disable_gemm_na',
 ]
 
 _logger = logging.getLogger('visionattn.compat.natten')
@@ -61,6 +84,16 @@ def _chunks(tokens: int, bytes_per_query: int):
     return [(lo, min(tokens, lo + step)) for lo in range(0, tokens, step)]
 
 
+def _autocast_off(t: torch.Tensor):
+    """NATTEN's ops are extension kernels that autocast does not reach: they compute in their inputs' dtype (float32
+    q and k give float32 logits under autocast). The einsums and matmuls here would be autocast to float16/bfloat16,
+    so autocast is off around them."""
+    device = t.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.autocast(device, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _neighbor_logits(q: torch.Tensor, k: torch.Tensor, table: NeighborTable,
                      rpb: Optional[torch.Tensor]) -> torch.Tensor:
     """q, k [B, H, N, D] -> logits [B, H, N, K] (``q . k`` + rpb, -inf in masked slots), in q's dtype."""
@@ -69,7 +102,8 @@ def _neighbor_logits(q: torch.Tensor, k: torch.Tensor, table: NeighborTable,
     parts = []
     for lo, hi in _chunks(tokens, batch * heads * n_keys * dim * k.element_size()):
         keys = k.index_select(2, table.index[lo:hi].flatten()).view(batch, heads, hi - lo, n_keys, dim)
-        parts.append(torch.einsum('bhnd,bhnkd->bhnk', q[:, :, lo:hi], keys.to(q.dtype)))
+        with _autocast_off(q):
+            parts.append(torch.einsum('bhnd,bhnkd->bhnk', q[:, :, lo:hi], keys.to(q.dtype)))
     logits = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
     if rpb is not None:
         logits = logits + rpb.reshape(heads, -1)[:, table.bias_index].to(logits.dtype)
@@ -79,15 +113,18 @@ def _neighbor_logits(q: torch.Tensor, k: torch.Tensor, table: NeighborTable,
 
 
 def _neighbor_sum(attn: torch.Tensor, v: torch.Tensor, table: NeighborTable) -> torch.Tensor:
-    """attn [B, H, N, K] (weights of masked slots are ignored), v [B, H, N, Dv] -> [B, H, N, Dv]."""
+    """attn [B, H, N, K] (weights of masked slots are ignored; cast to v's dtype, as NATTEN's AV casts them),
+    v [B, H, N, Dv] -> [B, H, N, Dv]."""
     batch, heads, tokens, dim_v = v.shape
     n_keys = table.index.shape[1]
+    attn = attn.to(v.dtype)
     if table.valid is not None:
         attn = attn.masked_fill(~table.valid, 0)
     parts = []
     for lo, hi in _chunks(tokens, batch * heads * n_keys * dim_v * v.element_size()):
         vals = v.index_select(2, table.index[lo:hi].flatten()).view(batch, heads, hi - lo, n_keys, dim_v)
-        parts.append(torch.einsum('bhnk,bhnkd->bhnd', attn[:, :, lo:hi], vals))
+        with _autocast_off(v):
+            parts.append(torch.einsum('bhnk,bhnkd->bhnd', attn[:, :, lo:hi], vals))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
@@ -196,16 +233,34 @@ def _gathered_attention(name: str, query: torch.Tensor, key: torch.Tensor, value
     v = heads_first(value)
     logits = _neighbor_logits(q, heads_first(key), table, rpb)
     if additional_keys is not None:
-        extra = q @ additional_keys.transpose(1, 2).to(logit_dtype).transpose(-1, -2)  # [B, H, N, seqlen_kv]
+        with _autocast_off(q):
+            extra = q @ additional_keys.transpose(1, 2).to(logit_dtype).transpose(-1, -2)  # [B, H, N, seqlen_kv]
         logits = torch.cat([logits, extra], dim=-1)
     lse = logits.logsumexp(dim=-1)
     attn = logits.softmax(dim=-1).to(v.dtype)
     n_keys = table.index.shape[1]
     out = _neighbor_sum(attn[..., :n_keys], v, table)
     if additional_values is not None:
-        out = out + attn[..., n_keys:] @ additional_values.transpose(1, 2)
+        with _autocast_off(v):
+            out = out + attn[..., n_keys:] @ additional_values.transpose(1, 2)
     out = out.transpose(1, 2).reshape(batch, *spatial, heads, dim_v).to(query.dtype)
     return out, lse.transpose(1, 2).reshape(batch, *spatial, heads).float()
+
+
+def _not_017_order(name: str, dilation, is_causal) -> None:
+    """Refuses NATTEN 0.17's positional order, naming it: its fused ops took (kernel_size, dilation, is_causal, rpb,
+    scale), 0.20's take (kernel_size, stride, dilation, is_causal, scale). A bool where 0.20 has dilation, or a tensor
+    where it has is_causal, can only be 0.17's order (with five positional arguments the two orders cannot be told
+    apart, and 0.20's is taken)."""
+    bools = isinstance(dilation, bool) or (
+        isinstance(dilation, (tuple, list)) and len(dilation) > 0 and all(isinstance(d, bool) for d in dilation))
+    if bools or isinstance(is_causal, torch.Tensor):
+        causal = f'a tensor {tuple(is_causal.shape)}' if isinstance(is_causal, torch.Tensor) else repr(is_causal)
+        raise ValueError(
+            f"{_where(name)}: got dilation={dilation!r}, is_causal={causal}: this looks like NATTEN "
+            f"0.17's fused {name}(query, key, value, kernel_size, dilation, is_causal, rpb, scale) called "
+            "positionally; the drop-in takes NATTEN >= 0.20's order (kernel_size, stride, dilation, is_causal, scale): "
+            'pass dilation=, is_causal=, rpb= and scale= by keyword')
 
 
 def _fused(name: str, n_dim: int, query, key, value, kernel_size, stride, dilation, is_causal, scale,
@@ -214,15 +269,19 @@ def _fused(name: str, n_dim: int, query, key, value, kernel_size, stride, dilati
     if unknown:
         raise TypeError(f'{name}() got an unexpected keyword argument {unknown[0]!r}')
     _check_rank(name, n_dim, False, query=query, key=key, value=value)
+    _not_017_order(name, dilation, is_causal)
     backend = _backend(name, backend)
     scale = scale or None  # NATTEN takes `scale or head_dim ** -0.5`
     key, value, additional_keys, additional_values = _kv_heads(name, query, key, value, additional_keys,
                                                                additional_values)
     if additional_keys is None and not return_lse:
         try:
-            return neighborhood_attention(query, key, value, kernel_size, 1 if dilation is None else dilation,
-                                          1 if stride is None else stride, False if is_causal is None else is_causal,
-                                          rpb=rpb, scale=scale, backend=backend)
+            # Autocast off: the Triton op ignores it anyway, the reference path would run in float16/bfloat16.
+            with _autocast_off(query):
+                return neighborhood_attention(query, key, value, kernel_size, 1 if dilation is None else dilation,
+                                              1 if stride is None else stride,
+                                              False if is_causal is None else is_causal, rpb=rpb, scale=scale,
+                                              backend=backend)
         except ValueError as error:
             raise ValueError(f'{_where(name)}: {str(error).removeprefix("neighborhood_attention: ")}') from None
     out, lse = _gathered_attention(name, query, key, value, kernel_size, dilation, stride, is_causal, rpb, scale,
@@ -331,7 +390,8 @@ def _qk(name: str, n_dim: int, query, key, kernel_size, dilation, is_causal, rpb
             got = tuple(additional_keys.shape) if isinstance(additional_keys, torch.Tensor) else additional_keys
             raise ValueError(f'{_where(name)}: additional_keys must be [batch, heads, tokens, head_dim] = '
                              f'{want} in {q.dtype}, got {got}')
-        attn = torch.cat([attn, q @ additional_keys.transpose(-1, -2)], dim=-1)
+        with _autocast_off(q):
+            attn = torch.cat([attn, q @ additional_keys.transpose(-1, -2)], dim=-1)
     return attn.unflatten(2, query.shape[2:2 + n_dim])
 
 
@@ -363,7 +423,8 @@ def _av(name: str, n_dim: int, attn, value, kernel_size, dilation, is_causal, ad
     a, v = attn.flatten(2, -2), value.flatten(2, -2)
     out = _neighbor_sum(a[..., :n_keys], v, table)
     if n_extra:
-        out = out + a[..., n_keys:] @ additional_values
+        with _autocast_off(v):
+            out = out + a[..., n_keys:] @ additional_values
     return out.unflatten(2, value.shape[2:2 + n_dim])
 
 

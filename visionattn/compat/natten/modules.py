@@ -17,6 +17,7 @@ otherwise; with ``attn_drop == 0`` it always runs the fused op.
 """
 import math
 import numbers
+import warnings
 from typing import Optional, Sequence, Union
 
 import torch
@@ -26,7 +27,7 @@ from torch.nn.init import trunc_normal_
 
 from ...ops.neighborhood import neighborhood_attention
 from ...ops.reference import neighbor_table
-from .functional import _neighbor_logits, _neighbor_sum
+from .functional import _autocast_off, _neighbor_logits, _neighbor_sum
 
 __all__ = ['NeighborhoodAttention1D', 'NeighborhoodAttention2D', 'NeighborhoodAttention3D']
 
@@ -143,8 +144,9 @@ class _NeighborhoodAttention(nn.Module):
         if self.training and self.attn_drop_rate > 0:
             out = self._unfused(q, k, v)
         else:
-            out = neighborhood_attention(q, k, v, self.kernel_size, self.dilation, self.stride, self.is_causal,
-                                         rpb=self.rpb, scale=self.scale)
+            with _autocast_off(q):  # NATTEN's kernel takes q, k, v as they come: fp32 logits for half inputs
+                out = neighborhood_attention(q, k, v, self.kernel_size, self.dilation, self.stride, self.is_causal,
+                                             rpb=self.rpb, scale=self.scale)
         out = out.flatten(-2)
         if any(pads):
             out = out[(slice(None), *(slice(0, s) for s in spatial))]
@@ -161,6 +163,18 @@ class _NeighborhoodAttention(nn.Module):
         attn = _neighbor_logits(heads_first(q) * self.scale, heads_first(k), table, self.rpb).softmax(dim=-1)
         out = _neighbor_sum(self.attn_drop(attn), heads_first(v), table)
         return out.transpose(1, 2).reshape(batch, *spatial, self.num_heads, self.head_dim)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        # A checkpoint of NATTEN 0.14/0.15's modules (an rpb unless bias=False) into one built with 0.17's default
+        # (no rpb): PyTorch only names the unexpected key, or drops it silently when not strict. Say which argument
+        # builds it (a warning: PyTorch does not tell this hook whether the load is strict).
+        if self.rpb is None and prefix + 'rpb' in state_dict:
+            warnings.warn(f'{prefix}rpb in the state dict is not loaded: this {type(self).__name__} has no relative '
+                          'positional bias; pass rel_pos_bias=True (NATTEN 0.17 and this drop-in default to False, '
+                          'NATTEN 0.14/0.15 had one unless bias=False)', stacklevel=2)
 
     def extra_repr(self) -> str:
         stride = f'stride={self.stride}, ' if any(s > 1 for s in self.stride) else ''
