@@ -3,12 +3,16 @@
 - :class:`FeatureGetter`: timm's ``FeatureGetterNet`` (the ``features_only`` wrapper of the zoo families) plus the
   ``set_grad_checkpointing`` that timm's other feature wrappers (``FeatureListNet``) and the models have, so that a
   detector or segmenter can turn gradient checkpointing on in its backbone.
+- :func:`feature_cfg_for`: the ``feature_cfg`` of a family's ``features_only`` model, honouring a ``feature_cls`` asked
+  for only where timm's module-hook and FX extractors see the same maps as ``forward_intermediates``.
 - :func:`check_classifier_pool`: ``num_classes > 0`` with ``global_pool=''`` put a linear classifier on the unpooled
   [B, C, H, W] map, which failed only at the first forward, in a matmul whose message named neither argument.
 """
+from typing import Any, Dict, Optional
+
 from timm.models._features import FeatureGetterNet
 
-__all__ = ['FeatureGetter', 'check_classifier_pool']
+__all__ = ['FeatureGetter', 'check_classifier_pool', 'feature_cfg_for']
 
 
 class FeatureGetter(FeatureGetterNet):
@@ -25,3 +29,28 @@ def check_classifier_pool(num_classes: int, global_pool: str, family: str) -> No
             f"{family}: global_pool='' keeps the [batch, channels, height, width] feature map, which the linear "
             f'classifier (num_classes={num_classes}) cannot take; pass num_classes=0 with global_pool=\'\' for the '
             "unpooled features, or a pooling such as global_pool='avg' for a classifier")
+
+
+def feature_cfg_for(kwargs: Dict[str, Any], family: str, out_indices: Any = (0, 1, 2, 3),
+                    hook_refusal: Optional[str] = None) -> Dict[str, Any]:
+    """The ``feature_cfg`` for ``build_model``, taking ``feature_cls`` out of ``kwargs`` (timm would let it win).
+
+    The default, ``'getter'`` and timm's ``FeatureGetterNet`` give :class:`FeatureGetter` (``forward_intermediates``,
+    with ``set_grad_checkpointing``); a subclass of ``FeatureGetterNet`` is kept. timm's other extractors ('list',
+    'dict', 'hook', 'fx') take the output of each ``feature_info`` module: allowed (flattening the stage Sequential,
+    as timm's own models do, so that 'list'/'dict' find ``stages.i``) unless ``hook_refusal`` says why those outputs
+    are not the features, in which case a ValueError names it instead of a silent mismatch with ``feature_info``.
+    """
+    if not kwargs.get('features_only'):  # a stray feature_cls stays in kwargs: the model's TypeError names it
+        return dict(out_indices=out_indices, feature_cls=FeatureGetter)
+    feature_cls = kwargs.pop('feature_cls', None)
+    if feature_cls is None or feature_cls is FeatureGetterNet or (
+            isinstance(feature_cls, str) and feature_cls.lower() == 'getter'):
+        return dict(out_indices=out_indices, feature_cls=FeatureGetter)
+    if isinstance(feature_cls, type) and issubclass(feature_cls, FeatureGetterNet):
+        return dict(out_indices=out_indices, feature_cls=feature_cls)
+    if hook_refusal is not None:
+        raise ValueError(f"{family}: features_only with feature_cls={feature_cls!r} would return the output of each "
+                         f"feature_info module, and {hook_refusal}; leave feature_cls out (or pass 'getter') for "
+                         'the features that feature_info describes')
+    return dict(out_indices=out_indices, feature_cls=feature_cls, flatten_sequential=True)

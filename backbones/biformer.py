@@ -44,7 +44,7 @@ from visionattn.layers.stages import (
 )
 from visionattn.zoo import PaperFacts, register_paper_facts
 
-from ._api import FeatureGetter, check_classifier_pool
+from ._api import check_classifier_pool, feature_cfg_for
 
 __all__ = ['BiFormer']  # models are reached through timm.create_model
 
@@ -259,6 +259,9 @@ class BiFormer(nn.Module):
                               'BiFormer')
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool)
+        # timm's head builds the new fc like its old one, in torch's defaults once that is gone (num_classes was 0)
+        param = next(self.parameters())
+        self.head.to(device=param.device, dtype=param.dtype)
 
     def forward_intermediates(
             self,
@@ -380,9 +383,11 @@ def _with_extra_norms(state_dict: Dict[str, torch.Tensor], model: BiFormer) -> D
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
     # features_only gets the official dense-prediction LayerNorm2d on every stage output
     kwargs.setdefault('extra_norms', bool(kwargs.get('features_only', False)))
+    feature_cfg = feature_cfg_for(kwargs, 'BiFormer', hook_refusal=(
+        'those skip the LayerNorm2d (extra_norms) that features_only puts on every stage output in '
+        'forward_intermediates (pass extra_norms=False for the bare stage outputs)') if kwargs['extra_norms'] else None)
     return build_model(
-        BiFormer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls=FeatureGetter), **kwargs)
+        BiFormer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

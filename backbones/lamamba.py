@@ -43,7 +43,7 @@ from visionattn.layers.stages import (
 )
 from visionattn.zoo import PaperFacts, register_paper_facts
 
-from ._api import FeatureGetter, check_classifier_pool
+from ._api import check_classifier_pool, feature_cfg_for
 
 __all__ = ['LaMamba', 'LaMambaBlock', 'PatchEmbed', 'PatchMerging']
 
@@ -264,6 +264,8 @@ class LaMamba(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         check_classifier_pool(num_classes, self.global_pool if global_pool is None else global_pool, 'LaMamba')
         reset_linear_classifier(self, num_classes, global_pool, 'LaMamba')
+        param = next(self.parameters())  # the head is built in torch's defaults: follow the model's .to()/.cuda()
+        self.head.to(device=param.device, dtype=param.dtype)
 
     def forward_intermediates(
             self,
@@ -302,8 +304,19 @@ class LaMamba(nn.Module):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
-        """Drop the stages (and the patch merging) after the last intermediate asked for; optionally norm and head."""
-        return prune_stages_downsample_last(self, 'layers', indices, prune_norm, prune_head)
+        """Drop the stages (and the patch merging) after the last intermediate asked for; optionally norm and head.
+
+        Dropping the last stage also drops the final norm and the classifier, which are sized for it, and makes
+        ``num_features`` the kept stage's width (as timm's Swin and ConvNeXt do).
+        """
+        num_stages = len(self.layers)
+        take_indices = prune_stages_downsample_last(self, 'layers', indices, prune_norm, prune_head)
+        if len(self.layers) < num_stages:
+            # kept, they failed in the first forward ("Given normalized_shape=[768]...") on the narrower map
+            self.norm = nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[len(self.layers) - 1]['num_chs']
+            self.reset_classifier(0, '')
+        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> final normed feature map [B, C', H/32, W/32] (NCHW)."""
@@ -332,10 +345,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: LaMamba) -> Dict[str
 
 
 def _create_lamamba(variant: str, pretrained: bool = False, **kwargs) -> LaMamba:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    feature_cfg = feature_cfg_for(kwargs, 'LaMamba', kwargs.pop('out_indices', (0, 1, 2, 3)), hook_refusal=(
+        "layers.i ends in the next stage's patch merging (channels-last, twice the channels, half the size)"))
     return build_model(
-        LaMamba, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls=FeatureGetter, out_indices=out_indices), **kwargs)
+        LaMamba, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg, **kwargs)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

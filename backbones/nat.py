@@ -40,7 +40,7 @@ from visionattn.layers.stages import (
 )
 from visionattn.zoo import PaperFacts, register_paper_facts
 
-from ._api import FeatureGetter, check_classifier_pool
+from ._api import check_classifier_pool, feature_cfg_for
 
 __all__ = ['NAT']  # models are reached through timm.create_model
 
@@ -291,6 +291,8 @@ class NAT(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         check_classifier_pool(num_classes, self.global_pool if global_pool is None else global_pool, 'NAT')
         reset_linear_classifier(self, num_classes, global_pool, 'NAT')
+        param = next(self.parameters())  # the head is built in torch's defaults: follow the model's .to()/.cuda()
+        self.head.to(device=param.device, dtype=param.dtype)
 
     def forward_intermediates(
             self,
@@ -331,9 +333,20 @@ class NAT(nn.Module):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
-        """Drop the levels (and the downsampler) after the last intermediate asked for; optionally norm and head."""
-        return prune_stages_downsample_last(
+        """Drop the levels (and the downsampler) after the last intermediate asked for; optionally norm and head.
+
+        Dropping the last level also drops the final norm and the classifier, which are sized for it, and makes
+        ``num_features`` the kept level's width (as timm's Swin and ConvNeXt do).
+        """
+        num_levels = len(self.levels)
+        take_indices = prune_stages_downsample_last(
             self, 'levels', indices, prune_norm, prune_head, stage_norms='feature_norms')
+        if len(self.levels) < num_levels:
+            # kept, they failed in the first forward ("Given normalized_shape=[512]...") on the narrower map
+            self.norm = nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[len(self.levels) - 1]['num_chs']
+            self.reset_classifier(0, '')
+        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> final normed feature map [B, C', H/32, W/32] (NCHW)."""
@@ -377,10 +390,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: NAT) -> Dict[str, to
 def _create_nat(variant: str, pretrained: bool = False, **kwargs) -> NAT:
     if kwargs.get('features_only'):
         kwargs.setdefault('feature_norms', True)
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    feature_cfg = feature_cfg_for(kwargs, 'NAT', kwargs.pop('out_indices', (0, 1, 2, 3)), hook_refusal=(
+        "levels.i ends in the next level's downsampler (channels-last, twice the channels, half the size) and skips "
+        'the per-level norms (feature_norms) of forward_intermediates'))
     return build_model(
-        NAT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls=FeatureGetter, out_indices=out_indices), **kwargs)
+        NAT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg, **kwargs)
 
 
 def _cfg(url: str = '', paper: str = 'nat', **kwargs) -> Dict[str, Any]:

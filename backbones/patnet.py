@@ -31,7 +31,7 @@ from visionattn.layers.partial import PartialChannelAttention, PartialSelfAttent
 from visionattn.layers.stages import forward_intermediates_downsample_first, stage_group_matcher
 from visionattn.zoo import PaperFacts, register_paper_facts
 
-from ._api import FeatureGetter, check_classifier_pool
+from ._api import check_classifier_pool, feature_cfg_for
 
 __all__ = ['PATNet']
 
@@ -377,9 +377,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 
 
 def _create_patnet(variant: str, pretrained: bool = False, **kwargs) -> PATNet:
+    # stages.i outputs are the features: timm's hook/fx/list extractors may take them
     return build_model(
         PATNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls=FeatureGetter), **kwargs)
+        feature_cfg=feature_cfg_for(kwargs, 'PATNet'), **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

@@ -21,12 +21,12 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-from visionattn._timm_compat import resolve_take_indices
+from visionattn._timm_compat import FeatureGetterNet, resolve_take_indices
 from visionattn.hub import build_model, unwrap_state_dict
 from visionattn.layers import EfficientLocalAttention
 from visionattn.zoo import PaperFacts, register_paper_facts
 
-from ._api import check_classifier_pool
+from ._api import FeatureGetter, check_classifier_pool
 
 __all__ = ['AttnResNet']  # models are reached through timm.create_model
 
@@ -136,6 +136,11 @@ def _create_resnet_attn(variant: str, pretrained: bool = False, **kwargs) -> Res
         # timm's ResNet has five feature levels (the stem, then 4 stages); checked here so that an empty, unsorted
         # or out-of-range out_indices is named instead of failing in max() or an IndexError (issue 21).
         resolve_take_indices(5, kwargs['out_indices'])
+    feature_cls = kwargs.get('feature_cls')
+    if feature_cls is FeatureGetterNet or (isinstance(feature_cls, str) and feature_cls.lower() == 'getter'):
+        # timm's ResNet defaults to its module-list extractor; the getter asked for by name is the zoo's, which has
+        # set_grad_checkpointing (timm's FeatureGetterNet has none)
+        kwargs['feature_cls'] = FeatureGetter
     return build_model(AttnResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 

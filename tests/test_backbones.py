@@ -326,3 +326,74 @@ def test_biformer_features_only_loads_a_checkpoint_in_its_own_layout(tmp_path):
                               pretrained_cfg_overlay=dict(file=str(path)))
     torch.testing.assert_close(model.model.stem[0].weight, source.stem[0].weight)
     torch.testing.assert_close(model.model.extra_norms[0].weight, torch.ones(64))
+
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_pruning_to_an_early_stage_leaves_a_working_trunk(name):
+    # NAT/DiNAT and LaMamba kept the final LayerNorm (sized for the last stage) and the classifier when
+    # prune_intermediate_layers dropped the later stages: forward, forward_features and forward_intermediates failed
+    # inside the norm ("Given normalized_shape=[512] ..."), and num_features still gave the dropped stage's width.
+    # timm's Swin and ConvNeXt drop the norm and the head, and give the kept stage's width.
+    model = _create(name).eval()
+    x = _input(model, batch=1)
+    with torch.no_grad():
+        expected = model.forward_intermediates(x, indices=[1], intermediates_only=True)[0]
+    take = model.prune_intermediate_layers(indices=[0, 1], prune_head=False)
+    width = model.feature_info[take[-1]]['num_chs']
+    assert model.num_classes == 0
+    assert model.num_features == width and getattr(model, 'head_hidden_size', width) == width
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+        final, intermediates = model.forward_intermediates(x, indices=take)
+    torch.testing.assert_close(final, expected)
+    torch.testing.assert_close(intermediates[-1], expected)
+
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_features_only_extractor_classes_match_feature_info(name):
+    # timm's 'hook'/'fx'/'list'/'dict' extractors take each feature_info module's output. NAT/DiNAT's levels.i and
+    # LaMamba's layers.i end in the next stage's downsampler, channels-last: 'hook' and 'fx' silently gave maps of twice
+    # the channels and half the size feature_info states, NHWC. BiFormer's skipped the extra_norms of its features_only
+    # model; 'list'/'dict' failed in an assert on stage names. Each extractor now gives forward_intermediates' maps
+    # or a ValueError naming feature_cls.
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = _create(name).eval().forward_intermediates(x, indices=[1, 2], intermediates_only=True)
+    for feature_cls in ('hook', 'fx', 'list', 'dict'):
+        try:
+            model = _create(name, features_only=True, out_indices=(1, 2), feature_cls=feature_cls).eval()
+        except ValueError as error:
+            assert 'feature_cls' in str(error), feature_cls
+            continue
+        with torch.no_grad():
+            features = model(x)
+        features = list(features.values()) if isinstance(features, dict) else features
+        info = model.feature_info
+        assert [f.shape[1] for f in features] == info.channels(), feature_cls
+        assert [x.shape[-1] // f.shape[-1] for f in features] == info.reduction(), feature_cls
+        torch.testing.assert_close(features, expected, msg=feature_cls)
+
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_features_only_getter_by_name_keeps_grad_checkpointing(name):
+    # feature_cls='getter' (timm's name for the zoo's default extractor) gave timm's FeatureGetterNet, which has no
+    # set_grad_checkpointing, instead of the zoo's FeatureGetter.
+    model = _create(name, features_only=True, feature_cls='getter', out_indices=(0, 1))
+    model.set_grad_checkpointing(True)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    sum(f.sum() for f in model(x)).backward()
+
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_reset_classifier_keeps_the_model_dtype(name):
+    # NAT/DiNAT and LaMamba built the new classifier in torch's default dtype and device, as did BiFormer once its
+    # head had been removed (num_classes=0): after model.to(bfloat16) (or .cuda()) the first forward failed in a matmul
+    # ("mat1 and mat2 must have the same dtype"). timm's ResNet and ConvNeXt build it like the model's parameters.
+    model = _create(name).eval().to(torch.bfloat16)
+    x = _input(model, batch=1).bfloat16()
+    for num_classes, global_pool in ((10, None), (0, None), (7, 'avg')):
+        model.reset_classifier(num_classes, global_pool)
+        with torch.no_grad():
+            out = model(x)
+        assert out.dtype == torch.bfloat16 and out.shape == (1, num_classes or out.shape[1])
+        assert all(p.dtype == torch.bfloat16 for p in model.parameters())
