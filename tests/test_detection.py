@@ -492,3 +492,17 @@ def test_coco_schedule_gives_the_backbone_a_tenth_of_the_lr():
     for epochs in (24, 36):
         cfg = Config.fromfile(ROOT / f'configs/detection/focus_detr_4scale_r50_8xb2-{epochs}e_coco.py')
         assert cfg.train_cfg.max_epochs == epochs and cfg.param_scheduler[0]['milestones'] == [20]
+
+
+def test_a_photo_turned_by_its_exif_tag_against_raw_annotations_is_named(tmp_path):
+    # COCO width/height written from the raw bitmap of a photo tagged "turn 90 degrees": the image is read upright
+    from PIL import Image
+    (tmp_path / 'img').mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / 'img' / 'a.jpg', exif=exif.tobytes())
+    ann = _write_coco(tmp_path / 'ann.json', [{'id': 1, 'file_name': 'a.jpg', 'width': 50, 'height': 40}],
+                      [{'id': 1, 'image_id': 1, 'category_id': 1, 'bbox': [1, 2, 10, 12], 'area': 120, 'iscrowd': 0}],
+                      [{'id': 1, 'name': 'one'}])
+    with pytest.raises(ValueError, match='40x50 pixels, its annotation says 50x40.*sizes are swapped.*EXIF'):
+        CocoDetection(str(ann), str(tmp_path / 'img'))[0]

@@ -621,3 +621,20 @@ def test_compact_masks_give_the_int64_losses_predictions_and_metrics(num_classes
         for key in ('gt_sem_seg', 'pred_sem_seg', 'seg_logits'):
             assert got.get(key).dtype == ref.get(key).dtype and torch.equal(got.get(key), ref.get(key))
     np.testing.assert_equal(metrics, ref_metrics)
+
+
+@pytest.mark.heads
+def test_a_photo_turned_by_its_exif_tag_against_a_raw_mask_is_named(tmp_path):
+    # load_image turns photos by their EXIF orientation; a mask drawn on the raw bitmap then has the swapped size,
+    # and the error says so instead of only "differ in size"
+    from PIL import Image
+    _write_ade(tmp_path, n=1)
+    path = tmp_path / 'images' / 'training' / 'ADE_000.jpg'
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise
+    Image.open(path).save(path, exif=exif.tobytes())
+    with pytest.raises(ValueError, match='differ in size.*sizes are swapped.*EXIF orientation'):
+        ADE20KDataset(str(tmp_path), 'training')[0]
+    from visionattn.data.base import orientation_hint
+    assert orientation_hint((40, 52), (40, 52)) == orientation_hint((30, 30), (30, 30)) == ''
+    assert orientation_hint((52, 40, 3), (40, 52)) != ''

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from albumentations.augmentations.crops.transforms import BaseCrop
 
-from visionattn.data.base import SeededDataset, load_image
+from visionattn.data.base import SeededDataset, load_image, orientation_hint
 
 __all__ = ['CocoDetection', 'SyntheticCocoDetection', 'make_synthetic_coco', 'detection_transforms',
            'ResizeShortestEdge', 'AbsoluteRangeCrop', 'DETR_TRAIN_SCALES', 'SYNTHETIC_SHAPE_KINDS']
@@ -270,7 +270,8 @@ class CocoDetection(SeededDataset):
         ori_shape = (int(image.shape[0]), int(image.shape[1]))
         if ori_shape != (record['height'], record['width']):
             raise ValueError(f'{path} is {ori_shape[1]}x{ori_shape[0]} pixels, its annotation says '
-                             f'{record["width"]}x{record["height"]} (COCO image id {record["img_id"]})')
+                             f'{record["width"]}x{record["height"]} (COCO image id {record["img_id"]})'
+                             f'{orientation_hint(ori_shape, (record["height"], record["width"]))}')
         keep = record['ignore'] == 0
         boxes, labels = record['boxes'][keep], record['labels'][keep]
         if self.pipeline is not None:

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import torch
 
-from visionattn.data.base import IMAGE_EXTENSIONS, SeededDataset, load_image
+from visionattn.data.base import IMAGE_EXTENSIONS, SeededDataset, load_image, orientation_hint
 
 __all__ = ['SegFolderDataset', 'ADE20KDataset', 'SyntheticShapesDataset', 'ADE20K_CLASSES', 'SHAPE_KINDS',
            'IGNORE_INDEX']
@@ -77,7 +77,7 @@ class _SegmentationDataset(SeededDataset):
         image, mask, meta = self._load(image_index)
         if image.shape[:2] != mask.shape[:2]:
             raise ValueError(f'item {image_index}: image {image.shape[:2]} and mask {mask.shape[:2]} differ in size '
-                             f'({meta.get("img_path", "")})')
+                             f'({meta.get("img_path", "")}){orientation_hint(image.shape, mask.shape)}')
         meta = {'index': image_index, 'ori_shape': tuple(int(s) for s in mask.shape[:2]), **meta}
         if self.pipeline is not None:
             self.seed_pipeline(index)

@@ -102,6 +102,16 @@ def to_rgb(image):
     return image.convert('RGB')
 
 
+def orientation_hint(image_shape: Sequence[int], expected_shape: Sequence[int]) -> str:
+    """A note for a size-mismatch error when the sizes are each other's transposes: :func:`load_image` turns images
+    by their EXIF orientation, so a photo tagged "turn 90 degrees" whose annotation was made on the raw bitmap no
+    longer matches it."""
+    if tuple(image_shape[:2]) == tuple(expected_shape[:2])[::-1] and image_shape[0] != image_shape[1]:
+        return ('; the sizes are swapped: the image is read turned by its EXIF orientation tag, so its annotation '
+                'was probably made on the raw, unturned pixels')
+    return ''
+
+
 def load_image(path) -> np.ndarray:
     """The image file at ``path`` as an HWC uint8 RGB array (:func:`to_rgb`), upright: the EXIF Orientation tag (JPEG,
     PNG, TIFF, WebP) is applied, as image viewers, mmcv's and detectron2's readers apply it. A phone stores a portrait
