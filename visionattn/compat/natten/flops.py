@@ -77,35 +77,21 @@ def _av_count(n_dim: int, inputs: List[Any], outputs: List[Any]) -> Number:
     return math.prod(attn) * out[-1]
 
 
-def qk_1d_rpb_flop(inputs: List[Any], outputs: List[Any]) -> Number:
-    """NATTEN's fvcore handle of 1-D QK (query, key[, rpb]) -> attn [B, heads, L, k]."""
-    return _qk_count(1, inputs, outputs)
+def _handle(count, n_dim: int, name: str, signature: str):
+    """One of NATTEN's fvcore handles, under the name NATTEN users import."""
+    def handle(inputs: List[Any], outputs: List[Any]) -> Number:
+        return count(n_dim, inputs, outputs)
+    handle.__name__ = handle.__qualname__ = name
+    handle.__doc__ = f"NATTEN's fvcore handle of {n_dim}-D {signature}."
+    return handle
 
 
-def av_1d_flop(inputs: List[Any], outputs: List[Any]) -> Number:
-    """NATTEN's fvcore handle of 1-D AV (attn, value) -> [B, heads, L, head_dim]."""
-    return _av_count(1, inputs, outputs)
-
-
-def qk_2d_rpb_flop(inputs: List[Any], outputs: List[Any]) -> Number:
-    """NATTEN's fvcore handle of 2-D QK (query, key[, rpb]) -> attn [B, heads, H, W, k * k]."""
-    return _qk_count(2, inputs, outputs)
-
-
-def av_2d_flop(inputs: List[Any], outputs: List[Any]) -> Number:
-    """NATTEN's fvcore handle of 2-D AV (attn, value) -> [B, heads, H, W, head_dim]."""
-    return _av_count(2, inputs, outputs)
-
-
-def qk_3d_rpb_flop(inputs: List[Any], outputs: List[Any]) -> Number:
-    """NATTEN's fvcore handle of 3-D QK (query, key[, rpb]) -> attn [B, heads, D, H, W, prod(kernel)]."""
-    return _qk_count(3, inputs, outputs)
-
-
-def av_3d_flop(inputs: List[Any], outputs: List[Any]) -> Number:
-    """NATTEN's fvcore handle of 3-D AV (attn, value) -> [B, heads, D, H, W, head_dim]."""
-    return _av_count(3, inputs, outputs)
-
+_GRID = {1: 'L', 2: 'H, W', 3: 'D, H, W'}
+qk_1d_rpb_flop, qk_2d_rpb_flop, qk_3d_rpb_flop = (
+    _handle(_qk_count, n, f'qk_{n}d_rpb_flop', f'QK (query, key[, rpb]) -> attn [B, heads, {_GRID[n]}, window]')
+    for n in (1, 2, 3))
+av_1d_flop, av_2d_flop, av_3d_flop = (
+    _handle(_av_count, n, f'av_{n}d_flop', f'AV (attn, value) -> [B, heads, {_GRID[n]}, head_dim]') for n in (1, 2, 3))
 
 # NATTEN 0.14's names of the 2-D handles.
 qk_rpb_flop = qk_2d_rpb_flop
