@@ -233,6 +233,7 @@ class BiFormer(nn.Module):
         self.extra_norms = nn.ModuleList([LayerNorm2d(d, **dd) for d in embed_dims]) if extra_norms else None
         self.norm = nn.BatchNorm2d(embed_dims[-1], **dd)
         self.head = ClassifierHead(embed_dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
+        self.head_hidden_size = self._pooled_width()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -259,6 +260,7 @@ class BiFormer(nn.Module):
                               'BiFormer')
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool)
+        self.head_hidden_size = self._pooled_width()
         # timm's head builds the new fc like its old one, in torch's defaults once that is gone (num_classes was 0)
         param = next(self.parameters())
         self.head.to(device=param.device, dtype=param.dtype)
@@ -315,6 +317,10 @@ class BiFormer(nn.Module):
         elif prune_head:
             self.reset_classifier(0, '')
         return take_indices
+
+    def _pooled_width(self) -> int:
+        # what forward_head(pre_logits=True) returns, as timm's ResNet reports it: 'catavgmax' doubles the channels
+        return self.num_features * self.head.global_pool.feat_mult()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(check_images(x, self.stem[0].in_channels, 'BiFormer'))

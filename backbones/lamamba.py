@@ -345,7 +345,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: LaMamba) -> Dict[str
 
 
 def _create_lamamba(variant: str, pretrained: bool = False, **kwargs) -> LaMamba:
-    feature_cfg = feature_cfg_for(kwargs, 'LaMamba', kwargs.pop('out_indices', (0, 1, 2, 3)), hook_refusal=(
+    feature_cfg = feature_cfg_for(kwargs, 'LaMamba', kwargs.pop('out_indices', None), hook_refusal=(
         "layers.i ends in the next stage's patch merging (channels-last, twice the channels, half the size)"))
     return build_model(
         LaMamba, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg, **kwargs)

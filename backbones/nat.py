@@ -390,7 +390,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: NAT) -> Dict[str, to
 def _create_nat(variant: str, pretrained: bool = False, **kwargs) -> NAT:
     if kwargs.get('features_only'):
         kwargs.setdefault('feature_norms', True)
-    feature_cfg = feature_cfg_for(kwargs, 'NAT', kwargs.pop('out_indices', (0, 1, 2, 3)), hook_refusal=(
+    feature_cfg = feature_cfg_for(kwargs, 'NAT', kwargs.pop('out_indices', None), hook_refusal=(
         "levels.i ends in the next level's downsampler (channels-last, twice the channels, half the size) and skips "
         'the per-level norms (feature_norms) of forward_intermediates'))
     return build_model(

@@ -237,6 +237,10 @@ class PATNet(nn.Module):
         if pool.feat_mult() != 1 and isinstance(self.conv_head, nn.Conv2d):
             raise ValueError(f'PATNet: the conv head reads {self.num_features} channels; global_pool={global_pool!r} '
                              f'changes the pooled width')
+        if not isinstance(self.conv_head, nn.Conv2d):
+            # pruned (no conv head): the pooled trunk is the pre-logits, as wide as the pooling makes it ('catavgmax'
+            # doubles it; the classifier kept the trunk's width and failed in a matmul at the first forward)
+            self.head_hidden_size = self.num_features * pool.feat_mult()
         self.global_pool = pool
         self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
         self.classifier = (

@@ -46,18 +46,19 @@ class _EcaModule(EcaModule):
         return x * y.expand_as(x)
 
 
+def _eca_by_channels(by_channels: Dict[int, int], channels: int, **dd) -> nn.Module:
+    return _EcaModule(kernel_size=by_channels[channels], **dd)
+
+
 def _eca_per_stage(kernel_sizes: Sequence[int], expansion: int):
     """An ``attn_layer`` giving each stage its own fixed ECA kernel, as the official ``--ksize 3557`` does.
 
     timm hands the attention layer only the block's output channels; they are 64·2^i·expansion in stage i, a
     one-to-one key for the stage. ``EcaModule(channels=None)`` keeps the given kernel instead of timm's
-    adaptive rule, which picks 5 where the official ResNet-50 uses 3.
+    adaptive rule, which picks 5 where the official ResNet-50 uses 3. A partial of a module-level function, so that
+    the model (whose ``_build_args`` keep it) pickles: ``torch.save(model)`` failed on a local closure.
     """
-    by_channels = {64 * 2 ** i * expansion: k for i, k in enumerate(kernel_sizes)}
-
-    def make(channels: int, **dd) -> nn.Module:
-        return _EcaModule(kernel_size=by_channels[channels], **dd)
-    return make
+    return partial(_eca_by_channels, {64 * 2 ** i * expansion: k for i, k in enumerate(kernel_sizes)})
 
 
 class AttnResNet(ResNet):
@@ -132,6 +133,10 @@ def _create_resnet_attn(variant: str, pretrained: bool = False, **kwargs) -> Res
     kwargs['block_args'] = dict(kwargs.get('block_args') or {}, attn_layer=attn_layer)
     # The official code initialises every BatchNorm weight to 1 (torchvision's init), not the last one to 0.
     kwargs.setdefault('zero_init_last', False)
+    output_stride = kwargs.get('output_stride', 32)
+    if output_stride not in (8, 16, 32):  # timm's ResNet asserts it with no message
+        raise ValueError(f'{variant}: output_stride={output_stride!r} must be 8, 16 or 32 (the later stages dilate '
+                         'instead of striding below 32)')
     if kwargs.get('features_only') and 'out_indices' in kwargs:
         # timm's ResNet has five feature levels (the stem, then 4 stages); checked here so that an empty, unsorted
         # or out-of-range out_indices is named instead of failing in max() or an IndexError (issue 21).

@@ -397,3 +397,114 @@ def test_reset_classifier_keeps_the_model_dtype(name):
             out = model(x)
         assert out.dtype == torch.bfloat16 and out.shape == (1, num_classes or out.shape[1])
         assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+# --- adversarial probe: timm user's kwargs and API calls ------------------------------------------------------------
+
+def _group_matcher_params():
+    return [(name, coarse) for name in _smallest_per_family() for coarse in (False, True)]
+
+
+@pytest.mark.parametrize('name, coarse', _group_matcher_params())
+def test_group_matcher_follows_the_forward_order(name, coarse):
+    # timm's layer decay (param_groups_layer_decay) scales each group's learning rate by its depth in the network.
+    # LaMamba's patch merging closes stage i (after its last block) but was grouped with stage i's first block, so it
+    # got a smaller learning rate than the blocks before it. Every parameter is in one group, and the groups of the
+    # modules a forward calls never go back.
+    from timm.models import group_parameters
+    model = _create(name).eval()
+    group_of = group_parameters(model, model.group_matcher(coarse=coarse), reverse=True)
+    assert sorted(group_of) == sorted(n for n, _ in model.named_parameters())
+    order = []
+    for module_name, module in model.named_modules():
+        if next(module.parameters(recurse=False), None) is not None:
+            module.register_forward_pre_hook(
+                lambda *_, module_name=module_name: order.append(module_name) if module_name not in order else None)
+    with torch.no_grad():
+        model(_input(model, batch=1))
+    groups = [sorted({group_of[f'{m}.{p}' if m else p] for p, _ in model.get_submodule(m).named_parameters(
+        recurse=False)}) for m in order]
+    backwards = [(a, b) for a, b, ga, gb in zip(order, order[1:], groups, groups[1:]) if gb[0] < ga[-1]]
+    assert not backwards, f'groups go back along the forward at {backwards[:3]}'
+
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_reset_classifier_refuses_what_create_model_refuses(name):
+    # timm.create_model refuses num_classes=-1 (issue 21), but reset_classifier(-1) built a model reporting
+    # num_classes == -1 with no classifier, and reset_classifier(True) / (2.5) failed inside torch.empty.
+    model = _create(name).eval()
+    for bad in (-1, True, 2.5, '10'):
+        with pytest.raises(ValueError, match=re.escape(f'num_classes={bad!r}')):
+            model.reset_classifier(bad)
+        assert model.num_classes == 1000
+    model.reset_classifier(3)
+    with torch.no_grad():
+        assert model(_input(model, batch=1)).shape == (1, 3)
+
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_whole_model_pickles(name):
+    # torch.save(model) (and multiprocessing's spawn) pickle the model: ECA-ResNet's _build_args held the per-stage
+    # ECA factory, a local closure ("Can't pickle local object '_eca_per_stage.<locals>.make'").
+    import pickle
+    model = _create(name).eval()
+    x = _input(model, batch=1)
+    copy = pickle.loads(pickle.dumps(model))
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x), model(x), rtol=0, atol=0)
+    assert copy._build_args.keys() == model._build_args.keys()
+
+
+_THREE_STAGES = [  # a smaller, three-stage model of each stage-by-stage family, as a user would ask timm for it
+    ('biformer_t', dict(depths=(1, 1, 1), embed_dims=(64, 128, 256), mlp_ratios=(3, 3, 3), topks=(1, 4, -2))),
+    ('lamamba_tiny', dict(depths=(1, 1, 1), dims=(32, 64, 128), num_heads=(1, 2, 4))),
+    ('nat_mini', dict(depths=(1, 1, 1), num_heads=(2, 4, 8))),
+    ('patnet_t0', dict(depths=(1, 1, 1))),
+]
+
+
+@pytest.mark.parametrize('name, kwargs', _THREE_STAGES)
+def test_features_only_default_levels_follow_the_stage_count(name, kwargs):
+    # features_only without out_indices asked for four levels whatever the depths: a three-stage model failed with
+    # "indices=(0, 1, 2, 3): feature index 3 is out of range", naming out_indices the user never gave.
+    model = _create(name, features_only=True, **kwargs).eval()
+    with torch.no_grad():
+        features = model(torch.randn(1, 3, 64, 64))
+    assert len(features) == len(model.feature_info) == 3
+    assert [f.shape[1] for f in features] == model.feature_info.channels()
+
+
+@pytest.mark.parametrize('name', ['eca_resnet18', 'ela_resnet18'])
+def test_resnet_output_stride_is_checked_by_name(name):
+    # timm's ResNet takes output_stride 8, 16 or 32 (dilated later stages); any other value failed in a bare
+    # AssertionError with no message. The strides it takes give features whose reductions feature_info states.
+    for bad in (4, 64, 0):
+        with pytest.raises(ValueError, match=f'output_stride={bad}'):
+            _create(name, output_stride=bad)
+    x = torch.randn(1, 3, 64, 64)
+    for stride in (8, 16):
+        model = _create(name, features_only=True, output_stride=stride).eval()
+        with torch.no_grad():
+            features = model(x)
+        assert [x.shape[-1] // f.shape[-1] for f in features] == model.feature_info.reduction()
+        assert model.feature_info.reduction()[-1] == stride
+
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_head_hidden_size_is_the_pre_logits_width_under_every_pooling(name):
+    # biformer_t with global_pool='catavgmax' reported head_hidden_size 512 and returned 1024 pre-logits features
+    # (timm's ResNet reports the pooled width, 1024); families whose heads refuse a pooling say so by name.
+    for pool in ('avg', 'catavgmax'):
+        try:
+            model = _create(name, global_pool=pool, num_classes=3).eval()
+        except ValueError as error:
+            assert 'global_pool' in str(error)
+            continue
+        size = 224 if name.startswith('dinat') else 64
+        with torch.no_grad():
+            pre = model.forward_head(model.forward_features(torch.randn(1, 3, size, size)), pre_logits=True)
+        assert pre.shape[-1] == model.head_hidden_size, (name, pool)
+        model.reset_classifier(0, 'avg')
+        with torch.no_grad():
+            pre = model.forward_head(model.forward_features(torch.randn(1, 3, size, size)), pre_logits=True)
+        assert pre.shape[-1] == model.head_hidden_size, (name, pool, 'reset')

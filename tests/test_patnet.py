@@ -491,6 +491,28 @@ def test_pruned_head_widths(prune_head):
         assert model(x).shape == (2, 5)
 
 
+def test_pruned_trunk_takes_a_pooling_that_changes_width():
+    """Without its conv head a pruned PATNet is a plain trunk: 'catavgmax' doubles the pooled width, and the classifier
+    and head_hidden_size follow it (the classifier kept the trunk's width and failed at the first forward, in a
+    matmul "2x256 and 128x5"); back to 'avg', both are the trunk's width again."""
+    model = timm.create_model('patnet_t0').eval()
+    x = torch.randn(2, 3, 64, 64)
+    model.prune_intermediate_layers([2])
+    with torch.no_grad():
+        features = model.forward_features(x)
+        model.reset_classifier(0, 'catavgmax')
+        pre_logits = model(x)
+        assert pre_logits.shape == (2, 256) and model.head_hidden_size == 256 and model.num_features == 128
+        torch.testing.assert_close(pre_logits, torch.cat([features.mean((2, 3)), features.amax((2, 3))], 1))
+        model.reset_classifier(5)
+        assert model(x).shape == (2, 5) and model.classifier.in_features == 256
+        torch.testing.assert_close(model.forward_head(features, pre_logits=True), pre_logits)
+        model.reset_classifier(5, 'avg')
+        assert model(x).shape == (2, 5) and model.classifier.in_features == model.head_hidden_size == 128
+    with pytest.raises(ValueError, match='changes the pooled width'):  # the unpruned head still refuses it
+        timm.create_model('patnet_t0').reset_classifier(5, 'catavgmax')
+
+
 @pytest.mark.slow
 def test_compiles_for_a_training_step():
     """torch.compile (inductor, CPU) through a channels-last training step: forward, backward, every gradient.

@@ -58,7 +58,10 @@ def stage_group_matcher(coarse: bool, stem: str, stages: str, head: str, downsam
     if coarse:
         return dict(stem=f'^{stem}', blocks=rf'^{stages}\.(\d+)')
     blocks = (rf'^{stages}\.(\d+)\.blocks\.(\d+)', None)
-    downsample = (rf'^{stages}\.(\d+)\.downsample', (0,))
+    # a downsampler that closes stage i joins its last block's group (it runs after every block of the stage: timm's
+    # layer decay would otherwise give it a smaller learning rate than the blocks before it), one that opens it the
+    # first block's
+    downsample = (rf'^{stages}\.(\d+)\.downsample', (0,) if downsample_first else (99999,))
     rules = [downsample, blocks] if downsample_first else [blocks, downsample]
     return dict(stem=f'^{stem}', blocks=rules + [(f'^{head}', (99999,))])
 
