@@ -58,3 +58,19 @@ def test_ela_rejects_bad_arguments():
         EfficientLocalAttention(64, version='X')
     with pytest.raises(ValueError, match='24 channels'):
         EfficientLocalAttention(24, version='B')  # 24 is not divisible by 16 GroupNorm groups
+
+
+def test_ss2d_names_a_map_it_cannot_take():
+    # Adversarial probe: a channels-first map, another channel count or a 3-D tensor failed inside in_proj or permute
+    # with torch's own shape errors, and an empty map inside the depthwise conv.
+    from visionattn.layers import SS2D
+    layer = SS2D(8, d_state=2)
+    for x, match in ((torch.randn(1, 8, 3, 5), r'channels-last \[B, H, W, C=8\].*\[1, 8, 3, 5\]'),
+                     (torch.randn(3, 5, 8), r'\[B, H, W, C=8\].*\[3, 5, 8\]'),
+                     (torch.randn(1, 0, 5, 8), r'map is empty.*\[1, 0, 5, 8\]')):
+        with pytest.raises(ValueError, match=match):
+            layer(x)
+    assert layer(torch.randn(0, 3, 5, 8)).shape == (0, 3, 5, 8)  # no image: still the empty result
+    traced = torch.fx.symbolic_trace(layer)  # the check stays one leaf of a traced graph
+    x = torch.randn(1, 3, 5, 8)
+    torch.testing.assert_close(traced(x), layer(x))

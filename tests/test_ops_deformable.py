@@ -436,3 +436,50 @@ def test_no_image_or_no_query_gives_the_empty_result(backend):
         queries = slice(0, 0) if cut == slice(None) else slice(None)
         out = ms_deform_attn(value[cut], shapes, starts, loc[cut, queries], attn[cut, queries], backend=backend)
         assert out.shape == (loc[cut, queries].shape[0], loc[cut, queries].shape[1], 8)
+
+
+@pytest.mark.parametrize('backend', ['reference', 'triton'])
+def test_no_head_channel_point_or_level_gives_the_reference_result(backend):
+    # Adversarial probe: no level failed inside the reference ('stack expects a non-empty TensorList'), and the
+    # Triton backend by name refused no head, no channel or no point ('empty input') where the reference sums
+    # nothing: zeros, with gradients flowing as the reference's.
+    value, shapes, starts, loc, attn = make_inputs(2, 3, 2, 4, [(3, 2), (1, 2)], 2)
+    none = torch.zeros(0, dtype=torch.long)
+    cases = {
+        'no head': (value[:, :, :0], shapes, starts, loc[:, :, :0], attn[:, :, :0], 0),
+        'no channel': (value[..., :0], shapes, starts, loc, attn, 0),
+        'no point': (value, shapes, starts, loc[..., :0, :], attn[..., :0], 8),
+        'no level': (value[:, :0], none.view(0, 2), none, loc[:, :, :, :0], attn[:, :, :, :0], 8),
+    }
+    for name, (v, s, i, lo, a, width) in cases.items():
+        v, lo, a = (t.clone().requires_grad_() for t in (v, lo, a))
+        out = ms_deform_attn(v, s, i, lo, a, backend=backend)
+        assert out.shape == (2, 3, width) and not out.any(), name
+        out.sum().backward()
+        assert v.grad.shape == v.shape and a.grad.shape == a.shape and not a.grad.any(), name
+    out = ms_deform_attn(value[:, :0], [], [], loc[:, :, :, :0], attn[:, :, :, :0], backend=backend)
+    assert out.shape == (2, 3, 8) and not out.any()
+
+
+def test_level_lists_with_fractional_sizes_are_refused():
+    # Adversarial probe: a table given as lists was read through int(), so a size 3.5 ran as 3 and a start 6.7 as
+    # 6 (a silent wrong table); a NaN start failed in int() with Python's conversion error.
+    value, _, _, loc, attn = make_inputs(1, 3, 2, 4, [(3, 2), (1, 2)], 2)
+    for sizes, starts, match in (([[3.5, 2], [1, 2]], [0, 6], 'spatial_shapes must hold whole numbers'),
+                                 ([[3, 2], [1, 2]], [0, 6.7], 'level_start_index must hold whole numbers'),
+                                 ([[3, 2], [1, 2]], [0, float('nan')], 'level_start_index must hold whole numbers'),
+                                 ([[3, 2], [1, 2]], [[0], [6]], 'level_start_index must hold whole numbers')):
+        with pytest.raises(ValueError, match=match):
+            ms_deform_attn(value, sizes, starts, loc, attn)
+    # whole floats and NumPy integers are the sizes they hold
+    np = pytest.importorskip('numpy')
+    torch.testing.assert_close(ms_deform_attn(value, [[3.0, 2.0], np.array([1, 2])], np.array([0, 6]), loc, attn),
+                               ms_deform_attn(value, [[3, 2], [1, 2]], [0, 6], loc, attn))
+
+
+def test_layer_refuses_no_head_level_or_point():
+    # Adversarial probe: num_heads=0 failed in Python's modulo (ZeroDivisionError)
+    for kwargs, match in ((dict(num_heads=0), 'num_heads'), (dict(num_levels=0), 'num_levels'),
+                          (dict(num_points=-1), 'num_points'), (dict(num_heads=2.0), 'num_heads')):
+        with pytest.raises(ValueError, match=match):
+            MultiScaleDeformableAttention(16, **kwargs)

@@ -379,3 +379,39 @@ def test_moba_without_batch_or_heads(backend):
         q = torch.randn(shape)
         out, mask = moba_attention(q, q, q, 4, 1, backend=backend, return_mask=True)
         assert out.shape == shape and mask.shape == (*shape[:2], 2, 2) and mask.dtype == torch.bool
+
+
+def test_numpy_sizes_are_ints_and_non_finite_chunks_are_named():
+    """Adversarial probe: NumPy integers for the grid and block size (a grid read from an array) were refused with
+    a message that printed them as the valid ints they are; a NaN or infinite 1-D chunk failed inside int() with
+    Python's conversion error."""
+    np = pytest.importorskip('numpy')
+    q, k, v = _qkv(dtype=torch.float32, n=64, dim=4)
+    thw = (1, 8, 8)
+    expected = vmoba_attention(q, k, v, thw, (4, 4), backend='reference')
+    grid = tuple(np.array(thw))
+    torch.testing.assert_close(vmoba_attention(q, k, v, grid, (4, 4), backend='reference'), expected)
+    torch.testing.assert_close(vmoba_attention(q, k, v, thw, tuple(np.array((4, 4))), backend='reference'), expected)
+    torch.testing.assert_close(moba_attention(q, k, v, np.int64(16), np.int64(2), backend='reference'),
+                               moba_attention(q, k, v, 16, 2, backend='reference'))
+    for chunk in (float('nan'), float('inf'), -float('inf')):
+        with pytest.raises(ValueError, match='1-D chunk'):
+            partition_block_size(thw, chunk)
+    with pytest.raises(ValueError, match='thw must be'):
+        partition_block_size((1, 8, 8.0), 1)  # a float side stays refused
+
+
+def test_layers_refuse_bad_sizes_when_built():
+    """Adversarial probe: MoBAAttention took block_size=8.5 (and a string failed in '<'), VMoBAAttention took topk=0,
+    threshold=2, a zero or infinite 1-D chunk and zero tile sides; each failed only at the first forward."""
+    for kwargs in (dict(block_size=8.5), dict(block_size='8'), dict(topk=0), dict(topk=2.0), dict(block_size=True)):
+        with pytest.raises(ValueError, match='block_size and topk must be positive ints'):
+            MoBAAttention(**kwargs)
+    for kwargs, match in ((dict(select_mode='topk', topk=0), 'topk'), (dict(select_mode='topk', topk=1.5), 'topk'),
+                          (dict(threshold=2.0), 'threshold'), (dict(threshold=float('nan')), 'threshold'),
+                          (dict(chunk_1d=0), 'chunk_1d'), (dict(chunk_1d=float('inf')), 'chunk_1d'),
+                          (dict(chunk_2d=(0, 4)), 'chunk_2d'), (dict(chunk_3d=(2, -4, 4)), 'chunk_3d')):
+        with pytest.raises(ValueError, match=match):
+            VMoBAAttention(0, **kwargs)
+    np = pytest.importorskip('numpy')
+    assert MoBAAttention(np.int64(4), np.int64(2)).block_size == 4

@@ -223,6 +223,8 @@ def test_mixed_dtype_projections():
      'sequence is empty'),
     (dict(B=torch.zeros(1, 2, 2, 8), C=torch.zeros(1, 1, 2, 8)), 'C must be shaped as B: B has 2 groups, C has 1'),
     (dict(B=torch.zeros(1, 2, 2, 8)), 'C must be shaped as B: B has 2 groups, C has 1'),  # 3-D C: one group
+    # no group at all (adversarial probe: was Python's ZeroDivisionError from the divisibility check)
+    (dict(B=torch.zeros(1, 0, 2, 8), C=torch.zeros(1, 0, 2, 8)), 'B has no group'),
 ])
 def test_bad_arguments(bad, match):
     args = dict(u=torch.zeros(1, 4, 8), delta=torch.zeros(1, 4, 8), A=-torch.ones(4, 2), B=torch.zeros(1, 2, 8),

@@ -172,3 +172,26 @@ def test_kernel_matches_reference_cuda(shape, autocast, monkeypatch):
     for i, (g, g_same, g_ref) in enumerate(zip(grads, same_grads, ref_grads)):
         atol = None if i == 0 else 2e-5 * max(1.0, g_ref.abs().max().item()) * (400 if autocast else 1)
         assert_kernel_close(g, g_same, g_ref, f'grad {i} {shape}', atol=atol)
+
+
+def test_second_backward_and_integer_maps_are_named():
+    """Adversarial probe: a second backward through one Triton forward (retain_graph=True, or a gradient penalty
+    that backpropagates through the output again) failed with 'cannot unpack non-iterable NoneType'; an integer map
+    failed inside torch.mean on the reference path without naming the op."""
+    kernel_device()
+    layer = _layer(32, 'B', torch.float32)
+    x = torch.randn(2, 32, 4, 3, requires_grad=True)
+    out = strip_gate(x, layer._gate, tuple(layer.parameters()), backend='triton')
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="strip_gate's Triton backward.*backend='reference'"):
+        out.sum().backward()
+    # create_graph: the first-order gradient is right, the second order refused (first_order_only), never silent
+    out = strip_gate(x, layer._gate, tuple(layer.parameters()), backend='triton')
+    (dx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    (want,) = torch.autograd.grad(strip_gate_ref(x, layer._gate).square().sum(), x)
+    torch.testing.assert_close(dx, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(RuntimeError, match='first derivatives only|Triton backward'):
+        torch.autograd.grad(dx.square().sum() + out.sum(), x)
+    for backend in ('reference', None):
+        with pytest.raises(TypeError, match='strip_gate takes a floating-point map.*torch.int64'):
+            strip_gate(torch.ones(1, 32, 2, 2, dtype=torch.long), layer._gate, backend=backend)

@@ -11,6 +11,7 @@ Unlike detrex's module this one adds no residual (``identity``), no dropout and 
 dropout and the residual.
 """
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -43,6 +44,9 @@ class MultiScaleDeformableAttention(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        for name, count in (('num_heads', num_heads), ('num_levels', num_levels), ('num_points', num_points)):
+            if not isinstance(count, numbers.Integral) or isinstance(count, bool) or count < 1:
+                raise ValueError(f'{name} must be a positive int, got {count!r}')
         value_dims = int(embed_dims * value_proj_ratio)
         if value_dims % num_heads:
             raise ValueError(f'the value width {value_dims} (embed_dims={embed_dims} x value_proj_ratio='

@@ -5,6 +5,8 @@ replaces only the attention call of a video DiT).
 MoBA: Lu et al., arXiv:2502.13189 (github.com/MoonshotAI/MoBA, MIT). VMoBA: Wu et al., arXiv:2506.23858
 (github.com/KwaiVGI/VMoBA). Selection here is per query block, not per query token (see ``visionattn/ops/moba.py``).
 """
+import math
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -13,6 +15,10 @@ from torch import nn
 from visionattn.ops.moba import SCOPES, SELECT_MODES, Chunk, moba_attention, vmoba_attention
 
 __all__ = ['MoBAAttention', 'VMoBAAttention']
+
+
+def _positive_int(n) -> bool:
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1
 
 
 class MoBAAttention(nn.Module):
@@ -28,9 +34,9 @@ class MoBAAttention(nn.Module):
     def __init__(self, block_size: int = 128, topk: int = 3, scale: Optional[float] = None,
                  backend: Optional[str] = None):
         super().__init__()
-        if block_size < 1 or topk < 1:
-            raise ValueError(f'block_size and topk must be positive, got {block_size} and {topk}')
-        self.block_size, self.topk, self.scale, self.backend = block_size, topk, scale, backend
+        if not (_positive_int(block_size) and _positive_int(topk)):
+            raise ValueError(f'block_size and topk must be positive ints, got {block_size!r} and {topk!r}')
+        self.block_size, self.topk, self.scale, self.backend = int(block_size), int(topk), scale, backend
 
     def extra_repr(self) -> str:
         return f'block_size={self.block_size}, topk={self.topk}'
@@ -67,6 +73,11 @@ class VMoBAAttention(nn.Module):
         # refused here, not at the first forward (a 3-entry chunk_2d would silently run a 3-D partition)
         if len(tuple(chunk_2d)) != 2 or len(tuple(chunk_3d)) != 3:
             raise ValueError(f'chunk_2d must be (ch, cw) and chunk_3d (ct, ch, cw), got {chunk_2d} and {chunk_3d}')
+        for name, chunk in (('chunk_2d', chunk_2d), ('chunk_3d', chunk_3d)):
+            if not all(_positive_int(c) for c in chunk):
+                raise ValueError(f'{name} must hold positive ints, got {chunk!r}')
+        if isinstance(chunk_1d, bool) or not isinstance(chunk_1d, numbers.Real) or not 0 < chunk_1d < math.inf:
+            raise ValueError(f'chunk_1d must be a positive finite number of frames, got {chunk_1d!r}')
         if select_mode not in SELECT_MODES:
             raise ValueError(f'select_mode={select_mode!r}; expected one of {SELECT_MODES}')
         if scope not in SCOPES:
@@ -78,6 +89,10 @@ class VMoBAAttention(nn.Module):
         self.scale, self.backend = scale, backend
         if select_mode == 'topk' and topk is None:
             raise ValueError("select_mode='topk' needs topk")
+        if select_mode == 'topk' and not _positive_int(topk):
+            raise ValueError(f"select_mode='topk' needs topk, a positive int; got {topk!r}")
+        if select_mode == 'threshold' and not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f'threshold={threshold} must lie in [0, 1]')
 
     def extra_repr(self) -> str:
         rule = f'topk={self.topk}' if self.select_mode == 'topk' else f'threshold={self.threshold}'

@@ -90,6 +90,19 @@ def _ss2d_core(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: to
 torch.fx.wrap('_ss2d_core')
 
 
+def _check_map(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """x itself, after checking that it is a channels-last map of ``channels`` channels with at least one position
+    (else in_proj, permute or the conv failed with their own shape errors)."""
+    if x.dim() != 4 or x.shape[-1] != channels:
+        raise ValueError(f'SS2D takes a channels-last [B, H, W, C={channels}] map, got shape {list(x.shape)}')
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        raise ValueError(f'SS2D: the map is empty (shape {list(x.shape)}): H and W must be at least 1')
+    return x
+
+
+torch.fx.wrap('_check_map')  # one leaf of a traced graph: the check runs when the graph runs
+
+
 class SS2D(nn.Module):
     """VMamba's SS2D (``forward_type='v2'``) on channels-last maps [B, H, W, C].
 
@@ -161,7 +174,7 @@ class SS2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, H, W, C] -> [B, H, W, C]."""
-        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x, z = self.in_proj(_check_map(x, self.in_proj.in_features)).chunk(2, dim=-1)
         z = self.act(z)
         # the depthwise conv in channels-last, so that the map stays [B, H, W, C] in memory for the scan
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)))

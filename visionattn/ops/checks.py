@@ -21,7 +21,7 @@ import torch
 
 __all__ = [
     'BACKENDS', 'BackendUnavailableError', 'choose_backend', 'explain_backend', 'triton_rejections', 'env_backend',
-    'env_signature', 'finite_scale', 'positive_int',
+    'env_signature', 'finite_scale', 'first_order_only', 'positive_int',
 ]
 
 _logger = logging.getLogger('visionattn.ops')
@@ -165,3 +165,46 @@ def positive_int(op: str, name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f'{op}: {name}={value!r} must be an int >= 1')
     return int(value)
+
+
+class _SecondDerivativeRefused(torch.autograd.Function):
+    """Copies of an op's gradients, tied to what they depend on, whose own backward raises."""
+
+    @staticmethod
+    def forward(ctx, op: str, n_grads: int, *tensors):
+        ctx.op = op
+        return tuple(t.clone() for t in tensors[:n_grads])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{ctx.op}: the Triton kernels' backward gives first derivatives only; a derivative of its "
+                           f"gradients (a gradient penalty, a Hessian product) needs backend='reference'")
+
+
+def first_order_only(op: str):
+    """Decorate an autograd Function's ``backward`` whose kernels are not differentiable themselves.
+
+    Outside ``create_graph`` (training) the backward runs as it is. Under ``create_graph=True`` the gradients are right
+    but would have no graph back to the inputs, so a derivative of them came out as if they were constants: silently
+    wrong. Here they are tied (by a copy) to the gradient outputs and saved inputs, so that differentiating them again
+    raises. ``torch.autograd.function.once_differentiable`` does not suffice: its error node hangs off detached copies,
+    which ``torch.autograd.grad(..., inputs)`` prunes, dropping the second-order terms without an error.
+    """
+    def wrap(backward):
+        def checked(ctx, *grad_outputs):
+            if not torch.is_grad_enabled():
+                return backward(ctx, *grad_outputs)
+            with torch.no_grad():
+                grads = backward(ctx, *grad_outputs)
+            deps = [t for t in (*grad_outputs, *ctx.saved_tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
+            tensors = [(i, g) for i, g in enumerate(grads) if isinstance(g, torch.Tensor)]
+            if not deps or not tensors:
+                return grads
+            tied = _SecondDerivativeRefused.apply(op, len(tensors), *(g for _, g in tensors), *deps)
+            out = list(grads)
+            for (i, _), g in zip(tensors, tied):
+                out[i] = g
+            return tuple(out)
+        checked.__name__, checked.__doc__ = backward.__name__, backward.__doc__
+        return checked
+    return wrap

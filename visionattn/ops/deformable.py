@@ -85,6 +85,19 @@ def _tensor_table(shapes: torch.Tensor, starts: torch.Tensor, levels: int, total
     return shapes, starts, sizes
 
 
+def _whole(name: str, table, n) -> int:
+    """An entry of a table given as a sequence, as an int: a whole number (int, NumPy integer, integral float), never
+    a fraction that int() would truncate into another table."""
+    try:
+        whole = int(n)
+        exact = whole == n
+    except (TypeError, ValueError, OverflowError):
+        exact = False
+    if not exact or isinstance(n, bool):
+        raise ValueError(f'{name} must hold whole numbers, got {table!r}')
+    return whole
+
+
 def _sequence_table(shapes, starts, levels: int, total: int, device: torch.device) -> Table:
     """A table of which at least one part is a Python sequence: checked on the host, device tensors made once."""
     if isinstance(shapes, torch.Tensor):
@@ -92,10 +105,11 @@ def _sequence_table(shapes, starts, levels: int, total: int, device: torch.devic
     if isinstance(starts, torch.Tensor):
         starts = _index_tensor('level_start_index', starts).tolist()
     try:
-        sizes = tuple((int(h), int(w)) for h, w in shapes)
+        pairs = [(h, w) for h, w in shapes]
     except (TypeError, ValueError):
         raise ValueError(f'spatial_shapes must be [levels, 2] (H, W), got {shapes!r}') from None
-    starts = tuple(int(s) for s in starts)
+    sizes = tuple((_whole('spatial_shapes', shapes, h), _whole('spatial_shapes', shapes, w)) for h, w in pairs)
+    starts = tuple(_whole('level_start_index', starts, s) for s in starts)
     key = (sizes, starts, total, device)
     tables = None if torch.compiler.is_compiling() else _DEVICE_TABLES.get(key)
     if tables is None:
@@ -179,7 +193,7 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: Union[torch.Tensor, Sequ
     spatial_shapes, level_start_index, sizes = _check_inputs(value, spatial_shapes, level_start_index,
                                                              sampling_locations, attention_weights)
     tensors = (value, sampling_locations, attention_weights)
-    if sampling_locations.shape[0] == 0 or sampling_locations.shape[1] == 0:  # no image or no query: no kernel
+    if value.numel() == 0 or sampling_locations.numel() == 0:  # no image, query, head, channel, level or point
         return ms_deform_attn_ref(value, spatial_shapes if sizes is None else sizes, level_start_index,
                                   sampling_locations, attention_weights)
     chosen = choose_backend('ms_deform_attn', backend, tensors, _triton_checks(value, sampling_locations))

@@ -27,6 +27,7 @@ the dense masked reference :func:`vmoba_attention_ref` uses the same block-level
 agree exactly.
 """
 import math
+import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -44,10 +45,15 @@ SCOPES = ('query_head', 'head_global', 'block', 'overall')
 _EPS = 1e-6  # the official code's eps in the threshold rule
 
 
+def _is_int(n) -> bool:
+    """A Python or NumPy integer (``numbers.Integral``), not a bool."""
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool)
+
+
 def _check_video(thw: Sequence[int]) -> Tuple[int, int, int]:
-    if len(thw) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in thw):
+    if len(thw) != 3 or not all(_is_int(s) and s >= 1 for s in thw):
         raise ValueError(f'thw must be three positive ints (frames, height, width), got {thw!r}')
-    return tuple(thw)
+    return tuple(int(s) for s in thw)
 
 
 def partition_block_size(thw: Sequence[int], chunk: Chunk) -> int:
@@ -59,15 +65,16 @@ def partition_block_size(thw: Sequence[int], chunk: Chunk) -> int:
             count, as VMoBA allows), ``(ch, cw)`` for 2-D tiles through all frames, ``(ct, ch, cw)`` for 3-D cubes.
     """
     t, h, w = _check_video(thw)
-    if isinstance(chunk, (int, float)) and not isinstance(chunk, bool):
+    if isinstance(chunk, numbers.Real) and not isinstance(chunk, bool):
         tokens = chunk * h * w
-        if chunk <= 0 or tokens != int(tokens) or (t * h * w) % int(tokens):
+        if not math.isfinite(tokens) or chunk <= 0 or tokens != int(tokens) or (t * h * w) % int(tokens):
             raise ValueError(f'1-D chunk of {chunk} frames = {tokens} tokens does not divide the {t * h * w} tokens '
                              f'of a {t}x{h}x{w} video into whole blocks')
         return int(tokens)
     chunk = tuple(chunk)
-    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in chunk) or len(chunk) not in (2, 3):
+    if not all(_is_int(c) and c > 0 for c in chunk) or len(chunk) not in (2, 3):
         raise ValueError(f'chunk must be a number of frames, (ch, cw) or (ct, ch, cw) of positive ints, got {chunk!r}')
+    chunk = tuple(int(c) for c in chunk)
     if len(chunk) == 2:
         if h % chunk[0] or w % chunk[1]:
             raise ValueError(f'2-D chunk {chunk} does not divide the {h}x{w} frame')
@@ -80,6 +87,7 @@ def partition_block_size(thw: Sequence[int], chunk: Chunk) -> int:
 def _grid_shape(thw, chunk):
     """The split of (T, H, W) into (outer, inner) factors per axis, and the permutation that makes blocks."""
     t, h, w = thw
+    chunk = tuple(int(c) for c in chunk)
     if len(chunk) == 2:  # (t, nch, ch, ncw, cw) -> (nch, ncw, t, ch, cw)
         ch, cw = chunk
         return (t, h // ch, ch, w // cw, cw), (1, 3, 0, 2, 4)
@@ -93,12 +101,13 @@ def partition_tokens(x: torch.Tensor, thw: Sequence[int], chunk: Chunk, dim: int
     Returns:
         The reordered tensor (``x`` itself for 1-D chunks, which need no reordering) and the block size.
     """
+    thw = _check_video(thw)  # Python ints (NumPy ones too)
     block = partition_block_size(thw, chunk)
     dim = dim % x.dim()
     if x.shape[dim] != math.prod(thw):
         raise ValueError(f'x has {x.shape[dim]} tokens along dim {dim}, but a {"x".join(map(str, thw))} video has '
                          f'{math.prod(thw)}')
-    if isinstance(chunk, (int, float)):
+    if isinstance(chunk, numbers.Real):
         return x, block
     grid, perm = _grid_shape(thw, tuple(chunk))
     lead, tail = x.shape[:dim], x.shape[dim + 1:]
@@ -109,11 +118,12 @@ def partition_tokens(x: torch.Tensor, thw: Sequence[int], chunk: Chunk, dim: int
 
 def unpartition_tokens(x: torch.Tensor, thw: Sequence[int], chunk: Chunk, dim: int = -2) -> torch.Tensor:
     """Inverse of :func:`partition_tokens` (VMoBA's ``process_moba_output``): back to row-major (T, H, W)."""
+    thw = _check_video(thw)
     partition_block_size(thw, chunk)
     dim = dim % x.dim()
     if x.shape[dim] != math.prod(thw):
         raise ValueError(f'x has {x.shape[dim]} tokens along dim {dim}, expected {math.prod(thw)}')
-    if isinstance(chunk, (int, float)):
+    if isinstance(chunk, numbers.Real):
         return x
     grid, perm = _grid_shape(thw, tuple(chunk))
     permuted = [grid[p] for p in perm]
@@ -214,12 +224,13 @@ def select_blocks(gate: torch.Tensor, select_mode: str = 'threshold', topk: Opti
     valid = torch.ones_like(eye) if not causal else torch.ones_like(eye).tril()
     shape = gate.shape
     if select_mode == 'topk':
-        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        if not _is_int(topk) or topk < 1:
             raise ValueError(f"select_mode='topk' needs topk, a positive int; got {topk!r}")
         if scope == 'block':
             raise ValueError("scope='block' is only defined for select_mode='threshold' (as in the official code)")
         # the self block ranks first (the official code adds 1e9 to it), unselectable blocks last
         ranked = gate.masked_fill(eye, torch.inf).masked_fill(~valid, -torch.inf)
+        topk = int(topk)
         per_row = {'query_head': topk, 'head_global': topk * n_q, 'overall': topk * heads * n_q}[scope]
         rows = _to_groups(ranked, scope)
         chosen = rows.topk(min(per_row, rows.shape[-1]), dim=-1).indices
@@ -319,8 +330,9 @@ def moba_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size
         [B, H, N, Dv] (and the mask).
     """
     _check_qkv(q, k, v)
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1 or q.shape[2] % block_size:
+    if not _is_int(block_size) or block_size < 1 or q.shape[2] % block_size:
         raise ValueError(f'block_size={block_size!r} must be a positive int dividing the {q.shape[2]} tokens')
+    block_size = int(block_size)
     if q.shape[0] == 0 or q.shape[1] == 0:  # no sequence or no head: nothing to route (select_blocks needs rows)
         n_blocks = q.shape[2] // block_size
         mask = torch.zeros((*q.shape[:2], n_blocks, n_blocks), dtype=torch.bool, device=q.device)

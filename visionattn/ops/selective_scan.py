@@ -29,6 +29,9 @@ def _check_bc(name: str, bc: torch.Tensor, batch: int, dim: int, n_state: int, s
     if bc.dim() != 4 or bc.shape[0] != batch or bc.shape[2:] != (n_state, seq_len):
         raise ValueError(f'{name} must be [batch={batch}, groups, N={n_state}, L={seq_len}] or [batch, N, L], '
                          f'got {list(bc.shape)}')
+    if bc.shape[1] == 0:
+        raise ValueError(f'{name} has no group (shape {list(bc.shape)}): at least one group of N={n_state} '
+                         'projections is needed')
     if dim % bc.shape[1]:
         raise ValueError(f'{name} has {bc.shape[1]} groups, which do not divide dim={dim}')
     return bc

@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .checks import choose_backend
+from .checks import choose_backend, first_order_only
 from .reference.strip_gate import strip_gate_ref
 
 __all__ = ['strip_gate']
@@ -38,12 +38,12 @@ def strip_gate(x: torch.Tensor, gate_fn: GateFn, params: Sequence[torch.Tensor] 
         return strip_gate_ref(x, gate_fn)
     if x.dim() != 4:
         raise ValueError(f'strip_gate takes a [B, C, H, W] map, got shape {tuple(x.shape)}')
+    if not x.is_floating_point():
+        raise TypeError(f'strip_gate takes a floating-point map, got {x.dtype}')
     if x.device.type == 'meta' or x.numel() == 0:
         return strip_gate_ref(x, gate_fn)
     width = x.shape[3]
-    chosen = choose_backend('strip_gate', backend, (x,),
-                            [(width <= _MAX_WIDTH, f'width {width} > {_MAX_WIDTH}'),
-                             (x.is_floating_point(), f'dtype {x.dtype} is not floating point')])
+    chosen = choose_backend('strip_gate', backend, (x,), [(width <= _MAX_WIDTH, f'width {width} > {_MAX_WIDTH}')])
     if chosen == 'reference':
         return strip_gate_ref(x, gate_fn)
     params = tuple(params)
@@ -120,10 +120,14 @@ class _StripGateFn(torch.autograd.Function):
         return _apply(x, gate_h, gate_w)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only('strip_gate')
     def backward(ctx, dy):
         from .triton.strip_gate import strip_apply, strip_sums
-        (x,) = ctx.saved_tensors
+        (x,) = ctx.saved_tensors  # autograd's own error on a second backward through a freed graph
+        if ctx.graph is None:  # a second backward with retain_graph=True: the gate network's graph is gone
+            raise RuntimeError("strip_gate's Triton backward runs once per forward (it frees the gate network's "
+                               'graph after the first): for a second backward through the same output, run the op '
+                               "with backend='reference' (or VISIONATTN_BACKEND=reference)")
         strips, gates, gate_h, gate_w, params = ctx.graph
         batch, channels, height, width = x.shape
         d_gates = [torch.empty_like(g) for g in gates]

@@ -59,7 +59,10 @@ def ms_deform_attn_ref(value: torch.Tensor, spatial_shapes: torch.Tensor, level_
         # [B, Q, heads, P, 2] -> [B*heads, Q, P, 2]
         grid_l = grids[:, :, :, lvl].transpose(1, 2).reshape(batch * heads, queries, points, 2)
         samples.append(F.grid_sample(value_l, grid_l, mode='bilinear', padding_mode='zeros', align_corners=False))
-    stacked = torch.stack(samples, dim=-2).flatten(-2)  # [B*heads, Dh, Q, L*P]
+    if samples:
+        stacked = torch.stack(samples, dim=-2).flatten(-2)  # [B*heads, Dh, Q, L*P]
+    else:  # no level (S = 0): nothing to sum, zeros; value's empty map keeps it in the graph
+        stacked = value.permute(0, 2, 3, 1).reshape(batch * heads, head_dim, 1, 0).expand(-1, -1, queries, -1)
     weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
     out = (stacked * weights).sum(-1).view(batch, heads * head_dim, queries)
     return out.transpose(1, 2).contiguous().to(out_dtype)

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..checks import _interpreting
+from ..checks import _interpreting, first_order_only
 from ._common import LOG2E, TileConfig, cached_plan, check_head_dims, flat_grid, pow2_clamp, unit_last
 from .launch import Kernel
 from .launch import aligned as _aligned
@@ -734,6 +734,7 @@ class _BlockSparseFn(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only('block_sparse_attention')
     def backward(ctx, dout):
         return _backward(ctx, dout, None)
 
@@ -1029,6 +1030,7 @@ class _BraFn(torch.autograd.Function):
         return out, ibuf
 
     @staticmethod
+    @first_order_only('bi_level_routing_attention')
     def backward(ctx, dout, _):
         if dout is None:
             return None, None, None, None, None, None, None

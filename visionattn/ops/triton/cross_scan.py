@@ -37,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..checks import first_order_only
 from ._common import LOG2E_C, cached_plan, check_int32_span, flat_grid
 from .launch import Kernel, signature
 from .launch import or_placeholder as _or
@@ -694,6 +695,7 @@ class _MergedCrossScan(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only('cross_selective_scan')
     def backward(ctx, dy):
         x, delta, A, B, C, D, delta_bias, delta_proj, order, bstate = ctx.saved_tensors
         dx, ddelta, dbc, sums = merged_backward(dy, x, delta, A, B, C, D, delta_bias, ctx.softplus, order, ctx.kind,

@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..checks import first_order_only
 from ._common import TileConfig, cached_plan, flat_grid
 from .launch import Kernel
 from .launch import aligned as _aligned
@@ -296,6 +297,7 @@ class _MSDeformAttnFn(torch.autograd.Function):
         return _launch_fwd(*prepared)
 
     @staticmethod
+    @first_order_only('ms_deform_attn')
     def backward(ctx, dout):
         dvalue, dloc, dattn = _launch_bwd(dout.contiguous(), *ctx.saved_tensors)
         return dvalue, None, None, dloc, dattn

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..checks import first_order_only
 from ..reference.neighborhood import axis_windows, neighbor_table
 from ._common import (
     LOG2E,
@@ -888,6 +889,7 @@ class _NeighborhoodAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order_only('neighborhood_attention')
     def backward(ctx, grad_out):
         q, k, v, rpb, out, lse = ctx.saved_tensors
         rpb_grad = ctx.has_rpb and ctx.needs_input_grad[3]

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..checks import first_order_only
 from ..reference.selective_scan import project_steps
 from . import cross_scan
 from ._common import LOG2E_C, TileConfig, cached_plan, check_int32_span, flat_grid
@@ -560,6 +561,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         return out, last
 
     @staticmethod
+    @first_order_only('selective_scan')
     def backward(ctx, dout, _):
         return _backward(ctx, dout)[:-1]
 
@@ -635,6 +637,7 @@ class _CrossScanFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @first_order_only('cross_selective_scan')
     def backward(ctx, dy):
         return _cross_backward(ctx, dy)[:-1]
 
