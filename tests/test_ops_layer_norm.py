@@ -74,18 +74,47 @@ def test_strided_input_no_grad_and_partial_gradients():
     torch.testing.assert_close(dw, want, rtol=1e-5, atol=1e-4)
 
 
-def test_mixed_dtypes_and_autocast_casts_take_pytorchs_op():
-    # The kernel takes one dtype for input, parameters and output; anything else is PyTorch's op (which casts under
-    # autocast, with a policy per device) and, asked for by name, a clear error.
-    x, weight, bias = torch.randn(4, 32, dtype=torch.bfloat16), torch.randn(32), torch.randn(32)
-    torch.testing.assert_close(layer_norm(x, 32, weight, bias), F.layer_norm(x, (32,), weight, bias))
-    with pytest.raises(ValueError, match='share one dtype; got input torch.bfloat16, weight torch.float32'):
-        layer_norm(x, 32, weight, bias, backend='triton')
+@pytest.mark.parametrize('backend', ['triton', None])
+def test_mixed_dtypes_match_pytorchs_op(backend):
+    # A bfloat16 input with float32 parameters (BiFormer's residual stream under autocast): the kernel reads each in
+    # its dtype, computes in float32 and writes PyTorch's output dtype (the input's on the CPU); the backward runs in
+    # float32 and each gradient takes its input's dtype. It raised "share one dtype" before.
+    gen = torch.Generator().manual_seed(0)
+    x = (3 * torch.randn(4, 5, 32, generator=gen)).bfloat16().requires_grad_()
+    weight = (1 + 0.2 * torch.randn(32, generator=gen)).requires_grad_()
+    bias = (0.2 * torch.randn(32, generator=gen)).requires_grad_()
+    out = layer_norm(x, 32, weight, bias, backend=backend)
+    want = F.layer_norm(x, (32,), weight, bias)
+    assert out.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(out, want, rtol=1e-2, atol=2e-2)
+    grad_out = torch.randn(out.shape, generator=gen).bfloat16()
+    got, expected = torch.autograd.grad(out, [x, weight, bias], grad_out), \
+        torch.autograd.grad(want, [x, weight, bias], grad_out)
+    for g, e in zip(got, expected):
+        assert g.dtype == e.dtype
+        torch.testing.assert_close(g, e, rtol=2e-2, atol=5e-2)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        same = layer_norm(x, 32, weight.bfloat16(), bias.bfloat16(), backend='triton')
-        want = F.layer_norm(x, (32,), weight.bfloat16(), bias.bfloat16())
+        same = layer_norm(x.detach(), 32, weight.bfloat16(), bias.bfloat16(), backend='triton')
+        want = F.layer_norm(x.detach(), (32,), weight.bfloat16(), bias.bfloat16())
     assert same.dtype == want.dtype == torch.bfloat16
     torch.testing.assert_close(same, want, rtol=1e-2, atol=2e-2)
+
+
+def test_kernel_writes_float32_from_a_bfloat16_input():
+    # What CUDA autocast asks of the kernel (its layer_norm upcasts to float32): a bfloat16 input read as it is and a
+    # float32 output, equal to PyTorch's op on the upcast input. The CPU's autocast does not upcast, so the kernel is
+    # called directly here; test_autocast_upcast_cuda checks the op on a GPU.
+    from op_testing import kernel_device
+
+    from visionattn.ops.triton.layer_norm import layer_norm_fwd
+    device = kernel_device()
+    gen = torch.Generator().manual_seed(3)
+    x = (2 * torch.randn(37, 64, generator=gen) + 1).bfloat16().to(device)
+    weight, bias = (1 + 0.1 * torch.randn(64, generator=gen)).to(device), torch.randn(64, generator=gen).to(device)
+    y, mean, rstd = layer_norm_fwd(x, weight, bias, 1e-6, torch.float32, True)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, F.layer_norm(x.float(), (64,), weight, bias, 1e-6), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mean, x.float().mean(1), rtol=1e-5, atol=1e-5)
 
 
 def test_empty_batch_and_backend_choice():
@@ -113,7 +142,7 @@ def test_automatic_choice_runs_the_kernel_only_for_large_no_grad_calls(monkeypat
     launched, real = [], kernels.layer_norm_fwd
     monkeypatch.setattr(kernels, 'layer_norm_fwd', lambda rows, *rest: launched.append(rows.shape[0]) or
                         real(rows, *rest))
-    monkeypatch.setattr(module, '_choose', lambda *args: ('triton', torch.float32))
+    monkeypatch.setattr(module, '_choose', lambda *args: ('triton', (torch.float32, torch.float32)))
     monkeypatch.setattr(module, '_CHOICES', {})
     monkeypatch.setattr(module, 'AUTO_MIN_ROWS', 12)
     weight, bias = torch.randn(16), torch.randn(16)
@@ -168,6 +197,36 @@ def test_kernel_matches_reference_cuda(shape, dtype):
     for i in g_ref:
         atol = None if i == 0 else 1e-5 * g_ref[i].abs().max().item()
         assert_kernel_close(g_kernel[i], g_same[i], g_ref[i], f'grad {i} {shape}', atol=atol)
+
+
+@pytest.mark.cuda
+def test_autocast_upcast_cuda():
+    # BiFormer's residual stream is bfloat16 under autocast, whose layer_norm upcasts it to float32: the no-grad path
+    # (inference) runs the kernel on the bfloat16 input and writes float32, equal to PyTorch's op under autocast; the
+    # gradient path ('triton' named) gives PyTorch's gradients in each input's dtype.
+    import sys
+    module = sys.modules['visionattn.ops.layer_norm']
+    gen = torch.Generator().manual_seed(0)
+    x = (3 * torch.randn(64, 28, 28, 128, generator=gen)).bfloat16().cuda()
+    norm = nn.LayerNorm(128, eps=1e-6).cuda()
+    nn.init.normal_(norm.weight, 1, 0.2)
+    nn.init.normal_(norm.bias, 0, 0.2)
+    assert x.shape[:-1].numel() >= module.AUTO_MIN_ROWS
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        with torch.no_grad():
+            got = layer_norm(x, 128, norm.weight, norm.bias, 1e-6)
+            want = norm(x)
+        assert got.dtype == want.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        leaf = x.clone().requires_grad_()
+        out = layer_norm(leaf, 128, norm.weight, norm.bias, 1e-6, backend='triton')
+        assert type(out.grad_fn).__name__ == '_LayerNormFnBackward' and out.dtype == torch.float32
+        grad_out = torch.randn(out.shape, device='cuda')
+        got = torch.autograd.grad(out, [leaf, norm.weight, norm.bias], grad_out)
+        want = torch.autograd.grad(norm(leaf), [leaf, norm.weight, norm.bias], grad_out)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        torch.testing.assert_close(g, w, rtol=1e-2, atol=1e-2 * w.abs().max().item())
 
 
 def test_strided_weight_and_bias_and_empty_features():

@@ -2,11 +2,12 @@
 ``torch.compile``, ``torch.fx`` and TorchScript) or Triton kernels on CUDA tensors (``triton/layer_norm.py``).
 
 The automatic choice takes the Triton kernel for large no-grad calls only (``AUTO_MIN_ROWS``); naming the 'triton'
-backend (or ``VISIONATTN_BACKEND=triton``) takes it for every call it covers, with gradients too. The
-Triton path takes inputs whose weight, bias and output share the input's dtype (under CUDA autocast: float32
-inputs, as the backbones' residual streams are); mixed dtypes, and inputs autocast would cast, take the reference.
-Same results as the reference up to float32 rounding (statistics in float32, biased variance); the backward is
-PyTorch's own kernel on the forward's statistics. Under ``torch.compile`` the reference is used on purpose: Inductor
+backend (or ``VISIONATTN_BACKEND=triton``) takes it for every call it covers, with gradients too. The kernel reads
+the input, weight and bias in their own dtypes, computes in float32 and writes the dtype PyTorch's op would return:
+under CUDA autocast a bfloat16 input (BiFormer's residual stream) gives a float32 output, as autocast's upcast of
+layer_norm does, without PyTorch's separate cast of the input. Same results as the reference up to float32 rounding
+(statistics in float32, biased variance); the backward is PyTorch's own kernel on the forward's statistics (in
+float32 where the dtypes are mixed). Under ``torch.compile`` the reference is used on purpose: Inductor
 fuses it with its neighbours, which an opaque kernel would prevent.
 """
 from typing import Optional, Sequence, Union
@@ -14,7 +15,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from .checks import choose_backend, env_backend, env_signature
+from .checks import choose_backend, env_backend, env_signature, first_order_only
 
 __all__ = ['layer_norm']
 
@@ -66,16 +67,16 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]], wei
             if len(_CHOICES) >= 1024:
                 _CHOICES.clear()
             _CHOICES[key] = choice
-    chosen, stats_dtype = choice
+    chosen, dtypes = choice
     if chosen == 'reference':
         return F.layer_norm(x, normalized_shape, weight, bias, eps)
     # the kernels index weight and bias unstrided: a strided or expanded one is copied (differentiable)
     weight = weight if weight is None or weight.is_contiguous() else weight.contiguous()
     bias = bias if bias is None or bias.is_contiguous() else bias.contiguous()
     if grad:
-        return _LayerNormFn.apply(x, weight, bias, float(eps), stats_dtype)
+        return _LayerNormFn.apply(x, weight, bias, float(eps), dtypes)
     from .triton.layer_norm import layer_norm_fwd
-    y, _, _ = layer_norm_fwd(_rows(x), weight, bias, eps, x.dtype, False)
+    y, _, _ = layer_norm_fwd(_rows(x), weight, bias, eps, dtypes[1], False)
     return y.view(x.shape)
 
 
@@ -94,23 +95,21 @@ def _choose(x, normalized_shape, weight, bias, eps, backend) -> tuple:
                              f'{None if weight is None else tuple(weight.shape)}, bias '
                              f'{None if bias is None else tuple(bias.shape)}')
         return 'reference', None
-    # PyTorch's own op on an empty input: the output dtype it gives here (autocast's policy for layer_norm differs by
-    # device: CUDA runs it in float32, the CPU in the input's dtype) and the dtype of the statistics its backward reads.
+    # PyTorch's own op on an empty input: its checks (a dtype combination it refuses raises here, as on the reference
+    # path), the output dtype it gives (autocast's policy for layer_norm differs by device: CUDA runs it in float32,
+    # the CPU in the input's dtype) and the dtype of the statistics its backward reads.
     with torch.no_grad():
         empty = x.new_empty((0, n))
         y = F.layer_norm(empty, (n,), weight, bias, eps)
-        with torch.autocast(x.device.type, enabled=False):
-            stats_dtype = torch.ops.aten.native_layer_norm(empty, [n], weight, bias, eps)[1].dtype
-    same = y.dtype == x.dtype and all(t is None or t.dtype == x.dtype for t in (weight, bias))
-    if not same:  # mixed dtypes, or autocast casting the input: PyTorch's op casts (or refuses) as it does
-        if backend == 'triton':
-            raise ValueError(f'layer_norm (triton): input, weight, bias and output share one dtype; got input '
-                             f'{x.dtype}, weight {None if weight is None else weight.dtype}, bias '
-                             f'{None if bias is None else bias.dtype}, output {y.dtype}')
-        return 'reference', None
+        same = y.dtype == x.dtype and all(t is None or t.dtype == x.dtype for t in (weight, bias))
+        if same:
+            with torch.autocast(x.device.type, enabled=False):
+                stats_dtype = torch.ops.aten.native_layer_norm(empty, [n], weight, bias, eps)[1].dtype
+        else:  # mixed dtypes (autocast's upcast among them): the backward runs in float32 on float32 statistics
+            stats_dtype = torch.float32
     chosen = choose_backend('layer_norm', backend, (x, weight, bias),
                             [(n <= _MAX_FEATURES, '' if n <= _MAX_FEATURES else f'{n} features > {_MAX_FEATURES}')])
-    return chosen, stats_dtype
+    return chosen, (stats_dtype, y.dtype)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -121,22 +120,36 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 class _LayerNormFn(torch.autograd.Function):
     """The Triton forward; the backward is PyTorch's kernel (``native_layer_norm_backward``) on the forward's
-    statistics, as PyTorch's own LayerNorm backward runs it."""
+    statistics, as PyTorch's own LayerNorm backward runs it; with mixed dtypes it runs in float32 (what autocast's
+    upcast of the input and PyTorch's backward of that cast give) and each gradient takes its input's dtype."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, stats_dtype):
+    def forward(ctx, x, weight, bias, eps, dtypes):
         from .triton.layer_norm import layer_norm_fwd
+        stats_dtype, out_dtype = dtypes
         rows = _rows(x)
-        y, mean, rstd = layer_norm_fwd(rows, weight, bias, eps, x.dtype, True)
+        y, mean, rstd = layer_norm_fwd(rows, weight, bias, eps, out_dtype, True)
         mean, rstd = mean.to(stats_dtype).unsqueeze(1), rstd.to(stats_dtype).unsqueeze(1)  # [rows, 1], as PyTorch's
         ctx.save_for_backward(rows, weight, bias, mean, rstd)
         ctx.shape = x.shape
         return y.view(x.shape)
 
     @staticmethod
+    @first_order_only('layer_norm')
     def backward(ctx, dy):
         rows, weight, bias, mean, rstd = ctx.saved_tensors
         needs = ctx.needs_input_grad
+        dy = _rows(dy)
+        tensors = (rows, dy, weight, bias)
+        mixed = any(t is not None and t.dtype != rows.dtype for t in tensors)
+        if mixed:
+            rows, dy, weight_c, bias_c = (None if t is None else t.float() for t in tensors)
+        else:
+            weight_c, bias_c = weight, bias
         dx, dw, db = torch.ops.aten.native_layer_norm_backward(
-            _rows(dy), rows, [rows.shape[-1]], mean, rstd, weight, bias, [needs[0], needs[1], needs[2]])
+            dy, rows, [rows.shape[-1]], mean, rstd, weight_c, bias_c, [needs[0], needs[1], needs[2]])
+        if mixed:
+            dx = None if dx is None else dx.to(ctx.saved_tensors[0].dtype)
+            dw = None if dw is None else dw.to(weight.dtype)
+            db = None if db is None else db.to(bias.dtype)
         return None if dx is None else dx.view(ctx.shape), dw, db, None, None
