@@ -638,3 +638,16 @@ def test_strided_per_channel_parameters_are_read_by_their_strides():
     torch.testing.assert_close(cross_selective_scan(x, delta, B=B, C=C, **strided, backend='triton'),
                                cross_selective_scan(x, delta, B=B, C=C, **dense, backend='reference'),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('backend', ['reference', 'triton'])
+def test_last_state_carries_no_gradient_on_either_path(backend):
+    # Adversarial probe: the reference path's last state had a gradient while the kernels' (and mamba-ssm's) has none,
+    # so a loss on it trained on the CPU and silently did nothing on the GPU. Both now return it detached.
+    from op_testing import kernel_device
+    inputs = _leaves([None if t is None else t.to(kernel_device()) for t in make_inputs(1, 4, 9, 2, 1)])
+    y, last = selective_scan(*inputs, delta_softplus=True, return_last_state=True, backend=backend)
+    assert y.requires_grad and not last.requires_grad and last.grad_fn is None
+    _, want = selective_scan_ref(*[None if t is None else t.detach() for t in inputs], delta_softplus=True,
+                                 return_last_state=True)
+    torch.testing.assert_close(last, want, rtol=1e-4, atol=1e-5)

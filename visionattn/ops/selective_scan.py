@@ -106,7 +106,10 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     _check_inputs('selective_scan', tensors)
     chosen = choose_backend('selective_scan', backend, tensors)
     if chosen == 'reference':
-        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        out = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        # the last state carries no gradient on either path (as mamba-ssm's selective_scan_fn): the reference's
+        # autograd graph would otherwise give a gradient that the kernels' backward cannot
+        return (out[0], out[1].detach()) if return_last_state else out
     from .triton.selective_scan import selective_scan_triton
     A, D, delta_bias = _dense(A), _dense(D), _dense(delta_bias)  # the kernels index these per channel, unstrided
     y, last = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
