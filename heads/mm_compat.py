@@ -26,13 +26,14 @@ import logging
 import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import timm
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from visionattn.hub import CheckpointMismatchError, load_checkpoint_file, unwrap_state_dict
+from visionattn.hub import CheckpointError, CheckpointMismatchError, load_checkpoint_file, unwrap_state_dict
 
 from .segmentation.decoders import FeatureBackbone
 
@@ -56,6 +57,32 @@ _LEVEL_NORMS = re.compile(r'^(?:extra_norms|feature_norms)\.(\d+)\.')
 
 def _under(name: str, module: str) -> bool:
     return name == module or name.startswith(module + '.')
+
+
+def _check_out_indices(model_name: str, out_indices: Sequence[int], kwargs: Dict) -> Tuple[int, ...]:
+    """``out_indices`` as a tuple, refused naming the problem where timm would fail without saying why (an index
+    past the last level, a repeat) or return the maps in another order than the channels reported for them."""
+    if isinstance(out_indices, (int, str)) or not isinstance(out_indices, Sequence):
+        raise TypeError(f'out_indices must be a sequence of feature levels, e.g. (1, 2, 3), got {out_indices!r}')
+    indices = tuple(out_indices)
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in indices):
+        raise TypeError(f'out_indices={out_indices!r}: feature levels are integers')
+    try:
+        with torch.device('meta'):
+            levels = len(timm.create_model(model_name, pretrained=False, **kwargs).feature_info)
+    except Exception:  # an unknown name or a bad keyword: FeatureBackbone names it
+        return indices
+    bad = [i for i in indices if not -levels <= i < levels]
+    if bad:
+        raise ValueError(f'out_indices={indices}: {model_name} has feature levels 0 to {levels - 1} (or -{levels} to '
+                         f'-1), so {", ".join(map(str, bad))} is out of range')
+    plain = [i % levels for i in indices]
+    if len(set(plain)) != len(plain):
+        raise ValueError(f'out_indices={indices} names a feature level twice')
+    if plain != sorted(plain):
+        raise ValueError(f'out_indices={indices} must be in increasing order: the feature maps come in the model\'s '
+                         'order of levels')
+    return indices
 
 
 class ZooBackbone(BaseModule):
@@ -91,6 +118,10 @@ class ZooBackbone(BaseModule):
         if pretrained and any(c.get('type') == 'Pretrained' for c in self._init_cfgs(init_cfg)):
             raise ValueError('give the weights either by pretrained=True or by init_cfg=dict(type=\'Pretrained\'), '
                              'not both')
+        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int):
+            raise TypeError(f'frozen_stages must be an integer (-1 for none), got {frozen_stages!r}')
+        if out_indices is not None:
+            out_indices = _check_out_indices(model_name, out_indices, kwargs)
         super().__init__(init_cfg=init_cfg)
         self.model_name = model_name
         # one level is enough for mmdet's single-level heads (DETR, Conditional-DETR, DAB-DETR: out_indices=(3,))
@@ -223,8 +254,14 @@ class ZooBackbone(BaseModule):
             strict: Fail on a missing, unexpected or mis-shaped key, naming the file; nothing is loaded then.
 
         Raises:
-            CheckpointMismatchError: The checkpoint does not fit (strict) or holds none of the weights.
+            CheckpointError: ``checkpoint`` is a URL, or not a readable checkpoint file.
+            CheckpointMismatchError: The checkpoint does not fit (strict), holds none of the weights, or holds a
+                non-tensor or integer/bool values for a floating-point weight (strict or not: they would be cast in
+                without a word).
         """
+        if re.match(r'^[a-z][a-z0-9+.-]*://', str(checkpoint)):
+            raise CheckpointError(f'init_cfg Pretrained checkpoint {checkpoint!r} is a URL: ZooBackbone reads a local '
+                                  'file (download it first), or takes timm\'s weights with pretrained=True')
         raw = unwrap_state_dict(load_checkpoint_file(checkpoint))
         if prefix:
             prefix = prefix if prefix.endswith('.') else prefix + '.'
@@ -235,25 +272,33 @@ class ZooBackbone(BaseModule):
                     f'{", ".join(list(raw)[:5])})')
             raw = found
         own = self.state_dict()
-        state, used, missing, mismatched = {}, set(), [], []
+        state, used, missing, mismatched, wrong_kind = {}, set(), [], [], []
         for key, value in own.items():
             source = next((c for c in [key, *self._timm_name(key)] if c in raw), None)
             if source is None:
                 missing.append(key)
                 continue
             used.add(source)
-            if tuple(raw[source].shape) != tuple(value.shape):
-                mismatched.append(f'{source}: checkpoint {tuple(raw[source].shape)} vs model {tuple(value.shape)}')
+            got = raw[source]
+            if not isinstance(got, torch.Tensor):  # a number, a string, a numpy array read as a placeholder
+                wrong_kind.append(f'{source}: checkpoint holds a {type(got).__name__}, not a tensor')
+                continue
+            if tuple(got.shape) != tuple(value.shape):
+                mismatched.append(f'{source}: checkpoint {tuple(got.shape)} vs model {tuple(value.shape)}')
+                continue
+            if value.is_floating_point() and not (got.is_floating_point() or got.is_complex()):
+                # integer or bool values would be cast into the weights without a word
+                wrong_kind.append(f'{source}: checkpoint dtype {got.dtype} vs model {value.dtype}')
                 continue
             state[key] = raw[source]
         # keys of modules the feature extractor dropped (classifier, final norm, ...) are not errors
         kept_tops = {c.split('.')[0] for key in own for c in [key, *self._timm_name(key)]}
         unexpected = [k for k in raw if k not in used and k.split('.')[0] in kept_tops]
         ignored = [k for k in raw if k not in used and k.split('.')[0] not in kept_tops]
-        if not state or (strict and (missing or unexpected or mismatched)):
+        if not state or wrong_kind or (strict and (missing or unexpected or mismatched)):
             lines = [f'checkpoint {checkpoint} does not fit ZooBackbone({self.model_name!r}); nothing was loaded.']
             for label, keys in (('missing keys', missing), ('unexpected keys', unexpected),
-                                ('shape mismatches', mismatched)):
+                                ('shape mismatches', mismatched), ('not weights of the model\'s kind', wrong_kind)):
                 if keys:
                     lines.append(f'  {label} ({len(keys)}): {", ".join(keys[:12])}'
                                  + (f', ... ({len(keys) - 12} more)' if len(keys) > 12 else ''))

@@ -257,3 +257,25 @@ def test_options_that_would_do_nothing_are_refused(tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit):
         _tool().main(['eca_resnet18', 'eca.pth.tar', options[0], *options[1:]])
     assert message in capsys.readouterr().err
+
+
+def test_an_existing_output_is_replaced_only_with_force_and_never_the_input(tmp_path, capsys):
+    # Adversarial probe: OUT = IN replaced the official checkpoint by its conversion, and any existing file at OUT was
+    # overwritten without a word (publish.py refuses a non-empty OUT_DIR without --force).
+    official = tmp_path / 'eca official.pth'
+    torch.save(official_checkpoint(official_eca_model('eca_resnet18'), 'eca_resnet18'), official)
+    original = official.read_bytes()
+    for extra in ([], ['--force']):
+        with pytest.raises(SystemExit):
+            _tool().main(['eca_resnet18', str(official), str(official), *extra])
+        assert 'is the input checkpoint' in capsys.readouterr().err
+    assert official.read_bytes() == original and not (tmp_path / 'eca official.pth.sha256').exists()
+    taken = tmp_path / 'notes.pth'
+    taken.write_text('not a conversion')
+    with pytest.raises(SystemExit):
+        _tool().main(['eca_resnet18', str(official), str(taken)])
+    assert 'exists; pass another OUT or --force' in capsys.readouterr().err and taken.read_text() == 'not a conversion'
+    _tool().main(['eca_resnet18', str(official), str(taken), '--force'])
+    with torch.device('meta'):
+        model = timm.create_model('eca_resnet18')
+    model.load_state_dict(load_checkpoint_file(taken), strict=True, assign=True)

@@ -425,3 +425,70 @@ def test_a_single_level_serves_detr_style_heads():
     assert len(feats) == 1 and feats[0].shape[-2:] == (2, 2) and feats[0].shape[1] == backbone.channels[0]
     assert backbone.strides == [32]
 
+
+
+# --- adversarial probe of the options and the Pretrained init ------------------------------------------------------
+
+@pytest.mark.parametrize('value, message', [((5,), 'feature levels 0 to 4.*5 is out of range'),
+                                            ((1, 1), 'names a feature level twice'),
+                                            ((2, -3), 'names a feature level twice'),
+                                            ((2, 1), 'must be in increasing order'),
+                                            ((1.0, 2), 'are integers'), (3, 'must be a sequence')])
+def test_out_indices_that_timm_would_misread_are_named(value, message):
+    # (5,) and (1, 1) failed in timm with a bare IndexError, (2, 1) built and then failed in forward blaming NHWC maps
+    # (the maps come in level order, the channels were listed in the given order), 3 failed in tuple()
+    with pytest.raises((ValueError, TypeError), match=message):
+        ZooBackbone('resnet18', out_indices=value)
+
+
+def test_negative_out_indices_count_from_the_last_level():
+    backbone = ZooBackbone('resnet18', out_indices=(-2, -1)).eval()
+    with torch.no_grad():
+        assert [f.shape[1] for f in backbone(torch.randn(1, 3, 64, 64))] == list(backbone.channels) == [256, 512]
+
+
+@pytest.mark.parametrize('value', [1.5, True])
+def test_frozen_stages_must_be_an_integer(value):
+    # 1.5 froze the stem and stage 1 (a float count taken as given), True froze one stage
+    with pytest.raises(TypeError, match='frozen_stages must be an integer'):
+        ZooBackbone('resnet18', frozen_stages=value)
+
+
+@pytest.mark.parametrize('strict', [True, False])
+def test_init_cfg_pretrained_refuses_values_of_another_kind(tmp_path, strict):
+    # Integer weights were cast into the float parameters without a word, and a number in place of a tensor failed
+    # in an AttributeError ('float' object has no attribute 'shape').
+    weights = _timm_weights()
+    weights['layer1.0.conv1.weight'] = (weights['layer1.0.conv1.weight'] * 100).long()
+    weights['layer2.0.bn1.weight'] = 3.0
+    path = tmp_path / 'odd values.pth'
+    torch.save(weights, path)
+    backbone = ZooBackbone('resnet18', out_indices=(1, 2),
+                           init_cfg=dict(type='Pretrained', checkpoint=str(path), strict=strict))
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match=r'(?s)odd values\.pth does not fit.*layer1\.0\.conv1\.weight: '
+                                                      r'checkpoint dtype torch\.int64.*layer2\.0\.bn1\.weight: '
+                                                      r'checkpoint holds a float, not a tensor'):
+        backbone.init_weights()
+    assert all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items())
+
+
+def test_init_cfg_pretrained_half_and_ddp_weights_load(tmp_path):
+    # fp16 weights (an AMP export) under a DataParallel prefix load, exactly as stored
+    weights = _timm_weights()
+    path = tmp_path / 'half.pth'
+    torch.save({'state_dict': {f'module.{k}': v.half() if v.is_floating_point() else v for k, v in weights.items()}},
+               path)
+    backbone = ZooBackbone('resnet18', out_indices=(1, 2), init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    backbone.init_weights()
+    own = backbone.features.model.state_dict()
+    assert all(torch.equal(v, weights[k].half().to(v.dtype) if v.is_floating_point() else weights[k])
+               for k, v in own.items())
+
+
+@pytest.mark.parametrize('url', ['https://download.openmmlab.com/x/resnet18.pth', 'torchvision://resnet18'])
+def test_init_cfg_pretrained_url_is_named(url):
+    from visionattn.hub import CheckpointError
+    backbone = ZooBackbone('resnet18', out_indices=(1, 2), init_cfg=dict(type='Pretrained', checkpoint=url))
+    with pytest.raises(CheckpointError, match='is a URL: ZooBackbone reads a local file'):
+        backbone.init_weights()

@@ -203,3 +203,70 @@ def test_a_plain_state_dict_is_named_briefly(tmp_path):
     assert proc.returncode != 0
     assert 'a plain state dict?' in proc.stderr and '(' in proc.stderr and 'more)' in proc.stderr
     assert len(proc.stderr.splitlines()[-1]) < 600
+
+
+TINY_BACKBONE = ['--cfg-options', 'model.backbone=test_resnet']
+
+
+def _tiny_checkpoint(path, ema=False):
+    """A digits checkpoint of timm's test_resnet, as tools/train.py saves one (with EMAHook: the EMA in state_dict, the
+    trained weights under module. in ema_state_dict); its last validation after this checkpoint's iteration."""
+    cfg = Config.fromfile(DIGITS)
+    cfg.model.backbone = 'test_resnet'
+    torch.manual_seed(0)
+    trained = MODELS.build(cfg.model).state_dict()
+    checkpoint = {'meta': {'epoch': 2, 'iter': 8}, 'message_hub': {}, 'state_dict': trained,
+                  'training_curves': {'val': [{'epoch': 2, 'iter': 8, 'accuracy/top1': 71.5}]}}
+    if ema:
+        checkpoint['state_dict'] = {k: v + 0.01 if v.is_floating_point() else v for k, v in trained.items()}
+        checkpoint['ema_state_dict'] = {'steps': torch.tensor(8), **{f'module.{k}': v for k, v in trained.items()}}
+    torch.save(checkpoint, path)
+
+
+def test_force_replaces_only_an_earlier_publish(publish_tool, tmp_path, monkeypatch):
+    # Adversarial probe: --force deleted whatever OUT_DIR held: publishing into the run's work dir deleted its
+    # checkpoints (the one being published too), OUT_DIR = the checkpoint replaced it by a folder, and an empty
+    # current folder as OUT_DIR failed in a ValueError (PosixPath('.') has an empty name).
+    work = tmp_path / 'work dir'
+    work.mkdir()
+    _tiny_checkpoint(work / 'epoch_2.pth')
+    (work / '20250101_000000.log').write_text('log')
+    args = [str(ROOT / DIGITS), str(work / 'epoch_2.pth')]  # the test changes folder below
+    with pytest.raises(SystemExit, match=r"--force replaces only an earlier publish's folder.*holds 20250101_000000"
+                                         r"\.log, epoch_2\.pth"):
+        publish_tool.main([*args, str(work), '--force', *TINY_BACKBONE])
+    with pytest.raises(SystemExit, match='exists and is not a folder'):
+        publish_tool.main([*args, str(work / 'epoch_2.pth'), '--force', *TINY_BACKBONE])
+    assert sorted(p.name for p in work.iterdir()) == ['20250101_000000.log', 'epoch_2.pth']
+    assert (work / 'epoch_2.pth').is_file()
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    with pytest.raises(SystemExit, match='is the current folder'):
+        publish_tool.main([*args, '.', *TINY_BACKBONE])
+    # an earlier publish is what --force replaces
+    out = tmp_path / 'published'
+    publish_tool.main([*args, str(out), *TINY_BACKBONE])
+    first = (out / 'model.safetensors').read_bytes()
+    publish_tool.main([*args, str(out), '--force', *TINY_BACKBONE])
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert (out / 'model.safetensors').read_bytes() == first
+
+
+def test_card_of_an_ema_run_says_whose_metrics_it_shows(publish_tool, tmp_path):
+    # Adversarial probe: an EMAHook run validates its EMA; publishing the trained weights (the default) showed the
+    # EMA's validation metrics in the card as if they were these weights' numbers.
+    path = tmp_path / 'epoch_2.pth'
+    _tiny_checkpoint(path, ema=True)
+    trained = publish_tool.main([DIGITS, str(path), str(tmp_path / 'trained'), *TINY_BACKBONE])
+    averaged = publish_tool.main([DIGITS, str(path), str(tmp_path / 'ema'), '--ema', *TINY_BACKBONE])
+    card = (tmp_path / 'trained' / 'README.md').read_text()
+    assert 'accuracy/top1: 71.5' in card and 'of the EMA of the weights, not of these trained weights' in card
+    assert '--ema' in trained.weights
+    card = (tmp_path / 'ema' / 'README.md').read_text()
+    assert 'accuracy/top1: 71.5' in card and 'not of these' not in card
+    assert 'moving average' in averaged.weights
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # the two folders hold the two sets of weights
+        assert not torch.equal(*(timm.create_model(f'local-dir:{tmp_path / d}', pretrained=True).eval()(x)
+                                 for d in ('trained', 'ema')))

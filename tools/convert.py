@@ -16,7 +16,8 @@ weights are checked against the model, built on the ``meta`` device (nothing all
 not fit fails with the missing, unexpected and mis-shaped keys and nothing is written. ``OUT`` ending in
 ``.safetensors`` is written with safetensors, anything else with ``torch.save`` as a plain state dict; either way
 through a temporary file renamed into place, with its sha256 written beside it as ``OUT.sha256`` (``sha256sum -c``
-format), which every later load checks.
+format), which every later load checks. An existing ``OUT`` is replaced only with ``--force``, and never when it is the
+input checkpoint itself.
 
 New families register with :func:`register_converter`.
 """
@@ -213,6 +214,16 @@ def save_state_dict(state: Dict[str, torch.Tensor], out: Path) -> Tuple[str, str
     return fmt, digest
 
 
+def _same_file(out: Path, source: Any) -> bool:
+    """Whether ``out`` is the local file ``source`` (through links and relative paths too)."""
+    if source is None or str(source).startswith(('http://', 'https://')):
+        return False
+    try:
+        return out.exists() and Path(source).exists() and os.path.samefile(out, source)
+    except OSError:
+        return False
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,6 +235,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--num-heads', type=int, default=None, help='Focus-DETR attention heads (default: the '
                         'official 8)')
     parser.add_argument('--member', default=None, help='the checkpoint inside a .zip holding several')
+    parser.add_argument('--force', action='store_true', help='replace OUT when it exists (never the input itself)')
     parser.add_argument('--list', action='store_true', help='list the registered converters and exit')
     args = parser.parse_args(argv)
     if args.list:
@@ -235,6 +247,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error(f'OUT {args.output} must end in .safetensors or .pth (.pt)')
     if args.output.is_dir():
         parser.error(f'OUT {args.output} is a folder: give the converted file\'s name')
+    if _same_file(args.output, args.input):
+        parser.error(f'OUT {args.output} is the input checkpoint: converting in place would replace the original')
+    if args.output.exists() and not args.force:
+        parser.error(f'OUT {args.output} exists; pass another OUT or --force to replace it')
     if args.num_heads is not None and (args.family != 'focus_detr' or args.num_heads < 1):
         parser.error(f'--num-heads {args.num_heads}: only for focus_detr, and at least 1')
     if args.num_classes is not None and args.num_classes < 0:
@@ -254,6 +270,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     checkpoint = None
     try:
         checkpoint, path = read_checkpoint(args.input, args.member)
+        if _same_file(args.output, path):  # a .zip's member, unpacked beside it
+            raise SystemExit(f'convert.py: OUT {args.output} is the checkpoint read from {args.input}: converting in '
+                             'place would replace the original')
         state, model, described = convert(args.family, checkpoint, args)
     except CheckpointError as e:
         hint = f'\n  {PUBLISH_HINT}' if is_engine_checkpoint(checkpoint) else ''

@@ -20,7 +20,11 @@ checkpoint's history, the licence and the sha256 of ``model.safetensors``.
 
 Weights: mmengine's EMAHook saves the *EMA* in the checkpoint's ``state_dict`` (what validation and tools/test.py
 use) and the trained weights, prefixed ``module.``, in ``ema_state_dict``. The default publishes the trained
-weights; ``--ema`` the EMA.
+weights (as timm's ``clean_checkpoint.py`` without ``--use-ema``), and the card then says that its validation metrics
+are the EMA's; ``--ema`` publishes the EMA (what mmdetection's ``publish_model`` keeps).
+
+OUT_DIR must not exist or be empty; ``--force`` replaces it only where it holds an earlier publish (the three files
+above and nothing else), never a work dir with its checkpoints, a file or the current folder.
 
 ``--backbone-only`` exports the timm backbone of any task model (a classifier's without its head, a detector's or
 segmentor's ``features_only`` backbone) as a timm model without classifier (``num_classes=0``): its weights renamed
@@ -103,6 +107,11 @@ def select_weights(checkpoint: Dict[str, Any], ema: bool) -> Tuple[Dict[str, tor
     for pattern, replacement in _ENGINE_PREFIXES:
         state = {re.sub(pattern, replacement, k): v for k, v in state.items()}
     return state, which
+
+
+def _holds_ema(checkpoint: Dict[str, Any]) -> bool:
+    """Whether the checkpoint is an EMAHook run's, whose ``state_dict`` (what validation ran) is the EMA."""
+    return any(str(k).startswith('module.') for k in (checkpoint.get('ema_state_dict') or {}))
 
 
 def _number(value) -> Optional[float]:
@@ -286,7 +295,8 @@ def _format(value: float) -> str:
 
 def _model_card(*, model: nn.Module, arch: str, task: str, backbone: bool, config: str, checkpoint_path: Path,
                 checkpoint: Dict[str, Any], which: str, sha256: str, licence: str, licence_note: str,
-                data_config: Dict[str, Any], left_at_init: List[str], notes: List[str], name: str) -> Dict[str, Any]:
+                data_config: Dict[str, Any], left_at_init: List[str], notes: List[str], name: str,
+                validated_ema: bool = False) -> Dict[str, Any]:
     meta = checkpoint.get('meta') or {}
     metrics, measured, measured_iter = final_metrics(checkpoint)
     best = (checkpoint.get('message_hub') or {}).get('runtime_info', {}).get('best_score')
@@ -304,7 +314,11 @@ def _model_card(*, model: nn.Module, arch: str, task: str, backbone: bool, confi
         shown = {k: _format(v) for k, v in metrics.items()}
         if _number(best) is not None:
             shown['best score'] = _format(float(best))
-        if measured_iter is not None and measured_iter != meta.get('iter'):
+        if validated_ema:
+            # validation (and tools/test.py on the checkpoint) ran the EMA, not the trained weights published here
+            measured += (', of the EMA of the weights, not of these trained weights: publish with --ema for the '
+                         'weights these metrics were measured on')
+        elif measured_iter is not None and measured_iter != meta.get('iter'):
             # mmengine saves an epoch's checkpoint before that epoch's validation
             measured += (f', before this checkpoint\'s weights: run tools/test.py on {checkpoint_path.name} for their '
                          'own numbers')
@@ -337,6 +351,34 @@ def _model_card(*, model: nn.Module, arch: str, task: str, backbone: bool, confi
 
 
 # -- publishing ---------------------------------------------------------------------------------------------------
+_WRITTEN = frozenset({WEIGHTS_FILE, 'config.json', 'README.md'})  # what publish puts in OUT_DIR
+
+
+def _check_out_dir(out: Path, force: bool) -> None:
+    """Refuse an OUT_DIR that publish must not replace: without ``force`` any non-empty one; with it, anything but
+    an earlier publish's folder (replacing a work dir deleted its checkpoints, a file in its place was deleted too)."""
+    where = out.resolve()
+    if where == Path.cwd().resolve() or where in Path.cwd().resolve().parents:
+        raise SystemExit(f'publish.py: OUT_DIR {out} is the current folder or holds it; publish writes OUT_DIR as a '
+                         'new folder beside it: name a subfolder')
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise SystemExit(f'publish.py: {out} exists and is not a folder; publish writes OUT_DIR as a folder: pass '
+                         'another OUT_DIR' + ('' if force else ' (--force replaces only an earlier publish\'s folder)'))
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if not force:
+        raise SystemExit(f'publish.py: {out} exists and is not empty; pass another OUT_DIR or --force to replace it')
+    foreign = [name for name in entries if name not in _WRITTEN]
+    if foreign:
+        written = ', '.join(sorted(_WRITTEN))
+        raise SystemExit(f'publish.py: --force replaces only an earlier publish\'s folder ({written}), and {out} also '
+                         f'holds {summarise_keys(foreign, 6)}, which replacing it would delete: pass another OUT_DIR '
+                         'or move them away')
+
+
 def publish(config: str, checkpoint_path: str, out_dir: str, ema: bool = False, backbone_only: bool = False,
             backbone_module: Optional[str] = None, cfg_options: Optional[Dict] = None, name: Optional[str] = None,
             licence: Optional[str] = None, force: bool = False) -> Published:
@@ -344,13 +386,13 @@ def publish(config: str, checkpoint_path: str, out_dir: str, ema: bool = False, 
 
     Raises:
         SystemExit: The checkpoint does not fit the config's model, there is nothing to export, or ``out_dir`` is
-            not empty (without ``force``).
+            not empty (without ``force``; with it, holds other files than an earlier publish wrote, e.g. the
+            checkpoint), is not a folder or is the current folder.
     """
     from visionattn.engine import MODELS, load_tool_config
     from visionattn.engine.runner import _check_shapes, restore_checkpoint
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise SystemExit(f'publish.py: {out} exists and is not empty; pass another OUT_DIR or --force to replace it')
+    _check_out_dir(out, force)
     cfg = load_tool_config(config, cfg_options)
     try:
         checkpoint = restore_checkpoint(load_checkpoint_file(checkpoint_path))
@@ -412,7 +454,7 @@ def publish(config: str, checkpoint_path: str, out_dir: str, ema: bool = False, 
         card = _model_card(model=model, arch=arch, task=type(task).__name__, backbone=backbone_only, config=config,
                            checkpoint_path=Path(checkpoint_path), checkpoint=checkpoint, which=which, sha256=sha256,
                            licence=licence, licence_note=licence_note, data_config=data_config, left_at_init=left,
-                           notes=notes, name=name)
+                           notes=notes, name=name, validated_ema=not ema and _holds_ema(checkpoint))
         (tmp / 'README.md').write_text(generate_readme(card, name, task_name=task_name), encoding='utf-8')
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -453,7 +495,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='model name in the card (default: the repository\'s with --push-to-hub, else OUT_DIR\'s)')
     parser.add_argument('--license', default=None,
                         help='licence of the published weights (default: the one recorded for the architecture)')
-    parser.add_argument('--force', action='store_true', help='replace OUT_DIR when it is not empty')
+    parser.add_argument('--force', action='store_true',
+                        help='replace OUT_DIR when it holds an earlier publish (only the files publish writes)')
     parser.add_argument('--push-to-hub', metavar='REPO_ID', default=None,
                         help='also upload OUT_DIR\'s files to this Hugging Face repository (timm\'s push_to_hf_hub)')
     parser.add_argument('--private', action='store_true', help='create the repository private (with --push-to-hub)')
