@@ -218,6 +218,26 @@ def test_fused_api_gradients_with_additional_kv():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f'gradient {i}')
 
 
+@pytest.mark.parametrize('n', [1, 2, 3])
+def test_functional_fused_ops_take_natten_017_positional_order(n):
+    # The drop-in reports NATTEN 0.17.5, whose natten.functional.na{1,2,3}d (functional.py of v0.17.5) take
+    # (kernel_size, dilation, is_causal, rpb, scale, additional_keys, additional_values, xformers_kwargs); only
+    # NATTEN >= 0.20's top-level natten.na{1,2,3}d (no callable in 0.17) put stride fifth. functional.na2d(q, k, v,
+    # kernel_size, dilation) ran with stride=dilation, and a positional rpb was refused.
+    spatial, kernel = (7, 8, 6)[:n], 3
+    q, k, v, rpb = _inputs(spatial, dim_v=5, rpb_kernel=(kernel,) * n, dtype=torch.float64, seed=31)
+    fn = getattr(functional, f'na{n}d')
+    want = neighborhood_attention(q, k, v, kernel, dilation=2)
+    torch.testing.assert_close(fn(q, k, v, kernel, 2), want, rtol=0, atol=0)
+    want_rpb = neighborhood_attention(q, k, v, kernel, dilation=2, rpb=rpb, scale=SCALE)
+    torch.testing.assert_close(fn(q, k, v, kernel, 2, False, rpb, SCALE, None, None, None), want_rpb, rtol=0, atol=0)
+    # 0.20's arguments are keywords here; the top-level op keeps 0.20's positional order.
+    torch.testing.assert_close(fn(q, k, v, kernel, 2, stride=2, backend='cutlass-fna'),
+                               neighborhood_attention(q, k, v, kernel, dilation=2, stride=2), rtol=0, atol=0)
+    torch.testing.assert_close(getattr(natten, f'na{n}d')(q, k, v, kernel, 2),
+                               neighborhood_attention(q, k, v, kernel, stride=2), rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Two-step API (NATTEN <= 0.17).
 
@@ -346,6 +366,48 @@ def test_two_step_ops_compute_in_their_inputs_dtype_under_autocast():
     module = natten.NeighborhoodAttention2D(16, 2, 3, rel_pos_bias=True, attn_drop=0.1).train()
     with torch.autocast('cpu', dtype=torch.bfloat16):
         assert module(torch.randn(2, 7, 8, 16, generator=gen)).dtype == torch.bfloat16
+
+
+def test_gradients_under_autocast_are_those_of_the_inputs_dtype():
+    # NATTEN's autograd functions (custom_fwd/custom_bwd around extension kernels, functional.py of v0.17.5 and
+    # backends/*.py of v0.20) compute forward and backward in their inputs' dtype under autocast. The drop-in's
+    # reference and gather paths differentiated their einsums with autocast on when backward() ran inside the autocast
+    # region: float32 gradients off by ~0.07 (bfloat16 products).
+    spatial, kernel, dilation = (7, 8), (3, 3), (2, 1)
+    q, k, v, rpb = _inputs(spatial, dim_v=5, rpb_kernel=kernel, dtype=torch.float32, seed=23)
+    q, k = q * 3, k * 3
+    gen = torch.Generator().manual_seed(24)
+    add_k, add_v = torch.randn(2, 4, 2, 8, generator=gen), torch.randn(2, 4, 2, 5, generator=gen)
+    weights = torch.randn(2, 2, *spatial, 9, generator=gen).softmax(-1)
+    calls = {
+        'fused_reference': lambda a, b, c, r: natten.na2d(a, b, c, kernel, dilation=dilation, rpb=r, scale=SCALE,
+                                                          backend='reference'),
+        'fused_gather': lambda a, b, c, r: natten.na2d(a, b, c, kernel, dilation=dilation, rpb=r, scale=SCALE,
+                                                       additional_keys=add_k, additional_values=add_v),
+        'two_step': lambda a, b, c, r: functional.na2d_av(
+            functional.na2d_qk(a.movedim(-2, 1), b.movedim(-2, 1), kernel, dilation, rpb=r) * weights, c.movedim(-2, 1),
+            kernel, dilation),
+    }
+    for name, call in calls.items():
+        grads = []
+        for autocast in (False, True):
+            inputs = [t.detach().clone().requires_grad_() for t in (q, k, v, rpb)]
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+                out = call(*inputs)
+                assert out.dtype == torch.float32
+                out.square().sum().backward()
+            grads.append([t.grad for t in inputs])
+        for i, (got, want) in enumerate(zip(*reversed(grads))):
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f'{name}: gradient {i}')
+    # a derivative of those gradients (a gradient penalty) is refused, never silently wrong: the autocast-off graph is
+    # built on detached copies, which torch's once_differentiable would let torch.autograd.grad prune without an error
+    inputs = [t.detach().clone().requires_grad_() for t in (q, k, v, rpb)]
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = calls['fused_reference'](*inputs)
+        first = torch.autograd.grad(out.square().sum(), inputs, create_graph=True)
+        with pytest.raises(RuntimeError, match='first derivatives only'):
+            torch.autograd.grad(sum(g.square().sum() for g in first) + out.sum(), inputs)
 
 
 def test_two_step_gradients_match_oracle():
@@ -554,7 +616,9 @@ def test_install_provides_the_natten_017_module_files(natten_unloaded):
         natten.NeighborhoodAttention1D, natten.NeighborhoodAttention2D, natten.NeighborhoodAttention3D)
     assert (na2d, na2d_qk, na2d_av) == (functional.na2d, functional.na2d_qk, functional.na2d_av)
     import natten as imported
-    assert imported.na2d is functional.na2d  # the attribute stays NATTEN >= 0.20's fused op
+    # The attribute is NATTEN >= 0.20's fused op (stride fifth); 0.17's na2d.py imported functional.na2d (dilation
+    # fifth), which `from natten.na2d import na2d` gives.
+    assert imported.na2d is functional.na2d_v020 and na2d is functional.na2d
     assert importlib.util.find_spec('natten.na2d') is not None
     natten.uninstall()
     assert not any(name == 'natten' or name.startswith('natten.') for name in sys.modules)
@@ -821,6 +885,12 @@ ERROR_CASES = {
                                    r"NATTEN 0\.17's fused na2d.*by keyword"),
     'fused_017_positional_rpb': (lambda: natten.na1d(_Q2[:, 0], _Q2[:, 0], _Q2[:, 0], 3, 1, 1, torch.zeros(2, 5)),
                                  ValueError, r"NATTEN 0\.17's fused na1d.*by keyword"),
+    # NATTEN >= 0.20's order (stride, dilation, is_causal) given positionally to natten.functional.na2d, which takes
+    # 0.17.5's (dilation, is_causal, rpb): an int where 0.17 has is_causal, a bool where it has rpb. They ran as 0.20's.
+    'functional_020_positional_dilation': (lambda: functional.na2d(_Q2, _Q2, _Q2, 3, 1, 2), ValueError,
+                                           r"NATTEN >= 0\.20's order.*natten\.na2d"),
+    'functional_020_positional_causal': (lambda: functional.na1d(_Q2[:, 0], _Q2[:, 0], _Q2[:, 0], 3, 1, 1, False),
+                                         ValueError, r"NATTEN >= 0\.20's order.*natten\.na1d"),
     'missing_attribute': (lambda: natten.merge_attentions, AttributeError, 'merge_attentions'),
     'missing_function': (lambda: functional.attention, AttributeError, "'attention'"),
     'memory_preference': (lambda: natten.set_memory_usage_preference('fast'), ValueError, 'pref'),
@@ -849,7 +919,7 @@ def test_natten_switches_are_harmless(name, saved_flags):
     if name.startswith(('has_', 'is_', 'are_')):
         assert isinstance(result, bool)
     assert torch.equal(natten.na2d(q, k, v, 3, dilation=2, rpb=rpb), before)
-    assert natten.has_fused_na() and not natten.has_gemm() and natten.has_cuda() == torch.cuda.is_available()
+    assert natten.has_fused_na() == natten.has_cuda() and not natten.has_gemm()
     counter = object()
     assert natten.flops.add_natten_handle(counter) is counter
 
@@ -945,6 +1015,43 @@ def test_functional_has_the_capability_queries_of_natten_015(natten_unloaded):
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
         assert get_device_cc() == major * 10 + minor
+    natten.uninstall()
+
+
+@pytest.mark.parametrize('cuda, triton, capability', [
+    (False, True, None), (True, True, (8, 0)), (True, True, (7, 5)), (True, False, (9, 0))],
+    ids=['cpu_only', 'sm80', 'sm75', 'no_triton'])
+def test_capability_queries_say_whether_the_kernels_run(monkeypatch, cuda, triton, capability):
+    # NATTEN 0.17.5's context.py: has_cuda() is torch.cuda.is_available() and a CUDA build; has_half/has_fna need it
+    # (cc >= 50), has_bfloat cc >= 80. Code branches on them to take the kernel path (natten.use_fused_na(), half
+    # inputs, CUDA tensors); the drop-in's kernels are Triton's, so they run where CUDA and Triton are. has_fna,
+    # has_half and has_bfloat were True on a CPU-only machine.
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
+    monkeypatch.setattr(context, '_TRITON_AVAILABLE', triton)
+    monkeypatch.delenv('VISIONATTN_BACKEND', raising=False)
+    kernels = cuda and triton
+    for name in ('has_cuda', 'has_half', 'has_fna', 'has_fused_na'):
+        assert getattr(natten, name)() is kernels, name
+        assert getattr(functional, name, getattr(natten, name))() is kernels, name
+    assert natten.has_bfloat() is (kernels and capability >= (8, 0))
+    assert not natten.has_gemm() and not natten.has_tf32_gemm() and not natten.has_fp64_gemm()
+    if kernels:
+        monkeypatch.setenv('VISIONATTN_BACKEND', 'reference')  # the kernels are switched off
+        assert not natten.has_cuda() and not natten.has_fna()
+
+
+def test_has_libnatten_is_false_and_libnatten_does_not_import(natten_unloaded):
+    # NATTEN >= 0.20 sets HAS_LIBNATTEN to whether `from natten import libnatten` (its C++ extension) succeeds, and its
+    # own code (backends/configs/checks.py, token_permute/cutlass_impl.py of v0.21.5) calls into libnatten when True.
+    # The drop-in has no such module, so the flag must stay False (code then takes NATTEN's non-libnatten path, which
+    # still calls natten.na2d).
+    assert natten.HAS_LIBNATTEN is False
+    if importlib.util.find_spec('natten') is not None:
+        pytest.skip('a real natten is installed here: install() keeps it')
+    natten.install()
+    with pytest.raises(ImportError):
+        from natten import libnatten  # noqa: F401
     natten.uninstall()
 
 

@@ -171,24 +171,25 @@ class _SecondDerivativeRefused(torch.autograd.Function):
     """Copies of an op's gradients, tied to what they depend on, whose own backward raises."""
 
     @staticmethod
-    def forward(ctx, op: str, n_grads: int, *tensors):
-        ctx.op = op
+    def forward(ctx, op: str, hint: str, n_grads: int, *tensors):
+        ctx.op, ctx.hint = op, hint
         return tuple(t.clone() for t in tensors[:n_grads])
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError(f"{ctx.op}: the Triton kernels' backward gives first derivatives only; a derivative of its "
-                           f"gradients (a gradient penalty, a Hessian product) needs backend='reference'")
+        raise RuntimeError(f'{ctx.op}: its backward gives first derivatives only; a derivative of its gradients (a '
+                           f'gradient penalty, a Hessian product) needs {ctx.hint}')
 
 
-def first_order_only(op: str):
+def first_order_only(op: str, hint: str = "backend='reference'"):
     """Decorate an autograd Function's ``backward`` whose kernels are not differentiable themselves.
 
     Outside ``create_graph`` (training) the backward runs as it is. Under ``create_graph=True`` the gradients are right
     but would have no graph back to the inputs, so a derivative of them came out as if they were constants: silently
     wrong. Here they are tied (by a copy) to the gradient outputs and saved inputs, so that differentiating them again
-    raises. ``torch.autograd.function.once_differentiable`` does not suffice: its error node hangs off detached copies,
-    which ``torch.autograd.grad(..., inputs)`` prunes, dropping the second-order terms without an error.
+    raises (``hint`` says what gives second derivatives). ``torch.autograd.function.once_differentiable`` does not
+    suffice: its error node hangs off detached copies, which ``torch.autograd.grad(..., inputs)`` prunes, dropping the
+    second-order terms without an error. The Function must save the tensors its gradients depend on.
     """
     def wrap(backward):
         def checked(ctx, *grad_outputs):
@@ -200,7 +201,7 @@ def first_order_only(op: str):
             tensors = [(i, g) for i, g in enumerate(grads) if isinstance(g, torch.Tensor)]
             if not deps or not tensors:
                 return grads
-            tied = _SecondDerivativeRefused.apply(op, len(tensors), *(g for _, g in tensors), *deps)
+            tied = _SecondDerivativeRefused.apply(op, hint, len(tensors), *(g for _, g in tensors), *deps)
             out = list(grads)
             for (i, _), g in zip(tensors, tied):
                 out[i] = g

@@ -12,8 +12,8 @@ transformers on neighborhood attention) stops running. visionattn's op has NATTE
 
 - NATTEN 0.17's modules ``NeighborhoodAttention1D/2D/3D`` (parameters ``qkv``, ``rpb``, ``proj``; official NAT/DiNAT
   checkpoints load unchanged), see :mod:`.modules`;
-- NATTEN >= 0.20's fused ``na1d/na2d/na3d`` and NATTEN <= 0.17's two-step ``natten.functional`` ops, see
-  :mod:`.functional`;
+- the fused ``na1d/na2d/na3d``: NATTEN >= 0.20's at the top level, 0.17's in ``natten.functional`` (with 0.17's
+  two-step ops), see :mod:`.functional`;
 - NATTEN's switches and queries (``use_fused_na``, ``has_cuda``, ...) as harmless stand-ins, see :mod:`.context`
   (0.15's copies in ``natten.functional``, 0.17's ``natten.utils.get_device_cc``), and ``natten.flops``
   (``get_flops``, ``add_natten_handle`` and the fvcore handles of 0.14-0.17.4).
@@ -22,8 +22,11 @@ transformers on neighborhood attention) stops running. visionattn's op has NATTE
 warns. The drop-in can also be used without installing it: ``from visionattn.compat import natten``.
 
 ``__version__`` is '0.17.5+visionattn': the modules follow NATTEN 0.17, and ``natten.context`` exists, so the
-official NAT/DiNAT code passes ``rel_pos_bias=True`` as it does with NATTEN 0.17. The fused ops follow 0.20's
-argument order (``stride`` before ``dilation``; 0.17's fused ops had ``dilation`` fifth): pass them by keyword.
+official NAT/DiNAT code passes ``rel_pos_bias=True`` as it does with NATTEN 0.17. Positional arguments mean what
+they mean in the NATTEN that has the name: ``natten.functional.na{1,2,3}d`` (also ``from natten.na2d import na2d``)
+take 0.17.5's order (kernel_size, dilation, is_causal, rpb, scale, ...); the top-level ``natten.na{1,2,3}d``, which
+only NATTEN >= 0.20 has, take 0.20's (kernel_size, stride, dilation, is_causal, scale, ...). A call that can only be
+the other version's order raises a ValueError saying so.
 """
 import importlib
 import importlib.machinery
@@ -38,11 +41,14 @@ from types import ModuleType
 from . import context, flops, functional, modules
 from .context import *  # noqa: F401,F403  (NATTEN exports its switches at the top level)
 from .context import __all__ as _context_all
-from .functional import na1d, na2d, na3d
+from .functional import na1d_v020 as na1d  # NATTEN >= 0.20's order (stride fifth); 0.17.5 had no natten.na1d op
+from .functional import na2d_v020 as na2d  # natten.functional.na2d keeps 0.17.5's order (dilation fifth)
+from .functional import na3d_v020 as na3d
 from .modules import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 
 __version__ = '0.17.5+visionattn'
-# NATTEN >= 0.20 says whether its compiled library loaded; there is none here (the ops need none).
+# NATTEN >= 0.20: whether `from natten import libnatten` (its C++ extension) succeeds; NATTEN's code calls into
+# libnatten where it is True. There is none here (the ops need none), and code that finds False still runs na1d/2d/3d.
 HAS_LIBNATTEN = False
 
 __all__ = [

@@ -4,9 +4,11 @@ NATTEN (0.14-0.21) lets code choose among its kernels (fused or unfused, GEMM, t
 autotuner, KV parallelism, memory preferences) and ask what its build supports. visionattn has one
 neighborhood-attention op, which picks its own backend (Triton on CUDA, the PyTorch reference elsewhere), so the
 switches here only record what was asked: they change no computation. Each logs once, at INFO level on logger
-``visionattn.compat.natten``, what it did. The queries answer for visionattn: ``has_cuda()`` is whether its Triton
-kernels can run, ``has_fused_na()`` is always True (its fused op runs on every device), ``has_gemm()`` is False
-(there are no GEMM-based NA kernels).
+``visionattn.compat.natten``, what it did. The queries answer as NATTEN's do for its kernels, with visionattn's
+Triton kernels in their place: ``has_cuda()``, ``has_half()`` and ``has_fna()``/``has_fused_na()`` are whether those
+run (Triton, a CUDA device, ``VISIONATTN_BACKEND`` not 'reference'), ``has_bfloat()`` also needs compute capability
+8.0, and ``has_gemm()`` is False (there are no GEMM-based NA kernels). Code that checks them takes its kernel path
+where the kernels run and its CPU path elsewhere; the ops themselves run on every device either way.
 
 Their presence matters for code that tests it: the official NAT/DiNAT code passes ``rel_pos_bias=True`` when
 ``natten.context`` exists (NATTEN >= 0.17) and ``bias=True`` otherwise; the drop-in takes either.
@@ -15,6 +17,8 @@ import logging
 from typing import Optional
 
 import torch
+
+from ...ops.checks import _TRITON_AVAILABLE, env_backend
 
 __all__ = [
     'use_fused_na', 'is_fused_na_enabled', 'use_fna', 'is_fna_enabled', 'use_kv_parallelism_in_fused_na',
@@ -278,24 +282,33 @@ def get_device_cc(device_index: Optional[int] = None) -> int:
     return major * 10 + minor
 
 
+def _kernels_run() -> bool:
+    """Whether visionattn's Triton kernels run here: Triton is installed, a CUDA device is available and
+    ``VISIONATTN_BACKEND`` does not force the reference backend."""
+    return _TRITON_AVAILABLE and torch.cuda.is_available() and env_backend() != 'reference'
+
+
 def has_cuda() -> bool:
-    """Whether a CUDA device is available, where visionattn's Triton kernels run."""
-    return torch.cuda.is_available()
+    """Whether visionattn's kernels run (Triton and a CUDA device), as NATTEN's says whether its CUDA build and a
+    CUDA device are there. False on a CPU-only machine, where the ops still run on the reference path."""
+    return _kernels_run()
 
 
 def has_half(device_index: Optional[int] = None) -> bool:
-    """True: visionattn's op takes float16 on every device."""
-    return True
+    """Whether the kernels run in float16 (NATTEN: CUDA and compute capability >= 5.0): :func:`has_cuda`. The
+    reference path takes float16 as well; NATTEN answers for its kernels, hence False without CUDA."""
+    return _kernels_run()
 
 
 def has_bfloat(device_index: Optional[int] = None) -> bool:
-    """Whether bfloat16 runs: on CUDA, whether the device supports it; on the CPU, True."""
-    return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
+    """Whether the kernels run in bfloat16: :func:`has_cuda` and compute capability >= 8.0 (NATTEN's bound)."""
+    return _kernels_run() and get_device_cc(device_index) >= 80
 
 
 def has_fna(device_index: Optional[int] = None) -> bool:
-    """True: visionattn's fused op runs on every device (Triton on CUDA, the gathered reference elsewhere)."""
-    return True
+    """Whether the fused kernels run (NATTEN: built with FNA and a device that runs it): :func:`has_cuda`. Code that
+    turns fused NA on when this is True changes nothing here; the op is fused on every device."""
+    return _kernels_run()
 
 
 has_fused_na = has_fna

@@ -1,15 +1,19 @@
 """NATTEN's functional APIs on visionattn's neighborhood-attention op: ``natten.functional`` of the drop-in.
 
 NATTEN (github.com/SHI-Labs/NATTEN, MIT; Hassani et al.) has had two functional APIs. Both are here, written anew
-against NATTEN's signatures (0.14.6-0.17.4 for the two-step ops, 0.20/0.21 for the fused ones):
+against NATTEN's signatures (0.14.6-0.17.4 for the two-step ops, 0.17.5 and 0.20/0.21 for the fused ones):
 
-- **Fused**, heads-last tensors [batch, *spatial, heads, head_dim]: ``na1d/na2d/na3d(query, key, value,
-  kernel_size, stride=1, dilation=1, is_causal=False, scale=None, additional_keys=None, additional_values=None)``.
-  They call :func:`visionattn.ops.neighborhood_attention` (Triton on CUDA, the PyTorch reference elsewhere). With
+- **Fused**, heads-last tensors [batch, *spatial, heads, head_dim]: here ``na1d/na2d/na3d(query, key, value,
+  kernel_size, dilation=1, is_causal=False, rpb=None, scale=None, additional_keys=None, additional_values=None,
+  xformers_kwargs=None)``, the order of NATTEN 0.17.5's ``natten.functional`` (the version the drop-in reports);
+  ``na1d_v020``... are NATTEN >= 0.20's ``natten.na1d/na2d/na3d(query, key, value, kernel_size, stride=1,
+  dilation=1, is_causal=False, scale=None, additional_keys=None, additional_values=None)``, which the drop-in
+  exports at its top level (0.17.5 had no callable there). Each takes the other's arguments by keyword. They
+  call :func:`visionattn.ops.neighborhood_attention` (Triton on CUDA, the PyTorch reference elsewhere). With
   ``additional_keys``/``additional_values`` (extra tokens every query attends to, in the same softmax) or
   ``return_lse=True`` they run an exact gather path instead. Keys and values may have fewer heads than the
-  queries (GQA/MQA, repeated as NATTEN repeats them). ``rpb=`` is accepted as a keyword: NATTEN 0.17's fused ops
-  took a relative positional bias, and 0.20 dropped it.
+  queries (GQA/MQA, repeated as NATTEN repeats them). 0.20's ops take ``rpb=`` as a keyword (0.20 dropped it).
+  Under autocast they compute, forward and backward, in their inputs' dtype, as NATTEN's autograd functions do.
 - **Two-step** (NATTEN <= 0.17, unfused), heads-first tensors [batch, heads, *spatial, head_dim]:
   ``na{1,2,3}d_qk`` / ``na{1,2,3}d_av`` (0.17), ``natten{1,2,3}dqkrpb``, ``natten{1,2,3}dqk``,
   ``natten{1,2,3}dav`` (0.14.6-0.17.4) and 0.15's ``na{1,2,3}d_qk_with_bias``. QK returns the logits [batch,
@@ -26,8 +30,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from ...ops.checks import BACKENDS
-from ...ops.neighborhood import neighborhood_attention, normalize_na_args
+from ...ops.checks import BACKENDS, choose_backend, first_order_only
+from ...ops.neighborhood import na_triton_checks, neighborhood_attention, normalize_na_args
 from ...ops.reference import NeighborTable, neighbor_table
 
 # NATTEN 0.15's natten.functional also held the capability queries and dispatcher switches (0.17's docs still import
@@ -88,10 +92,63 @@ def _autocast_off(t: torch.Tensor):
     """NATTEN's ops are extension kernels that autocast does not reach: they compute in their inputs' dtype (float32
     q and k give float32 logits under autocast). The einsums and matmuls here would be autocast to float16/bfloat16,
     so autocast is off around them."""
-    device = t.device.type
-    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-        return torch.autocast(device, enabled=False)
+    if _autocast_enabled(t):
+        return torch.autocast(t.device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def _autocast_enabled(t: torch.Tensor) -> bool:
+    device = t.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
+class _AutocastOffFn(torch.autograd.Function):
+    """``fn(*inputs)`` differentiated with autocast off: the forward builds ``fn``'s own graph on detached inputs, and
+    the backward differentiates that graph with autocast off, wherever ``backward()`` is called (inside an autocast
+    region, autocast would otherwise reach the backward of the einsums and matmuls)."""
+
+    @staticmethod
+    def forward(ctx, fn, device: str, *inputs):
+        leaves = [t.detach().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t for t in inputs]
+        with torch.enable_grad(), torch.autocast(device, enabled=False):
+            outputs = fn(*leaves)
+        ctx.single = isinstance(outputs, torch.Tensor)
+        outputs = (outputs,) if ctx.single else tuple(outputs)
+        ctx.device, ctx.leaves, ctx.outputs = device, leaves, outputs
+        # saved for first_order_only, which ties the gradients to them (the graph above is on detached copies)
+        ctx.save_for_backward(*(t for t in inputs if isinstance(t, torch.Tensor)))
+        detached = tuple(out.detach() for out in outputs)
+        return detached[0] if ctx.single else detached
+
+    @staticmethod
+    @first_order_only('natten under autocast', hint='the call outside torch.autocast')
+    def backward(ctx, *grads):
+        leaves, outputs = ctx.leaves, ctx.outputs  # freed with ctx, as the outer graph is (retain_graph works)
+        wanted = [i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor) and t.requires_grad]
+        pairs = [(out, grad) for out, grad in zip(outputs, grads) if grad is not None and out.requires_grad]
+        result = [None] * len(leaves)
+        if wanted and pairs:
+            with torch.autocast(ctx.device, enabled=False):
+                got = torch.autograd.grad([out for out, _ in pairs], [leaves[i] for i in wanted],
+                                          [grad for _, grad in pairs], retain_graph=True, allow_unused=True)
+            for i, grad in zip(wanted, got):
+                result[i] = grad
+        return (None, None, *result)
+
+
+def _in_inputs_dtype(fn, *inputs):
+    """``fn(*inputs)`` as NATTEN's autograd functions run under autocast (``custom_fwd``/``custom_bwd`` around
+    extension kernels): forward and backward in the inputs' dtype. Without autocast, ``fn`` is called as it is; under
+    ``torch.compile`` (which traces the backward itself) only the forward has autocast off."""
+    first = next(t for t in inputs if isinstance(t, torch.Tensor))
+    if not _autocast_enabled(first):
+        return fn(*inputs)
+    device = first.device.type
+    needs_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
+    if not needs_grad or torch.compiler.is_compiling():
+        with torch.autocast(device, enabled=False):
+            return fn(*inputs)
+    return _AutocastOffFn.apply(fn, device, *inputs)
 
 
 def _neighbor_logits(q: torch.Tensor, k: torch.Tensor, table: NeighborTable,
@@ -248,10 +305,10 @@ def _gathered_attention(name: str, query: torch.Tensor, key: torch.Tensor, value
 
 
 def _not_017_order(name: str, dilation, is_causal) -> None:
-    """Refuses NATTEN 0.17's positional order, naming it: its fused ops took (kernel_size, dilation, is_causal, rpb,
-    scale), 0.20's take (kernel_size, stride, dilation, is_causal, scale). A bool where 0.20 has dilation, or a tensor
-    where it has is_causal, can only be 0.17's order (with five positional arguments the two orders cannot be told
-    apart, and 0.20's is taken)."""
+    """Refuses NATTEN 0.17's positional order at the top-level ``natten.na{n}d`` (NATTEN >= 0.20's only; 0.17 had
+    no callable there), naming it: 0.17's ``natten.functional.na{n}d`` took (kernel_size, dilation, is_causal, rpb,
+    scale), 0.20's ``natten.na{n}d`` takes (kernel_size, stride, dilation, is_causal, scale). A bool where 0.20 has
+    dilation, or a tensor where it has is_causal, can only be 0.17's order."""
     bools = isinstance(dilation, bool) or (
         isinstance(dilation, (tuple, list)) and len(dilation) > 0 and all(isinstance(d, bool) for d in dilation))
     if bools or isinstance(is_causal, torch.Tensor):
@@ -260,32 +317,81 @@ def _not_017_order(name: str, dilation, is_causal) -> None:
             f"{_where(name)}: got dilation={dilation!r}, is_causal={causal}: this looks like NATTEN "
             f"0.17's fused {name}(query, key, value, kernel_size, dilation, is_causal, rpb, scale) called "
             "positionally; the drop-in takes NATTEN >= 0.20's order (kernel_size, stride, dilation, is_causal, scale): "
-            'pass dilation=, is_causal=, rpb= and scale= by keyword')
+            f'pass dilation=, is_causal=, rpb= and scale= by keyword, or call natten.functional.{name}, which keeps '
+            "0.17's order")
+
+
+def _not_020_order(name: str, is_causal, rpb) -> None:
+    """Refuses NATTEN >= 0.20's positional order at ``natten.functional.na{n}d``, which keeps the order of the NATTEN
+    the drop-in reports (0.17.5: kernel_size, dilation, is_causal, rpb, scale). An int where 0.17 has is_causal (0.20's
+    dilation), or a bool where it has rpb (0.20's is_causal), can only be 0.20's order; both were errors in 0.17.
+    ``(kernel_size, x)`` is valid in both and means dilation=x, as in 0.17."""
+    def ints(value):
+        if isinstance(value, (tuple, list)):
+            return len(value) > 0 and any(type(x) is int for x in value)
+        return type(value) is int
+
+    def bools(value):
+        if isinstance(value, (tuple, list)):
+            return len(value) > 0 and all(isinstance(x, bool) for x in value)
+        return isinstance(value, bool)
+
+    if ints(is_causal) or bools(rpb):
+        raise ValueError(
+            f'natten.functional.{name}: got is_causal={is_causal!r}, rpb={rpb!r}: this looks like NATTEN >= 0.20\'s '
+            f'order {name}(query, key, value, kernel_size, stride, dilation, is_causal, scale) called positionally; '
+            f"natten.functional.{name} takes the order of NATTEN 0.17.5 (the version the drop-in reports): "
+            f'(kernel_size, dilation, is_causal, rpb, scale). Call natten.{name}, which takes 0.20\'s order, or pass '
+            'stride=, dilation= and is_causal= by keyword')
+
+
+def _runs_triton(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rpb: Optional[torch.Tensor],
+                 backend: Optional[str]) -> bool:
+    """Whether the op will run its Triton kernel (whose autograd function already runs in the inputs' dtype under
+    autocast). Invalid inputs answer False; the op then raises its own error."""
+    try:
+        return choose_backend('neighborhood_attention', backend, [query, key, value, rpb],
+                              na_triton_checks(query, value)) == 'triton'
+    except (ValueError, RuntimeError):
+        return False
 
 
 def _fused(name: str, n_dim: int, query, key, value, kernel_size, stride, dilation, is_causal, scale,
-           additional_keys, additional_values, rpb, backend, return_lse, tuning):
+           additional_keys, additional_values, rpb, backend, return_lse, tuning, order: str):
     unknown = sorted(set(tuning) - TUNING_ARGUMENTS)
     if unknown:
         raise TypeError(f'{name}() got an unexpected keyword argument {unknown[0]!r}')
     _check_rank(name, n_dim, False, query=query, key=key, value=value)
-    _not_017_order(name, dilation, is_causal)
+    if order == '0.17':
+        _not_020_order(name, is_causal, rpb)
+    else:
+        _not_017_order(name, dilation, is_causal)
     backend = _backend(name, backend)
     scale = scale or None  # NATTEN takes `scale or head_dim ** -0.5`
     key, value, additional_keys, additional_values = _kv_heads(name, query, key, value, additional_keys,
                                                                additional_values)
+    dilation = 1 if dilation is None else dilation
+    stride = 1 if stride is None else stride
+    is_causal = False if is_causal is None else is_causal
     if additional_keys is None and not return_lse:
+        def attend(q, k, v, bias):
+            return neighborhood_attention(q, k, v, kernel_size, dilation, stride, is_causal, rpb=bias, scale=scale,
+                                          backend=backend)
+
         try:
-            # Autocast off: the Triton op ignores it anyway, the reference path would run in float16/bfloat16.
-            with _autocast_off(query):
-                return neighborhood_attention(query, key, value, kernel_size, 1 if dilation is None else dilation,
-                                              1 if stride is None else stride,
-                                              False if is_causal is None else is_causal, rpb=rpb, scale=scale,
-                                              backend=backend)
+            if not _autocast_enabled(query) or _runs_triton(query, key, value, rpb, backend):
+                # The Triton op ignores autocast (its backward as well); the reference path would run autocast.
+                with _autocast_off(query):
+                    return attend(query, key, value, rpb)
+            return _in_inputs_dtype(attend, query, key, value, rpb)
         except ValueError as error:
             raise ValueError(f'{_where(name)}: {str(error).removeprefix("neighborhood_attention: ")}') from None
-    out, lse = _gathered_attention(name, query, key, value, kernel_size, dilation, stride, is_causal, rpb, scale,
-                                   additional_keys, additional_values)
+
+    def gathered(q, k, v, bias, extra_k, extra_v):
+        return _gathered_attention(name, q, k, v, kernel_size, dilation, stride, is_causal, bias, scale, extra_k,
+                                   extra_v)
+
+    out, lse = _in_inputs_dtype(gathered, query, key, value, rpb, additional_keys, additional_values)
     return (out, lse) if return_lse else out
 
 
@@ -319,35 +425,94 @@ _FUSED_DOC = """{n}-D neighborhood attention, NATTEN >= 0.20's ``natten.na{n}d``
     """
 
 
-def na1d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_size: IntOrTuple,
-         stride: IntOrTuple = 1, dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False,
-         scale: Optional[float] = None, additional_keys: Optional[torch.Tensor] = None,
-         additional_values: Optional[torch.Tensor] = None, *, rpb: Optional[torch.Tensor] = None,
-         backend: Optional[str] = None, return_lse: bool = False, **tuning):
+_FUSED_017_DOC = """{n}-D neighborhood attention, NATTEN 0.17's ``natten.functional.na{n}d`` (heads-last).
+
+    The positional order is 0.17.5's, the version the drop-in reports: (kernel_size, dilation, is_causal, rpb,
+    scale, additional_keys, additional_values, xformers_kwargs). NATTEN >= 0.20 put stride fifth; its top-level
+    ``natten.na{n}d`` takes that order, and here 0.20's arguments are keywords. A call that can only be 0.20's order
+    (an int as is_causal, a bool as rpb) raises a ValueError saying so.
+
+    Args:
+        query: [batch, {axes}, heads, head_dim].
+        key: [batch, {axes}, heads_kv, head_dim]; heads_kv divides heads (GQA/MQA).
+        value: [batch, {axes}, heads_kv, head_dim_v].
+        kernel_size: Window size, int or one per axis.
+        dilation: Dilation, int or per axis.
+        is_causal: Causal masking, bool or per axis.
+        rpb: Relative positional bias [heads, 2k-1 per axis], or None (not with causal axes).
+        scale: Multiplier of q . k; None (or 0, as NATTEN) gives head_dim ** -0.5.
+        additional_keys: None, or [batch, seqlen_kv, heads_kv, head_dim], attended in the same softmax.
+        additional_values: None, or [batch, seqlen_kv, heads_kv, head_dim_v], with ``additional_keys``.
+        xformers_kwargs: Accepted and ignored (0.17 passed it to xFormers for the additional tokens).
+        stride: GNA stride (NATTEN >= 0.20), keyword only.
+        backend: As :func:`natten.na{n}d`, keyword only.
+        return_lse: Also return the logsumexp [batch, {axes}, heads] (float32), keyword only.
+        **tuning: NATTEN >= 0.20's kernel-tuning arguments, accepted and ignored.
+
+    Returns:
+        [batch, {axes}, heads, head_dim_v], and the logsumexp with ``return_lse=True``.
+    """
+
+
+def na1d_v020(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_size: IntOrTuple,
+             stride: IntOrTuple = 1, dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False,
+             scale: Optional[float] = None, additional_keys: Optional[torch.Tensor] = None,
+             additional_values: Optional[torch.Tensor] = None, *, rpb: Optional[torch.Tensor] = None,
+             backend: Optional[str] = None, return_lse: bool = False, **tuning):
     return _fused('na1d', 1, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
-                  additional_values, rpb, backend, return_lse, tuning)
+                  additional_values, rpb, backend, return_lse, tuning, '0.20')
+
+
+def na2d_v020(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_size: IntOrTuple,
+             stride: IntOrTuple = 1, dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False,
+             scale: Optional[float] = None, additional_keys: Optional[torch.Tensor] = None,
+             additional_values: Optional[torch.Tensor] = None, *, rpb: Optional[torch.Tensor] = None,
+             backend: Optional[str] = None, return_lse: bool = False, **tuning):
+    return _fused('na2d', 2, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
+                  additional_values, rpb, backend, return_lse, tuning, '0.20')
+
+
+def na3d_v020(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_size: IntOrTuple,
+             stride: IntOrTuple = 1, dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False,
+             scale: Optional[float] = None, additional_keys: Optional[torch.Tensor] = None,
+             additional_values: Optional[torch.Tensor] = None, *, rpb: Optional[torch.Tensor] = None,
+             backend: Optional[str] = None, return_lse: bool = False, **tuning):
+    return _fused('na3d', 3, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
+                  additional_values, rpb, backend, return_lse, tuning, '0.20')
+
+
+def na1d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_size: IntOrTuple,
+         dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False, rpb: Optional[torch.Tensor] = None,
+         scale: Optional[float] = None, additional_keys: Optional[torch.Tensor] = None,
+         additional_values: Optional[torch.Tensor] = None, xformers_kwargs: Optional[dict] = None, *,
+         stride: IntOrTuple = 1, backend: Optional[str] = None, return_lse: bool = False, **tuning):
+    return _fused('na1d', 1, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
+                  additional_values, rpb, backend, return_lse, tuning, '0.17')
 
 
 def na2d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_size: IntOrTuple,
-         stride: IntOrTuple = 1, dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False,
+         dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False, rpb: Optional[torch.Tensor] = None,
          scale: Optional[float] = None, additional_keys: Optional[torch.Tensor] = None,
-         additional_values: Optional[torch.Tensor] = None, *, rpb: Optional[torch.Tensor] = None,
-         backend: Optional[str] = None, return_lse: bool = False, **tuning):
+         additional_values: Optional[torch.Tensor] = None, xformers_kwargs: Optional[dict] = None, *,
+         stride: IntOrTuple = 1, backend: Optional[str] = None, return_lse: bool = False, **tuning):
     return _fused('na2d', 2, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
-                  additional_values, rpb, backend, return_lse, tuning)
+                  additional_values, rpb, backend, return_lse, tuning, '0.17')
 
 
 def na3d(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel_size: IntOrTuple,
-         stride: IntOrTuple = 1, dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False,
+         dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False, rpb: Optional[torch.Tensor] = None,
          scale: Optional[float] = None, additional_keys: Optional[torch.Tensor] = None,
-         additional_values: Optional[torch.Tensor] = None, *, rpb: Optional[torch.Tensor] = None,
-         backend: Optional[str] = None, return_lse: bool = False, **tuning):
+         additional_values: Optional[torch.Tensor] = None, xformers_kwargs: Optional[dict] = None, *,
+         stride: IntOrTuple = 1, backend: Optional[str] = None, return_lse: bool = False, **tuning):
     return _fused('na3d', 3, query, key, value, kernel_size, stride, dilation, is_causal, scale, additional_keys,
-                  additional_values, rpb, backend, return_lse, tuning)
+                  additional_values, rpb, backend, return_lse, tuning, '0.17')
 
 
-for _fn, _n in ((na1d, 1), (na2d, 2), (na3d, 3)):
+for _fn, _n in ((na1d_v020, 1), (na2d_v020, 2), (na3d_v020, 3)):
     _fn.__doc__ = _FUSED_DOC.format(n=_n, axes=_AXES[_n])
+    _fn.__name__ = _fn.__qualname__ = f'na{_n}d'  # natten.na{n}d, as NATTEN >= 0.20 names it
+for _fn, _n in ((na1d, 1), (na2d, 2), (na3d, 3)):
+    _fn.__doc__ = _FUSED_017_DOC.format(n=_n, axes=_AXES[_n])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -381,18 +546,22 @@ def _qk(name: str, n_dim: int, query, key, kernel_size, dilation, is_causal, rpb
         raise ValueError(f'{_where(name)}: key ({tuple(key.shape)}, {key.dtype}, {key.device}) must match '
                          f'query ({tuple(query.shape)}, {query.dtype}, {query.device})')
     table = _two_step_problem(name, n_dim, query, kernel_size, dilation, is_causal, rpb)
-    q, k = query.flatten(2, -2), key.flatten(2, -2)
-    attn = _neighbor_logits(q, k, table, rpb)
     if additional_keys is not None:
         is_4d = isinstance(additional_keys, torch.Tensor) and additional_keys.dim() == 4
         want = (*query.shape[:2], additional_keys.shape[2] if is_4d else -1, query.shape[-1])
-        if not is_4d or tuple(additional_keys.shape) != want or additional_keys.dtype != q.dtype:
+        if not is_4d or tuple(additional_keys.shape) != want or additional_keys.dtype != query.dtype:
             got = tuple(additional_keys.shape) if isinstance(additional_keys, torch.Tensor) else additional_keys
             raise ValueError(f'{_where(name)}: additional_keys must be [batch, heads, tokens, head_dim] = '
-                             f'{want} in {q.dtype}, got {got}')
-        with _autocast_off(q):
+                             f'{want} in {query.dtype}, got {got}')
+
+    def logits(query, key, rpb, additional_keys):
+        q, k = query.flatten(2, -2), key.flatten(2, -2)
+        attn = _neighbor_logits(q, k, table, rpb)
+        if additional_keys is not None:
             attn = torch.cat([attn, q @ additional_keys.transpose(-1, -2)], dim=-1)
-    return attn.unflatten(2, query.shape[2:2 + n_dim])
+        return attn.unflatten(2, query.shape[2:2 + n_dim])
+
+    return _in_inputs_dtype(logits, query, key, rpb, additional_keys)
 
 
 def _av(name: str, n_dim: int, attn, value, kernel_size, dilation, is_causal, additional_values) -> torch.Tensor:
@@ -420,12 +589,15 @@ def _av(name: str, n_dim: int, attn, value, kernel_size, dilation, is_causal, ad
         extra = f' + {n_extra} additional values' if n_extra else ''
         raise ValueError(f'{_where(name)}: attn has {attn.shape[-1]} weights per query, expected '
                          f'prod(kernel_size) = {n_keys}{extra}')
-    a, v = attn.flatten(2, -2), value.flatten(2, -2)
-    out = _neighbor_sum(a[..., :n_keys], v, table)
-    if n_extra:
-        with _autocast_off(v):
+
+    def weighted_sum(attn, value, additional_values):
+        a, v = attn.flatten(2, -2), value.flatten(2, -2)
+        out = _neighbor_sum(a[..., :n_keys], v, table)
+        if n_extra:
             out = out + a[..., n_keys:] @ additional_values
-    return out.unflatten(2, value.shape[2:2 + n_dim])
+        return out.unflatten(2, value.shape[2:2 + n_dim])
+
+    return _in_inputs_dtype(weighted_sum, attn, value, additional_values)
 
 
 _QK_DOC = """{n}-D neighborhood QK, NATTEN 0.17's ``natten.functional.na{n}d_qk`` (heads-first, unfused).
