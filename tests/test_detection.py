@@ -473,7 +473,8 @@ def test_train_and_test_tools_on_synthetic_shapes(tmp_path):
     line = next(ln for ln in (proc.stdout + proc.stderr).splitlines() if 'test metrics:' in ln)
     assert "'coco/bbox_mAP': " in line and "'coco/bbox_mAP_50': " in line
     assert 0.0 <= float(line.split("'coco/bbox_mAP': ")[1].split(',')[0]) <= 1.0
-    assert len(list((tmp_path / 'shown').glob('*.png'))) == 4
+    assert len(list((tmp_path / 'shown').glob('0*.png'))) == 4  # one drawing per sample, and their overview
+    assert (tmp_path / 'shown' / 'overview.png').is_file()
 
 
 def test_coco_schedule_gives_the_backbone_a_tenth_of_the_lr():

@@ -474,6 +474,13 @@ def test_samples_hook_draws_control_base_generated_and_real(tmp_path):
         expected = samples[1].get(key).permute(1, 2, 0).numpy()
         assert np.array_equal(panel[::2, ::2], expected), key
     assert np.array_equal(strip[16::2, 0:32:2, 0], samples[1].control[0].numpy())
+    # the overview at the end of the test: the drawings side by side in one picture, in order
+    hook.after_test_epoch(None)
+    sheet = np.asarray(Image.open(tmp_path / 'overview.png'))
+    width = strip.shape[1]
+    assert sheet.shape == (strip.shape[0], 3 * width + 2 * 4, 3)
+    for i, path in enumerate(written):
+        assert np.array_equal(sheet[:, i * (width + 4):i * (width + 4) + width], np.asarray(Image.open(path)))
 
 
 def test_edge_f1_on_known_maps():

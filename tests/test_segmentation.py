@@ -531,7 +531,8 @@ def test_train_and_test_tools_on_synthetic_shapes(tmp_path):
     line = next(ln for ln in (proc.stdout + proc.stderr).splitlines() if 'test metrics:' in ln)
     assert "'mIoU': " in line and "'IoU.disk': " in line
     assert 0.0 <= float(line.split("'mIoU': ")[1].split(',')[0]) <= 100.0
-    assert len(list((tmp_path / 'shown').glob('*.png'))) == 6
+    assert len(list((tmp_path / 'shown').glob('0*.png'))) == 6  # one drawing per sample, and their overview
+    assert (tmp_path / 'shown' / 'overview.png').is_file()
 
 
 def _labelled_item(h, w, labels, index=0, gt_size=None):

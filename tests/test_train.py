@@ -74,7 +74,8 @@ def test_train_learns_and_test_reproduces_validation(tmp_path):
     top1 = float(line.split("'accuracy/top1': ")[1].split(',')[0])
     assert top1 == pytest.approx(val[-1]['accuracy/top1'])
     assert out.stat().st_size > 0
-    assert len(list((tmp_path / 'shown').glob('*.png'))) == 64
+    assert len(list((tmp_path / 'shown').glob('0*.png'))) == 64  # one drawing per sample, and their overview
+    assert (tmp_path / 'shown' / 'overview.png').is_file()
 
 
 def test_test_tool_names_a_num_classes_mismatch(tmp_path):

@@ -332,17 +332,24 @@ class TrainingCurveHook(Hook):
 
 class ShowDirHook(Hook):
     """Base of the hooks that draw test predictions for ``tools/test.py --show-dir``: on the main process, saves
-    ``draw``'s picture of each of the first ``max_images`` test samples to ``out_dir/<count>_<name>.png``.
+    ``draw``'s picture of each of the first ``max_images`` test samples to ``out_dir/<count>_<name>.png``, and at the
+    end of the test the first ``overview`` of them side by side in one picture, ``out_dir/overview.png`` (what a
+    reader looks at first; one file to copy off a remote machine).
 
     Args:
         out_dir: Folder to write PNGs to.
         max_images: Stop after this many images.
+        overview: Pictures in the overview (0: none).
     """
+    OVERVIEW = 'overview.png'
+    OVERVIEW_WIDTH = 1600  # pixels: as many columns as fit, at least one
 
-    def __init__(self, out_dir: str, max_images: int = 64):
+    def __init__(self, out_dir: str, max_images: int = 64, overview: int = 16):
         self.out_dir = Path(out_dir)
         self.max_images = max_images
+        self.overview = overview
         self._written = 0
+        self._sheet = []
 
     def draw(self, runner, image: Optional[torch.Tensor], sample):
         """The picture of one sample (a uint8 [H, W, 3] array or a PIL image) and its file name's suffix;
@@ -361,7 +368,23 @@ class ShowDirHook(Hook):
             picture, name = self.draw(runner, image, sample)
             picture = Image.fromarray(picture) if isinstance(picture, np.ndarray) else picture
             picture.save(self.out_dir / f'{self._written:05d}_{name}.png')
+            if len(self._sheet) < self.overview:
+                self._sheet.append(picture.convert('RGB'))
             self._written += 1
+
+    def after_test_epoch(self, runner, metrics=None) -> None:
+        if not is_main_process() or not self._sheet:
+            return
+        from PIL import Image
+        gap = 4
+        width, height = max(p.width for p in self._sheet), max(p.height for p in self._sheet)
+        columns = max(1, min(len(self._sheet), (self.OVERVIEW_WIDTH + gap) // (width + gap)))
+        rows = -(-len(self._sheet) // columns)
+        sheet = Image.new('RGB', (columns * (width + gap) - gap, rows * (height + gap) - gap), 'white')
+        for i, picture in enumerate(self._sheet):
+            sheet.paste(picture, ((i % columns) * (width + gap), (i // columns) * (height + gap)))
+        sheet.save(self.out_dir / self.OVERVIEW)
+        self._sheet = []
 
 
 @HOOKS.register_module()
