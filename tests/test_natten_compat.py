@@ -570,6 +570,13 @@ def test_module_attention_dropout_runs_unfused_in_training():
 # ----------------------------------------------------------------------------------------------------------------
 # install(): `import natten` gives the drop-in, never over a real natten.
 
+def _skip_if_a_real_natten_is_installed():
+    """install() keeps a real natten (test_install_never_replaces_a_real_natten covers that case): skip the tests of
+    the drop-in's own `import natten` there."""
+    if importlib.util.find_spec('natten') is not None:
+        pytest.skip('a real natten is installed here: install() keeps it')
+
+
 @pytest.fixture
 def natten_unloaded():
     """No `natten` module imported during the test; whatever was imported before is restored after it."""
@@ -586,8 +593,7 @@ def natten_unloaded():
 
 
 def test_install_makes_import_natten_give_the_dropin(natten_unloaded):
-    if importlib.util.find_spec('natten') is not None:
-        pytest.skip('a real natten is installed here (test_install_never_replaces_a_real_natten covers that case)')
+    _skip_if_a_real_natten_is_installed()
     assert natten.install() is natten
     import natten as imported
     from natten.context import use_fused_na
@@ -606,8 +612,7 @@ def test_install_makes_import_natten_give_the_dropin(natten_unloaded):
 def test_install_provides_the_natten_017_module_files(natten_unloaded):
     # NATTEN 0.17 kept its modules in natten/na{1,2,3}d.py (0.17's natten.natten2d tells users to import from
     # natten.na2d); `from natten.na2d import NeighborhoodAttention2D` was a ModuleNotFoundError.
-    if importlib.util.find_spec('natten') is not None:
-        pytest.skip('a real natten is installed here: install() keeps it')
+    _skip_if_a_real_natten_is_installed()
     natten.install()
     from natten.na1d import NeighborhoodAttention1D
     from natten.na2d import NeighborhoodAttention2D, na2d, na2d_av, na2d_qk
@@ -628,8 +633,7 @@ def test_install_makes_natten_visible_to_package_metadata(natten_unloaded):
     # Hugging Face transformers (NAT, DiNAT, OneFormer's DiNAT) decides whether natten is installed with
     # importlib.util.find_spec('natten') and importlib.metadata.version('natten'); the second raised
     # PackageNotFoundError, so NatModel refused to build ("requires the natten library") after install().
-    if importlib.util.find_spec('natten') is not None:
-        pytest.skip('a real natten is installed here: install() keeps it')
+    _skip_if_a_real_natten_is_installed()
     natten.install()
     assert importlib.util.find_spec('natten') is not None
     assert importlib.metadata.version('natten') == natten.__version__
@@ -793,8 +797,7 @@ class NAT(nn.Module):
 @pytest.fixture
 def nat_style(natten_unloaded, tmp_path):
     """The official-style model's module, imported (its `import natten` included) after install()."""
-    if importlib.util.find_spec('natten') is not None:
-        pytest.skip('a real natten is installed here: install() keeps it')
+    _skip_if_a_real_natten_is_installed()
     path = tmp_path / 'nat_style.py'
     path.write_text(NAT_STYLE_SOURCE)
     natten.install()
@@ -1007,8 +1010,7 @@ def test_functional_has_the_capability_queries_of_natten_015(natten_unloaded):
     for name in ('enable_tf32', 'disable_tf32', 'enable_tiled_na', 'disable_tiled_na', 'enable_gemm_na',
                  'disable_gemm_na', 'get_device_cc'):
         assert callable(getattr(functional, name))
-    if importlib.util.find_spec('natten') is not None:
-        pytest.skip('a real natten is installed here: install() keeps it')
+    _skip_if_a_real_natten_is_installed()
     natten.install()
     from natten.utils import get_device_cc
     assert get_device_cc is functional.get_device_cc
@@ -1047,8 +1049,7 @@ def test_has_libnatten_is_false_and_libnatten_does_not_import(natten_unloaded):
     # The drop-in has no such module, so the flag must stay False (code then takes NATTEN's non-libnatten path, which
     # still calls natten.na2d).
     assert natten.HAS_LIBNATTEN is False
-    if importlib.util.find_spec('natten') is not None:
-        pytest.skip('a real natten is installed here: install() keeps it')
+    _skip_if_a_real_natten_is_installed()
     natten.install()
     with pytest.raises(ImportError):
         from natten import libnatten  # noqa: F401
@@ -1102,8 +1103,7 @@ def test_compat_module_on_cuda_matches_cpu():
 
 
 def test_readme_example_runs(natten_unloaded, capsys):
-    if importlib.util.find_spec('natten') is not None:
-        pytest.skip('a real natten is installed here: install() keeps it')
+    _skip_if_a_real_natten_is_installed()
     readme = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
     section = readme[readme.index('## NATTEN drop-in'):]
     example = re.findall(r'```python\n(.*?)\n```', section, flags=re.S)[1]

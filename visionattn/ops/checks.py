@@ -10,6 +10,7 @@ and the environment is read through :func:`torch.compiler.assume_constant_result
 takes the choice as a constant of the graph (the environment as it was when the graph was compiled) instead of
 breaking the graph at every attention call.
 """
+import functools
 import importlib.util
 import logging
 import math
@@ -192,6 +193,7 @@ def first_order_only(op: str, hint: str = "backend='reference'"):
     second-order terms without an error. The Function must save the tensors its gradients depend on.
     """
     def wrap(backward):
+        @functools.wraps(backward)
         def checked(ctx, *grad_outputs):
             if not torch.is_grad_enabled():
                 return backward(ctx, *grad_outputs)
@@ -206,6 +208,5 @@ def first_order_only(op: str, hint: str = "backend='reference'"):
             for (i, _), g in zip(tensors, tied):
                 out[i] = g
             return tuple(out)
-        checked.__name__, checked.__doc__ = backward.__name__, backward.__doc__
         return checked
     return wrap
