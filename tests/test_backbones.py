@@ -3,6 +3,7 @@ import re
 import warnings
 from functools import lru_cache
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -106,6 +107,12 @@ def test_features_only_refuses_bad_out_indices(name):
     for bad in ((2, 0), (), (0, 9)):
         with pytest.raises(ValueError, match='indices'):
             _create(name, features_only=True, out_indices=bad)
+    # Levels that are not ints (a config's 1.0, a bool) failed inside the model's stage slicing with "slice indices
+    # must be integers", naming neither out_indices nor the value; NumPy ints are levels.
+    for bad in ((1.0, 2.0), 2.0, (True, 2)):
+        with pytest.raises(ValueError, match='levels are ints'):
+            _create(name, features_only=True, out_indices=bad)
+    assert len(_create(name, features_only=True, out_indices=(np.int64(0), 1)).feature_info.channels()) == 2
 
 
 @pytest.mark.parametrize('name', _smallest_per_family())
