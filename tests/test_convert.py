@@ -231,6 +231,26 @@ def test_backbone_family_goes_through_its_checkpoint_filter(tmp_path):
         _tool().main(['no_such_family', str(tmp_path / 'eca.pth.tar'), str(tmp_path / 'x.pth')])
 
 
+def test_two_weight_sets_are_named_and_ema_chooses(tmp_path, capsys):
+    # A checkpoint with the trained weights and their EMA (timm's train.py saves both) was converted from the first
+    # without a word; either may be the one a paper reports. Now the choice is printed and --ema takes the EMA's.
+    trained, averaged = official_eca_model('eca_resnet18').state_dict(), {}
+    for k, v in trained.items():
+        averaged[k] = v + 1 if v.is_floating_point() else v
+    path = tmp_path / 'both.pth.tar'
+    torch.save({'epoch': 3, 'state_dict': trained, 'state_dict_ema': averaged}, path)
+    key = 'layer1.0.se.conv.weight'
+    summary = _tool().main(['eca_resnet18', str(path), str(tmp_path / 'a.safetensors')])
+    assert "not their EMA 'state_dict_ema'" in capsys.readouterr().out and summary['weights_note']
+    assert torch.equal(load_checkpoint_file(tmp_path / 'a.safetensors')[key], trained['layer1.0.eca.conv.weight'])
+    summary = _tool().main(['eca_resnet18', str(path), str(tmp_path / 'b.safetensors'), '--ema'])
+    assert torch.equal(load_checkpoint_file(tmp_path / 'b.safetensors')[key], averaged['layer1.0.eca.conv.weight'])
+    torch.save({'state_dict': trained}, tmp_path / 'plain.pth')
+    assert _tool().main(['eca_resnet18', str(tmp_path / 'plain.pth'), str(tmp_path / 'c.pth')])['weights_note'] is None
+    with pytest.raises(SystemExit, match='--ema: the checkpoint holds no EMA weights'):
+        _tool().main(['eca_resnet18', str(tmp_path / 'plain.pth'), str(tmp_path / 'd.pth'), '--ema'])
+
+
 def test_a_training_checkpoint_points_to_publish(tmp_path):
     # Issue 22: convert.py refused a tools/train.py checkpoint for its numpy objects; now it reads the weights and
     # names the tool that exports them (the task model's prefixes are not an official layout to convert).

@@ -17,7 +17,8 @@ not fit fails with the missing, unexpected and mis-shaped keys and nothing is wr
 ``.safetensors`` is written with safetensors, anything else with ``torch.save`` as a plain state dict; either way
 through a temporary file renamed into place, with its sha256 written beside it as ``OUT.sha256`` (``sha256sum -c``
 format), which every later load checks. An existing ``OUT`` is replaced only with ``--force``, and never when it is the
-input checkpoint itself.
+input checkpoint itself. A checkpoint holding two weight sets (the trained weights and their EMA, as timm's and
+DeiT-style training scripts save them) gives the trained ones and says so; ``--ema`` takes the EMA's.
 
 New families register with :func:`register_converter`.
 """
@@ -47,7 +48,8 @@ from visionattn.hub import (
 )
 from visionattn.integrity import replace_with_digest
 
-__all__ = ['Converter', 'CONVERTERS', 'register_converter', 'read_checkpoint', 'convert', 'save_state_dict', 'main']
+__all__ = ['Converter', 'CONVERTERS', 'register_converter', 'read_checkpoint', 'choose_weight_set', 'convert',
+           'save_state_dict', 'main']
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,36 @@ def backbone_converter(name: str) -> Converter:
 
 
 # -- reading, converting, writing -----------------------------------------------------------------------------------
+# Where training scripts keep the two weight sets: the trained weights (timm: 'state_dict'; DeiT-style: 'model') and
+# their exponential moving average (timm: 'state_dict_ema'; DeiT-style: 'model_ema').
+_TRAINED_KEYS = ('state_dict', 'model', 'module')
+_EMA_KEYS = ('state_dict_ema', 'model_ema')
+
+
+def weight_sets(checkpoint: Any) -> Tuple[Optional[str], Optional[str]]:
+    """(the top-level key of the trained weights, that of their EMA); None where the checkpoint has no such dict."""
+    if not isinstance(checkpoint, dict):
+        return None, None
+    def first(keys):
+        return next((k for k in keys if isinstance(checkpoint.get(k), dict)), None)
+    return first(_TRAINED_KEYS), first(_EMA_KEYS)
+
+
+def choose_weight_set(checkpoint: Any, ema: bool) -> Tuple[Any, Optional[str]]:
+    """The checkpoint to convert and a note for the user: with ``ema`` the EMA's weights (refused, naming the
+    entries, where there are none); otherwise the checkpoint as it is, noting that an EMA set was left (it had been
+    left without a word, and either set may be the one a paper reports)."""
+    trained, averaged = weight_sets(checkpoint)
+    if ema:
+        if averaged is None:
+            found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+            raise SystemExit(f'convert.py: --ema: the checkpoint holds no EMA weights (looked for '
+                             f'{" / ".join(_EMA_KEYS)}; top-level entries: {found})')
+        return checkpoint[averaged], f'converted the EMA weights {averaged!r}'
+    if trained is not None and averaged is not None:
+        return checkpoint, (f'the checkpoint holds two weight sets: converted the trained weights {trained!r}, not '
+                            f'their EMA {averaged!r} (pass --ema for those)')
+    return checkpoint, None
 def read_checkpoint(source: str, member: Optional[str] = None) -> Tuple[Dict[str, Any], Path]:
     """Read a local file, a release ``.zip`` or a URL without running pickled code, after an integrity check."""
     downloaded = source.startswith(('http://', 'https://'))
@@ -235,6 +267,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--num-heads', type=int, default=None, help='Focus-DETR attention heads (default: the '
                         'official 8)')
     parser.add_argument('--member', default=None, help='the checkpoint inside a .zip holding several')
+    parser.add_argument('--ema', action='store_true', help="convert the checkpoint's EMA weights (state_dict_ema / "
+                        'model_ema) instead of the trained ones')
     parser.add_argument('--force', action='store_true', help='replace OUT when it exists (never the input itself)')
     parser.add_argument('--list', action='store_true', help='list the registered converters and exit')
     args = parser.parse_args(argv)
@@ -273,6 +307,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if _same_file(args.output, path):  # a .zip's member, unpacked beside it
             raise SystemExit(f'convert.py: OUT {args.output} is the checkpoint read from {args.input}: converting in '
                              'place would replace the original')
+        checkpoint, weights_note = choose_weight_set(checkpoint, args.ema)
         state, model, described = convert(args.family, checkpoint, args)
     except CheckpointError as e:
         hint = f'\n  {PUBLISH_HINT}' if is_engine_checkpoint(checkpoint) else ''
@@ -287,14 +322,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         'family': args.family, 'input': str(path), 'output': str(args.output), 'format': fmt, 'model': described,
         'tensors': len(state), 'elements': sum(v.numel() for v in tensors),
         'dropped': max(len(raw) - len(state), 0), 'renamed': len(set(state) - set(raw)),
-        'bytes': args.output.stat().st_size, 'sha256': digest,
+        'bytes': args.output.stat().st_size, 'sha256': digest, 'weights_note': weights_note,
     }
     print(f'{args.family}: {path} -> {args.output}\n'
           f'  model:   {described}: every key and shape of the converted weights matches\n'
           f'  tensors: {summary["tensors"]} written ({summary["elements"] / 1e6:.2f} M values), '
           f'{summary["renamed"]} renamed, {summary["dropped"]} input keys dropped (aliases, recomputed buffers)\n'
           f'  wrote:   {fmt}, {summary["bytes"] / 2 ** 20:.1f} MiB, sha256 {summary["sha256"]} '
-          f'(also in {args.output.name}.sha256)')
+          f'(also in {args.output.name}.sha256)' + (f'\n  note:    {weights_note}' if weights_note else ''))
     return summary
 
 
