@@ -253,6 +253,21 @@ def test_force_replaces_only_an_earlier_publish(publish_tool, tmp_path, monkeypa
     assert (out / 'model.safetensors').read_bytes() == first
 
 
+def test_card_says_a_half_precision_checkpoint_was_widened(publish_tool, tmp_path):
+    # Adversarial probe: a checkpoint saved in bfloat16 was published as float32 without a word.
+    path = tmp_path / 'epoch_2.pth'
+    _tiny_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint['state_dict'] = {k: v.bfloat16() if v.is_floating_point() else v
+                                for k, v in checkpoint['state_dict'].items()}
+    torch.save(checkpoint, tmp_path / 'bf16.pth')
+    publish_tool.main([DIGITS, str(tmp_path / 'bf16.pth'), str(tmp_path / 'bf16'), *TINY_BACKBONE])
+    assert 'stored these weights in bfloat16; published in the model\'s float32' in \
+        (tmp_path / 'bf16' / 'README.md').read_text()
+    publish_tool.main([DIGITS, str(path), str(tmp_path / 'fp32'), *TINY_BACKBONE])
+    assert 'Precision' not in (tmp_path / 'fp32' / 'README.md').read_text()
+
+
 def test_card_of_an_ema_run_says_whose_metrics_it_shows(publish_tool, tmp_path):
     # Adversarial probe: an EMAHook run validates its EMA; publishing the trained weights (the default) showed the
     # EMA's validation metrics in the card as if they were these weights' numbers.

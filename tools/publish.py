@@ -41,7 +41,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -296,7 +296,7 @@ def _format(value: float) -> str:
 def _model_card(*, model: nn.Module, arch: str, task: str, backbone: bool, config: str, checkpoint_path: Path,
                 checkpoint: Dict[str, Any], which: str, sha256: str, licence: str, licence_note: str,
                 data_config: Dict[str, Any], left_at_init: List[str], notes: List[str], name: str,
-                validated_ema: bool = False) -> Dict[str, Any]:
+                validated_ema: bool = False, stored_dtypes: Sequence[str] = ()) -> Dict[str, Any]:
     meta = checkpoint.get('meta') or {}
     metrics, measured, measured_iter = final_metrics(checkpoint)
     best = (checkpoint.get('message_hub') or {}).get('runtime_info', {}).get('best_score')
@@ -325,6 +325,9 @@ def _model_card(*, model: nn.Module, arch: str, task: str, backbone: bool, confi
         details[f'Validation metrics (the last in the checkpoint\'s history: {measured})'] = shown
     else:
         details['Validation metrics'] = 'none recorded in the checkpoint'
+    if stored_dtypes:
+        details['Precision'] = (f'the checkpoint stored these weights in {" and ".join(stored_dtypes)}; published in '
+                                f'the model\'s float32 (the same values: no precision is gained)')
     details['sha256 of model.safetensors'] = f'`{sha256}`'
     details['Licence'] = f'{licence} ({licence_note})'
     if left_at_init:
@@ -399,6 +402,10 @@ def publish(config: str, checkpoint_path: str, out_dir: str, ema: bool = False, 
         state, which = select_weights(checkpoint, ema)
     except CheckpointError as e:
         raise SystemExit(f'publish.py: {e}') from None
+    # A half-precision checkpoint (a run saved under fp16/bf16) loads into the float32 model and was published as
+    # float32 without a word; the card says so.
+    stored_dtypes = sorted({str(v.dtype).replace('torch.', '') for v in state.values()
+                            if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != torch.float32})
     _force_no_pretrained(cfg.model)
     task = MODELS.build(cfg.model).eval()
     try:
@@ -454,7 +461,8 @@ def publish(config: str, checkpoint_path: str, out_dir: str, ema: bool = False, 
         card = _model_card(model=model, arch=arch, task=type(task).__name__, backbone=backbone_only, config=config,
                            checkpoint_path=Path(checkpoint_path), checkpoint=checkpoint, which=which, sha256=sha256,
                            licence=licence, licence_note=licence_note, data_config=data_config, left_at_init=left,
-                           notes=notes, name=name, validated_ema=not ema and _holds_ema(checkpoint))
+                           notes=notes, name=name, validated_ema=not ema and _holds_ema(checkpoint),
+                           stored_dtypes=stored_dtypes)
         (tmp / 'README.md').write_text(generate_readme(card, name, task_name=task_name), encoding='utf-8')
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
