@@ -33,7 +33,13 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from visionattn.hub import CheckpointError, CheckpointMismatchError, load_checkpoint_file, unwrap_state_dict
+from visionattn.hub import (
+    CheckpointError,
+    CheckpointMismatchError,
+    load_checkpoint_file,
+    summarise_keys,
+    unwrap_state_dict,
+)
 
 from .segmentation.decoders import FeatureBackbone
 
@@ -304,10 +310,17 @@ class ZooBackbone(BaseModule):
                                  + (f', ... ({len(keys) - 12} more)' if len(keys) > 12 else ''))
             raise CheckpointMismatchError('\n'.join(lines))
         self.load_state_dict(state, strict=False)
-        if ignored or missing or unexpected or mismatched:
-            _logger.info('loaded %s into ZooBackbone(%r); not used: %d keys of dropped modules, missing %d, '
-                         'unexpected %d, mis-shaped %d', checkpoint, self.model_name, len(ignored), len(missing),
-                         len(unexpected), len(mismatched))
+        if missing or unexpected or mismatched:
+            # strict=False loads what fits; what does not is a warning with the keys (as mmengine's load_checkpoint
+            # warns), not an info line that default logging hides: a mis-shaped layer stays at initialisation.
+            parts = [f'{label} ({len(keys)}): {summarise_keys(keys, 6)}' for label, keys in (
+                ('missing', missing), ('unexpected', unexpected), ('mis-shaped, left at initialisation', mismatched))
+                if keys]
+            _logger.warning('loaded %s into ZooBackbone(%r) with strict=False; %s', checkpoint, self.model_name,
+                            '; '.join(parts))
+        if ignored:
+            _logger.info('loaded %s into ZooBackbone(%r); not used: %d keys of modules the feature extractor drops',
+                         checkpoint, self.model_name, len(ignored))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         return tuple(self.features(x))

@@ -473,6 +473,26 @@ def test_init_cfg_pretrained_refuses_values_of_another_kind(tmp_path, strict):
     assert all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items())
 
 
+def test_non_strict_load_warns_naming_what_did_not_fit(tmp_path, caplog):
+    # Adversarial probe: strict=False left a mis-shaped layer at initialisation with one info-level line (hidden by
+    # default logging) that counted the keys without naming them.
+    weights = _timm_weights()
+    weights['layer1.0.conv1.weight'] = torch.zeros(3, 3, 3, 3)
+    del weights['layer2.0.bn1.bias']
+    path = tmp_path / 'partial.pth'
+    torch.save(weights, path)
+    backbone = ZooBackbone('resnet18', out_indices=(1, 2))
+    with caplog.at_level('WARNING', logger='visionattn.heads.mm_compat'):
+        backbone.load_pretrained(str(path), strict=False)
+    warned = ' '.join(r.getMessage() for r in caplog.records if r.levelname == 'WARNING')
+    assert 'strict=False' in warned and 'layer1.0.conv1.weight' in warned and 'bn1.bias' in warned
+    caplog.clear()
+    torch.save(_timm_weights(), path)
+    with caplog.at_level('WARNING', logger='visionattn.heads.mm_compat'):
+        backbone.load_pretrained(str(path), strict=False)  # only the dropped classifier unused: no warning
+    assert not [r for r in caplog.records if r.levelname == 'WARNING']
+
+
 def test_init_cfg_pretrained_half_and_ddp_weights_load(tmp_path):
     # fp16 weights (an AMP export) under a DataParallel prefix load, exactly as stored
     weights = _timm_weights()
