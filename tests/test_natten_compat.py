@@ -927,6 +927,21 @@ def test_natten_switches_are_harmless(name, saved_flags):
     assert natten.flops.add_natten_handle(counter) is counter
 
 
+def test_fused_switch_state_follows_natten_017(saved_flags):
+    # NATTEN 0.17.5's context.py: is_fused_na_enabled() is False until use_fused_na(); use_fused_na(False) also turns
+    # KV parallelism and Flex off; use_flex_attention() is use_fused_na with Flex. The drop-in said True always, so
+    # code that branches on it (its fused path takes no rpb gradient in 0.17) took the other branch than under NATTEN.
+    context._flags.update(fused=False, flex=False, force_flex=False, kv_parallelism=False)
+    assert natten.is_fused_na_enabled() is False and natten.is_fna_enabled() is False
+    natten.use_fused_na(True, kv_parallel=True)
+    assert natten.is_fused_na_enabled() and natten.is_kv_parallelism_in_fused_na_enabled()
+    assert not natten.should_use_flex_attention()
+    natten.use_fused_na(False)
+    assert not natten.is_fused_na_enabled() and not natten.is_kv_parallelism_in_fused_na_enabled()
+    natten.force_flex_attention()
+    assert natten.is_fused_na_enabled() and natten.should_use_flex_attention() and natten.should_force_flex_attention()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # natten.flops and the capability queries of NATTEN 0.14-0.17, as their README and docs show them.
 

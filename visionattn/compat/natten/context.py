@@ -22,7 +22,8 @@ from ...ops.checks import _TRITON_AVAILABLE, env_backend
 
 __all__ = [
     'use_fused_na', 'is_fused_na_enabled', 'use_fna', 'is_fna_enabled', 'use_kv_parallelism_in_fused_na',
-    'is_kv_parallelism_in_fused_na_enabled', 'use_flex_attention', 'force_flex_attention',
+    'is_kv_parallelism_in_fused_na_enabled', 'use_flex_attention', 'force_flex_attention', 'should_use_flex_attention',
+    'should_force_flex_attention',
     'use_deterministic_algorithms', 'are_deterministic_algorithms_enabled', 'set_memory_usage_preference',
     'get_memory_usage_preference', 'is_memory_usage_default', 'is_memory_usage_strict', 'is_memory_usage_unrestricted',
     'use_autotuner', 'disable_autotuner', 'is_autotuner_enabled', 'is_autotuner_enabled_for_forward',
@@ -38,9 +39,10 @@ __all__ = [
 _logger = logging.getLogger('visionattn.compat.natten')
 _said = set()
 # What NATTEN's switches were last set to; nothing in visionattn reads these.
-_flags = dict(kv_parallelism=False, deterministic=False, memory='default', autotuner_forward=False,
-              autotuner_backward=False, autotuner_thorough_forward=False, autotuner_thorough_backward=False,
-              tf32=False, tiled=True, gemm=False, flex_compile=False, flex_compile_backprop=False)
+_flags = dict(fused=False, flex=False, force_flex=False, kv_parallelism=False, deterministic=False, memory='default',
+              autotuner_forward=False, autotuner_backward=False, autotuner_thorough_forward=False,
+              autotuner_thorough_backward=False, tf32=False, tiled=True, gemm=False, flex_compile=False,
+              flex_compile_backprop=False)
 _MEMORY_PREFERENCES = ('default', 'strict', 'unrestricted')
 
 
@@ -55,14 +57,18 @@ _NO_KERNEL_CHOICE = 'recorded only; visionattn runs its own neighborhood-attenti
 
 def use_fused_na(mode: bool = True, kv_parallel: bool = True, use_flex_attention: bool = False,
                  force_flex_attention: bool = False) -> None:
-    """No effect: visionattn always runs its fused op (modules with attention dropout unfuse while training)."""
-    _say('use_fused_na', 'no effect; visionattn always runs its fused neighborhood-attention op')
-    _flags['kv_parallelism'] = bool(kv_parallel) if mode else _flags['kv_parallelism']
+    """Records the setting as NATTEN 0.17 does (off by default; off also turns KV parallelism and Flex off); the
+    computation is the same either way: visionattn always runs its one op (fused on CUDA)."""
+    _say('use_fused_na', 'recorded only; visionattn always runs its fused neighborhood-attention op')
+    mode = bool(mode)
+    _flags.update(fused=mode, flex=mode and bool(use_flex_attention), force_flex=mode and bool(force_flex_attention),
+                  kv_parallelism=mode and bool(kv_parallel))
 
 
 def is_fused_na_enabled() -> bool:
-    """True: visionattn's op is always fused (one kernel on CUDA, one gathered pass on the reference path)."""
-    return True
+    """The value last given to :func:`use_fused_na` (False until then, as in NATTEN 0.17, whose default kernels
+    were the unfused ones); what runs does not depend on it."""
+    return _flags['fused']
 
 
 use_fna = use_fused_na
@@ -81,13 +87,26 @@ def is_kv_parallelism_in_fused_na_enabled() -> bool:
 
 
 def use_flex_attention() -> None:
-    """No effect: visionattn does not run NA through FlexAttention (its own kernels are faster at NAT's shapes)."""
-    _say('use_flex_attention', 'no effect; visionattn does not use FlexAttention')
+    """Records the setting as NATTEN does (``use_fused_na`` with Flex); visionattn does not run NA through
+    FlexAttention (its own kernels are faster at NAT's shapes)."""
+    _say('use_flex_attention', 'recorded only; visionattn does not use FlexAttention')
+    use_fused_na(True, use_flex_attention=True)
 
 
 def force_flex_attention() -> None:
-    """No effect, as :func:`use_flex_attention`."""
-    _say('force_flex_attention', 'no effect; visionattn does not use FlexAttention')
+    """Records the setting, as :func:`use_flex_attention`."""
+    _say('force_flex_attention', 'recorded only; visionattn does not use FlexAttention')
+    use_fused_na(True, use_flex_attention=True, force_flex_attention=True)
+
+
+def should_use_flex_attention() -> bool:
+    """The Flex setting last recorded (NATTEN 0.17.5's query); nothing here runs FlexAttention."""
+    return _flags['flex']
+
+
+def should_force_flex_attention() -> bool:
+    """The forced-Flex setting last recorded."""
+    return _flags['force_flex']
 
 
 def use_deterministic_algorithms(mode: bool = True) -> None:
