@@ -79,6 +79,10 @@ def test_training_step_is_adamw(monkeypatch):
     rows = tool.main(['test_resnet', *TINY, '--bench', 'train', '--train-batch-size', '3', '--iters', '2'])
     assert made and len(steps) == 2 and rows[0]['train_batch'] == 3
     assert rows[0]['train_samples_per_s'] > 0 and 'infer_samples_per_s' not in rows[0]
+    assert 'fused' not in made[-1]  # torch's default implementation unless asked
+    tool.main(['test_resnet', *TINY, '--bench', 'train', '--train-batch-size', '3', '--iters', '1',
+               '--optimizer', 'adamw-fused'])
+    assert made[-1].get('fused') is True
 
 
 def test_compiled_and_small_batch_columns(tmp_path):

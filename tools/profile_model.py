@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/benchmark.py
 
-from benchmark import _at_least, _Setup, _synchronize, parse_benches  # noqa: E402
+from benchmark import OPTIMIZERS, _at_least, _Setup, _synchronize, parse_benches  # noqa: E402
 
 import visionattn  # noqa: E402,F401  (registers the zoo with timm)
 
@@ -102,6 +102,8 @@ def main(argv=None):
     parser.add_argument('--fullgraph', action='store_true', help='compiled benchmarks: torch.compile(fullgraph=True)')
     parser.add_argument('--compile-mode', default='default', help='compiled benchmarks: torch.compile mode')
     parser.add_argument('--compile-backend', default='inductor', help='compiled benchmarks: torch.compile backend')
+    parser.add_argument('--optimizer', choices=OPTIMIZERS, default='adamw',
+                        help="training: torch's default AdamW or AdamW(fused=True), as tools/benchmark.py")
     args = parser.parse_args(argv)
     benches = parse_benches(args.bench)
     if len(benches) != 1:
