@@ -419,3 +419,55 @@ def test_s2lic_quick_refuses_runs_of_several_sizes(tmp_path):
     with pytest.raises(ValueError, match=r'several --size presets .*small\.json \(small\), .*tiny\.json \(tiny\)'):
         module.combine_results(paths, tmp_path / 'rd')
     assert not (tmp_path / 'rd').exists()
+
+
+# -- adversarial probe of the model API (s2lic, measures) -------------------------------------------------------------
+def test_s2lic_checks_the_window_multiple_and_its_stage_lists():
+    # window 12: sides had to be multiples of max(64, 96) = 96, so 96 passed and failed in the hyper synthesis (a
+    # broadcast of 8 against 6); a short depths list raised IndexError, heads not dividing N a reshape in SwinV2
+    model = build_s2lic('tiny', window_size=12)
+    with pytest.raises(ValueError, match='multiples of 192'):
+        model(torch.rand(1, 3, 96, 96))
+    with pytest.raises(ValueError, match='at least 3 entries'):
+        build_s2lic('tiny', depths=(1, 1))
+    with pytest.raises(ValueError, match=r'each must divide N=32, got \[3, 3, 3\]'):
+        build_s2lic('tiny', heads=(3, 3, 3, 3, 3))
+
+
+def test_s2lic_coding_refuses_entropy_tables_that_were_not_built(image):
+    # only the bottleneck updated: compressai's rANS coder took the Gaussian model's empty tables and the process
+    # died (segmentation fault)
+    torch.manual_seed(0)
+    model = build_s2lic('tiny').eval()
+    model.entropy_bottleneck.update(force=True)
+    with pytest.raises(ValueError, match=r'gaussian_conditional has no CDF tables; call update\(force=True\)'):
+        model.compress(image)
+    with pytest.raises(ValueError, match='S2LIC.decompress: the gaussian_conditional has no CDF tables'):
+        model.decompress([[b'\x00' * 8], [b'\x00' * 8]], (1, 1))
+
+
+def test_to_uint8_keeps_uint8_images_and_psnr_refuses_empty_ones():
+    # a uint8 image went through clamp(0, 1) * 255: every value from 1 up became 255, silently
+    from visionattn.heads.compression.measures import psnr, to_uint8
+
+    image = torch.tensor([[[0, 1, 128, 255]]], dtype=torch.uint8)
+    assert torch.equal(to_uint8(image), image)
+    assert torch.equal(to_uint8(image.float() / 255), image)
+    with pytest.raises(ValueError, match='to_uint8 takes float images'):
+        to_uint8(image.long())
+    empty = torch.zeros(3, 0, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match='PSNR of empty images'):  # was NaN
+        psnr(empty, empty)
+
+
+def test_codec_round_trip_returns_the_input_size_and_refuses_an_empty_batch():
+    # a stride-16 zoo codec decoded a 50x60 image to 64x64 and the round trip returned that; B = 0 divided by zero
+    from compressai.zoo import bmshj2018_factorized
+    from visionattn.heads.compression.measures import codec_round_trip
+
+    torch.manual_seed(0)
+    codec = bmshj2018_factorized(1, pretrained=False)
+    result = codec_round_trip(codec, torch.rand(1, 3, 50, 60), estimate=False)
+    assert result['x_hat'].shape == (1, 3, 50, 60)
+    with pytest.raises(ValueError, match=r'empty batch \(B = 0\)'):
+        codec_round_trip(codec, torch.rand(0, 3, 64, 64))

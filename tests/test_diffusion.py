@@ -803,3 +803,81 @@ def test_smoke_script_passes_the_recorded_checkpoints_as_paths(tmp_path):
                            capture_output=True, text=True, check=True,
                            env={'PATH': '/usr/bin:/bin', 'WORK': str(tmp_path), 'PYTHON': 'echo'}).stdout.split()
     assert f'{tmp_path}/relactrl/iter_2000.pth' in calls
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Adversarial probe of the denoisers' and the sampler's model API
+# ----------------------------------------------------------------------------------------------------------------
+def test_denoisers_refuse_conditions_they_would_ignore():
+    # labels given to an unconditional DiT, or a control map given to a DiT (ControlledDiffusionModel) were dropped
+    # silently; a caption-only PixArt given labels used the null caption; bool / NaN timesteps ran
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 999]), torch.tensor([0, 9])
+    with pytest.raises(ValueError, match=r'unconditional \(num_classes=0\): it takes no labels y'):
+        dit.dit_tiny(input_size=8, hidden_size=32, num_heads=2, depth=1, num_classes=0)(x, t, y)
+    small = dit.dit_tiny(input_size=8, hidden_size=32, num_heads=2, depth=1)
+    with pytest.raises(ValueError, match=r"DiT takes no conditions besides labels y, got \['control'\]"):
+        small(x, t, y, control=torch.randn(2, 4, 8, 8))
+    with pytest.raises(ValueError, match='timesteps must be real numbers, got torch.bool'):
+        small(x, torch.tensor([True, False]), y)
+    with pytest.raises(ValueError, match='timesteps must be finite'):
+        small(x, torch.tensor([float('nan'), 1.0]), y)
+    text = _tiny_pixart(caption_channels=24, num_classes=0, model_max_length=7, hidden_size=48, num_heads=4,
+                        micro_conditions=True, depth=1)
+    caption = torch.randn(2, 7, 24)
+    with pytest.raises(ValueError, match='takes a caption, not labels y'):
+        text(x, t, y)
+    with pytest.raises(ValueError, match=r'caption must be \[B=2, L, C\], got \(1, 7, 24\)'):
+        text(x, t, caption=caption[:1])  # was a reshape error in the cross-attention
+    for mask in (torch.ones(2, 5), torch.ones(1, 7)):  # [1, L] was broadcast over the batch
+        with pytest.raises(ValueError, match=r'caption_mask must be \[B=2, L=7\]'):
+            text(x, t, caption=caption, caption_mask=mask)
+    with pytest.raises(ValueError, match='0/1 or bools'):  # an additive mask was read inverted
+        text(x, t, caption=caption, caption_mask=torch.zeros(2, 7).masked_fill(torch.rand(2, 7) > 0.5, -1e9))
+    with pytest.raises(ValueError, match=r'img_hw must be \[B=2, 2\], got \(2,\)'):
+        text(x, t, caption=caption, img_hw=torch.tensor([64.0, 64.0]))
+    both = _tiny_pixart(caption_channels=24, num_classes=10, model_max_length=7, depth=1)
+    with pytest.raises(ValueError, match='either a caption or labels y'):
+        both(x, t, y, caption=caption)
+
+
+def test_relactrl_and_lamamba_refuse_misread_inputs():
+    # a uint8 0/255 control went through the patch embedding as 0..255; an odd guidance batch lost its last row and
+    # failed on the timesteps' length
+    control, base = _relactrl(depth=3, control_indices=(0,), group_counts=(2,))
+    x = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match='control image must be float'):
+        control(x, torch.tensor([1]), torch.tensor([1]), control=torch.zeros(1, 4, 8, 8, dtype=torch.uint8))
+    from visionattn.heads.diffusion.lamamba_diff import lamamba_diff_tiny
+    with pytest.raises(ValueError, match='an even batch, got 3'):
+        lamamba_diff_tiny().forward_with_cfg(torch.randn(3, 4, 16, 16), torch.tensor([1, 2, 3]),
+                                             torch.tensor([1, 2, 10]), 4.0)
+
+
+def test_sampler_options_are_checked():
+    # steps 0 (or -1) silently meant the configured number, more than the training steps failed in an IndexError
+    # inside the DPM-Solver; guidance on an unconditional model was skipped without a word, NaN guidance ran
+    denoiser = dit.dit_tiny(in_channels=3, num_classes=3, hidden_size=32, num_heads=2, depth=1, input_size=8)
+    model = DiffusionModel(denoiser, num_inference_steps=2).eval()
+    labels = torch.tensor([0, 1])
+    for steps in (0, -1, 1001, 2.5):
+        with pytest.raises(ValueError, match=r'num_inference_steps must be an integer in \[1, num_train_timesteps'):
+            model.sample((2, 3, 8, 8), labels, num_inference_steps=steps)
+    with pytest.raises(ValueError, match='num_inference_steps must be an integer'):
+        DiffusionModel(denoiser, num_inference_steps=2000)
+    with pytest.raises(ValueError, match='num_train_timesteps must be a positive integer'):
+        DiffusionModel(denoiser, num_train_timesteps=0)
+    with pytest.raises(ValueError, match='guidance_scale must be a finite number'):
+        DiffusionModel(denoiser, guidance_scale=float('nan'))
+    unconditional = dit.dit_tiny(in_channels=3, num_classes=0, hidden_size=32, num_heads=2, depth=1, input_size=8)
+    with pytest.raises(ValueError, match='guidance_scale=3 guides class labels'):
+        DiffusionModel(unconditional, num_inference_steps=2, guidance_scale=3).sample((2, 3, 8, 8))
+    no_null = dit.dit_tiny(in_channels=3, num_classes=3, hidden_size=32, num_heads=2, depth=1, input_size=8,
+                           class_dropout_prob=0)
+    with pytest.raises(ValueError, match='needs the null label'):
+        DiffusionModel(no_null, num_inference_steps=2, guidance_scale=3).sample((2, 3, 8, 8), labels)
+    with pytest.raises(ValueError, match='1 data samples for a batch of 2'):  # was an IndexError
+        model.sample((2, 3, 8, 8), labels, data_samples=[BaseDataElement(metainfo={'index': 0})])
+    assert model.sample((0, 3, 8, 8), labels[:0]).shape == (0, 3, 8, 8)  # was a torch.stack error
+    samples = [BaseDataElement(gt_label=torch.tensor([1, 2])), BaseDataElement(gt_label=torch.tensor(1))]
+    with pytest.raises(ValueError, match=r'one gt_label; samples \[0\] hold \(2,\)'):
+        model._labels(samples, 2, 'cpu')

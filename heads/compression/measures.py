@@ -23,7 +23,13 @@ PSNR_MAX_DB = 100.0
 
 # -- quality measures ---------------------------------------------------------------------------------------------
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [0, 1] to uint8 (clamped, rounded): what a decoder would write to a file."""
+    """Float images in [0, 1] to uint8 (clamped, rounded): what a decoder would write to a file. uint8 images come
+    back unchanged (clamping them to [0, 1] first turned every value from 1 up into 255); other integer images are
+    refused (their range is unknown)."""
+    if images.dtype == torch.uint8:
+        return images.detach().clone()
+    if not images.is_floating_point():
+        raise ValueError(f'to_uint8 takes float images in [0, 1] (or uint8 ones), got {images.dtype}')
     return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
@@ -35,6 +41,8 @@ def psnr(reference: torch.Tensor, decoded: torch.Tensor) -> float:
     if reference.dtype != torch.uint8 or decoded.dtype != torch.uint8:  # the peak is 255: [0, 1] floats score ~0 dB
         raise ValueError(f'PSNR takes uint8 images (peak 255), got {reference.dtype} and {decoded.dtype}; convert '
                          f'[0, 1] floats with to_uint8')
+    if reference.numel() == 0:  # the mean of no pixels is NaN
+        raise ValueError(f'PSNR of empty images {tuple(reference.shape)}')
     mse = (reference.double() - decoded.double()).pow(2).mean().item()
     return PSNR_MAX_DB if mse == 0 else min(10 * math.log10(255 ** 2 / mse), PSNR_MAX_DB)
 
@@ -105,11 +113,15 @@ def codec_round_trip(codec: nn.Module, images: torch.Tensor, estimate: bool = Tr
         estimate: Also run the forward pass and return the likelihood-estimated bits per image.
 
     Returns:
-        ``x_hat`` (B, 3, H, W) clamped to [0, 1]; ``num_bytes`` (per image, all strings); ``encode_s`` and
-        ``decode_s`` (the batch's wall-clock divided by B); ``estimated_bits`` (per image, or None).
+        ``x_hat`` (B, 3, H, W) clamped to [0, 1], the input's size: a codec that decodes its padded grid (CompressAI's
+        zoo models on sizes not a multiple of their stride) is cropped back to the top-left H x W; ``num_bytes``
+        (per image, all strings); ``encode_s`` and ``decode_s`` (the batch's wall-clock divided by B);
+        ``estimated_bits`` (per image, or None).
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f'codec_round_trip expects (B, 3, H, W) images, got shape {tuple(images.shape)}')
+    if images.shape[0] == 0:  # the per-image times divided by zero
+        raise ValueError('codec_round_trip got an empty batch (B = 0)')
     check_unit_images(images, 'codec_round_trip')
     was_training = codec.training
     codec.eval()
@@ -126,6 +138,11 @@ def codec_round_trip(codec: nn.Module, images: torch.Tensor, estimate: bool = Tr
             x_hat = codec.decompress(encoded['strings'], encoded['shape'])['x_hat'].clamp(0, 1)
             _sync(images.device)
             decode_s = (time.perf_counter() - start) / batch
+            height, width = images.shape[-2:]
+            if x_hat.shape[0] != batch or x_hat.shape[-2] < height or x_hat.shape[-1] < width:
+                raise ValueError(f'{type(codec).__name__} decoded {tuple(x_hat.shape)} from images '
+                                 f'{tuple(images.shape)}')
+            x_hat = x_hat[..., :height, :width]  # a 50x60 image came back 64x64 from a stride-16 zoo codec
             num_bytes = [sum(len(strings[b]) for strings in encoded['strings']) for b in range(batch)]
             estimated = None
             if estimate:

@@ -11,6 +11,8 @@ RansDecoder) for y. Runs on CPU and GPU (no ``torch.cuda.synchronize``).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -175,6 +177,14 @@ class S2LIC(CompressionModel):
         super().__init__()
         if M % num_slices:
             raise ValueError(f'M={M} is not divisible by num_slices={num_slices}')
+        # g_a and g_s use the first three entries (the paper lists five); a short list failed in an IndexError and a
+        # head count that does not divide N in a reshape inside timm's SwinV2 attention at the first forward.
+        if len(depths) < 3 or len(heads) < 3:
+            raise ValueError(f'depths and heads need at least 3 entries (one per RSTB stage), got depths={depths}, '
+                             f'heads={heads}')
+        bad_heads = [h for h in heads[:3] if h < 1 or N % h]
+        if bad_heads:
+            raise ValueError(f'heads {list(heads[:3])}: each must divide N={N}, got {bad_heads}')
         self.N, self.M, self.num_slices, self.slice_ch = N, M, num_slices, M // num_slices
         self.window_size = window_size
         self.g_a_enh = EnhModule(enh_features)
@@ -211,8 +221,10 @@ class S2LIC(CompressionModel):
         if x.shape[0] == 0:  # timm's SwinV2 windows fail on it in a reshape
             raise ValueError('S2LIC got an empty batch (B = 0): pass at least one image')
         height, width = x.shape[-2:]
-        # g_a runs windows of size w at /2, /4, /8 and h_a downsamples y (/16) by 4.
-        need = max(64, 8 * self.window_size)
+        # g_a runs windows of size w at /2, /4, /8 (sides multiples of 8 w) and h_a downsamples y (/16) by 4 (sides
+        # multiples of 64): both at once is their lcm (max() let e.g. 96 through for window 12, which failed deep
+        # in the hyper synthesis).
+        need = math.lcm(64, 8 * self.window_size)
         if height % need or width % need:
             raise ValueError(f'S2LIC input {height}x{width}: both sides must be multiples of {need} (pad first)')
 
@@ -268,6 +280,15 @@ class S2LIC(CompressionModel):
                                                    torch.log(torch.tensor(float(SCALES_MAX))), SCALES_LEVELS))
         return super().update(scale_table=scale_table, force=force)
 
+    def _check_tables(self, who: str) -> None:
+        """The entropy coders' CDF tables must be built: compressai's rANS coder crashed the process (segmentation
+        fault) on the empty tables of a GaussianConditional that ``update`` never reached."""
+        for name in ('entropy_bottleneck', 'gaussian_conditional'):
+            model = getattr(self, name)
+            if model._quantized_cdf.numel() == 0 or model._offset.numel() == 0 or model._cdf_length.numel() == 0:
+                raise ValueError(f'S2LIC.{who}: the {name} has no CDF tables; call update(force=True) first (after '
+                                 f'loading or changing the weights)')
+
     def _code_slices(self, hyper, y=None, decoder=None):
         """Shared encode/decode walk: with ``y`` returns (symbols, indexes) lists; with ``decoder`` decodes."""
         gc = self.gaussian_conditional
@@ -303,6 +324,7 @@ class S2LIC(CompressionModel):
     def compress(self, x: torch.Tensor) -> dict:
         """Encode images to real bitstreams: {'strings': [y_strings, z_strings], 'shape': z spatial shape}."""
         self._check_input(x)
+        self._check_tables('compress')
         y = self.g_a(self.g_a_enh(x))
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)
@@ -323,6 +345,7 @@ class S2LIC(CompressionModel):
         """Decode bitstreams from :meth:`compress` back to ``{'x_hat': (B, 3, H, W)}`` (not clamped)."""
         if len(strings) != 2 or len(strings[0]) != len(strings[1]):
             raise ValueError('S2LIC.decompress expects [y_strings, z_strings] with one string per image each')
+        self._check_tables('decompress')
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
         y_hats = []
         for b, y_string in enumerate(strings[0]):

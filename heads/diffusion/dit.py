@@ -411,10 +411,14 @@ class _PatchDenoiser(nn.Module):
     @staticmethod
     def _timesteps(t: Union[torch.Tensor, float, int], batch: int, device) -> torch.Tensor:
         t = torch.as_tensor(t, device=device)
+        if t.dtype == torch.bool or t.is_complex():  # True/False were embedded as timesteps 1/0
+            raise ValueError(f'timesteps must be real numbers, got {t.dtype}')
         if t.ndim == 0:
             t = t.expand(batch)
         if t.shape != (batch,):
             raise ValueError(f'timesteps must be a scalar or [B={batch}], got shape {tuple(t.shape)}')
+        if t.is_floating_point() and t.numel() and t.device.type != 'meta' and not torch.isfinite(t).all():
+            raise ValueError(f'timesteps must be finite, got {t.tolist()}')  # NaN made every output NaN
         return t
 
 
@@ -470,12 +474,18 @@ class DiT(_PatchDenoiser):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None, **cond) -> torch.Tensor:
+        # DiT takes no other condition: a control map (ControlledDiffusionModel) or a caption was dropped silently
+        extra = sorted(k for k, v in cond.items() if v is not None)
+        if extra:
+            raise ValueError(f'DiT takes no conditions besides labels y, got {extra}')
         tokens, grid = self._embed(x)
         c = self.t_embedder(self._timesteps(t, x.shape[0], x.device))
         if self.y_embedder is not None:
             if y is None:
                 raise ValueError(f'this DiT is class-conditional ({self.num_classes} classes): pass labels y')
             c = c + self.y_embedder(y, self.training, x.shape[0])
+        elif y is not None:  # the labels were ignored: an unconditional sample where a class was asked for
+            raise ValueError('this DiT is unconditional (num_classes=0): it takes no labels y')
         for block in self.blocks:
             tokens = block(tokens, c, grid)
         return self.unpatchify(self.final_layer(tokens, c), grid)
@@ -557,6 +567,18 @@ class PixArt(_PatchDenoiser):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
+    @staticmethod
+    def _check_caption_mask(mask, batch: int, tokens: int) -> None:
+        """A key-padding mask [B, L]: True / 1 keeps a token. A [1, L] mask was broadcast over the batch, one of
+        another length failed inside the attention, and an additive mask (0 keep, -inf drop) was read inverted."""
+        if not torch.is_tensor(mask) or tuple(mask.shape) != (batch, tokens):
+            got = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
+            raise ValueError(f'caption_mask must be [B={batch}, L={tokens}], got {got}')
+        if mask.dtype != torch.bool and mask.numel() and mask.device.type != 'meta' and \
+                not ((mask == 0) | (mask == 1)).all():
+            raise ValueError('caption_mask must hold 0/1 or bools (1 keeps a token), got other values (an additive '
+                             '0/-inf mask?)')
+
     def embed_inputs(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None,
                      caption: Optional[torch.Tensor] = None, caption_mask: Optional[torch.Tensor] = None,
                      img_hw: Optional[torch.Tensor] = None, aspect_ratio: Optional[torch.Tensor] = None) -> Dict:
@@ -568,6 +590,10 @@ class PixArt(_PatchDenoiser):
         t = self.t_embedder(self._timesteps(t, batch, x.device))
         if self.micro_conditions:
             size = torch.tensor(x.shape[-2:], device=x.device, dtype=torch.float32) * 8  # latents are 1/8 of pixels
+            for name, value, width in (('img_hw', img_hw, 2), ('aspect_ratio', aspect_ratio, 1)):
+                if value is not None and (not torch.is_tensor(value) or value.numel() != batch * width):
+                    got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                    raise ValueError(f'{name} must be [B={batch}, {width}], got {got}')
             img_hw = size.expand(batch, 2) if img_hw is None else img_hw.reshape(batch, 2)
             aspect_ratio = (size[0] / size[1]).expand(batch, 1) if aspect_ratio is None else \
                 aspect_ratio.reshape(batch, 1)
@@ -577,12 +603,22 @@ class PixArt(_PatchDenoiser):
         if caption is not None:
             if self.y_embedder is None:
                 raise ValueError('this PixArt has no caption projection (caption_channels=0): pass labels y')
+            if y is not None:  # the labels were ignored
+                raise ValueError('pass either a caption or labels y to PixArt, not both')
+            if caption.ndim == 3 and caption.shape[0] != batch:  # failed in a reshape of the cross-attention
+                raise ValueError(f'caption must be [B={batch}, L, C], got {tuple(caption.shape)}')
+            if caption_mask is not None:
+                self._check_caption_mask(caption_mask, batch, caption.shape[1])
             cond, cond_mask = self.y_embedder(caption, self.training), caption_mask
+        elif caption_mask is not None:
+            raise ValueError('caption_mask was given without a caption')
         elif self.label_embedder is not None:
             if y is None:
                 raise ValueError(f'this PixArt is label-conditioned ({self.num_classes} classes): pass labels y')
             cond = self.label_embedder(y, self.training, batch)[:, None]
         else:
+            if y is not None:  # the null caption was used and the labels ignored
+                raise ValueError('this PixArt has no label embedder (num_classes=0): it takes a caption, not labels y')
             null = self.y_embedder.y_embedding.to(tokens.dtype)
             cond = self.y_embedder.y_proj(null[None].expand(batch, -1, -1))
         return dict(tokens=tokens, grid=grid, t=t, t0=t0, cond=cond, cond_mask=cond_mask)

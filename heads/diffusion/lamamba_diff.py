@@ -330,6 +330,8 @@ class LaMambaDiff(nn.Module):
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float) -> torch.Tensor:
         """Classifier-free guidance as the official code: the batch is [conditional half, null-label half] and the
         guided epsilon (all in_channels channels) is written to both halves."""
+        if len(x) % 2:  # an odd batch lost its last row and failed on the timesteps' length
+            raise ValueError(f'forward_with_cfg takes [conditional half, null-label half]: an even batch, got {len(x)}')
         half = x[: len(x) // 2]
         out = self.forward(torch.cat([half, half]), t, y)
         eps, rest = out[:, :self.in_channels], out[:, self.in_channels:]

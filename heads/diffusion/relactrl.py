@@ -239,6 +239,9 @@ class RelaCtrlPixArt(nn.Module):
         if control.shape != x.shape:
             raise ValueError(f'the control image must have the shape of x {tuple(x.shape)} (it goes through the '
                              f'base\'s patch embedding), got {tuple(control.shape)}')
+        if not control.is_floating_point():  # a 0/255 uint8 edge map was embedded as 0..255, not the model's range
+            raise ValueError(f'the control image must be float, in the diffusion space of x, got {control.dtype} '
+                             '(ControlledDiffusionModel.conditions scales uint8 edge maps to [-1, 1])')
         inputs = base.embed_inputs(x, t, y, **cond)
         c, _ = base._embed(control.to(x.dtype))
         tokens, t0, grid = inputs['tokens'], inputs['t0'], inputs['grid']

@@ -97,6 +97,20 @@ def _build_vae(cfg, pretrained: bool):
     return _build(cfg, 'vae')
 
 
+def _check_steps(steps, train_steps: int) -> None:
+    """Sampling steps: an integer in [1, num_train_timesteps] (more failed in an IndexError inside the DPM-Solver,
+    a float in diffusers' linspace)."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= train_steps:
+        raise ValueError(f'num_inference_steps must be an integer in [1, num_train_timesteps={train_steps}], got '
+                         f'{steps!r}')
+
+
+def _check_guidance(scale) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) or \
+            not np.isfinite(scale):  # NaN made every sample NaN
+        raise ValueError(f'guidance_scale must be a finite number, got {scale!r}')
+
+
 def _to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
@@ -188,8 +202,11 @@ class DiffusionModel(TaskModel):
                  data_preprocessor: Optional[Dict] = None, init_cfg: Optional[Dict] = None):
         if sampler not in SAMPLERS:
             raise ValueError(f'sampler must be one of {SAMPLERS}, got {sampler!r}')
-        if num_inference_steps < 1:
-            raise ValueError(f'num_inference_steps must be positive, got {num_inference_steps}')
+        if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, (int, np.integer)) or \
+                num_train_timesteps < 1:
+            raise ValueError(f'num_train_timesteps must be a positive integer, got {num_train_timesteps!r}')
+        _check_steps(num_inference_steps, num_train_timesteps)
+        _check_guidance(guidance_scale)
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f'prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}')
         super().__init__(data_preprocessor=data_preprocessor or dict(type=DiffusionDataPreprocessor),
@@ -245,7 +262,11 @@ class DiffusionModel(TaskModel):
         if not data_samples or any(s.get('gt_label') is None for s in data_samples):
             raise ValueError(f'the denoiser is class-conditional ({self.denoiser.num_classes} classes): every data '
                              'sample needs a gt_label')
-        labels = torch.stack([s.gt_label.reshape(()) for s in data_samples]).to(device)
+        several = [i for i, s in enumerate(data_samples) if torch.as_tensor(s.gt_label).numel() != 1]
+        if several:  # failed in a reshape
+            raise ValueError(f'each data sample needs one gt_label; samples {several} hold '
+                             f'{tuple(torch.as_tensor(data_samples[several[0]].gt_label).shape)}')
+        labels = torch.stack([torch.as_tensor(s.gt_label).reshape(()) for s in data_samples]).to(device)
         if labels.shape != (batch,):
             raise ValueError(f'{labels.shape[0]} labels for {batch} inputs')
         return labels
@@ -332,13 +353,29 @@ class DiffusionModel(TaskModel):
         device = next(self.denoiser.parameters()).device
         dtype = next(self.denoiser.parameters()).dtype
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
-        guided = scale != 1.0 and labels is not None
+        _check_guidance(scale)
+        # 0 (or any false value) silently meant the configured number
+        steps = self.num_inference_steps if num_inference_steps is None else num_inference_steps
+        _check_steps(steps, self.noise_config['num_train_timesteps'])
+        if data_samples is not None and len(data_samples) != shape[0]:
+            raise ValueError(f'{len(data_samples)} data samples for a batch of {shape[0]}')
+        if shape[0] == 0:
+            return torch.empty(tuple(shape), device=device, dtype=dtype)
+        if scale != 1.0 and labels is None:  # guidance was skipped without a word
+            raise ValueError(f'guidance_scale={scale} guides class labels against the null label: this sample has '
+                             'no labels (an unconditional denoiser?); use guidance_scale=1')
+        guided = scale != 1.0
+        if guided:
+            from .dit import LabelEmbedder
+            if any(isinstance(m, LabelEmbedder) and m.dropout_prob == 0 for m in self.denoiser.modules()):
+                raise ValueError(f'guidance_scale={scale} needs the null label of a denoiser trained with class '
+                                 'dropout (class_dropout_prob > 0); this one has none: use guidance_scale=1')
         conditions = dict(conditions or {})
         if guided:
             labels = torch.cat([labels, torch.full_like(labels, self.denoiser.num_classes)])
             conditions = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in conditions.items()}
         scheduler = self._make_scheduler()
-        scheduler.set_timesteps(num_inference_steps or self.num_inference_steps, device=device)
+        scheduler.set_timesteps(int(steps), device=device)
         generators = self._generators(shape[0], data_samples)
         x = torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(device=device, dtype=dtype)
         x = x * scheduler.init_noise_sigma
