@@ -206,6 +206,10 @@ def test_bad_inputs_raise_clear_errors(synthetic, tmp_path):
         dataset[0]
     with pytest.raises(ValueError, match='no categories named'):
         CocoDetection(str(ann_file), str(img_dir), classes=['dog'])
+    # no class dropped every box; a repeated one mapped its category to the later label, the first never used
+    for classes in ([], ['ellipse', 'ellipse']):
+        with pytest.raises(ValueError, match='classes must name distinct categories'):
+            CocoDetection(str(ann_file), str(img_dir), classes=classes)
 
 
 def test_synthetic_dataset_is_generated_once(tmp_path):
@@ -319,6 +323,41 @@ def test_coco_metric_evaluates_only_the_images_seen(synthetic):
                                                          labels=torch.zeros(0, dtype=torch.long)),
                              metainfo=s.metainfo) for s in samples]
     assert _evaluate(CocoMetric(), dataset, empty)['coco/bbox_mAP'] == 0.0
+
+
+def test_coco_metric_ap_keys_follow_the_last_proposal_num(synthetic):
+    # pycocotools' summary takes bbox_mAP at 100 detections whatever maxDets are: -1 (silently) without a 100, and
+    # an IndexError with fewer than three
+    ann_file, img_dir = synthetic
+    dataset = CocoDetection(str(ann_file), str(img_dir))
+    metrics = _evaluate(CocoMetric(proposal_nums=(1, 10, 300)), dataset, _gt_predictions(ann_file, dataset.cat_ids))
+    assert metrics['coco/bbox_mAP'] == pytest.approx(1.0) and metrics['coco/bbox_mAP_50'] == pytest.approx(1.0)
+    for bad in [(100,), (100, 10, 1), (0, 10, 100)]:
+        with pytest.raises(ValueError, match='proposal_nums must be three increasing'):
+            CocoMetric(proposal_nums=bad)
+
+
+def test_coco_metric_refuses_non_finite_predictions(synthetic):
+    # pycocotools matches a NaN box to any ground truth (its IoU fails the "< threshold" test): AP 1.0 for garbage
+    ann_file, img_dir = synthetic
+    dataset = CocoDetection(str(ann_file), str(img_dir))
+    for field in ('bboxes', 'scores'):
+        samples = _gt_predictions(ann_file, dataset.cat_ids)
+        getattr(samples[1].pred_instances, field)[:] = float('nan')
+        with pytest.raises(ValueError, match=f'image {samples[1].img_id}: pred_instances.{field} holds a non-finite'):
+            _evaluate(CocoMetric(), dataset, samples)
+
+
+def test_coco_metric_refuses_ground_truth_labels_outside_the_categories(synthetic):
+    # without an annotation file the samples' instances are the ground truth: label -1 would be the last category
+    ann_file, img_dir = synthetic
+    dataset = CocoDetection(str(ann_file), str(img_dir))
+    samples = _gt_predictions(ann_file, dataset.cat_ids)[:2]
+    for sample, index in zip(samples, range(2)):
+        sample.set_metainfo({'instances': dataset[index]['meta']['instances']})
+    samples[0].metainfo['instances'][0]['bbox_label'] = -1
+    with pytest.raises(ValueError, match='bbox_label -1 is outside the 3 categories'):
+        _evaluate(CocoMetric(use_ann_file=False), dataset, samples)
 
 
 # --- the Detector on Focus-DETR ------------------------------------------------------------------------------

@@ -397,6 +397,14 @@ def test_bad_inputs_name_the_problem(tiny):
         _tiny(embed_dims=48)
 
 
+@pytest.mark.parametrize('name, value', [('num_queries', 0), ('num_select', 0), ('num_select', -1)])
+def test_query_and_selection_counts_must_be_positive(name, value):
+    # else forward fails in a reshape ("cannot reshape tensor of 0 elements") and predict in top-k ("selected index k
+    # out of range"), naming neither argument
+    with pytest.raises(ValueError, match=f'{name} must be positive, got {value}'):
+        _tiny(**{name: value})
+
+
 @pytest.mark.parametrize('box, why', [
     ([0.5, 0.5, -0.2, 0.3], 'negative width or height'),  # an inverted box: GIoU unbounded below
     ([float('nan'), 0.5, 0.2, 0.2], 'non-finite'),  # once scipy's 'matrix contains invalid numeric entries'

@@ -81,6 +81,24 @@ def test_ce_dice_loss_weights():
     torch.testing.assert_close(CEDiceLoss(3, ce_weight=0.2, dice_weight=0.8)(logits, target), 0.2 * ce + 0.8 * dice)
 
 
+def test_ce_dice_loss_of_an_all_ignored_batch_is_zero_not_nan():
+    # cross-entropy's mean over no labelled pixel is 0/0: one such batch turned every weight to NaN
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    loss = CEDiceLoss(3)(logits, torch.full((2, 8, 8), 255))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_dice_loss_needs_one_weight_per_class():
+    # a single weight broadcast silently over every class; the official loop reads weight[i] for each class
+    logits, target = torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long)
+    for weight in ([2.0], [1.0, 2.0]):
+        with pytest.raises(ValueError, match='one value per class'):
+            DiceLoss(3)(logits, target, weight=weight)
+    DiceLoss(3)(logits, target, weight=[1.0, 2.0, 3.0])
+
+
 # ------------------------------------------------------------------------------------------------------------- data
 def test_ct_window():
     hu = np.array([-1000.0, -125.0, 75.0, 275.0, 2000.0])
@@ -154,6 +172,21 @@ def test_missing_files_are_named(tmp_path):
     _write_synapse(tmp_path, '.npz')
     with pytest.raises(FileNotFoundError, match=r'case0001\.npy\.h5'):
         SynapseDataset(str(tmp_path), split='test_vol')
+
+
+@pytest.mark.parametrize('bad', [-1.0, float('nan')])
+def test_negative_or_nan_slice_labels_are_named(tmp_path, bad):
+    # they were cast to uint8: -1 became 255, the ignore label, and the pixel silently dropped out of training
+    _write_synapse(tmp_path, '.npz')
+    path = tmp_path / 'train_npz' / 'case0005_slice001.npz'
+    with np.load(path) as data:
+        image, label = data['image'], data['label'].copy()
+    label[3, 4] = bad
+    np.savez(path, image=image, label=label)
+    train = SynapseDataset(str(tmp_path), split='train')
+    train[0]
+    with np.errstate(invalid='ignore'), pytest.raises(ValueError, match='case0005 slice 1: the label holds -'):
+        train[1]
 
 
 def test_avt_windows_raw_hu(tmp_path):
@@ -310,6 +343,30 @@ def test_metric_refuses_a_prediction_of_another_shape(pred_shape):
         metric.process({}, [_sample('c', 0, 1, np.zeros(pred_shape, np.int64), gt)])
     metric.process({}, [_sample('c', 0, 1, np.zeros((1, 4, 4), np.int64), gt)])  # a leading 1 is dropped
     assert len(metric.results) == 1
+
+
+@pytest.mark.parametrize('which', ['gt', 'pred'])
+def test_metric_refuses_labels_beyond_its_classes(which):
+    # the foreground loop runs over 1..K-1: a label K was left out of every score (here Dice 100 with class 3 missed)
+    gt = np.zeros((8, 8), np.int64)
+    gt[2:5, 2:5] = 1
+    wrong = np.where(gt == 1, 3, 0)
+    pred, truth = (gt, wrong) if which == 'gt' else (wrong, gt)
+    name = 'gt_sem_seg' if which == 'gt' else 'pred_sem_seg'
+    with pytest.raises(ValueError, match=f'v slice 0: {name} holds label 3 outside 0..2'):
+        DiceHD95Metric(num_classes=3).process({}, [_sample('v', 0, 1, pred, truth)])
+    ignored = np.where(gt == 1, 255, 0)  # ignore_index is background, not an out-of-range label
+    DiceHD95Metric(num_classes=3).process({}, [_sample('v', 0, 1, ignored, ignored)])
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(num_classes=1), 'at least 2'),  # no foreground class: Dice and HD95 were NaN means of nothing
+    (dict(num_classes=2, voxel_spacing=(1.0, 0.8)), 'voxel_spacing must be one positive size or three'),  # numpy
+    (dict(num_classes=2, voxel_spacing=-1.0), 'voxel_spacing must be one positive'),  # broadcast error / wrong HD95
+])
+def test_metric_arguments_name_their_problem(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DiceHD95Metric(**kwargs)
 
 
 def test_medical_segmentor_zooms_labels_as_the_official_test():

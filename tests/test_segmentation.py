@@ -384,6 +384,28 @@ def test_iou_metric_refuses_a_prediction_of_another_shape(pred_shape):
 
 
 @pytest.mark.heads
+@pytest.mark.parametrize('bad', [3, -1])
+def test_iou_metric_refuses_predicted_labels_outside_its_classes(bad):
+    # a model of more classes than the metric counts: clamped, class 3 scored as class 2 and this gave mIoU 100
+    metric = IoUMetric(num_classes=3)
+    gt = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match=rf'pred_sem_seg holds labels outside 0..2: \[{bad}\]'):
+        metric.process(None, [{'pred_sem_seg': torch.tensor([[0, 1], [1, bad]]), 'gt_sem_seg': gt}])
+    # a pixel the ground truth ignores is not scored, whatever its prediction
+    metric.process(None, [{'pred_sem_seg': torch.tensor([[0, 1], [1, bad]]), 'gt_sem_seg': torch.tensor([[0, 1],
+                                                                                                         [1, 255]])}])
+    assert int(metric.results[0].sum()) == 3
+
+
+@pytest.mark.heads
+def test_iou_metric_names_a_bad_class_count_and_an_empty_run():
+    with pytest.raises(ValueError, match='num_classes must be positive'):
+        IoUMetric(num_classes=0)
+    with pytest.raises(ValueError, match='IoUMetric got no predictions'):
+        IoUMetric(num_classes=3).compute_metrics([])
+
+
+@pytest.mark.heads
 def test_iou_metric_matches_sklearn_over_batches():
     from sklearn.metrics import confusion_matrix
     rng = np.random.default_rng(0)

@@ -209,6 +209,11 @@ class CocoDetection(SeededDataset):
         coco = _load_coco(ann_path)
         categories = sorted(coco.dataset['categories'], key=lambda c: c['id'])
         if classes is not None:
+            classes = list(classes) if not isinstance(classes, str) else [classes]
+            repeated = sorted({n for n in classes if classes.count(n) > 1})
+            if not classes or repeated:  # none: every box dropped; a repeat: its first label never used
+                raise ValueError(f'{type(self).__name__}: classes must name distinct categories, got {classes}'
+                                 + (f' ({repeated} repeated)' if repeated else ''))
             by_name = {c['name']: c for c in categories}
             unknown = [n for n in classes if n not in by_name]
             if unknown:

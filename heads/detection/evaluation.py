@@ -50,7 +50,9 @@ class CocoMetric(BaseMetric):
         ann_file: COCO annotation JSON; default the dataset's.
         use_ann_file: Evaluate against the annotation file when one is known.
         classwise: Also report the AP of each class ('coco/<name>_precision').
-        proposal_nums: COCOeval's maxDets (the last one counts for AP).
+        proposal_nums: COCOeval's maxDets, three increasing counts (its summary reads three); every AP key is
+            taken at the last (pycocotools' own summary takes 'bbox_mAP' at 100 whatever they are: -1 without a
+            100). The default (1, 10, 100) gives pycocotools' numbers.
         outfile_prefix: Write the detections in COCO's results format to ``<prefix>.bbox.json``.
         format_only: Only write the results file, return no metrics.
         collect_device: Device results are gathered on across processes.
@@ -67,7 +69,11 @@ class CocoMetric(BaseMetric):
         self.ann_file = ann_file
         self.use_ann_file = use_ann_file
         self.classwise = classwise
-        self.proposal_nums = tuple(int(n) for n in proposal_nums)
+        nums = tuple(proposal_nums)
+        if len(nums) != 3 or any(int(n) != n or n < 1 for n in nums) or not nums[0] < nums[1] < nums[2]:
+            raise ValueError(f'proposal_nums must be three increasing positive detection counts (COCOeval\'s maxDets, '
+                             f'e.g. (1, 10, 100)), got {proposal_nums}')
+        self.proposal_nums = tuple(int(n) for n in nums)
         self.outfile_prefix = outfile_prefix
         self.format_only = format_only
 
@@ -81,10 +87,16 @@ class CocoMetric(BaseMetric):
             if img_id is None:
                 raise ValueError('CocoMetric needs an img_id (or index) in each sample\'s metainfo')
             ori_h, ori_w = meta.get('ori_shape', meta.get('img_shape'))
+            bboxes = _tensor(pred['bboxes']).astype(np.float64).reshape(-1, 4)
+            scores = _tensor(pred['scores']).astype(np.float64).reshape(-1)
+            # pycocotools scores a NaN box as a perfect match (its IoU fails the "< threshold" test) and ranks a
+            # NaN score anywhere: refuse them rather than report a wrong AP
+            for name, value in (('bboxes', bboxes), ('scores', scores)):
+                if not np.isfinite(value).all():
+                    raise ValueError(f'image {img_id}: pred_instances.{name} holds a non-finite value '
+                                     f'({value[~np.isfinite(value)][0]}): the model diverged or its output is broken')
             self.results.append({
-                'img_id': int(img_id), 'height': int(ori_h), 'width': int(ori_w),
-                'bboxes': _tensor(pred['bboxes']).astype(np.float64).reshape(-1, 4),
-                'scores': _tensor(pred['scores']).astype(np.float64).reshape(-1),
+                'img_id': int(img_id), 'height': int(ori_h), 'width': int(ori_w), 'bboxes': bboxes, 'scores': scores,
                 'labels': _tensor(pred['labels']).astype(np.int64).reshape(-1),
                 'instances': meta.get('instances'),
             })
@@ -106,9 +118,13 @@ class CocoMetric(BaseMetric):
                 raise ValueError('CocoMetric without an annotation file needs the original annotations in the '
                                  "samples ('instances' in the metainfo, as CocoDetection gives)")
             for inst in result['instances']:
+                label = int(inst['bbox_label'])
+                if not 0 <= label < len(cat_ids):  # a negative one would silently index from the end
+                    raise ValueError(f"image {result['img_id']}: ground-truth bbox_label {label} is outside the "
+                                     f'{len(cat_ids)} categories')
                 x1, y1, x2, y2 = (float(v) for v in inst['bbox'])
                 annotations.append({'id': len(annotations) + 1, 'image_id': result['img_id'],
-                                    'category_id': int(cat_ids[int(inst['bbox_label'])]),
+                                    'category_id': int(cat_ids[label]),
                                     'bbox': [x1, y1, x2 - x1, y2 - y1],
                                     'area': float(inst.get('area', (x2 - x1) * (y2 - y1))),
                                     'iscrowd': int(inst.get('ignore_flag', 0))})
@@ -126,6 +142,23 @@ class CocoMetric(BaseMetric):
                 detections.append({'image_id': result['img_id'], 'category_id': int(cat_ids[label]),
                                    'bbox': [x1, y1, x2 - x1, y2 - y1], 'score': float(score)})
         return detections
+
+    @staticmethod
+    def _average_precisions(evaluator) -> List[float]:
+        """COCOeval's six AP statistics (its ``summarize`` rule: the mean of the defined precisions, -1 if none),
+        all at the last maxDets."""
+        precision = evaluator.eval['precision']  # [iou, recall, class, area, max dets]
+        areas = list(evaluator.params.areaRngLbl)
+        ious = np.asarray(evaluator.params.iouThrs)
+        picks = [(None, 'all'), (0.5, 'all'), (0.75, 'all'), (None, 'small'), (None, 'medium'), (None, 'large')]
+        stats = []
+        for iou, area in picks:
+            values = precision[:, :, :, areas.index(area), -1]
+            if iou is not None:
+                values = values[np.isclose(ious, iou)]
+            values = values[values > -1]
+            stats.append(float(values.mean()) if values.size else -1.0)
+        return stats
 
     def compute_metrics(self, results: List[Dict]) -> Dict[str, float]:
         from pycocotools.coco import COCO
@@ -169,7 +202,10 @@ class CocoMetric(BaseMetric):
         with contextlib.redirect_stdout(summary):
             evaluator.summarize()
         print_log('\n' + summary.getvalue(), logger='current')
-        metrics = {key: float(value) for key, value in zip(COCO_METRIC_KEYS, evaluator.stats[:6])}
+        metrics = dict(zip(COCO_METRIC_KEYS, self._average_precisions(evaluator)))
+        if self.proposal_nums[-1] != 100:
+            print_log(f'the AP keys are at maxDets={self.proposal_nums[-1]} (the summary\'s first line is at 100): '
+                      f'bbox_mAP = {metrics["bbox_mAP"]:.3f}', logger='current')
         if self.classwise:
             names = list((self.dataset_meta or {}).get('classes') or [])
             precision = evaluator.eval['precision']  # [iou, recall, class, area, max dets]

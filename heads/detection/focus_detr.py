@@ -609,6 +609,9 @@ class FocusDETR(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f'num_classes must be positive, got {num_classes}')
+        for name, value in (('num_queries', num_queries), ('num_select', num_select)):
+            if value < 1:  # else a reshape or top-k error deep in forward/predict
+                raise ValueError(f'{name} must be positive, got {value}')
         if isinstance(criterion, nn.Module) and matcher is not None:
             raise ValueError('a criterion module brings its own matcher: give matcher only with a criterion dict')
         self.backbone = FeatureBackbone(backbone, None, pretrained, num_levels=num_backbone_levels, min_reduction=8,

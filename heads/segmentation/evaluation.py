@@ -62,6 +62,8 @@ class IoUMetric(BaseMetric):
     def __init__(self, num_classes: Optional[int] = None, ignore_index: int = IGNORE_INDEX, classwise: bool = True,
                  collect_device: str = 'cpu', prefix: Optional[str] = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f'num_classes must be positive (or None for the dataset\'s), got {num_classes}')
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.classwise = classwise
@@ -82,12 +84,19 @@ class IoUMetric(BaseMetric):
             if bool(((gt[valid] < 0) | (gt[valid] >= k)).any()):
                 raise ValueError(f'gt_sem_seg holds labels outside 0..{k - 1} besides ignore_index '
                                  f'{self.ignore_index}: {sorted(set(gt[valid].tolist()) - set(range(k)))[:10]}')
-            counts = torch.bincount(gt[valid] * k + pred[valid].clamp(0, k - 1), minlength=k * k).view(k, k)
+            pred = pred[valid]
+            if bool(((pred < 0) | (pred >= k)).any()):  # clamped, class 7 of 8 would count as class 2 of 3
+                raise ValueError(f'pred_sem_seg holds labels outside 0..{k - 1}: '
+                                 f'{sorted(set(pred.tolist()) - set(range(k)))[:10]} (the metric counts {k} classes: '
+                                 'set its num_classes, or the dataset\'s classes, to the model\'s)')
+            counts = torch.bincount(gt[valid] * k + pred, minlength=k * k).view(k, k)
             confusion = counts if confusion is None else confusion + counts
         if confusion is not None:
             self.results.append(confusion)
 
     def compute_metrics(self, results: List[torch.Tensor]) -> Dict[str, float]:
+        if not results:
+            raise ValueError('IoUMetric got no predictions: process() saw no samples')
         confusion = torch.stack(results).sum(0).double()
         true_positive = confusion.diag()
         labelled = confusion.sum(1)

@@ -63,7 +63,11 @@ class DiceLoss(nn.Module):
         dice = (2 * intersect + self.smooth) / ((probs * probs).sum(dims) + (one_hot * one_hot).sum(dims) + self.smooth)
         per_class = 1 - dice
         if weight is not None:
-            per_class = per_class * torch.as_tensor(weight, dtype=per_class.dtype, device=per_class.device)
+            weight = torch.as_tensor(weight, dtype=per_class.dtype, device=per_class.device)
+            if weight.shape != per_class.shape:  # one weight per class, as the official loop reads weight[i]
+                raise ValueError(f'DiceLoss: weight must hold one value per class ({self.num_classes}), got '
+                                 f'shape {tuple(weight.shape)}')
+            per_class = per_class * weight
         return per_class.sum() / self.num_classes
 
 
@@ -87,5 +91,7 @@ class CEDiceLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Scalar loss of logits [B, K, H, W] against labels [B, H, W]."""
         target = target.long()
-        ce = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index)
+        ce = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction='sum')
+        # the mean over the labelled pixels (the official loss); 0, not NaN, when every pixel is ignored
+        ce = ce / (target != self.ignore_index).sum().clamp(min=1)
         return self.ce_weight * ce + self.dice_weight * self.dice(logits, target)

@@ -111,6 +111,10 @@ class _SliceDataset(SeededDataset):
         if not 0 <= index < len(self):
             raise IndexError(f'index {index} out of range for {len(self)} slices')
         image, label, meta = self._load(index)
+        if label.size and label.min() < 0:  # the uint8 cast below would make -1 the ignored 255, silently
+            raise ValueError(f"{meta.get('case_name')} slice {meta.get('slice_index')}: the label holds "
+                             f'{int(label.min())}; labels are class indices 0..K-1 (a NaN in a float label file '
+                             'reads as a large negative number)')
         meta = dict(meta, index=index, ori_shape=tuple(label.shape))
         label = label.astype(np.uint8) if label.max(initial=0) < 256 else label.astype(np.int64)
         if self.pipeline is not None:

@@ -146,6 +146,13 @@ class DiceHD95Metric(BaseMetric):
     def __init__(self, num_classes: Optional[int] = None, voxel_spacing: Spacing = None, ignore_index: int = 255,
                  collect_device: str = 'cpu', prefix: Optional[str] = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f'num_classes counts the background too and must be at least 2, got {num_classes}')
+        if voxel_spacing is not None:
+            spacing = np.asarray(voxel_spacing, dtype=np.float64)
+            if spacing.ndim > 1 or spacing.size not in (1, 3) or not (np.isfinite(spacing) & (spacing > 0)).all():
+                raise ValueError(f'voxel_spacing must be one positive size or three (slice, row, column), got '
+                                 f'{voxel_spacing}')
         self.num_classes = num_classes
         self.voxel_spacing = voxel_spacing
         self.ignore_index = ignore_index
@@ -171,10 +178,22 @@ class DiceHD95Metric(BaseMetric):
             pred, gt = paired_label_maps(_as_array(sample['pred_sem_seg']), _as_array(sample['gt_sem_seg']),
                                          f'{case} slice {k}')
             ignored = gt == self.ignore_index
-            pred = np.where(ignored, 0, pred).astype(np.int16)
-            gt = np.where(ignored, 0, gt).astype(np.int16)
+            pred = np.where(ignored, 0, pred)
+            gt = np.where(ignored, 0, gt)
+            num_classes = self._classes(sample)
+            if num_classes < 2:
+                raise ValueError(f'DiceHD95Metric scores the foreground classes 1..K-1, but counts K={num_classes} '
+                                 'classes: set num_classes (background included)')
+            # a label the class loop never reaches would be left out of every score, silently
+            for name, labels in (('gt_sem_seg', gt), ('pred_sem_seg', pred)):
+                bad = labels[(labels < 0) | (labels >= num_classes)]
+                if bad.size:
+                    raise ValueError(f'{case} slice {k}: {name} holds label {bad.flat[0]} outside 0..{num_classes - 1}'
+                                     f' (ignore_index {self.ignore_index} aside): set num_classes to the model\'s '
+                                     'and the dataset\'s class count')
+            pred, gt = pred.astype(np.int16), gt.astype(np.int16)
             entry = self._pending.setdefault(case, {'slices': {}, 'num_slices': meta.get('num_slices'),
-                                                    'num_classes': self._classes(sample)})
+                                                    'num_classes': num_classes})
             entry['slices'][int(k)] = (pred, gt)  # keyed by slice: a distributed sampler's repeats count once
             if entry['num_slices'] is not None and len(entry['slices']) == int(entry['num_slices']):
                 self.results.append(self._score(case, entry['slices'], entry['num_classes']))
