@@ -476,6 +476,38 @@ def test_image_classifier_names_soft_float_and_negative_labels():
             model.loss(images, samples)
 
 
+def test_image_classifier_refuses_one_class_sample_mismatches_and_takes_int32_labels():
+    # Adversarial probes (round 7): num_classes=1 trained with a loss of 0 and predicted 1.0 for every image; predict
+    # with fewer (or more) data samples than images dropped predictions (or left samples without one), silently;
+    # int32 labels failed as "expected target dtype to be Long or Byte"; a sample without gt_label as an
+    # AttributeError; backbone_kwargs=dict(num_classes=...) as "got multiple values for keyword argument".
+    from mmengine.structures import BaseDataElement
+    with pytest.raises(ValueError, match='num_classes=1: a softmax cross-entropy classifier over one class'):
+        ImageClassifier(backbone='resnet10t', num_classes=1)
+    for key in ('num_classes', 'features_only'):
+        with pytest.raises(ValueError, match=rf"backbone_kwargs sets \['{key}'\]"):
+            ImageClassifier(backbone='resnet10t', num_classes=3, backbone_kwargs={key: 5 if key == 'num_classes' else
+                                                                                  True})
+    torch.manual_seed(0)
+    model = ImageClassifier(backbone='resnet10t', num_classes=3).eval()
+    images = torch.randn(4, 3, 16, 16)
+    samples = lambda labels, dtype=torch.long: [BaseDataElement(gt_label=torch.tensor(y, dtype=dtype))  # noqa: E731
+                                                for y in labels]
+    for count in (2, 6):
+        with pytest.raises(ValueError, match=f'predict got 4 images and {count} data samples'):
+            model.predict(images, samples([0] * count))
+    assert len(model.predict(images, samples([0] * 4))) == 4
+    with torch.no_grad():
+        torch.testing.assert_close(model.loss(images, samples([0, 1, 2, 1], torch.int32))['loss'],
+                                   model.loss(images, samples([0, 1, 2, 1]))['loss'])
+    with pytest.raises(ValueError, match=r'data samples \[3\] have no gt_label'):
+        model.loss(images, samples([0, 1, 2]) + [BaseDataElement()])
+    from visionattn.heads.classification.task import cls_collate
+    with pytest.raises(ValueError, match='needs images of one size'):  # was torch.stack's message
+        cls_collate([{'img': torch.zeros(3, 4, 4, dtype=torch.uint8), 'gt_label': 0, 'index': 0},
+                     {'img': torch.zeros(3, 5, 4, dtype=torch.uint8), 'gt_label': 1, 'index': 1}])
+
+
 def test_repeat_aug_sampler_checks_its_counts():
     from visionattn.engine import RepeatAugSampler
     for kwargs, message in ((dict(num_repeats=0), 'num_repeats must be a number > 0'),  # an empty epoch, silently
@@ -532,6 +564,24 @@ def test_cls_preprocessor_refuses_mean_std_on_the_0_255_scale():
     for kwargs in (dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)), dict(std=(0.2, 0.0, 0.2))):
         with pytest.raises(ValueError, match=r'on the 0..1 scale .* divided by 255'):
             ClsDataPreprocessor(**kwargs)
+
+
+@pytest.mark.parametrize('kind', ['classification', 'segmentation', 'detection'])
+def test_preprocessors_refuse_images_on_the_0_1_scale(kind):
+    # Adversarial probe: float images in [0, 1] (ToTensor's scale) were normalised as 0..255 ones: a near-constant map
+    # of about -2, silently. uint8 images, floats on the 0..255 scale and an all-zero image pass.
+    from visionattn.engine import ClsDataPreprocessor
+    from visionattn.heads.detection.task import DetDataPreprocessor
+    from visionattn.heads.segmentation.task import SegDataPreprocessor
+    make = {'classification': ClsDataPreprocessor, 'segmentation': SegDataPreprocessor,
+            'detection': DetDataPreprocessor}[kind]
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match='floats on the 0..1 scale'):
+        make()({'inputs': images, 'data_samples': None})
+    scaled = make()({'inputs': images * 255, 'data_samples': None})['inputs']
+    torch.testing.assert_close(scaled, make()({'inputs': (images * 255).round().to(torch.uint8),
+                                               'data_samples': None})['inputs'], atol=0.02, rtol=0)
+    assert torch.isfinite(make()({'inputs': torch.zeros(2, 3, 8, 8), 'data_samples': None})['inputs']).all()
 
 
 # Adversarial probes of the optimizer and schedule settings, on a tiny runner (4 samples, 2 iterations an epoch).

@@ -9,7 +9,7 @@ from mmengine.dist import all_reduce, get_world_size, is_distributed
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.structures import BaseDataElement
 
-__all__ = ['TaskModel', 'NormalizePadPreprocessor', 'parse_total_loss', 'batch_canvas', 'pad_to']
+__all__ = ['TaskModel', 'NormalizePadPreprocessor', 'check_pixel_scale', 'parse_total_loss', 'batch_canvas', 'pad_to']
 
 
 def batch_canvas(batch: Sequence[Dict], task: str) -> Tuple[int, int]:
@@ -133,6 +133,20 @@ class TaskModel(BaseModel):
             super().init_weights()
 
 
+def check_pixel_scale(inputs, who: str) -> None:
+    """Raise ValueError for floating-point images on the 0..1 scale (``ToTensor``'s): the preprocessors normalise
+    0..255 images (uint8, as the pipelines give them) with ``mean * 255`` and ``std * 255``, so a [0, 1] image came
+    out as a near-constant map of about -2 without a word. Floats on the 0..255 scale pass, and so does an all-zero
+    image (the same on both scales). Only floating-point inputs are inspected (a device sync for those alone)."""
+    for images in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
+        if isinstance(images, torch.Tensor) and images.is_floating_point() and images.numel():
+            peak = float(images.detach().abs().amax())
+            if 0.0 < peak <= 1.0:
+                raise ValueError(f'{who}: the input images are floats on the 0..1 scale (largest |value| {peak:.3g}); '
+                                 f'this preprocessor normalises 0..255 images (mean and std are multiplied by 255): '
+                                 f'pass uint8 images, or multiply these by 255')
+
+
 class NormalizePadPreprocessor(BaseDataPreprocessor):
     """Moves a batch to the device, repeats grey images to RGB, normalises, and pads to a size divisor (bottom/right,
     0 after normalising); each sample's metainfo gets 'pad_shape'. Subclasses pad their targets in ``pad_samples``.
@@ -160,6 +174,7 @@ class NormalizePadPreprocessor(BaseDataPreprocessor):
         """Pad the samples' targets of the unpadded batch ``size`` (h, w) by ``pad`` (bottom, right)."""
 
     def forward(self, data: Dict, training: bool = False) -> Dict:
+        check_pixel_scale(data.get('inputs'), type(self).__name__)  # before the move: on the host for loader batches
         data = self.cast_data(data)
         inputs = data['inputs']
         if inputs.ndim != 4:

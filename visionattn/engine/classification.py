@@ -9,6 +9,7 @@ import torch
 from mmengine.model import BaseDataPreprocessor
 from timm.data.random_erasing import RandomErasing
 
+from .base import check_pixel_scale
 from .registry import MODELS
 
 __all__ = ['ClsDataPreprocessor', 'check_model_name']
@@ -40,6 +41,7 @@ class ClsDataPreprocessor(BaseDataPreprocessor):
         self.random_erasing = RandomErasing(**random_erasing, device='cpu') if random_erasing else None
 
     def forward(self, data: Dict, training: bool = False) -> Dict:
+        check_pixel_scale(data.get('inputs'), type(self).__name__)  # before the move: on the host for loader batches
         data = self.cast_data(data)
         inputs = (data['inputs'].float() - self.mean) / self.std
         if training and self.random_erasing is not None:
