@@ -330,3 +330,129 @@ def test_preprocessor_statistics_and_negative_sample_indices_are_refused(target_
             model._labels([BaseDataElement(metainfo={'index': -1})], 'cpu')
     finally:
         model.pseudo_labels = saved
+
+
+def test_losses_refuse_label_count_dtype_empty_batches_and_bad_smoothing():
+    # Adversarial probes (round 7): 4 rows of logits with 2 labels gave rows 2-3 smoothing-only targets, silently;
+    # an empty batch gave NaN; epsilon 1.5 gave negative targets; the rest failed deep in scatter/matmul/indexing.
+    ce = CrossEntropyLabelSmooth(3)
+    with pytest.raises(ValueError, match='4 rows of logits and 2 labels'):
+        ce(torch.randn(4, 3), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match='2 rows of logits and 3 labels'):
+        ce(torch.randn(2, 3), torch.tensor([0, 1, 2]))
+    with pytest.raises(TypeError, match='integer class indices'):
+        ce(torch.randn(2, 3), torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match='empty batch'):
+        ce(torch.randn(0, 3), torch.zeros(0, dtype=torch.long))
+    for epsilon in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match=r'epsilon \(label smoothing\) must be in \[0, 1\)'):
+            CrossEntropyLabelSmooth(3, epsilon)
+    with pytest.raises(ValueError, match='num_classes must be a positive whole number'):
+        CrossEntropyLabelSmooth(2.5)
+    # a [B, 1] label column still works, and gives the same loss as [B]
+    logits = torch.randn(2, 3)
+    torch.testing.assert_close(ce(logits, torch.tensor([[0], [2]])), ce(logits, torch.tensor([0, 2])))
+    with pytest.raises(ValueError, match='empty batch'):
+        SoftTripletLoss()(torch.randn(0, 8), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match='reference must be'):  # was "index 3 is out of bounds"
+        SoftTripletLoss(margin=None)(torch.randn(4, 8), torch.tensor([0, 0, 1, 1]), torch.randn(3, 8))
+    from visionattn.heads.reid.losses import pairwise_euclidean
+    with pytest.raises(ValueError, match='of one width D'):  # was "mat1 and mat2 shapes cannot be multiplied"
+        pairwise_euclidean(torch.randn(2, 3), torch.randn(2, 4))
+
+
+def test_networks_refuse_fractional_num_classes_reduction_and_bool_stride():
+    # num_classes=2.5 / True failed in nn.Linear's empty(); ECAB reduction 0 said "divisible by reduction**3 = 0"
+    from visionattn.heads.reid.core_reid import SourceReIDNet
+    for num_classes in (2.5, True, 0):
+        with pytest.raises(ValueError, match='num_classes must be a positive whole number'):
+            CoreReIDHead(64, num_classes)
+    with pytest.raises(ValueError, match='SourceReIDNet: num_classes must be a positive whole number'):
+        SourceReIDNet('resnet18', num_classes=2.5)
+    for reduction in (0, -2, 2.0):
+        with pytest.raises(ValueError, match='reduction must be a whole number >= 1'):
+            ECAB(64, reduction)
+    with pytest.raises(ValueError, match='last_stride must be 1 or 2, got True'):
+        ReIDBackbone('resnet18', last_stride=True)
+    assert CoreReIDHead(64, np.int64(3)).classifier.out_features == 3
+
+
+def test_task_models_name_bad_batches_labels_and_pseudo_labels(target_model):
+    # Adversarial probes (round 7): float pseudo-labels were truncated to whole clusters, silently; NaN centroids
+    # became NaN classifier weights; predict with fewer data samples than images dropped features; a training batch
+    # of one image failed in BatchNorm; 2 images with 4 samples, or a [2] gt_label, failed deep in scatter_add_.
+    from visionattn.heads.reid.task import BaseDataElement, ReIDSourceModel
+    torch.manual_seed(0)
+    source = ReIDSourceModel('resnet18', num_classes=4).train()
+    images = torch.randn(2, 3, 64, 32)
+    samples = lambda labels: [BaseDataElement(gt_label=torch.tensor(y), metainfo={'index': i})  # noqa: E731
+                              for i, y in enumerate(labels)]
+    with pytest.raises(ValueError, match='got 2 images and 4 data samples'):
+        source.loss(images, samples([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match='needs one integer identity as gt_label'):
+        source.loss(images, samples([[0, 1], [1, 0]]))
+    with pytest.raises(ValueError, match=r'identity label 4 is outside 0\.\.3 \(num_classes=4\)'):
+        source.loss(images, samples([0, 4]))
+    with pytest.raises(ValueError, match='batch of 1 image'):
+        source.loss(images[:1], samples([0]))
+    assert set(source.loss(images, samples([0, 1]))) == {'loss_ce', 'loss_tri'}
+    source.eval()
+    with pytest.raises(ValueError, match='got 2 images and 1 data samples'):
+        source.predict(images, samples([0]))
+    assert [s.pred_feature.shape for s in source.predict(images[:1], samples([0]))] == [(source.net.num_features,)]
+
+    model = target_model
+    saved, was_training = model.pseudo_labels, model.training
+    try:
+        for bad in (np.array([0.5, 0, 1, 1]), np.array([[0, 1], [2, 3]])):
+            with pytest.raises(ValueError, match='1-D array of integer cluster ids'):
+                model.set_pseudo_labels({'global': bad, 'upper': bad, 'lower': bad})
+        model.set_pseudo_labels({k: np.array([0, 1, 2, 3]) for k in ('global', 'upper', 'lower')})
+        with pytest.raises(ValueError, match='non-finite'):
+            model.init_classifier(np.full((4, model.student.num_features), np.nan))
+        assert torch.isfinite(model.student.head.classifier.weight).all()
+        with pytest.raises(KeyError, match="lack the metainfo 'index'"):
+            model._labels([BaseDataElement(gt_label=torch.tensor(0))], 'cpu')
+        model.train()
+        with pytest.raises(ValueError, match='batch of 1 image'):
+            model.loss(images[:1], samples([0]))
+    finally:
+        model.pseudo_labels = saved
+        model.train(was_training)
+
+
+def test_nhwc_backbones_give_nchw_maps_to_the_heads():
+    # timm's features_only MambaOut returns NHWC maps: the multi-view head refused them as "[B, 288, H, W] expected"
+    # and the source network pooled over (W, C), failing in its BN neck. ECAB names a reduction that fits.
+    from visionattn.heads.reid.core_reid import CoreReID, SourceReIDNet
+    torch.manual_seed(0)
+    backbone = ReIDBackbone('mambaout_femto', last_stride=2).eval()
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        feature_map = backbone(x)
+        nhwc = backbone.body(x)[-1]
+    assert feature_map.shape == (2, 288, 2, 1) and torch.equal(feature_map, nhwc.permute(0, 3, 1, 2))
+    with pytest.raises(ValueError, match=r'reduction=2 fits this backbone'):
+        CoreReID('mambaout_femto', num_classes=3, last_stride=2)
+    model = CoreReID('mambaout_femto', num_classes=3, last_stride=2, reduction=2).eval()
+    with torch.no_grad():
+        assert model.extract(x).shape == (2, 3 * 288)
+        assert SourceReIDNet('mambaout_femto', num_classes=3, last_stride=2).eval().extract(x).shape == (2, 288)
+
+
+def test_clustering_hook_arguments_and_camera_statistics_are_checked():
+    # init_size=(1500,) failed as "tuple index out of range" and num_clusters=2.5 / batch_size=0 in MiniBatchKMeans,
+    # both only after the first extraction of the whole target set; a zero or NaN camera std gave a black channel.
+    from visionattn.heads.reid.task import ClusteringHook, camera_style_transfer
+    for kwargs, message in ((dict(num_clusters=2.5), 'num_clusters must be a positive whole number'),
+                            (dict(batch_size=0), 'batch_size must be a positive whole number'),
+                            (dict(max_iter=1.5), 'max_iter must be a positive whole number'),
+                            (dict(init_size=(1500,)), 'init_size must be two positive whole numbers')):
+        with pytest.raises(ValueError, match=message):
+            ClusteringHook(dataloader={}, **dict(dict(num_clusters=2), **kwargs))
+    image = np.full((4, 4, 3), 100, dtype=np.uint8)
+    to_stats = np.array([[50.0, 50, 50], [1, 1, 1]])
+    for from_stats in (np.array([[100.0, 100, 100], [0, 1, 1]]), np.array([[np.nan, 100, 100], [1, 1, 1]])):
+        with pytest.raises(ValueError, match='from_stats needs finite means and positive stds'):
+            camera_style_transfer(image, from_stats, to_stats)
+    assert (camera_style_transfer(image, np.array([[100.0, 100, 100], [1, 1, 1]]), to_stats) == 50).all()

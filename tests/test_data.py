@@ -182,3 +182,18 @@ def test_transforms_refuse_bad_sizes_crop_pct_and_statistics():
         TimmTransforms(True, 32, multi_scale=(0, 2))
     with pytest.raises(ValueError, match='mean must hold 3'):  # 4 fill values were accepted silently
         TimmTransforms(True, 32, auto_augment='rand-m9-mstd0.5', mean=(0.5, 0.5, 0.5, 0.5))
+
+
+def test_digits_dataset_checks_max_samples_test_fraction_and_negative_indices():
+    # max_samples=-1 kept "all but the last" image and 0 an empty split, silently; test_fraction 0 failed in
+    # scikit-learn naming its test_size; dataset[-1] wrapped round and its item carried index -1.
+    for kwargs, message in ((dict(max_samples=-1), 'max_samples must be a positive whole number'),
+                            (dict(max_samples=0), 'max_samples must be a positive whole number'),
+                            (dict(test_fraction=0), r'test_fraction must be a fraction in \(0, 1\)'),
+                            (dict(test_fraction=1.5), r'test_fraction must be a fraction in \(0, 1\)')):
+        with pytest.raises(ValueError, match=message):
+            DigitsDataset('test', **kwargs)
+    dataset = DigitsDataset('test', max_samples=3)
+    assert len(dataset) == 3 and dataset[2]['index'] == 2
+    with pytest.raises(IndexError, match='index -1 out of range for 3 items'):
+        dataset[-1]

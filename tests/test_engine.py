@@ -570,9 +570,10 @@ def test_cls_preprocessor_refuses_mean_std_on_the_0_255_scale():
 def test_preprocessors_refuse_images_on_the_0_1_scale(kind):
     # Adversarial probe: float images in [0, 1] (ToTensor's scale) were normalised as 0..255 ones: a near-constant map
     # of about -2, silently. uint8 images, floats on the 0..255 scale and an all-zero image pass.
-    from visionattn.engine import ClsDataPreprocessor
     from visionattn.heads.detection.task import DetDataPreprocessor
     from visionattn.heads.segmentation.task import SegDataPreprocessor
+
+    from visionattn.engine import ClsDataPreprocessor
     make = {'classification': ClsDataPreprocessor, 'segmentation': SegDataPreprocessor,
             'detection': DetDataPreprocessor}[kind]
     images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))

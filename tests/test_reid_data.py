@@ -627,3 +627,32 @@ def test_the_runner_refuses_a_loader_that_cuts_across_pk_batches():
                                           r"batch_size to 8"):
         check_batches(loop(6), 'train_dataloader')
     check_batches(loop(8), 'train_dataloader')
+
+
+def test_reid_metric_refuses_bad_ranks_rerank_args_labels_and_is_query():
+    # Adversarial probes (round 7): rank 1.5 was reported as rank-1; k1=0 failed only after the whole test set was
+    # extracted; is_query='False' counted as a query (bool of a string) and a [2] gt_label as its first id, silently;
+    # no sample, or mixed feature widths, failed in torch.stack.
+    for ranks in ((1.5,), 5, '15', (0, 1)):
+        with pytest.raises(ValueError, match='ranks must be a non-empty sequence of positive whole numbers'):
+            ReIDMetric(ranks=ranks)
+    for kwargs in (dict(k1=0), dict(k2=2.5), dict(lambda_value=1.5)):
+        with pytest.raises(ValueError, match='k1 and k2 must be whole numbers|lambda_value must lie'):
+            ReIDMetric(rerank=True, **kwargs)
+    metric = ReIDMetric()
+
+    def sample(label=torch.tensor(1), is_query=True, width=4):
+        return BaseDataElement(pred_feature=torch.ones(width), gt_label=label, metainfo=dict(camid=0,
+                                                                                             is_query=is_query))
+    with pytest.raises(ValueError, match="is_query must be a bool, got 'False'"):
+        metric.process({}, [sample(is_query='False')])
+    with pytest.raises(ValueError, match='gt_label must hold one identity'):
+        metric.process({}, [sample(label=torch.tensor([1, 2]))])
+    metric.process({}, [sample(is_query=np.bool_(True)), sample(is_query=torch.tensor(False))])
+    assert [r[3] for r in metric.results] == [True, False]
+    with pytest.raises(ValueError, match='got no samples'):
+        metric.compute_metrics([])
+    with pytest.raises(ValueError, match=r'widths differ between samples \(\[4, 5\]\)'):
+        metric.compute_metrics([(torch.ones(4), 0, 0, True), (torch.ones(5), 0, 1, False)])
+    with pytest.raises(ValueError, match='max_rank must be a positive whole number'):
+        evaluate_rank(np.array([[0.1, 0.2]]), [0], [0, 1], [0], [1, 1], max_rank=2.5)

@@ -4,6 +4,7 @@ Each item is ``{'img': uint8 tensor [3, H, W], 'gt_label': int, 'index': int}``.
 sample from (seed, epoch, index), so a run is reproducible whatever the number of workers or processes, and a
 resumed run draws the same augmentations as an uninterrupted one.
 """
+import numbers
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -20,6 +21,8 @@ class _ClassificationDataset(SeededDataset):
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> Dict:
+        if not 0 <= index < len(self):  # a negative index wrapped around and its item carried 'index' -1
+            raise IndexError(f'index {index} out of range for {len(self)} items')
         image, label = self._load(index)
         if self.pipeline is not None:
             self.seed_pipeline(index)
@@ -48,6 +51,13 @@ class DigitsDataset(_ClassificationDataset):
         super().__init__(pipeline, seed)
         if split not in ('train', 'test'):
             raise ValueError(f"DigitsDataset split must be 'train' or 'test', got {split!r}")
+        if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real) or not 0 < test_fraction < 1:
+            raise ValueError(f'DigitsDataset: test_fraction must be a fraction in (0, 1), got {test_fraction!r}')
+        # [:max_samples] took max_samples=-1 as "all but the last" and 0 as an empty split, silently
+        if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral)
+                                        or max_samples < 1):
+            raise ValueError(f'DigitsDataset: max_samples must be a positive whole number or None, got '
+                             f'{max_samples!r}')
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
         digits = load_digits()

@@ -29,6 +29,10 @@ def cls_collate(batch: Sequence[Dict]) -> Dict:
     """Stack the dataset's uint8 images; one data sample per image holding its label and index."""
     if not batch:
         raise ValueError('classification collate got an empty batch')  # as every task's collate says it
+    shapes = {tuple(item['img'].shape) for item in batch}
+    if len(shapes) != 1:
+        raise ValueError(f'classification collate needs images of one size (resize or crop them in the pipeline), got '
+                         f'{sorted(shapes)}')
     inputs = torch.stack([item['img'] for item in batch])
     samples = [BaseDataElement(gt_label=torch.tensor(item['gt_label']), metainfo={'index': item['index']})
                for item in batch]
@@ -94,6 +98,13 @@ class ImageClassifier(TaskModel):
         if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f'model.num_classes must be a positive whole number, got {num_classes!r}')
         num_classes = int(num_classes)
+        if num_classes == 1:  # softmax over one class: the loss is 0 and every prediction 1.0, whatever the image
+            raise ValueError('model.num_classes=1: a softmax cross-entropy classifier over one class learns nothing '
+                             '(its loss is always 0); a two-class task needs num_classes=2')
+        taken = sorted(set(backbone_kwargs or ()) & {'num_classes', 'pretrained', 'features_only'})
+        if taken:
+            raise ValueError(f'model.backbone_kwargs sets {taken}: num_classes and pretrained are the model\'s own '
+                             'arguments, and the classifier needs the logits (not features_only)')
         if (not isinstance(label_smoothing, numbers.Real) or isinstance(label_smoothing, bool)
                 or not 0.0 <= label_smoothing < 1.0):
             raise ValueError(f'model.label_smoothing must be in [0, 1) (0: none; 1 would make every target uniform), '
@@ -153,7 +164,8 @@ class ImageClassifier(TaskModel):
 
     @staticmethod
     def _labels(inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> torch.Tensor:
-        return torch.stack([s.gt_label.reshape(()) for s in data_samples]).to(inputs.device)
+        # int64: cross_entropy refuses int8/16/32 targets ("expected target dtype to be Long or Byte")
+        return torch.stack([s.gt_label.reshape(()) for s in data_samples]).long().to(inputs.device)
 
     def loss(self, inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> Dict[str, torch.Tensor]:
         if not len(inputs) or not data_samples:
@@ -162,6 +174,9 @@ class ImageClassifier(TaskModel):
                              'NaN); drop empty batches before the model')
         if len(data_samples) != len(inputs):
             raise ValueError(f'ImageClassifier.loss got {len(inputs)} images and {len(data_samples)} data samples')
+        unlabelled = [i for i, s in enumerate(data_samples) if 'gt_label' not in s]
+        if unlabelled:
+            raise ValueError(f'ImageClassifier.loss: data samples {unlabelled[:8]} have no gt_label')
         self._check_labels(data_samples)
         labels = self._labels(inputs, data_samples)
         if self.mixup is not None:
@@ -173,6 +188,9 @@ class ImageClassifier(TaskModel):
         return {'loss': F.cross_entropy(self.classifier(inputs), labels, label_smoothing=self.label_smoothing)}
 
     def predict(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None):
+        if data_samples is not None and len(data_samples) != len(inputs):  # zip would drop predictions silently
+            raise ValueError(f'ImageClassifier.predict got {len(inputs)} images and {len(data_samples)} data samples: '
+                             'one sample per image')
         scores = self.forward(inputs).float().softmax(dim=-1)
         if data_samples is None:
             data_samples = [BaseDataElement() for _ in range(len(scores))]

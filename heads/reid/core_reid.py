@@ -6,6 +6,7 @@ source-domain baseline network.
 Plain ``nn.Module`` s: the mmengine task models that train them live in ``visionattn.heads.reid.task``. Every width
 is taken from the backbone (the official code hard-codes ResNet-50's 2048 channels).
 """
+import numbers
 from typing import Callable, Dict, List, Sequence
 
 import timm
@@ -15,6 +16,13 @@ from torch import nn
 
 __all__ = ['ReIDBackbone', 'ECAB', 'EnsembleFusion', 'CoreReIDHead', 'CoreReID', 'SourceReIDNet',
            'bmfn', 'set_last_stride_one']
+
+
+def _check_num_classes(num_classes, owner: str) -> int:
+    """A positive whole number (2.5 or True would fail deep in ``nn.Linear``, or build a one-class classifier)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(f'{owner}: num_classes must be a positive whole number, got {num_classes!r}')
+    return int(num_classes)
 
 
 def _frozen_bias_bn(channels: int) -> nn.BatchNorm1d:
@@ -69,7 +77,8 @@ def set_last_stride_one(model: nn.Module, stage_name: str) -> None:
 
 
 class ReIDBackbone(nn.Module):
-    """Any timm or zoo backbone by name, returning its last feature map (``features_only``, last level).
+    """Any timm or zoo backbone by name, returning its last feature map (``features_only``, last level), NCHW even
+    where the timm extractor returns NHWC (MambaOut, Swin).
 
     Args:
         name: timm / zoo model name ('resnet50', 'eca_resnet50', 'ela_resnet50', ...).
@@ -82,8 +91,8 @@ class ReIDBackbone(nn.Module):
 
     def __init__(self, name: str = 'resnet50', pretrained: bool = False, last_stride: int = 1, **kwargs):
         super().__init__()
-        if last_stride not in (1, 2):
-            raise ValueError(f'last_stride must be 1 or 2, got {last_stride}')
+        if isinstance(last_stride, bool) or last_stride not in (1, 2):
+            raise ValueError(f'last_stride must be 1 or 2, got {last_stride!r}')
         if not timm.is_model(name.split('.')[0]):
             import visionattn  # noqa: F401  (registers the zoo)
             if not timm.is_model(name.split('.')[0]):
@@ -96,11 +105,20 @@ class ReIDBackbone(nn.Module):
             set_last_stride_one(self.body, info.module_name()[-1])
             self.reduction //= 2
         self.last_stride = last_stride
+        # timm's features_only MambaOut / Swin return NHWC maps: the head pools and splits NCHW ones
+        fmt = getattr(self.body, 'output_fmt', 'NCHW')
+        self.nhwc = getattr(fmt, 'value', fmt) == 'NHWC'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f'expected images [B, C, H, W], got shape {tuple(x.shape)}')
-        return self.body(x)[-1]
+        feature_map = self.body(x)[-1]
+        if self.nhwc:
+            feature_map = feature_map.permute(0, 3, 1, 2)
+        if feature_map.dim() != 4 or feature_map.shape[1] != self.num_features:
+            raise RuntimeError(f'the backbone returned a map of shape {tuple(feature_map.shape)}, its feature_info '
+                               f'says {self.num_features} channels (NCHW expected)')
+        return feature_map
 
 
 def _max_plus_avg(x: torch.Tensor) -> torch.Tensor:
@@ -120,8 +138,12 @@ class ECAB(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 4):
         super().__init__()
-        if reduction < 1 or channels % reduction ** 3:
-            raise ValueError(f'ECAB needs channels divisible by reduction**3 = {reduction ** 3}, got {channels}')
+        if isinstance(reduction, bool) or not isinstance(reduction, numbers.Integral) or reduction < 1:
+            raise ValueError(f'ECAB: reduction must be a whole number >= 1, got {reduction!r}')
+        if channels % reduction ** 3:
+            fits = [r for r in range(1, reduction) if channels % r ** 3 == 0][-1]
+            raise ValueError(f'ECAB needs channels divisible by reduction**3 = {reduction ** 3}, got {channels} '
+                             f'(reduction={fits} fits this backbone)')
         widths = [channels, channels // reduction, channels // reduction ** 2, channels // reduction ** 3,
                   channels // reduction ** 2, channels // reduction, channels]
         layers: List[nn.Module] = []
@@ -183,8 +205,7 @@ class CoreReIDHead(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, reduction: int = 4):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f'num_classes must be positive, got {num_classes}')
+        num_classes = _check_num_classes(num_classes, type(self).__name__)
         self.channels, self.num_classes = channels, num_classes
         self.bn_global = _frozen_bias_bn(channels)
         self.bn_upper = _frozen_bias_bn(channels)
@@ -267,8 +288,7 @@ class SourceReIDNet(nn.Module):
     def __init__(self, backbone: str = 'resnet50', num_classes: int = 751, pretrained: bool = False,
                  last_stride: int = 1, backbone_kwargs: Dict = None):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f'num_classes must be positive, got {num_classes}')
+        num_classes = _check_num_classes(num_classes, type(self).__name__)
         self.backbone = ReIDBackbone(backbone, pretrained=pretrained, last_stride=last_stride,
                                      **(backbone_kwargs or {}))
         self.num_features = self.backbone.num_features

@@ -241,8 +241,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     if len(g_pids) != num_gallery or len(g_camids) != num_gallery:
         raise ValueError(f'distmat has {num_gallery} gallery entries but g_pids/g_camids have '
                          f'{len(g_pids)}/{len(g_camids)}')
-    if max_rank < 1:
-        raise ValueError(f'max_rank must be positive, got {max_rank}')
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise ValueError(f'max_rank must be a positive whole number, got {max_rank!r}')
     if num_query == 0 or num_gallery == 0:
         raise ValueError(f'evaluate_rank needs queries and a gallery, got {num_query} queries and {num_gallery} '
                          'gallery entries')
@@ -373,8 +373,15 @@ class ReIDMetric(BaseMetric):
         super().__init__(collect_device=collect_device, prefix=prefix)
         if metric not in ('euclidean', 'cosine'):
             raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
-        if not ranks or min(ranks) < 1:
-            raise ValueError(f'ranks must be positive, got {ranks}')
+        if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Sequence) or not ranks or any(
+                isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ranks):
+            # rank 1.5 was reported as rank-1, ranks=5 failed as "'int' object is not iterable"
+            raise ValueError(f'ranks must be a non-empty sequence of positive whole numbers, got {ranks!r}')
+        if rerank:  # checked here, not after the whole test set was extracted
+            if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in (k1, k2)):
+                raise ValueError(f'ReIDMetric: k1 and k2 must be whole numbers >= 1, got {k1!r} and {k2!r}')
+            if not 0 <= lambda_value <= 1:
+                raise ValueError(f'ReIDMetric: lambda_value must lie in [0, 1], got {lambda_value!r}')
         self.metric = metric
         self.rerank = rerank
         self.normalize = normalize
@@ -400,10 +407,23 @@ class ReIDMetric(BaseMetric):
             feature = torch.as_tensor(values['pred_feature']).detach().float().cpu()
             if feature.ndim != 1:
                 raise ValueError(f'pred_feature must be a 1-D tensor, got shape {tuple(feature.shape)}')
-            self.results.append((feature, int(torch.as_tensor(values['gt_label']).reshape(-1)[0]),
-                                 int(values['camid']), bool(values['is_query'])))
+            label = torch.as_tensor(values['gt_label'])
+            if label.numel() != 1:  # the first of several labels was taken silently
+                raise ValueError(f'ReIDMetric: gt_label must hold one identity, got shape {tuple(label.shape)}')
+            is_query = values['is_query']
+            if torch.is_tensor(is_query) and is_query.numel() == 1:
+                is_query = is_query.item()
+            if not isinstance(is_query, (bool, np.bool_)) and is_query not in (0, 1):  # bool('False') is True
+                raise ValueError(f'ReIDMetric: is_query must be a bool, got {is_query!r}')
+            self.results.append((feature, int(label.reshape(-1)[0]), int(values['camid']), bool(is_query)))
 
     def compute_metrics(self, results: List) -> Dict[str, float]:
+        if not results:
+            raise ValueError('ReIDMetric got no samples: the test set is empty or the model predicted nothing')
+        widths = sorted({len(r[0]) for r in results})
+        if len(widths) != 1:
+            raise ValueError(f'ReIDMetric: pred_feature widths differ between samples ({widths}): one model, one '
+                             'feature width')
         features = torch.stack([r[0] for r in results])
         pids = np.array([r[1] for r in results], dtype=np.int64)
         camids = np.array([r[2] for r in results], dtype=np.int64)

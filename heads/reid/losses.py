@@ -1,5 +1,6 @@
 """The losses of CORE-ReID (official ``reid/loss/``): label-smoothed cross-entropy, the soft-margin batch-hard triplet
 loss, and the combined target-domain loss over the global and part views."""
+import numbers
 from typing import Dict, Optional
 
 import torch
@@ -11,6 +12,9 @@ __all__ = ['CrossEntropyLabelSmooth', 'SoftTripletLoss', 'CoreReIDLoss', 'pairwi
 
 def pairwise_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Euclidean distances [M, N] with the official clamp at 1e-12 before the square root (so d(x, x) = 1e-6)."""
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f'pairwise_euclidean needs features [M, D] and [N, D] of one width D, got {tuple(x.shape)} '
+                         f'and {tuple(y.shape)}')
     squared = x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1).unsqueeze(0) - 2 * x @ y.t()
     return squared.clamp(min=1e-12).sqrt()
 
@@ -34,17 +38,32 @@ class CrossEntropyLabelSmooth(nn.Module):
 
     def __init__(self, num_classes: int, epsilon: float = 0.1):
         super().__init__()
-        self.num_classes, self.epsilon = num_classes, epsilon
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+            raise ValueError(f'CrossEntropyLabelSmooth: num_classes must be a positive whole number, got '
+                             f'{num_classes!r}')
+        # epsilon > 1 gives negative targets (the loss rewards the wrong classes), 1 uniform ones (nothing to learn)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not 0 <= epsilon < 1:
+            raise ValueError(f'CrossEntropyLabelSmooth: epsilon (label smoothing) must be in [0, 1), got {epsilon!r}')
+        self.num_classes, self.epsilon = int(num_classes), float(epsilon)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f'logits must be [B, {self.num_classes}], got {tuple(logits.shape)}')
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f'labels must be integer class indices, got a {labels.dtype} tensor')
+        labels = labels.reshape(-1)
+        if len(labels) != len(logits):  # fewer labels left the other rows with smoothing-only targets, silently
+            raise ValueError(f'CrossEntropyLabelSmooth got {len(logits)} rows of logits and {len(labels)} labels: one '
+                             'label per row')
+        if not len(labels):
+            raise ValueError('CrossEntropyLabelSmooth got an empty batch: the mean over no sample is NaN')
+        # values are checked where that needs no device sync (the task models check theirs on the CPU)
+        if labels.device.type == 'cpu' and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(f'labels must lie in [0, {self.num_classes}), got {int(labels.min())}..'
                              f'{int(labels.max())}')
         log_probs = logits.log_softmax(dim=1)
         targets = torch.full_like(log_probs, self.epsilon / self.num_classes)
-        targets.scatter_add_(1, labels.view(-1, 1), log_probs.new_full((len(labels), 1), 1 - self.epsilon))
+        targets.scatter_add_(1, labels.view(-1, 1).long(), log_probs.new_full((len(labels), 1), 1 - self.epsilon))
         return -(targets * log_probs).sum(dim=1).mean()
 
 
@@ -70,6 +89,11 @@ class SoftTripletLoss(nn.Module):
         if embeddings.dim() != 2 or labels.shape != (embeddings.shape[0],):
             raise ValueError(f'expected embeddings [B, D] and labels [B], got {tuple(embeddings.shape)} and '
                              f'{tuple(labels.shape)}')
+        if not len(labels):
+            raise ValueError('SoftTripletLoss got an empty batch: the mean over no anchor is NaN')
+        if reference is not None and (reference.dim() != 2 or len(reference) != len(embeddings)):
+            raise ValueError(f'SoftTripletLoss: reference must be [B, D\'] with the B={len(embeddings)} rows of the '
+                             f'embeddings, got {tuple(reference.shape)}')
         if self.normalize_feature:
             embeddings = F.normalize(embeddings, dim=1)
         dist = pairwise_euclidean(embeddings, embeddings)

@@ -50,9 +50,48 @@ class ReIDDataPreprocessor(ClsDataPreprocessor):
 def _set_features(features: torch.Tensor, data_samples: Optional[List[BaseDataElement]]) -> List[BaseDataElement]:
     if data_samples is None:
         data_samples = [BaseDataElement() for _ in range(len(features))]
+    if len(data_samples) != len(features):  # zip would drop features, or leave samples without one, silently
+        raise ValueError(f'predict got {len(features)} images and {len(data_samples)} data samples: one sample per '
+                         'image')
     for sample, feature in zip(data_samples, features):
         sample.set_data({'pred_feature': feature.float()})
     return data_samples
+
+
+def _check_batch(model, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]]) -> None:
+    """One data sample per image, and (training) at least 2 images: the BN necks cannot normalise a batch of one
+    ("Expected more than 1 value per channel") and a triplet needs a second image."""
+    name = type(model).__name__
+    if data_samples is None or len(data_samples) != len(inputs):
+        raise ValueError(f'{name}.loss got {len(inputs)} images and {len(data_samples or ())} data samples: one '
+                         'sample (with its label) per image')
+    if not len(inputs):
+        raise ValueError(f'{name}.loss got an empty batch: there is no loss to take (its mean would be NaN)')
+    if model.training and len(inputs) < 2:
+        raise ValueError(f'{name}.loss got a batch of {len(inputs)} image: training needs at least 2 per batch (the '
+                         'BatchNorm neck and the triplet loss); use the PKSampler, or drop_last=True')
+
+
+def _source_labels(data_samples: List[BaseDataElement], num_classes: int) -> torch.Tensor:
+    """The identity labels, checked while they are on the host (no device sync): one whole number each, in
+    0..num_classes-1."""
+    labels = []
+    for i, sample in enumerate(data_samples):
+        label = sample.get('gt_label')
+        label = torch.as_tensor(label) if isinstance(label, (int, np.integer)) and not isinstance(label, bool) \
+            else label
+        if not isinstance(label, torch.Tensor) or label.numel() != 1 or label.is_floating_point() \
+                or label.is_complex() or label.dtype == torch.bool:
+            what = (f'a {label.dtype} tensor of shape {tuple(label.shape)}' if isinstance(label, torch.Tensor)
+                    else repr(label))
+            raise ValueError(f'ReIDSourceModel: data sample {i} needs one integer identity as gt_label, got {what}')
+        labels.append(label.reshape(()))
+    labels = torch.stack(labels).long()
+    if labels.device.type == 'cpu' and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+        raise ValueError(f'ReIDSourceModel: identity label {bad} is outside 0..{num_classes - 1} '
+                         f'(num_classes={num_classes}): set num_classes to the training set\'s num_pids')
+    return labels
 
 
 def _unwrap(model):
@@ -96,7 +135,8 @@ class ReIDSourceModel(TaskModel):
         return self.net(inputs)
 
     def loss(self, inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> Dict[str, torch.Tensor]:
-        labels = torch.stack([s.gt_label for s in data_samples]).to(inputs.device).view(-1)
+        _check_batch(self, inputs, data_samples)
+        labels = _source_labels(data_samples, self.num_classes).to(inputs.device)
         out = self.net(inputs)
         return {'loss_ce': self.ce(out['logits'], labels), 'loss_tri': self.triplet(out['global'], labels)}
 
@@ -202,6 +242,11 @@ class CoreReIDTargetModel(TaskModel):
         """Store one label array per view ('global', 'upper', 'lower'), indexed by the training set's ``index``."""
         if set(labels) != {'global', 'upper', 'lower'}:
             raise ValueError(f"pseudo-labels need the views 'global', 'upper' and 'lower', got {sorted(labels)}")
+        for key, value in labels.items():  # a float array was truncated to whole labels, a 2-D one failed later
+            value = np.asarray(value)
+            if value.ndim != 1 or (value.size and not np.issubdtype(value.dtype, np.integer)):
+                raise ValueError(f'{key} pseudo-labels must be a 1-D array of integer cluster ids, got {value.dtype} '
+                                 f'of shape {value.shape}')
         arrays = {k: torch.as_tensor(np.asarray(v), dtype=torch.long) for k, v in labels.items()}
         if len({len(v) for v in arrays.values()}) != 1:
             raise ValueError(f'pseudo-label arrays differ in length: { {k: len(v) for k, v in arrays.items()} }')
@@ -215,6 +260,10 @@ class CoreReIDTargetModel(TaskModel):
         if self.pseudo_labels is None:
             raise RuntimeError('CoreReIDTargetModel has no pseudo-labels: add ClusteringHook to custom_hooks (it '
                                'clusters the target set before every epoch), or call set_pseudo_labels')
+        missing = [i for i, s in enumerate(data_samples) if 'index' not in s.metainfo]
+        if missing:
+            raise KeyError(f"data samples {missing[:8]} lack the metainfo 'index' (the training set's item index, "
+                           'set by reid_collate) that looks their pseudo-labels up')
         index = torch.tensor([int(s.metainfo['index']) for s in data_samples])
         size = len(self.pseudo_labels['global'])
         if int(index.max()) >= size or int(index.min()) < 0:  # a negative index would wrap to another image's label
@@ -225,10 +274,13 @@ class CoreReIDTargetModel(TaskModel):
     @torch.no_grad()
     def init_classifier(self, centroids: np.ndarray) -> None:
         """Student and teacher classifiers := the L2-normalised global-view centroids [K, C]."""
-        weight = F.normalize(torch.as_tensor(np.asarray(centroids), dtype=torch.float32), dim=1)
+        centroids = torch.as_tensor(np.asarray(centroids), dtype=torch.float32)
         target = self.student.head.classifier.weight
-        if weight.shape != target.shape:
-            raise ValueError(f'centroids {tuple(weight.shape)} do not fit the classifier {tuple(target.shape)}')
+        if centroids.shape != target.shape:
+            raise ValueError(f'centroids {tuple(centroids.shape)} do not fit the classifier {tuple(target.shape)}')
+        if not torch.isfinite(centroids).all():  # NaN weights would make every logit and the CE NaN
+            raise ValueError('centroids hold non-finite values (non-finite clustering features?)')
+        weight = F.normalize(centroids, dim=1)
         target.copy_(weight.to(target))
         self.teacher.head.classifier.weight.copy_(weight.to(target))
 
@@ -242,6 +294,7 @@ class CoreReIDTargetModel(TaskModel):
         return _set_features(bmfn(self.teacher.extract, inputs), data_samples)
 
     def loss(self, inputs: torch.Tensor, data_samples: List[BaseDataElement]) -> Dict[str, torch.Tensor]:
+        _check_batch(self, inputs, data_samples)
         labels = self._labels(data_samples, inputs.device)
         views = self.student(inputs)
         with torch.no_grad():  # no loss reaches them; run for their BN statistics, as the official Encoder
@@ -290,8 +343,17 @@ class ClusteringHook(Hook):
 
     def __init__(self, dataloader: Dict, num_clusters: int, seed: int = 0, batch_size: int = 300,
                  max_iter: int = 100, init_size: Sequence[int] = (1500, 900), reset_optimizer: bool = True):
-        if num_clusters < 1:
-            raise ValueError(f'num_clusters must be positive, got {num_clusters}')
+        def whole(value) -> bool:
+            return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
+        # checked here: they reached MiniBatchKMeans (or init_size[1] an IndexError) only after the first extraction
+        if not whole(num_clusters):
+            raise ValueError(f'num_clusters must be a positive whole number, got {num_clusters!r}')
+        for name, value in (('batch_size', batch_size), ('max_iter', max_iter)):
+            if not whole(value):
+                raise ValueError(f'ClusteringHook: {name} must be a positive whole number, got {value!r}')
+        if isinstance(init_size, (str, bytes)) or len(tuple(init_size)) != 2 or not all(map(whole, init_size)):
+            raise ValueError(f'ClusteringHook: init_size must be two positive whole numbers (global view, part views), '
+                             f'got {init_size!r}')
         self.dataloader_cfg = dataloader
         self.num_clusters = num_clusters
         self.seed, self.batch_size, self.max_iter = seed, batch_size, max_iter
@@ -396,6 +458,10 @@ def camera_style_transfer(image: np.ndarray, from_stats: np.ndarray, to_stats: n
     if from_stats.shape != (2, 3) or to_stats.shape != (2, 3):
         raise ValueError(f'camera statistics must be [2, 3] (mean, std rows), got {from_stats.shape}, '
                          f'{to_stats.shape}')
+    for name, stats in (('from_stats', from_stats), ('to_stats', to_stats)):
+        # a zero std divided by zero and a NaN one gave a black channel (NaN cast to uint8), silently
+        if not np.isfinite(stats).all() or (stats[1] <= 0).any():
+            raise ValueError(f'{name} needs finite means and positive stds, got {stats.tolist()}')
     out = (image.astype(np.float64) - from_stats[0]) / from_stats[1] * to_stats[1] + to_stats[0]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
