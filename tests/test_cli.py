@@ -49,3 +49,61 @@ def test_info_says_the_weights_are_unverified(capsys):
     assert 'unverified' in line and 'no sha256' in line
     assert main(['info', 'efficientvit_m0']) == 0  # hub weights: no such line
     assert 'checksum:' not in capsys.readouterr().out
+
+
+def test_info_of_a_tag_names_that_tags_weights(capsys):
+    # Adversarial probe: the weights line named the default tag's weights (timm/ecaresnet50t.ra2_in1k) under the
+    # source line of the tag asked for.
+    assert main(['info', 'ecaresnet50t.a1_in1k']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert 'weights:      HF hub (timm/ecaresnet50t.a1_in1k)' in lines
+    assert 'source:       timm/ecaresnet50t.a1_in1k' in lines
+
+
+def test_info_of_a_hub_id_or_no_name(capsys):
+    # Adversarial probe: an hf-hub:<id> was an 'unknown model' with no hint, and an empty name listed every model as
+    # 'similar'.
+    assert main(['info', 'hf-hub:timm/efficientvit_m0.r224_in1k']) == 0
+    assert 'model:        efficientvit_m0.r224_in1k' in capsys.readouterr().out.splitlines()
+    assert main(['info', 'hf-hub:someone/not_registered']) == 1
+    assert 'is not the hub id of any registered weights' in capsys.readouterr().err
+    for name in ('', '.in1k'):
+        assert main(['info', name]) == 1
+        err = capsys.readouterr().err
+        assert 'names no model' in err and 'similar' not in err
+
+
+def test_models_pattern_with_a_tag_or_a_hub_id(capsys):
+    # Adversarial probe: 'nat_mini.in1k' and '*.in1k' matched nothing ('no zoo model matches') though the weights
+    # exist; a pattern with a '.' now lists the weights of that tag.
+    assert main(['models', '--names', 'nat_mini.in1k']) == 0
+    assert capsys.readouterr().out.split() == ['nat_mini.in1k']
+    assert main(['models', '--names', '--own', 'biformer_*.in1k']) == 0
+    assert capsys.readouterr().out.split() == ['biformer_b.in1k', 'biformer_s.in1k', 'biformer_t.in1k']
+    assert main(['models', 'hf-hub:timm/efficientvit_m0.r224_in1k']) == 1
+    assert 'not Hugging Face hub ids' in capsys.readouterr().err
+
+
+def test_info_of_a_model_the_meta_device_cannot_run(monkeypatch, capsys):
+    # Adversarial probe: a model with data-dependent shapes (or any timm model the meta device cannot run, such as
+    # pit_ti_224) ended `visionattn info` in a traceback; now the rest of the information is printed.
+    import timm
+    import torch
+    real = timm.create_model
+
+    class DataDependent(torch.nn.Module):
+        def __init__(self, device=None):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1, device=device)
+            self.pretrained_cfg = dict(input_size=(3, 8, 8))
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y[y > 0].sum()  # nonzero: its shape depends on the values, which meta tensors do not have
+
+    monkeypatch.setattr(timm, 'create_model', lambda name, **kw: DataDependent(kw.get('device')) if name == 'nat_mini'
+                        else real(name, **kw))
+    assert main(['info', 'nat_mini']) == 0
+    out = capsys.readouterr().out
+    assert 'not measured (nat_mini could not be measured at input_size 3x8x8 on the meta device' in out
+    assert 'weights:      official, shi-labs.com' in out

@@ -175,3 +175,26 @@ def test_a_damaged_unpacked_release_member_is_unpacked_again(tmp_path):
     good = unpacked.read_bytes()
     _flip_largest_member(unpacked, 64)  # same size, other bytes
     assert extract_checkpoint(tmp_path / 'release.zip') == unpacked and unpacked.read_bytes() == good
+
+
+def test_empty_directory_and_header_cut_files_are_named(tmp_path):
+    # Adversarial probe: verify_checkpoint passed an empty file ('nothing' checked, or 'sha256' with the digest of no
+    # bytes beside it), called a directory missing, and passed a .safetensors file cut inside its header, which
+    # load_checkpoint_file then handed to torch.load: an uncaught SafetensorError traceback.
+    empty = tmp_path / 'empty.pth'
+    empty.touch()
+    with pytest.raises(CheckpointError, match=r'empty\.pth is empty \(0 bytes\)'):
+        verify_checkpoint(empty)
+    write_digest(empty)
+    with pytest.raises(CheckpointError, match='is empty'):
+        verify_checkpoint(empty)
+    with pytest.raises(CheckpointError, match='is a directory, not a file'):
+        verify_checkpoint(tmp_path)
+    whole = tmp_path / 'whole.safetensors'
+    save_file({'w': torch.randn(64, 64)}, whole)
+    cut = tmp_path / 'cut.safetensors'
+    cut.write_bytes(whole.read_bytes()[:30])
+    with pytest.raises(CheckpointCorruptedError, match=r'cut\.safetensors is truncated or corrupted'):
+        verify_checkpoint(cut)
+    with pytest.raises(CheckpointCorruptedError, match=r'cut\.safetensors is truncated or corrupted'):
+        load_checkpoint_file(cut)

@@ -11,7 +11,7 @@ import timm
 import torchvision
 
 import visionattn
-from visionattn.profile import measure
+from visionattn.profile import MeasurementError, measure
 from visionattn.zoo import ADOPTED
 
 pytestmark = pytest.mark.tools
@@ -88,3 +88,30 @@ def test_zoo_table_tool_names_a_bad_readme_before_measuring(tmp_path, capsys):
                           (['--write', '--readme', str(no_markers)], 'has no <!-- zoo-table:begin -->')):
         assert zoo_table['main'](args) == 1
         assert message in capsys.readouterr().err
+
+
+def test_measure_checks_the_input_size_and_follows_the_build():
+    # Adversarial probe: input_size (3, 0, 0), (3, -1, 224) or (224, 224) failed deep in a conv or as a negative tensor
+    # dimension, [] was silently replaced by the default, and a model built with in_chans=1 was measured (and
+    # failed) at 3 channels, one built with img_size=192 silently at 224.
+    for bad in ((3, 0, 0), (3, -1, 224), (224, 224), (3, 224.0, 224), []):
+        with pytest.raises(ValueError, match='input_size must be three positive integers'):
+            measure('eca_resnet18', bad)
+    assert measure('eca_resnet18', in_chans=1).input_size == (1, 224, 224)
+    assert measure('efficientvit_m0', img_size=192).input_size == (3, 192, 192)
+    with pytest.raises(MeasurementError, match=r'patnet_t0 could not be measured at input_size 3x16x16.*at least 32'):
+        measure('patnet_t0', (3, 16, 16))
+
+
+def test_zoo_table_tool_names_misplaced_markers_before_measuring(tmp_path, capsys):
+    # Adversarial probe: the end marker before the begin marker (or a second block) passed the README check, and
+    # --write then failed with an IndexError after every model had been measured.
+    zoo_table = runpy.run_path(str(ROOT / 'tools' / 'zoo_table.py'))
+    block = '<!-- zoo-table:begin -->\nold\n<!-- zoo-table:end -->\n'
+    for text in ('<!-- zoo-table:end -->\n<!-- zoo-table:begin -->\nold\n', block + block):
+        with pytest.raises(ValueError, match='once each'):
+            zoo_table['readme_table'](text)
+        readme = tmp_path / 'README.md'
+        readme.write_text(text)
+        assert zoo_table['main'](['--write', '--readme', str(readme)]) == 1
+        assert 'once each' in capsys.readouterr().err and readme.read_text() == text

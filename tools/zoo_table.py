@@ -20,6 +20,10 @@ def readme_table(text: str) -> str:
     """The generated block of the README (between the markers)."""
     if BEGIN not in text or END not in text:
         raise ValueError(f'README has no {BEGIN} ... {END} block')
+    # one block, its markers in order: else --write failed (IndexError) only after every model had been measured
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(END) < text.index(BEGIN):
+        raise ValueError(f'README must hold {BEGIN} and then {END} once each; it has {text.count(BEGIN)} and '
+                         f'{text.count(END)}{", the end first" if text.index(END) < text.index(BEGIN) else ""}')
     return text.split(BEGIN, 1)[1].split(END, 1)[0].strip('\n') + '\n'
 
 

@@ -190,20 +190,26 @@ def _check_safetensors(path: Path, label: str) -> None:
 
 def verify_checkpoint(path: Union[str, Path], label: Optional[str] = None) -> str:
     """Check that ``path`` holds the bytes it was written with; returns what was checked (``'sha256'``,
-    ``'crc32'``, ``'safetensors header'`` or ``'nothing'`` for a legacy pickle file without a digest).
+    ``'crc32'``, ``'safetensors header'`` or ``'nothing'`` for a legacy pickle file without a digest, or a file of
+    no format known here).
 
     Args:
         path: The checkpoint file.
         label: How messages name the file (default ``checkpoint file <path>``).
 
     Raises:
+        CheckpointError: ``path`` is missing, a directory or empty.
         CheckpointCorruptedError: A digest or CRC-32 mismatch, a truncated zip or an inconsistent header, naming
             the file and the damaged member.
     """
     path = Path(path)
     label = label or f'checkpoint file {path}'
+    if path.is_dir():
+        raise CheckpointError(f'{label} is a directory, not a file')
     if not path.is_file():
         raise CheckpointError(f'{label} does not exist')
+    if path.stat().st_size == 0:  # whatever a digest beside it says: no checkpoint is 0 bytes long
+        raise CheckpointError(f'{label} is empty (0 bytes)')
     expected = read_digest(path)
     if expected is not None:
         actual = sha256_file(path)
@@ -220,4 +226,7 @@ def verify_checkpoint(path: Union[str, Path], label: Optional[str] = None) -> st
     if fmt == 'safetensors':
         _check_safetensors(path, label)
         return 'safetensors header'
+    if path.suffix == '.safetensors':  # cut inside its header (torch.load reads the suffix, and failed uncaught)
+        raise CheckpointCorruptedError(f'{label} is truncated or corrupted: its first bytes are not a safetensors '
+                                       f'header that fits in its {path.stat().st_size} bytes')
     return 'nothing'

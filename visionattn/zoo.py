@@ -96,8 +96,9 @@ def list_models(pattern: str = '*', adopted: bool = True, pretrained: bool = Fal
 
 
 def weight_source(model_name: str) -> str:
-    """Where ``pretrained=True`` takes the default weights from, in a few words."""
-    cfg = get_pretrained_cfg(model_name.split('.')[0], allow_unregistered=False)
+    """Where ``pretrained=True`` takes the weights from, in a few words: those of ``model_name``'s tag, or the
+    default weights for an architecture name."""
+    cfg = get_pretrained_cfg(model_name, allow_unregistered=False)
     if cfg is None or not cfg.has_weights:
         return 'none'
     if cfg.hf_hub_id:
