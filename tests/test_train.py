@@ -169,3 +169,44 @@ def test_config_refusals_are_one_line_and_test_outputs_are_checked_first(tmp_pat
                              (['--show-dir', str(tmp_path / 'a_file')], 'is a file, not a folder')):
         with pytest.raises(SystemExit, match=message):
             test.main([ECA_DIGITS, str(checkpoint), '--work-dir', str(tmp_path / 't'), *options])
+
+
+def test_errors_building_a_config_section_are_one_line_naming_it(tmp_path):
+    # Adversarial probe: a dataset's own argument check (split='nonsense') and torch's 'Invalid learning rate' came
+    # as tracebacks of about 300 lines from inside the runner; now one line names the config section and the place.
+    train = _tool_module('train')
+    base = [ECA_DIGITS, '--work-dir', str(tmp_path / 'w'), '--cfg-options', 'train_cfg.max_epochs=2']
+    with pytest.raises(SystemExit, match=r"train_cfg / train_dataloader could not be built: ValueError: .*split.*"
+                                         r"'nonsense' \(raised at .*\.py:\d+\)"):
+        train.main(base + ['train_dataloader.dataset.split=nonsense'])
+    with pytest.raises(SystemExit, match=r'optim_wrapper could not be built: ValueError: Invalid learning rate'):
+        train.main(base + ['optim_wrapper.optimizer.lr=-1'])
+
+
+def test_test_tool_show_dir_and_checkpoint_refusals(tmp_path):
+    # Adversarial probe: a --show-dir below a file ended the test in a traceback at its first drawing; drawings are
+    # named by their predictions, so a second test into the same folder left two pictures of a sample (the earlier
+    # checkpoint's among them); a checkpoint of another config came as a traceback around its clear message.
+    from visionattn.heads.classification.task import ImageClassifier
+    test = _tool_module('test')
+    (tmp_path / 'a_file').touch()
+    with pytest.raises(SystemExit, match=r'a_file is a file, not a folder'):
+        test.main([ECA_DIGITS, str(tmp_path / 'a_file'), '--show-dir', str(tmp_path / 'a_file' / 'shown')])
+    torch.manual_seed(0)
+    for backbone in ('eca_resnet18', 'mambaout_femto'):
+        torch.save({'state_dict': ImageClassifier(backbone=backbone, num_classes=10).state_dict()},
+                   tmp_path / f'{backbone}.pth')
+    small = ['--cfg-options', 'test_dataloader.dataset.max_samples=8']
+    proc = _run([sys.executable, 'tools/test.py', ECA_DIGITS, str(tmp_path / 'mambaout_femto.pth'), '--work-dir',
+                 str(tmp_path / 't'), *small], expect_ok=False)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert 'does not fit the model' in proc.stderr and 'a checkpoint of another config' in proc.stderr
+    shown = tmp_path / 'shown'
+    shown.mkdir()
+    for name in ('00000_pred-99_true-7.png', '00063_pred-99_true-1.png', 'overview.png', 'mine.png'):
+        (shown / name).touch()
+    _run([sys.executable, 'tools/test.py', ECA_DIGITS, str(tmp_path / 'eca_resnet18.pth'), '--work-dir',
+          str(tmp_path / 't'), '--show-dir', str(shown), *small])
+    drawings = sorted(p.name for p in shown.glob('0*.png'))
+    assert len(drawings) == 8 and len({name[:5] for name in drawings}) == 8  # one drawing per sample
+    assert (shown / 'mine.png').is_file() and (shown / 'overview.png').stat().st_size > 0

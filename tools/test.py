@@ -6,10 +6,15 @@
 The work dir is --work-dir, else the config's work_dir, else ./work_dirs/<config name>.
 """
 import argparse
+import fnmatch
 import os
 import os.path as osp
+from pathlib import Path
 
 from visionattn.engine.config_checks import CFG_OPTIONS_HELP
+
+# the names ShowDirHook gives its drawings (visionattn/engine/hooks.py): <5-digit count>_<name>.png, overview.png
+DRAWING, OVERVIEW = '[0-9][0-9][0-9][0-9][0-9]_*.png', 'overview.png'
 
 
 def parse_args(argv=None):
@@ -27,6 +32,23 @@ def parse_args(argv=None):
     return args
 
 
+def _check_show_dir(show_dir: str) -> list:
+    """Refuse a --show-dir that cannot take the drawings, before the test runs (the folder is made at the first
+    drawing: under a file, that ended the test in a traceback); returns the drawings of an earlier test in it."""
+    if osp.exists(show_dir) and not osp.isdir(show_dir):
+        raise SystemExit(f'--show-dir {show_dir} is a file, not a folder')
+    existing = osp.abspath(show_dir)
+    while not osp.exists(existing):
+        existing = osp.dirname(existing)
+    if not osp.isdir(existing):
+        raise SystemExit(f'--show-dir {show_dir}: {existing} is a file, not a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SystemExit(f'--show-dir {show_dir}: {existing} is not writable')
+    if not osp.isdir(show_dir):
+        return []
+    return sorted(p for p in Path(show_dir).iterdir() if fnmatch.fnmatch(p.name, DRAWING) or p.name == OVERVIEW)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if not osp.exists(args.checkpoint):
@@ -38,8 +60,7 @@ def main(argv=None):
             raise SystemExit(f'--out {args.out} must be a .pkl file')
         if not osp.isdir(folder) or not os.access(folder, os.W_OK):
             raise SystemExit(f'--out {args.out}: its folder {folder} does not exist or is not writable')
-    if args.show_dir and osp.exists(args.show_dir) and not osp.isdir(args.show_dir):
-        raise SystemExit(f'--show-dir {args.show_dir} is a file, not a folder')
+    stale = _check_show_dir(args.show_dir) if args.show_dir else []
     from visionattn.engine import VisionRunner, check_config, load_tool_config
     try:
         cfg = load_tool_config(args.config, args.cfg_options, args.work_dir, args.launcher)
@@ -57,10 +78,25 @@ def main(argv=None):
         if model.show_hook is None:  # the task model names the hook that draws its predictions
             raise SystemExit(f'--show-dir: {type(model).__name__} has no drawing of its predictions')
         runner.register_hook(model.show_hook(out_dir=args.show_dir), priority='LOWEST')
+        # The drawings are named by their predictions: an earlier test's stayed beside this one's, two pictures of a
+        # sample, the earlier checkpoint's among them. Only files of the drawings' own names go.
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            runner.logger.info(f'--show-dir {args.show_dir}: removed {len(stale)} drawings of an earlier test')
     if args.out:
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    metrics = runner.test()
+    from visionattn.engine import ConfigError
+    from visionattn.hub import CheckpointError, CheckpointMismatchError
+    try:
+        metrics = runner.test()
+    # CheckpointError: its message names the file and what is wrong with it; ConfigError: a test_dataloader or
+    # test_evaluator that could not be built, named with the place: a traceback only hides either
+    except (CheckpointError, ConfigError) as e:
+        hint = (f'\n(is {args.checkpoint} a checkpoint of another config than {args.config}?)'
+                if isinstance(e, CheckpointMismatchError) else '')
+        raise SystemExit(f'{e}{hint}') from None
     runner.logger.info(f'test metrics: {metrics}')
     runner.close_distributed()
     return metrics

@@ -9,6 +9,7 @@ import os.path as osp
 import re
 import socket
 import time
+import traceback
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
@@ -20,7 +21,7 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from visionattn.hub import CheckpointError, CheckpointMismatchError, load_checkpoint_file
 
-from .config_checks import check_batches
+from .config_checks import ConfigError, check_batches
 
 __all__ = ['VisionRunner', 'load_training_checkpoint', 'plain_checkpoint', 'restore_checkpoint',
            'find_resume_checkpoint', 'read_last_checkpoint', 'write_last_checkpoint', 'atomic_write_text',
@@ -455,6 +456,22 @@ def _run_rest_of_epoch(loop: EpochBasedTrainLoop, done: int) -> None:
     loop._epoch += 1
 
 
+@contextlib.contextmanager
+def _building(section: str) -> Iterator[None]:
+    """A ValueError or TypeError raised while ``section`` of the config is built (a dataset's own argument check, a
+    keyword the class does not take, torch's 'Invalid learning rate') becomes a ConfigError naming the section and
+    where it was raised, which the tools print without a traceback, as they print check_config's refusals (it was
+    a traceback of a few hundred lines ending in the message)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        raise ConfigError(f'{section} could not be built: {type(error).__name__}: {error} (raised at '
+                          f'{frame.filename}:{frame.lineno})') from error
+
+
 class VisionRunner(Runner):
     """mmengine's Runner with atomic checkpoint writes, resume under ``weights_only`` loading, strict loading of
     ``load_from`` checkpoints, and data-parallel runs on CPU processes (gloo)."""
@@ -600,20 +617,25 @@ class VisionRunner(Runner):
             from .optim import check_custom_keys, check_paramwise_cfg
             check_paramwise_cfg(optim_wrapper)  # (again: a runner may be built without tools/train.py)
             check_custom_keys(self.model, optim_wrapper)
+            with _building('optim_wrapper'):
+                return super().build_optim_wrapper(optim_wrapper)
         return super().build_optim_wrapper(optim_wrapper)
 
     def build_train_loop(self, loop):
-        loop = super().build_train_loop(loop)
+        with _building('train_cfg / train_dataloader'):
+            loop = super().build_train_loop(loop)
         check_batches(loop, 'train_dataloader')
         return loop
 
     def build_val_loop(self, loop):
-        loop = super().build_val_loop(loop)
+        with _building('val_cfg / val_dataloader / val_evaluator'):
+            loop = super().build_val_loop(loop)
         check_batches(loop, 'val_dataloader')
         return loop
 
     def build_test_loop(self, loop):
-        loop = super().build_test_loop(loop)
+        with _building('test_cfg / test_dataloader / test_evaluator'):
+            loop = super().build_test_loop(loop)
         check_batches(loop, 'test_dataloader')
         return loop
 
