@@ -251,10 +251,13 @@ def _profile_tool():
 
 
 def test_profile_tool_refuses_zero_steps(capsys):
-    # Adversarial probe: --steps 0 ended in a ZeroDivisionError after the warm-up.
-    with pytest.raises(SystemExit):
-        _profile_tool().main(['resnet18', '--steps', '0', '--device', 'cpu'])
-    assert '0 must be at least 1' in capsys.readouterr().err
+    # Adversarial probe: --steps 0 ended in a ZeroDivisionError after the warm-up; --img-size 0 fell back to the
+    # model's own size and --train-batch-size 0 to --batch-size, without a word.
+    for option in ('--steps', '--img-size', '--train-batch-size'):
+        with pytest.raises(SystemExit):
+            _profile_tool().main(['resnet18', option, '0', '--device', 'cpu'])
+        error = capsys.readouterr().err
+        assert f'argument {option}' in error and '0 must be at least 1' in error
 
 
 def test_profile_tool_counts_kernels_not_annotation_ranges():

@@ -198,3 +198,9 @@ def test_empty_directory_and_header_cut_files_are_named(tmp_path):
         verify_checkpoint(cut)
     with pytest.raises(CheckpointCorruptedError, match=r'cut\.safetensors is truncated or corrupted'):
         load_checkpoint_file(cut)
+    # without the check (verify=False, as for a download already verified) the loader's own error is named too: it
+    # was safetensors' uncaught SafetensorError (torch.load hands a .safetensors name to safetensors)
+    for length in (4, 30):
+        cut.write_bytes(whole.read_bytes()[:length])
+        with pytest.raises(CheckpointCorruptedError, match=r'cut\.safetensors is truncated or corrupted'):
+            load_checkpoint_file(cut, verify=False)

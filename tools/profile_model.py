@@ -89,8 +89,8 @@ def main(argv=None):
                         help='one of tools/benchmark.py\'s benchmarks (infer, train, infer-bsN, compile-infer, '
                              'compile-train: the first calls compile, the profile sees the compiled steps)')
     parser.add_argument('--batch-size', type=_at_least(1), default=64)
-    parser.add_argument('--train-batch-size', type=int)
-    parser.add_argument('--img-size', type=int)
+    parser.add_argument('--train-batch-size', type=_at_least(1))
+    parser.add_argument('--img-size', type=_at_least(1))  # 0 fell back to the model's own size without a word
     parser.add_argument('--amp', action='store_true')
     parser.add_argument('--amp-dtype', choices=('bf16', 'fp16'), default='bf16')
     parser.add_argument('--channels-last', action='store_true')

@@ -13,9 +13,6 @@ from pathlib import Path
 
 from visionattn.engine.config_checks import CFG_OPTIONS_HELP
 
-# the names ShowDirHook gives its drawings (visionattn/engine/hooks.py): <5-digit count>_<name>.png, overview.png
-DRAWING, OVERVIEW = '[0-9][0-9][0-9][0-9][0-9]_*.png', 'overview.png'
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,7 +43,9 @@ def _check_show_dir(show_dir: str) -> list:
         raise SystemExit(f'--show-dir {show_dir}: {existing} is not writable')
     if not osp.isdir(show_dir):
         return []
-    return sorted(p for p in Path(show_dir).iterdir() if fnmatch.fnmatch(p.name, DRAWING) or p.name == OVERVIEW)
+    from visionattn.engine.hooks import ShowDirHook  # the names it gives its drawings
+    return sorted(p for p in Path(show_dir).iterdir()
+                  if fnmatch.fnmatch(p.name, ShowDirHook.DRAWING_GLOB) or p.name == ShowDirHook.OVERVIEW)
 
 
 def main(argv=None):

@@ -636,6 +636,7 @@ def load_checkpoint_file(path: Union[str, Path], extra_globals: Sequence[Any] = 
             return load_file(str(path), device='cpu')
         except SafetensorError as e:
             raise CheckpointCorruptedError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
+    from safetensors import SafetensorError  # torch.load itself hands a '.safetensors' name to safetensors
     allowed = [*SAFE_GLOBALS, *extra_globals, *(_skipped_numpy_globals() if skip_numpy else ())]
     try:
         with torch.serialization.safe_globals(allowed):
@@ -647,7 +648,8 @@ def load_checkpoint_file(path: Union[str, Path], extra_globals: Sequence[Any] = 
                 f'checkpoint file {path} holds objects that are not plain weights and was not loaded, because '
                 f'loading them would run code from the file ({detail})') from e
         raise CheckpointCorruptedError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+    # (SafetensorError: a .safetensors file cut inside its header, which the first bytes do not show as one)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, SafetensorError) as e:
         raise CheckpointCorruptedError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
 
 

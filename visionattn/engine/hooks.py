@@ -342,6 +342,7 @@ class ShowDirHook(Hook):
         overview: Pictures in the overview (0: none).
     """
     OVERVIEW = 'overview.png'
+    DRAWING_GLOB = '[0-9][0-9][0-9][0-9][0-9]_*.png'  # the names below: tools/test.py clears an earlier test's
     OVERVIEW_WIDTH = 1600  # pixels: as many columns as fit, at least one
 
     def __init__(self, out_dir: str, max_images: int = 64, overview: int = 16):
