@@ -417,8 +417,10 @@ class _PatchDenoiser(nn.Module):
             t = t.expand(batch)
         if t.shape != (batch,):
             raise ValueError(f'timesteps must be a scalar or [B={batch}], got shape {tuple(t.shape)}')
-        if t.is_floating_point() and t.numel() and t.device.type != 'meta' and not torch.isfinite(t).all():
-            raise ValueError(f'timesteps must be finite, got {t.tolist()}')  # NaN made every output NaN
+        # NaN made every output NaN. Checked where it costs no device sync (host tensors) and outside compiled graphs.
+        if t.is_floating_point() and t.device.type == 'cpu' and not torch.compiler.is_compiling() and \
+                not torch.isfinite(t).all():
+            raise ValueError(f'timesteps must be finite, got {t.tolist()}')
         return t
 
 
@@ -574,7 +576,8 @@ class PixArt(_PatchDenoiser):
         if not torch.is_tensor(mask) or tuple(mask.shape) != (batch, tokens):
             got = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
             raise ValueError(f'caption_mask must be [B={batch}, L={tokens}], got {got}')
-        if mask.dtype != torch.bool and mask.numel() and mask.device.type != 'meta' and \
+        # the values only where that costs no device sync (host tensors) and outside compiled graphs
+        if mask.dtype != torch.bool and mask.device.type == 'cpu' and not torch.compiler.is_compiling() and \
                 not ((mask == 0) | (mask == 1)).all():
             raise ValueError('caption_mask must hold 0/1 or bools (1 keeps a token), got other values (an additive '
                              '0/-inf mask?)')
