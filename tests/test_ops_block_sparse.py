@@ -560,6 +560,33 @@ def test_bra_2d_bad_inputs():
                                torch.zeros(1, 2, 2, 1, dtype=torch.int32), None, 4, 4)
 
 
+def test_int64_routing_past_int32_is_refused_not_wrapped():
+    # Adversarial probe: without counts the range check ran on the int32 lists made from the routing, where an int64
+    # entry of 2**32 + 1 had wrapped to block 1: attention silently read block 1
+    q = torch.randn(1, 1, 8, 4)
+    for big in (2 ** 32 + 1, 2 ** 31):
+        with pytest.raises(ValueError, match=r'kv_block_index has entries outside \[0, 2\)'):
+            block_sparse_attention(q, q, q, torch.tensor([[[[0], [big]]]]), None, 4, 4)
+    # entries past a row's count are still ignored, whatever they hold
+    out = block_sparse_attention(q, q, q, torch.tensor([[[[0, 2 ** 32 + 1], [1, -5]]]]), torch.tensor([[[1, 1]]]),
+                                 4, 4)
+    torch.testing.assert_close(out, block_sparse_attention(q, q, q, torch.tensor([[[[0], [1]]]]), None, 4, 4))
+
+
+def test_bra_numpy_topk_is_a_count():
+    # Adversarial probe: a NumPy integer topk was refused as 'must be an int' (n_win and num_heads took one), so a
+    # BiLevelRoutingAttention built from a config array failed at its first forward
+    np = pytest.importorskip('numpy')
+    qkv = torch.randn(1, 6, 6, 48)
+    torch.testing.assert_close(bi_level_routing_attention_2d(qkv, 2, 3, np.int64(2)),
+                               bi_level_routing_attention_2d(qkv, 2, 3, 2))
+    regions = torch.randn(1, 4, 3, 8)
+    torch.testing.assert_close(bi_level_routing_attention(regions, regions, regions, 2, np.int32(3)),
+                               bi_level_routing_attention(regions, regions, regions, 2, 3))
+    with pytest.raises(ValueError, match=r'topk=2.0 must be an int in \[1, 9\]'):
+        bi_level_routing_attention_2d(qkv, 2, 3, 2.0)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # causal (MoBA's self block): no key after the query, by token index
 

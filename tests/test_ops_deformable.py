@@ -227,6 +227,23 @@ def test_level_table_is_read_once_per_tensor(monkeypatch):
         ms_deform_attn(torch.zeros(1, 9, 2, 3, device=device), shapes, starts, loc, attn, backend='triton')
 
 
+def test_level_table_changed_in_place_under_inference_mode():
+    # Adversarial probe: an inference tensor has no version counter, so a level table reused under
+    # torch.inference_mode and rewritten in place kept its remembered sizes: value was split into the old levels
+    # (a silent wrong answer, 0.8 off) and the new table was never checked.
+    value, _, _, loc, attn = make_inputs(1, 4, 2, 3, ((3, 2), (1, 2)), 2)
+    with torch.inference_mode():
+        shapes, starts = torch.tensor([[3, 2], [1, 2]]), torch.tensor([0, 6])
+        ms_deform_attn(value, shapes, starts, loc, attn)
+        shapes.copy_(torch.tensor([[1, 2], [3, 2]]))
+        starts[1] = 2
+        torch.testing.assert_close(ms_deform_attn(value, shapes, starts, loc, attn),
+                                   ms_deform_attn(value, [[1, 2], [3, 2]], [0, 2], loc, attn))
+        starts[1] = 5
+        with pytest.raises(ValueError, match=r'level_start_index \[0, 5\] is inconsistent'):
+            ms_deform_attn(value, shapes, starts, loc, attn)
+
+
 def test_level_table_from_lists_is_made_once(monkeypatch):
     """Python level tables become device tensors once (made outside inference mode, so that a table first used
     under torch.inference_mode still serves a training call); a value of another S is still refused."""

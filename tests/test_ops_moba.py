@@ -76,6 +76,18 @@ def test_partition_bad_inputs():
         partition_block_size((4, 8), 1)
 
 
+def test_partition_axis_out_of_range_is_refused():
+    # Adversarial probe: dim was taken modulo x.dim(), so dim=5 of a 4-D tensor partitioned axis 1 without a word
+    # when that axis had the token count
+    x = torch.randn(2, 16, 8, 4)
+    for dim in (4, 5, -5):
+        for fn in (partition_tokens, unpartition_tokens):
+            with pytest.raises(ValueError, match=rf'dim={dim} is not an axis of x, a 4-D tensor'):
+                fn(x, (1, 4, 4), (2, 2), dim=dim)
+    torch.testing.assert_close(partition_tokens(x, (1, 4, 4), (2, 2), dim=-3)[0],
+                               partition_tokens(x, (1, 4, 4), (2, 2), dim=1)[0])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # gating and selection
 

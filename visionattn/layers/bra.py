@@ -20,6 +20,7 @@ k and v in place and fold the LCE conv into the attention, so between the two pr
 
 Parameter names are the official ones (``qkv.qkv``, ``lepe``, ``wo``), so official checkpoints load unrenamed.
 """
+import numbers
 from typing import Optional
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionattn.ops.block_sparse import bi_level_routing_attention_2d
+from visionattn.ops.checks import positive_int
 
 __all__ = ['BiLevelRoutingAttention']
 
@@ -116,13 +118,20 @@ class BiLevelRoutingAttention(nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        qk_dim = qk_dim or dim
-        if num_heads < 1 or qk_dim % num_heads or dim % num_heads:
+        # floats failed in torch.empty (a TypeError naming no argument); NumPy integers are the counts they hold
+        op = 'BiLevelRoutingAttention'
+        dim, num_heads = positive_int(op, 'dim', dim), positive_int(op, 'num_heads', num_heads)
+        qk_dim = dim if qk_dim is None else positive_int(op, 'qk_dim', qk_dim)
+        if isinstance(side_dwconv, bool) or not isinstance(side_dwconv, numbers.Integral):
+            raise ValueError(f'{op}: side_dwconv={side_dwconv!r} must be an int (an odd kernel size, or 0)')
+        side_dwconv = int(side_dwconv)
+        if qk_dim % num_heads or dim % num_heads:
             raise ValueError(f'num_heads={num_heads} must divide qk_dim={qk_dim} and dim={dim}')
-        if n_win < 1:
-            raise ValueError(f'n_win must be a positive number of regions per side, got {n_win}')
-        if not 1 <= topk <= n_win * n_win:
-            raise ValueError(f'topk={topk} must lie in [1, n_win**2 = {n_win * n_win}]')
+        if isinstance(n_win, bool) or not isinstance(n_win, numbers.Integral) or n_win < 1:
+            raise ValueError(f'n_win must be a positive number of regions per side, got {n_win!r}')
+        if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or not 1 <= topk <= n_win * n_win:
+            raise ValueError(f'topk={topk!r} must lie in [1, n_win**2 = {n_win * n_win}]')
+        n_win, topk = int(n_win), int(topk)
         self.dim, self.qk_dim, self.num_heads, self.n_win, self.topk = dim, qk_dim, num_heads, n_win, topk
         self.scale = qk_scale or qk_dim ** -0.5
         self.auto_pad = auto_pad

@@ -29,6 +29,10 @@ class PositionEmbeddingSine(nn.Module):
         self.scale, self.eps, self.offset = scale, eps, offset
 
     def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        if isinstance(mask, torch.Tensor) and (mask.dtype != torch.bool or mask.dim() != 3):
+            # ~ of an integer mask is a bitwise not (~1 = -2, ~0 = -1 or 255): the embedding came out silently wrong
+            raise TypeError(f'PositionEmbeddingSine takes a bool padding mask [B, H, W] (True = padding), got '
+                            f'{mask.dtype} of shape {list(mask.shape)}')
         not_mask = ~mask
         y = not_mask.cumsum(1, dtype=torch.float32)
         x = not_mask.cumsum(2, dtype=torch.float32)

@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..ops.checks import positive_int
 from ..ops.strip_gate import strip_gate
 
 __all__ = ['EfficientLocalAttention', 'ElaVersion', 'ELA_VERSIONS']
@@ -48,6 +49,7 @@ class EfficientLocalAttention(nn.Module):
         if version not in ELA_VERSIONS:
             raise ValueError(f'unknown ELA version {version!r}; choose one of {sorted(ELA_VERSIONS)}')
         cfg = ELA_VERSIONS[version]
+        channels = positive_int(f'ELA-{version}', 'channels', channels)  # a float failed in torch.empty
         groups = channels if cfg.conv_group_size is None else channels // cfg.conv_group_size
         if groups < 1 or channels % groups or channels % cfg.norm_groups:
             raise ValueError(

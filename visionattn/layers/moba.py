@@ -70,6 +70,10 @@ class VMoBAAttention(nn.Module):
                  threshold: float = 0.25, scope: str = 'head_global', scale: Optional[float] = None,
                  backend: Optional[str] = None):
         super().__init__()
+        if isinstance(layer_index, bool) or not isinstance(layer_index, numbers.Integral) or layer_index < 0:
+            # a float failed in the tuple indexing below with Python's own TypeError
+            raise ValueError(f'layer_index must be an int >= 0 (the layer\'s index in the model), got {layer_index!r}')
+        layer_index = int(layer_index)
         # refused here, not at the first forward (a 3-entry chunk_2d would silently run a 3-D partition)
         if len(tuple(chunk_2d)) != 2 or len(tuple(chunk_3d)) != 3:
             raise ValueError(f'chunk_2d must be (ch, cw) and chunk_3d (ct, ch, cw), got {chunk_2d} and {chunk_3d}')

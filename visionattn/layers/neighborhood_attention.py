@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn.init import trunc_normal_
 
+from ..ops.checks import positive_int
 from ..ops.neighborhood import neighborhood_attention
 
 __all__ = ['NeighborhoodAttention2d']
@@ -111,7 +112,10 @@ class NeighborhoodAttention2d(nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        if num_heads < 1 or dim % num_heads:
+        # a float count passed the divisibility test and failed in torch.zeros (a TypeError naming no argument)
+        dim, num_heads = (positive_int('NeighborhoodAttention2d', name, value)
+                          for name, value in (('dim', dim), ('num_heads', num_heads)))
+        if dim % num_heads:
             raise ValueError(f'NeighborhoodAttention2d: dim {dim} is not divisible by num_heads {num_heads}')
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 2:
             raise ValueError(f'NeighborhoodAttention2d: kernel_size must be an int >= 2, got {kernel_size!r}')

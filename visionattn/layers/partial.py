@@ -31,6 +31,7 @@ from torch import nn
 from torch.jit import Final
 
 from visionattn.ops.cache import size_cached
+from visionattn.ops.checks import positive_int
 
 __all__ = [
     'PartialConv', 'GaussianChannelAttention', 'PartialChannelAttention', 'PartialSpatialAttention',
@@ -80,7 +81,9 @@ class PartialConv(nn.Module):
 
     def __init__(self, dim: int, n_div: int = 4, kernel_size: int = 3, device=None, dtype=None):
         super().__init__()
-        if n_div < 1 or dim // n_div < 1:
+        # floats failed in torch.empty (a TypeError naming no argument)
+        dim, n_div = positive_int('PartialConv', 'dim', dim), positive_int('PartialConv', 'n_div', n_div)
+        if dim // n_div < 1:
             raise ValueError(f'PartialConv needs 1 <= n_div <= dim; got dim={dim}, n_div={n_div}')
         if kernel_size % 2 != 1:
             raise ValueError(f'PartialConv needs an odd kernel_size to keep the spatial size, got {kernel_size}')
@@ -143,8 +146,15 @@ class GaussianChannelAttention(nn.Module):
         """The gate [B, C, 1, 1] that :meth:`forward` multiplies ``x`` by."""
         stats = _mean_std(_check_two_positions(x))
         bn = self.bn
-        z = _pooled_batch_norm(
-            self.fc(stats), bn.weight, bn.bias, bn.running_mean, bn.running_var, self.training, bn.momentum, bn.eps)
+        # The BatchNorm's own mode, as the official module's self.bn(...) call follows it: detection recipes put
+        # BatchNorms in eval inside a training model (it used batch statistics and updated its running ones there),
+        # and timm's freeze_batch_norm_2d swaps in a FrozenBatchNorm2d (no momentum: it failed), always running stats.
+        if hasattr(bn, 'momentum'):  # an nn.BatchNorm2d (hasattr: static under TorchScript)
+            batch_stats, momentum = bn.training, bn.momentum
+        else:  # timm's FrozenBatchNorm2d: running statistics whatever the mode
+            batch_stats, momentum = False, None
+        z = _pooled_batch_norm(self.fc(stats), bn.weight, bn.bias, bn.running_mean, bn.running_var, batch_stats,
+                               momentum, bn.eps)
         return self.gate(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,8 +230,12 @@ class PartialSpatialAttention(nn.Module):
         self.dim_gated = dim - self.dim_conv
         if self.dim_conv < 1 or self.dim_gated < 1:
             raise ValueError(f'PartialSpatialAttention needs both parts non-empty; got dim={dim}, partial={partial}')
-        if num_maps != 1 and self.dim_gated % num_maps:
-            raise ValueError(f'{self.dim_gated} gated channels cannot be split over {num_maps} spatial maps')
+        num_maps = positive_int('PartialSpatialAttention', 'num_maps', num_maps)
+        if num_maps not in (1, self.dim_gated):
+            # the gate multiplies the gated channels: one map shared by all, or one map per channel (any other count
+            # failed in the product at the first forward)
+            raise ValueError(f'PartialSpatialAttention: num_maps={num_maps!r} must be 1 or the {self.dim_gated} gated '
+                             f'channels')
         self.gate_conv = nn.Conv2d(self.dim_gated, num_maps, 1, bias=False, **dd)
         self.gate = nn.Hardsigmoid()
         self.gated_norm = nn.BatchNorm2d(self.dim_gated, **dd)
@@ -350,7 +364,9 @@ class EuclideanRelPosSelfAttention2d(nn.Module):
             dtype=None,
     ):
         super().__init__()
-        if num_heads < 1 or dim % num_heads:
+        dim, num_heads = (positive_int('EuclideanRelPosSelfAttention2d', name, value)
+                          for name, value in (('dim', dim), ('num_heads', num_heads)))
+        if dim % num_heads:
             raise ValueError(f'{num_heads} attention heads do not divide {dim} channels')
         dd = dict(device=device, dtype=dtype)
         self.dim = dim

@@ -15,6 +15,7 @@ Shifted-window attention: Liu et al., "Swin Transformer", ICCV 2021, arXiv:2103.
 Swin-Transformer, MIT), with LaMamba-Diff's parameter names (``qkv``, ``proj``, ``relative_position_bias_table``).
 """
 import math
+import numbers
 from typing import Optional, Tuple
 
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 
 from visionattn.ops import cross_selective_scan, scan_orders
 from visionattn.ops.cache import size_cached
+from visionattn.ops.checks import positive_int
 from visionattn.ops.reference.selective_scan import project_steps
 
 from .norm import LayerNorm
@@ -132,10 +134,15 @@ class SS2D(nn.Module):
                  dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        d_model, d_state = positive_int('SS2D', 'd_model', d_model), positive_int('SS2D', 'd_state', d_state)
         d_inner = int(ssm_ratio * d_model)
         if d_inner < 1:
             raise ValueError(f'SS2D: ssm_ratio {ssm_ratio} x d_model {d_model} gives no inner channel')
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == 'auto' else positive_int('SS2D', 'dt_rank', dt_rank)
+        if isinstance(d_conv, bool) or not isinstance(d_conv, numbers.Integral) or (d_conv > 1 and d_conv % 2 == 0):
+            # an even kernel with padding (d_conv - 1) // 2 shrinks the map by one: the scan then failed on a shape
+            raise ValueError(f'SS2D: d_conv={d_conv!r} must be an odd int (a "same" depthwise conv), or < 2 for none')
+        d_conv = int(d_conv)
         self.d_inner, self.d_state, self.d_conv = d_inner, d_state, d_conv
         self.continuous_scan = continuous_scan
         k = self.n_directions
@@ -235,6 +242,10 @@ def _shifted_window_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bia
                               proj_bias, bias_table: torch.Tensor, num_heads: int, window: int, shift: int,
                               scale: float) -> torch.Tensor:
     """(Shifted-)window multi-head attention of x [B, H, W, C] with a relative position bias -> [B, H, W, C]."""
+    if x.dim() != 4 or x.shape[-1] != qkv_weight.shape[1] or x.shape[1] == 0 or x.shape[2] == 0:
+        # else a channels-first map or another width failed in the qkv matmul, and an empty map in a modulo by zero
+        raise ValueError(f'ShiftedWindowAttention takes a non-empty channels-last [B, H, W, C={qkv_weight.shape[1]}] '
+                         f'map, got shape {list(x.shape)}')
     batch, height, width, channels = x.shape
     win_h, win_w, shift_h, shift_w = _window_sizes(height, width, window, shift)
     pad_h, pad_w = (-height) % win_h, (-width) % win_w
@@ -297,11 +308,16 @@ class ShiftedWindowAttention(nn.Module):
                  qk_scale=None, proj_drop: float = 0., device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        # a zero or float count failed in Python's modulo or in torch.zeros, naming no argument
+        dim, num_heads, window_size = (positive_int('ShiftedWindowAttention', name, value) for name, value in
+                                       (('dim', dim), ('num_heads', num_heads), ('window_size', window_size)))
         if dim % num_heads:
             raise ValueError(f'ShiftedWindowAttention: num_heads={num_heads} does not divide dim={dim}')
-        if not 0 <= shift_size < window_size:
-            raise ValueError(f'ShiftedWindowAttention: shift_size must be in [0, window_size={window_size}), '
-                             f'got {shift_size}')
+        if (isinstance(shift_size, bool) or not isinstance(shift_size, numbers.Integral)
+                or not 0 <= shift_size < window_size):
+            raise ValueError(f'ShiftedWindowAttention: shift_size must be an int in [0, window_size={window_size}), '
+                             f'got {shift_size!r}')
+        shift_size = int(shift_size)
         self.dim, self.num_heads, self.window_size, self.shift_size = dim, num_heads, window_size, shift_size
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads, **dd))

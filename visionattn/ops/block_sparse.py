@@ -9,6 +9,7 @@ regions, q/k/v or the LCE input); elsewhere the PyTorch reference (``reference/b
 the official code does. Paper: Zhu et al., "BiFormer: Vision Transformer with Bi-Level Routing Attention",
 CVPR 2023; code: github.com/rayleizhu/BiFormer (MIT).
 """
+import numbers
 from typing import Optional, Tuple, Union
 
 import torch
@@ -73,14 +74,18 @@ def dedup_block_index(kv_block_index: torch.Tensor, kv_block_count: Optional[tor
     return torch.where(valid, index, 0).to(torch.int32), valid.sum(-1, dtype=torch.int32)
 
 
-def _check_ranges(index: torch.Tensor, count: torch.Tensor, max_kv: int, n_kv_blocks: int) -> None:
-    """Host-side range check of the routing (one sync); skipped on meta tensors and while compiling."""
+def _check_ranges(index: torch.Tensor, count: Optional[torch.Tensor], max_kv: int, n_kv_blocks: int) -> None:
+    """Host-side range check of the routing as given (before the int32 lists are made, where an int64 entry of
+    2**32 + j would wrap to block j); one sync without counts, two with; skipped on meta tensors and while
+    compiling."""
     if index.device.type == 'meta' or torch.compiler.is_compiling():
         return
-    if bool(((count < 0) | (count > max_kv)).any()):
-        raise ValueError(f'kv_block_count must lie in [0, {max_kv}] (max_kv_blocks)')
-    valid = torch.arange(max_kv, device=index.device) < count.long()[..., None]
-    if bool((valid & ((index < 0) | (index >= n_kv_blocks))).any()):
+    outside = (index < 0) | (index >= n_kv_blocks)
+    if count is not None:
+        if bool(((count < 0) | (count > max_kv)).any()):
+            raise ValueError(f'kv_block_count must lie in [0, {max_kv}] (max_kv_blocks)')
+        outside = outside & (torch.arange(max_kv, device=index.device) < count.long()[..., None])
+    if bool(outside.any()):
         raise ValueError(f'kv_block_index has entries outside [0, {n_kv_blocks}) (the number of KV blocks) '
                          'within the first kv_block_count entries of a row')
 
@@ -150,11 +155,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv
     for name, t in (('k', k), ('v', v), ('kv_block_index', kv_block_index), ('kv_block_count', kv_block_count)):
         if t is not None and t.device != q.device:
             raise ValueError(f'{name} is on {t.device}, q on {q.device}')
-    if kv_block_count is not None:
-        _check_ranges(kv_block_index, kv_block_count, max_kv, n_kv_blocks)
+    _check_ranges(kv_block_index, kv_block_count, max_kv, n_kv_blocks)
     index, count = dedup_block_index(kv_block_index, kv_block_count)
-    if kv_block_count is None:
-        _check_ranges(index, count, max_kv, n_kv_blocks)
     scale = _resolve_scale('block_sparse_attention', scale, d_qk)
     chosen = choose_backend('block_sparse_attention', backend, (q, k, v, index), _triton_checks(q, v))
     if chosen == 'reference':
@@ -204,8 +206,7 @@ def bi_level_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         raise ValueError(f'bi_level_routing_attention: the regions hold no tokens (q is {list(q.shape)})')
     if c_qk % num_heads or c_v % num_heads:
         raise ValueError(f'num_heads={num_heads} must divide the qk channels {c_qk} and the v channels {c_v}')
-    if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= regions:
-        raise ValueError(f'topk={topk!r} must be an int in [1, {regions}] (the number of regions)')
+    topk = _count('topk', topk, regions)
     scale = _resolve_scale('bi_level_routing_attention', scale, c_qk)
     head_q, head_v = c_qk // num_heads, c_v // num_heads
     chosen = choose_backend('bi_level_routing_attention', backend, (q, k, v), _head_checks(head_q, head_v))
@@ -215,6 +216,14 @@ def bi_level_routing_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         return (out, routing) if return_routing else out
     from .triton.block_sparse import bra_regions_triton
     return bra_regions_triton(q, k, v, num_heads, topk, scale, return_routing=return_routing)
+
+
+def _count(name: str, value, regions: int) -> int:
+    """``topk`` as a Python int in [1, regions]; a NumPy integer is the count it holds (it was refused as not an int,
+    while ``n_win`` and ``num_heads`` took it), a float or bool is refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= regions:
+        raise ValueError(f'{name}={value!r} must be an int in [1, {regions}] (the number of regions)')
+    return int(value)
 
 
 def _head_checks(head_q: int, head_v: int):
@@ -271,8 +280,7 @@ def bi_level_routing_attention_2d(qkv: torch.Tensor, num_heads: int, n_win: int,
         raise ValueError(f'num_heads={num_heads} must divide the qk channels {qk_dim} and the v channels {c_v}')
     if height % n_win or width % n_win or height == 0 or width == 0:
         raise ValueError(f'the map is {height}x{width}, not a positive multiple of n_win={n_win} per side')
-    if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= n_win * n_win:
-        raise ValueError(f'topk={topk!r} must be an int in [1, {n_win * n_win}] (the number of regions)')
+    topk = _count('topk', topk, n_win * n_win)
     if lepe_weight is not None:
         size = lepe_weight.shape[-1]
         if lepe_weight.shape != (c_v, 1, size, size) or size % 2 == 0:

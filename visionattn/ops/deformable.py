@@ -74,7 +74,13 @@ def _tensor_table(shapes: torch.Tensor, starts: torch.Tensor, levels: int, total
     state = (_version(shapes), _version(starts), total)  # checked against this S, unchanged since
     seen = _SEEN_TABLES.get(key)
     if seen is not None and seen[0]() is shapes and seen[1]() is starts and seen[2] == state:
-        return shapes, starts, seen[3]
+        if state[0] is not None and state[1] is not None:
+            return shapes, starts, seen[3]
+        # An inference tensor has no version counter: an in-place change (a table reused under inference_mode) is
+        # invisible, and the remembered sizes would silently split value into the old levels. On the CPU the table is
+        # read again (no device sync); elsewhere the kernels read it on the device and the reference reads it itself.
+        if shapes.device.type != 'cpu':
+            return shapes, starts, None
     # one host read of the whole table (a sync for CUDA tensors, as Deformable DETR's own assert makes)
     flat = torch.cat([shapes.flatten(), starts.to(shapes.dtype)]).tolist()
     sizes = [flat[2 * i:2 * i + 2] for i in range(levels)]

@@ -84,6 +84,14 @@ def partition_block_size(thw: Sequence[int], chunk: Chunk) -> int:
     return chunk[0] * chunk[1] * chunk[2]
 
 
+def _token_axis(x: torch.Tensor, dim) -> int:
+    """``dim`` as an axis of ``x`` in [0, x.dim()); one out of range is refused (``dim % x.dim()`` wrapped it onto
+    another axis, which ran silently when that axis had the token count)."""
+    if not _is_int(dim) or not -x.dim() <= dim < x.dim():
+        raise ValueError(f'dim={dim!r} is not an axis of x, a {x.dim()}-D tensor of shape {list(x.shape)}')
+    return int(dim) % x.dim()
+
+
 def _grid_shape(thw, chunk):
     """The split of (T, H, W) into (outer, inner) factors per axis, and the permutation that makes blocks."""
     t, h, w = thw
@@ -103,7 +111,7 @@ def partition_tokens(x: torch.Tensor, thw: Sequence[int], chunk: Chunk, dim: int
     """
     thw = _check_video(thw)  # Python ints (NumPy ones too)
     block = partition_block_size(thw, chunk)
-    dim = dim % x.dim()
+    dim = _token_axis(x, dim)
     if x.shape[dim] != math.prod(thw):
         raise ValueError(f'x has {x.shape[dim]} tokens along dim {dim}, but a {"x".join(map(str, thw))} video has '
                          f'{math.prod(thw)}')
@@ -120,7 +128,7 @@ def unpartition_tokens(x: torch.Tensor, thw: Sequence[int], chunk: Chunk, dim: i
     """Inverse of :func:`partition_tokens` (VMoBA's ``process_moba_output``): back to row-major (T, H, W)."""
     thw = _check_video(thw)
     partition_block_size(thw, chunk)
-    dim = dim % x.dim()
+    dim = _token_axis(x, dim)
     if x.shape[dim] != math.prod(thw):
         raise ValueError(f'x has {x.shape[dim]} tokens along dim {dim}, expected {math.prod(thw)}')
     if isinstance(chunk, numbers.Real):
