@@ -19,7 +19,7 @@ Input sizes: any of at least 4x4 (the patch embedding; smaller ones are refused 
 whole windows; an axis no longer than the window is one unshifted window.
 ``features_only`` returns each stage's output before its patch merging, NCHW.
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from visionattn.layers.stages import (
     check_global_pool,
     forward_intermediates_downsample_last,
     init_trunc_normal_,
+    keyword_no_weight_decay,
     prune_stages_downsample_last,
     reset_linear_classifier,
     resolve_intermediates,
@@ -246,6 +247,11 @@ class LaMamba(nn.Module):
     @torch.jit.ignore
     def no_weight_decay_keywords(self):
         return {'relative_position_bias_table', 'A_logs', 'Ds'}
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        # full names, the form timm's optimizer factory reads (it ignores no_weight_decay_keywords)
+        return keyword_no_weight_decay(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:

@@ -18,7 +18,7 @@ changed. ``features_only`` gives what the official dense-prediction backbones fe
 *before* its downsampler, through a per-level LayerNorm (``norm0..3`` there, ``feature_norms`` here), NCHW.
 """
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -33,6 +33,7 @@ from visionattn.layers.stages import (
     check_global_pool,
     forward_intermediates_downsample_last,
     init_trunc_normal_,
+    keyword_no_weight_decay,
     prune_stages_downsample_last,
     reset_linear_classifier,
     resolve_intermediates,
@@ -273,6 +274,11 @@ class NAT(nn.Module):
     @torch.jit.ignore
     def no_weight_decay_keywords(self):
         return {'rpb'}
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        # full names, the form timm's optimizer factory reads (it ignores no_weight_decay_keywords)
+        return keyword_no_weight_decay(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
+from timm.layers import DropPath, SelectAdaptivePool2d, get_act_layer, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
@@ -179,7 +179,7 @@ class PATNet(nn.Module):
         spatial_attn: PAT_sp in every block.
         num_heads: Attention heads of the last stage's PAT_sf.
         feature_dim: Width of the pre-logits 1×1 conv.
-        act_layer: Activation of the MLPs and the head.
+        act_layer: Activation of the MLPs and the head: a module class or a timm activation name ('gelu').
         drop_rate: Dropout before the classifier.
         drop_path_rate: Stochastic depth, rising linearly over all blocks.
         device: Device for the parameters.
@@ -198,7 +198,7 @@ class PATNet(nn.Module):
             spatial_attn: bool = False,
             num_heads: int = 4,
             feature_dim: int = 1280,
-            act_layer: type = nn.ReLU,
+            act_layer: Union[str, type] = nn.ReLU,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             device=None,
@@ -206,6 +206,8 @@ class PATNet(nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        # a name ('gelu', as timm's models take it) failed with "'str' object is not callable" deep in the first block
+        act_layer = get_act_layer(act_layer)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.drop_rate = drop_rate

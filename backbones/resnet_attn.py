@@ -126,8 +126,18 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 
 def _create_resnet_attn(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
     block = kwargs['block']
+    if 'attn_layer' in (kwargs.get('block_args') or {}):
+        # it was silently replaced by the family's own attention
+        raise ValueError(f"{variant}: block_args['attn_layer'] cannot replace the model's own attention; use timm's "
+                         "resnet* models for a ResNet with another attention layer")
     if 'eca_kernel_sizes' in kwargs:
-        attn_layer = _eca_per_stage(kwargs.pop('eca_kernel_sizes'), block.expansion)
+        if variant.startswith('ela_'):  # it silently turned the ELA-ResNet into an ECA-ResNet
+            raise ValueError(f'{variant}: eca_kernel_sizes is an ECA-ResNet argument; ELA-ResNets take ela_version')
+        kernel_sizes = tuple(kwargs.pop('eca_kernel_sizes'))
+        if len(kernel_sizes) != len(kwargs['layers']):  # a missing stage failed in the first block ("KeyError: 512")
+            raise ValueError(f'{variant}: eca_kernel_sizes={kernel_sizes} needs one ECA kernel per stage, '
+                             f"{len(kwargs['layers'])} stages")
+        attn_layer = _eca_per_stage(kernel_sizes, block.expansion)
     else:
         attn_layer = partial(EfficientLocalAttention, version=kwargs.pop('ela_version', 'B'))
     kwargs['block_args'] = dict(kwargs.get('block_args') or {}, attn_layer=attn_layer)

@@ -515,3 +515,32 @@ def test_head_hidden_size_is_the_pre_logits_width_under_every_pooling(name):
         with torch.no_grad():
             pre = model.forward_head(model.forward_features(torch.randn(1, 3, size, size)), pre_logits=True)
         assert pre.shape[-1] == model.head_hidden_size, (name, pool, 'reset')
+
+
+# --- adversarial probe: what timm's training tools read from a model ------------------------------------------------
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_timm_optimizer_skips_the_no_weight_decay_keywords(name):
+    # The official Swin-style recipes (NAT/DiNAT, LaMamba) skip weight decay for every parameter whose name holds one
+    # of no_weight_decay_keywords(); timm's optimizer factory reads only no_weight_decay(), so timm's train.py silently
+    # decayed NAT's rpb and LaMamba's relative_position_bias_table and A_logs.
+    from timm.optim import create_optimizer_v2
+    model = timm.create_model(name, device='meta')
+    keywords = model.no_weight_decay_keywords() if hasattr(model, 'no_weight_decay_keywords') else ()
+    optimizer = create_optimizer_v2(model, 'adamw', lr=1e-3, weight_decay=0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for group in optimizer.param_groups if group['weight_decay'] for p in group['params']}
+    assert decayed, 'no parameter is decayed'
+    assert not {n for n in decayed if any(k in n for k in keywords)}
+
+
+@pytest.mark.parametrize('name', ['eca_resnet18', 'ela_resnet18'])
+def test_resnet_attention_arguments_are_checked_by_name(name):
+    # block_args=dict(attn_layer=...) was silently replaced by the family's own attention, eca_kernel_sizes turned an
+    # ELA-ResNet into an ECA-ResNet, and eca_kernel_sizes short of a stage failed in the first block ("KeyError: 512").
+    with pytest.raises(ValueError, match=r"block_args\['attn_layer'\]"):
+        _create(name, block_args=dict(attn_layer='se'))
+    with pytest.raises(ValueError, match='eca_kernel_sizes'):
+        _create(name, eca_kernel_sizes=(3, 3, 3) if name.startswith('eca') else (3, 5, 7, 7))
+    model = _create(name, block_args=dict(), drop_rate=0.)
+    assert isinstance(model.layer4[-1].se, type(_create(name).layer4[-1].se))

@@ -91,6 +91,31 @@ def test_gaussian_channel_attention_batch_of_one_in_training_uses_running_stats(
     assert not torch.equal(layer.bn.running_mean, running)
 
 
+def test_frozen_or_eval_batchnorms_keep_their_statistics_in_a_training_model():
+    # Adversarial probe: the channel attention's BatchNorm followed the attention module's mode, not its own: with the
+    # BatchNorms set to eval in a training model (mmdet's norm_eval) it still used batch statistics and updated its
+    # running ones (22 buffers of patnet_t0), and timm's freeze_batch_norm_2d made it fail (no momentum).
+    from timm.layers import freeze_batch_norm_2d
+    torch.manual_seed(0)
+    model = timm.create_model('patnet_t0').eval()  # (PAT_sf's dropouts off: the comparison below is exact)
+    _randomise_norms(model)
+    for module in model.modules():
+        if isinstance(module, GaussianChannelAttention):  # a training layer whose BatchNorm is in eval
+            module.train()
+            module.bn.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        torch.testing.assert_close(out, model.eval()(x))  # the same as the model in eval
+        frozen = freeze_batch_norm_2d(model)
+        for module in frozen.modules():
+            if isinstance(module, GaussianChannelAttention):
+                module.train()  # with a FrozenBatchNorm2d
+        torch.testing.assert_close(frozen(x), out, atol=1e-5, rtol=1e-5)
+
+
 def test_gaussian_channel_attention_refuses_single_position():
     with pytest.raises(ValueError, match='at least 2'):
         GaussianChannelAttention(4).eval()(torch.randn(2, 4, 1, 1))
@@ -544,3 +569,15 @@ def test_compiles_for_a_bf16_training_step_cuda():
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert torch.isfinite(loss) and not missing, f'no finite gradient for {missing}'
     assert model.stages[-1].blocks[0].spatial_mixing.attn.rpe_table.grad.abs().sum() > 0
+
+
+def test_activation_by_name():
+    # timm's models take act_layer='gelu'; PATNet failed with "'str' object is not callable" in its first block.
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    by_class = timm.create_model('patnet_t0', act_layer=nn.ReLU).eval()
+    torch.manual_seed(0)
+    by_name = timm.create_model('patnet_t0', act_layer='relu').eval()
+    assert isinstance(by_name.act, nn.ReLU)
+    with torch.no_grad():
+        torch.testing.assert_close(by_name(x), by_class(x), rtol=0, atol=0)

@@ -12,7 +12,7 @@ Two layouts of stage occur in visionattn:
 - *downsample last* (NAT, LaMamba): stage ``i`` runs its ``blocks`` (``forward_blocks``), the intermediate is taken
   there, channels-last, and then the stage's ``downsample`` (none in the last stage) prepares the next stage's input.
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from timm.layers import trunc_normal_
@@ -21,9 +21,9 @@ from torch import nn
 from visionattn._timm_compat import resolve_take_indices
 
 __all__ = [
-    'init_trunc_normal_', 'stage_group_matcher', 'check_global_pool', 'reset_linear_classifier',
-    'resolve_intermediates', 'forward_intermediates_downsample_first', 'forward_intermediates_downsample_last',
-    'prune_stages_downsample_last',
+    'init_trunc_normal_', 'keyword_no_weight_decay', 'stage_group_matcher', 'check_global_pool',
+    'reset_linear_classifier', 'resolve_intermediates', 'forward_intermediates_downsample_first',
+    'forward_intermediates_downsample_last', 'prune_stages_downsample_last',
 ]
 
 
@@ -43,6 +43,18 @@ def init_trunc_normal_(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def keyword_no_weight_decay(model: nn.Module) -> Set[str]:
+    """timm's ``no_weight_decay``: the full names of the parameters that ``model.no_weight_decay_keywords()`` names.
+
+    The official Swin-style training code skips weight decay for every parameter whose name contains one of those
+    keywords (``set_weight_decay(model, skip, skip_keywords)``), but timm's optimizer factory
+    (``create_optimizer_v2``, ``param_groups_weight_decay``/``_layer_decay``) reads only ``no_weight_decay()``: without
+    it, timm's train.py silently decayed NAT's ``rpb`` and LaMamba's ``relative_position_bias_table`` and ``A_logs``.
+    """
+    keywords = model.no_weight_decay_keywords()
+    return {name for name, _ in model.named_parameters() if any(k in name for k in keywords)}
 
 
 def stage_group_matcher(coarse: bool, stem: str, stages: str, head: str, downsample_first: bool) -> Dict[str, Any]:
