@@ -1,25 +1,19 @@
 """tools/attention_map.py: the query's attention weights of every attention family in the zoo, checked against what the
 layers compute (weights times values give each layer's attention output at the query), and the tool's refusals."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import timm
 import torch
+from conftest import load_tool
 
 import visionattn
 
 pytestmark = pytest.mark.tools
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('attention_map_tool', ROOT / 'tools' / 'attention_map.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('attention_map')
 
 
 def _families_with_attention_maps():
