@@ -17,7 +17,9 @@ layer's own token grid (drawn cell by cell, not smoothed):
   global attention (``topk=-2``): weights over the whole map (Zhu et al., CVPR 2023).
 
 The weights are computed from each layer's own input and parameters as the layer computes them (a test checks that
-weights times values give the layer's attention output at the query). The image is the model's input: resized and
+weights times values give the layer's attention output at the query). Where a layer pads its map (NA maps smaller
+than the window, BiFormer maps not divisible into regions), the pad tokens are keys too; their share of the weight
+is not drawn and the panel's title gives it. The image is the model's input: resized and
 centre-cropped by its eval transform (timm's data config), or ``--img-size``. Without ``--image`` it is
 scikit-learn's sample photo ``china.jpg`` (shipped with scikit-learn: nothing is downloaded). Without
 ``--pretrained`` or ``--checkpoint`` the weights are random: the maps then show the mechanism (window shapes,
@@ -42,15 +44,17 @@ from visionattn.backbones.biformer import GlobalAttentionLePE
 
 import visionattn  # noqa: F401  (registers the zoo)
 from visionattn.layers.bra import BiLevelRoutingAttention
-from visionattn.layers.neighborhood_attention import NeighborhoodAttention2d
+from visionattn.layers.neighborhood_attention import NeighborhoodAttention2d, pad_qkv_to_window
 from visionattn.ops.reference.neighborhood import neighbor_table
 
 ATTENTION_LAYERS = (NeighborhoodAttention2d, BiLevelRoutingAttention, GlobalAttentionLePE)
+PADDING_SHOWN = 1e-4  # the share of the query's weight on pad tokens above which a panel names it
 
 
 @dataclass
 class LayerMap:
-    """One layer's attention of the query: ``weights`` [heads, H, W] on the layer's token grid (each head's sum 1)."""
+    """One layer's attention of the query: ``weights`` [heads, H, W] on the layer's token grid (each head's sum 1, less
+    the share of the pad tokens of a map smaller than an NA window, which ``detail`` gives)."""
     name: str
     kind: str  # 'neighborhood', 'routing' or 'global'
     weights: torch.Tensor
@@ -67,28 +71,36 @@ def query_token(query: Sequence[float], height: int, width: int) -> Tuple[int, i
     return min(int(query[0] * height), height - 1), min(int(query[1] * width), width - 1)
 
 
+def _padding_share(weights: torch.Tensor, height: int, width: int) -> str:
+    """', N % on padding' when the query's weights [heads, Hp, Wp] on a padded map put some on the pad tokens (the
+    layers pad maps smaller than an NA window or not divisible into BRA regions); those are not drawn."""
+    share = 1 - float(weights[:, :height, :width].sum()) / weights.shape[0]
+    return f', {100 * share:.0f} % on padding' if share > PADDING_SHOWN else ''
+
+
 def neighborhood_map(module: NeighborhoodAttention2d, x: torch.Tensor, query: Sequence[float],
                      name: str = '') -> LayerMap:
     """The NA layer's weights of the query over its window, from the layer's input ``x`` [1, H, W, C]."""
     height, width = x.shape[1:3]
-    window = module.kernel_size * module.dilation
-    if height < window or width < window:
-        raise ValueError(f'{name}: the map is {height}x{width}, smaller than the window ({module.kernel_size} x '
-                         f'dilation {module.dilation} = {window}), which the layer pads; use a larger --img-size')
     heads, head_dim = module.num_heads, module.head_dim
-    q, k, _ = module.qkv(x[:1])[0].unflatten(-1, (3, heads, head_dim)).unbind(2)  # [H, W, heads, d]
+    # a map smaller than the window is padded as the layer pads it (its pad tokens are keys too)
+    qkv = pad_qkv_to_window(module.qkv(x[:1]), module.qkv.bias, module.kernel_size * module.dilation)[0]
+    q, k, _ = qkv.unflatten(-1, (3, heads, head_dim)).unbind(2)  # [Hp, Wp, heads, d]
+    padded_w = qkv.shape[1]
     kernel, dilation = (module.kernel_size,) * 2, (module.dilation,) * 2
-    table = neighbor_table((height, width), kernel, dilation, (1, 1), (False, False))
+    table = neighbor_table(tuple(qkv.shape[:2]), kernel, dilation, (1, 1), (False, False))
     qy, qx = query_token(query, height, width)
-    flat = qy * width + qx
+    flat = qy * padded_w + qx
     keys = table.index[flat]  # [k*k] flat key tokens
     logits = torch.einsum('hd,khd->hk', q.reshape(-1, heads, head_dim)[flat].float() * module.scale,
                           k.reshape(-1, heads, head_dim)[keys].float())
     if module.rpb is not None:
         logits = logits + module.rpb.reshape(heads, -1)[:, table.bias_index[flat]].float()
-    weights = torch.zeros(heads, height * width).index_add_(1, keys, logits.softmax(-1))
-    return LayerMap(name, 'neighborhood', weights.view(heads, height, width), (qy, qx),
-                    f'{module.kernel_size}x{module.kernel_size} window, dilation {module.dilation}')
+    weights = torch.zeros(heads, qkv.shape[0] * padded_w).index_add_(1, keys, logits.softmax(-1))
+    weights = weights.view(heads, *qkv.shape[:2])
+    detail = f'{module.kernel_size}x{module.kernel_size} window, dilation {module.dilation}'
+    detail += _padding_share(weights, height, width)
+    return LayerMap(name, 'neighborhood', weights[:, :height, :width], (qy, qx), detail)
 
 
 def routing_map(module: BiLevelRoutingAttention, x: torch.Tensor, query: Sequence[float], name: str = '') -> LayerMap:
@@ -111,8 +123,9 @@ def routing_map(module: BiLevelRoutingAttention, x: torch.Tensor, query: Sequenc
     logits = torch.einsum('hd,khd->hk', q[qy, qx].view(heads, head_dim).float() * module.scale,
                           k.reshape(-1, heads, head_dim)[tokens].float())
     weights = torch.zeros(heads, padded.shape[1] * padded.shape[2]).index_add_(1, tokens, logits.softmax(-1))
-    weights = weights.view(heads, *padded.shape[1:3])[:, :height, :width]
-    return LayerMap(name, 'routing', weights, (qy, qx), f'top-{module.topk} of {n_win}x{n_win} regions',
+    weights = weights.view(heads, *padded.shape[1:3])
+    detail = f'top-{module.topk} of {n_win}x{n_win} regions' + _padding_share(weights, height, width)
+    return LayerMap(name, 'routing', weights[:, :height, :width], (qy, qx), detail,
                     regions=(rows, cols, n_win), query_region=region, routed=routed)
 
 
@@ -232,7 +245,7 @@ def draw(maps: Sequence[LayerMap], shown: np.ndarray, query: Sequence[float], ti
         axis.plot(query[1] * size_x, query[0] * size_y, marker='+', color='lime', markersize=10, mew=2)
         axis.set_title(f'{layer.name}\n{layer.detail}, {grid_y}x{grid_x} tokens', fontsize=7)
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.45 / figure.get_figheight()))  # the title's band stays free
     tmp = out.with_name(f'.{out.name}.{os.getpid()}.tmp.png')
     try:
         figure.savefig(tmp, dpi=110)

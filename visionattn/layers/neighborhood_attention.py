@@ -22,7 +22,7 @@ from torch.nn.init import trunc_normal_
 from ..ops.checks import positive_int
 from ..ops.neighborhood import neighborhood_attention
 
-__all__ = ['NeighborhoodAttention2d']
+__all__ = ['NeighborhoodAttention2d', 'pad_qkv_to_window']
 
 
 @torch.jit.ignore
@@ -49,8 +49,22 @@ def _padded_neighborhood_attention(
 
     The pad rows/columns hold what ``qkv`` gives for a zero input, i.e. its bias (zeros without bias).
     """
+    height, width = qkv.shape[1:3]
+    qkv = pad_qkv_to_window(qkv, qkv_bias, kernel_size * dilation)
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    q, k, v = qkv.unflatten(-1, (3, num_heads, head_dim)).unbind(3)
+    out = neighborhood_attention(q, k, v, kernel_size, dilation=dilation, rpb=rpb, scale=scale)
+    out = out.flatten(-2)
+    if out.shape[1:3] != (height, width):
+        out = out[:, :height, :width]
+    return out
+
+
+def pad_qkv_to_window(qkv: torch.Tensor, qkv_bias: Optional[torch.Tensor], window: int) -> torch.Tensor:
+    """A fused ``qkv`` projection [B, H, W, 3C] padded at the bottom/right up to ``window`` (kernel x dilation) per
+    axis, as NATTEN 0.14's module padded its input: the pad tokens hold what ``qkv`` gives a zero input, its bias
+    (zeros without bias). Unchanged when the map is large enough."""
     batch, height, width, channels3 = qkv.shape
-    window = kernel_size * dilation
     pad_h, pad_w = max(0, window - height), max(0, window - width)
     if pad_h or pad_w:
         fill = qkv_bias.to(qkv.dtype) if qkv_bias is not None else qkv.new_zeros(channels3)
@@ -58,13 +72,7 @@ def _padded_neighborhood_attention(
             qkv = torch.cat([qkv, fill.expand(batch, height, pad_w, channels3)], dim=2)
         if pad_h:
             qkv = torch.cat([qkv, fill.expand(batch, pad_h, width + pad_w, channels3)], dim=1)
-    head_dim = channels3 // (3 * num_heads)
-    q, k, v = qkv.unflatten(-1, (3, num_heads, head_dim)).unbind(3)
-    out = neighborhood_attention(q, k, v, kernel_size, dilation=dilation, rpb=rpb, scale=scale)
-    out = out.flatten(-2)
-    if pad_h or pad_w:
-        out = out[:, :height, :width]
-    return out
+    return qkv
 
 
 # Leaves of torch.fx graphs (the padding depends on the input size, the op chooses its backend at run time) that
