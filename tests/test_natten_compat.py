@@ -1126,3 +1126,61 @@ def test_readme_example_runs(natten_unloaded, capsys):
     assert sys.modules['natten'] is natten
     assert capsys.readouterr().out.splitlines()[-1] == 'torch.Size([2, 28, 28, 64])'
     natten.uninstall()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fidelity against NATTEN's public API, as its docs show it.
+
+@pytest.mark.parametrize('call', [
+    lambda rpb: functional.na2d(_Q2, _Q2, _Q2, 3, is_causal=(True, False), rpb=rpb),
+    lambda rpb: natten.na2d(_Q2, _Q2, _Q2, 3, is_causal=True, rpb=rpb),
+    lambda rpb: functional.na2d_qk(_Q2_HF, _Q2_HF, 3, is_causal=(False, True), rpb=rpb),
+    lambda rpb: functional.na2d(_Q2, _Q2, _Q2, 3, is_causal=True, rpb=rpb, return_lse=True),
+], ids=['fused_017', 'fused_020', 'qk', 'gathered'])
+def test_causal_rpb_raises_not_implemented_as_natten(call):
+    # NATTEN 0.17's fused and two-step ops raise NotImplementedError for a positional bias with a causal axis (its
+    # modules as well, which the drop-in's did); the drop-in's functional ops raised ValueError, past a user's
+    # `except NotImplementedError`. It is now both.
+    with pytest.raises(NotImplementedError, match='causal') as caught:
+        call(torch.zeros(2, 5, 5))
+    assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize('heads_last', [True, False])
+def test_flops_shape_counters_of_natten_0174(heads_last):
+    # NATTEN 0.17.4/0.17.5's docs/flops.md: `from natten.flops import fna_flop_count, na_qk_flop_count,
+    # na_av_flop_count` (ImportError before). Each GEMM counts batch * heads * tokens * prod(kernel) * head_dim
+    # multiply-adds, FLOPs twice that; causal masking and dilation do not change the count.
+    from visionattn.compat.natten.flops import fna_flop_count, na_av_flop_count, na_qk_flop_count
+    batch, heads, spatial, dim = 2, 3, (9, 10), 8
+    shape = (batch, *spatial, heads, dim) if heads_last else (batch, heads, *spatial, dim)
+    macs = batch * heads * 90 * 15 * dim
+    args = ((3, 5), (2, 1), (True, False), heads_last)
+    assert na_qk_flop_count(shape, shape, *args) == 2 * macs
+    assert na_qk_flop_count(torch.Size(shape), shape, *args, return_macs=True) == macs
+    assert na_av_flop_count(shape[:-1] + (15,), shape, *args, return_macs=True) == macs
+    assert fna_flop_count(shape, shape, shape, *args) == 4 * macs
+    assert fna_flop_count(shape, shape, shape, 3, 1, False, heads_last, return_macs=True) == 2 * macs * 9 // 15
+
+
+def test_experimental_module_of_natten_0174(natten_unloaded):
+    # NATTEN 0.17.4/0.17.5's docs/flops.md: `from natten.experimental import na1d, na2d, na3d` (its torch.library
+    # ops, 0.17's signature) for torch.compile and torch's FLOP counter; ModuleNotFoundError before.
+    _skip_if_a_real_natten_is_installed()
+    natten.install()
+    from natten.experimental import na2d
+    q, k, v, rpb = _inputs((9, 8), rpb_kernel=(3, 3), seed=5)
+    torch.testing.assert_close(na2d(q, k, v, 3, 2, False, rpb, SCALE),
+                               functional.na2d(q, k, v, 3, dilation=2, rpb=rpb, scale=SCALE), rtol=0, atol=0)
+    import natten as imported
+    assert imported.experimental.na1d is functional.na1d and imported.experimental.na3d is functional.na3d
+    natten.uninstall()
+
+
+def test_unknown_backend_raises_not_implemented_as_natten_020():
+    # NATTEN >= 0.20's na{1,2,3}d end their backend dispatch with NotImplementedError("Unrecognized NATTEN backend")
+    # for a name they do not know (an attention backend such as 'cutlass-fmha', a typo); the drop-in raised
+    # ValueError only. It is now both.
+    with pytest.raises(NotImplementedError, match="backend='cutlass-fmha'") as caught:
+        natten.na2d(_Q2, _Q2, _Q2, 3, backend='cutlass-fmha')
+    assert isinstance(caught.value, ValueError)

@@ -16,7 +16,8 @@ transformers on neighborhood attention) stops running. visionattn's op has NATTE
   two-step ops), see :mod:`.functional`;
 - NATTEN's switches and queries (``use_fused_na``, ``has_cuda``, ...) as harmless stand-ins, see :mod:`.context`
   (0.15's copies in ``natten.functional``, 0.17's ``natten.utils.get_device_cc``), and ``natten.flops``
-  (``get_flops``, ``add_natten_handle`` and the fvcore handles of 0.14-0.17.4).
+  (``get_flops``, ``add_natten_handle``, the fvcore handles of 0.14-0.17.4 and 0.17.4's ``fna_flop_count``...);
+- 0.17.4/0.17.5's ``natten.experimental.na1d/na2d/na3d`` (the fused ops of ``natten.functional``).
 
 ``install()`` never replaces a real NATTEN: if one is importable (or already imported) it returns that one and
 warns. The drop-in can also be used without installing it: ``from visionattn.compat import natten``.
@@ -53,7 +54,8 @@ HAS_LIBNATTEN = False
 
 __all__ = [
     'install', 'uninstall', 'NeighborhoodAttention1D', 'NeighborhoodAttention2D', 'NeighborhoodAttention3D',
-    'na1d', 'na2d', 'na3d', 'context', 'flops', 'functional', 'modules', 'utils', 'HAS_LIBNATTEN', '__version__',
+    'na1d', 'na2d', 'na3d', 'context', 'experimental', 'flops', 'functional', 'modules', 'utils', 'HAS_LIBNATTEN',
+    '__version__',
     *_context_all,
 ]
 
@@ -83,11 +85,24 @@ def _utils_module() -> ModuleType:
     return module
 
 
+def _experimental_module() -> ModuleType:
+    """NATTEN 0.17.4/0.17.5's ``natten.experimental``: the fused ``na1d/na2d/na3d`` as ``torch.library`` ops, which its
+    docs (flops.md) tell users to import for ``torch.compile`` without graph breaks and ``torch.utils.flop_counter``.
+    visionattn's op already is a custom op, so they are the fused ops of ``natten.functional`` (0.17.5's order)."""
+    module = ModuleType('natten.experimental', "NATTEN 0.17's natten.experimental (visionattn's drop-in): na1d/2d/3d")
+    module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)
+    module.na1d, module.na2d, module.na3d = functional.na1d, functional.na2d, functional.na3d
+    module.__all__ = ['na1d', 'na2d', 'na3d']
+    return module
+
+
 utils = _utils_module()
+experimental = _experimental_module()
 
 # ``natten.<name>`` that code imports: the 0.14-0.17 module files natten1d/2d/3d hold the modules, 0.15-0.17's
 # na1d/2d/3d the module and its ops.
 _SUBMODULES = {'context': context, 'flops': flops, 'functional': functional, 'modules': modules, 'utils': utils,
+               'experimental': experimental,
                'natten1d': modules, 'natten2d': modules, 'natten3d': modules,
                **{f'na{n}d': _module_file(n) for n in (1, 2, 3)}}
 

@@ -1,5 +1,6 @@
 """``natten.flops`` of the drop-in: ``get_flops`` and ``add_natten_handle``, which NATTEN's README and the official
-NAT/DiNAT code use with fvcore, and the fvcore op handles of NATTEN 0.14-0.17.4 that code imports by name.
+NAT/DiNAT code use with fvcore, the fvcore op handles of NATTEN 0.14-0.17.4 that code imports by name, and the
+shape-only counters ``fna_flop_count``, ``na_qk_flop_count`` and ``na_av_flop_count`` of NATTEN 0.17.4/0.17.5.
 
 NATTEN registered fvcore handles for its own autograd functions. visionattn's op needs none: its reference path is
 made of gathers and einsums, which fvcore and PyTorch's ``torch.utils.flop_counter`` count as the papers do
@@ -10,10 +11,11 @@ as given; the legacy handles exist so that imports work, and count as NATTEN's d
 import logging
 import math
 from numbers import Number
-from typing import Any, List
+from typing import Any, List, Sequence, Tuple
 
-__all__ = ['add_natten_handle', 'get_flops', 'qk_rpb_flop', 'av_flop', 'qk_1d_rpb_flop', 'av_1d_flop',
-           'qk_2d_rpb_flop', 'av_2d_flop', 'qk_3d_rpb_flop', 'av_3d_flop']
+__all__ = ['add_natten_handle', 'get_flops', 'fna_flop_count', 'na_qk_flop_count', 'na_av_flop_count',
+           'qk_rpb_flop', 'av_flop', 'qk_1d_rpb_flop', 'av_1d_flop', 'qk_2d_rpb_flop', 'av_2d_flop', 'qk_3d_rpb_flop',
+           'av_3d_flop']
 
 _logger = logging.getLogger('visionattn.compat.natten')
 
@@ -96,3 +98,49 @@ av_1d_flop, av_2d_flop, av_3d_flop = (
 # NATTEN 0.14's names of the 2-D handles.
 qk_rpb_flop = qk_2d_rpb_flop
 av_flop = av_2d_flop
+
+
+# Shape-only counters (NATTEN 0.17.4-0.17.5's docs/flops.md): the dot products only, as NATTEN counts them (softmax,
+# masking, scale and bias are left out, and causal masking does not lower the count).
+
+def _problem(what: str, shape, kernel_size, is_heads_last: bool) -> Tuple[int, int, int, int]:
+    """(batch * heads, tokens, head_dim, window slots) of a [batch, *spatial, heads, dim] (heads last) or
+    [batch, heads, *spatial, dim] shape."""
+    shape = tuple(int(x) for x in shape)
+    if len(shape) not in (4, 5, 6):
+        raise ValueError(f'natten.flops.{what}: expected a 4-D, 5-D or 6-D shape (1-, 2- or 3-D NA), got {shape}')
+    n_dim = len(shape) - 3
+    kernel = (kernel_size,) * n_dim if isinstance(kernel_size, int) else tuple(kernel_size)
+    if len(kernel) != n_dim or not all(isinstance(k, int) and k >= 1 for k in kernel):
+        raise ValueError(f'natten.flops.{what}: kernel_size={kernel_size!r} must be an int or {n_dim} ints for the '
+                         f'{len(shape)}-D shape {shape}')
+    heads, spatial = (shape[-2], shape[1:-2]) if is_heads_last else (shape[1], shape[2:-1])
+    return shape[0] * heads, math.prod(spatial), shape[-1], math.prod(kernel)
+
+
+def na_qk_flop_count(q_shape: Sequence[int], k_shape: Sequence[int],
+                     kernel_size, dilation, is_causal, is_heads_last: bool, return_macs: bool = False) -> int:
+    """NATTEN 0.17.4's count for the QK product: ``batch * heads * tokens * prod(kernel_size) * head_dim``
+    multiply-adds; FLOPs (twice that) unless ``return_macs``. ``is_heads_last``: the shapes are [batch, *spatial,
+    heads, head_dim] (the fused ops' layout) rather than [batch, heads, *spatial, head_dim] (the two-step ops')."""
+    bh, tokens, dim, slots = _problem('na_qk_flop_count', q_shape, kernel_size, is_heads_last)
+    macs = bh * tokens * slots * dim
+    return macs if return_macs else 2 * macs
+
+
+def na_av_flop_count(a_shape: Sequence[int], v_shape: Sequence[int],
+                     kernel_size, dilation, is_causal, is_heads_last: bool, return_macs: bool = False) -> int:
+    """NATTEN 0.17.4's count for the AV product, from the value's shape: ``batch * heads * tokens *
+    prod(kernel_size) * head_dim`` multiply-adds; FLOPs (twice that) unless ``return_macs``."""
+    bh, tokens, dim, slots = _problem('na_av_flop_count', v_shape, kernel_size, is_heads_last)
+    macs = bh * tokens * slots * dim
+    return macs if return_macs else 2 * macs
+
+
+def fna_flop_count(q_shape: Sequence[int], k_shape: Sequence[int],
+                   v_shape: Sequence[int], kernel_size, dilation, is_causal,
+                   is_heads_last: bool, return_macs: bool = False) -> int:
+    """NATTEN 0.17.4's count for the whole attention (:func:`na_qk_flop_count` + :func:`na_av_flop_count`); FLOPs
+    unless ``return_macs`` (fvcore reports MACs, ``torch.utils.flop_counter`` FLOPs)."""
+    return (na_qk_flop_count(q_shape, k_shape, kernel_size, dilation, is_causal, is_heads_last, return_macs)
+            + na_av_flop_count(None, v_shape, kernel_size, dilation, is_causal, is_heads_last, return_macs))

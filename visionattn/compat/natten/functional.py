@@ -190,6 +190,20 @@ def _where(name: str) -> str:
     return f'natten.{name}' if name in ('na1d', 'na2d', 'na3d') else f'natten.functional.{name}'
 
 
+class NotSupportedError(NotImplementedError, ValueError):
+    """What NATTEN refuses with ``NotImplementedError`` and visionattn's checks with ``ValueError`` (an rpb with a
+    causal axis, as NATTEN 0.17's ops; a backend name NATTEN >= 0.20 does not know): both, so that either ``except``
+    catches it."""
+
+
+def _named_error(name: str, error: ValueError) -> ValueError:
+    """The op's ValueError, named after the NATTEN call; the rpb-with-causal refusal as :class:`NotSupportedError`."""
+    message = f'{_where(name)}: {str(error).removeprefix("neighborhood_attention: ")}'
+    if 'cannot be combined with a causal' in message:
+        return NotSupportedError(message)
+    return ValueError(message)
+
+
 def _normalized(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size, dilation, stride,
                 is_causal, rpb, scale) -> Tuple[tuple, tuple, tuple, tuple, float]:
     """:func:`normalize_na_args` with NATTEN's ``None`` defaults, its errors named after the NATTEN call."""
@@ -198,7 +212,7 @@ def _normalized(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke
                                  1 if stride is None else stride, False if is_causal is None else is_causal, rpb,
                                  scale)
     except ValueError as error:
-        raise ValueError(f'{_where(name)}: {str(error).removeprefix("neighborhood_attention: ")}') from None
+        raise _named_error(name, error) from None
 
 
 def _check_rank(name: str, n_dim: int, heads_first: bool, **tensors: torch.Tensor) -> None:
@@ -226,7 +240,7 @@ def _backend(name: str, backend: Optional[str]) -> Optional[str]:
     if backend in NATTEN_BACKENDS:
         _logger.debug('natten.%s: backend=%r is NATTEN\'s; visionattn chooses its own backend', name, backend)
         return None
-    raise ValueError(f'{_where(name)}: backend={backend!r} is unknown; use None (automatic), one of NATTEN\'s '
+    raise NotSupportedError(f'{_where(name)}: backend={backend!r} is unknown; use None (automatic), one of NATTEN\'s '
                      f'{", ".join(NATTEN_BACKENDS)} (accepted, visionattn then chooses) or one of visionattn\'s '
                      f'{", ".join(BACKENDS)}')
 
@@ -385,7 +399,7 @@ def _fused(name: str, n_dim: int, query, key, value, kernel_size, stride, dilati
                     return attend(query, key, value, rpb)
             return _in_inputs_dtype(attend, query, key, value, rpb)
         except ValueError as error:
-            raise ValueError(f'{_where(name)}: {str(error).removeprefix("neighborhood_attention: ")}') from None
+            raise _named_error(name, error) from None
 
     def gathered(q, k, v, bias, extra_k, extra_v):
         return _gathered_attention(name, q, k, v, kernel_size, dilation, stride, is_causal, bias, scale, extra_k,
