@@ -848,3 +848,125 @@ def test_config_optimizer_settings_reach_each_optimizer_and_unknown_options_are_
                     'optim_wrapper.main: momentum 0.9 -> 0.8',
                     "resuming epoch_2.pth with the checkpoint's optimizer settings where this config's differ: "
                     'optim_wrapper.aux: weight_decay (the options of AnySGD cannot be read: it takes **kwargs)']
+
+
+# Adversarial probes of checkpoint loading, best checkpoints and the training curves (second engine pass).
+
+class _PredictingModel(_TinyModel):
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        out = super().forward(inputs, data_samples, mode)
+        return [out] if mode == 'predict' else out
+
+
+def _loader():
+    return dict(dataset=[dict(inputs=torch.ones(2))] * 4, batch_size=2, collate_fn=dict(type='default_collate'),
+                sampler=dict(type='DefaultSampler', shuffle=False))
+
+
+class _Metric:
+    """A val/test metric reporting ``key`` from ``scores`` in turn."""
+
+    @staticmethod
+    def make(scores, key='accuracy/top1'):
+        from mmengine.evaluator import BaseMetric
+
+        class Metric(BaseMetric):
+            default_prefix = None
+
+            def process(self, data_batch, data_samples):
+                self.results.append(0)
+
+            def compute_metrics(self, results):
+                return {key: next(scores)}
+        return Metric()
+
+
+@pytest.mark.parametrize('layout', ['plain state dict', 'module. prefix'])
+def test_load_from_a_plain_or_module_prefixed_checkpoint_reaches_the_ema_model(tmp_path, layout):
+    # Adversarial probe: with an EMAHook (the digits configs have one), load_from / tools/test.py of a plain state
+    # dict failed with a bare KeyError: 'state_dict' inside mmengine's EMAHook, and one with DDP's 'module.' prefix
+    # loaded into the model but nothing into the EMA copy (it only warned "missing keys"), which the test then swapped
+    # in: the test ran on the random initial weights.
+    from mmengine.hooks import Hook
+
+    from visionattn.engine import VisionRunner
+    source = _PredictingModel()
+    for p in source.parameters():
+        p.data.fill_(0.5)
+    state = source.state_dict()
+    checkpoint = state if layout == 'plain state dict' else {'state_dict': {f'module.{k}': v for k, v in state.items()}}
+    torch.save(checkpoint, tmp_path / 'weights.pth')
+    runner = VisionRunner(
+        model=_PredictingModel(), work_dir=str(tmp_path), experiment_name=f'ema-{layout[:5]}',
+        load_from=str(tmp_path / 'weights.pth'), test_dataloader=_loader(),
+        test_evaluator=[_Metric.make(iter([1.0]))], test_cfg=dict(), custom_hooks=[dict(type='EMAHook')],
+        default_scope='visionattn', log_level='ERROR', visualizer=dict(type='Visualizer', vis_backends=[]),
+        env_cfg=dict(cudnn_benchmark=False))
+    tested = []
+
+    class Spy(Hook):
+        def before_test_epoch(self, runner):  # after EMAHook swapped its weights in
+            tested.append(runner.model.backbone.fc.weight.detach().clone())
+    runner.register_hook(Spy(), priority='LOWEST')
+    runner.test()
+    assert torch.equal(tested[0], torch.full((2, 2), 0.5))
+
+
+def test_save_best_of_a_metric_the_evaluator_does_not_report_is_named(tmp_path):
+    # Adversarial probe: save_best='accuracy/top_1' where the evaluator reports 'accuracy/top1' failed after the first
+    # epoch with a bare KeyError: 'accuracy/top_1' from mmengine's CheckpointHook.
+    from visionattn.engine import ConfigError, VisionRunner
+    runner = VisionRunner(
+        model=_PredictingModel(), work_dir=str(tmp_path), experiment_name='best', train_dataloader=_loader(),
+        val_dataloader=_loader(), val_evaluator=[_Metric.make(iter([10.0, 20.0]))], val_cfg=dict(),
+        train_cfg=dict(by_epoch=True, max_epochs=2), optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        default_hooks=dict(checkpoint=dict(type='SafeCheckpointHook', interval=1, save_best='accuracy/top_1',
+                                           rule='greater')),
+        default_scope='visionattn', log_level='ERROR', visualizer=dict(type='Visualizer', vis_backends=[]),
+        env_cfg=dict(cudnn_benchmark=False))
+    with pytest.raises(ConfigError, match=r"save_best='accuracy/top_1' is not a metric the val_evaluator "
+                                          r"reports \(did you mean accuracy/top1\?\); it reports accuracy/top1\."):
+        runner.train()
+    assert (tmp_path / 'epoch_1.pth').is_file()  # the epoch's checkpoint is there to resume
+
+
+def test_the_training_curves_json_is_strict_json_with_nan_losses(tmp_path):
+    # Adversarial probe: a NaN loss (or metric) was written as the bare token NaN, which JSON does not have: jq,
+    # JavaScript and most readers other than Python's refuse the whole training_curves.json.
+    import json
+    from types import SimpleNamespace
+
+    from visionattn.engine import TrainingCurveHook
+    hook = TrainingCurveHook()
+    hook.history = {'train': [{'iter': 1, 'epoch': 1, 'loss': float('nan'), 'lr': 0.1},
+                              {'iter': 2, 'epoch': 1, 'loss': float('inf'), 'lr': 0.1}],
+                    'val': [{'iter': 2, 'epoch': 1, 'mIoU': float('nan')}]}
+    hook._plot(SimpleNamespace(work_dir=str(tmp_path), cfg=SimpleNamespace(filename='x.py'), experiment_name='x'))
+
+    def refuse(token):
+        raise ValueError(f'not JSON: {token}')
+    curves = json.loads((tmp_path / 'training_curves.json').read_text(), parse_constant=refuse)
+    assert [row['loss'] for row in curves['train']] == [None, None] and curves['val'][0]['mIoU'] is None
+    assert (tmp_path / 'training_curves.png').is_file()
+
+
+def test_the_training_curves_of_a_run_shorter_than_their_interval_are_written(tmp_path):
+    # Adversarial probe: TrainingCurveHook(interval=50) on a run of 4 iterations recorded no training point, so neither
+    # training_curves.png nor .json was written, its validation results included, without a word.
+    import json
+    from types import SimpleNamespace
+
+    from visionattn.engine import TrainingCurveHook
+    hook = TrainingCurveHook(interval=50)
+    runner = SimpleNamespace(iter=0, epoch=0, max_iters=4, work_dir=str(tmp_path), experiment_name='x',
+                             cfg=SimpleNamespace(filename='x.py'),
+                             optim_wrapper=SimpleNamespace(get_lr=lambda: {'lr': [0.1]}))
+    for step in range(4):
+        runner.iter = step
+        hook.after_train_iter(runner, step, outputs={'loss': torch.tensor(1.0 / (step + 1))})
+    runner.iter = 4
+    hook.after_val_epoch(runner, {'accuracy/top1': 50.0})
+    curves = json.loads((tmp_path / 'training_curves.json').read_text())
+    assert curves['train'] == [{'iter': 4, 'epoch': 1, 'loss': 0.25, 'lr': 0.1}]
+    assert curves['val'] == [{'iter': 4, 'epoch': 0, 'accuracy/top1': 50.0}]
+    assert (tmp_path / 'training_curves.png').is_file()

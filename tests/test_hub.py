@@ -914,3 +914,48 @@ def test_a_folder_that_cannot_take_the_unpacked_file_is_named(tmp_path, monkeypa
     unpacked = extract_checkpoint(archive)
     monkeypatch.setattr(hub, 'open', read_only, raising=False)
     assert extract_checkpoint(archive) == unpacked
+
+
+def test_urls_that_differ_only_in_their_query_are_cached_apart(weight_server, tmp_path):
+    # Adversarial probe: 'get.php?id=1' and 'get.php?id=2' (two files of a download script) shared the cache file
+    # get.php: the second was taken from the cache as the first, without a request and, lacking a sha256, unchecked.
+    _serve(weight_server, {'w': torch.ones(3)}, 'get.php', legacy=False)
+    cache = tmp_path / 'cache'
+    first = download_weights(weight_server.url('get.php?id=1'), cache_dir=cache, progress=False)
+    second = download_weights(weight_server.url('get.php?id=2'), cache_dir=cache, progress=False)
+    assert first != second and weight_server.requests == ['/get.php?id=1', '/get.php?id=2']
+    # a path that names a weight file keeps its name whatever the query (Dropbox's ?dl=1), and a digest is lowercase
+    digest = 'AB' * 32
+    assert cache_path(f'https://host/w.pth?dl=1#sha256={digest}', cache) == cache / 'w.pth'
+    from visionattn.hub import weight_file_facts
+    assert weight_file_facts(f'https://host/w.pth?dl=1#sha256={digest}')['sha256'] == 'ab' * 32
+
+
+def test_a_cache_dir_that_is_a_file_or_a_broken_link_is_named(weight_server, tmp_path):
+    # Adversarial probe: a cache_dir that is a file failed with a bare NotADirectoryError of the temporary file's
+    # clean-up (which replaced the cache error); a broken symbolic link said only "File exists".
+    _serve(weight_server, {'w': torch.ones(3)}, 'w.pth', legacy=False)
+    (tmp_path / 'a_file').write_text('x')
+    for cache in (tmp_path / 'a_file', tmp_path / 'a_file' / 'sub'):
+        with pytest.raises(CheckpointError, match=rf'into the cache folder {cache}: .*\({tmp_path / "a_file"} is a '
+                                                  r'file, not a folder\).*cache_dir='):
+            download_weights(weight_server.url('w.pth'), cache_dir=cache, progress=False)
+    (tmp_path / 'link').symlink_to(tmp_path / 'gone')
+    with pytest.raises(CheckpointError, match=rf'\({tmp_path / "link"} is a symbolic link to {tmp_path / "gone"}, '
+                                              r'which does not exist\)'):
+        download_weights(weight_server.url('w.pth'), cache_dir=tmp_path / 'link', progress=False)
+    (tmp_path / 'gone').mkdir()  # followed once it leads somewhere
+    assert download_weights(weight_server.url('w.pth'), cache_dir=tmp_path / 'link', progress=False).is_file()
+
+
+def test_a_cache_dir_under_the_home_folder_is_expanded(weight_server, tmp_path, monkeypatch):
+    # Adversarial probe: cache_dir='~/weights' was taken literally: the download went to a folder named '~' in the
+    # working directory, and the next run from elsewhere downloaded it again.
+    _serve(weight_server, {'w': torch.ones(3)}, 'w.pth', legacy=False)
+    (tmp_path / 'home').mkdir()
+    (tmp_path / 'cwd').mkdir()
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    monkeypatch.chdir(tmp_path / 'cwd')
+    path = download_weights(weight_server.url('w.pth'), cache_dir='~/weights', progress=False)
+    assert path == tmp_path / 'home' / 'weights' / 'w.pth' and path.is_file()
+    assert list((tmp_path / 'cwd').iterdir()) == []

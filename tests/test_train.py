@@ -183,6 +183,20 @@ def test_errors_building_a_config_section_are_one_line_naming_it(tmp_path):
         train.main(base + ['optim_wrapper.optimizer.lr=-1'])
 
 
+def test_a_schedule_or_hook_that_cannot_be_built_is_one_line_naming_it(tmp_path):
+    # Adversarial probe: a scheduler's own argument check (start_factor=-1) came as a traceback from inside the runner;
+    # max_keep_ckpts=1.5 was taken and failed at the start of training as "TypeError: an integer is required in
+    # <SafeCheckpointHook object at 0x...>".
+    train = _tool_module('train')
+    base = [ECA_DIGITS, '--work-dir', str(tmp_path / 'w'), '--cfg-options', 'train_cfg.max_epochs=2']
+    with pytest.raises(SystemExit, match=r'param_scheduler could not be built: ValueError: Starting multiplicative '
+                                         r'factor .* \(raised at .*\.py:\d+\)'):
+        train.main(base + ['param_scheduler.0.start_factor=-1'])
+    with pytest.raises(SystemExit, match=r'default_hooks / custom_hooks could not be built: ValueError: default_hooks'
+                                         r'\.checkpoint\.max_keep_ckpts must be a whole number .*got 1\.5'):
+        train.main(base + ['default_hooks.checkpoint.max_keep_ckpts=1.5'])
+
+
 def test_test_tool_show_dir_and_checkpoint_refusals(tmp_path):
     # Adversarial probe: a --show-dir below a file ended the test in a traceback at its first drawing; drawings are
     # named by their predictions, so a second test into the same folder left two pictures of a sample (the earlier

@@ -95,6 +95,10 @@ def _bad_file_name(name: str) -> Optional[str]:
     return None
 
 
+# File names that say they hold weights (or a release archive of them), whatever the query after them.
+_WEIGHT_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt', '.safetensors', '.tar', '.zip', '.npz', '.h5', '.pkl')
+
+
 def _parse_weight_url(url: str):
     """Split ``url#sha256=..&size=..&name=..`` into the URL to fetch, the expected sha256, the expected size in bytes
     and the cache file name.
@@ -109,12 +113,19 @@ def _parse_weight_url(url: str):
     name = fragment.get('name')
     if name is not None and (why := _bad_file_name(name)):
         raise ValueError(f'{url}: #name={name!r} cannot name the cache file: {why}')
-    name = name or os.path.basename(parts.path)
+    if name is None:
+        name = os.path.basename(parts.path)
+        # 'get.php?id=1' and 'get.php?id=2' are two files under one path name: the second would be taken from the
+        # cache as the first, unchecked where no sha256 is known. A query is part of the name where the path's does
+        # not name a weight file ('w.pth?dl=1' stays w.pth).
+        if parts.query and not name.lower().endswith(_WEIGHT_SUFFIXES):
+            name = ''
     if not name or '.' not in name or _bad_file_name(name):
         name = hashlib.sha256(fetch_url.encode()).hexdigest()[:16] + '.pth'
     sha256 = fragment.get('sha256')
     if sha256 is not None and not re.fullmatch(r'[0-9a-fA-F]{64}', sha256):
         raise ValueError(f'{url}: #sha256={sha256!r} is not a sha256 digest (64 hex digits)')
+    sha256 = sha256.lower() if sha256 is not None else None  # as sha256sum and the digest files write it
     size = fragment.get('size')
     if size is not None and not size.isdigit():
         raise ValueError(f'{url}: #size={size!r} is not a number of bytes')
@@ -131,7 +142,8 @@ def weight_file_facts(url: str) -> Dict[str, Any]:
 def cache_path(url: str, cache_dir: Optional[Union[str, Path]] = None) -> Path:
     """The file :func:`download_weights` keeps ``url`` in: ``<cache_dir>/<name>``, by default in torch hub's
     ``checkpoints`` folder. A file put there by hand is used (after the same checks) instead of downloading."""
-    cache = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()) / 'checkpoints'
+    # (a '~/weights' not expanded was created as a folder named '~' in the working directory)
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else Path(torch.hub.get_dir()) / 'checkpoints'
     return cache / _parse_weight_url(url)[3]
 
 
@@ -442,7 +454,10 @@ def download_weights(url: str, cache_dir: Optional[Union[str, Path]] = None, pro
     except OSError as error:  # the network's errors are DownloadErrors: this is the cache folder's
         raise _cache_write_error(fetch_url, cache, error, size) from error
     finally:
-        tmp.unlink(missing_ok=True)
+        try:  # (in a cache "folder" that is a file, this fails too: the error above is the one to see)
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
     return path
 
 
@@ -451,8 +466,18 @@ def _cache_write_error(url: str, cache: Path, error: OSError, size: Optional[int
     why = error.strerror or str(error)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         why += f' (the file has {size} bytes)' if size is not None else ''
+    where = f' ({error.filename or cache})'
+    # "File exists" / "Not a directory" of mkdir: say which part of the cache folder's path is not a folder
+    for part in (cache, *cache.parents):
+        if part.is_symlink() and not part.exists():
+            where = f' ({part} is a symbolic link to {os.readlink(part)}, which does not exist)'
+            break
+        if part.exists():
+            if not part.is_dir():
+                where = f' ({part} is a file, not a folder)'
+            break
     return CheckpointError(
-        f'could not write the download of {url} into the cache folder {cache}: {why} ({error.filename or cache}). '
+        f'could not write the download of {url} into the cache folder {cache}: {why}{where}. '
         'Give timm.create_model another cache_dir=... (or set TORCH_HOME) to a writable folder with room, or fetch '
         'the file by hand and pass pretrained_cfg_overlay=dict(file=...)')
 

@@ -1,5 +1,6 @@
 """Hooks for crash-safe checkpoints, reproducible resumption, readable progress and the training-curve plot."""
 import json
+import numbers
 import os.path as osp
 import random
 from pathlib import Path
@@ -40,6 +41,17 @@ def _scalar(value) -> float:
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
+def _finite_or_none(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON's null)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
 def _remove_checkpoint(backend, path: str) -> None:
     if backend.isfile(path):
         backend.remove(path)
@@ -75,6 +87,14 @@ class SafeCheckpointHook(CheckpointHook):
     rewritten atomically and relative to the work dir, and only then the old checkpoints deleted. A kill at any point
     leaves a complete checkpoint that ``last_checkpoint`` (or, failing it, the progress in the file names) leads to.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        keep = self.max_keep_ckpts
+        # mmengine takes any value here and fails at the start of training with "TypeError: an integer is required"
+        if not isinstance(keep, numbers.Integral) or isinstance(keep, bool):
+            raise ValueError(f'default_hooks.checkpoint.max_keep_ckpts must be a whole number (the checkpoints to '
+                             f'keep; -1: every one), got {keep!r}')
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
@@ -123,6 +143,16 @@ class SafeCheckpointHook(CheckpointHook):
                 _remove_checkpoint(self.file_backend, path)
 
     def _save_best_checkpoint(self, runner, metrics) -> None:
+        # A save_best key the evaluator does not report failed as a bare KeyError: 'accuracy' from mmengine, after the
+        # first training epoch; name the keys it does report.
+        missing = [k for k in (self.key_indicators if self.save_best else ()) if k != 'auto' and k not in metrics]
+        if missing:
+            from .config_checks import ConfigError
+            from .optim import _close
+            raise ConfigError(
+                f'default_hooks.checkpoint.save_best={missing[0]!r} is not a metric the val_evaluator reports'
+                f'{_close(missing[0], list(metrics))}; it reports {", ".join(map(str, metrics))}. Set save_best to one '
+                f'of them (or \'auto\': the first); the checkpoints saved so far are kept, resume from the latest')
         # mmengine removes the previous best before writing the new one: defer its removals until the new best
         # (and the re-saved latest checkpoint) are in place.
         backend = self.file_backend
@@ -276,7 +306,9 @@ class TrainingCurveHook(Hook):
         self.history: Dict[str, List] = {'train': [], 'val': []}
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        if outputs and self.every_n_train_iters(runner, self.interval):
+        # (and the run's last iteration: with an interval longer than the run, nothing was recorded, and neither the
+        # PNG nor the JSON written, validation results included)
+        if outputs and (self.every_n_train_iters(runner, self.interval) or self.is_last_train_iter(runner)):
             lr = runner.optim_wrapper.get_lr()
             lr = next(iter(lr.values()))[0] if isinstance(lr, dict) else lr
             self.history['train'].append({'iter': runner.iter + 1, 'epoch': runner.epoch + 1,
@@ -307,7 +339,10 @@ class TrainingCurveHook(Hook):
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
         work_dir = Path(runner.work_dir)
-        (work_dir / Path(self.filename).with_suffix('.json').name).write_text(json.dumps(self.history))
+        # strict JSON: a NaN or infinite loss or metric is null (json.dumps writes NaN / Infinity, which JSON has not:
+        # jq, JavaScript and most JSON readers other than Python's refuse the whole file)
+        (work_dir / Path(self.filename).with_suffix('.json').name).write_text(
+            json.dumps(_finite_or_none(self.history), allow_nan=False))
         train, val = self.history['train'], self.history['val']
         # COCOeval reports -1 for an area range without objects: such a metric says nothing and squashes the axis.
         metric_keys = sorted({k for row in val for k in row if k not in ('iter', 'epoch')

@@ -621,6 +621,14 @@ class VisionRunner(Runner):
                 return super().build_optim_wrapper(optim_wrapper)
         return super().build_optim_wrapper(optim_wrapper)
 
+    def build_param_scheduler(self, scheduler):
+        with _building('param_scheduler'):
+            return super().build_param_scheduler(scheduler)
+
+    def register_hooks(self, default_hooks=None, custom_hooks=None):
+        with _building('default_hooks / custom_hooks'):
+            super().register_hooks(default_hooks, custom_hooks)
+
     def build_train_loop(self, loop):
         with _building('train_cfg / train_dataloader'):
             loop = super().build_train_loop(loop)
@@ -714,11 +722,18 @@ class VisionRunner(Runner):
                 from .optim import apply_config_optimizer_settings
                 apply_config_optimizer_settings(self.optim_wrapper, self.param_schedulers, checkpoint['optimizer'],
                                                 filename, self.logger)
-        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
-        model = self.model.module if is_model_wrapper(self.model) else self.model
-        state = checkpoint.get('state_dict', checkpoint)
+        # The hooks see the weights as the model will take them: under 'state_dict' (a plain state dict is wrapped)
+        # with the keys revised. EMAHook copies checkpoint['state_dict'] into its averaged model: a plain state dict
+        # failed there with a bare KeyError, and 'module.'-prefixed keys loaded nothing into it (strict_load is off),
+        # so a test ran on the EMA model's random initial weights without a word.
+        wrapped = isinstance(checkpoint.get('state_dict'), dict)
+        state = checkpoint['state_dict'] if wrapped else checkpoint
         for pattern, replacement in revise_keys:
             state = {re.sub(pattern, replacement, k): v for k, v in state.items()}
+        checkpoint = {**checkpoint, 'state_dict': state} if wrapped else {'state_dict': state}
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        state = checkpoint['state_dict']
         _check_shapes(model, state, filename)
         checkpoint = _load_checkpoint_to_model(model, {'state_dict': state, **{k: v for k, v in checkpoint.items()
                                                                               if k != 'state_dict'}}, strict=True)
