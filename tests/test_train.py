@@ -171,30 +171,24 @@ def test_config_refusals_are_one_line_and_test_outputs_are_checked_first(tmp_pat
             test.main([ECA_DIGITS, str(checkpoint), '--work-dir', str(tmp_path / 't'), *options])
 
 
-def test_errors_building_a_config_section_are_one_line_naming_it(tmp_path):
-    # Adversarial probe: a dataset's own argument check (split='nonsense') and torch's 'Invalid learning rate' came
-    # as tracebacks of about 300 lines from inside the runner; now one line names the config section and the place.
+@pytest.mark.parametrize('option, message', [
+    ('train_dataloader.dataset.split=nonsense',
+     r"train_cfg / train_dataloader could not be built: ValueError: .*split.*'nonsense' \(raised at .*\.py:\d+\)"),
+    ('optim_wrapper.optimizer.lr=-1', r'optim_wrapper could not be built: ValueError: Invalid learning rate'),
+    ('param_scheduler.0.start_factor=-1',
+     r'param_scheduler could not be built: ValueError: Starting multiplicative factor .* \(raised at .*\.py:\d+\)'),
+    ('default_hooks.checkpoint.max_keep_ckpts=1.5', r'default_hooks / custom_hooks could not be built: ValueError: '
+                                                    r'default_hooks\.checkpoint\.max_keep_ckpts must be a whole number '
+                                                    r'.*got 1\.5'),
+])
+def test_a_config_section_that_cannot_be_built_is_one_line_naming_it(tmp_path, option, message):
+    # Adversarial probes: a dataset's own argument check (split='nonsense'), torch's 'Invalid learning rate' and a
+    # scheduler's argument check came as tracebacks of about 300 lines from inside the runner; max_keep_ckpts=1.5 was
+    # taken and failed at the start of training as "TypeError: an integer is required in <SafeCheckpointHook object>".
+    # Now one line names the config section and the place.
     train = _tool_module('train')
-    base = [ECA_DIGITS, '--work-dir', str(tmp_path / 'w'), '--cfg-options', 'train_cfg.max_epochs=2']
-    with pytest.raises(SystemExit, match=r"train_cfg / train_dataloader could not be built: ValueError: .*split.*"
-                                         r"'nonsense' \(raised at .*\.py:\d+\)"):
-        train.main(base + ['train_dataloader.dataset.split=nonsense'])
-    with pytest.raises(SystemExit, match=r'optim_wrapper could not be built: ValueError: Invalid learning rate'):
-        train.main(base + ['optim_wrapper.optimizer.lr=-1'])
-
-
-def test_a_schedule_or_hook_that_cannot_be_built_is_one_line_naming_it(tmp_path):
-    # Adversarial probe: a scheduler's own argument check (start_factor=-1) came as a traceback from inside the runner;
-    # max_keep_ckpts=1.5 was taken and failed at the start of training as "TypeError: an integer is required in
-    # <SafeCheckpointHook object at 0x...>".
-    train = _tool_module('train')
-    base = [ECA_DIGITS, '--work-dir', str(tmp_path / 'w'), '--cfg-options', 'train_cfg.max_epochs=2']
-    with pytest.raises(SystemExit, match=r'param_scheduler could not be built: ValueError: Starting multiplicative '
-                                         r'factor .* \(raised at .*\.py:\d+\)'):
-        train.main(base + ['param_scheduler.0.start_factor=-1'])
-    with pytest.raises(SystemExit, match=r'default_hooks / custom_hooks could not be built: ValueError: default_hooks'
-                                         r'\.checkpoint\.max_keep_ckpts must be a whole number .*got 1\.5'):
-        train.main(base + ['default_hooks.checkpoint.max_keep_ckpts=1.5'])
+    with pytest.raises(SystemExit, match=message):
+        train.main([ECA_DIGITS, '--work-dir', str(tmp_path / 'w'), '--cfg-options', 'train_cfg.max_epochs=2', option])
 
 
 def test_test_tool_show_dir_and_checkpoint_refusals(tmp_path):
