@@ -108,6 +108,19 @@ def test_the_tool_draws_a_figure_and_writes_the_weights(tmp_path, capsys):
     assert not list(out.parent.glob('.*tmp*'))
 
 
+def test_checkpoints_load_strictly_and_a_training_checkpoint_points_to_publish(tmp_path, capsys):
+    torch.manual_seed(1)
+    weights = timm.create_model('nat_mini').state_dict()
+    torch.save(weights, tmp_path / 'nat_mini.pth')
+    maps = _tool().main(['nat_mini', '--checkpoint', str(tmp_path / 'nat_mini.pth'), '--layers',
+                         'levels.0.blocks.0.attn', '--out', str(tmp_path / 'map.png')])
+    assert len(maps) == 1 and 'nat_mini.pth' in capsys.readouterr().out
+    torch.save({'meta': {'epoch': 1}, 'message_hub': {}, 'optimizer': {},
+                'state_dict': {f'classifier.{k}': v for k, v in weights.items()}}, tmp_path / 'epoch_1.pth')
+    with pytest.raises(SystemExit, match=r'(?s)Unexpected key.*tools/publish\.py CONFIG CHECKPOINT OUT_DIR'):
+        _tool().main(['nat_mini', '--checkpoint', str(tmp_path / 'epoch_1.pth'), '--out', str(tmp_path / 'x.png')])
+
+
 @pytest.mark.parametrize('args, message', [
     (['resnet18'], 'has no attention layer this tool draws'),
     (['nat_mini', '--layers', 'levels.0.blocks.9.attn'], 'no attention layer named levels.0.blocks.9.attn'),

@@ -299,11 +299,21 @@ def main(argv=None) -> List[LayerMap]:
     except RuntimeError as error:  # timm's 'Unknown model'
         raise SystemExit(f'attention_map.py: {error}') from None
     if args.checkpoint:
-        from visionattn.hub import CheckpointError, load_checkpoint_file, unwrap_state_dict
+        from visionattn.hub import (
+            PUBLISH_HINT,
+            CheckpointError,
+            is_engine_checkpoint,
+            load_checkpoint_file,
+            unwrap_state_dict,
+        )
+        checkpoint = None
         try:
-            model.load_state_dict(unwrap_state_dict(load_checkpoint_file(args.checkpoint)), strict=True)
+            checkpoint = load_checkpoint_file(args.checkpoint, skip_numpy=True)
+            model.load_state_dict(unwrap_state_dict(checkpoint), strict=True)
         except (CheckpointError, RuntimeError) as error:
-            raise SystemExit(f'attention_map.py: {args.checkpoint}: {error}') from None
+            # a tools/train.py checkpoint holds the task model's weights under its prefixes: say how to export them
+            hint = f'\n  {PUBLISH_HINT}' if is_engine_checkpoint(checkpoint) else ''
+            raise SystemExit(f'attention_map.py: {args.checkpoint}: {error}{hint}') from None
     found = [(n, _layer_kind(m)) for n, m in model.named_modules() if isinstance(m, ATTENTION_LAYERS)]
     if not found:
         raise SystemExit(f'attention_map.py: {args.model} has no attention layer this tool draws (NAT/DiNAT '
