@@ -8,6 +8,7 @@ import torch
 from conftest import load_tool
 
 import visionattn
+from visionattn.layers.bra import pad_to_regions
 
 pytestmark = pytest.mark.tools
 
@@ -76,8 +77,7 @@ def test_weights_times_values_give_each_layers_attention_output(name, size):
                 context = torch.zeros(())
                 assert (weights[0] > 0).sum() <= module.kernel_size ** 2  # within the window
             elif layer.kind == 'routing':
-                padded = torch.nn.functional.pad(x, (0, 0, 0, -x.shape[2] % module.n_win, 0,
-                                                     -x.shape[1] % module.n_win))
+                padded = pad_to_regions(x, module.n_win)
                 values = module.qkv(padded)[0][..., 2 * module.qk_dim:].unflatten(-1, (heads, -1))
                 pad = module.qkv.qkv.bias[2 * module.qk_dim:].unflatten(-1, (heads, -1))
                 # the local context enhancement, a depthwise conv of v, is added to the attention output

@@ -176,6 +176,13 @@ def test_bad_arguments_raise(kwargs, match):
         neighborhood_attention(q, q, q, **kwargs)
 
 
+def test_rpb_with_a_causal_axis_is_not_supported_as_in_natten():
+    # a ValueError as every argument check, and the NotImplementedError NATTEN raises (the NATTEN drop-in keeps it)
+    q = torch.randn(1, 8, 7, 2, 4)
+    with pytest.raises(NotImplementedError, match='causal'):
+        neighborhood_attention(q, q, q, 3, is_causal=(True, False), rpb=torch.zeros(2, 5, 5))
+
+
 def test_bad_shapes_raise():
     q = torch.randn(1, 8, 7, 2, 4)
     with pytest.raises(ValueError, match='k shape'):

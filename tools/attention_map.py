@@ -39,11 +39,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import timm
 import torch
-import torch.nn.functional as F
 from visionattn.backbones.biformer import GlobalAttentionLePE
 
 import visionattn  # noqa: F401  (registers the zoo)
-from visionattn.layers.bra import BiLevelRoutingAttention
+from visionattn.layers.bra import BiLevelRoutingAttention, pad_to_regions
 from visionattn.layers.neighborhood_attention import NeighborhoodAttention2d, pad_qkv_to_window
 from visionattn.ops.reference.neighborhood import neighbor_table
 
@@ -110,7 +109,7 @@ def routing_map(module: BiLevelRoutingAttention, x: torch.Tensor, query: Sequenc
         raise ValueError(f'{name}: no routing was kept; set keep_routing = True before the forward pass')
     height, width = x.shape[1:3]
     n_win, heads = module.n_win, module.num_heads
-    padded = F.pad(x[:1], (0, 0, 0, -width % n_win, 0, -height % n_win))  # as the layer pads (official auto_pad)
+    padded = pad_to_regions(x[:1], n_win)  # as the layer pads (official auto_pad)
     qkv = module.qkv(padded)[0]  # [Hp, Wp, 2 * qk_dim + dim]
     rows, cols = padded.shape[1] // n_win, padded.shape[2] // n_win
     q, k = qkv[..., :module.qk_dim], qkv[..., module.qk_dim:2 * module.qk_dim]

@@ -37,7 +37,9 @@ from torch import nn
 
 import visionattn  # noqa: F401  (registers the zoo's backbones)
 from visionattn.hub import (
+    EMA_WEIGHT_KEYS,
     PUBLISH_HINT,
+    TRAINED_WEIGHT_KEYS,
     CheckpointError,
     check_state_dict,
     download_weights,
@@ -173,19 +175,13 @@ def backbone_converter(name: str) -> Converter:
 
 
 # -- reading, converting, writing -----------------------------------------------------------------------------------
-# Where training scripts keep the two weight sets: the trained weights (timm: 'state_dict'; DeiT-style: 'model') and
-# their exponential moving average (timm: 'state_dict_ema'; DeiT-style: 'model_ema').
-_TRAINED_KEYS = ('state_dict', 'model', 'module')
-_EMA_KEYS = ('state_dict_ema', 'model_ema')
-
-
 def weight_sets(checkpoint: Any) -> Tuple[Optional[str], Optional[str]]:
     """(the top-level key of the trained weights, that of their EMA); None where the checkpoint has no such dict."""
     if not isinstance(checkpoint, dict):
         return None, None
     def first(keys):
         return next((k for k in keys if isinstance(checkpoint.get(k), dict)), None)
-    return first(_TRAINED_KEYS), first(_EMA_KEYS)
+    return first(TRAINED_WEIGHT_KEYS), first(EMA_WEIGHT_KEYS)
 
 
 def choose_weight_set(checkpoint: Any, ema: bool) -> Tuple[Any, Optional[str]]:
@@ -197,7 +193,7 @@ def choose_weight_set(checkpoint: Any, ema: bool) -> Tuple[Any, Optional[str]]:
         if averaged is None:
             found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
             raise SystemExit(f'convert.py: --ema: the checkpoint holds no EMA weights (looked for '
-                             f'{" / ".join(_EMA_KEYS)}; top-level entries: {found})')
+                             f'{" / ".join(EMA_WEIGHT_KEYS)}; top-level entries: {found})')
         return checkpoint[averaged], f'converted the EMA weights {averaged!r}'
     if trained is not None and averaged is not None:
         return checkpoint, (f'the checkpoint holds two weight sets: converted the trained weights {trained!r}, not '

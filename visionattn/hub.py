@@ -41,6 +41,8 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 from zlib import error as zlib_error
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
 from timm.models import build_model_with_cfg
 from torch import nn
 
@@ -58,8 +60,8 @@ from .integrity import (
 __all__ = [
     'CheckpointError', 'CheckpointCorruptedError', 'CheckpointMismatchError', 'DownloadError', 'build_model',
     'download_weights', 'weight_file_facts', 'cache_path', 'load_checkpoint_file', 'unwrap_state_dict',
-    'is_engine_checkpoint', 'PUBLISH_HINT', 'check_state_dict', 'extract_checkpoint', 'sha256_file',
-    'verify_checkpoint', 'SAFE_GLOBALS', 'SkippedObject',
+    'is_engine_checkpoint', 'PUBLISH_HINT', 'TRAINED_WEIGHT_KEYS', 'EMA_WEIGHT_KEYS', 'check_state_dict',
+    'extract_checkpoint', 'sha256_file', 'verify_checkpoint', 'SAFE_GLOBALS', 'SkippedObject',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -68,7 +70,11 @@ _logger = logging.getLogger(__name__)
 # arguments). Anything else that is not a tensor or a plain container is refused by torch's weights-only loader.
 SAFE_GLOBALS = [argparse.Namespace]
 
-_WRAPPER_KEYS = ('state_dict', 'model', 'module', 'state_dict_ema', 'model_ema')
+# Where training scripts keep the weights: the trained ones (timm: 'state_dict'; DeiT-style: 'model') and their
+# exponential moving average (timm: 'state_dict_ema'; DeiT-style: 'model_ema'); unwrapping takes the first found.
+TRAINED_WEIGHT_KEYS = ('state_dict', 'model', 'module')
+EMA_WEIGHT_KEYS = ('state_dict_ema', 'model_ema')
+_WRAPPER_KEYS = TRAINED_WEIGHT_KEYS + EMA_WEIGHT_KEYS
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -655,13 +661,10 @@ def load_checkpoint_file(path: Union[str, Path], extra_globals: Sequence[Any] = 
         verify_checkpoint(path)
     # the reader by the file's first bytes, not its name (a download URL need not end in .safetensors)
     if checkpoint_format(path) == 'safetensors':
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
         try:
-            return load_file(str(path), device='cpu')
+            return load_safetensors(str(path), device='cpu')
         except SafetensorError as e:
             raise CheckpointCorruptedError(f'checkpoint file {path} is truncated or corrupted: {e}') from e
-    from safetensors import SafetensorError  # torch.load itself hands a '.safetensors' name to safetensors
     allowed = [*SAFE_GLOBALS, *extra_globals, *(_skipped_numpy_globals() if skip_numpy else ())]
     try:
         with torch.serialization.safe_globals(allowed):

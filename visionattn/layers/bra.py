@@ -30,7 +30,7 @@ from torch import nn
 from visionattn.ops.block_sparse import bi_level_routing_attention_2d
 from visionattn.ops.checks import positive_int
 
-__all__ = ['BiLevelRoutingAttention']
+__all__ = ['BiLevelRoutingAttention', 'pad_to_regions']
 
 
 def _check_input(x: torch.Tensor, dim: int, n_win: int, auto_pad: bool) -> None:
@@ -43,7 +43,7 @@ def _check_input(x: torch.Tensor, dim: int, n_win: int, auto_pad: bool) -> None:
                          f'use auto_pad=True to pad it')
 
 
-def _pad_to_regions(x: torch.Tensor, n_win: int) -> torch.Tensor:
+def pad_to_regions(x: torch.Tensor, n_win: int) -> torch.Tensor:
     """Zero-pad an NHWC map at the bottom and right to multiples of ``n_win`` (official ``auto_pad``)."""
     pad_h, pad_w = -x.shape[1] % n_win, -x.shape[2] % n_win
     if pad_h or pad_w:
@@ -61,7 +61,7 @@ def _crop(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # The padding and the op (its checks and backend choice) depend on the input at run time:
 # torch.fx keeps them as opaque calls, so a traced model still takes any input size.
 torch.fx.wrap('_check_input')
-torch.fx.wrap('_pad_to_regions')
+torch.fx.wrap('pad_to_regions')
 torch.fx.wrap('_crop')
 torch.fx.wrap('bi_level_routing_attention_2d')
 
@@ -154,7 +154,7 @@ class BiLevelRoutingAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H, W, dim] -> [B, H, W, dim]."""
         _check_input(x, self.dim, self.n_win, self.auto_pad)
-        padded = _pad_to_regions(x, self.n_win)
+        padded = pad_to_regions(x, self.n_win)
         qkv = self.qkv(padded)  # [B, H, W, 2 * qk_dim + dim] in the map's own token order: no region copy
         lepe = self.lepe
         lepe_weight, lepe_bias = (None, None) if lepe is None else (lepe.weight, lepe.bias)

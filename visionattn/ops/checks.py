@@ -21,8 +21,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 
 __all__ = [
-    'BACKENDS', 'BackendUnavailableError', 'choose_backend', 'explain_backend', 'triton_rejections', 'env_backend',
-    'env_signature', 'finite_scale', 'first_order_only', 'positive_int',
+    'BACKENDS', 'BackendUnavailableError', 'NotSupportedError', 'choose_backend', 'explain_backend',
+    'triton_rejections', 'env_backend', 'env_signature', 'finite_scale', 'first_order_only', 'positive_int',
 ]
 
 _logger = logging.getLogger('visionattn.ops')
@@ -36,6 +36,12 @@ _TRITON_AVAILABLE = importlib.util.find_spec('triton') is not None
 
 class BackendUnavailableError(RuntimeError):
     """A backend was asked for by name but cannot run these inputs."""
+
+
+class NotSupportedError(NotImplementedError, ValueError):
+    """A combination of valid arguments that an op does not implement (NA: a relative positional bias with a causal
+    axis). A ValueError, as every argument check here, and a NotImplementedError, as NATTEN raises it, so that code
+    written for either catches it."""
 
 
 @torch.compiler.assume_constant_result

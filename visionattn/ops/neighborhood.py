@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from .checks import choose_backend, env_signature, finite_scale
+from .checks import NotSupportedError, choose_backend, env_signature, finite_scale
 from .reference.neighborhood import neighborhood_attention_ref
 
 __all__ = ['neighborhood_attention', 'na_triton_checks', 'normalize_na_args']
@@ -103,8 +103,8 @@ def normalize_na_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_
                              'every axis')
     if rpb is not None:
         if True in causal:
-            raise ValueError('neighborhood_attention: rpb (relative positional bias) cannot be combined with a causal '
-                             'axis (NATTEN forbids it)')
+            raise NotSupportedError('neighborhood_attention: rpb (relative positional bias) cannot be combined with '
+                                    'a causal axis (NATTEN forbids it)')
         want = (q_shape[-2], *[2 * kk - 1 for kk in kernel])
         if not isinstance(rpb, torch.Tensor) or rpb.shape != want:
             got = tuple(rpb.shape) if isinstance(rpb, torch.Tensor) else type(rpb).__name__

@@ -30,7 +30,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from ...ops.checks import BACKENDS, choose_backend, first_order_only
+from ...ops.checks import BACKENDS, NotSupportedError, choose_backend, first_order_only
 from ...ops.neighborhood import na_triton_checks, neighborhood_attention, normalize_na_args
 from ...ops.reference import NeighborTable, neighbor_table
 
@@ -190,18 +190,11 @@ def _where(name: str) -> str:
     return f'natten.{name}' if name in ('na1d', 'na2d', 'na3d') else f'natten.functional.{name}'
 
 
-class NotSupportedError(NotImplementedError, ValueError):
-    """What NATTEN refuses with ``NotImplementedError`` and visionattn's checks with ``ValueError`` (an rpb with a
-    causal axis, as NATTEN 0.17's ops; a backend name NATTEN >= 0.20 does not know): both, so that either ``except``
-    catches it."""
-
-
 def _named_error(name: str, error: ValueError) -> ValueError:
-    """The op's ValueError, named after the NATTEN call; the rpb-with-causal refusal as :class:`NotSupportedError`."""
+    """The op's ValueError named after the NATTEN call, of the same class (:class:`NotSupportedError`, which NATTEN
+    raises as NotImplementedError, stays one)."""
     message = f'{_where(name)}: {str(error).removeprefix("neighborhood_attention: ")}'
-    if 'cannot be combined with a causal' in message:
-        return NotSupportedError(message)
-    return ValueError(message)
+    return NotSupportedError(message) if isinstance(error, NotSupportedError) else ValueError(message)
 
 
 def _normalized(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size, dilation, stride,
@@ -240,9 +233,10 @@ def _backend(name: str, backend: Optional[str]) -> Optional[str]:
     if backend in NATTEN_BACKENDS:
         _logger.debug('natten.%s: backend=%r is NATTEN\'s; visionattn chooses its own backend', name, backend)
         return None
-    raise NotSupportedError(f'{_where(name)}: backend={backend!r} is unknown; use None (automatic), one of NATTEN\'s '
-                     f'{", ".join(NATTEN_BACKENDS)} (accepted, visionattn then chooses) or one of visionattn\'s '
-                     f'{", ".join(BACKENDS)}')
+    # NATTEN >= 0.20 raises NotImplementedError('Unrecognized NATTEN backend')
+    raise NotSupportedError(f'{_where(name)}: backend={backend!r} is unknown; use None (automatic), one of '
+                            f'NATTEN\'s {", ".join(NATTEN_BACKENDS)} (accepted, visionattn then chooses) or one of '
+                            f'visionattn\'s {", ".join(BACKENDS)}')
 
 
 def _kv_heads(name: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
